@@ -1,0 +1,9 @@
+#!/usr/bin/env node
+import { main } from '../dist/cli/main.js'
+
+main(process.argv.slice(2)).then((code) => {
+  if (typeof code === 'number') process.exitCode = code
+}, (err) => {
+  console.error(err && err.stack ? err.stack : err)
+  process.exitCode = 1
+})

@@ -1,0 +1,52 @@
+import http from 'node:http'
+import type { RouteTable } from '../compile/index.js'
+import type { Metrics } from '../observability/metrics.js'
+
+interface AdminHost {
+  readonly table: RouteTable
+  readonly metrics: Metrics
+  readonly ready: boolean
+}
+
+/**
+ * The admin listener (127.0.0.1 by default): health, readiness, Prometheus metrics and the
+ * compiled route table. It is separate from the proxy port so it is never exposed by a route.
+ */
+export function createAdminServer (host: AdminHost): http.Server {
+  return http.createServer((req, res) => {
+    const path = (req.url ?? '/').split('?')[0]
+    if (req.method !== 'GET' && req.method !== 'HEAD') return send(res, 405, { error: 'method not allowed' }, { allow: 'GET, HEAD' })
+    switch (path) {
+      case '/healthz':
+        return send(res, 200, { status: 'ok' })
+      case '/readyz': {
+        const ready = host.ready
+        return send(res, ready ? 200 : 503, { status: ready ? 'ready' : 'not ready', routes: host.table.routes.length })
+      }
+      case '/metrics':
+        host.metrics.registry.metrics().then((text) => {
+          res.writeHead(200, { 'content-type': host.metrics.registry.contentType })
+          res.end(text)
+        }, (err: Error) => send(res, 500, { error: err.message }))
+        return
+      case '/routes':
+        return send(res, 200, {
+          routes: host.table.routes.map((r) => ({
+            index: r.index,
+            name: r.name,
+            match: r.describe,
+            upstream: r.upstream.name,
+            targets: r.upstream.targets.map((t) => ({ url: t.origin + t.basePath, in_flight: t.inFlight, ejected: !t.isHealthy(Date.now()) })),
+          })),
+        })
+      default:
+        return send(res, 404, { error: 'not found' })
+    }
+  })
+}
+
+function send (res: http.ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
+  const text = JSON.stringify(body)
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), 'cache-control': 'no-store', ...headers })
+  res.end(text)
+}

@@ -1,0 +1,152 @@
+import { readFileSync, watch, type FSWatcher } from 'node:fs'
+import { basename, dirname, resolve } from 'node:path'
+import { createHash } from 'node:crypto'
+import { parseArgs } from 'node:util'
+import { compile, describeTable } from '../compile/index.js'
+import { loadConfigFile } from '../config/load.js'
+import { ConfigError } from '../errors/index.js'
+import { createGateway } from '../server/gateway.js'
+import { TargetRegistry } from '../upstream/target.js'
+
+const USAGE = `Usage: gatehouse <command> [--config FILE]
+
+Commands:
+  start    run the gateway (reloads on SIGHUP and when FILE changes)
+  check    validate FILE; print each problem with its path and line
+  routes   print the compiled route table
+
+Options:
+  -c, --config FILE   configuration file (default: ./gatehouse.yaml)
+  -h, --help          show this help
+`
+
+/** The CLI is a thin layer over the programmatic API. Returns the process exit code. */
+export async function main (argv: string[]): Promise<number> {
+  let parsed
+  try {
+    parsed = parseArgs({
+      args: argv,
+      allowPositionals: true,
+      options: {
+        config: { type: 'string', short: 'c', default: 'gatehouse.yaml' },
+        help: { type: 'boolean', short: 'h', default: false },
+      },
+    })
+  } catch (err) {
+    process.stderr.write(`gatehouse: ${(err as Error).message}\n\n${USAGE}`)
+    return 2
+  }
+  const [command] = parsed.positionals
+  if (parsed.values.help || command === undefined) {
+    process.stdout.write(USAGE)
+    return command === undefined && !parsed.values.help ? 2 : 0
+  }
+  const file = parsed.values.config
+  switch (command) {
+    case 'check': return check(file)
+    case 'routes': return routes(file)
+    case 'start': return start(file)
+    default:
+      process.stderr.write(`gatehouse: unknown command "${command}"\n\n${USAGE}`)
+      return 2
+  }
+}
+
+function load (file: string) {
+  try {
+    return loadConfigFile(file)
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`${err.message}\n${err.issues.length} problem${err.issues.length === 1 ? '' : 's'} in ${file}\n`)
+      return null
+    }
+    throw err
+  }
+}
+
+function check (file: string): number {
+  const config = load(file)
+  if (config === null) return 1
+  const l = config.listen
+  process.stdout.write(`${file}: ok: ${config.routes.length} route${config.routes.length === 1 ? '' : 's'}, ` +
+    `${Object.keys(config.upstreams).length} upstream${Object.keys(config.upstreams).length === 1 ? '' : 's'}; ` +
+    `listen ${l.tls === undefined ? 'http' : 'https'}://${l.host}:${l.port}` +
+    `${config.admin.enabled ? `, admin ${config.admin.host}:${config.admin.port}` : ''}\n`)
+  return 0
+}
+
+async function routes (file: string): Promise<number> {
+  const config = load(file)
+  if (config === null) return 1
+  const registry = new TargetRegistry()
+  process.stdout.write(describeTable(compile(config, registry)) + '\n')
+  await registry.closeAll(true)
+  return 0
+}
+
+async function start (file: string): Promise<number> {
+  const config = load(file)
+  if (config === null) return 1
+  const gateway = createGateway(config)
+  await gateway.listen()
+
+  let lastHash = hashFile(file)
+  const reload = async (why: string): Promise<void> => {
+    const hash = hashFile(file)
+    if (why === 'change' && hash === lastHash) return
+    lastHash = hash
+    try {
+      await gateway.reload(loadConfigFile(file))
+    } catch (err) {
+      // The gateway logged it and kept the old table; nothing else to do.
+      if (!(err instanceof ConfigError)) gateway.logger.error({ msg: 'reload failed', err: (err as Error).message })
+    }
+  }
+  const watcher = watchFile(file, () => { reload('change').catch(() => {}) })
+  process.on('SIGHUP', () => { reload('signal').catch(() => {}) })
+
+  await new Promise<void>((resolve) => {
+    const stop = (signal: string): void => {
+      gateway.logger.info({ msg: 'signal', signal })
+      process.off('SIGTERM', stop)
+      process.off('SIGINT', stop)
+      watcher?.close()
+      gateway.close().then(resolve, resolve)
+    }
+    process.on('SIGTERM', stop)
+    process.on('SIGINT', stop)
+  })
+  return 0
+}
+
+function hashFile (file: string): string {
+  try {
+    return createHash('sha256').update(readFileSync(file)).digest('hex')
+  } catch {
+    return ''
+  }
+}
+
+/**
+ * Watch the config file's directory, not the file: editors and Kubernetes ConfigMaps replace
+ * the file (rename), which silently ends a watch on the file itself. Bursts are debounced.
+ */
+function watchFile (file: string, onChange: () => void): FSWatcher | null {
+  const dir = dirname(resolve(file))
+  const name = basename(file)
+  let timer: NodeJS.Timeout | null = null
+  try {
+    const w = watch(dir, { persistent: false }, (_event, changed) => {
+      if (changed !== null && changed !== name && changed !== '..data') return
+      if (timer !== null) clearTimeout(timer)
+      timer = setTimeout(() => {
+        timer = null
+        onChange()
+      }, 100)
+    })
+    w.on('error', () => {})
+    return w
+  } catch {
+    return null
+  }
+}

@@ -1,0 +1,166 @@
+import type { Config, RouteConfig } from '../config/schema.js'
+import { formatSize } from '../config/units.js'
+import { CidrSet } from '../net/cidr.js'
+import { Upstream } from '../upstream/balancer.js'
+import { poolOptions, type TargetRegistry } from '../upstream/target.js'
+
+/**
+ * A route as the request path reads it: every decision that can be made from config alone is
+ * made here, once, so that matching a request is a handful of comparisons.
+ */
+export interface CompiledRoute {
+  readonly index: number
+  readonly name: string
+  /** null: any method. GET routes also answer HEAD. */
+  readonly methods: ReadonlySet<string> | null
+  /** Lower-case hostname, '*.example.com' wildcard, or null for any host. */
+  readonly host: string | null
+  readonly pathKind: 'any' | 'exact' | 'prefix' | 'regex'
+  readonly path: string
+  readonly pathRegex: RegExp | null
+  /** Header conditions as [lower-case name, value] pairs; null when none. */
+  readonly headers: ReadonlyArray<readonly [string, string]> | null
+  readonly upstream: Upstream
+  readonly stripPrefix: string | null
+  readonly preserveHost: boolean
+  readonly websocket: boolean
+  /** Bytes; 0 = unlimited. */
+  readonly maxBody: number
+  /** Label for logs and metrics. */
+  readonly describe: string
+}
+
+/** Immutable, matched in order: the first route whose every condition holds wins. */
+export class RouteTable {
+  readonly routes: readonly CompiledRoute[]
+  readonly upstreams: ReadonlyMap<string, Upstream>
+  readonly trustedProxies: CidrSet
+  readonly config: Config
+  readonly targetKeys: ReadonlySet<string>
+
+  constructor (config: Config, routes: CompiledRoute[], upstreams: Map<string, Upstream>, targetKeys: Set<string>) {
+    this.config = config
+    this.routes = routes
+    this.upstreams = upstreams
+    this.targetKeys = targetKeys
+    this.trustedProxies = new CidrSet(config.trusted_proxies)
+    Object.freeze(this)
+  }
+
+  /**
+   * `host` is the Host header without port, lower-cased; `rawHeaders` is Node's flat array,
+   * searched only when a route has header conditions.
+   */
+  match (method: string, host: string, path: string, rawHeaders: readonly string[]): CompiledRoute | null {
+    const routes = this.routes
+    for (let i = 0; i < routes.length; i++) {
+      const r = routes[i]!
+      if (r.methods !== null && !r.methods.has(method)) continue
+      switch (r.pathKind) {
+        case 'exact':
+          if (path !== r.path) continue
+          break
+        case 'prefix':
+          // Whole segments only: /v1/search matches /v1/search and /v1/search/x, not /v1/searchx.
+          if (!path.startsWith(r.path) ||
+              (path.length > r.path.length && r.path.charCodeAt(r.path.length - 1) !== 47 && path.charCodeAt(r.path.length) !== 47)) continue
+          break
+        case 'regex':
+          if (!r.pathRegex!.test(path)) continue
+          break
+      }
+      if (r.host !== null && !hostMatches(r.host, host)) continue
+      if (r.headers !== null && !headersMatch(r.headers, rawHeaders)) continue
+      return r
+    }
+    return null
+  }
+}
+
+function hostMatches (pattern: string, host: string): boolean {
+  if (pattern.charCodeAt(0) === 42 /* * */) {
+    // '*.example.com' matches one or more labels before example.com, not example.com itself.
+    return host.length > pattern.length - 1 && host.endsWith(pattern.slice(1))
+  }
+  return pattern === host
+}
+
+function headersMatch (conditions: ReadonlyArray<readonly [string, string]>, raw: readonly string[]): boolean {
+  for (const [name, value] of conditions) {
+    let found = false
+    for (let i = 0; i < raw.length; i += 2) {
+      if (raw[i]!.length === name.length && raw[i]!.toLowerCase() === name && raw[i + 1] === value) {
+        found = true
+        break
+      }
+    }
+    if (!found) return false
+  }
+  return true
+}
+
+/** config → RouteTable. Pure apart from acquiring (shared, long-lived) targets from the registry. */
+export function compile (config: Config, registry: TargetRegistry): RouteTable {
+  const upstreams = new Map<string, Upstream>()
+  const targetKeys = new Set<string>()
+  for (const [name, u] of Object.entries(config.upstreams)) {
+    const opts = poolOptions(u)
+    const targets = u.targets.map((t) => registry.acquire(t.url, opts))
+    for (const t of targets) targetKeys.add(t.key)
+    upstreams.set(name, new Upstream(name, u, targets))
+  }
+  const routes = config.routes.map((r, index) => compileRoute(r, index, upstreams.get(r.upstream)!))
+  return new RouteTable(config, routes, upstreams, targetKeys)
+}
+
+function compileRoute (r: RouteConfig, index: number, upstream: Upstream): CompiledRoute {
+  let methods: Set<string> | null = null
+  if (r.match.methods !== undefined) {
+    methods = new Set(r.match.methods)
+    if (methods.has('GET')) methods.add('HEAD')
+  }
+  const m = r.match
+  const pathKind = m.path !== undefined ? 'exact' : m.path_prefix !== undefined ? 'prefix' : m.path_regex !== undefined ? 'regex' : 'any'
+  const path = m.path ?? m.path_prefix ?? ''
+  const headers = m.headers === undefined
+    ? null
+    : Object.entries(m.headers).map(([k, v]) => [k.toLowerCase(), v] as const)
+  const describe = [
+    methods === null ? '*' : [...r.match.methods!].join(','),
+    m.host ?? '*',
+    pathKind === 'exact' ? `= ${path}` : pathKind === 'prefix' ? `${path}*` : pathKind === 'regex' ? `~ ${m.path_regex}` : '*',
+    headers === null ? '' : headers.map(([k, v]) => `[${k}=${v}]`).join(''),
+  ].filter(Boolean).join(' ')
+  return Object.freeze({
+    index,
+    name: r.name,
+    methods,
+    host: m.host === undefined ? null : m.host.toLowerCase(),
+    pathKind,
+    path,
+    pathRegex: m.path_regex === undefined ? null : new RegExp(m.path_regex),
+    headers: headers === null || headers.length === 0 ? null : headers,
+    upstream,
+    stripPrefix: r.strip_prefix ?? null,
+    preserveHost: r.preserve_host,
+    websocket: r.websocket,
+    maxBody: r.limits.max_body,
+    describe,
+  })
+}
+
+/** Human-readable table for `gatehouse routes`. */
+export function describeTable (table: RouteTable): string {
+  const rows = [['#', 'route', 'match', 'upstream', 'policies']]
+  for (const r of table.routes) {
+    const policies: string[] = []
+    if (r.stripPrefix !== null) policies.push(`strip_prefix=${r.stripPrefix}`)
+    if (r.maxBody > 0) policies.push(`max_body=${formatSize(r.maxBody)}`)
+    if (!r.preserveHost) policies.push('host=upstream')
+    if (!r.websocket) policies.push('no-websocket')
+    const targets = r.upstream.targets.map((t) => t.origin + t.basePath).join(' ')
+    rows.push([String(r.index), r.name, r.describe, `${r.upstream.name} (${r.upstream.balance}: ${targets})`, policies.join(' ') || '-'])
+  }
+  const widths = rows[0]!.map((_, c) => Math.max(...rows.map((row) => row[c]!.length)))
+  return rows.map((row) => row.map((cell, c) => cell.padEnd(widths[c]!)).join('  ').trimEnd()).join('\n')
+}

@@ -1,0 +1,229 @@
+import { readFileSync } from 'node:fs'
+import { dirname, resolve } from 'node:path'
+import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Document, type Node as YamlNode } from 'yaml'
+import type { z } from 'zod'
+import { ConfigError, type ConfigIssue } from '../errors/index.js'
+import { parseCidr } from '../net/cidr.js'
+import { pathToString, resolveRefs, type PathKey } from './refs.js'
+import { ConfigSchema, type Config } from './schema.js'
+
+export interface LoadOptions {
+  env?: NodeJS.ProcessEnv
+  /** Directory for relative `${file:}` references and TLS paths; defaults to the file's own. */
+  baseDir?: string
+}
+
+/** Read, resolve and validate a YAML config file. Throws ConfigError listing every problem. */
+export function loadConfigFile (file: string, options: LoadOptions = {}): Config {
+  const path = resolve(file)
+  let text: string
+  try {
+    text = readFileSync(path, 'utf8')
+  } catch (err) {
+    throw new ConfigError([{ path: '', message: `cannot read config file: ${(err as NodeJS.ErrnoException).code ?? String(err)}` }], file)
+  }
+  return parseConfig(text, { ...options, baseDir: options.baseDir ?? dirname(path) }, file)
+}
+
+/** Parse and validate YAML text. `file` only labels error messages. */
+export function parseConfig (text: string, options: LoadOptions = {}, file: string | null = null): Config {
+  const lineCounter = new LineCounter()
+  const doc = parseDocument(text, { lineCounter, prettyErrors: false, uniqueKeys: true })
+  if (doc.errors.length > 0) {
+    throw new ConfigError(doc.errors.map((e) => {
+      const pos = e.linePos?.[0]
+      return { path: '', message: e.message.split('\n')[0]!, line: pos?.line, column: pos?.col }
+    }), file)
+  }
+  const raw = doc.toJS({ maxAliasCount: 100 }) ?? {}
+  const locate = (path: readonly PathKey[]): Pick<ConfigIssue, 'line' | 'column'> => locateNode(doc, lineCounter, path)
+  return validateConfig(raw, { ...options, locate }, file)
+}
+
+/** Validate an already-parsed config object (the programmatic API takes these). */
+export function validateConfig (raw: unknown, options: LoadOptions & {
+  locate?: (path: readonly PathKey[]) => Pick<ConfigIssue, 'line' | 'column'>
+} = {}, file: string | null = null): Config {
+  const locate = options.locate ?? (() => ({}))
+  const issues: LocatedIssue[] = []
+  const resolved = resolveRefs(raw, { env: options.env ?? process.env, baseDir: options.baseDir ?? process.cwd() }, issues)
+  const parsed = ConfigSchema.safeParse(resolved)
+  if (!parsed.success) {
+    for (const issue of parsed.error.issues) issues.push(...describeZodIssue(issue, resolved))
+  } else {
+    issues.push(...crossCheck(parsed.data))
+  }
+  if (issues.length > 0) {
+    // Locate after the fact: the path names the YAML node, whose position the document kept.
+    for (const issue of issues) {
+      if (issue.line === undefined && issue.pathKeys !== undefined) Object.assign(issue, locate(issue.pathKeys))
+    }
+    throw new ConfigError(issues.map(({ pathKeys: _, ...rest }) => rest), file)
+  }
+  return deepFreeze(parsed.data!)
+}
+
+type LocatedIssue = ConfigIssue & { pathKeys?: PathKey[] }
+
+function issueAt (path: PathKey[], message: string): LocatedIssue {
+  return { path: pathToString(path), message, pathKeys: path }
+}
+
+function describeZodIssue (issue: z.core.$ZodIssue, input: unknown): LocatedIssue[] {
+  const path = issue.path as PathKey[]
+  if (issue.code === 'unrecognized_keys') {
+    const known = knownKeys(ConfigSchema, path)
+    return issue.keys.map((key) => {
+      const hint = suggest(key, known)
+      return issueAt([...path, key], `unknown key "${key}"${hint === null ? '' : ` (did you mean "${hint}"?)`}`)
+    })
+  }
+  if (issue.code === 'invalid_type') {
+    const got = valueAt(input, path)
+    if (got === undefined) return [issueAt(path, 'is required')]
+    return [issueAt(path, `expected ${issue.expected}, got ${describe(got)}`)]
+  }
+  if (issue.code === 'invalid_value') {
+    return [issueAt(path, `must be one of ${issue.values.map((v) => JSON.stringify(v)).join(', ')}`)]
+  }
+  if (issue.code === 'invalid_union') {
+    // Our unions are "string or number" for durations and sizes.
+    return [issueAt(path, `expected a string or a number, got ${describe(valueAt(input, path))}`)]
+  }
+  return [issueAt(path, issue.message)]
+}
+
+/** Checks that span several parts of the config (names that refer to each other, regexes). */
+function crossCheck (config: Config): LocatedIssue[] {
+  const issues: LocatedIssue[] = []
+  const upstreamNames = Object.keys(config.upstreams)
+  const seen = new Map<string, number>()
+  config.routes.forEach((route, i) => {
+    const first = seen.get(route.name)
+    if (first !== undefined) issues.push(issueAt(['routes', i, 'name'], `duplicate route name "${route.name}" (first used by routes[${first}])`))
+    else seen.set(route.name, i)
+    if (!(route.upstream in config.upstreams)) {
+      const hint = suggest(route.upstream, upstreamNames)
+      issues.push(issueAt(['routes', i, 'upstream'], `unknown upstream "${route.upstream}"${hint === null ? '' : ` (did you mean "${hint}"?)`}`))
+    }
+    const kinds = (['path', 'path_prefix', 'path_regex'] as const).filter((k) => route.match[k] !== undefined)
+    if (kinds.length > 1) issues.push(issueAt(['routes', i, 'match'], `use only one of path, path_prefix and path_regex (got ${kinds.join(', ')})`))
+    if (route.match.path_regex !== undefined) {
+      try {
+        RegExp(route.match.path_regex)
+      } catch (err) {
+        issues.push(issueAt(['routes', i, 'match', 'path_regex'], `invalid regular expression: ${(err as Error).message}`))
+      }
+    }
+    for (const name of Object.keys(route.match.headers ?? {})) {
+      if (!/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(name)) issues.push(issueAt(['routes', i, 'match', 'headers', name], 'not a valid header name'))
+    }
+    if (route.strip_prefix !== undefined && route.match.path_prefix !== undefined &&
+        !route.match.path_prefix.startsWith(route.strip_prefix)) {
+      issues.push(issueAt(['routes', i, 'strip_prefix'], `"${route.strip_prefix}" is not a prefix of match.path_prefix "${route.match.path_prefix}"`))
+    }
+  })
+  config.trusted_proxies.forEach((cidr, i) => {
+    if (parseCidr(cidr) === null) issues.push(issueAt(['trusted_proxies', i], `invalid CIDR or address "${cidr}"`))
+  })
+  return issues
+}
+
+/** The keys an object schema at `path` accepts, for "did you mean" hints. */
+function knownKeys (schema: z.core.$ZodType, path: readonly PathKey[]): string[] {
+  let s: z.core.$ZodType | undefined = schema
+  for (const key of [...path, null]) {
+    // Unwrap wrappers until we reach something that has structure.
+    for (let guard = 0; s !== undefined && guard < 10; guard++) {
+      const def: any = s._zod.def
+      if (def.type === 'optional' || def.type === 'default' || def.type === 'prefault' || def.type === 'nullable') s = def.innerType
+      else if (def.type === 'pipe') s = def.in
+      else break
+    }
+    if (s === undefined) return []
+    const def: any = s._zod.def
+    if (key === null) return def.type === 'object' ? Object.keys(def.shape) : []
+    if (def.type === 'object') s = def.shape[key]
+    else if (def.type === 'array') s = def.element
+    else if (def.type === 'record') s = def.valueType
+    else return []
+  }
+  return []
+}
+
+/** The closest candidate by edit distance, if it is close enough to be a likely typo. */
+export function suggest (word: string, candidates: readonly string[]): string | null {
+  let best: string | null = null
+  let bestDistance = Infinity
+  for (const c of candidates) {
+    const d = editDistance(word.toLowerCase(), c.toLowerCase())
+    if (d < bestDistance) {
+      best = c
+      bestDistance = d
+    }
+  }
+  return best !== null && bestDistance <= Math.max(2, Math.floor(word.length / 3)) ? best : null
+}
+
+function editDistance (a: string, b: string): number {
+  const row = Array.from({ length: b.length + 1 }, (_, j) => j)
+  for (let i = 1; i <= a.length; i++) {
+    let prev = row[0]!
+    row[0] = i
+    for (let j = 1; j <= b.length; j++) {
+      const tmp = row[j]!
+      row[j] = Math.min(row[j]! + 1, row[j - 1]! + 1, prev + (a[i - 1] === b[j - 1] ? 0 : 1))
+      prev = tmp
+    }
+  }
+  return row[b.length]!
+}
+
+function valueAt (value: unknown, path: readonly PathKey[]): unknown {
+  let v: any = value
+  for (const k of path) {
+    if (v === null || typeof v !== 'object') return undefined
+    v = v[k]
+  }
+  return v
+}
+
+function describe (v: unknown): string {
+  if (v === null) return 'null'
+  if (Array.isArray(v)) return 'a list'
+  if (typeof v === 'object') return 'a mapping'
+  if (typeof v === 'string') return `string ${JSON.stringify(v.length > 40 ? v.slice(0, 40) + '…' : v)}`
+  return `${typeof v} ${String(v)}`
+}
+
+function locateNode (doc: Document, lineCounter: LineCounter, path: readonly PathKey[]): Pick<ConfigIssue, 'line' | 'column'> {
+  // Walk as deep as the document goes: a missing key is reported at its parent.
+  let node: unknown = doc.contents
+  let keyNode: YamlNode | null = null
+  for (const key of path) {
+    if (isMap(node)) {
+      const pair = node.items.find((p) => isScalar(p.key) && String(p.key.value) === String(key))
+      if (pair === undefined) break
+      keyNode = pair.key as YamlNode
+      node = pair.value
+    } else if (isSeq(node) && typeof key === 'number' && key < node.items.length) {
+      keyNode = null
+      node = node.items[key]
+    } else {
+      break
+    }
+  }
+  const target = (node as YamlNode | null)?.range ? node as YamlNode : keyNode
+  const offset = target?.range?.[0]
+  if (offset === undefined) return {}
+  const pos = lineCounter.linePos(offset)
+  return { line: pos.line, column: pos.col }
+}
+
+function deepFreeze<T> (value: T): T {
+  if (value !== null && typeof value === 'object' && !Object.isFrozen(value)) {
+    Object.freeze(value)
+    for (const v of Object.values(value)) deepFreeze(v)
+  }
+  return value
+}

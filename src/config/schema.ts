@@ -1,0 +1,154 @@
+import { z } from 'zod'
+import { parseDuration, parseSize } from './units.js'
+
+/*
+ * The shape of gatehouse.yaml. Defaults live here, in one place, and docs/configuration.md
+ * documents each of them. Objects are strict: an unknown key is an error (with a "did you mean"),
+ * because a typo in a gateway config usually means a policy silently not applied.
+ */
+
+const duration = (what = 'duration') => z.union([z.string(), z.number()]).transform((v, ctx) => {
+  const ms = parseDuration(v)
+  if (ms === null) {
+    ctx.addIssue({ code: 'custom', message: `invalid ${what} ${JSON.stringify(v)} (use e.g. 500ms, 2s, 5m, 1h)` })
+    return z.NEVER
+  }
+  return ms
+})
+
+const size = () => z.union([z.string(), z.number()]).transform((v, ctx) => {
+  const bytes = parseSize(v)
+  if (bytes === null) {
+    ctx.addIssue({ code: 'custom', message: `invalid size ${JSON.stringify(v)} (use e.g. 512KiB, 10MiB, 1GiB)` })
+    return z.NEVER
+  }
+  return bytes
+})
+
+const port = z.number().int().min(0).max(65535)
+const nonEmpty = z.string().min(1, 'must not be empty')
+
+export const HTTP_METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS', 'TRACE', 'CONNECT'] as const
+
+const TlsSchema = z.strictObject({
+  /** PEM text, or a path to a PEM file. */
+  cert: nonEmpty,
+  key: nonEmpty,
+  ca: nonEmpty.optional(),
+})
+
+const ListenSchema = z.strictObject({
+  host: z.string().default('0.0.0.0'),
+  port: port.default(8080),
+  tls: TlsSchema.optional(),
+  timeouts: z.strictObject({
+    /** Whole request head must arrive within this (slowloris). */
+    headers: duration().default(10_000),
+    /** Whole request (head and body) must arrive within this; 0 disables (multi-GB uploads). */
+    request: duration().default(0),
+    /** A client connection with no bytes moving either way is closed after this. */
+    idle: duration().default(120_000),
+    /** Idle keep-alive connections between requests are closed after this. */
+    keep_alive: duration().default(5_000),
+  }).prefault({}),
+  /** Largest request head (request line and headers) accepted; larger → 431. */
+  max_header_size: size().default(16 * 1024),
+  /** Most header fields accepted in one request; more → 431. */
+  max_headers: z.number().int().min(1).max(10_000).default(100),
+}).prefault({})
+
+const AdminSchema = z.strictObject({
+  host: z.string().default('127.0.0.1'),
+  port: port.default(9901),
+  enabled: z.boolean().default(true),
+}).prefault({})
+
+const TargetSchema = z.strictObject({
+  url: z.string().transform((v, ctx) => {
+    let u: URL
+    try {
+      u = new URL(v)
+    } catch {
+      ctx.addIssue({ code: 'custom', message: `invalid URL ${JSON.stringify(v)}` })
+      return z.NEVER
+    }
+    if (u.protocol !== 'http:' && u.protocol !== 'https:') {
+      ctx.addIssue({ code: 'custom', message: `target URL must be http:// or https://, got ${JSON.stringify(u.protocol)}` })
+      return z.NEVER
+    }
+    if (u.search !== '' || u.hash !== '' || u.username !== '' || u.password !== '') {
+      ctx.addIssue({ code: 'custom', message: 'target URL must not carry a query, fragment or credentials' })
+      return z.NEVER
+    }
+    return u.origin + (u.pathname === '/' ? '' : u.pathname.replace(/\/$/, ''))
+  }),
+  weight: z.number().int().min(1).max(1000).default(1),
+})
+
+const UpstreamSchema = z.strictObject({
+  targets: z.array(TargetSchema).min(1, 'an upstream needs at least one target'),
+  balance: z.enum(['round_robin', 'least_request']).default('least_request'),
+  timeouts: z.strictObject({
+    connect: duration().default(2_000),
+    /** Time from sending the request until the response head arrives. */
+    first_byte: duration().default(60_000),
+    /** Longest gap between two chunks of the response body; 0 disables. */
+    idle: duration().default(300_000),
+  }).prefault({}),
+  /** Most connections per target. */
+  max_connections: z.number().int().min(1).max(100_000).default(128),
+  /** How long an idle upstream connection is kept for reuse. */
+  keep_alive: duration().default(4_000),
+  /** Passive health: a target failing to connect this many times in a row is ejected for `duration`. */
+  ejection: z.strictObject({
+    failures: z.number().int().min(1).default(1),
+    duration: duration().default(10_000),
+  }).prefault({}),
+})
+
+const MatchSchema = z.strictObject({
+  path: z.string().startsWith('/', 'must start with "/"').optional(),
+  path_prefix: z.string().startsWith('/', 'must start with "/"').optional(),
+  path_regex: z.string().optional(),
+  methods: z.array(z.string().transform((m) => m.toUpperCase()).pipe(z.enum(HTTP_METHODS))).min(1).optional(),
+  host: z.string().optional(),
+  headers: z.record(z.string(), z.string()).optional(),
+}).prefault({})
+
+const RouteSchema = z.strictObject({
+  name: nonEmpty.regex(/^[A-Za-z0-9_.-]+$/, 'use letters, digits, "_", "-" and "." only'),
+  match: MatchSchema,
+  upstream: nonEmpty,
+  strip_prefix: z.string().startsWith('/', 'must start with "/"').optional(),
+  /** Forward the client's Host header (true) or the target's host (false). */
+  preserve_host: z.boolean().default(true),
+  /** Allow WebSocket (and other) upgrades on this route. */
+  websocket: z.boolean().default(true),
+  limits: z.strictObject({
+    /** Largest request body; 0 means no limit (streams of any size). */
+    max_body: size().default(0),
+  }).prefault({}),
+})
+
+const LogSchema = z.strictObject({
+  level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
+  /** One JSON line per request. */
+  access: z.boolean().default(true),
+}).prefault({})
+
+export const ConfigSchema = z.strictObject({
+  listen: ListenSchema,
+  admin: AdminSchema,
+  trusted_proxies: z.array(z.string()).default([]),
+  log: LogSchema,
+  shutdown: z.strictObject({ grace: duration().default(30_000) }).prefault({}),
+  upstreams: z.record(z.string().regex(/^[A-Za-z0-9_.-]+$/, 'upstream names use letters, digits, "_", "-" and "."'), UpstreamSchema).default({}),
+  routes: z.array(RouteSchema).default([]),
+})
+
+/** The validated configuration: defaults filled in, durations in ms, sizes in bytes. */
+export type Config = z.output<typeof ConfigSchema>
+/** What a user may write (the YAML's shape). */
+export type ConfigInput = z.input<typeof ConfigSchema>
+export type UpstreamConfig = Config['upstreams'][string]
+export type RouteConfig = Config['routes'][number]

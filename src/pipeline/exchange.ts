@@ -1,0 +1,260 @@
+import type { IncomingMessage, ServerResponse } from 'node:http'
+import type { Readable } from 'node:stream'
+import type { Dispatcher } from 'undici'
+import type { CompiledRoute, RouteTable } from '../compile/index.js'
+import { isGatewayError, problemBody, type GatewayError } from '../errors/index.js'
+import type { Target } from '../upstream/target.js'
+import { isConnectFailure, upstreamError } from '../upstream/errors.js'
+import { filterResponseHeaders } from './headers.js'
+import type { GatewayRuntime } from './runtime.js'
+
+export const kExchange = Symbol('gatehouse.exchange')
+
+/** Status logged when the client went away before the response was complete (nginx's 499). */
+export const CLIENT_CLOSED = 499
+
+/**
+ * Everything about one request, in one object of one shape (all fields set in the
+ * constructor, as fastify's Context does). It is also the undici dispatch handler for the
+ * upstream call, so a proxied request allocates no per-request closures.
+ *
+ * It implements undici's callback-style handler (onConnect/onHeaders/onData/onComplete/onError):
+ * undici 7 calls those on every request itself, and the newer controller-style API is
+ * adapted onto them with an extra header parse per response.
+ */
+export class Exchange implements Dispatcher.DispatchHandler {
+  readonly req: IncomingMessage
+  readonly res: ServerResponse
+  readonly rt: GatewayRuntime
+  readonly table: RouteTable
+  readonly startedAt: number
+  route: CompiledRoute | null = null
+  requestId = ''
+  /** Path without query, as received. */
+  path = ''
+  /** '?…' or ''. */
+  query = ''
+  host = ''
+  /** Raw request-header values the gateway rewrites. */
+  hostHeader: string | null = null
+  hostCount = 0
+  contentLength: string | null = null
+  transferEncoding: string | null = null
+  connection: string | null = null
+  xForwardedFor: string | null = null
+  xForwardedProto: string | null = null
+  xForwardedHost: string | null = null
+  forwarded: string | null = null
+  via: string | null = null
+  /** Header fields forwarded as they are, flat [name, value, …]. */
+  outHeaders: string[] = []
+  body: Readable | null = null
+  target: Target | null = null
+  targetHeld = false
+  attempts = 0
+  upstreamStartedAt = 0
+  upstreamHeadersAt = 0
+  status = 0
+  bytesIn = 0
+  bytesOut = 0
+  error: GatewayError | null = null
+  abortUpstream: ((err?: Error) => void) | null = null
+  resumeUpstream: (() => void) | null = null
+  drainHooked = false
+  clientGone = false
+  upstreamDone = false
+  finished = false
+
+  constructor (req: IncomingMessage, res: ServerResponse, rt: GatewayRuntime, table: RouteTable) {
+    this.req = req
+    this.res = res
+    this.rt = rt
+    this.table = table
+    this.startedAt = performance.now()
+  }
+
+  // --- undici handler ------------------------------------------------------------------------
+
+  onConnect (abort: (err?: Error) => void): void {
+    this.abortUpstream = abort
+    if (this.clientGone) abort(clientClosedError())
+  }
+
+  onHeaders (statusCode: number, rawHeaders: Buffer[], resume: () => void): boolean {
+    // 1xx interim responses (103 Early Hints) are not relayed: Node cannot send them for us
+    // without writeEarlyHints, and clients are not required to see them.
+    if (statusCode < 200) return true
+    const target = this.target!
+    this.upstreamHeadersAt = performance.now()
+    this.route!.upstream.recordSuccess(target)
+    this.resumeUpstream = resume
+    this.status = statusCode
+    const res = this.res
+    if (this.rt.closing) res.shouldKeepAlive = false
+    const headers = filterResponseHeaders(rawHeaders, this.requestId, this.req.httpVersion)
+    res.writeHead(statusCode, headers as unknown as string[])
+    // Server-sent events: send the head now rather than with the first event, which may be a
+    // model's first token many seconds away.
+    if (isEventStream(headers)) res.flushHeaders()
+    return true
+  }
+
+  onData (chunk: Buffer): boolean {
+    this.bytesOut += chunk.length
+    if (this.res.write(chunk)) return true
+    // The client reads slower than the upstream sends: pause the upstream socket until the
+    // client's socket drains (backpressure end to end, memory stays bounded).
+    if (!this.drainHooked) {
+      this.drainHooked = true
+      this.res.on('drain', onResponseDrain)
+    }
+    return false
+  }
+
+  onComplete (trailers: string[] | Buffer[] | null): void {
+    this.upstreamDone = true
+    this.releaseTarget()
+    if (trailers !== null && trailers.length > 0) {
+      const pairs: Array<[string, string]> = []
+      for (let i = 0; i < trailers.length; i += 2) pairs.push([trailers[i]!.toString(), trailers[i + 1]!.toString()])
+      this.res.addTrailers(pairs)
+    }
+    this.res.end()
+  }
+
+  onError (err: Error): void {
+    this.upstreamDone = true
+    const target = this.target
+    this.releaseTarget()
+    if (this.clientGone) return
+    const upstream = this.route!.upstream
+    if (target !== null && isConnectFailure(err)) {
+      upstream.recordConnectFailure(target, Date.now())
+      // Nothing reached the upstream, so any request may go to another target, as long as
+      // not a byte of its body has been read yet.
+      if (this.status === 0 && (this.body === null || !this.body.readableDidRead) && this.attempts < upstream.targets.length) {
+        const next = upstream.pick(Date.now(), target)
+        if (next !== null) {
+          this.rt.logger.debug({ id: this.requestId, target: target.origin, err: (err as { code?: string }).code }, 'connect failed, retrying on another target')
+          this.dispatchTo(next)
+          return
+        }
+      }
+    }
+    const gerr = upstreamError(err, upstream.name)
+    if (!isGatewayError(err)) this.rt.metrics.upstreamErrors.labels(upstream.name, gerr.code).inc()
+    if (this.res.headersSent) {
+      // Reset mid-body: abort the client connection so the truncation is visible (no final
+      // chunk, or fewer bytes than Content-Length), never a complete-looking response.
+      this.error = gerr
+      this.res.destroy()
+      return
+    }
+    this.fail(gerr)
+  }
+
+  // --- request side ----------------------------------------------------------------------------
+
+  /** Send the request to `target`. The outgoing headers and body were prepared by the caller. */
+  dispatchTo (target: Target): void {
+    const route = this.route!
+    this.target = target
+    this.targetHeld = true
+    this.attempts++
+    target.inFlight++
+    if (this.upstreamStartedAt === 0) this.upstreamStartedAt = performance.now()
+    let path = this.path
+    if (route.stripPrefix !== null && path.startsWith(route.stripPrefix)) {
+      path = path.slice(route.stripPrefix.length)
+      if (path.charCodeAt(0) !== 47) path = '/' + path
+    }
+    const headers = this.outHeaders
+    if (!route.preserveHost) {
+      // The Host header is the last field the caller pushed when preserve_host is off.
+      headers[headers.length - 1] = target.authority
+    }
+    target.pool.dispatch({
+      origin: target.origin,
+      path: target.basePath + path + this.query,
+      method: this.req.method as Dispatcher.HttpMethod,
+      headers,
+      body: this.body,
+      headersTimeout: route.upstream.firstByteTimeout,
+      bodyTimeout: route.upstream.idleTimeout,
+    }, this)
+  }
+
+  /** Give back the target's in-flight slot, once; `target` stays set for the access log. */
+  releaseTarget (): void {
+    if (this.targetHeld) {
+      this.targetHeld = false
+      this.target!.inFlight--
+    }
+  }
+
+  /** Answer with a problem+json error (or cut the connection when a response has begun). */
+  fail (err: GatewayError): void {
+    this.error = err
+    const res = this.res
+    if (res.headersSent) {
+      res.destroy()
+      return
+    }
+    this.status = err.status
+    const body = problemBody(err, this.requestId === '' ? null : this.requestId)
+    const headers: string[] = [
+      'content-type', 'application/problem+json',
+      'content-length', String(Buffer.byteLength(body)),
+      'cache-control', 'no-store',
+    ]
+    if (this.requestId !== '') headers.push('x-request-id', this.requestId)
+    if (err.headers !== null) for (const [k, v] of Object.entries(err.headers)) headers.push(k, v)
+    // A body we did not read cannot be skipped cheaply (it may be gigabytes): close instead.
+    const hasBody = (this.contentLength !== null && this.contentLength !== '0') || this.transferEncoding !== null
+    if ((hasBody && !this.req.complete) || this.rt.closing) {
+      headers.push('connection', 'close')
+      res.shouldKeepAlive = false
+    }
+    res.writeHead(err.status, headers as unknown as string[])
+    res.end(this.req.method === 'HEAD' ? undefined : body)
+  }
+
+  /** The response is over (finished, or the client went away): log and count, once. */
+  complete (): void {
+    if (this.finished) return
+    this.finished = true
+    const res = this.res
+    if (!res.writableFinished) {
+      this.clientGone = true
+      if (!this.upstreamDone && this.abortUpstream !== null) this.abortUpstream(clientClosedError())
+      if (!this.upstreamDone) this.releaseTarget()
+    }
+    this.rt.finish(this)
+  }
+}
+
+function onResponseDrain (this: ServerResponse): void {
+  const ex = (this as unknown as Record<symbol, Exchange>)[kExchange]
+  ex?.resumeUpstream?.()
+}
+
+/** Registered on every response: runs when the response ends or its connection dies. */
+export function onResponseClose (this: ServerResponse): void {
+  (this as unknown as Record<symbol, Exchange>)[kExchange]?.complete()
+}
+
+function clientClosedError (): Error {
+  const err = new Error('client closed the connection')
+  ;(err as Error & { code: string }).code = 'GH_CLIENT_CLOSED'
+  return err
+}
+
+function isEventStream (headers: string[]): boolean {
+  for (let i = 0; i < headers.length; i += 2) {
+    const name = headers[i]!
+    if (name.length === 12 && name.toLowerCase() === 'content-type') return headers[i + 1]!.startsWith('text/event-stream')
+  }
+  return false
+}
+
+export { problemBody }

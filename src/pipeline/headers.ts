@@ -1,0 +1,175 @@
+import { randomUUID } from 'node:crypto'
+import type { CompiledRoute } from '../compile/index.js'
+import { gatewayError, type GatewayError } from '../errors/index.js'
+import type { Exchange } from './exchange.js'
+
+/*
+ * Header rewriting for both directions. RFC 9110 §7.6.1: Connection and the fields it names
+ * are hop-by-hop, as are Keep-Alive, TE, Trailer, Transfer-Encoding, Upgrade and Proxy-*.
+ *
+ * Only names whose first letter could start a special header are lower-cased; the rest
+ * (accept*, authorization, user-agent is a 'u'…) are copied as they are.
+ */
+
+const enum H {
+  Host = 1, ContentLength, TransferEncoding, Connection, Drop, XForwardedFor, XForwardedProto,
+  XForwardedHost, Forwarded, Via, RequestId,
+}
+
+const REQUEST_SPECIAL: Record<string, H> = Object.assign(Object.create(null), {
+  host: H.Host,
+  'content-length': H.ContentLength,
+  'transfer-encoding': H.TransferEncoding,
+  connection: H.Connection,
+  'keep-alive': H.Drop,
+  te: H.Drop,
+  trailer: H.Drop,
+  upgrade: H.Drop,
+  // The gateway answers Expect: 100-continue itself, once the route is known.
+  expect: H.Drop,
+  'http2-settings': H.Drop,
+  'x-forwarded-for': H.XForwardedFor,
+  'x-forwarded-proto': H.XForwardedProto,
+  'x-forwarded-host': H.XForwardedHost,
+  forwarded: H.Forwarded,
+  via: H.Via,
+  'x-request-id': H.RequestId,
+})
+
+/** First letters (lower-cased) of every special name above, plus 'p' for Proxy-*. */
+function maybeSpecial (name: string): boolean {
+  const c = name.charCodeAt(0) | 0x20
+  return c === 0x68 || c === 0x63 || c === 0x74 || c === 0x6b || c === 0x75 || c === 0x65 ||
+    c === 0x78 || c === 0x66 || c === 0x76 || c === 0x70
+}
+
+/**
+ * One pass over the client's header fields: note the ones the gateway rewrites, copy the rest
+ * to `ex.outHeaders`. Returns an error for requests that must be refused.
+ */
+export function scanRequestHeaders (ex: Exchange, raw: readonly string[]): GatewayError | null {
+  const out = ex.outHeaders
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!
+    const value = raw[i + 1]!
+    if (maybeSpecial(name)) {
+      const lower = name.toLowerCase()
+      const kind = REQUEST_SPECIAL[lower]
+      if (kind !== undefined) {
+        switch (kind) {
+          case H.Host: ex.hostHeader = value; ex.hostCount++; break
+          case H.ContentLength: ex.contentLength = value; break
+          case H.TransferEncoding: ex.transferEncoding = ex.transferEncoding === null ? value : `${ex.transferEncoding}, ${value}`; break
+          case H.Connection: ex.connection = ex.connection === null ? value : `${ex.connection}, ${value}`; break
+          case H.XForwardedFor: ex.xForwardedFor = ex.xForwardedFor === null ? value : `${ex.xForwardedFor}, ${value}`; break
+          case H.XForwardedProto: ex.xForwardedProto ??= value; break
+          case H.XForwardedHost: ex.xForwardedHost ??= value; break
+          case H.Forwarded: ex.forwarded = ex.forwarded === null ? value : `${ex.forwarded}, ${value}`; break
+          case H.Via: ex.via = ex.via === null ? value : `${ex.via}, ${value}`; break
+          case H.RequestId: if (ex.requestId === '' && isValidRequestId(value)) ex.requestId = value; break
+        }
+        continue
+      }
+      if (lower.startsWith('proxy-')) continue
+    }
+    out.push(name, value)
+  }
+  if (ex.requestId === '') ex.requestId = randomUUID()
+  if (ex.connection !== null) removeConnectionTokens(out, ex.connection)
+  if (ex.hostCount > 1) return gatewayError('GH_DUPLICATE_HOST', 'The request has more than one Host header')
+  if (ex.transferEncoding !== null && ex.transferEncoding.trim().toLowerCase() !== 'chunked') {
+    // Node's parser accepts codings such as "gzip, chunked"; forwarding them re-framed would
+    // silently change the body's meaning. RFC 9112 §6.1: answer 501.
+    return gatewayError('GH_TRANSFER_CODING_UNSUPPORTED', `Transfer-Encoding "${ex.transferEncoding}" is not supported; use chunked`)
+  }
+  return null
+}
+
+/** Add the headers that depend on the route and on who the peer is. Host goes last (see dispatchTo). */
+export function finishRequestHeaders (ex: Exchange, route: CompiledRoute, encrypted: boolean): void {
+  const out = ex.outHeaders
+  const peer = ex.req.socket.remoteAddress ?? ''
+  const trusted = ex.table.trustedProxies.has(peer)
+  if (ex.contentLength !== null) out.push('content-length', ex.contentLength)
+  // From an untrusted peer, X-Forwarded-* and Forwarded are replaced, never extended: a client
+  // must not be able to choose the address or scheme the upstream believes.
+  out.push('x-forwarded-for', trusted && ex.xForwardedFor !== null ? `${ex.xForwardedFor}, ${peer}` : peer)
+  out.push('x-forwarded-proto', trusted && ex.xForwardedProto !== null ? ex.xForwardedProto : (encrypted ? 'https' : 'http'))
+  const host = ex.hostHeader ?? route.upstream.targets[0]!.authority
+  out.push('x-forwarded-host', trusted && ex.xForwardedHost !== null ? ex.xForwardedHost : host)
+  if (trusted && ex.forwarded !== null) out.push('forwarded', ex.forwarded)
+  const via = `${ex.req.httpVersion} gatehouse`
+  out.push('via', ex.via === null ? via : `${ex.via}, ${via}`)
+  out.push('x-request-id', ex.requestId)
+  out.push('host', host)
+}
+
+/**
+ * Response head from undici's raw Buffers to Node's flat [name, value, …] array, hop-by-hop
+ * fields removed, Via and X-Request-Id added. latin1 keeps header bytes exactly as sent.
+ */
+export function filterResponseHeaders (raw: Buffer[], requestId: string, _httpVersion: string): string[] {
+  const out: string[] = []
+  let via: string | null = null
+  let connection: string | null = null
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!.toString('latin1')
+    const value = raw[i + 1]!.toString('latin1')
+    if (maybeSpecial(name)) {
+      switch (name.toLowerCase()) {
+        case 'connection': connection = connection === null ? value : `${connection}, ${value}`; continue
+        case 'keep-alive': case 'transfer-encoding': case 'te': case 'trailer': case 'upgrade':
+        case 'x-request-id':
+          continue
+        case 'via': via = via === null ? value : `${via}, ${value}`; continue
+      }
+      if ((name.charCodeAt(0) | 0x20) === 0x70 && name.toLowerCase().startsWith('proxy-')) continue
+    }
+    out.push(name, value)
+  }
+  if (connection !== null) removeConnectionTokens(out, connection)
+  out.push('via', via === null ? '1.1 gatehouse' : `${via}, 1.1 gatehouse`)
+  out.push('x-request-id', requestId)
+  return out
+}
+
+/** Drop the fields a Connection header names (other than the standard tokens). */
+export function removeConnectionTokens (out: string[], connection: string): void {
+  let names: Set<string> | null = null
+  for (const token of connection.split(',')) {
+    const t = token.trim().toLowerCase()
+    if (t === '' || t === 'close' || t === 'keep-alive' || t === 'upgrade') continue
+    ;(names ??= new Set()).add(t)
+  }
+  if (names === null) return
+  let w = 0
+  for (let r = 0; r < out.length; r += 2) {
+    if (names.has(out[r]!.toLowerCase())) continue
+    out[w++] = out[r]!
+    out[w++] = out[r + 1]!
+  }
+  out.length = w
+}
+
+/** Accept a client's request id only if it is short and printable (it ends up in logs). */
+function isValidRequestId (v: string): boolean {
+  if (v.length === 0 || v.length > 200) return false
+  for (let i = 0; i < v.length; i++) {
+    const c = v.charCodeAt(i)
+    if (c < 0x21 || c > 0x7e) return false
+  }
+  return true
+}
+
+/**
+ * Dot segments ("/a/../admin", also percent-encoded) are refused: the upstream would resolve
+ * them after the gateway matched the unresolved path, and a route's checks could be skipped.
+ */
+export function hasDotSegment (path: string): boolean {
+  if (path.indexOf('/.') === -1 && path.indexOf('%') === -1 && path.indexOf('\\') === -1) return false
+  const decoded = path.replace(/%2e/gi, '.').replace(/%2f/gi, '/').replace(/%5c/gi, '/').replace(/\\/g, '/')
+  for (const seg of decoded.split('/')) {
+    if (seg === '.' || seg === '..') return true
+  }
+  return false
+}

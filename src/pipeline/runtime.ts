@@ -1,0 +1,13 @@
+import type { Logger } from '../observability/logger.js'
+import type { Metrics } from '../observability/metrics.js'
+import type { Exchange } from './exchange.js'
+
+/** What an Exchange needs from the gateway that owns it. */
+export interface GatewayRuntime {
+  readonly logger: Logger
+  readonly metrics: Metrics
+  /** True once shutdown began: responses close their connections. */
+  readonly closing: boolean
+  /** Called once per exchange when its response is over. */
+  finish (ex: Exchange): void
+}

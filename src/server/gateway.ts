@@ -1,0 +1,338 @@
+import { readFileSync } from 'node:fs'
+import http, { type IncomingMessage, type ServerResponse } from 'node:http'
+import https from 'node:https'
+import type { AddressInfo, Socket } from 'node:net'
+import { once } from 'node:events'
+import type { DestinationStream } from 'pino'
+import { compile, type RouteTable } from '../compile/index.js'
+import { validateConfig } from '../config/load.js'
+import type { Config, ConfigInput } from '../config/schema.js'
+import { formatDuration } from '../config/units.js'
+import { gatewayError, problemBody, type GatewayError } from '../errors/index.js'
+import { createLogger, flushLogger, type Logger } from '../observability/logger.js'
+import { Metrics } from '../observability/metrics.js'
+import { BodyLimit } from '../pipeline/body.js'
+import { CLIENT_CLOSED, Exchange, kExchange, onResponseClose } from '../pipeline/exchange.js'
+import { finishRequestHeaders, hasDotSegment, scanRequestHeaders } from '../pipeline/headers.js'
+import type { GatewayRuntime } from '../pipeline/runtime.js'
+import { TargetRegistry } from '../upstream/target.js'
+import { createAdminServer } from '../admin/server.js'
+import { handleUpgrade } from './upgrade.js'
+
+export interface GatewayOptions {
+  /** A pino logger to use instead of the one built from `log` in the config. */
+  logger?: Logger
+  /** Where the built-in logger writes (default: stdout, batched). */
+  logDestination?: DestinationStream
+  /** Register default process metrics (CPU, memory, event loop) on /metrics. Default true. */
+  processMetrics?: boolean
+}
+
+export interface ListenInfo {
+  port: number
+  host: string
+  adminPort: number | null
+}
+
+export interface Gateway {
+  /** Bind the proxy and admin listeners. Resolves once both accept connections. */
+  listen (): Promise<ListenInfo>
+  /**
+   * Validate, compile and swap in a new configuration. Requests already routed finish on the
+   * old table. Rejects (and keeps the old table) if the new config is invalid. Listener
+   * settings (addresses, TLS) take effect only on restart.
+   */
+  reload (config: ConfigInput | Config): Promise<void>
+  /** Stop accepting, let in-flight requests finish up to `shutdown.grace`, then close everything. */
+  close (): Promise<void>
+  readonly table: RouteTable
+  readonly logger: Logger
+  readonly metrics: Metrics
+  readonly ready: boolean
+}
+
+/** Build a gateway from a config object (raw YAML shape or an already-validated Config). */
+export function createGateway (input: ConfigInput | Config, options: GatewayOptions = {}): Gateway {
+  const config = validateConfig(input)
+  return new GatewayImpl(config, options)
+}
+
+class GatewayImpl implements Gateway, GatewayRuntime {
+  table: RouteTable
+  readonly logger: Logger
+  readonly metrics: Metrics
+  closing = false
+  #listening = false
+  readonly #registry = new TargetRegistry()
+  readonly #server: http.Server
+  readonly #encrypted: boolean
+  #admin: http.Server | null = null
+  #inFlight = 0
+  #drained: (() => void) | null = null
+  readonly #upgraded = new Set<Socket>()
+  readonly #onRequest: (req: IncomingMessage, res: ServerResponse) => void
+  readonly #onContinue: (req: IncomingMessage, res: ServerResponse) => void
+  readonly #accessLog: boolean
+
+  constructor (config: Config, options: GatewayOptions) {
+    this.logger = options.logger ?? createLogger(config.log.level, options.logDestination)
+    this.metrics = new Metrics(options.processMetrics ?? true)
+    this.#accessLog = config.log.access
+    this.table = compile(config, this.#registry)
+    const l = config.listen
+    const serverOptions: http.ServerOptions = {
+      maxHeaderSize: l.max_header_size,
+      headersTimeout: l.timeouts.headers,
+      requestTimeout: l.timeouts.request,
+      keepAliveTimeout: l.timeouts.keep_alive,
+      // Node checks header/request timeouts on this interval (30 s by default), which lets a
+      // slowloris client hold a socket long past `headers`. Check every second instead.
+      connectionsCheckingInterval: Math.min(1000, Math.max(100, Math.floor(l.timeouts.headers / 2))),
+      noDelay: true,
+      insecureHTTPParser: false,
+      joinDuplicateHeaders: false,
+    }
+    this.#encrypted = l.tls !== undefined
+    this.#server = l.tls === undefined
+      ? http.createServer(serverOptions)
+      : https.createServer({ ...serverOptions, cert: pem(l.tls.cert), key: pem(l.tls.key), ...(l.tls.ca === undefined ? {} : { ca: pem(l.tls.ca) }) })
+    // One more than the limit, so that "too many" is visible in rawHeaders (Node truncates silently).
+    this.#server.maxHeadersCount = l.max_headers + 1
+    this.#server.timeout = l.timeouts.idle
+    this.#onRequest = (req, res) => this.#handle(req, res, false)
+    this.#onContinue = (req, res) => this.#handle(req, res, true)
+    this.#server.on('request', this.#onRequest)
+    this.#server.on('checkContinue', this.#onContinue)
+    this.#server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => handleUpgrade(this, req, socket, head))
+    this.#server.on('clientError', (err: Error & { code?: string }, socket: Socket) => this.#clientError(err, socket))
+  }
+
+  get ready (): boolean {
+    return this.#listening && !this.closing
+  }
+
+  get encrypted (): boolean {
+    return this.#encrypted
+  }
+
+  // --- request entry ---------------------------------------------------------------------------
+
+  #handle (req: IncomingMessage, res: ServerResponse, expectContinue: boolean): void {
+    const ex = new Exchange(req, res, this, this.table)
+    ;(res as unknown as Record<symbol, Exchange>)[kExchange] = ex
+    res.on('close', onResponseClose)
+    this.#inFlight++
+    this.metrics.inFlight.inc()
+
+    const err = this.#prepare(ex)
+    if (err !== null) {
+      ex.fail(err)
+      return
+    }
+    const route = ex.route!
+    const target = route.upstream.pick(Date.now())
+    if (target === null) {
+      ex.fail(gatewayError('GH_NO_HEALTHY_UPSTREAM', `Every target of upstream "${route.upstream.name}" is failing; try again shortly`, { headers: { 'retry-after': String(Math.ceil(route.upstream.ejectFor / 1000)) } }))
+      return
+    }
+    // RFC 9110 §10.1.1: ask for the body only once we know we want it.
+    if (expectContinue) res.writeContinue()
+    ex.dispatchTo(target)
+  }
+
+  /** Validate the request line and head, pick the route, set up the body. */
+  #prepare (ex: Exchange): GatewayError | null {
+    const req = ex.req
+    const url = req.url ?? ''
+    if (url.charCodeAt(0) !== 47 /* / */) {
+      // Absolute-form (a forward-proxy request) and asterisk-form are not for a gateway; taking
+      // the authority from the target instead of Host would be a second source of truth.
+      return gatewayError('GH_BAD_REQUEST', 'The request target must be an absolute path (origin-form)')
+    }
+    const q = url.indexOf('?')
+    ex.path = q === -1 ? url : url.slice(0, q)
+    ex.query = q === -1 ? '' : url.slice(q)
+    const raw = req.rawHeaders
+    if (raw.length > this.table.config.listen.max_headers * 2) {
+      return gatewayError('GH_HEADERS_TOO_LARGE', `The request has more than ${this.table.config.listen.max_headers} header fields`)
+    }
+    const headerErr = scanRequestHeaders(ex, raw)
+    if (headerErr !== null) return headerErr
+    if (hasDotSegment(ex.path)) return gatewayError('GH_BAD_PATH', 'The request path must not contain "." or ".." segments')
+    const host = ex.hostHeader === null ? '' : hostname(ex.hostHeader)
+    ex.host = host
+    const route = this.table.match(req.method!, host, ex.path, raw)
+    if (route === null) return gatewayError('GH_ROUTE_NOT_FOUND', `No route for ${req.method} ${ex.path}`)
+    ex.route = route
+
+    const te = ex.transferEncoding !== null
+    if (ex.contentLength !== null) {
+      const declared = Number(ex.contentLength)
+      if (route.maxBody > 0 && declared > route.maxBody) {
+        return gatewayError('GH_BODY_TOO_LARGE', `The request body (${declared} bytes) exceeds this route's limit of ${route.maxBody} bytes`)
+      }
+      if (declared > 0) ex.body = req
+    } else if (te) {
+      ex.body = new BodyLimit(req, route.maxBody)
+    }
+    finishRequestHeaders(ex, route, this.#encrypted)
+    return null
+  }
+
+  /** Malformed requests Node's parser refused (and header/request timeouts): answer, then close. */
+  #clientError (err: Error & { code?: string }, socket: Socket): void {
+    const code = err.code ?? ''
+    if (code === 'ECONNRESET' || !socket.writable || (socket as unknown as { _httpMessage?: ServerResponse })._httpMessage?.headersSent === true) {
+      socket.destroy()
+      return
+    }
+    const gerr = code === 'HPE_HEADER_OVERFLOW'
+      ? gatewayError('GH_HEADERS_TOO_LARGE', 'The request head is larger than this gateway accepts')
+      : code === 'ERR_HTTP_REQUEST_TIMEOUT'
+        ? gatewayError('GH_REQUEST_TIMEOUT', 'The request was not received in time')
+        : code === 'HPE_INVALID_TRANSFER_ENCODING' || code === 'HPE_UNEXPECTED_CONTENT_LENGTH' || code === 'HPE_INVALID_CONTENT_LENGTH'
+          ? gatewayError('GH_AMBIGUOUS_LENGTH', `The request's message length is ambiguous: ${(err as { reason?: string }).reason ?? code}`)
+          : gatewayError('GH_BAD_REQUEST', `Malformed request: ${(err as { reason?: string }).reason ?? code}`)
+    this.metrics.clientErrors.labels(gerr.code).inc()
+    this.logger.info({ msg: 'client error', code: gerr.code, reason: `${code} ${(err as { reason?: string }).reason ?? err.message}`, peer: socket.remoteAddress })
+    const body = problemBody(gerr, null)
+    socket.end(`HTTP/1.1 ${gerr.status} ${http.STATUS_CODES[gerr.status]}\r\ncontent-type: application/problem+json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`)
+    socket.destroySoon?.()
+  }
+
+  /** Called once per exchange when its response is over. */
+  finish (ex: Exchange): void {
+    const now = performance.now()
+    const route = ex.route
+    const status = ex.clientGone && !ex.res.writableFinished ? CLIENT_CLOSED : ex.status
+    const routeName = route === null ? '(none)' : route.name
+    const upstreamName = route === null ? '(none)' : route.upstream.name
+    if (ex.body instanceof BodyLimit) ex.bytesIn = ex.body.bytes
+    else if (ex.body !== null && ex.req.complete) ex.bytesIn = Number(ex.contentLength)
+    const rm = this.metrics.forRoute(routeName, upstreamName)
+    this.metrics.countRequest(rm, routeName, ex.req.method ?? '', status)
+    rm.duration.observe((now - ex.startedAt) / 1000)
+    if (ex.upstreamHeadersAt !== 0) rm.upstreamDuration.observe((ex.upstreamHeadersAt - ex.upstreamStartedAt) / 1000)
+    if (ex.bytesIn > 0) rm.bytesIn.inc(ex.bytesIn)
+    if (ex.bytesOut > 0) rm.bytesOut.inc(ex.bytesOut)
+    if (this.#accessLog) {
+      this.logger.info({
+        msg: 'request',
+        id: ex.requestId,
+        route: routeName,
+        method: ex.req.method,
+        path: ex.path,
+        status,
+        target: ex.target === null ? null : ex.target.origin,
+        attempts: ex.attempts,
+        bytes_in: ex.bytesIn,
+        bytes_out: ex.bytesOut,
+        ms: round(now - ex.startedAt),
+        upstream_ms: ex.upstreamHeadersAt === 0 ? null : round(ex.upstreamHeadersAt - ex.upstreamStartedAt),
+        ...(ex.error === null ? {} : { code: ex.error.code, reason: ex.error.reason ?? ex.error.detail }),
+      })
+    }
+    this.metrics.inFlight.dec()
+    if (--this.#inFlight === 0 && this.#drained !== null) this.#drained()
+  }
+
+  trackUpgrade (socket: Socket): void {
+    this.#upgraded.add(socket)
+    this.metrics.upgrades.inc()
+    socket.once('close', () => {
+      this.#upgraded.delete(socket)
+      this.metrics.upgrades.dec()
+    })
+  }
+
+  // --- lifecycle -----------------------------------------------------------------------------------
+
+  async listen (): Promise<ListenInfo> {
+    const config = this.table.config
+    this.#server.listen(config.listen.port, config.listen.host)
+    await once(this.#server, 'listening')
+    let adminPort: number | null = null
+    if (config.admin.enabled) {
+      this.#admin = createAdminServer(this)
+      this.#admin.listen(config.admin.port, config.admin.host)
+      await once(this.#admin, 'listening')
+      adminPort = (this.#admin.address() as AddressInfo).port
+    }
+    this.#listening = true
+    const addr = this.#server.address() as AddressInfo
+    this.logger.info({ msg: 'listening', host: addr.address, port: addr.port, tls: this.#encrypted, admin_port: adminPort, routes: this.table.routes.length })
+    return { port: addr.port, host: addr.address, adminPort }
+  }
+
+  async reload (input: ConfigInput | Config): Promise<void> {
+    let next: RouteTable
+    try {
+      const config = validateConfig(input)
+      next = compile(config, this.#registry)
+    } catch (err) {
+      this.metrics.reloads.labels('failure').inc()
+      this.logger.error({ msg: 'config reload failed; keeping the running config', err: (err as Error).message })
+      throw err
+    }
+    const prev = this.table
+    // The swap: requests that already hold `prev` finish on it.
+    this.table = next
+    this.metrics.reloads.labels('success').inc()
+    const changed = JSON.stringify(prev.config.listen) !== JSON.stringify(next.config.listen) ||
+      JSON.stringify(prev.config.admin) !== JSON.stringify(next.config.admin)
+    this.logger.info({ msg: 'config reloaded', routes: next.routes.length, ...(changed ? { warning: 'listen/admin changes take effect on restart' } : {}) })
+    await this.#registry.retain(next.targetKeys)
+  }
+
+  async close (): Promise<void> {
+    if (this.closing) return
+    this.closing = true
+    const grace = this.table.config.shutdown.grace
+    this.logger.info({ msg: 'shutting down', in_flight: this.#inFlight, grace: formatDuration(grace) })
+    const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()))
+    this.#server.closeIdleConnections()
+    if (this.#inFlight > 0) {
+      const drained = new Promise<void>((resolve) => { this.#drained = resolve })
+      let timer: NodeJS.Timeout | undefined
+      const timeout = new Promise<void>((resolve) => { timer = setTimeout(resolve, grace) })
+      await Promise.race([drained, timeout])
+      clearTimeout(timer)
+      if (this.#inFlight > 0) this.logger.warn({ msg: 'grace period over; closing connections', in_flight: this.#inFlight })
+    }
+    this.#server.closeAllConnections()
+    for (const s of this.#upgraded) s.destroy()
+    await closed
+    if (this.#admin !== null) {
+      const admin = this.#admin
+      await new Promise<void>((resolve) => admin.close(() => resolve()))
+      admin.closeAllConnections()
+    }
+    await this.#registry.closeAll(true)
+    this.logger.info({ msg: 'stopped' })
+    flushLogger(this.logger)
+  }
+}
+
+function hostname (host: string): string {
+  // "[::1]:8080" → "[::1]", "api.example.com:443" → "api.example.com"
+  let end = host.length
+  if (host.charCodeAt(0) === 91 /* [ */) {
+    const close = host.indexOf(']')
+    end = close === -1 ? end : close + 1
+  } else {
+    const colon = host.lastIndexOf(':')
+    if (colon !== -1) end = colon
+  }
+  const h = end === host.length ? host : host.slice(0, end)
+  return h.toLowerCase()
+}
+
+function round (ms: number): number {
+  return Math.round(ms * 1000) / 1000
+}
+
+function pem (value: string): string | Buffer {
+  return value.includes('-----BEGIN') ? value : readFileSync(value)
+}
+
+export type { GatewayImpl }

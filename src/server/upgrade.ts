@@ -1,0 +1,166 @@
+import http, { type IncomingMessage } from 'node:http'
+import type { Duplex } from 'node:stream'
+import type { Socket } from 'node:net'
+import type { Dispatcher } from 'undici'
+import type { CompiledRoute, RouteTable } from '../compile/index.js'
+import { gatewayError, problemBody, type GatewayError } from '../errors/index.js'
+import type { Logger } from '../observability/logger.js'
+import type { Metrics } from '../observability/metrics.js'
+import { filterResponseHeaders, finishRequestHeaders, hasDotSegment, scanRequestHeaders } from '../pipeline/headers.js'
+import { Exchange } from '../pipeline/exchange.js'
+import { upstreamError } from '../upstream/errors.js'
+import type { Target } from '../upstream/target.js'
+
+interface UpgradeHost {
+  readonly table: RouteTable
+  readonly logger: Logger
+  readonly metrics: Metrics
+  readonly closing: boolean
+  readonly encrypted: boolean
+  trackUpgrade (socket: Socket): void
+  finish (ex: Exchange): void
+}
+
+/**
+ * WebSocket (and other HTTP/1.1 Upgrade) pass-through: route like any request, send the
+ * upgrade to the upstream, relay its 101 and then splice the two sockets together.
+ */
+export function handleUpgrade (host: UpgradeHost, req: IncomingMessage, socket: Socket, head: Buffer): void {
+  socket.on('error', onSocketError)
+  const table = host.table
+  const url = req.url ?? ''
+  const refuse = (err: GatewayError): void => {
+    host.metrics.clientErrors.labels(err.code).inc()
+    host.logger.info({ msg: 'upgrade refused', code: err.code, path: url.split('?')[0] })
+    writeProblem(socket, err)
+  }
+  if (url.charCodeAt(0) !== 47 || host.closing) {
+    refuse(host.closing ? gatewayError('GH_SHUTTING_DOWN') : gatewayError('GH_BAD_REQUEST', 'The request target must be an absolute path (origin-form)'))
+    return
+  }
+  // The Exchange carries the parsed head; its response object is never used here.
+  const ex = new Exchange(req, null as unknown as http.ServerResponse, host as never, table)
+  const q = url.indexOf('?')
+  ex.path = q === -1 ? url : url.slice(0, q)
+  ex.query = q === -1 ? '' : url.slice(q)
+  const err = scanRequestHeaders(ex, req.rawHeaders)
+  if (err !== null) return refuse(err)
+  if (hasDotSegment(ex.path)) return refuse(gatewayError('GH_BAD_PATH', 'The request path must not contain "." or ".." segments'))
+  const hostName = (ex.hostHeader ?? '').replace(/:\d+$/, '').toLowerCase()
+  const route = table.match(req.method!, hostName, ex.path, req.rawHeaders)
+  if (route === null) return refuse(gatewayError('GH_ROUTE_NOT_FOUND', `No route for ${req.method} ${ex.path}`))
+  if (!route.websocket) return refuse(gatewayError('GH_UPGRADE_NOT_ALLOWED', `Route "${route.name}" does not accept protocol upgrades`))
+  ex.route = route
+  finishRequestHeaders(ex, route, host.encrypted)
+  const target = route.upstream.pick(Date.now())
+  if (target === null) return refuse(gatewayError('GH_NO_HEALTHY_UPSTREAM'))
+  const upgrade = req.headers.upgrade ?? 'websocket'
+  new UpgradeHandler(host, route, socket, head, target, ex.requestId).dispatch(ex, upgrade)
+}
+
+class UpgradeHandler implements Dispatcher.DispatchHandler {
+  readonly #host: UpgradeHost
+  readonly #route: CompiledRoute
+  readonly #client: Socket
+  readonly #head: Buffer
+  readonly #target: Target
+  readonly #requestId: string
+  #responded = false
+
+  constructor (host: UpgradeHost, route: CompiledRoute, client: Socket, head: Buffer, target: Target, requestId: string) {
+    this.#host = host
+    this.#route = route
+    this.#client = client
+    this.#head = head
+    this.#target = target
+    this.#requestId = requestId
+  }
+
+  dispatch (ex: Exchange, upgrade: string): void {
+    let path = ex.path
+    const strip = this.#route.stripPrefix
+    if (strip !== null && path.startsWith(strip)) path = path.slice(strip.length) || '/'
+    if (path.charCodeAt(0) !== 47) path = '/' + path
+    const headers = ex.outHeaders
+    if (!this.#route.preserveHost) headers[headers.length - 1] = this.#target.authority
+    this.#target.pool.dispatch({
+      origin: this.#target.origin,
+      path: this.#target.basePath + path + ex.query,
+      method: 'GET',
+      headers,
+      upgrade,
+      headersTimeout: this.#route.upstream.firstByteTimeout,
+    }, this)
+  }
+
+  onConnect (abort: (err?: Error) => void): void {
+    if (this.#client.destroyed) abort()
+    else this.#client.once('close', () => abort())
+  }
+
+  onUpgrade (statusCode: number, rawHeaders: Buffer[] | string[] | null, upstream: Duplex): void {
+    this.#responded = true
+    const client = this.#client
+    if (client.destroyed) {
+      upstream.destroy()
+      return
+    }
+    // Upgrade and Connection are hop-by-hop in general but are the point of a 101: keep them.
+    let head = `HTTP/1.1 ${statusCode} ${http.STATUS_CODES[statusCode] ?? 'Switching Protocols'}\r\n`
+    const raw = (rawHeaders ?? []) as Buffer[]
+    for (let i = 0; i < raw.length; i += 2) {
+      head += `${raw[i]!.toString('latin1')}: ${raw[i + 1]!.toString('latin1')}\r\n`
+    }
+    head += `x-request-id: ${this.#requestId}\r\n\r\n`
+    client.write(head)
+    if (this.#head.length > 0) upstream.write(this.#head)
+    upstream.on('error', onSocketError)
+    client.setTimeout(0)
+    client.setNoDelay(true)
+    upstream.pipe(client)
+    client.pipe(upstream)
+    upstream.once('close', () => client.destroy())
+    client.once('close', () => upstream.destroy())
+    this.#host.trackUpgrade(client)
+    this.#host.logger.info({ msg: 'upgrade', id: this.#requestId, route: this.#route.name, status: statusCode, target: this.#target.origin })
+  }
+
+  // A non-101 answer (401, 404, …) is relayed as an ordinary response, then the connection closes.
+  onHeaders (statusCode: number, rawHeaders: Buffer[]): boolean {
+    if (statusCode < 200) return true
+    this.#responded = true
+    const headers = filterResponseHeaders(rawHeaders, this.#requestId, '1.1')
+    let head = `HTTP/1.1 ${statusCode} ${http.STATUS_CODES[statusCode] ?? ''}\r\n`
+    for (let i = 0; i < headers.length; i += 2) head += `${headers[i]}: ${headers[i + 1]}\r\n`
+    this.#client.write(head + 'connection: close\r\n\r\n')
+    return true
+  }
+
+  onData (chunk: Buffer): boolean {
+    return this.#client.write(chunk)
+  }
+
+  onComplete (): void {
+    this.#client.end()
+  }
+
+  onError (err: Error): void {
+    if (this.#responded) {
+      this.#client.destroy()
+      return
+    }
+    const gerr = upstreamError(err, this.#route.upstream.name)
+    this.#host.logger.info({ msg: 'upgrade failed', id: this.#requestId, route: this.#route.name, code: gerr.code, reason: gerr.reason })
+    writeProblem(this.#client, gerr)
+  }
+}
+
+function writeProblem (socket: Duplex, err: GatewayError): void {
+  if (socket.destroyed || !socket.writable) return
+  const body = problemBody(err, null)
+  socket.end(`HTTP/1.1 ${err.status} ${http.STATUS_CODES[err.status]}\r\ncontent-type: application/problem+json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`)
+}
+
+function onSocketError (this: Duplex): void {
+  this.destroy()
+}

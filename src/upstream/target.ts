@@ -1,0 +1,92 @@
+import { Pool } from 'undici'
+import type { UpstreamConfig } from '../config/schema.js'
+
+/** Pool-level options: two targets with the same URL and these share one pool. */
+export interface PoolOptions {
+  connectTimeout: number
+  maxConnections: number
+  keepAlive: number
+}
+
+/**
+ * One upstream server: its connection pool and the live counts the balancer reads. Targets are
+ * owned by the TargetRegistry and outlive a config reload, so keep-alive connections, in-flight
+ * counts and ejections carry over when the route table is swapped.
+ */
+export class Target {
+  readonly key: string
+  /** scheme://host:port */
+  readonly origin: string
+  /** Path prefix from the target URL ('' or '/base', no trailing slash). */
+  readonly basePath: string
+  /** host[:port] of the target, for routes that do not preserve the client's Host. */
+  readonly authority: string
+  readonly pool: Pool
+  inFlight = 0
+  consecutiveFailures = 0
+  ejectedUntil = 0
+
+  constructor (key: string, url: string, opts: PoolOptions) {
+    const u = new URL(url)
+    this.key = key
+    this.origin = u.origin
+    this.basePath = u.pathname === '/' ? '' : u.pathname
+    this.authority = u.host
+    this.pool = new Pool(this.origin, {
+      connections: opts.maxConnections,
+      pipelining: 1,
+      keepAliveTimeout: opts.keepAlive,
+      keepAliveMaxTimeout: Math.max(opts.keepAlive, 1000),
+      connect: { timeout: opts.connectTimeout },
+      // Per-request values override these; they only matter for requests we forget to time.
+      headersTimeout: 300_000,
+      bodyTimeout: 300_000,
+      allowH2: false,
+    })
+    // A pool emits 'connectionError' for failed connects; the request's own error is what we act on.
+    this.pool.on('connectionError', noop)
+  }
+
+  isHealthy (now: number): boolean {
+    return this.ejectedUntil <= now
+  }
+}
+
+function noop (): void {}
+
+/** Owns Targets across reloads; targets no longer referenced are closed after their requests end. */
+export class TargetRegistry {
+  readonly #targets = new Map<string, Target>()
+
+  acquire (url: string, opts: PoolOptions): Target {
+    const key = `${url}|${opts.connectTimeout}|${opts.maxConnections}|${opts.keepAlive}`
+    let t = this.#targets.get(key)
+    if (t === undefined) {
+      t = new Target(key, url, opts)
+      this.#targets.set(key, t)
+    }
+    return t
+  }
+
+  /** Close every target whose key is not in `keep`. Pool.close() lets in-flight requests finish. */
+  async retain (keep: ReadonlySet<string>): Promise<void> {
+    const closing: Promise<void>[] = []
+    for (const [key, t] of this.#targets) {
+      if (!keep.has(key)) {
+        this.#targets.delete(key)
+        closing.push(t.pool.close().catch(noop))
+      }
+    }
+    await Promise.all(closing)
+  }
+
+  async closeAll (force = false): Promise<void> {
+    const all = [...this.#targets.values()]
+    this.#targets.clear()
+    await Promise.all(all.map((t) => (force ? t.pool.destroy() : t.pool.close()).catch(noop)))
+  }
+}
+
+export function poolOptions (u: UpstreamConfig): PoolOptions {
+  return { connectTimeout: u.timeouts.connect, maxConnections: u.max_connections, keepAlive: u.keep_alive }
+}
