@@ -204,7 +204,9 @@ class GatewayImpl implements Gateway, GatewayRuntime {
   finish (ex: Exchange): void {
     const now = performance.now()
     const route = ex.route
-    const status = ex.clientGone && !ex.res.writableFinished ? CLIENT_CLOSED : ex.status
+    // 499 only when the client left on its own; when the gateway cut the connection (upstream
+    // fault mid-body) the log keeps the status that was sent, plus the error code.
+    const status = ex.clientGone && ex.error === null && !ex.res.writableFinished ? CLIENT_CLOSED : ex.status
     const routeName = route === null ? '(none)' : route.name
     const upstreamName = route === null ? '(none)' : route.upstream.name
     if (ex.body instanceof BodyLimit) ex.bytesIn = ex.body.bytes
@@ -281,7 +283,9 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     const changed = JSON.stringify(prev.config.listen) !== JSON.stringify(next.config.listen) ||
       JSON.stringify(prev.config.admin) !== JSON.stringify(next.config.admin)
     this.logger.info({ msg: 'config reloaded', routes: next.routes.length, ...(changed ? { warning: 'listen/admin changes take effect on restart' } : {}) })
-    await this.#registry.retain(next.targetKeys)
+    // Pools no longer referenced close once their in-flight requests end; reload() does not
+    // wait for that (a long SSE stream on the old table may run for minutes).
+    this.#registry.retain(next.targetKeys).catch(() => {})
   }
 
   async close (): Promise<void> {

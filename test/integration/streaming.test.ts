@@ -85,12 +85,12 @@ describe('streaming', () => {
 
   test('server-sent events are relayed event by event, not buffered', async () => {
     // The upstream sends the next event only after the client has received the previous one.
-    let next: (() => void) | null = null
+    const signal: { next: (() => void) | null } = { next: null }
     const upstream = await startUpstream(async (_req, res) => {
       res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' })
       for (let i = 1; i <= 3; i++) {
         res.write(`data: {"token":${i}}\n\n`)
-        await new Promise<void>((resolve) => { next = resolve })
+        await new Promise<void>((resolve) => { signal.next = resolve })
       }
       res.end('data: [DONE]\n\n')
     })
@@ -109,7 +109,7 @@ describe('streaming', () => {
         while ((i = buffer.indexOf('\n\n')) !== -1) {
           events.push(buffer.slice(0, i))
           buffer = buffer.slice(i + 2)
-          next?.()
+          signal.next?.()
         }
       }
       assert.deepEqual(events, ['data: {"token":1}', 'data: {"token":2}', 'data: {"token":3}', 'data: [DONE]'])
