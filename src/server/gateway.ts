@@ -76,7 +76,7 @@ class GatewayImpl implements Gateway, GatewayRuntime {
 
   constructor (config: Config, options: GatewayOptions) {
     this.logger = options.logger ?? createLogger(config.log.level, options.logDestination)
-    this.metrics = new Metrics(options.processMetrics ?? true)
+    this.metrics = new Metrics(options.processMetrics ?? true, () => this.#inFlight)
     this.#accessLog = config.log.access
     this.table = compile(config, this.#registry)
     const l = config.listen
@@ -122,7 +122,6 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     ;(res as unknown as Record<symbol, Exchange>)[kExchange] = ex
     res.on('close', onResponseClose)
     this.#inFlight++
-    this.metrics.inFlight.inc()
 
     const err = this.#prepare(ex)
     if (err !== null) {
@@ -211,8 +210,8 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     const upstreamName = route === null ? '(none)' : route.upstream.name
     if (ex.body instanceof BodyLimit) ex.bytesIn = ex.body.bytes
     else if (ex.body !== null && ex.req.complete) ex.bytesIn = Number(ex.contentLength)
-    const rm = this.metrics.forRoute(routeName, upstreamName)
-    this.metrics.countRequest(rm, routeName, ex.req.method ?? '', status)
+    const rm = this.metrics.forRoute(route, routeName, upstreamName)
+    rm.countRequest(ex.req.method ?? '', status)
     rm.duration.observe((now - ex.startedAt) / 1000)
     if (ex.upstreamHeadersAt !== 0) rm.upstreamDuration.observe((ex.upstreamHeadersAt - ex.upstreamStartedAt) / 1000)
     if (ex.bytesIn > 0) rm.bytesIn.inc(ex.bytesIn)
@@ -234,7 +233,6 @@ class GatewayImpl implements Gateway, GatewayRuntime {
         ...(ex.error === null ? {} : { code: ex.error.code, reason: ex.error.reason ?? ex.error.detail }),
       })
     }
-    this.metrics.inFlight.dec()
     if (--this.#inFlight === 0 && this.#drained !== null) this.#drained()
   }
 
