@@ -95,12 +95,9 @@ async function start (file: string): Promise<number> {
     const hash = hashFile(file)
     if (why === 'change' && hash === lastHash) return
     lastHash = hash
-    try {
-      await gateway.reload(loadConfigFile(file))
-    } catch (err) {
-      // The gateway logged it and kept the old table; nothing else to do.
-      if (!(err instanceof ConfigError)) gateway.logger.error({ msg: 'reload failed', err: (err as Error).message })
-    }
+    // reload() reads the file through the thunk, so a file that fails to load is logged and
+    // counted like any invalid config, and the running table stays.
+    await gateway.reload(() => loadConfigFile(file)).catch(() => {})
   }
   const watcher = watchFile(file, () => { reload('change').catch(() => {}) })
   process.on('SIGHUP', () => { reload('signal').catch(() => {}) })

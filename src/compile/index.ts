@@ -129,7 +129,7 @@ function compileRoute (r: RouteConfig, index: number, upstream: Upstream): Compi
     methods === null ? '*' : [...r.match.methods!].join(','),
     m.host ?? '*',
     pathKind === 'exact' ? `= ${path}` : pathKind === 'prefix' ? `${path}*` : pathKind === 'regex' ? `~ ${m.path_regex}` : '*',
-    headers === null ? '' : headers.map(([k, v]) => `[${k}=${v}]`).join(''),
+    headers === null ? '' : headers.map(([k, v]) => `[${k}=${showHeaderValue(v)}]`).join(''),
   ].filter(Boolean).join(' ')
   return Object.freeze({
     index,
@@ -147,6 +147,23 @@ function compileRoute (r: RouteConfig, index: number, upstream: Upstream): Compi
     maxBody: r.limits.max_body,
     describe,
   })
+}
+
+/**
+ * The path sent upstream: `strip_prefix` removed when it covers whole segments (so
+ * strip_prefix /v1 turns /v1/x into /x and /v1 into /, but leaves /v1x alone).
+ */
+export function upstreamPath (route: CompiledRoute, path: string): string {
+  const prefix = route.stripPrefix
+  if (prefix === null || !path.startsWith(prefix)) return path
+  if (path.length === prefix.length) return '/'
+  if (prefix.charCodeAt(prefix.length - 1) === 47) return path.slice(prefix.length - 1)
+  return path.charCodeAt(prefix.length) === 47 ? path.slice(prefix.length) : path
+}
+
+/** Header-match values may be credentials: show short plain tokens, mask the rest. */
+function showHeaderValue (v: string): string {
+  return /^[A-Za-z0-9._-]{1,16}$/.test(v) ? v : '***'
 }
 
 /** Human-readable table for `gatehouse routes`. */

@@ -31,8 +31,8 @@ export function parseConfig (text: string, options: LoadOptions = {}, file: stri
   const doc = parseDocument(text, { lineCounter, prettyErrors: false, uniqueKeys: true })
   if (doc.errors.length > 0) {
     throw new ConfigError(doc.errors.map((e) => {
-      const pos = e.linePos?.[0]
-      return { path: '', message: e.message.split('\n')[0]!, line: pos?.line, column: pos?.col }
+      const pos = lineCounter.linePos(e.pos[0])
+      return { path: '', message: e.message.split('\n')[0]!, line: pos.line, column: pos.col }
     }), file)
   }
   const raw = doc.toJS({ maxAliasCount: 100 }) ?? {}
@@ -40,19 +40,30 @@ export function parseConfig (text: string, options: LoadOptions = {}, file: stri
   return validateConfig(raw, { ...options, locate }, file)
 }
 
-/** Validate an already-parsed config object (the programmatic API takes these). */
+/** Configs this module produced: validating one again must not resolve `${...}` a second time. */
+const validated = new WeakSet<object>()
+
+/**
+ * Validate an already-parsed config object (the programmatic API takes these). A Config that
+ * came out of this module is returned as it is.
+ */
 export function validateConfig (raw: unknown, options: LoadOptions & {
   locate?: (path: readonly PathKey[]) => Pick<ConfigIssue, 'line' | 'column'>
 } = {}, file: string | null = null): Config {
+  if (raw !== null && typeof raw === 'object' && validated.has(raw)) return raw as Config
   const locate = options.locate ?? (() => ({}))
-  const issues: LocatedIssue[] = []
-  const resolved = resolveRefs(raw, { env: options.env ?? process.env, baseDir: options.baseDir ?? process.cwd() }, issues)
+  const refIssues: LocatedIssue[] = []
+  const resolved = resolveRefs(raw, { env: options.env ?? process.env, baseDir: options.baseDir ?? process.cwd() }, refIssues)
   const parsed = ConfigSchema.safeParse(resolved)
-  if (!parsed.success) {
-    for (const issue of parsed.error.issues) issues.push(...describeZodIssue(issue, resolved))
-  } else {
-    issues.push(...crossCheck(parsed.data))
-  }
+  const schemaIssues = parsed.success ? [] : parsed.error.issues.flatMap((issue) => describeZodIssue(issue, resolved))
+  // Cross-references are checked even when the schema failed, so one run lists every problem.
+  const schemaPaths = new Set(schemaIssues.map((i) => i.path))
+  const crossIssues = crossCheck(parsed.success ? parsed.data : resolved).filter((i) => !schemaPaths.has(i.path))
+  // A reference that failed left '' behind; what the schema says about that '' is noise.
+  const failedRefs = refIssues.map((i) => i.path)
+  const followOn = (i: LocatedIssue): boolean => failedRefs.some((p) => i.path === p || i.path.startsWith(p + '.') || i.path.startsWith(p + '['))
+  const fileIssues = parsed.success ? resolveFiles(parsed.data, options.baseDir ?? process.cwd()) : []
+  const issues = [...refIssues, ...schemaIssues.filter((i) => !followOn(i)), ...crossIssues.filter((i) => !followOn(i)), ...fileIssues]
   if (issues.length > 0) {
     // Locate after the fact: the path names the YAML node, whose position the document kept.
     for (const issue of issues) {
@@ -60,7 +71,9 @@ export function validateConfig (raw: unknown, options: LoadOptions & {
     }
     throw new ConfigError(issues.map(({ pathKeys: _, ...rest }) => rest), file)
   }
-  return deepFreeze(parsed.data!)
+  const config = deepFreeze(parsed.data!)
+  validated.add(config)
+  return config
 }
 
 type LocatedIssue = ConfigIssue & { pathKeys?: PathKey[] }
@@ -86,6 +99,10 @@ function describeZodIssue (issue: z.core.$ZodIssue, input: unknown): LocatedIssu
   if (issue.code === 'invalid_value') {
     return [issueAt(path, `must be one of ${issue.values.map((v) => JSON.stringify(v)).join(', ')}`)]
   }
+  if (issue.code === 'invalid_key') {
+    // A record key that broke its rule: the rule's own message is nested one level down.
+    return [issueAt(path, issue.issues[0]?.message ?? issue.message)]
+  }
   if (issue.code === 'invalid_union') {
     // Our unions are "string or number" for durations and sizes.
     return [issueAt(path, `expected a string or a number, got ${describe(valueAt(input, path))}`)]
@@ -93,39 +110,81 @@ function describeZodIssue (issue: z.core.$ZodIssue, input: unknown): LocatedIssu
   return [issueAt(path, issue.message)]
 }
 
-/** Checks that span several parts of the config (names that refer to each other, regexes). */
-function crossCheck (config: Config): LocatedIssue[] {
+/**
+ * Checks that span several parts of the config (names that refer to each other, regexes).
+ * Written against unvalidated input too (every field is checked before use), because it also
+ * runs when the schema failed.
+ */
+function crossCheck (config: any): LocatedIssue[] {
   const issues: LocatedIssue[] = []
-  const upstreamNames = Object.keys(config.upstreams)
+  const upstreams: Record<string, unknown> = isObject(config?.upstreams) ? config.upstreams : {}
+  const routes: unknown[] = Array.isArray(config?.routes) ? config.routes : []
+  const upstreamNames = Object.keys(upstreams)
   const seen = new Map<string, number>()
-  config.routes.forEach((route, i) => {
-    const first = seen.get(route.name)
-    if (first !== undefined) issues.push(issueAt(['routes', i, 'name'], `duplicate route name "${route.name}" (first used by routes[${first}])`))
-    else seen.set(route.name, i)
-    if (!(route.upstream in config.upstreams)) {
+  routes.forEach((route: any, i) => {
+    if (!isObject(route)) return
+    if (typeof route.name === 'string') {
+      const first = seen.get(route.name)
+      if (first !== undefined) issues.push(issueAt(['routes', i, 'name'], `duplicate route name "${route.name}" (first used by routes[${first}])`))
+      else seen.set(route.name, i)
+    }
+    if (typeof route.upstream === 'string' && route.upstream !== '' && !Object.hasOwn(upstreams, route.upstream)) {
       const hint = suggest(route.upstream, upstreamNames)
       issues.push(issueAt(['routes', i, 'upstream'], `unknown upstream "${route.upstream}"${hint === null ? '' : ` (did you mean "${hint}"?)`}`))
     }
-    const kinds = (['path', 'path_prefix', 'path_regex'] as const).filter((k) => route.match[k] !== undefined)
+    const match: Record<string, any> = isObject(route.match) ? route.match : {}
+    const kinds = ['path', 'path_prefix', 'path_regex'].filter((k) => match[k] !== undefined)
     if (kinds.length > 1) issues.push(issueAt(['routes', i, 'match'], `use only one of path, path_prefix and path_regex (got ${kinds.join(', ')})`))
-    if (route.match.path_regex !== undefined) {
+    if (typeof match.path_regex === 'string') {
       try {
-        RegExp(route.match.path_regex)
+        RegExp(match.path_regex)
       } catch (err) {
         issues.push(issueAt(['routes', i, 'match', 'path_regex'], `invalid regular expression: ${(err as Error).message}`))
       }
     }
-    for (const name of Object.keys(route.match.headers ?? {})) {
+    for (const name of Object.keys(isObject(match.headers) ? match.headers : {})) {
       if (!/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(name)) issues.push(issueAt(['routes', i, 'match', 'headers', name], 'not a valid header name'))
     }
-    if (route.strip_prefix !== undefined && route.match.path_prefix !== undefined &&
-        !route.match.path_prefix.startsWith(route.strip_prefix)) {
-      issues.push(issueAt(['routes', i, 'strip_prefix'], `"${route.strip_prefix}" is not a prefix of match.path_prefix "${route.match.path_prefix}"`))
+    if (typeof route.strip_prefix === 'string' && typeof match.path_prefix === 'string' && !match.path_prefix.startsWith(route.strip_prefix)) {
+      issues.push(issueAt(['routes', i, 'strip_prefix'], `"${route.strip_prefix}" is not a prefix of match.path_prefix "${match.path_prefix}"`))
     }
   })
-  config.trusted_proxies.forEach((cidr, i) => {
-    if (parseCidr(cidr) === null) issues.push(issueAt(['trusted_proxies', i], `invalid CIDR or address "${cidr}"`))
+  const t = config?.listen?.timeouts
+  if (typeof t?.request === 'number' && typeof t?.headers === 'number' && t.request > 0 && t.request < t.headers) {
+    // Node refuses to start a server with requestTimeout < headersTimeout.
+    issues.push(issueAt(['listen', 'timeouts', 'request'], 'must be 0 (off) or at least listen.timeouts.headers'))
+  }
+  const proxies: unknown[] = Array.isArray(config?.trusted_proxies) ? config.trusted_proxies : []
+  proxies.forEach((cidr, i) => {
+    if (typeof cidr === 'string' && parseCidr(cidr) === null) issues.push(issueAt(['trusted_proxies', i], `invalid CIDR or address "${cidr}"`))
   })
+  return issues
+}
+
+function isObject (v: unknown): v is Record<string, any> {
+  return v !== null && typeof v === 'object' && !Array.isArray(v)
+}
+
+/**
+ * TLS material given as paths is resolved against the config file's directory (not the
+ * working directory) and read now, so `gatehouse check` catches a missing key file.
+ */
+function resolveFiles (config: Config, baseDir: string): LocatedIssue[] {
+  const issues: LocatedIssue[] = []
+  const tls = config.listen.tls as Record<string, string | undefined> | undefined
+  if (tls === undefined) return issues
+  for (const key of ['cert', 'key', 'ca'] as const) {
+    const value = tls[key]
+    if (value === undefined || value.includes('-----BEGIN')) continue
+    const path = resolve(baseDir, value)
+    try {
+      tls[key] = readFileSync(path, 'utf8')
+    } catch (err) {
+      issues.push(issueAt(['listen', 'tls', key], `cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`))
+      continue
+    }
+    if (!tls[key]!.includes('-----BEGIN')) issues.push(issueAt(['listen', 'tls', key], `${path} is not a PEM file`))
+  }
   return issues
 }
 

@@ -25,10 +25,18 @@ const size = () => z.union([z.string(), z.number()]).transform((v, ctx) => {
   return bytes
 })
 
-const port = z.number().int().min(0).max(65535)
+/*
+ * `${env:...}` references always produce strings, so numbers and booleans also accept their
+ * string spelling ("8080", "true"); anything else is left for the schema to refuse.
+ */
+const int = () => z.preprocess((v) => typeof v === 'string' && /^\s*-?\d+\s*$/.test(v) ? Number(v) : v, z.number().int())
+const bool = () => z.preprocess((v) => v === 'true' ? true : v === 'false' ? false : v, z.boolean())
+
+const port = z.preprocess((v) => typeof v === 'string' && /^\s*\d+\s*$/.test(v) ? Number(v) : v, z.number().int().min(0).max(65535))
 const nonEmpty = z.string().min(1, 'must not be empty')
 
-export const HTTP_METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS', 'TRACE', 'CONNECT'] as const
+/** CONNECT is absent: Node's server hands it to a separate event, and a gateway is no tunnel. */
+export const HTTP_METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS', 'TRACE'] as const
 
 const TlsSchema = z.strictObject({
   /** PEM text, or a path to a PEM file. */
@@ -46,21 +54,25 @@ const ListenSchema = z.strictObject({
     headers: duration().default(10_000),
     /** Whole request (head and body) must arrive within this; 0 disables (multi-GB uploads). */
     request: duration().default(0),
-    /** A client connection with no bytes moving either way is closed after this. */
-    idle: duration().default(120_000),
+    /**
+     * A client connection with no bytes moving either way is closed after this. Longer than
+     * the upstream idle default, so a silent stream is ended by the upstream side's timeout
+     * (which logs why) rather than by this one.
+     */
+    idle: duration().default(600_000),
     /** Idle keep-alive connections between requests are closed after this. */
     keep_alive: duration().default(5_000),
   }).prefault({}),
   /** Largest request head (request line and headers) accepted; larger → 431. */
   max_header_size: size().default(16 * 1024),
   /** Most header fields accepted in one request; more → 431. */
-  max_headers: z.number().int().min(1).max(10_000).default(100),
+  max_headers: int().pipe(z.number().min(1).max(10_000)).default(100),
 }).prefault({})
 
 const AdminSchema = z.strictObject({
   host: z.string().default('127.0.0.1'),
   port: port.default(9901),
-  enabled: z.boolean().default(true),
+  enabled: bool().default(true),
 }).prefault({})
 
 const TargetSchema = z.strictObject({
@@ -82,7 +94,7 @@ const TargetSchema = z.strictObject({
     }
     return u.origin + (u.pathname === '/' ? '' : u.pathname.replace(/\/$/, ''))
   }),
-  weight: z.number().int().min(1).max(1000).default(1),
+  weight: int().pipe(z.number().min(1).max(1000)).default(1),
 })
 
 const UpstreamSchema = z.strictObject({
@@ -96,12 +108,12 @@ const UpstreamSchema = z.strictObject({
     idle: duration().default(300_000),
   }).prefault({}),
   /** Most connections per target. */
-  max_connections: z.number().int().min(1).max(100_000).default(128),
+  max_connections: int().pipe(z.number().min(1).max(100_000)).default(128),
   /** How long an idle upstream connection is kept for reuse. */
   keep_alive: duration().default(4_000),
   /** Passive health: a target failing to connect this many times in a row is ejected for `duration`. */
   ejection: z.strictObject({
-    failures: z.number().int().min(1).default(1),
+    failures: int().pipe(z.number().min(1)).default(1),
     duration: duration().default(10_000),
   }).prefault({}),
 })
@@ -121,9 +133,9 @@ const RouteSchema = z.strictObject({
   upstream: nonEmpty,
   strip_prefix: z.string().startsWith('/', 'must start with "/"').optional(),
   /** Forward the client's Host header (true) or the target's host (false). */
-  preserve_host: z.boolean().default(true),
+  preserve_host: bool().default(true),
   /** Allow WebSocket (and other) upgrades on this route. */
-  websocket: z.boolean().default(true),
+  websocket: bool().default(true),
   limits: z.strictObject({
     /** Largest request body; 0 means no limit (streams of any size). */
     max_body: size().default(0),
@@ -133,7 +145,7 @@ const RouteSchema = z.strictObject({
 const LogSchema = z.strictObject({
   level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
   /** One JSON line per request. */
-  access: z.boolean().default(true),
+  access: bool().default(true),
 }).prefault({})
 
 export const ConfigSchema = z.strictObject({

@@ -9,6 +9,9 @@ const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3
 /** Parse `500ms`, `2s`, `5m`, `1h`, `1d` (or a number of ms) into milliseconds; null when malformed. */
 export function parseDuration (value: string | number): number | null {
   if (typeof value === 'number') return Number.isFinite(value) && value >= 0 ? value : null
+  // "0" needs no unit (and is what formatDuration writes); other unit-less strings are
+  // ambiguous (seconds? milliseconds?) and refused.
+  if (value.trim() === '0') return 0
   const m = DURATION_RE.exec(value.trim())
   if (m === null) return null
   return Math.round(Number(m[1]) * DURATION_UNITS[m[2] as string]!)

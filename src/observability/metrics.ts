@@ -50,7 +50,7 @@ export class Metrics {
   readonly upstreamDuration = new Histogram({ name: 'gatehouse_upstream_header_duration_seconds', help: 'Time from dispatch to the upstream response head', labelNames: ['route', 'upstream'] as const, buckets: DURATION_BUCKETS, registers: [this.registry] })
   readonly bytesIn = new Counter({ name: 'gatehouse_request_body_bytes_total', help: 'Request body bytes forwarded upstream', labelNames: ['route'] as const, registers: [this.registry] })
   readonly bytesOut = new Counter({ name: 'gatehouse_response_body_bytes_total', help: 'Response body bytes sent to clients', labelNames: ['route'] as const, registers: [this.registry] })
-  readonly clientErrors = new Counter({ name: 'gatehouse_client_errors_total', help: 'Requests refused before routing (malformed, oversized, timed out)', labelNames: ['code'] as const, registers: [this.registry] })
+  readonly refused = new Counter({ name: 'gatehouse_refused_requests_total', help: 'Requests the gateway refused itself, before any upstream call (malformed, no route, too large, timed out, no healthy target)', labelNames: ['code'] as const, registers: [this.registry] })
   readonly upstreamErrors = new Counter({ name: 'gatehouse_upstream_errors_total', help: 'Upstream failures by code', labelNames: ['upstream', 'code'] as const, registers: [this.registry] })
   readonly reloads = new Counter({ name: 'gatehouse_config_reloads_total', help: 'Configuration reloads by result', labelNames: ['result'] as const, registers: [this.registry] })
   readonly upgrades = new Gauge({ name: 'gatehouse_upgraded_connections', help: 'Open upgraded (WebSocket) connections', registers: [this.registry] })
@@ -63,7 +63,7 @@ export class Metrics {
   constructor (defaults = true, inFlight: () => number = () => 0) {
     // eslint-disable-next-line no-new
     new Gauge({ name: 'gatehouse_in_flight_requests', help: 'Requests being handled', registers: [this.registry], collect () { this.set(inFlight()) } })
-    if (defaults) collectDefaultMetrics({ register: this.registry, prefix: 'gatehouse_process_' })
+    if (defaults) collectDefaultMetrics({ register: this.registry, prefix: 'gatehouse_' })
   }
 
   /** Bound metrics for a route object; keyed by identity, so a lookup builds no strings. */

@@ -1,7 +1,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { Readable } from 'node:stream'
 import type { Dispatcher } from 'undici'
-import type { CompiledRoute, RouteTable } from '../compile/index.js'
+import { upstreamPath, type CompiledRoute, type RouteTable } from '../compile/index.js'
 import { isGatewayError, problemBody, type GatewayError } from '../errors/index.js'
 import type { Target } from '../upstream/target.js'
 import { isConnectFailure, upstreamError } from '../upstream/errors.js'
@@ -163,11 +163,7 @@ export class Exchange implements Dispatcher.DispatchHandler {
     this.attempts++
     target.inFlight++
     if (this.upstreamStartedAt === 0) this.upstreamStartedAt = performance.now()
-    let path = this.path
-    if (route.stripPrefix !== null && path.startsWith(route.stripPrefix)) {
-      path = path.slice(route.stripPrefix.length)
-      if (path.charCodeAt(0) !== 47) path = '/' + path
-    }
+    const path = upstreamPath(route, this.path)
     const headers = this.outHeaders
     if (!route.preserveHost) {
       // The Host header is the last field the caller pushed when preserve_host is off.

@@ -1,4 +1,3 @@
-import { readFileSync } from 'node:fs'
 import http, { type IncomingMessage, type ServerResponse } from 'node:http'
 import https from 'node:https'
 import type { AddressInfo, Socket } from 'node:net'
@@ -39,10 +38,12 @@ export interface Gateway {
   listen (): Promise<ListenInfo>
   /**
    * Validate, compile and swap in a new configuration. Requests already routed finish on the
-   * old table. Rejects (and keeps the old table) if the new config is invalid. Listener
-   * settings (addresses, TLS) take effect only on restart.
+   * old table. Rejects (and keeps the old table) if the new config is invalid. `config` may be
+   * a function (e.g. one reading the file), so that reading errors are logged and counted like
+   * validation errors. Listener addresses and TLS take effect only on restart; client
+   * timeouts, header limits and log settings apply at once.
    */
-  reload (config: ConfigInput | Config): Promise<void>
+  reload (config: ConfigInput | Config | (() => Config)): Promise<void>
   /** Stop accepting, let in-flight requests finish up to `shutdown.grace`, then close everything. */
   close (): Promise<void>
   readonly table: RouteTable
@@ -72,12 +73,11 @@ class GatewayImpl implements Gateway, GatewayRuntime {
   readonly #upgraded = new Set<Socket>()
   readonly #onRequest: (req: IncomingMessage, res: ServerResponse) => void
   readonly #onContinue: (req: IncomingMessage, res: ServerResponse) => void
-  readonly #accessLog: boolean
+  #accessLog = true
 
   constructor (config: Config, options: GatewayOptions) {
     this.logger = options.logger ?? createLogger(config.log.level, options.logDestination)
     this.metrics = new Metrics(options.processMetrics ?? true, () => this.#inFlight)
-    this.#accessLog = config.log.access
     this.table = compile(config, this.#registry)
     const l = config.listen
     const serverOptions: http.ServerOptions = {
@@ -95,16 +95,29 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     this.#encrypted = l.tls !== undefined
     this.#server = l.tls === undefined
       ? http.createServer(serverOptions)
-      : https.createServer({ ...serverOptions, cert: pem(l.tls.cert), key: pem(l.tls.key), ...(l.tls.ca === undefined ? {} : { ca: pem(l.tls.ca) }) })
-    // One more than the limit, so that "too many" is visible in rawHeaders (Node truncates silently).
-    this.#server.maxHeadersCount = l.max_headers + 1
-    this.#server.timeout = l.timeouts.idle
+      // validateConfig has replaced TLS paths with the PEM text they name.
+      : https.createServer({ ...serverOptions, cert: l.tls.cert, key: l.tls.key, ...(l.tls.ca === undefined ? {} : { ca: l.tls.ca }) })
+    this.#applyServerSettings(config)
     this.#onRequest = (req, res) => this.#handle(req, res, false)
     this.#onContinue = (req, res) => this.#handle(req, res, true)
     this.#server.on('request', this.#onRequest)
     this.#server.on('checkContinue', this.#onContinue)
     this.#server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => handleUpgrade(this, req, socket, head))
     this.#server.on('clientError', (err: Error & { code?: string }, socket: Socket) => this.#clientError(err, socket))
+  }
+
+  /** Listener settings Node lets us change on a live server (also on reload). */
+  #applyServerSettings (config: Config): void {
+    const server = this.#server
+    const t = config.listen.timeouts
+    server.headersTimeout = t.headers
+    server.requestTimeout = t.request
+    server.keepAliveTimeout = t.keep_alive
+    server.timeout = t.idle
+    // One more than the limit, so that "too many" is visible in rawHeaders (Node truncates silently).
+    server.maxHeadersCount = config.listen.max_headers + 1
+    this.#accessLog = config.log.access
+    this.logger.level = config.log.level
   }
 
   get ready (): boolean {
@@ -123,40 +136,48 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     res.on('close', onResponseClose)
     this.#inFlight++
 
-    const err = this.#prepare(ex)
-    if (err !== null) {
-      ex.fail(err)
-      return
+    try {
+      const err = this.#prepare(ex)
+      if (err !== null) return this.#refuse(ex, err)
+      const route = ex.route!
+      const target = route.upstream.pick(Date.now())
+      if (target === null) {
+        return this.#refuse(ex, gatewayError('GH_NO_HEALTHY_UPSTREAM', `Every target of upstream "${route.upstream.name}" is failing; try again shortly`, { headers: { 'retry-after': String(Math.ceil(route.upstream.ejectFor / 1000)) } }))
+      }
+      // RFC 9110 §10.1.1: ask for the body only once we know we want it.
+      if (expectContinue) res.writeContinue()
+      ex.dispatchTo(target)
+    } catch (err) {
+      // A bug must cost one request, never the process.
+      this.logger.error({ msg: 'internal error', id: ex.requestId, err: (err as Error).stack ?? String(err) })
+      ex.fail(gatewayError('GH_INTERNAL', 'The gateway failed to handle this request', { reason: (err as Error).message }))
     }
-    const route = ex.route!
-    const target = route.upstream.pick(Date.now())
-    if (target === null) {
-      ex.fail(gatewayError('GH_NO_HEALTHY_UPSTREAM', `Every target of upstream "${route.upstream.name}" is failing; try again shortly`, { headers: { 'retry-after': String(Math.ceil(route.upstream.ejectFor / 1000)) } }))
-      return
-    }
-    // RFC 9110 §10.1.1: ask for the body only once we know we want it.
-    if (expectContinue) res.writeContinue()
-    ex.dispatchTo(target)
+  }
+
+  #refuse (ex: Exchange, err: GatewayError): void {
+    this.metrics.refused.labels(err.code).inc()
+    ex.fail(err)
   }
 
   /** Validate the request line and head, pick the route, set up the body. */
   #prepare (ex: Exchange): GatewayError | null {
     const req = ex.req
     const url = req.url ?? ''
+    const q = url.indexOf('?')
+    ex.path = q === -1 ? url : url.slice(0, q)
+    ex.query = q === -1 ? '' : url.slice(q)
+    const raw = req.rawHeaders
+    // The scan comes first so that every answer, refusals included, carries a request id.
+    const headerErr = scanRequestHeaders(ex, raw)
+    if (raw.length > this.table.config.listen.max_headers * 2) {
+      return gatewayError('GH_HEADERS_TOO_LARGE', `The request has more than ${this.table.config.listen.max_headers} header fields`)
+    }
+    if (headerErr !== null) return headerErr
     if (url.charCodeAt(0) !== 47 /* / */) {
       // Absolute-form (a forward-proxy request) and asterisk-form are not for a gateway; taking
       // the authority from the target instead of Host would be a second source of truth.
       return gatewayError('GH_BAD_REQUEST', 'The request target must be an absolute path (origin-form)')
     }
-    const q = url.indexOf('?')
-    ex.path = q === -1 ? url : url.slice(0, q)
-    ex.query = q === -1 ? '' : url.slice(q)
-    const raw = req.rawHeaders
-    if (raw.length > this.table.config.listen.max_headers * 2) {
-      return gatewayError('GH_HEADERS_TOO_LARGE', `The request has more than ${this.table.config.listen.max_headers} header fields`)
-    }
-    const headerErr = scanRequestHeaders(ex, raw)
-    if (headerErr !== null) return headerErr
     if (hasDotSegment(ex.path)) return gatewayError('GH_BAD_PATH', 'The request path must not contain "." or ".." segments')
     const host = ex.hostHeader === null ? '' : hostname(ex.hostHeader)
     ex.host = host
@@ -192,7 +213,7 @@ class GatewayImpl implements Gateway, GatewayRuntime {
         : code === 'HPE_INVALID_TRANSFER_ENCODING' || code === 'HPE_UNEXPECTED_CONTENT_LENGTH' || code === 'HPE_INVALID_CONTENT_LENGTH'
           ? gatewayError('GH_AMBIGUOUS_LENGTH', `The request's message length is ambiguous: ${(err as { reason?: string }).reason ?? code}`)
           : gatewayError('GH_BAD_REQUEST', `Malformed request: ${(err as { reason?: string }).reason ?? code}`)
-    this.metrics.clientErrors.labels(gerr.code).inc()
+    this.metrics.refused.labels(gerr.code).inc()
     this.logger.info({ msg: 'client error', code: gerr.code, reason: `${code} ${(err as { reason?: string }).reason ?? err.message}`, peer: socket.remoteAddress })
     const body = problemBody(gerr, null)
     socket.end(`HTTP/1.1 ${gerr.status} ${http.STATUS_CODES[gerr.status]}\r\ncontent-type: application/problem+json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`)
@@ -264,10 +285,10 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     return { port: addr.port, host: addr.address, adminPort }
   }
 
-  async reload (input: ConfigInput | Config): Promise<void> {
+  async reload (input: ConfigInput | Config | (() => Config)): Promise<void> {
     let next: RouteTable
     try {
-      const config = validateConfig(input)
+      const config = validateConfig(typeof input === 'function' ? input() : input)
       next = compile(config, this.#registry)
     } catch (err) {
       this.metrics.reloads.labels('failure').inc()
@@ -277,10 +298,14 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     const prev = this.table
     // The swap: requests that already hold `prev` finish on it.
     this.table = next
+    this.#applyServerSettings(next.config)
     this.metrics.reloads.labels('success').inc()
-    const changed = JSON.stringify(prev.config.listen) !== JSON.stringify(next.config.listen) ||
-      JSON.stringify(prev.config.admin) !== JSON.stringify(next.config.admin)
-    this.logger.info({ msg: 'config reloaded', routes: next.routes.length, ...(changed ? { warning: 'listen/admin changes take effect on restart' } : {}) })
+    const p = prev.config
+    const n = next.config
+    const needsRestart = p.listen.host !== n.listen.host || p.listen.port !== n.listen.port ||
+      JSON.stringify(p.listen.tls) !== JSON.stringify(n.listen.tls) || p.listen.max_header_size !== n.listen.max_header_size ||
+      JSON.stringify(p.admin) !== JSON.stringify(n.admin)
+    this.logger.info({ msg: 'config reloaded', routes: next.routes.length, ...(needsRestart ? { warning: 'changes to listen address, TLS, max_header_size or admin take effect on restart' } : {}) })
     // Pools no longer referenced close once their in-flight requests end; reload() does not
     // wait for that (a long SSE stream on the old table may run for minutes).
     this.#registry.retain(next.targetKeys).catch(() => {})
@@ -331,10 +356,6 @@ function hostname (host: string): string {
 
 function round (ms: number): number {
   return Math.round(ms * 1000) / 1000
-}
-
-function pem (value: string): string | Buffer {
-  return value.includes('-----BEGIN') ? value : readFileSync(value)
 }
 
 export type { GatewayImpl }

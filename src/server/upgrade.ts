@@ -2,13 +2,13 @@ import http, { type IncomingMessage } from 'node:http'
 import type { Duplex } from 'node:stream'
 import type { Socket } from 'node:net'
 import type { Dispatcher } from 'undici'
-import type { CompiledRoute, RouteTable } from '../compile/index.js'
+import { upstreamPath, type CompiledRoute, type RouteTable } from '../compile/index.js'
 import { gatewayError, problemBody, type GatewayError } from '../errors/index.js'
 import type { Logger } from '../observability/logger.js'
 import type { Metrics } from '../observability/metrics.js'
 import { filterResponseHeaders, finishRequestHeaders, hasDotSegment, scanRequestHeaders } from '../pipeline/headers.js'
 import { Exchange } from '../pipeline/exchange.js'
-import { upstreamError } from '../upstream/errors.js'
+import { isConnectFailure, upstreamError } from '../upstream/errors.js'
 import type { Target } from '../upstream/target.js'
 
 interface UpgradeHost {
@@ -30,7 +30,7 @@ export function handleUpgrade (host: UpgradeHost, req: IncomingMessage, socket: 
   const table = host.table
   const url = req.url ?? ''
   const refuse = (err: GatewayError): void => {
-    host.metrics.clientErrors.labels(err.code).inc()
+    host.metrics.refused.labels(err.code).inc()
     host.logger.info({ msg: 'upgrade refused', code: err.code, path: url.split('?')[0] })
     writeProblem(socket, err)
   }
@@ -43,6 +43,8 @@ export function handleUpgrade (host: UpgradeHost, req: IncomingMessage, socket: 
   const q = url.indexOf('?')
   ex.path = q === -1 ? url : url.slice(0, q)
   ex.query = q === -1 ? '' : url.slice(q)
+  const maxHeaders = table.config.listen.max_headers
+  if (req.rawHeaders.length > maxHeaders * 2) return refuse(gatewayError('GH_HEADERS_TOO_LARGE', `The request has more than ${maxHeaders} header fields`))
   const err = scanRequestHeaders(ex, req.rawHeaders)
   if (err !== null) return refuse(err)
   if (hasDotSegment(ex.path)) return refuse(gatewayError('GH_BAD_PATH', 'The request path must not contain "." or ".." segments'))
@@ -53,7 +55,7 @@ export function handleUpgrade (host: UpgradeHost, req: IncomingMessage, socket: 
   ex.route = route
   finishRequestHeaders(ex, route, host.encrypted)
   const target = route.upstream.pick(Date.now())
-  if (target === null) return refuse(gatewayError('GH_NO_HEALTHY_UPSTREAM'))
+  if (target === null) return refuse(gatewayError('GH_NO_HEALTHY_UPSTREAM', undefined, { headers: { 'retry-after': String(Math.ceil(route.upstream.ejectFor / 1000)) } }))
   const upgrade = req.headers.upgrade ?? 'websocket'
   new UpgradeHandler(host, route, socket, head, target, ex.requestId).dispatch(ex, upgrade)
 }
@@ -77,10 +79,7 @@ class UpgradeHandler implements Dispatcher.DispatchHandler {
   }
 
   dispatch (ex: Exchange, upgrade: string): void {
-    let path = ex.path
-    const strip = this.#route.stripPrefix
-    if (strip !== null && path.startsWith(strip)) path = path.slice(strip.length) || '/'
-    if (path.charCodeAt(0) !== 47) path = '/' + path
+    const path = upstreamPath(this.#route, ex.path)
     const headers = ex.outHeaders
     if (!this.#route.preserveHost) headers[headers.length - 1] = this.#target.authority
     this.#target.pool.dispatch({
@@ -149,7 +148,10 @@ class UpgradeHandler implements Dispatcher.DispatchHandler {
       this.#client.destroy()
       return
     }
-    const gerr = upstreamError(err, this.#route.upstream.name)
+    const upstream = this.#route.upstream
+    if (isConnectFailure(err)) upstream.recordConnectFailure(this.#target, Date.now())
+    const gerr = upstreamError(err, upstream.name)
+    this.#host.metrics.upstreamErrors.labels(upstream.name, gerr.code).inc()
     this.#host.logger.info({ msg: 'upgrade failed', id: this.#requestId, route: this.#route.name, code: gerr.code, reason: gerr.reason })
     writeProblem(this.#client, gerr)
   }
@@ -158,7 +160,9 @@ class UpgradeHandler implements Dispatcher.DispatchHandler {
 function writeProblem (socket: Duplex, err: GatewayError): void {
   if (socket.destroyed || !socket.writable) return
   const body = problemBody(err, null)
-  socket.end(`HTTP/1.1 ${err.status} ${http.STATUS_CODES[err.status]}\r\ncontent-type: application/problem+json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`)
+  let extra = ''
+  if (err.headers !== null) for (const [k, v] of Object.entries(err.headers)) extra += `${k}: ${v}\r\n`
+  socket.end(`HTTP/1.1 ${err.status} ${http.STATUS_CODES[err.status]}\r\ncontent-type: application/problem+json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n${extra}connection: close\r\n\r\n${body}`)
 }
 
 function onSocketError (this: Duplex): void {

@@ -81,7 +81,11 @@ export class Upstream {
 
   /** Passive health: count a failed connect; eject after `ejectAfter` in a row. */
   recordConnectFailure (target: Target, now: number): void {
-    if (++target.consecutiveFailures >= this.ejectAfter) target.ejectedUntil = now + this.ejectFor
+    if (++target.consecutiveFailures >= this.ejectAfter) {
+      target.ejectedUntil = now + this.ejectFor
+      // Back from ejection, a target gets the full `failures` allowance again.
+      target.consecutiveFailures = 0
+    }
   }
 
   recordSuccess (target: Target): void {
