@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-import { main } from '../dist/cli/main.js'
+import { main } from '../dist/gatehouse.mjs'
 
 main(process.argv.slice(2)).then((code) => {
   if (typeof code === 'number') process.exitCode = code

@@ -94,6 +94,12 @@ async function start (file: string): Promise<number> {
   const reload = async (why: string): Promise<void> => {
     const hash = hashFile(file)
     if (why === 'change' && hash === lastHash) return
+    if (hash === EMPTY) {
+      // Seen between the truncate and the write of a file rewritten in place: an empty
+      // document is a valid config with no routes, which must never replace a running one.
+      gateway.logger.warn({ msg: 'config file is empty; keeping the running config', file })
+      return
+    }
     lastHash = hash
     // reload() reads the file through the thunk, so a file that fails to load is logged and
     // counted like any invalid config, and the running table stays.
@@ -116,11 +122,16 @@ async function start (file: string): Promise<number> {
   return 0
 }
 
+const EMPTY = 'empty'
+
+/** Content hash of the file; EMPTY for a missing, unreadable or blank file. */
 function hashFile (file: string): string {
   try {
-    return createHash('sha256').update(readFileSync(file)).digest('hex')
+    const data = readFileSync(file)
+    if (data.toString('utf8').trim() === '') return EMPTY
+    return createHash('sha256').update(data).digest('hex')
   } catch {
-    return ''
+    return EMPTY
   }
 }
 

@@ -1,4 +1,5 @@
-import { Pool } from 'undici'
+import type { Pool as PoolType } from 'undici'
+import Pool from 'undici/lib/dispatcher/pool.js'
 import type { UpstreamConfig } from '../config/schema.js'
 
 /** Pool-level options: two targets with the same URL and these share one pool. */
@@ -21,7 +22,7 @@ export class Target {
   readonly basePath: string
   /** host[:port] of the target, for routes that do not preserve the client's Host. */
   readonly authority: string
-  readonly pool: Pool
+  readonly pool: PoolType
   inFlight = 0
   consecutiveFailures = 0
   ejectedUntil = 0

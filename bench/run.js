@@ -1,0 +1,775 @@
+// Gatehouse benchmark: one run, everything on 127.0.0.1, one load at a time.
+//
+//   npm run bench                     (builds, then runs this file)
+//   BENCH_DURATION=10                 seconds per wrk run (default 10)
+//   BENCH_WARMUP=2                    seconds of wrk warm-up before each measured run (default 2; 0 = none)
+//   BENCH_WRK_THREADS=1               wrk threads for the c=50 runs (default 1, see BENCHMARKS.md)
+//   BENCH_STREAM_BYTES=1073741824     size of the big streaming runs (default 1 GiB)
+//   BENCH_STREAM_REPS=3               repetitions of each big streaming run (median MB/s, highest peak RSS)
+//   BENCH_TARGETS=direct,gatehouse,nginx,fastify   subset of targets to run
+//   BENCH_SKIP=cold,stream,wrk        skip parts
+//   BENCH_GATEHOUSE_NODE_ARGS='--cpu-prof --cpu-prof-dir=/tmp/prof'   extra node flags for the gateway
+//
+// Prints a table and writes the raw results to bench/results/latest.json.
+import { spawn, spawnSync } from 'node:child_process'
+import fs from 'node:fs'
+import http from 'node:http'
+import net from 'node:net'
+import os from 'node:os'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { setTimeout as sleep } from 'node:timers/promises'
+
+const here = path.dirname(fileURLToPath(import.meta.url))
+const root = path.join(here, '..')
+const NGINX = '/usr/sbin/nginx'
+
+const DURATION = Math.max(1, Math.round(Number(process.env.BENCH_DURATION ?? 10)))
+const WARMUP = Math.max(0, Math.round(Number(process.env.BENCH_WARMUP ?? 2)))
+const WRK_THREADS = Math.max(1, Math.round(Number(process.env.BENCH_WRK_THREADS ?? 1)))
+const BIG = Math.round(Number(process.env.BENCH_STREAM_BYTES ?? 1024 ** 3))
+const SMALL_STREAM = 16 * 1024 ** 2
+const STREAM_WARMUP = 256 * 1024 ** 2
+const BIG_REPS = Math.max(1, Math.round(Number(process.env.BENCH_STREAM_REPS ?? 3)))
+const SMALL_REPS = 5
+const COLD_RUNS = 5
+const SKIP = new Set((process.env.BENCH_SKIP ?? '').split(',').filter(Boolean))
+const GH_NODE_ARGS = (process.env.BENCH_GATEHOUSE_NODE_ARGS ?? '').split(' ').filter(Boolean)
+const ALL_TARGETS = ['direct', 'gatehouse', 'nginx', 'fastify']
+const TARGETS = (process.env.BENCH_TARGETS ?? ALL_TARGETS.join(',')).split(',').filter((t) => ALL_TARGETS.includes(t))
+const TARGET_LABEL = { direct: 'direct', gatehouse: 'gatehouse', nginx: 'nginx', fastify: 'fastify-http-proxy' }
+
+const CHUNK = Buffer.alloc(64 * 1024, 'b')
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'gatehouse-bench-'))
+
+// --- child processes ---------------------------------------------------------------------------
+
+/** Every process we started: killed on exit, error and SIGINT. */
+const children = new Set()
+
+function track (proc, name) {
+  proc.benchName = name
+  children.add(proc)
+  proc.once('exit', () => children.delete(proc))
+  return proc
+}
+
+function alive (proc) {
+  return proc.exitCode === null && proc.signalCode === null
+}
+
+/** Direct children of `pid`, from /proc (nginx's workers). */
+function childPids (pid) {
+  const out = []
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue
+    try {
+      const stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8')
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1])
+      if (ppid === pid) out.push(Number(entry))
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return out
+}
+
+/** Synchronous, for 'exit': SIGKILL everything (nginx workers first, so none is orphaned). */
+function killAllNow () {
+  for (const proc of children) {
+    if (!alive(proc)) continue
+    if (proc.benchName === 'nginx') {
+      for (const w of childPids(proc.pid)) {
+        try { process.kill(w, 'SIGKILL') } catch {}
+      }
+    }
+    try { proc.kill('SIGKILL') } catch {}
+  }
+}
+
+async function stop (proc, timeoutMs = 3000) {
+  if (!alive(proc)) return
+  const exited = new Promise((resolve) => proc.once('exit', resolve))
+  proc.kill('SIGTERM')
+  const done = await Promise.race([exited.then(() => true), sleep(timeoutMs).then(() => false)])
+  if (!done) {
+    killAllOf(proc)
+    await exited
+  }
+}
+
+function killAllOf (proc) {
+  if (proc.benchName === 'nginx') {
+    for (const w of childPids(proc.pid)) {
+      try { process.kill(w, 'SIGKILL') } catch {}
+    }
+  }
+  try { proc.kill('SIGKILL') } catch {}
+}
+
+process.on('exit', killAllNow)
+for (const sig of ['SIGINT', 'SIGTERM']) {
+  process.on(sig, () => {
+    process.stderr.write(`\n${sig}: stopping every child process\n`)
+    killAllNow()
+    process.exit(130)
+  })
+}
+
+async function freePort () {
+  const srv = net.createServer()
+  await new Promise((resolve, reject) => srv.listen(0, '127.0.0.1', resolve).once('error', reject))
+  const { port } = srv.address()
+  await new Promise((resolve) => srv.close(resolve))
+  return port
+}
+
+function log (msg) {
+  process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${msg}\n`)
+}
+
+// --- HTTP helpers ------------------------------------------------------------------------------
+
+/** One GET on a fresh connection; resolves { status, body } or rejects. */
+function getOnce (url, timeoutMs = 1000) {
+  return new Promise((resolve, reject) => {
+    const req = http.get(url, { agent: false }, (res) => {
+      const parts = []
+      res.on('data', (c) => parts.push(c))
+      res.on('end', () => resolve({ status: res.statusCode, body: Buffer.concat(parts).toString() }))
+      res.on('error', reject)
+    })
+    req.setTimeout(timeoutMs, () => req.destroy(new Error('timeout')))
+    req.on('error', reject)
+  })
+}
+
+/** Poll `url` until it answers 200 (bounded by timeoutMs). */
+async function waitReady (url, timeoutMs = 15_000, proc = null) {
+  const deadline = performance.now() + timeoutMs
+  let lastErr = null
+  while (performance.now() < deadline) {
+    if (proc !== null && !alive(proc)) throw new Error(`${proc.benchName} exited (${proc.exitCode ?? proc.signalCode}) before it was ready`)
+    try {
+      const r = await getOnce(url)
+      if (r.status === 200) return
+      lastErr = new Error(`status ${r.status}`)
+    } catch (err) {
+      lastErr = err
+    }
+    await sleep(20)
+  }
+  throw new Error(`${url} not ready after ${timeoutMs} ms: ${lastErr?.message}`)
+}
+
+/** GET /download?bytes=N, discarding the body as it arrives. */
+function download (base, bytes, timeoutMs) {
+  return new Promise((resolve, reject) => {
+    const t0 = performance.now()
+    let n = 0
+    const req = http.get(`${base}/download?bytes=${bytes}`, { agent: false }, (res) => {
+      if (res.statusCode !== 200) {
+        res.resume()
+        reject(new Error(`download: status ${res.statusCode}`))
+        return
+      }
+      res.on('data', (c) => { n += c.length })
+      res.on('end', () => {
+        clearTimeout(timer)
+        const ms = performance.now() - t0
+        if (n !== bytes) reject(new Error(`download: got ${n} of ${bytes} bytes`))
+        else resolve({ bytes: n, ms, mbps: bytes / 1e6 / (ms / 1000) })
+      })
+      res.on('error', reject)
+    })
+    const timer = setTimeout(() => req.destroy(new Error(`download: not done after ${timeoutMs} ms (${n} bytes)`)), timeoutMs)
+    req.on('error', (err) => { clearTimeout(timer); reject(err) })
+  })
+}
+
+/** POST /upload with a Content-Length body of `bytes`, written from one 64 KiB buffer with backpressure. */
+function upload (base, bytes, timeoutMs) {
+  return new Promise((resolve, reject) => {
+    const t0 = performance.now()
+    const req = http.request(`${base}/upload`, {
+      method: 'POST',
+      agent: false,
+      headers: { 'content-type': 'application/octet-stream', 'content-length': bytes },
+    }, (res) => {
+      const parts = []
+      res.on('data', (c) => parts.push(c))
+      res.on('end', () => {
+        clearTimeout(timer)
+        const ms = performance.now() - t0
+        const echoed = Number(Buffer.concat(parts).toString())
+        if (res.statusCode !== 200) reject(new Error(`upload: status ${res.statusCode}`))
+        else if (echoed !== bytes) reject(new Error(`upload: upstream counted ${echoed} of ${bytes} bytes`))
+        else resolve({ bytes, ms, mbps: bytes / 1e6 / (ms / 1000) })
+      })
+      res.on('error', reject)
+    })
+    const timer = setTimeout(() => req.destroy(new Error(`upload: not done after ${timeoutMs} ms`)), timeoutMs)
+    req.on('error', (err) => { clearTimeout(timer); reject(err) })
+    let left = bytes
+    const pump = () => {
+      while (left > 0) {
+        const n = Math.min(left, CHUNK.length)
+        left -= n
+        if (!req.write(n === CHUNK.length ? CHUNK : CHUNK.subarray(0, n))) {
+          req.once('drain', pump)
+          return
+        }
+      }
+      req.end()
+    }
+    pump()
+  })
+}
+
+// --- memory ------------------------------------------------------------------------------------
+
+function resetPeak (pid) {
+  try {
+    fs.writeFileSync(`/proc/${pid}/clear_refs`, '5')
+    return true
+  } catch {
+    return false
+  }
+}
+
+/** VmHWM and VmRSS in MB (1e6 bytes). */
+function memOf (pid) {
+  try {
+    const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8')
+    const kb = (key) => Number(status.match(new RegExp(`^${key}:\\s+(\\d+) kB`, 'm'))?.[1] ?? NaN)
+    return { hwmMB: kb('VmHWM') * 1024 / 1e6, rssMB: kb('VmRSS') * 1024 / 1e6 }
+  } catch {
+    return { hwmMB: NaN, rssMB: NaN }
+  }
+}
+
+// --- noise -------------------------------------------------------------------------------------
+// The machine is shared: anything else using CPU during a run skews it. Before each measured
+// run we wait (bounded) for the other processes to go quiet, and we record how much CPU they
+// used during the run ("foreign CPU", % of one core; our own children and kernel threads excluded).
+
+const CLK_TCK = 100
+const PF_KTHREAD = 0x00200000
+const QUIET_PCT = Number(process.env.BENCH_QUIET_PCT ?? 10)
+const QUIET_MAX_WAIT_MS = 20_000
+
+function cpuSnapshot () {
+  const procs = new Map()
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue
+    try {
+      const stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8')
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+      procs.set(Number(entry), {
+        ppid: Number(f[1]),
+        kthread: (Number(f[6]) & PF_KTHREAD) !== 0,
+        ticks: Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14]),
+      })
+    } catch {
+      // exited meanwhile
+    }
+  }
+  return { at: performance.now(), procs }
+}
+
+function isOurs (pid, procs) {
+  for (let p = pid, hops = 0; p > 1 && hops < 64; hops++) {
+    if (p === process.pid) return true
+    const info = procs.get(p)
+    if (info === undefined) return false
+    p = info.ppid
+  }
+  return false
+}
+
+/**
+ * CPU used by other processes between two snapshots, in % of one core. A process that exited
+ * in between shows up in its parent's cutime/cstime with all of its life's CPU, so what it had
+ * used before the first snapshot is taken off again.
+ */
+function foreignCpuPct (a, b) {
+  let ticks = 0
+  for (const [pid, info] of b.procs) {
+    if (info.kthread || pid === 2 || info.ppid === 2 || isOurs(pid, b.procs)) continue
+    const before = a.procs.get(pid)
+    ticks += info.ticks - (before === undefined ? 0 : before.ticks)
+  }
+  for (const [pid, info] of a.procs) {
+    if (b.procs.has(pid) || info.kthread || pid === 2 || info.ppid === 2 || isOurs(pid, a.procs)) continue
+    ticks -= info.ticks
+  }
+  const seconds = (b.at - a.at) / 1000
+  return seconds > 0 ? Math.max(0, ticks / CLK_TCK / seconds * 100) : 0
+}
+
+/** Wait until other processes use less than QUIET_PCT of a core (sampled over 500 ms), at most QUIET_MAX_WAIT_MS. */
+async function waitQuiet (what) {
+  const t0 = performance.now()
+  let pct = 0
+  while (true) {
+    const a = cpuSnapshot()
+    await sleep(500)
+    pct = foreignCpuPct(a, cpuSnapshot())
+    if (pct < QUIET_PCT) break
+    if (performance.now() - t0 > QUIET_MAX_WAIT_MS) {
+      log(`warning: machine still busy (${pct.toFixed(0)}% of a core used by other processes) before ${what}; measuring anyway`)
+      break
+    }
+  }
+  const waited = performance.now() - t0
+  if (waited > 1000) log(`waited ${(waited / 1000).toFixed(1)} s for other processes to go quiet before ${what}`)
+  return pct
+}
+
+/** Run `fn` after waiting for quiet; returns its result with `foreignCpuPct` during the run. */
+async function measured (what, fn, wait = true) {
+  if (wait) await waitQuiet(what)
+  const a = cpuSnapshot()
+  const result = await fn()
+  result.foreignCpuPct = Math.round(foreignCpuPct(a, cpuSnapshot()) * 10) / 10
+  if (result.foreignCpuPct >= QUIET_PCT) log(`warning: other processes used ${result.foreignCpuPct}% of a core during ${what}`)
+  return result
+}
+
+// --- wrk ---------------------------------------------------------------------------------------
+
+function runWrk ({ url, connections, threads, seconds, script }) {
+  const args = ['-t', String(threads), '-c', String(connections), '-d', `${seconds}s`, '--timeout', '5s', '-s', path.join(here, 'wrk', script), url]
+  return new Promise((resolve, reject) => {
+    const proc = track(spawn('wrk', args, { stdio: ['ignore', 'pipe', 'pipe'] }), 'wrk')
+    let out = ''
+    let err = ''
+    proc.stdout.on('data', (c) => { out += c })
+    proc.stderr.on('data', (c) => { err += c })
+    // wrk stops by itself after `seconds`; this is a safety net.
+    const timer = setTimeout(() => proc.kill('SIGKILL'), (seconds + 15) * 1000)
+    proc.on('exit', (code) => {
+      clearTimeout(timer)
+      const line = out.split('\n').find((l) => l.startsWith('WRKJSON '))
+      if (code !== 0 || line === undefined) {
+        reject(new Error(`wrk ${args.join(' ')} failed (${code}): ${err || out}`))
+        return
+      }
+      const r = JSON.parse(line.slice(8))
+      r.args = args.join(' ')
+      r.non2xx = /Non-2xx or 3xx responses: (\d+)/.exec(out)?.[1] ?? '0'
+      resolve(r)
+    })
+  })
+}
+
+// --- targets -----------------------------------------------------------------------------------
+
+async function startUpstream () {
+  const proc = track(spawn(process.execPath, [path.join(here, 'upstream.js'), '0'], { stdio: ['ignore', 'pipe', 'inherit'] }), 'upstream')
+  const port = await new Promise((resolve, reject) => {
+    let buf = ''
+    const timer = setTimeout(() => reject(new Error('upstream did not start')), 10_000)
+    proc.stdout.on('data', (c) => {
+      buf += c
+      const m = /READY (\d+)/.exec(buf)
+      if (m) {
+        clearTimeout(timer)
+        resolve(Number(m[1]))
+      }
+    })
+    proc.once('exit', (code) => reject(new Error(`upstream exited ${code}`)))
+  })
+  proc.stdout.resume()
+  return { proc, port, base: `http://127.0.0.1:${port}` }
+}
+
+function gatehouseYaml (port, adminPort, upstreamPort) {
+  return `# Generated by bench/run.js: one route to the bench upstream, everything else default.
+listen: { host: 127.0.0.1, port: ${port} }
+admin: { host: 127.0.0.1, port: ${adminPort} }
+upstreams:
+  bench:
+    targets: [{ url: http://127.0.0.1:${upstreamPort} }]
+routes:
+  - name: bench
+    match: { path_prefix: / }
+    upstream: bench
+`
+}
+
+/** Spawns `node bin/gatehouse.js start --config <tmp yaml>`; stdout (the access log) goes to a file. */
+async function spawnGatehouse (upstreamPort, tag, extraNodeArgs = []) {
+  const port = await freePort()
+  const adminPort = await freePort()
+  const config = path.join(tmp, `gatehouse-${tag}.yaml`)
+  fs.writeFileSync(config, gatehouseYaml(port, adminPort, upstreamPort))
+  const logFile = path.join(tmp, `gatehouse-${tag}.log`)
+  const fd = fs.openSync(logFile, 'w')
+  const t0 = performance.now()
+  const proc = track(spawn(process.execPath, [...extraNodeArgs, path.join(root, 'bin', 'gatehouse.js'), 'start', '--config', config], {
+    cwd: tmp,
+    stdio: ['ignore', fd, fd],
+  }), 'gatehouse')
+  fs.closeSync(fd)
+  return { proc, port, adminPort, t0, logFile, config, base: `http://127.0.0.1:${port}` }
+}
+
+function nginxConf (prefix, port, upstreamPort) {
+  return `# Generated by bench/run.js
+worker_processes 1;
+pid ${prefix}/nginx.pid;
+error_log ${prefix}/error.log warn;
+events { worker_connections 4096; }
+http {
+  client_body_temp_path ${prefix}/client_body;
+  proxy_temp_path ${prefix}/proxy;
+  fastcgi_temp_path ${prefix}/fastcgi;
+  uwsgi_temp_path ${prefix}/uwsgi;
+  scgi_temp_path ${prefix}/scgi;
+  # One JSON line per request, the same facts as Gatehouse's access log; buffered like
+  # Gatehouse's asynchronous (batched) pino destination.
+  log_format gh escape=json '{"time":"$time_iso8601","id":"$request_id","method":"$request_method",'
+    '"path":"$uri","status":$status,"target":"$upstream_addr","bytes_in":$request_length,'
+    '"bytes_out":$bytes_sent,"ms":$request_time,"upstream_ms":"$upstream_header_time"}';
+  access_log ${prefix}/access.log gh buffer=64k flush=1s;
+  upstream bench {
+    server 127.0.0.1:${upstreamPort};
+    keepalive 64;
+  }
+  server {
+    listen 127.0.0.1:${port};
+    location / {
+      proxy_pass http://bench;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+      proxy_request_buffering off;
+      client_max_body_size 0;
+    }
+  }
+}
+`
+}
+
+async function startTarget (name, upstream) {
+  if (name === 'direct') return { name, base: upstream.base, pid: null, proc: null }
+  if (name === 'gatehouse') {
+    const gh = await spawnGatehouse(upstream.port, 'bench', GH_NODE_ARGS)
+    await waitReady(`${gh.base}/small`, 15_000, gh.proc)
+    return { name, base: gh.base, pid: gh.proc.pid, proc: gh.proc, logFile: gh.logFile, config: fs.readFileSync(gh.config, 'utf8') }
+  }
+  if (name === 'nginx') {
+    const prefix = path.join(tmp, 'nginx')
+    fs.mkdirSync(prefix, { recursive: true })
+    const port = await freePort()
+    const conf = nginxConf(prefix, port, upstream.port)
+    const confFile = path.join(prefix, 'nginx.conf')
+    fs.writeFileSync(confFile, conf)
+    const proc = track(spawn(NGINX, ['-p', prefix, '-c', confFile, '-e', path.join(prefix, 'error.log'), '-g', 'daemon off;'], { stdio: ['ignore', 'inherit', 'inherit'] }), 'nginx')
+    const base = `http://127.0.0.1:${port}`
+    await waitReady(`${base}/small`, 15_000, proc)
+    const workers = childPids(proc.pid)
+    return { name, base, pid: workers[0] ?? proc.pid, proc, config: conf }
+  }
+  if (name === 'fastify') {
+    const port = await freePort()
+    const proc = track(spawn(process.execPath, [path.join(here, 'fastify-proxy.js'), String(port), upstream.base], { stdio: ['ignore', 'ignore', 'inherit'] }), 'fastify')
+    const base = `http://127.0.0.1:${port}`
+    await waitReady(`${base}/small`, 15_000, proc)
+    return { name, base, pid: proc.pid, proc }
+  }
+  throw new Error(`unknown target ${name}`)
+}
+
+// --- scenarios ---------------------------------------------------------------------------------
+
+const WRK_SCENARIOS = [
+  { id: 'get_small_c1', label: 'GET /small c=1', path: '/small', connections: 1, threads: 1, script: 'report.lua' },
+  { id: 'get_small_c50', label: 'GET /small c=50', path: '/small', connections: 50, threads: WRK_THREADS, script: 'report.lua' },
+  { id: 'post_16k_c50', label: 'POST 16 KiB c=50', path: '/echo16k', connections: 50, threads: WRK_THREADS, script: 'post16k.lua' },
+]
+
+const STREAM_SCENARIOS = [
+  { id: 'download_16MiB', label: 'download 16 MiB', kind: 'download', bytes: SMALL_STREAM, reps: SMALL_REPS },
+  { id: 'download_big', label: `download ${fmtBytes(BIG)}`, kind: 'download', bytes: BIG, reps: BIG_REPS },
+  { id: 'upload_16MiB', label: 'upload 16 MiB', kind: 'upload', bytes: SMALL_STREAM, reps: SMALL_REPS },
+  { id: 'upload_big', label: `upload ${fmtBytes(BIG)}`, kind: 'upload', bytes: BIG, reps: BIG_REPS },
+]
+
+function fmtBytes (n) {
+  if (n >= 1024 ** 3 && n % 1024 ** 3 === 0) return `${n / 1024 ** 3} GiB`
+  if (n >= 1024 ** 2 && n % 1024 ** 2 === 0) return `${n / 1024 ** 2} MiB`
+  return `${n} B`
+}
+
+/** utime + stime of one process, in ms. */
+function cpuMsOf (pid) {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    return (Number(f[11]) + Number(f[12])) * 1000 / CLK_TCK
+  } catch {
+    return NaN
+  }
+}
+
+async function benchLoad (t, r, upstream) {
+  for (const s of WRK_SCENARIOS) {
+    const url = t.base + s.path
+    if (WARMUP > 0) await runWrk({ url, connections: s.connections, threads: s.threads, seconds: WARMUP, script: s.script })
+    let cpu0 = null
+    const w = await measured(`${t.name} ${s.label}`, () => {
+      if (t.pid !== null) resetPeak(t.pid)
+      cpu0 = { proxy: t.pid === null ? 0 : cpuMsOf(t.pid), upstream: cpuMsOf(upstream.proc.pid) }
+      return runWrk({ url, connections: s.connections, threads: s.threads, seconds: DURATION, script: s.script })
+    })
+    if (t.pid !== null) w.peakRssMB = memOf(t.pid).hwmMB
+    // CPU time each process spent on the run, per request (wrk's own share is not counted).
+    const proxyMs = t.pid === null ? 0 : cpuMsOf(t.pid) - cpu0.proxy
+    const upstreamMs = cpuMsOf(upstream.proc.pid) - cpu0.upstream
+    w.cpu = {
+      proxyPctOfCore: Math.round(proxyMs / (w.duration_us / 1000) * 1000) / 10,
+      upstreamPctOfCore: Math.round(upstreamMs / (w.duration_us / 1000) * 1000) / 10,
+      proxyUsPerReq: Math.round(proxyMs * 1000 / w.requests * 10) / 10,
+      upstreamUsPerReq: Math.round(upstreamMs * 1000 / w.requests * 10) / 10,
+    }
+    r.scenarios[s.id] = w
+    const errs = Object.values(w.errors).reduce((a, b) => a + b, 0)
+    log(`${t.name.padEnd(9)} ${s.label.padEnd(18)} ${w.rps.toFixed(0).padStart(7)} req/s  p50 ${(w.lat_p50_us / 1000).toFixed(3)} ms  p99 ${(w.lat_p99_us / 1000).toFixed(3)} ms` +
+      (errs > 0 || w.non2xx !== '0' ? `  errors ${JSON.stringify(w.errors)} non-2xx ${w.non2xx}` : '') +
+      (w.peakRssMB === undefined ? '' : `  peak RSS ${w.peakRssMB.toFixed(1)} MB`) +
+      `  CPU proxy ${w.cpu.proxyPctOfCore}% (${w.cpu.proxyUsPerReq} us/req) upstream ${w.cpu.upstreamPctOfCore}% (${w.cpu.upstreamUsPerReq} us/req)`)
+  }
+}
+
+const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor((xs.length - 1) / 2)]
+
+async function benchStreams (t, r) {
+  // Warm the path (connections, JIT, V8 heap sizing) before anything is timed or measured:
+  // the first transfers of a fresh Node process run at a fraction of its steady speed.
+  for (const fn of [download, upload]) await fn(t.base, STREAM_WARMUP, 60_000)
+  r.streamRssAfterWarmupMB = t.pid === null ? null : memOf(t.pid).rssMB
+  for (const s of STREAM_SCENARIOS) {
+    // Bounded: a transfer slower than ~10 MB/s is a failure, not a result.
+    const timeoutMs = Math.max(30_000, Math.round(s.bytes / 10e6 * 1000))
+    const fn = s.kind === 'download' ? download : upload
+    const runs = []
+    try {
+      for (let i = 0; i < s.reps; i++) {
+        const before = t.pid === null ? null : memOf(t.pid)
+        let reset = false
+        const x = await measured(`${t.name} ${s.label}`, () => {
+          reset = t.pid === null ? false : resetPeak(t.pid)
+          return fn(t.base, s.bytes, timeoutMs)
+        }, i === 0)
+        if (t.pid !== null) Object.assign(x, { rssBeforeMB: before.rssMB, peakRssMB: memOf(t.pid).hwmMB, peakReset: reset })
+        runs.push(x)
+      }
+      const x = {
+        bytes: s.bytes,
+        reps: runs.length,
+        mbps: median(runs.map((x) => x.mbps)),
+        mbpsRuns: runs.map((x) => Math.round(x.mbps)),
+        foreignCpuPct: Math.max(...runs.map((x) => x.foreignCpuPct)),
+        // The worst (highest) peak of the repetitions; each repetition starts from a reset VmHWM.
+        peakRssMB: t.pid === null ? undefined : Math.max(...runs.map((x) => x.peakRssMB)),
+        runs,
+      }
+      r.scenarios[s.id] = x
+      log(`${t.name.padEnd(9)} ${s.label.padEnd(18)} ${x.mbps.toFixed(0).padStart(7)} MB/s (median of ${x.mbpsRuns.join(', ')})` +
+        (x.peakRssMB === undefined ? '' : `  peak RSS ${x.peakRssMB.toFixed(1)} MB`))
+    } catch (err) {
+      r.scenarios[s.id] = { error: err.message, runs }
+      log(`${t.name.padEnd(9)} ${s.label.padEnd(18)} FAILED: ${err.message}`)
+    }
+  }
+}
+
+async function coldStart (upstream) {
+  const runs = []
+  for (let i = 0; i < COLD_RUNS; i++) {
+    await waitQuiet('cold start')
+    const gh = await spawnGatehouse(upstream.port, `cold${i}`)
+    const url = `${gh.base}/small`
+    const noise = cpuSnapshot()
+    const deadline = gh.t0 + 10_000
+    let ms = null
+    let attempts = 0
+    while (performance.now() < deadline && alive(gh.proc)) {
+      const tryAt = performance.now()
+      attempts++
+      try {
+        const r = await getOnce(url, 2000)
+        if (r.status === 200) {
+          ms = performance.now() - gh.t0
+          break
+        }
+      } catch {
+        // not listening yet
+      }
+      const wait = 5 - (performance.now() - tryAt)
+      if (wait > 0) await sleep(wait)
+    }
+    const foreign = Math.round(foreignCpuPct(noise, cpuSnapshot()) * 10) / 10
+    await stop(gh.proc)
+    runs.push({ ms, attempts, foreignCpuPct: foreign })
+    log(`cold start ${i + 1}/${COLD_RUNS}: ${ms === null ? 'FAILED' : `${ms.toFixed(1)} ms`} (${attempts} polls)`)
+  }
+  const ok = runs.map((r) => r.ms).filter((v) => v !== null).sort((a, b) => a - b)
+  return { runs, medianMs: ok.length === COLD_RUNS ? ok[Math.floor(ok.length / 2)] : null }
+}
+
+// --- report ------------------------------------------------------------------------------------
+
+function machine () {
+  const cpuinfo = fs.readFileSync('/proc/cpuinfo', 'utf8')
+  const model = /^model name\s*:\s*(.*)$/m.exec(cpuinfo)?.[1] ?? 'unknown'
+  const version = (cmd, args) => {
+    // nginx -v prints to stderr, wrk -v exits 1.
+    const r = spawnSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] })
+    return `${r.stdout ?? ''}${r.stderr ?? ''}`.trim() || 'n/a'
+  }
+  return {
+    nproc: os.availableParallelism(),
+    cpu: model,
+    ramGB: Math.round(os.totalmem() / 1e9 * 10) / 10,
+    kernel: os.release(),
+    node: process.version,
+    nginx: fs.existsSync(NGINX) ? version(NGINX, ['-v']) : 'not installed',
+    wrk: version('wrk', ['-v']).split('\n')[0],
+  }
+}
+
+const num = (v, digits) => (typeof v === 'number' && Number.isFinite(v) ? v.toFixed(digits) : '-')
+const ratio = (a, b) => (typeof a === 'number' && typeof b === 'number' && b > 0 ? (a / b).toFixed(2) + 'x' : '-')
+
+function table (results) {
+  const T = results.targets
+  const rows = [['scenario', 'metric', ...ALL_TARGETS.map((t) => TARGET_LABEL[t]), 'GH/direct', 'GH/nginx', 'GH/fastify']]
+  // '*' marks a value measured while other processes used >= QUIET_PCT % of a core.
+  const add = (scenario, id, metric, pick, digits) => {
+    const vals = ALL_TARGETS.map((t) => pick(T[t]?.scenarios?.[id]))
+    const noisy = ALL_TARGETS.map((t) => (T[t]?.scenarios?.[id]?.foreignCpuPct ?? 0) >= QUIET_PCT)
+    const gh = vals[1]
+    rows.push([scenario, metric, ...vals.map((v, i) => num(v, digits) + (noisy[i] && typeof v === 'number' ? '*' : '')),
+      ratio(gh, vals[0]), ratio(gh, vals[2]), ratio(gh, vals[3])])
+  }
+  for (const s of WRK_SCENARIOS) {
+    add(s.label, s.id, 'req/s', (x) => x?.rps, 0)
+    add('', s.id, 'p50 ms', (x) => x?.lat_p50_us / 1000, 3)
+    add('', s.id, 'p99 ms', (x) => x?.lat_p99_us / 1000, 3)
+  }
+  for (const s of STREAM_SCENARIOS) {
+    add(s.label, s.id, 'MB/s', (x) => x?.mbps, 0)
+    add('', s.id, 'peak RSS MB', (x) => x?.peakRssMB, 1)
+  }
+  const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)))
+  const line = (r) => '| ' + r.map((cell, c) => (c < 2 ? cell.padEnd(widths[c]) : cell.padStart(widths[c]))).join(' | ') + ' |'
+  const sep = '|' + widths.map((w, c) => (c < 2 ? '-'.repeat(w + 2) : '-'.repeat(w + 1) + ':')).join('|') + '|'
+  return [line(rows[0]), sep, ...rows.slice(1).map(line)].join('\n')
+}
+
+function checklist (results) {
+  const T = results.targets
+  const get = (t, id) => T[t]?.scenarios?.[id]
+  const items = []
+  const check = (name, ok, measured) => items.push({ name, status: ok === null ? 'N/A' : ok ? 'PASS' : 'FAIL', measured })
+  const gh50 = get('gatehouse', 'get_small_c50')?.rps
+  const ng50 = get('nginx', 'get_small_c50')?.rps
+  const fa50 = get('fastify', 'get_small_c50')?.rps
+  const have = (...v) => v.every((x) => typeof x === 'number' && Number.isFinite(x))
+  check('small GET c=50: Gatehouse >= 0.35x nginx', have(gh50, ng50) ? gh50 / ng50 >= 0.35 : null, have(gh50, ng50) ? `${(gh50 / ng50).toFixed(2)}x (${gh50.toFixed(0)} vs ${ng50.toFixed(0)} req/s)` : 'n/a')
+  check('small GET c=50: Gatehouse >= 1.8x @fastify/http-proxy', have(gh50, fa50) ? gh50 / fa50 >= 1.8 : null, have(gh50, fa50) ? `${(gh50 / fa50).toFixed(2)}x (${gh50.toFixed(0)} vs ${fa50.toFixed(0)} req/s)` : 'n/a')
+  const ghp50 = get('gatehouse', 'get_small_c1')?.lat_p50_us
+  const dp50 = get('direct', 'get_small_c1')?.lat_p50_us
+  const added = have(ghp50, dp50) ? (ghp50 - dp50) / 1000 : null
+  results.addedP50AtC1Ms = added
+  check('added p50 at c=1 <= 0.2 ms', added === null ? null : added <= 0.2, added === null ? 'n/a' : `${added.toFixed(3)} ms (${(ghp50 / 1000).toFixed(3)} - ${(dp50 / 1000).toFixed(3)} ms)`)
+  for (const kind of ['download', 'upload']) {
+    const big = get('gatehouse', `${kind}_big`)?.peakRssMB
+    const small = get('gatehouse', `${kind}_16MiB`)?.peakRssMB
+    check(`${kind} ${fmtBytes(BIG)}: gateway peak RSS <= 150 MB`, have(big) ? big <= 150 : null, have(big) ? `${big.toFixed(1)} MB` : 'n/a')
+    check(`${kind} ${fmtBytes(BIG)}: peak within 16 MB of the 16 MiB peak`, have(big, small) ? big - small <= 16 : null, have(big, small) ? `${big.toFixed(1)} - ${small.toFixed(1)} = ${(big - small).toFixed(1)} MB` : 'n/a')
+  }
+  for (const [kind, min] of [['download', 0.35], ['upload', 0.6]]) {
+    const gh = get('gatehouse', `${kind}_big`)?.mbps
+    const ng = get('nginx', `${kind}_big`)?.mbps
+    check(`${kind} ${fmtBytes(BIG)}: Gatehouse >= ${min}x nginx`, have(gh, ng) ? gh / ng >= min : null, have(gh, ng) ? `${(gh / ng).toFixed(2)}x (${gh.toFixed(0)} vs ${ng.toFixed(0)} MB/s)` : 'n/a')
+  }
+  const cold = results.coldStart?.medianMs
+  check('cold start (median of 5) <= 300 ms', have(cold) ? cold <= 300 : null, have(cold) ? `${cold.toFixed(1)} ms` : 'n/a')
+  return items
+}
+
+// --- main --------------------------------------------------------------------------------------
+
+async function main () {
+  const started = Date.now()
+  const results = {
+    date: new Date().toISOString(),
+    machine: machine(),
+    settings: { durationS: DURATION, warmupS: WARMUP, wrkThreadsC50: WRK_THREADS, bigStreamBytes: BIG, bigStreamReps: BIG_REPS, smallStreamBytes: SMALL_STREAM, smallStreamReps: SMALL_REPS, streamWarmupBytes: STREAM_WARMUP, coldRuns: COLD_RUNS, gatehouseNodeArgs: GH_NODE_ARGS },
+    targets: {},
+    configs: {},
+  }
+  log(`tmp dir ${tmp}; ${DURATION}s per wrk run (+${WARMUP}s warm-up), c=50 with ${WRK_THREADS} wrk thread(s)`)
+  const upstream = await startUpstream()
+  log(`upstream on ${upstream.base} (pid ${upstream.proc.pid})`)
+
+  for (const name of TARGETS) {
+    if (name === 'nginx' && !fs.existsSync(NGINX)) {
+      log(`${NGINX} not found: skipping nginx`)
+      continue
+    }
+    const r = results.targets[name] = { scenarios: {} }
+    // Two phases, each on a freshly started proxy, so that the streaming runs' peak RSS is not
+    // the heap left behind by 50 connections of request/response load (and vice versa).
+    for (const phase of ['wrk', 'stream']) {
+      if (SKIP.has(phase)) continue
+      const t = await startTarget(name, upstream)
+      log(`${name}: ${phase} phase on ${t.base}${t.pid === null ? '' : ` (measured pid ${t.pid}, RSS ${memOf(t.pid).rssMB.toFixed(1)} MB)`}`)
+      r.base = t.base
+      if (t.pid !== null) r[`${phase}StartRssMB`] = memOf(t.pid).rssMB
+      if (t.config !== undefined) results.configs[name] = t.config
+      try {
+        if (phase === 'wrk') await benchLoad(t, r, upstream)
+        else await benchStreams(t, r)
+      } finally {
+        if (t.proc !== null) await stop(t.proc)
+      }
+      if (name === 'gatehouse' && phase === 'wrk') {
+        r.accessLogLines = fs.readFileSync(t.logFile, 'utf8').split('\n').filter((l) => l.includes('"msg":"request"')).length
+      }
+    }
+  }
+
+  if (!SKIP.has('cold')) results.coldStart = await coldStart(upstream)
+  await stop(upstream.proc)
+
+  results.checklist = checklist(results)
+  results.elapsedS = Math.round((Date.now() - started) / 100) / 10
+
+  const out = path.join(here, 'results', 'latest.json')
+  fs.mkdirSync(path.dirname(out), { recursive: true })
+  fs.writeFileSync(out, JSON.stringify(results, null, 2) + '\n')
+
+  const m = results.machine
+  process.stdout.write(`\nGatehouse benchmark ${results.date}\n${m.nproc} x ${m.cpu}, ${m.ramGB} GB RAM, node ${m.node}, ${m.nginx}, ${m.wrk}\n`)
+  process.stdout.write(`wrk: ${DURATION}s runs after ${WARMUP}s warm-up; c=1 with 1 thread, c=50 with ${WRK_THREADS} thread(s). MB = 10^6 bytes. Ratios are Gatehouse / other (req/s, MB/s: higher is better; latency, RSS: lower is better).\n\n`)
+  process.stdout.write(table(results) + '\n')
+  process.stdout.write(`* = other processes used >= ${QUIET_PCT}% of a core during that run (shared machine): treat with care.\n\n`)
+  const added = results.addedP50AtC1Ms
+  process.stdout.write(`added p50 at c=1 (Gatehouse - direct): ${added === null || added === undefined ? '-' : added.toFixed(3) + ' ms'}\n`)
+  if (results.coldStart) process.stdout.write(`cold start, spawn to first proxied 200 (median of ${COLD_RUNS}): ${num(results.coldStart.medianMs, 1)} ms  [${results.coldStart.runs.map((r) => num(r.ms, 1)).join(', ')}]\n`)
+  process.stdout.write('\nTargets:\n')
+  for (const c of results.checklist) process.stdout.write(`  [${c.status}] ${c.name}: ${c.measured}\n`)
+  process.stdout.write(`\nraw results: ${path.relative(process.cwd(), out)} (${results.elapsedS} s)\n`)
+  fs.rmSync(tmp, { recursive: true, force: true })
+}
+
+main().catch((err) => {
+  process.stderr.write(`bench failed: ${err.stack ?? err}\n`)
+  process.exitCode = 1
+  killAllNow()
+})

@@ -1,0 +1,8 @@
+// undici's Pool module on its own. The package entry point also loads fetch, WebSocket,
+// EventSource and the cache stores (about 200 ms of start-up on a small VM), none of which a
+// proxy uses. The path is internal to undici, so package.json pins undici to 7.30.x and the
+// test suite would catch a move.
+declare module 'undici/lib/dispatcher/pool.js' {
+  import { Pool } from 'undici'
+  export default Pool
+}
