@@ -124,11 +124,12 @@ async function start (file: string): Promise<number> {
 
 const EMPTY = 'empty'
 
-/** Content hash of the file; EMPTY for a missing, unreadable or blank file. */
+/** Content hash of the file; EMPTY for a missing, unreadable, blank or comments-only file. */
 function hashFile (file: string): string {
   try {
     const data = readFileSync(file)
-    if (data.toString('utf8').trim() === '') return EMPTY
+    // Comments alone count as empty too: a half-written file may end after its header comment.
+    if (data.toString('utf8').replace(/^\s*#.*$/gm, '').trim() === '') return EMPTY
     return createHash('sha256').update(data).digest('hex')
   } catch {
     return EMPTY

@@ -145,7 +145,11 @@ function crossCheck (config: any): LocatedIssue[] {
     for (const name of Object.keys(isObject(match.headers) ? match.headers : {})) {
       if (!/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(name)) issues.push(issueAt(['routes', i, 'match', 'headers', name], 'not a valid header name'))
     }
-    if (typeof route.strip_prefix === 'string' && typeof match.path_prefix === 'string' && !match.path_prefix.startsWith(route.strip_prefix)) {
+    const strip = route.strip_prefix
+    const prefix = match.path_prefix
+    // Whole segments, as upstreamPath() strips them: /api is a prefix of /api/v1, not of /apiv1.
+    if (typeof strip === 'string' && typeof prefix === 'string' &&
+        !(prefix === strip || prefix.startsWith(strip.endsWith('/') ? strip : strip + '/'))) {
       issues.push(issueAt(['routes', i, 'strip_prefix'], `"${route.strip_prefix}" is not a prefix of match.path_prefix "${match.path_prefix}"`))
     }
   })

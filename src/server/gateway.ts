@@ -305,7 +305,8 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     const needsRestart = p.listen.host !== n.listen.host || p.listen.port !== n.listen.port ||
       JSON.stringify(p.listen.tls) !== JSON.stringify(n.listen.tls) || p.listen.max_header_size !== n.listen.max_header_size ||
       JSON.stringify(p.admin) !== JSON.stringify(n.admin)
-    this.logger.info({ msg: 'config reloaded', routes: next.routes.length, ...(needsRestart ? { warning: 'changes to listen address, TLS, max_header_size or admin take effect on restart' } : {}) })
+    this.logger.info({ msg: 'config reloaded', routes: next.routes.length })
+    if (needsRestart) this.logger.warn({ msg: 'changes to the listen address, TLS, max_header_size or admin take effect on restart' })
     // Pools no longer referenced close once their in-flight requests end; reload() does not
     // wait for that (a long SSE stream on the old table may run for minutes).
     this.#registry.retain(next.targetKeys).catch(() => {})

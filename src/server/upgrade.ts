@@ -29,10 +29,11 @@ export function handleUpgrade (host: UpgradeHost, req: IncomingMessage, socket: 
   socket.on('error', onSocketError)
   const table = host.table
   const url = req.url ?? ''
+  let requestId: string | null = null
   const refuse = (err: GatewayError): void => {
     host.metrics.refused.labels(err.code).inc()
-    host.logger.info({ msg: 'upgrade refused', code: err.code, path: url.split('?')[0] })
-    writeProblem(socket, err)
+    host.logger.info({ msg: 'upgrade refused', id: requestId, code: err.code, path: url.split('?')[0] })
+    writeProblem(socket, err, requestId)
   }
   if (url.charCodeAt(0) !== 47 || host.closing) {
     refuse(host.closing ? gatewayError('GH_SHUTTING_DOWN') : gatewayError('GH_BAD_REQUEST', 'The request target must be an absolute path (origin-form)'))
@@ -46,6 +47,7 @@ export function handleUpgrade (host: UpgradeHost, req: IncomingMessage, socket: 
   const maxHeaders = table.config.listen.max_headers
   if (req.rawHeaders.length > maxHeaders * 2) return refuse(gatewayError('GH_HEADERS_TOO_LARGE', `The request has more than ${maxHeaders} header fields`))
   const err = scanRequestHeaders(ex, req.rawHeaders)
+  requestId = ex.requestId
   if (err !== null) return refuse(err)
   if (hasDotSegment(ex.path)) return refuse(gatewayError('GH_BAD_PATH', 'The request path must not contain "." or ".." segments'))
   const hostName = (ex.hostHeader ?? '').replace(/:\d+$/, '').toLowerCase()
@@ -114,6 +116,7 @@ class UpgradeHandler implements Dispatcher.DispatchHandler {
     client.write(head)
     if (this.#head.length > 0) upstream.write(this.#head)
     upstream.on('error', onSocketError)
+    this.#route.upstream.recordSuccess(this.#target)
     client.setTimeout(0)
     client.setNoDelay(true)
     upstream.pipe(client)
@@ -153,14 +156,14 @@ class UpgradeHandler implements Dispatcher.DispatchHandler {
     const gerr = upstreamError(err, upstream.name)
     this.#host.metrics.upstreamErrors.labels(upstream.name, gerr.code).inc()
     this.#host.logger.info({ msg: 'upgrade failed', id: this.#requestId, route: this.#route.name, code: gerr.code, reason: gerr.reason })
-    writeProblem(this.#client, gerr)
+    writeProblem(this.#client, gerr, this.#requestId)
   }
 }
 
-function writeProblem (socket: Duplex, err: GatewayError): void {
+function writeProblem (socket: Duplex, err: GatewayError, requestId: string | null): void {
   if (socket.destroyed || !socket.writable) return
-  const body = problemBody(err, null)
-  let extra = ''
+  const body = problemBody(err, requestId)
+  let extra = requestId === null ? '' : `x-request-id: ${requestId}\r\n`
   if (err.headers !== null) for (const [k, v] of Object.entries(err.headers)) extra += `${k}: ${v}\r\n`
   socket.end(`HTTP/1.1 ${err.status} ${http.STATUS_CODES[err.status]}\r\ncontent-type: application/problem+json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n${extra}connection: close\r\n\r\n${body}`)
 }
