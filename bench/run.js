@@ -8,10 +8,13 @@
 //   BENCH_STREAM_REPS=3               repetitions of each big streaming run (median MB/s, highest peak RSS)
 //   BENCH_TARGETS=direct,gatehouse,nginx,fastify   subset of targets to run
 //   BENCH_SKIP=cold,stream,wrk        skip parts
+//   BENCH_QUIET_PCT=10, BENCH_QUIET_BUDGET=60   wait for other processes to use < 10% of a core
+//                                     before each measurement, at most 60 s in total per bench run
 //   BENCH_GATEHOUSE_NODE_ARGS='--cpu-prof --cpu-prof-dir=/tmp/prof'   extra node flags for the gateway
 //
 // Prints a table and writes the raw results to bench/results/latest.json.
 import { spawn, spawnSync } from 'node:child_process'
+import { createHash } from 'node:crypto'
 import fs from 'node:fs'
 import http from 'node:http'
 import net from 'node:net'
@@ -74,19 +77,23 @@ function childPids (pid) {
   return out
 }
 
-/** Synchronous, for 'exit': SIGKILL everything (nginx workers first, so none is orphaned). */
-function killAllNow () {
-  for (const proc of children) {
-    if (!alive(proc)) continue
-    if (proc.benchName === 'nginx') {
-      for (const w of childPids(proc.pid)) {
-        try { process.kill(w, 'SIGKILL') } catch {}
-      }
+/** SIGKILL one child (nginx: its workers first, so none is orphaned). Synchronous. */
+function killAllOf (proc) {
+  if (!alive(proc)) return
+  if (proc.benchName === 'nginx') {
+    for (const w of childPids(proc.pid)) {
+      try { process.kill(w, 'SIGKILL') } catch {}
     }
-    try { proc.kill('SIGKILL') } catch {}
   }
+  try { proc.kill('SIGKILL') } catch {}
 }
 
+/** Synchronous, so that it also works in process.on('exit'). */
+function killAllNow () {
+  for (const proc of children) killAllOf(proc)
+}
+
+/** SIGTERM, then SIGKILL after timeoutMs. */
 async function stop (proc, timeoutMs = 3000) {
   if (!alive(proc)) return
   const exited = new Promise((resolve) => proc.once('exit', resolve))
@@ -98,20 +105,12 @@ async function stop (proc, timeoutMs = 3000) {
   }
 }
 
-function killAllOf (proc) {
-  if (proc.benchName === 'nginx') {
-    for (const w of childPids(proc.pid)) {
-      try { process.kill(w, 'SIGKILL') } catch {}
-    }
-  }
-  try { proc.kill('SIGKILL') } catch {}
-}
-
 process.on('exit', killAllNow)
 for (const sig of ['SIGINT', 'SIGTERM']) {
   process.on(sig, () => {
     process.stderr.write(`\n${sig}: stopping every child process\n`)
     killAllNow()
+    try { fs.rmSync(tmp, { recursive: true, force: true }) } catch {}
     process.exit(130)
   })
 }
@@ -257,6 +256,8 @@ const CLK_TCK = 100
 const PF_KTHREAD = 0x00200000
 const QUIET_PCT = Number(process.env.BENCH_QUIET_PCT ?? 10)
 const QUIET_MAX_WAIT_MS = 20_000
+// Total waiting allowed in one bench run, so a busy machine cannot stretch it without bound.
+let quietBudgetMs = Number(process.env.BENCH_QUIET_BUDGET ?? 60) * 1000
 
 function cpuSnapshot () {
   const procs = new Map()
@@ -316,12 +317,14 @@ async function waitQuiet (what) {
     await sleep(500)
     pct = foreignCpuPct(a, cpuSnapshot())
     if (pct < QUIET_PCT) break
-    if (performance.now() - t0 > QUIET_MAX_WAIT_MS) {
+    const spent = performance.now() - t0
+    if (spent > QUIET_MAX_WAIT_MS || spent > quietBudgetMs) {
       log(`warning: machine still busy (${pct.toFixed(0)}% of a core used by other processes) before ${what}; measuring anyway`)
       break
     }
   }
   const waited = performance.now() - t0
+  quietBudgetMs = Math.max(0, quietBudgetMs - Math.max(0, waited - 500))
   if (waited > 1000) log(`waited ${(waited / 1000).toFixed(1)} s for other processes to go quiet before ${what}`)
   return pct
 }
@@ -342,6 +345,7 @@ function runWrk ({ url, connections, threads, seconds, script }) {
   const args = ['-t', String(threads), '-c', String(connections), '-d', `${seconds}s`, '--timeout', '5s', '-s', path.join(here, 'wrk', script), url]
   return new Promise((resolve, reject) => {
     const proc = track(spawn('wrk', args, { stdio: ['ignore', 'pipe', 'pipe'] }), 'wrk')
+    proc.on('error', reject)
     let out = ''
     let err = ''
     proc.stdout.on('data', (c) => { out += c })
@@ -402,7 +406,11 @@ routes:
 async function spawnGatehouse (upstreamPort, tag, extraNodeArgs = []) {
   const port = await freePort()
   const adminPort = await freePort()
-  const config = path.join(tmp, `gatehouse-${tag}.yaml`)
+  // The config gets a directory of its own: Gatehouse watches the config file's directory for
+  // changes, and the access log written next to it would wake that watcher on every write.
+  const configDir = path.join(tmp, `config-${tag}`)
+  fs.mkdirSync(configDir, { recursive: true })
+  const config = path.join(configDir, 'gatehouse.yaml')
   fs.writeFileSync(config, gatehouseYaml(port, adminPort, upstreamPort))
   const logFile = path.join(tmp, `gatehouse-${tag}.log`)
   const fd = fs.openSync(logFile, 'w')
@@ -470,7 +478,7 @@ async function startTarget (name, upstream) {
     const base = `http://127.0.0.1:${port}`
     await waitReady(`${base}/small`, 15_000, proc)
     const workers = childPids(proc.pid)
-    return { name, base, pid: workers[0] ?? proc.pid, proc, config: conf }
+    return { name, base, pid: workers[0] ?? proc.pid, proc, config: conf, logFile: path.join(prefix, 'access.log') }
   }
   if (name === 'fastify') {
     const port = await freePort()
@@ -514,75 +522,107 @@ function cpuMsOf (pid) {
   }
 }
 
-async function benchLoad (t, r, upstream) {
-  for (const s of WRK_SCENARIOS) {
-    const url = t.base + s.path
-    if (WARMUP > 0) await runWrk({ url, connections: s.connections, threads: s.threads, seconds: WARMUP, script: s.script })
-    let cpu0 = null
-    const w = await measured(`${t.name} ${s.label}`, () => {
-      if (t.pid !== null) resetPeak(t.pid)
-      cpu0 = { proxy: t.pid === null ? 0 : cpuMsOf(t.pid), upstream: cpuMsOf(upstream.proc.pid) }
-      return runWrk({ url, connections: s.connections, threads: s.threads, seconds: DURATION, script: s.script })
-    })
-    if (t.pid !== null) w.peakRssMB = memOf(t.pid).hwmMB
-    // CPU time each process spent on the run, per request (wrk's own share is not counted).
-    const proxyMs = t.pid === null ? 0 : cpuMsOf(t.pid) - cpu0.proxy
-    const upstreamMs = cpuMsOf(upstream.proc.pid) - cpu0.upstream
-    w.cpu = {
-      proxyPctOfCore: Math.round(proxyMs / (w.duration_us / 1000) * 1000) / 10,
-      upstreamPctOfCore: Math.round(upstreamMs / (w.duration_us / 1000) * 1000) / 10,
-      proxyUsPerReq: Math.round(proxyMs * 1000 / w.requests * 10) / 10,
-      upstreamUsPerReq: Math.round(upstreamMs * 1000 / w.requests * 10) / 10,
-    }
-    r.scenarios[s.id] = w
-    const errs = Object.values(w.errors).reduce((a, b) => a + b, 0)
-    log(`${t.name.padEnd(9)} ${s.label.padEnd(18)} ${w.rps.toFixed(0).padStart(7)} req/s  p50 ${(w.lat_p50_us / 1000).toFixed(3)} ms  p99 ${(w.lat_p99_us / 1000).toFixed(3)} ms` +
-      (errs > 0 || w.non2xx !== '0' ? `  errors ${JSON.stringify(w.errors)} non-2xx ${w.non2xx}` : '') +
-      (w.peakRssMB === undefined ? '' : `  peak RSS ${w.peakRssMB.toFixed(1)} MB`) +
-      `  CPU proxy ${w.cpu.proxyPctOfCore}% (${w.cpu.proxyUsPerReq} us/req) upstream ${w.cpu.upstreamPctOfCore}% (${w.cpu.upstreamUsPerReq} us/req)`)
+function selfCpuMs () {
+  const u = process.cpuUsage()
+  return (u.user + u.system) / 1000
+}
+
+/** One wrk scenario against one target. */
+async function wrkScenario (t, s, r, upstream) {
+  const url = t.base + s.path
+  if (WARMUP > 0) await runWrk({ url, connections: s.connections, threads: s.threads, seconds: WARMUP, script: s.script })
+  let cpu0 = null
+  const w = await measured(`${t.name} ${s.label}`, () => {
+    if (t.pid !== null) resetPeak(t.pid)
+    cpu0 = { proxy: t.pid === null ? 0 : cpuMsOf(t.pid), upstream: cpuMsOf(upstream.proc.pid) }
+    return runWrk({ url, connections: s.connections, threads: s.threads, seconds: DURATION, script: s.script })
+  })
+  if (t.pid !== null) w.peakRssMB = memOf(t.pid).hwmMB
+  // CPU time each process spent on the run, per request (wrk's own share is not counted).
+  const proxyMs = t.pid === null ? 0 : cpuMsOf(t.pid) - cpu0.proxy
+  const upstreamMs = cpuMsOf(upstream.proc.pid) - cpu0.upstream
+  w.cpu = {
+    proxyPctOfCore: Math.round(proxyMs / (w.duration_us / 1000) * 1000) / 10,
+    upstreamPctOfCore: Math.round(upstreamMs / (w.duration_us / 1000) * 1000) / 10,
+    proxyUsPerReq: Math.round(proxyMs * 1000 / w.requests * 10) / 10,
+    upstreamUsPerReq: Math.round(upstreamMs * 1000 / w.requests * 10) / 10,
   }
+  r.scenarios[s.id] = w
+  const errs = Object.values(w.errors).reduce((a, b) => a + b, 0)
+  log(`${t.name.padEnd(9)} ${s.label.padEnd(18)} ${w.rps.toFixed(0).padStart(7)} req/s  p50 ${(w.lat_p50_us / 1000).toFixed(3)} ms  p99 ${(w.lat_p99_us / 1000).toFixed(3)} ms` +
+    (errs > 0 || w.non2xx !== '0' ? `  errors ${JSON.stringify(w.errors)} non-2xx ${w.non2xx}` : '') +
+    (w.peakRssMB === undefined ? '' : `  peak RSS ${w.peakRssMB.toFixed(1)} MB`) +
+    `  CPU proxy ${w.cpu.proxyPctOfCore}% (${w.cpu.proxyUsPerReq} us/req) upstream ${w.cpu.upstreamPctOfCore}% (${w.cpu.upstreamUsPerReq} us/req)`)
 }
 
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor((xs.length - 1) / 2)]
 
-async function benchStreams (t, r) {
+async function streamWarmup (t, r) {
   // Warm the path (connections, JIT, V8 heap sizing) before anything is timed or measured:
   // the first transfers of a fresh Node process run at a fraction of its steady speed.
   for (const fn of [download, upload]) await fn(t.base, STREAM_WARMUP, 60_000)
   r.streamRssAfterWarmupMB = t.pid === null ? null : memOf(t.pid).rssMB
-  for (const s of STREAM_SCENARIOS) {
-    // Bounded: a transfer slower than ~10 MB/s is a failure, not a result.
-    const timeoutMs = Math.max(30_000, Math.round(s.bytes / 10e6 * 1000))
-    const fn = s.kind === 'download' ? download : upload
-    const runs = []
-    try {
-      for (let i = 0; i < s.reps; i++) {
-        const before = t.pid === null ? null : memOf(t.pid)
-        let reset = false
-        const x = await measured(`${t.name} ${s.label}`, () => {
+}
+
+/**
+ * One streaming scenario against every target: a short untimed transfer each, then `reps`
+ * rounds of one measured transfer per target, so that every target's runs are spread over the
+ * same stretch of time (this machine's speed drifts by more than the differences measured).
+ */
+async function streamScenario (running, s, results, upstream) {
+  // Bounded: a transfer slower than ~10 MB/s is a failure, not a result.
+  const timeoutMs = Math.max(30_000, Math.round(s.bytes / 10e6 * 1000))
+  const fn = s.kind === 'download' ? download : upload
+  const runs = new Map(running.map((t) => [t, []]))
+  const failed = new Map()
+  for (const t of running) await fn(t.base, 64 * 1024 * 1024, 30_000)
+  for (let i = 0; i < s.reps; i++) {
+    for (const [k, t] of running.entries()) {
+      if (failed.has(t)) continue
+      const before = t.pid === null ? null : memOf(t.pid)
+      let reset = false
+      let cpu0 = null
+      try {
+        const x = await measured(`${s.label} round ${i + 1}`, () => {
           reset = t.pid === null ? false : resetPeak(t.pid)
+          cpu0 = { proxy: t.pid === null ? 0 : cpuMsOf(t.pid), upstream: cpuMsOf(upstream.proc.pid), self: selfCpuMs() }
           return fn(t.base, s.bytes, timeoutMs)
-        }, i === 0)
+        }, k === 0)
         if (t.pid !== null) Object.assign(x, { rssBeforeMB: before.rssMB, peakRssMB: memOf(t.pid).hwmMB, peakReset: reset })
-        runs.push(x)
+        x.cpuPctOfCore = {
+          proxy: t.pid === null ? 0 : Math.round((cpuMsOf(t.pid) - cpu0.proxy) / x.ms * 1000) / 10,
+          upstream: Math.round((cpuMsOf(upstream.proc.pid) - cpu0.upstream) / x.ms * 1000) / 10,
+          client: Math.round((selfCpuMs() - cpu0.self) / x.ms * 1000) / 10,
+        }
+        runs.get(t).push(x)
+      } catch (err) {
+        failed.set(t, err)
+        log(`${t.name.padEnd(9)} ${s.label.padEnd(18)} FAILED: ${err.message}`)
       }
-      const x = {
-        bytes: s.bytes,
-        reps: runs.length,
-        mbps: median(runs.map((x) => x.mbps)),
-        mbpsRuns: runs.map((x) => Math.round(x.mbps)),
-        foreignCpuPct: Math.max(...runs.map((x) => x.foreignCpuPct)),
-        // The worst (highest) peak of the repetitions; each repetition starts from a reset VmHWM.
-        peakRssMB: t.pid === null ? undefined : Math.max(...runs.map((x) => x.peakRssMB)),
-        runs,
-      }
-      r.scenarios[s.id] = x
-      log(`${t.name.padEnd(9)} ${s.label.padEnd(18)} ${x.mbps.toFixed(0).padStart(7)} MB/s (median of ${x.mbpsRuns.join(', ')})` +
-        (x.peakRssMB === undefined ? '' : `  peak RSS ${x.peakRssMB.toFixed(1)} MB`))
-    } catch (err) {
-      r.scenarios[s.id] = { error: err.message, runs }
-      log(`${t.name.padEnd(9)} ${s.label.padEnd(18)} FAILED: ${err.message}`)
     }
+  }
+  for (const t of running) {
+    const r = results.targets[t.name]
+    const tr = runs.get(t)
+    if (failed.has(t) || tr.length === 0) {
+      r.scenarios[s.id] = { error: failed.get(t)?.message ?? 'no runs', runs: tr }
+      continue
+    }
+    const x = {
+      bytes: s.bytes,
+      reps: tr.length,
+      mbps: median(tr.map((x) => x.mbps)),
+      mbpsRuns: tr.map((x) => Math.round(x.mbps)),
+      foreignCpuPct: Math.max(...tr.map((x) => x.foreignCpuPct)),
+      // The worst (highest) peak of the repetitions; each repetition starts from a reset VmHWM.
+      peakRssMB: t.pid === null ? undefined : Math.max(...tr.map((x) => x.peakRssMB)),
+      runs: tr,
+    }
+    r.scenarios[s.id] = x
+    const c = tr.find((run) => run.mbps === x.mbps).cpuPctOfCore
+    log(`${t.name.padEnd(9)} ${s.label.padEnd(18)} ${x.mbps.toFixed(0).padStart(7)} MB/s (median of ${x.mbpsRuns.join(', ')})` +
+      (x.peakRssMB === undefined ? '' : `  peak RSS ${x.peakRssMB.toFixed(1)} MB`) +
+      `  CPU proxy ${c.proxy}% upstream ${c.upstream}% client ${c.client}%`)
   }
 }
 
@@ -590,9 +630,9 @@ async function coldStart (upstream) {
   const runs = []
   for (let i = 0; i < COLD_RUNS; i++) {
     await waitQuiet('cold start')
+    const noise = cpuSnapshot()
     const gh = await spawnGatehouse(upstream.port, `cold${i}`)
     const url = `${gh.base}/small`
-    const noise = cpuSnapshot()
     const deadline = gh.t0 + 10_000
     let ms = null
     let attempts = 0
@@ -621,6 +661,24 @@ async function coldStart (upstream) {
 }
 
 // --- report ------------------------------------------------------------------------------------
+
+/** Which code was measured: the tree may change between runs, so hash src/ and the built files. */
+function fingerprint () {
+  const hash = (dir) => {
+    const h = createHash('sha256')
+    const walk = (d) => {
+      if (!fs.existsSync(d)) return
+      for (const e of fs.readdirSync(d, { withFileTypes: true }).sort((a, b) => a.name.localeCompare(b.name))) {
+        const f = path.join(d, e.name)
+        if (e.isDirectory()) walk(f)
+        else if (/\.(ts|js|mjs)$/.test(e.name)) h.update(path.relative(root, f)).update(fs.readFileSync(f))
+      }
+    }
+    walk(dir)
+    return h.digest('hex').slice(0, 12)
+  }
+  return { src: hash(path.join(root, 'src')), dist: hash(path.join(root, 'dist')) }
+}
 
 function machine () {
   const cpuinfo = fs.readFileSync('/proc/cpuinfo', 'utf8')
@@ -659,10 +717,13 @@ function table (results) {
     add(s.label, s.id, 'req/s', (x) => x?.rps, 0)
     add('', s.id, 'p50 ms', (x) => x?.lat_p50_us / 1000, 3)
     add('', s.id, 'p99 ms', (x) => x?.lat_p99_us / 1000, 3)
+    add('', s.id, 'proxy CPU us/req', (x) => x?.cpu?.proxyUsPerReq || undefined, 0)
   }
   for (const s of STREAM_SCENARIOS) {
     add(s.label, s.id, 'MB/s', (x) => x?.mbps, 0)
     add('', s.id, 'peak RSS MB', (x) => x?.peakRssMB, 1)
+    // CPU time comes in 10 ms ticks: only meaningful for the runs that last seconds.
+    if (s.bytes >= 256 * 1024 ** 2) add('', s.id, 'proxy CPU % core', (x) => x?.runs?.find((run) => run.mbps === x.mbps)?.cpuPctOfCore?.proxy || undefined, 0)
   }
   const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)))
   const line = (r) => '| ' + r.map((cell, c) => (c < 2 ? cell.padEnd(widths[c]) : cell.padStart(widths[c]))).join(' | ') + ' |'
@@ -709,6 +770,7 @@ async function main () {
   const results = {
     date: new Date().toISOString(),
     machine: machine(),
+    code: fingerprint(),
     settings: { durationS: DURATION, warmupS: WARMUP, wrkThreadsC50: WRK_THREADS, bigStreamBytes: BIG, bigStreamReps: BIG_REPS, smallStreamBytes: SMALL_STREAM, smallStreamReps: SMALL_REPS, streamWarmupBytes: STREAM_WARMUP, coldRuns: COLD_RUNS, gatehouseNodeArgs: GH_NODE_ARGS },
     targets: {},
     configs: {},
@@ -717,30 +779,47 @@ async function main () {
   const upstream = await startUpstream()
   log(`upstream on ${upstream.base} (pid ${upstream.proc.pid})`)
 
-  for (const name of TARGETS) {
+  const names = TARGETS.filter((name) => {
     if (name === 'nginx' && !fs.existsSync(NGINX)) {
       log(`${NGINX} not found: skipping nginx`)
-      continue
+      return false
     }
-    const r = results.targets[name] = { scenarios: {} }
-    // Two phases, each on a freshly started proxy, so that the streaming runs' peak RSS is not
-    // the heap left behind by 50 connections of request/response load (and vice versa).
-    for (const phase of ['wrk', 'stream']) {
-      if (SKIP.has(phase)) continue
-      const t = await startTarget(name, upstream)
-      log(`${name}: ${phase} phase on ${t.base}${t.pid === null ? '' : ` (measured pid ${t.pid}, RSS ${memOf(t.pid).rssMB.toFixed(1)} MB)`}`)
-      r.base = t.base
-      if (t.pid !== null) r[`${phase}StartRssMB`] = memOf(t.pid).rssMB
-      if (t.config !== undefined) results.configs[name] = t.config
-      try {
-        if (phase === 'wrk') await benchLoad(t, r, upstream)
-        else await benchStreams(t, r)
-      } finally {
-        if (t.proc !== null) await stop(t.proc)
+    return true
+  })
+  for (const name of names) results.targets[name] = { scenarios: {} }
+  // Two phases, each with freshly started proxies, so that the streaming runs' peak RSS is not
+  // the heap left behind by 50 connections of request/response load. Within a phase every
+  // proxy is up, but only one is under load at a time: scenario by scenario, target after
+  // target, so that the numbers compared in a ratio are measured close together in time.
+  for (const phase of ['wrk', 'stream']) {
+    if (SKIP.has(phase)) continue
+    const running = []
+    try {
+      for (const name of names) {
+        const t = await startTarget(name, upstream)
+        running.push(t)
+        const r = results.targets[name]
+        log(`${name}: ${phase} phase on ${t.base}${t.pid === null ? '' : ` (measured pid ${t.pid}, RSS ${memOf(t.pid).rssMB.toFixed(1)} MB)`}`)
+        r.base = t.base
+        if (t.pid !== null) r[`${phase}StartRssMB`] = memOf(t.pid).rssMB
+        if (t.config !== undefined) results.configs[name] = t.config
       }
-      if (name === 'gatehouse' && phase === 'wrk') {
-        r.accessLogLines = fs.readFileSync(t.logFile, 'utf8').split('\n').filter((l) => l.includes('"msg":"request"')).length
+      if (phase === 'wrk') {
+        for (const s of WRK_SCENARIOS) {
+          for (const t of running) await wrkScenario(t, s, results.targets[t.name], upstream)
+        }
+      } else {
+        for (const t of running) await streamWarmup(t, results.targets[t.name])
+        for (const s of STREAM_SCENARIOS) await streamScenario(running, s, results, upstream)
       }
+    } finally {
+      for (const t of running) if (t.proc !== null) await stop(t.proc)
+    }
+    // Proof that the access logs were on: one line per request of the wrk runs (warm-ups included).
+    for (const t of running) {
+      if (phase !== 'wrk' || t.logFile === undefined) continue
+      const lines = fs.readFileSync(t.logFile, 'utf8').split('\n')
+      results.targets[t.name].accessLogLines = t.name === 'gatehouse' ? lines.filter((l) => l.includes('"msg":"request"')).length : lines.filter(Boolean).length
     }
   }
 
@@ -755,7 +834,7 @@ async function main () {
   fs.writeFileSync(out, JSON.stringify(results, null, 2) + '\n')
 
   const m = results.machine
-  process.stdout.write(`\nGatehouse benchmark ${results.date}\n${m.nproc} x ${m.cpu}, ${m.ramGB} GB RAM, node ${m.node}, ${m.nginx}, ${m.wrk}\n`)
+  process.stdout.write(`\nGatehouse benchmark ${results.date} (src ${results.code.src}, dist ${results.code.dist})\n${m.nproc} x ${m.cpu}, ${m.ramGB} GB RAM, node ${m.node}, ${m.nginx}, ${m.wrk}\n`)
   process.stdout.write(`wrk: ${DURATION}s runs after ${WARMUP}s warm-up; c=1 with 1 thread, c=50 with ${WRK_THREADS} thread(s). MB = 10^6 bytes. Ratios are Gatehouse / other (req/s, MB/s: higher is better; latency, RSS: lower is better).\n\n`)
   process.stdout.write(table(results) + '\n')
   process.stdout.write(`* = other processes used >= ${QUIET_PCT}% of a core during that run (shared machine): treat with care.\n\n`)
@@ -769,7 +848,7 @@ async function main () {
 }
 
 main().catch((err) => {
-  process.stderr.write(`bench failed: ${err.stack ?? err}\n`)
+  process.stderr.write(`bench failed: ${err.stack ?? err}\n(logs and configs kept in ${tmp})\n`)
   process.exitCode = 1
   killAllNow()
 })
