@@ -100,7 +100,10 @@ export class Exchange implements Dispatcher.DispatchHandler {
   }
 
   onData (chunk: Buffer): boolean {
-    this.bytesOut += chunk.length
+    const n = chunk.length
+    // undici hands over an empty chunk after each resume; writing it costs a syscall.
+    if (n === 0) return true
+    this.bytesOut += n
     if (this.res.write(chunk)) return true
     // The client reads slower than the upstream sends: pause the upstream socket until the
     // client's socket drains (backpressure end to end, memory stays bounded).

@@ -10,6 +10,7 @@ import { formatDuration } from '../config/units.js'
 import { gatewayError, problemBody, type GatewayError } from '../errors/index.js'
 import { createLogger, flushLogger, type Logger } from '../observability/logger.js'
 import { Metrics } from '../observability/metrics.js'
+import { AccessLog } from '../observability/access-log.js'
 import { BodyLimit } from '../pipeline/body.js'
 import { CLIENT_CLOSED, Exchange, kExchange, onResponseClose } from '../pipeline/exchange.js'
 import { finishRequestHeaders, hasDotSegment, scanRequestHeaders } from '../pipeline/headers.js'
@@ -74,10 +75,12 @@ class GatewayImpl implements Gateway, GatewayRuntime {
   readonly #onRequest: (req: IncomingMessage, res: ServerResponse) => void
   readonly #onContinue: (req: IncomingMessage, res: ServerResponse) => void
   #accessLog = true
+  readonly #access: AccessLog
 
   constructor (config: Config, options: GatewayOptions) {
     this.logger = options.logger ?? createLogger(config.log.level, options.logDestination)
     this.metrics = new Metrics(options.processMetrics ?? true, () => this.#inFlight)
+    this.#access = new AccessLog(this.logger)
     this.table = compile(config, this.#registry)
     const l = config.listen
     const serverOptions: http.ServerOptions = {
@@ -89,6 +92,10 @@ class GatewayImpl implements Gateway, GatewayRuntime {
       // slowloris client hold a socket long past `headers`. Check every second instead.
       connectionsCheckingInterval: Math.min(1000, Math.max(100, Math.floor(l.timeouts.headers / 2))),
       noDelay: true,
+      // Node corks each response write until the next tick, so with the default 16 KiB mark
+      // every 64 KiB chunk from the upstream reported backpressure and paused the upstream
+      // socket once per chunk. 128 KiB per direction per connection keeps streams flowing.
+      highWaterMark: STREAM_HIGH_WATER_MARK,
       insecureHTTPParser: false,
       joinDuplicateHeaders: false,
     }
@@ -238,20 +245,20 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     if (ex.bytesIn > 0) rm.bytesIn.inc(ex.bytesIn)
     if (ex.bytesOut > 0) rm.bytesOut.inc(ex.bytesOut)
     if (this.#accessLog) {
-      this.logger.info({
-        msg: 'request',
+      this.#access.write({
         id: ex.requestId,
         route: routeName,
-        method: ex.req.method,
+        method: ex.req.method ?? '',
         path: ex.path,
         status,
         target: ex.target === null ? null : ex.target.origin,
         attempts: ex.attempts,
-        bytes_in: ex.bytesIn,
-        bytes_out: ex.bytesOut,
+        bytesIn: ex.bytesIn,
+        bytesOut: ex.bytesOut,
         ms: round(now - ex.startedAt),
-        upstream_ms: ex.upstreamHeadersAt === 0 ? null : round(ex.upstreamHeadersAt - ex.upstreamStartedAt),
-        ...(ex.error === null ? {} : { code: ex.error.code, reason: ex.error.reason ?? ex.error.detail }),
+        upstreamMs: ex.upstreamHeadersAt === 0 ? null : round(ex.upstreamHeadersAt - ex.upstreamStartedAt),
+        code: ex.error === null ? null : ex.error.code,
+        reason: ex.error === null ? null : (ex.error.reason ?? ex.error.detail),
       })
     }
     if (--this.#inFlight === 0 && this.#drained !== null) this.#drained()
@@ -340,6 +347,8 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     flushLogger(this.logger)
   }
 }
+
+const STREAM_HIGH_WATER_MARK = 128 * 1024
 
 function hostname (host: string): string {
   // "[::1]:8080" → "[::1]", "api.example.com:443" → "api.example.com"
