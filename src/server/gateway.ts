@@ -1,7 +1,6 @@
 import http, { type IncomingMessage, type ServerResponse } from 'node:http'
 import https from 'node:https'
 import type { AddressInfo, Socket } from 'node:net'
-import { once } from 'node:events'
 import type { DestinationStream } from 'pino'
 import { compile, type RouteTable } from '../compile/index.js'
 import { validateConfig } from '../config/load.js'
@@ -277,15 +276,14 @@ class GatewayImpl implements Gateway, GatewayRuntime {
 
   async listen (): Promise<ListenInfo> {
     const config = this.table.config
-    this.#server.listen(config.listen.port, config.listen.host)
-    await once(this.#server, 'listening')
-    let adminPort: number | null = null
+    // Both listeners bind at once; a bind error (port in use) rejects listen().
+    const bound = [listening(this.#server.listen(config.listen.port, config.listen.host))]
     if (config.admin.enabled) {
       this.#admin = createAdminServer(this)
-      this.#admin.listen(config.admin.port, config.admin.host)
-      await once(this.#admin, 'listening')
-      adminPort = (this.#admin.address() as AddressInfo).port
+      bound.push(listening(this.#admin.listen(config.admin.port, config.admin.host)))
     }
+    await Promise.all(bound)
+    const adminPort = this.#admin === null ? null : (this.#admin.address() as AddressInfo).port
     this.#listening = true
     const addr = this.#server.address() as AddressInfo
     this.logger.info({ msg: 'listening', host: addr.address, port: addr.port, tls: this.#encrypted, admin_port: adminPort, routes: this.table.routes.length })
@@ -362,6 +360,13 @@ function hostname (host: string): string {
   }
   const h = end === host.length ? host : host.slice(0, end)
   return h.toLowerCase()
+}
+
+function listening (server: http.Server): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once('listening', resolve)
+    server.once('error', reject)
+  })
 }
 
 function round (ms: number): number {
