@@ -91,7 +91,7 @@ export class Exchange implements Dispatcher.DispatchHandler {
     this.status = statusCode
     const res = this.res
     if (this.rt.closing) res.shouldKeepAlive = false
-    const headers = filterResponseHeaders(rawHeaders, this.requestId, this.req.httpVersion)
+    const headers = filterResponseHeaders(rawHeaders, this.requestId)
     res.writeHead(statusCode, headers as unknown as string[])
     // Server-sent events: send the head now rather than with the first event, which may be a
     // model's first token many seconds away.
@@ -255,5 +255,3 @@ function isEventStream (headers: string[]): boolean {
   }
   return false
 }
-
-export { problemBody }

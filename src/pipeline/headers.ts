@@ -108,7 +108,7 @@ export function finishRequestHeaders (ex: Exchange, route: CompiledRoute, encryp
  * Response head from undici's raw Buffers to Node's flat [name, value, …] array, hop-by-hop
  * fields removed, Via and X-Request-Id added. latin1 keeps header bytes exactly as sent.
  */
-export function filterResponseHeaders (raw: Buffer[], requestId: string, _httpVersion: string): string[] {
+export function filterResponseHeaders (raw: Buffer[], requestId: string): string[] {
   const out: string[] = []
   let via: string | null = null
   let connection: string | null = null
