@@ -56,11 +56,12 @@ const ListenSchema = strictObject({
     /** Whole request (head and body) must arrive within this; 0 disables (multi-GB uploads). */
     request: duration().default(0),
     /**
-     * A client connection with no bytes moving either way is closed after this. Longer than
-     * the upstream idle default, so a silent stream is ended by the upstream side's timeout
-     * (which logs why) rather than by this one.
+     * A client connection with no bytes moving either way is closed after this; 0 (the
+     * default) disables it. Off by default because Node refreshes the socket's timer on every
+     * chunk, which cut streaming uploads to a third (BENCHMARKS.md); stalled clients are
+     * still bounded by `headers`, `keep_alive`, `request` and the upstream's timeouts.
      */
-    idle: duration().default(600_000),
+    idle: duration().default(0),
     /** Idle keep-alive connections between requests are closed after this. */
     keep_alive: duration().default(5_000),
   }).prefault({}),

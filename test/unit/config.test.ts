@@ -111,7 +111,7 @@ routes:
       listen: {
         host: '0.0.0.0',
         port: 8080,
-        timeouts: { headers: 10_000, request: 0, idle: 600_000, keep_alive: 5_000 },
+        timeouts: { headers: 10_000, request: 0, idle: 0, keep_alive: 5_000 },
         max_header_size: 16 * 1024,
         max_headers: 100,
       },
