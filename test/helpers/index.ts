@@ -167,3 +167,12 @@ export async function metricsText (adminPort: number): Promise<string> {
   const res = await request(`http://127.0.0.1:${adminPort}/metrics`)
   return res.body
 }
+
+/** Poll `cond` until it holds; fails the test after `deadlineMs` rather than hanging. */
+export async function waitUntil (cond: () => boolean, deadlineMs = 5000): Promise<void> {
+  const end = Date.now() + deadlineMs
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`condition not met within ${deadlineMs} ms`)
+    await new Promise((resolve) => setTimeout(resolve, 5))
+  }
+}

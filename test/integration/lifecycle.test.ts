@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import { WebSocket, WebSocketServer } from 'ws'
 import { ConfigError } from '../../src/index.js'
-import { metricsText, request, simpleConfig, startGateway, startUpstream, text } from '../helpers/index.js'
+import { metricsText, request, simpleConfig, startGateway, startUpstream, text, waitUntil } from '../helpers/index.js'
 
 const fixtures = fileURLToPath(new URL('../fixtures/', import.meta.url))
 
@@ -20,8 +20,7 @@ describe('hot reload', () => {
     const gw = await startGateway(simpleConfig(a.url))
     try {
       const inFlight = request(`${gw.url}/slow`)
-      const deadline = Date.now() + 5000
-      while (held.length === 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 5))
+      await waitUntil(() => held.length > 0)
       await gw.gateway.reload({
         upstreams: { b: { targets: [{ url: b.url }] } },
         routes: [{ name: 'new', match: {}, upstream: 'b' }],
@@ -62,8 +61,7 @@ describe('graceful shutdown', () => {
     const upstream = await startUpstream((_req, res) => { held.push(res) })
     const gw = await startGateway({ ...simpleConfig(upstream.url), shutdown: { grace: '10s' } })
     const inFlight = request(`${gw.url}/`)
-    const deadline = Date.now() + 5000
-    while (held.length === 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 5))
+    await waitUntil(() => held.length > 0)
     const closing = gw.gateway.close()
     await gw.logs.waitFor((l) => l.msg === 'shutting down')
     // New connections are refused while the old request is still being served.
@@ -123,8 +121,7 @@ describe('admin endpoints', () => {
     const upstream = await startUpstream((_req, res) => { held.push(res) })
     const gw = await startGateway({ ...simpleConfig(upstream.url), shutdown: { grace: '10s' } })
     const inFlight = request(`${gw.url}/`)
-    const deadline = Date.now() + 5000
-    while (held.length === 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 5))
+    await waitUntil(() => held.length > 0)
     const closing = gw.gateway.close()
     const ready = await request(`http://127.0.0.1:${gw.adminPort}/readyz`)
     assert.equal(ready.status, 503)

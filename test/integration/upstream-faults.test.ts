@@ -3,7 +3,7 @@ import assert from 'node:assert/strict'
 import http from 'node:http'
 import net from 'node:net'
 import { once } from 'node:events'
-import { rawRequest, request, simpleConfig, startGateway, startUpstream, text } from '../helpers/index.js'
+import { rawRequest, request, simpleConfig, startGateway, startUpstream, text, waitUntil } from '../helpers/index.js'
 
 /** A port with nothing listening on it (bound, then closed). */
 async function deadPort (): Promise<number> {
@@ -264,8 +264,7 @@ describe('load balancing', () => {
     try {
       // Occupy the slow target with 3 requests that it holds open.
       const pending = [0, 1, 2].map(() => request(`${gw.url}/`))
-      const deadline = Date.now() + 5000
-      while (held.length + fastHits < 3 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10))
+      await waitUntil(() => held.length + fastHits >= 3)
       const before = fastHits
       for (let i = 0; i < 5; i++) assert.equal((await request(`${gw.url}/`)).body, 'fast')
       assert.equal(fastHits - before, 5)
