@@ -1,5 +1,10 @@
 #!/usr/bin/env node
+import fs from 'node:fs'
+import { createRequire } from 'node:module'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
 import v8 from 'node:v8'
+import vm from 'node:vm'
 
 // A small young generation (Node's default grows to 16 MiB) is collected often enough that the
 // 64 KiB buffers of a long stream are freed as they pass: peak memory for a 1 GiB transfer
@@ -7,13 +12,34 @@ import v8 from 'node:v8'
 // before the heap grows, so it is set here, before the gateway loads. An operator's own
 // --max-semi-space-size (flag or NODE_OPTIONS) wins.
 const own = [...process.execArgv, ...(process.env.NODE_OPTIONS ?? '').split(/\s+/)]
-if (!own.some((a) => a.startsWith('--max-semi-space-size'))) {
-  v8.setFlagsFromString('--max-semi-space-size=1')
+if (!own.some((a) => a.startsWith('--max-semi-space-size'))) v8.setFlagsFromString('--max-semi-space-size=1')
+
+// The CLI is one bundle, compiled with V8's code cache: 30-45 ms off every cold start.
+// The cache lives next to the bundle (same trust as the code itself), one file per Node version;
+// V8 checks it against the source and rejects a stale one. Where the directory is read-only the
+// cache is simply not written.
+const dist = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'dist')
+const file = path.join(dist, 'gatehouse.cjs')
+const cacheFile = path.join(dist, `.gatehouse-${process.version}-${process.arch}.v8cache`)
+let cachedData
+try {
+  cachedData = fs.readFileSync(cacheFile)
+} catch {}
+const script = new vm.Script(`(function (exports, require, module, __filename, __dirname) {${fs.readFileSync(file, 'utf8')}\n})`, { filename: file, cachedData })
+const cjs = { exports: {} }
+script.runInThisContext()(cjs.exports, createRequire(file), cjs, file, dist)
+if (cachedData === undefined || script.cachedDataRejected) {
+  // After start-up, so the functions compiled while starting are in the cache too.
+  setTimeout(() => {
+    try {
+      const tmp = `${cacheFile}.${process.pid}`
+      fs.writeFileSync(tmp, script.createCachedData())
+      fs.renameSync(tmp, cacheFile)
+    } catch {}
+  }, 1500).unref()
 }
 
-const { main } = await import('../dist/gatehouse.mjs')
-
-main(process.argv.slice(2)).then((code) => {
+cjs.exports.main(process.argv.slice(2)).then((code) => {
   if (typeof code === 'number') process.exitCode = code
 }, (err) => {
   console.error(err && err.stack ? err.stack : err)
