@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto'
-import type { CompiledRoute } from '../compile/index.js'
+import type { CompiledRoute, RouteTable } from '../compile/index.js'
 import { gatewayError, type GatewayError } from '../errors/index.js'
 import type { Exchange } from './exchange.js'
 
@@ -172,4 +172,46 @@ export function hasDotSegment (path: string): boolean {
     if (seg === '.' || seg === '..') return true
   }
   return false
+}
+
+/**
+ * Everything both entry paths (plain requests and upgrades) check before a route is known:
+ * request target, header fields, dot segments, then the route. Sets `ex.path`, `ex.query`,
+ * `ex.host`, `ex.route` and the scanned header fields. The scan comes first so that every
+ * answer, refusals included, carries a request id.
+ */
+export function readHead (ex: Exchange, table: RouteTable): GatewayError | null {
+  const req = ex.req
+  const url = req.url ?? ''
+  const q = url.indexOf('?')
+  ex.path = q === -1 ? url : url.slice(0, q)
+  ex.query = q === -1 ? '' : url.slice(q)
+  const raw = req.rawHeaders
+  const headerErr = scanRequestHeaders(ex, raw)
+  const maxHeaders = table.config.listen.max_headers
+  if (raw.length > maxHeaders * 2) return gatewayError('GH_HEADERS_TOO_LARGE', `The request has more than ${maxHeaders} header fields`)
+  if (headerErr !== null) return headerErr
+  if (url.charCodeAt(0) !== 47 /* / */) {
+    // Absolute-form (a forward-proxy request) and asterisk-form are not for a gateway; taking
+    // the authority from the target instead of Host would be a second source of truth.
+    return gatewayError('GH_BAD_REQUEST', 'The request target must be an absolute path (origin-form)')
+  }
+  if (hasDotSegment(ex.path)) return gatewayError('GH_BAD_PATH', 'The request path must not contain "." or ".." segments')
+  ex.host = ex.hostHeader === null ? '' : hostname(ex.hostHeader)
+  ex.route = table.match(req.method!, ex.host, ex.path, raw)
+  if (ex.route === null) return gatewayError('GH_ROUTE_NOT_FOUND', `No route for ${req.method} ${ex.path}`)
+  return null
+}
+
+/** "[::1]:8080" → "[::1]", "API.example.com:443" → "api.example.com". */
+function hostname (host: string): string {
+  let end = host.length
+  if (host.charCodeAt(0) === 91 /* [ */) {
+    const close = host.indexOf(']')
+    end = close === -1 ? end : close + 1
+  } else {
+    const colon = host.lastIndexOf(':')
+    if (colon !== -1) end = colon
+  }
+  return (end === host.length ? host : host.slice(0, end)).toLowerCase()
 }

@@ -6,13 +6,13 @@ import { compile, type RouteTable } from '../compile/index.js'
 import { validateConfig } from '../config/load.js'
 import type { Config, ConfigInput } from '../config/schema.js'
 import { formatDuration } from '../config/units.js'
-import { gatewayError, problemBody, type GatewayError } from '../errors/index.js'
+import { gatewayError, rawProblemResponse, type GatewayError } from '../errors/index.js'
 import { createLogger, flushLogger, type Logger } from '../observability/logger.js'
 import { Metrics } from '../observability/metrics.js'
 import { AccessLog } from '../observability/access-log.js'
 import { BodyLimit } from '../pipeline/body.js'
 import { CLIENT_CLOSED, Exchange, kExchange, onResponseClose } from '../pipeline/exchange.js'
-import { finishRequestHeaders, hasDotSegment, scanRequestHeaders } from '../pipeline/headers.js'
+import { finishRequestHeaders, readHead } from '../pipeline/headers.js'
 import type { GatewayRuntime } from '../pipeline/runtime.js'
 import { TargetRegistry } from '../upstream/target.js'
 import { createAdminServer } from '../admin/server.js'
@@ -167,29 +167,10 @@ class GatewayImpl implements Gateway, GatewayRuntime {
 
   /** Validate the request line and head, pick the route, set up the body. */
   #prepare (ex: Exchange): GatewayError | null {
+    const headErr = readHead(ex, this.table)
+    if (headErr !== null) return headErr
     const req = ex.req
-    const url = req.url ?? ''
-    const q = url.indexOf('?')
-    ex.path = q === -1 ? url : url.slice(0, q)
-    ex.query = q === -1 ? '' : url.slice(q)
-    const raw = req.rawHeaders
-    // The scan comes first so that every answer, refusals included, carries a request id.
-    const headerErr = scanRequestHeaders(ex, raw)
-    if (raw.length > this.table.config.listen.max_headers * 2) {
-      return gatewayError('GH_HEADERS_TOO_LARGE', `The request has more than ${this.table.config.listen.max_headers} header fields`)
-    }
-    if (headerErr !== null) return headerErr
-    if (url.charCodeAt(0) !== 47 /* / */) {
-      // Absolute-form (a forward-proxy request) and asterisk-form are not for a gateway; taking
-      // the authority from the target instead of Host would be a second source of truth.
-      return gatewayError('GH_BAD_REQUEST', 'The request target must be an absolute path (origin-form)')
-    }
-    if (hasDotSegment(ex.path)) return gatewayError('GH_BAD_PATH', 'The request path must not contain "." or ".." segments')
-    const host = ex.hostHeader === null ? '' : hostname(ex.hostHeader)
-    ex.host = host
-    const route = this.table.match(req.method!, host, ex.path, raw)
-    if (route === null) return gatewayError('GH_ROUTE_NOT_FOUND', `No route for ${req.method} ${ex.path}`)
-    ex.route = route
+    const route = ex.route!
 
     const te = ex.transferEncoding !== null
     if (ex.contentLength !== null) {
@@ -221,8 +202,7 @@ class GatewayImpl implements Gateway, GatewayRuntime {
           : gatewayError('GH_BAD_REQUEST', `Malformed request: ${(err as { reason?: string }).reason ?? code}`)
     this.metrics.refused.labels(gerr.code).inc()
     this.logger.info({ msg: 'client error', code: gerr.code, reason: `${code} ${(err as { reason?: string }).reason ?? err.message}`, peer: socket.remoteAddress })
-    const body = problemBody(gerr, null)
-    socket.end(`HTTP/1.1 ${gerr.status} ${http.STATUS_CODES[gerr.status]}\r\ncontent-type: application/problem+json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`)
+    socket.end(rawProblemResponse(gerr, null, http.STATUS_CODES[gerr.status]))
     socket.destroySoon?.()
   }
 
@@ -347,20 +327,6 @@ class GatewayImpl implements Gateway, GatewayRuntime {
 }
 
 const STREAM_HIGH_WATER_MARK = 128 * 1024
-
-function hostname (host: string): string {
-  // "[::1]:8080" → "[::1]", "api.example.com:443" → "api.example.com"
-  let end = host.length
-  if (host.charCodeAt(0) === 91 /* [ */) {
-    const close = host.indexOf(']')
-    end = close === -1 ? end : close + 1
-  } else {
-    const colon = host.lastIndexOf(':')
-    if (colon !== -1) end = colon
-  }
-  const h = end === host.length ? host : host.slice(0, end)
-  return h.toLowerCase()
-}
 
 function listening (server: http.Server): Promise<void> {
   return new Promise((resolve, reject) => {

@@ -3,10 +3,10 @@ import type { Duplex } from 'node:stream'
 import type { Socket } from 'node:net'
 import type { Dispatcher } from 'undici'
 import { upstreamPath, type CompiledRoute, type RouteTable } from '../compile/index.js'
-import { gatewayError, problemBody, type GatewayError } from '../errors/index.js'
+import { gatewayError, rawProblemResponse, type GatewayError } from '../errors/index.js'
 import type { Logger } from '../observability/logger.js'
 import type { Metrics } from '../observability/metrics.js'
-import { filterResponseHeaders, finishRequestHeaders, hasDotSegment, scanRequestHeaders } from '../pipeline/headers.js'
+import { filterResponseHeaders, finishRequestHeaders, readHead } from '../pipeline/headers.js'
 import { Exchange } from '../pipeline/exchange.js'
 import { isConnectFailure, upstreamError } from '../upstream/errors.js'
 import type { Target } from '../upstream/target.js'
@@ -35,26 +35,17 @@ export function handleUpgrade (host: UpgradeHost, req: IncomingMessage, socket: 
     host.logger.info({ msg: 'upgrade refused', id: requestId, code: err.code, path: url.split('?')[0] })
     writeProblem(socket, err, requestId)
   }
-  if (url.charCodeAt(0) !== 47 || host.closing) {
-    refuse(host.closing ? gatewayError('GH_SHUTTING_DOWN') : gatewayError('GH_BAD_REQUEST', 'The request target must be an absolute path (origin-form)'))
+  if (host.closing) {
+    refuse(gatewayError('GH_SHUTTING_DOWN'))
     return
   }
   // The Exchange carries the parsed head; its response object is never used here.
   const ex = new Exchange(req, null as unknown as http.ServerResponse, host as never, table)
-  const q = url.indexOf('?')
-  ex.path = q === -1 ? url : url.slice(0, q)
-  ex.query = q === -1 ? '' : url.slice(q)
-  const maxHeaders = table.config.listen.max_headers
-  if (req.rawHeaders.length > maxHeaders * 2) return refuse(gatewayError('GH_HEADERS_TOO_LARGE', `The request has more than ${maxHeaders} header fields`))
-  const err = scanRequestHeaders(ex, req.rawHeaders)
+  const err = readHead(ex, table)
   requestId = ex.requestId
   if (err !== null) return refuse(err)
-  if (hasDotSegment(ex.path)) return refuse(gatewayError('GH_BAD_PATH', 'The request path must not contain "." or ".." segments'))
-  const hostName = (ex.hostHeader ?? '').replace(/:\d+$/, '').toLowerCase()
-  const route = table.match(req.method!, hostName, ex.path, req.rawHeaders)
-  if (route === null) return refuse(gatewayError('GH_ROUTE_NOT_FOUND', `No route for ${req.method} ${ex.path}`))
+  const route = ex.route!
   if (!route.websocket) return refuse(gatewayError('GH_UPGRADE_NOT_ALLOWED', `Route "${route.name}" does not accept protocol upgrades`))
-  ex.route = route
   finishRequestHeaders(ex, route, host.encrypted)
   const target = route.upstream.pick(Date.now())
   if (target === null) return refuse(gatewayError('GH_NO_HEALTHY_UPSTREAM', undefined, { headers: { 'retry-after': String(Math.ceil(route.upstream.ejectFor / 1000)) } }))
@@ -162,10 +153,7 @@ class UpgradeHandler implements Dispatcher.DispatchHandler {
 
 function writeProblem (socket: Duplex, err: GatewayError, requestId: string | null): void {
   if (socket.destroyed || !socket.writable) return
-  const body = problemBody(err, requestId)
-  let extra = requestId === null ? '' : `x-request-id: ${requestId}\r\n`
-  if (err.headers !== null) for (const [k, v] of Object.entries(err.headers)) extra += `${k}: ${v}\r\n`
-  socket.end(`HTTP/1.1 ${err.status} ${http.STATUS_CODES[err.status]}\r\ncontent-type: application/problem+json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n${extra}connection: close\r\n\r\n${body}`)
+  socket.end(rawProblemResponse(err, requestId, http.STATUS_CODES[err.status]))
 }
 
 function onSocketError (this: Duplex): void {
