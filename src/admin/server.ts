@@ -1,11 +1,13 @@
 import http from 'node:http'
 import type { RouteTable } from '../compile/index.js'
+import type { ProviderStatus } from '../identity/types.js'
 import type { Metrics } from '../observability/metrics.js'
 
 interface AdminHost {
   readonly table: RouteTable
   readonly metrics: Metrics
   readonly ready: boolean
+  identityStatus (): Record<string, ProviderStatus>
 }
 
 /**
@@ -20,8 +22,23 @@ export function createAdminServer (host: AdminHost): http.Server {
       case '/healthz':
         return send(res, 200, { status: 'ok' })
       case '/readyz': {
+        // Ready while every provider can admit callers; a JWT provider serving its last good
+        // keys because the IdP is down is 'stale': still ready, and reported.
         const ready = host.ready
-        return send(res, ready ? 200 : 503, { status: ready ? 'ready' : 'not ready', routes: host.table.routes.length })
+        const identity = host.identityStatus()
+        const degraded = Object.values(identity).some((s) => s.status !== 'ok')
+        return send(res, ready ? 200 : 503, {
+          status: !ready ? 'not ready' : degraded ? 'degraded' : 'ready',
+          routes: host.table.routes.length,
+          ...(Object.keys(identity).length === 0 ? {} : { identity }),
+        })
+      }
+      case '/.well-known/jwks.json': {
+        // The phantom-token signer's public key, for upstreams that verify the gateway's tokens.
+        const phantom = host.table.identity.phantom
+        if (phantom === null) return send(res, 404, { error: 'no phantom_token key is configured' })
+        phantom.jwks().then((jwks) => send(res, 200, jwks, { 'cache-control': 'max-age=300' }), (err: Error) => send(res, 500, { error: err.message }))
+        return
       }
       case '/metrics':
         host.metrics.registry.metrics().then((text) => {

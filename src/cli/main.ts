@@ -7,6 +7,9 @@ import { loadConfigFile } from '../config/load.js'
 import { ConfigError } from '../errors/index.js'
 import { createGateway } from '../server/gateway.js'
 import { TargetRegistry } from '../upstream/target.js'
+import { IdentityRegistry } from '../identity/registry.js'
+import { createLogger } from '../observability/logger.js'
+import { Metrics } from '../observability/metrics.js'
 
 const USAGE = `Usage: gatehouse <command> [--config FILE]
 
@@ -69,7 +72,8 @@ function check (file: string): number {
   if (config === null) return 1
   const l = config.listen
   process.stdout.write(`${file}: ok: ${config.routes.length} route${config.routes.length === 1 ? '' : 's'}, ` +
-    `${Object.keys(config.upstreams).length} upstream${Object.keys(config.upstreams).length === 1 ? '' : 's'}; ` +
+    `${Object.keys(config.upstreams).length} upstream${Object.keys(config.upstreams).length === 1 ? '' : 's'}` +
+    `${plural(Object.keys(config.identity.providers).length, 'identity provider')}; ` +
     `listen ${l.tls === undefined ? 'http' : 'https'}://${l.host}:${l.port}` +
     `${config.admin.enabled ? `, admin ${config.admin.host}:${config.admin.port}` : ''}\n`)
   return 0
@@ -79,7 +83,9 @@ async function routes (file: string): Promise<number> {
   const config = load(file)
   if (config === null) return 1
   const registry = new TargetRegistry()
-  process.stdout.write(describeTable(compile(config, registry)) + '\n')
+  // Providers are built (the table needs them) but never started: no key fetches here.
+  const identity = new IdentityRegistry({ logger: createLogger('silent'), metrics: new Metrics(false) }).prepare(config.identity)
+  process.stdout.write(describeTable(compile(config, registry, identity)) + '\n')
   await registry.closeAll(true)
   return 0
 }
@@ -158,4 +164,8 @@ function watchFile (file: string, onChange: () => void): FSWatcher | null {
   } catch {
     return null
   }
+}
+
+function plural (n: number, what: string): string {
+  return n === 0 ? '' : `, ${n} ${what}${n === 1 ? '' : 's'}`
 }

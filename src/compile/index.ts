@@ -1,6 +1,8 @@
 import type { Config, RouteConfig } from '../config/schema.js'
 import { formatSize } from '../config/units.js'
 import { CidrSet } from '../net/cidr.js'
+import { AuthPolicy, compileIdentityHeaders, IpPolicy, type IdentityHeader } from '../identity/policy.js'
+import type { IdentitySet } from '../identity/registry.js'
 import { Upstream } from '../upstream/balancer.js'
 import { poolOptions, type TargetRegistry } from '../upstream/target.js'
 
@@ -26,6 +28,10 @@ export interface CompiledRoute {
   readonly websocket: boolean
   /** Bytes; 0 = unlimited. */
   readonly maxBody: number
+  readonly auth: AuthPolicy | null
+  readonly ip: IpPolicy | null
+  /** Headers set from the caller's identity (only on routes with `auth`). */
+  readonly identityHeaders: readonly IdentityHeader[] | null
   /** Label for logs and metrics. */
   readonly describe: string
 }
@@ -37,13 +43,42 @@ export class RouteTable {
   readonly trustedProxies: CidrSet
   readonly config: Config
   readonly targetKeys: ReadonlySet<string>
+  readonly identity: IdentitySet
+  /**
+   * Request headers the header scan treats specially because of this config, by lower-case
+   * name: 'strip' (identity headers the gateway sets; matched also with '_' for '-') or
+   * 'credential' (API-key headers, noted for the auth policy and forwarded unless stripped).
+   */
+  readonly headerRoles: ReadonlyMap<string, 'strip' | 'credential'>
+  /** headerRoles' first letters (lower-case char codes), so most names skip the lookup. */
+  readonly headerRoleInitials: Uint8Array
 
-  constructor (config: Config, routes: CompiledRoute[], upstreams: Map<string, Upstream>, targetKeys: Set<string>) {
+  constructor (config: Config, routes: CompiledRoute[], upstreams: Map<string, Upstream>, targetKeys: Set<string>, identity: IdentitySet) {
     this.config = config
     this.routes = routes
     this.upstreams = upstreams
     this.targetKeys = targetKeys
+    this.identity = identity
     this.trustedProxies = new CidrSet(config.trusted_proxies)
+    const roles = new Map<string, 'strip' | 'credential'>()
+    // Every identity header of every route is stripped on every route: an upstream shared by
+    // two routes must not believe an x-user-id a client sent through the route without auth.
+    for (const r of routes) {
+      for (const [name] of r.identityHeaders ?? []) roles.set(name.replaceAll('_', '-'), 'strip')
+    }
+    const phantom = identity.phantom
+    if (phantom !== null && phantom.header !== 'authorization') roles.set(phantom.header.replaceAll('_', '-'), 'strip')
+    for (const p of identity.providers.values()) {
+      if (p.source.kind === 'header' && !roles.has(p.source.name)) roles.set(p.source.name, 'credential')
+    }
+    this.headerRoles = roles
+    this.headerRoleInitials = new Uint8Array(128)
+    for (const name of roles.keys()) {
+      const c = name.charCodeAt(0)
+      this.headerRoleInitials[c] = 1
+      // Names may arrive in any case.
+      if (c >= 0x61 && c <= 0x7a) this.headerRoleInitials[c - 0x20] = 1
+    }
     Object.freeze(this)
   }
 
@@ -99,8 +134,11 @@ function headersMatch (conditions: ReadonlyArray<readonly [string, string]>, raw
   return true
 }
 
-/** config → RouteTable. Pure apart from acquiring (shared, long-lived) targets from the registry. */
-export function compile (config: Config, registry: TargetRegistry): RouteTable {
+/**
+ * config → RouteTable. Pure apart from acquiring (shared, long-lived) targets from the
+ * registry; `identity` is the provider set prepared for this config (IdentityRegistry.prepare).
+ */
+export function compile (config: Config, registry: TargetRegistry, identity: IdentitySet): RouteTable {
   const upstreams = new Map<string, Upstream>()
   const targetKeys = new Set<string>()
   for (const [name, u] of Object.entries(config.upstreams)) {
@@ -109,11 +147,11 @@ export function compile (config: Config, registry: TargetRegistry): RouteTable {
     for (const t of targets) targetKeys.add(t.key)
     upstreams.set(name, new Upstream(name, u, targets))
   }
-  const routes = config.routes.map((r, index) => compileRoute(r, index, upstreams.get(r.upstream)!))
-  return new RouteTable(config, routes, upstreams, targetKeys)
+  const routes = config.routes.map((r, index) => compileRoute(r, index, upstreams.get(r.upstream)!, identity))
+  return new RouteTable(config, routes, upstreams, targetKeys, identity)
 }
 
-function compileRoute (r: RouteConfig, index: number, upstream: Upstream): CompiledRoute {
+function compileRoute (r: RouteConfig, index: number, upstream: Upstream, identity: IdentitySet): CompiledRoute {
   let methods: Set<string> | null = null
   if (r.match.methods !== undefined) {
     methods = new Set(r.match.methods)
@@ -145,6 +183,9 @@ function compileRoute (r: RouteConfig, index: number, upstream: Upstream): Compi
     preserveHost: r.preserve_host,
     websocket: r.websocket,
     maxBody: r.limits.max_body,
+    auth: r.auth === undefined ? null : new AuthPolicy(r.auth, identity),
+    ip: r.ip === undefined ? null : new IpPolicy(r.ip),
+    identityHeaders: r.auth === undefined ? null : compileIdentityHeaders(r.identity_headers),
     describe,
   })
 }
@@ -175,6 +216,13 @@ export function describeTable (table: RouteTable): string {
     if (r.maxBody > 0) policies.push(`max_body=${formatSize(r.maxBody)}`)
     if (!r.preserveHost) policies.push('host=upstream')
     if (!r.websocket) policies.push('no-websocket')
+    const auth = table.config.routes[r.index]!.auth
+    if (auth !== undefined) {
+      const scopes = [...(auth.scopes?.all ?? []), ...(auth.scopes?.any ?? []).map((s) => `${s}?`)]
+      policies.push(`auth=${auth.any_of.join('|')}${scopes.length > 0 ? `[${scopes.join(' ')}]` : ''}${auth.claims === undefined ? '' : `+claims(${Object.keys(auth.claims).join(',')})`}`)
+    }
+    const ip = table.config.routes[r.index]!.ip
+    if (ip !== undefined) policies.push(`ip(${ip.allow === undefined ? '' : `allow ${ip.allow.length}`}${ip.allow !== undefined && ip.deny.length > 0 ? ', ' : ''}${ip.deny.length > 0 ? `deny ${ip.deny.length}` : ''})`)
     const targets = r.upstream.targets.map((t) => t.origin + t.basePath).join(' ')
     rows.push([String(r.index), r.name, r.describe, `${r.upstream.name} (${r.upstream.balance}: ${targets})`, policies.join(' ') || '-'])
   }

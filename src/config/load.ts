@@ -1,3 +1,4 @@
+import { createPrivateKey } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { dirname, resolve } from 'node:path'
 import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Document, type Node as YamlNode } from 'yaml'
@@ -85,7 +86,7 @@ function issueAt (path: PathKey[], message: string): LocatedIssue {
 function describeZodIssue (issue: z.core.$ZodIssue, input: unknown): LocatedIssue[] {
   const path = issue.path as PathKey[]
   if (issue.code === 'unrecognized_keys') {
-    const known = knownKeys(ConfigSchema, path)
+    const known = knownKeys(ConfigSchema, path, input)
     return issue.keys.map((key) => {
       const hint = suggest(key, known)
       return issueAt([...path, key], `unknown key "${key}"${hint === null ? '' : ` (did you mean "${hint}"?)`}`)
@@ -102,6 +103,11 @@ function describeZodIssue (issue: z.core.$ZodIssue, input: unknown): LocatedIssu
   if (issue.code === 'invalid_key') {
     // A record key that broke its rule: the rule's own message is nested one level down.
     return [issueAt(path, issue.issues[0]?.message ?? issue.message)]
+  }
+  if (issue.code === 'invalid_union' && (issue as { discriminator?: string }).discriminator !== undefined) {
+    const options = (issue as { options?: unknown[] }).options ?? []
+    const got = valueAt(input, path)
+    return [issueAt(path, `${got === undefined ? 'is required' : `unknown ${JSON.stringify(got)}`}: must be one of ${options.map((v) => JSON.stringify(v)).join(', ')}`)]
   }
   if (issue.code === 'invalid_union') {
     // Our unions are "string or number" for durations and sizes.
@@ -153,6 +159,7 @@ function crossCheck (config: any): LocatedIssue[] {
       issues.push(issueAt(['routes', i, 'strip_prefix'], `"${route.strip_prefix}" is not a prefix of match.path_prefix "${match.path_prefix}"`))
     }
   })
+  issues.push(...checkIdentity(config, routes))
   const t = config?.listen?.timeouts
   if (typeof t?.request === 'number' && typeof t?.headers === 'number' && t.request > 0 && t.request < t.headers) {
     // Node refuses to start a server with requestTimeout < headersTimeout.
@@ -161,6 +168,85 @@ function crossCheck (config: any): LocatedIssue[] {
   const proxies: unknown[] = Array.isArray(config?.trusted_proxies) ? config.trusted_proxies : []
   proxies.forEach((cidr, i) => {
     if (typeof cidr === 'string' && parseCidr(cidr) === null) issues.push(issueAt(['trusted_proxies', i], `invalid CIDR or address "${cidr}"`))
+  })
+  return issues
+}
+
+/** Headers a route may not claim for identity: the gateway sets or rewrites them itself. */
+const RESERVED_HEADERS = new Set(['host', 'authorization', 'content-length', 'transfer-encoding', 'connection', 'te', 'trailer',
+  'upgrade', 'keep-alive', 'expect', 'cookie', 'via', 'forwarded', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-request-id'])
+
+/** Phantom-token algorithms and the key types they need. */
+const ALG_KEY_TYPES: Record<string, string> = { ES256: 'ec', ES384: 'ec', RS256: 'rsa', PS256: 'rsa', EdDSA: 'ed25519' }
+
+function checkIdentity (config: any, routes: unknown[]): LocatedIssue[] {
+  const issues: LocatedIssue[] = []
+  const identity: Record<string, any> = isObject(config?.identity) ? config.identity : {}
+  const providers: Record<string, any> = isObject(identity.providers) ? identity.providers : {}
+  const providerNames = Object.keys(providers)
+  const credentialHeaders = new Set(Object.values(providers).filter((p) => p?.kind === 'api_key').map((p) => String(p.header ?? 'x-api-key').toLowerCase()))
+  const phantom = identity.phantom_token
+  if (isObject(phantom) && typeof phantom.key === 'string') {
+    try {
+      const key = createPrivateKey(phantom.key)
+      const want = ALG_KEY_TYPES[String(phantom.alg ?? 'ES256')]
+      if (want !== undefined && key.asymmetricKeyType !== want) {
+        issues.push(issueAt(['identity', 'phantom_token', 'key'], `a ${key.asymmetricKeyType} key cannot sign ${phantom.alg ?? 'ES256'} (it needs ${want})`))
+      }
+    } catch (err) {
+      issues.push(issueAt(['identity', 'phantom_token', 'key'], `not a PEM private key: ${(err as Error).message}`))
+    }
+  }
+  routes.forEach((route: any, i) => {
+    if (!isObject(route)) return
+    const auth = route.auth
+    if (isObject(auth)) {
+      const anyOf: unknown[] = Array.isArray(auth.any_of) ? auth.any_of : []
+      anyOf.forEach((name, j) => {
+        if (typeof name !== 'string' || name === '') return
+        if (!Object.hasOwn(providers, name)) {
+          const hint = suggest(name, providerNames)
+          issues.push(issueAt(['routes', i, 'auth', 'any_of', j], `unknown identity provider "${name}"${hint === null ? '' : ` (did you mean "${hint}"?)`}`))
+        } else if (anyOf.indexOf(name) !== j) {
+          issues.push(issueAt(['routes', i, 'auth', 'any_of', j], `provider "${name}" is listed twice`))
+        }
+      })
+      if (auth.phantom_token === true && !isObject(phantom)) {
+        issues.push(issueAt(['routes', i, 'auth', 'phantom_token'], 'needs identity.phantom_token (the key the gateway signs with)'))
+      }
+      for (const [claim, m] of Object.entries(isObject(auth.claims) ? auth.claims : {})) {
+        if (isObject(m) && typeof m.pattern === 'string') {
+          try {
+            RegExp(m.pattern)
+          } catch (err) {
+            issues.push(issueAt(['routes', i, 'auth', 'claims', claim, 'pattern'], `invalid regular expression: ${(err as Error).message}`))
+          }
+        }
+      }
+    }
+    const ip = route.ip
+    if (isObject(ip)) {
+      for (const key of ['allow', 'deny']) {
+        const list: unknown[] = Array.isArray(ip[key]) ? ip[key] : []
+        list.forEach((cidr, j) => {
+          if (typeof cidr === 'string' && parseCidr(cidr) === null) issues.push(issueAt(['routes', i, 'ip', key, j], `invalid CIDR or address "${cidr}"`))
+        })
+      }
+    }
+    const ih = route.identity_headers
+    if (isObject(ih)) {
+      if (!isObject(auth)) issues.push(issueAt(['routes', i, 'identity_headers'], 'identity headers need an auth block on the route'))
+      const named: Array<[PathKey[], unknown]> = [
+        ...['subject', 'client_id', 'scopes', 'provider'].map((k): [PathKey[], unknown] => [['routes', i, 'identity_headers', k], ih[k]]),
+        ...Object.entries(isObject(ih.claims) ? ih.claims : {}).map(([k, v]): [PathKey[], unknown] => [['routes', i, 'identity_headers', 'claims', k], v]),
+      ]
+      for (const [path, header] of named) {
+        if (typeof header !== 'string') continue
+        const h = header.toLowerCase().replaceAll('_', '-')
+        if (RESERVED_HEADERS.has(h) || h.startsWith('x-gatehouse-') || h.startsWith('proxy-')) issues.push(issueAt(path, `"${header}" is a header the gateway sets or rewrites itself`))
+        else if (credentialHeaders.has(h)) issues.push(issueAt(path, `"${header}" carries API keys (identity.providers)`))
+      }
+    }
   })
   return issues
 }
@@ -193,9 +279,15 @@ function resolveFiles (config: Config, baseDir: string): LocatedIssue[] {
 }
 
 /** The keys an object schema at `path` accepts, for "did you mean" hints. */
-function knownKeys (schema: z.core.$ZodType, path: readonly PathKey[]): string[] {
+function knownKeys (schema: z.core.$ZodType, path: readonly PathKey[], input: unknown): string[] {
   let s: z.core.$ZodType | undefined = schema
+  let here: any = input
   for (const key of [...path, null]) {
+    // A discriminated union (identity providers by `kind`): follow the option the input chose.
+    const u: any = s?._zod.def
+    if (u?.type === 'union' && typeof u.discriminator === 'string') {
+      s = u.options.find((o: any) => o._zod.def.shape?.[u.discriminator]?._zod.def.values?.includes(here?.[u.discriminator]))
+    }
     // Unwrap wrappers until we reach something that has structure.
     for (let guard = 0; s !== undefined && guard < 10; guard++) {
       const def: any = s._zod.def
@@ -206,6 +298,7 @@ function knownKeys (schema: z.core.$ZodType, path: readonly PathKey[]): string[]
     if (s === undefined) return []
     const def: any = s._zod.def
     if (key === null) return def.type === 'object' ? Object.keys(def.shape) : []
+    here = here?.[key]
     if (def.type === 'object') s = def.shape[key]
     else if (def.type === 'array') s = def.element
     else if (def.type === 'record') s = def.valueType

@@ -1,5 +1,5 @@
 // Named imports (not the `z` namespace) let the CLI bundle drop zod's 250 KB of locales.
-import { NEVER, array, boolean, enum as zenum, number, preprocess, record, strictObject, string, union, type input, type output } from 'zod'
+import { NEVER, array, boolean, discriminatedUnion, enum as zenum, literal, number, preprocess, record, strictObject, string, union, unknown, type input, type output } from 'zod'
 import { parseDuration, parseSize } from './units.js'
 
 /*
@@ -120,6 +120,140 @@ const UpstreamSchema = strictObject({
   }).prefault({}),
 })
 
+/** RFC 9110 token: what a header name may contain. */
+const headerName = nonEmpty.regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, 'not a valid header name').transform((h) => h.toLowerCase())
+
+const httpUrl = (what: string) => string().refine((v) => {
+  try {
+    const u = new URL(v)
+    return u.protocol === 'http:' || u.protocol === 'https:'
+  } catch {
+    return false
+  }
+}, `${what} must be an http:// or https:// URL`)
+
+/**
+ * Asymmetric JWS algorithms only: keys come from a published JWKS, and an HMAC "key" taken from
+ * a JWKS is public, so HS256 would let anyone mint tokens (the classic key-confusion attack).
+ */
+export const JWT_ALGORITHMS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA', 'Ed25519'] as const
+
+const JwtProviderSchema = strictObject({
+  kind: literal('jwt'),
+  /** Expected `iss`; also where discovery looks (`{issuer}/.well-known/openid-configuration`). */
+  issuer: httpUrl('issuer'),
+  /** Skip discovery and fetch keys from here. */
+  jwks_uri: httpUrl('jwks_uri').optional(),
+  /** Accepted `aud` values (any one must be present). Required: a token minted for another API must not work here. */
+  audiences: array(nonEmpty).min(1, 'list at least one audience'),
+  algorithms: array(zenum(JWT_ALGORITHMS)).min(1).default(['RS256', 'PS256', 'ES256', 'EdDSA']),
+  clock_skew: duration().default(30_000),
+  /** Keys are refetched in the background once they are this old. */
+  key_max_age: duration().default(600_000),
+  /** Shortest time between two fetches caused by unknown `kid`s. */
+  refetch_cooldown: duration().default(30_000),
+  /** Claims that must be present (`exp` is always required). */
+  required_claims: array(nonEmpty).default(['sub', 'exp']),
+  /** Allowed `typ` header values, compared as RFC 8725 says; a token without `typ` counts as "JWT". */
+  token_types: array(nonEmpty).min(1).default(['at+jwt', 'JWT']),
+  /** Timeout for discovery and JWKS requests. */
+  timeout: duration().default(5_000),
+  /** Tokens longer than this are refused without being parsed. */
+  max_token_size: size().default(8 * 1024),
+  /** Verified tokens kept (by SHA-256 of the token) so a repeated token is not verified again. */
+  cache: strictObject({ max_entries: int().pipe(number().min(0)).default(10_000) }).prefault({}),
+})
+
+const IntrospectionProviderSchema = strictObject({
+  kind: literal('introspection'),
+  endpoint: httpUrl('endpoint'),
+  client_id: nonEmpty,
+  client_secret: nonEmpty,
+  /** client_secret_basic (Authorization: Basic) or client_secret_post (in the form body). */
+  auth_method: zenum(['basic', 'post']).default('basic'),
+  timeout: duration().default(2_000),
+  /** When set, an active token's `aud` must include one of these. */
+  audiences: array(nonEmpty).min(1).optional(),
+  /** When set, an active token's `iss` (if present) must equal this. */
+  issuer: nonEmpty.optional(),
+  cache: strictObject({
+    active_ttl: duration().default(60_000),
+    inactive_ttl: duration().default(5_000),
+    max_entries: int().pipe(number().min(0)).default(10_000),
+  }).prefault({}),
+})
+
+const ApiKeySchema = strictObject({
+  id: nonEmpty.regex(/^[A-Za-z0-9_.:@-]+$/, 'use letters, digits and "_.:@-" only'),
+  /** Hex SHA-256 of the key: the key itself never appears in config. */
+  sha256: string().regex(/^[0-9a-fA-F]{64}$/, 'must be the 64-hex-digit SHA-256 of the key').transform((h) => h.toLowerCase()),
+  scopes: array(nonEmpty).default([]),
+  /** Free-form claims for authorization and identity headers (e.g. tier, org). */
+  metadata: record(string(), unknown()).default({}),
+})
+
+const ApiKeyProviderSchema = strictObject({
+  kind: literal('api_key'),
+  header: headerName.default('x-api-key'),
+  keys: array(ApiKeySchema).default([]),
+})
+
+export const PHANTOM_ALGORITHMS = ['ES256', 'ES384', 'RS256', 'PS256', 'EdDSA'] as const
+
+const IdentitySchema = strictObject({
+  /** `realm` in WWW-Authenticate challenges. */
+  // eslint-disable-next-line no-control-regex
+  realm: nonEmpty.regex(/^[^"\\\x00-\x1f]+$/, 'must not contain quotes, backslashes or control characters').default('gatehouse'),
+  providers: record(string().regex(/^[A-Za-z0-9_.-]+$/, 'provider names use letters, digits, "_", "-" and "."'),
+    discriminatedUnion('kind', [JwtProviderSchema, IntrospectionProviderSchema, ApiKeyProviderSchema])).default({}),
+  /** The gateway's own short-lived JWT for upstreams (routes opt in with auth.phantom_token). */
+  phantom_token: strictObject({
+    /** PEM private key (PKCS#8), usually `${file:...}`. */
+    key: nonEmpty,
+    alg: zenum(PHANTOM_ALGORITHMS).default('ES256'),
+    /** Defaults to the key's RFC 7638 thumbprint. */
+    kid: nonEmpty.optional(),
+    issuer: nonEmpty,
+    audience: nonEmpty,
+    ttl: duration().default(60_000),
+    /** Header that carries it; `authorization` sends `Bearer <token>`. */
+    header: headerName.default('authorization'),
+  }).optional(),
+}).prefault({})
+
+/** A claim condition: a value, a list of accepted values, or { pattern } (a regular expression). */
+const ClaimScalar = union([string(), number(), boolean()])
+const ClaimMatcher = union([ClaimScalar, array(ClaimScalar).min(1), strictObject({ pattern: nonEmpty })])
+
+const AuthSchema = strictObject({
+  /** Providers tried in order; the first that takes the credential decides. */
+  any_of: array(nonEmpty).min(1, 'name at least one provider'),
+  scopes: strictObject({
+    all: array(nonEmpty).optional(),
+    any: array(nonEmpty).min(1).optional(),
+  }).optional(),
+  /** Claim name (dots for nested claims) → matcher. A claim holding a list matches if any item does. */
+  claims: record(nonEmpty, ClaimMatcher).optional(),
+  /** Remove the credential (Authorization, the API-key header) before forwarding. */
+  strip_credentials: bool().default(false),
+  /** Replace the credential with the gateway's own JWT (identity.phantom_token). */
+  phantom_token: bool().default(false),
+})
+
+const IpSchema = strictObject({
+  allow: array(nonEmpty).min(1).optional(),
+  deny: array(nonEmpty).default([]),
+})
+
+const IdentityHeadersSchema = strictObject({
+  subject: headerName.optional(),
+  client_id: headerName.optional(),
+  scopes: headerName.optional(),
+  provider: headerName.optional(),
+  /** Claim name (dots for nested claims) → header name. */
+  claims: record(nonEmpty, headerName).default({}),
+})
+
 const MatchSchema = strictObject({
   path: string().startsWith('/', 'must start with "/"').optional(),
   path_prefix: string().startsWith('/', 'must start with "/"').optional(),
@@ -142,6 +276,10 @@ const RouteSchema = strictObject({
     /** Largest request body; 0 means no limit (streams of any size). */
     max_body: size().default(0),
   }).prefault({}),
+  auth: AuthSchema.optional(),
+  /** Client-address rules, checked before authentication (deny wins over allow). */
+  ip: IpSchema.optional(),
+  identity_headers: IdentityHeadersSchema.optional(),
 })
 
 const LogSchema = strictObject({
@@ -155,6 +293,7 @@ export const ConfigSchema = strictObject({
   admin: AdminSchema,
   trusted_proxies: array(string()).default([]),
   log: LogSchema,
+  identity: IdentitySchema,
   shutdown: strictObject({ grace: duration().default(30_000) }).prefault({}),
   upstreams: record(string().regex(/^[A-Za-z0-9_.-]+$/, 'upstream names use letters, digits, "_", "-" and "."'), UpstreamSchema).default({}),
   routes: array(RouteSchema).default([]),
@@ -166,3 +305,9 @@ export type Config = output<typeof ConfigSchema>
 export type ConfigInput = input<typeof ConfigSchema>
 export type UpstreamConfig = Config['upstreams'][string]
 export type RouteConfig = Config['routes'][number]
+export type IdentityConfig = Config['identity']
+export type ProviderConfig = IdentityConfig['providers'][string]
+export type JwtProviderConfig = Extract<ProviderConfig, { kind: 'jwt' }>
+export type IntrospectionProviderConfig = Extract<ProviderConfig, { kind: 'introspection' }>
+export type ApiKeyProviderConfig = Extract<ProviderConfig, { kind: 'api_key' }>
+export type PhantomTokenConfig = NonNullable<IdentityConfig['phantom_token']>

@@ -23,6 +23,13 @@ export const ERRORS = {
   GH_UPSTREAM_TIMEOUT: { status: 504, title: 'Upstream did not answer in time' },
   GH_NO_HEALTHY_UPSTREAM: { status: 503, title: 'No healthy upstream target' },
   GH_SHUTTING_DOWN: { status: 503, title: 'Gateway is shutting down' },
+  GH_AUTH_REQUIRED: { status: 401, title: 'Authentication required' },
+  GH_INVALID_CREDENTIALS: { status: 401, title: 'Invalid credentials' },
+  GH_INVALID_AUTH_REQUEST: { status: 400, title: 'Malformed credentials' },
+  GH_INSUFFICIENT_SCOPE: { status: 403, title: 'Insufficient scope' },
+  GH_FORBIDDEN: { status: 403, title: 'Access denied' },
+  GH_IP_FORBIDDEN: { status: 403, title: 'Client address not allowed' },
+  GH_AUTH_UNAVAILABLE: { status: 503, title: 'Authentication service unavailable' },
   GH_UPGRADE_NOT_ALLOWED: { status: 400, title: 'Protocol upgrade not allowed' },
   GH_INTERNAL: { status: 500, title: 'Internal gateway error' },
 } as const satisfies Record<string, { status: number, title: string }>

@@ -54,6 +54,9 @@ export class Metrics {
   readonly upstreamErrors = new Counter({ name: 'gatehouse_upstream_errors_total', help: 'Upstream failures by code', labelNames: ['upstream', 'code'] as const, registers: [this.registry] })
   readonly reloads = new Counter({ name: 'gatehouse_config_reloads_total', help: 'Configuration reloads by result', labelNames: ['result'] as const, registers: [this.registry] })
   readonly upgrades = new Gauge({ name: 'gatehouse_upgraded_connections', help: 'Open upgraded (WebSocket) connections', registers: [this.registry] })
+  readonly auth = new Counter({ name: 'gatehouse_auth_total', help: 'Credential checks by provider and result (cached, verified, invalid, unavailable)', labelNames: ['provider', 'result'] as const, registers: [this.registry] })
+  readonly keyFetches = new Counter({ name: 'gatehouse_jwks_fetches_total', help: 'JWKS (and discovery) fetches by provider and result', labelNames: ['provider', 'result'] as const, registers: [this.registry] })
+  readonly introspections = new Counter({ name: 'gatehouse_introspection_requests_total', help: 'Calls to introspection endpoints by provider and result (active, inactive, error)', labelNames: ['provider', 'result'] as const, registers: [this.registry] })
   readonly #routeCache = new WeakMap<object, RouteMetrics>()
   readonly #byName = new Map<string, RouteMetrics>()
 

@@ -3,6 +3,8 @@ import type { Readable } from 'node:stream'
 import type { Dispatcher } from 'undici'
 import { upstreamPath, type CompiledRoute, type RouteTable } from '../compile/index.js'
 import { isGatewayError, problemBody, type GatewayError } from '../errors/index.js'
+import type { CredentialCarrier } from '../identity/policy.js'
+import type { Identity } from '../identity/types.js'
 import type { Target } from '../upstream/target.js'
 import { isConnectFailure, upstreamError } from '../upstream/errors.js'
 import { filterResponseHeaders } from './headers.js'
@@ -22,7 +24,7 @@ export const CLIENT_CLOSED = 499
  * undici 7 calls those on every request itself, and the newer controller-style API is
  * adapted onto them with an extra header parse per response.
  */
-export class Exchange implements Dispatcher.DispatchHandler {
+export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier {
   readonly req: IncomingMessage
   readonly res: ServerResponse
   readonly rt: GatewayRuntime
@@ -46,6 +48,12 @@ export class Exchange implements Dispatcher.DispatchHandler {
   xForwardedHost: string | null = null
   forwarded: string | null = null
   via: string | null = null
+  /** Credentials, as the auth policy reads them (see CredentialCarrier). */
+  authorization: string | null = null
+  authorizationCount = 0
+  credHeaders: string[] | null = null
+  identity: Identity | null = null
+  phantomToken: string | null = null
   /** Header fields forwarded as they are, flat [name, value, …]. */
   outHeaders: string[] = []
   body: Readable | null = null

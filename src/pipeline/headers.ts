@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import type { CompiledRoute, RouteTable } from '../compile/index.js'
 import { gatewayError, type GatewayError } from '../errors/index.js'
+import { headerValue } from '../identity/policy.js'
 import type { Exchange } from './exchange.js'
 
 /*
@@ -13,7 +14,7 @@ import type { Exchange } from './exchange.js'
 
 const enum H {
   Host = 1, ContentLength, TransferEncoding, Connection, Drop, XForwardedFor, XForwardedProto,
-  XForwardedHost, Forwarded, Via, RequestId,
+  XForwardedHost, Forwarded, Via, RequestId, Authorization,
 }
 
 const REQUEST_SPECIAL: Record<string, H> = Object.assign(Object.create(null), {
@@ -34,25 +35,41 @@ const REQUEST_SPECIAL: Record<string, H> = Object.assign(Object.create(null), {
   forwarded: H.Forwarded,
   via: H.Via,
   'x-request-id': H.RequestId,
+  authorization: H.Authorization,
 })
 
 /** First letters (lower-cased) of every special name above, plus 'p' for Proxy-*. */
-function maybeSpecial (name: string): boolean {
-  const c = name.charCodeAt(0) | 0x20
+function maybeSpecial (c: number): boolean {
+  c |= 0x20
   return c === 0x68 || c === 0x63 || c === 0x74 || c === 0x6b || c === 0x75 || c === 0x65 ||
-    c === 0x78 || c === 0x66 || c === 0x76 || c === 0x70
+    c === 0x78 || c === 0x66 || c === 0x76 || c === 0x70 || c === 0x61
+}
+
+/**
+ * X-Gatehouse-* in any spelling ('_' for '-', any case): the gateway's own headers, which a
+ * client must never be able to send. Servers that map headers to CGI-style variables
+ * (X_GATEHOUSE_SUBJECT) treat '_' and '-' alike, so both are stripped.
+ */
+function isGatehouseHeader (lower: string): boolean {
+  if (lower.length < 13) return false
+  const a = lower.charCodeAt(1)
+  const b = lower.charCodeAt(11)
+  return (a === 45 || a === 95) && (b === 45 || b === 95) && lower.startsWith('gatehouse', 2)
 }
 
 /**
  * One pass over the client's header fields: note the ones the gateway rewrites, copy the rest
  * to `ex.outHeaders`. Returns an error for requests that must be refused.
  */
-export function scanRequestHeaders (ex: Exchange, raw: readonly string[]): GatewayError | null {
+export function scanRequestHeaders (ex: Exchange, raw: readonly string[], table: RouteTable): GatewayError | null {
   const out = ex.outHeaders
+  const roles = table.headerRoles
+  const initials = table.headerRoleInitials
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!
     const value = raw[i + 1]!
-    if (maybeSpecial(name)) {
+    const c = name.charCodeAt(0)
+    if (maybeSpecial(c) || initials[c] === 1) {
       const lower = name.toLowerCase()
       const kind = REQUEST_SPECIAL[lower]
       if (kind !== undefined) {
@@ -67,10 +84,24 @@ export function scanRequestHeaders (ex: Exchange, raw: readonly string[]): Gatew
           case H.Forwarded: ex.forwarded = ex.forwarded === null ? value : `${ex.forwarded}, ${value}`; break
           case H.Via: ex.via = ex.via === null ? value : `${ex.via}, ${value}`; break
           case H.RequestId: if (ex.requestId === '' && isValidRequestId(value)) ex.requestId = value; break
+          case H.Authorization:
+            // Noted for the auth policy, forwarded unless the route strips credentials.
+            if (ex.authorizationCount++ === 0) ex.authorization = value
+            out.push(name, value)
+            break
         }
         continue
       }
       if (lower.startsWith('proxy-')) continue
+      if ((c | 0x20) === 0x78 && isGatehouseHeader(lower)) continue
+      if (roles.size > 0) {
+        const role = roles.get(lower)
+        if (role === 'credential') {
+          ;(ex.credHeaders ??= []).push(lower, value)
+        } else if (role === 'strip' || (role === undefined && lower.includes('_') && roles.get(lower.replaceAll('_', '-')) === 'strip')) {
+          continue
+        }
+      }
     }
     out.push(name, value)
   }
@@ -85,9 +116,33 @@ export function scanRequestHeaders (ex: Exchange, raw: readonly string[]): Gatew
   return null
 }
 
-/** Add the headers that depend on the route and on who the peer is. Host goes last (see dispatchTo). */
+/**
+ * Add the headers that depend on the route, on who the peer is and on who the caller turned
+ * out to be. Host goes last (see dispatchTo).
+ */
 export function finishRequestHeaders (ex: Exchange, route: CompiledRoute, encrypted: boolean): void {
   const out = ex.outHeaders
+  const auth = route.auth
+  if (auth !== null) {
+    if (auth.stripCredentials) removeHeaders(out, auth.credentialNames)
+    const token = ex.phantomToken
+    if (token !== null) {
+      const h = auth.phantom!.header
+      if (h === 'authorization') {
+        removeHeaders(out, ['authorization'])
+        out.push('authorization', 'Bearer ' + token)
+      } else {
+        out.push(h, token)
+      }
+    }
+    const identity = ex.identity
+    if (identity !== null) {
+      for (const [h, get] of route.identityHeaders!) {
+        const v = headerValue(get(identity))
+        if (v !== null) out.push(h, v)
+      }
+    }
+  }
   const peer = ex.req.socket.remoteAddress ?? ''
   const trusted = ex.table.trustedProxies.has(peer)
   if (ex.contentLength !== null) out.push('content-length', ex.contentLength)
@@ -115,7 +170,7 @@ export function filterResponseHeaders (raw: Buffer[], requestId: string): string
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!.toString('latin1')
     const value = raw[i + 1]!.toString('latin1')
-    if (maybeSpecial(name)) {
+    if (maybeSpecial(name.charCodeAt(0))) {
       switch (name.toLowerCase()) {
         case 'connection': connection = connection === null ? value : `${connection}, ${value}`; continue
         case 'keep-alive': case 'transfer-encoding': case 'te': case 'trailer': case 'upgrade':
@@ -131,6 +186,17 @@ export function filterResponseHeaders (raw: Buffer[], requestId: string): string
   out.push('via', via === null ? '1.1 gatehouse' : `${via}, 1.1 gatehouse`)
   out.push('x-request-id', requestId)
   return out
+}
+
+/** Drop every field named in `names` (lower-case). */
+function removeHeaders (out: string[], names: readonly string[]): void {
+  let w = 0
+  for (let r = 0; r < out.length; r += 2) {
+    if (names.includes(out[r]!.toLowerCase())) continue
+    out[w++] = out[r]!
+    out[w++] = out[r + 1]!
+  }
+  out.length = w
 }
 
 /** Drop the fields a Connection header names (other than the standard tokens). */
@@ -187,7 +253,7 @@ export function readHead (ex: Exchange, table: RouteTable): GatewayError | null 
   ex.path = q === -1 ? url : url.slice(0, q)
   ex.query = q === -1 ? '' : url.slice(q)
   const raw = req.rawHeaders
-  const headerErr = scanRequestHeaders(ex, raw)
+  const headerErr = scanRequestHeaders(ex, raw, table)
   const maxHeaders = table.config.listen.max_headers
   if (raw.length > maxHeaders * 2) return gatewayError('GH_HEADERS_TOO_LARGE', `The request has more than ${maxHeaders} header fields`)
   if (headerErr !== null) return headerErr

@@ -13,8 +13,11 @@ import { AccessLog } from '../observability/access-log.js'
 import { BodyLimit } from '../pipeline/body.js'
 import { CLIENT_CLOSED, Exchange, kExchange, onResponseClose } from '../pipeline/exchange.js'
 import { finishRequestHeaders, readHead } from '../pipeline/headers.js'
+import { admit } from '../pipeline/admit.js'
 import type { GatewayRuntime } from '../pipeline/runtime.js'
 import { TargetRegistry } from '../upstream/target.js'
+import { IdentityRegistry } from '../identity/registry.js'
+import type { ProviderStatus } from '../identity/types.js'
 import { createAdminServer } from '../admin/server.js'
 import { handleUpgrade } from './upgrade.js'
 
@@ -65,6 +68,7 @@ class GatewayImpl implements Gateway, GatewayRuntime {
   closing = false
   #listening = false
   readonly #registry = new TargetRegistry()
+  readonly #identity: IdentityRegistry
   readonly #server: http.Server
   readonly #encrypted: boolean
   #admin: http.Server | null = null
@@ -80,7 +84,10 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     this.logger = options.logger ?? createLogger(config.log.level, options.logDestination)
     this.metrics = new Metrics(options.processMetrics ?? true, () => this.#inFlight)
     this.#access = new AccessLog(this.logger)
-    this.table = compile(config, this.#registry)
+    this.#identity = new IdentityRegistry({ logger: this.logger, metrics: this.metrics })
+    const identity = this.#identity.prepare(config.identity)
+    this.table = compile(config, this.#registry, identity)
+    this.#identity.commit(identity)
     const l = config.listen
     const serverOptions: http.ServerOptions = {
       maxHeaderSize: l.max_header_size,
@@ -127,7 +134,14 @@ class GatewayImpl implements Gateway, GatewayRuntime {
   }
 
   get ready (): boolean {
-    return this.#listening && !this.closing
+    if (!this.#listening || this.closing) return false
+    // A JWT provider that never got keys cannot admit anyone; one serving stale keys can.
+    for (const s of Object.values(this.#identity.status())) if (s.status === 'unavailable') return false
+    return true
+  }
+
+  identityStatus (): Record<string, ProviderStatus> {
+    return this.#identity.status()
   }
 
   get encrypted (): boolean {
@@ -145,19 +159,37 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     try {
       const err = this.#prepare(ex)
       if (err !== null) return this.#refuse(ex, err)
-      const route = ex.route!
-      const target = route.upstream.pick(Date.now())
-      if (target === null) {
-        return this.#refuse(ex, gatewayError('GH_NO_HEALTHY_UPSTREAM', `Every target of upstream "${route.upstream.name}" is failing; try again shortly`, { headers: { 'retry-after': String(Math.ceil(route.upstream.ejectFor / 1000)) } }))
-      }
-      // RFC 9110 §10.1.1: ask for the body only once we know we want it.
-      if (expectContinue) res.writeContinue()
-      ex.dispatchTo(target)
+      const checked = admit(ex, ex.route!)
+      if (checked === null) return this.#forward(ex, expectContinue)
+      if (!(checked instanceof Promise)) return this.#refuse(ex, checked)
+      checked.then((e) => {
+        // The client may have left while a provider was asked; the exchange is logged already.
+        if (ex.finished) return
+        if (e !== null) this.#refuse(ex, e)
+        else this.#forward(ex, expectContinue)
+      }).catch((e: unknown) => this.#internalError(ex, e))
     } catch (err) {
-      // A bug must cost one request, never the process.
-      this.logger.error({ msg: 'internal error', id: ex.requestId, err: (err as Error).stack ?? String(err) })
-      ex.fail(gatewayError('GH_INTERNAL', 'The gateway failed to handle this request', { reason: (err as Error).message }))
+      this.#internalError(ex, err)
     }
+  }
+
+  /** Admitted: finish the head, pick a target, and send. */
+  #forward (ex: Exchange, expectContinue: boolean): void {
+    const route = ex.route!
+    finishRequestHeaders(ex, route, this.#encrypted)
+    const target = route.upstream.pick(Date.now())
+    if (target === null) {
+      return this.#refuse(ex, gatewayError('GH_NO_HEALTHY_UPSTREAM', `Every target of upstream "${route.upstream.name}" is failing; try again shortly`, { headers: { 'retry-after': String(Math.ceil(route.upstream.ejectFor / 1000)) } }))
+    }
+    // RFC 9110 §10.1.1: ask for the body only once we know we want it.
+    if (expectContinue) ex.res.writeContinue()
+    ex.dispatchTo(target)
+  }
+
+  /** A bug must cost one request, never the process. */
+  #internalError (ex: Exchange, err: unknown): void {
+    this.logger.error({ msg: 'internal error', id: ex.requestId, err: (err as Error).stack ?? String(err) })
+    if (!ex.finished) ex.fail(gatewayError('GH_INTERNAL', 'The gateway failed to handle this request', { reason: (err as Error).message }))
   }
 
   #refuse (ex: Exchange, err: GatewayError): void {
@@ -182,7 +214,6 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     } else if (te) {
       ex.body = new BodyLimit(req, route.maxBody)
     }
-    finishRequestHeaders(ex, route, this.#encrypted)
     return null
   }
 
@@ -256,6 +287,10 @@ class GatewayImpl implements Gateway, GatewayRuntime {
 
   async listen (): Promise<ListenInfo> {
     const config = this.table.config
+    // Keys first, so the first request with a token does not find an empty key set. An IdP
+    // that does not answer delays start-up by at most IDENTITY_START_TIMEOUT; the gateway then
+    // starts, reports not ready, and keeps trying in the background.
+    await this.#identity.start(this.table.identity, IDENTITY_START_TIMEOUT)
     // Both listeners bind at once; a bind error (port in use) rejects listen().
     const bound = [listening(this.#server.listen(config.listen.port, config.listen.host))]
     if (config.admin.enabled) {
@@ -274,7 +309,14 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     let next: RouteTable
     try {
       const config = validateConfig(typeof input === 'function' ? input() : input)
-      next = compile(config, this.#registry)
+      const identity = this.#identity.prepare(config.identity)
+      try {
+        next = compile(config, this.#registry, identity)
+      } catch (err) {
+        this.#identity.discard(identity)
+        throw err
+      }
+      await this.#identity.start(identity, IDENTITY_START_TIMEOUT)
     } catch (err) {
       this.metrics.reloads.labels('failure').inc()
       this.logger.error({ msg: 'config reload failed; keeping the running config', err: (err as Error).message })
@@ -283,6 +325,7 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     const prev = this.table
     // The swap: requests that already hold `prev` finish on it.
     this.table = next
+    this.#identity.commit(next.identity)
     this.#applyServerSettings(next.config)
     this.metrics.reloads.labels('success').inc()
     const p = prev.config
@@ -321,12 +364,14 @@ class GatewayImpl implements Gateway, GatewayRuntime {
       admin.closeAllConnections()
     }
     await this.#registry.closeAll(true)
+    this.#identity.close()
     this.logger.info({ msg: 'stopped' })
     flushLogger(this.logger)
   }
 }
 
 const STREAM_HIGH_WATER_MARK = 128 * 1024
+const IDENTITY_START_TIMEOUT = 10_000
 
 function listening (server: http.Server): Promise<void> {
   return new Promise((resolve, reject) => {

@@ -8,6 +8,7 @@ import type { Logger } from '../observability/logger.js'
 import type { Metrics } from '../observability/metrics.js'
 import { filterResponseHeaders, finishRequestHeaders, readHead } from '../pipeline/headers.js'
 import { Exchange } from '../pipeline/exchange.js'
+import { admit } from '../pipeline/admit.js'
 import { isConnectFailure, upstreamError } from '../upstream/errors.js'
 import type { Target } from '../upstream/target.js'
 
@@ -32,7 +33,7 @@ export function handleUpgrade (host: UpgradeHost, req: IncomingMessage, socket: 
   let requestId: string | null = null
   const refuse = (err: GatewayError): void => {
     host.metrics.refused.labels(err.code).inc()
-    host.logger.info({ msg: 'upgrade refused', id: requestId, code: err.code, path: url.split('?')[0] })
+    host.logger.info({ msg: 'upgrade refused', id: requestId, code: err.code, reason: err.reason ?? err.detail, path: url.split('?')[0] })
     writeProblem(socket, err, requestId)
   }
   if (host.closing) {
@@ -46,11 +47,25 @@ export function handleUpgrade (host: UpgradeHost, req: IncomingMessage, socket: 
   if (err !== null) return refuse(err)
   const route = ex.route!
   if (!route.websocket) return refuse(gatewayError('GH_UPGRADE_NOT_ALLOWED', `Route "${route.name}" does not accept protocol upgrades`))
-  finishRequestHeaders(ex, route, host.encrypted)
-  const target = route.upstream.pick(Date.now())
-  if (target === null) return refuse(gatewayError('GH_NO_HEALTHY_UPSTREAM', undefined, { headers: { 'retry-after': String(Math.ceil(route.upstream.ejectFor / 1000)) } }))
-  const upgrade = req.headers.upgrade ?? 'websocket'
-  new UpgradeHandler(host, route, socket, head, target, ex.requestId).dispatch(ex, upgrade)
+  // A WebSocket is a request like any other: the route's address and credential checks apply.
+  const proceed = (): void => {
+    finishRequestHeaders(ex, route, host.encrypted)
+    const target = route.upstream.pick(Date.now())
+    if (target === null) return refuse(gatewayError('GH_NO_HEALTHY_UPSTREAM', undefined, { headers: { 'retry-after': String(Math.ceil(route.upstream.ejectFor / 1000)) } }))
+    const upgrade = req.headers.upgrade ?? 'websocket'
+    new UpgradeHandler(host, route, socket, head, target, ex.requestId).dispatch(ex, upgrade)
+  }
+  const checked = admit(ex, route)
+  if (checked === null) return proceed()
+  if (!(checked instanceof Promise)) return refuse(checked)
+  checked.then((e) => {
+    if (socket.destroyed) return
+    if (e !== null) refuse(e)
+    else proceed()
+  }).catch((e: unknown) => {
+    host.logger.error({ msg: 'internal error', id: requestId, err: (e as Error).stack ?? String(e) })
+    refuse(gatewayError('GH_INTERNAL'))
+  })
 }
 
 class UpgradeHandler implements Dispatcher.DispatchHandler {

@@ -1,0 +1,142 @@
+import { errors as joseErrors, jwtVerify } from 'jose'
+import { LRUCache } from 'lru-cache'
+import type { JwtProviderConfig } from '../config/schema.js'
+import { clientIdOf, invalidCredentials, peekPayload, scopesOf, unavailable, type ProviderDeps } from './common.js'
+import { KeySet, KeysUnavailableError } from './jwks.js'
+import type { AuthResult, CredentialSource, Identity, IdentityProvider, ProviderStatus } from './types.js'
+
+/**
+ * OAuth2 access tokens as JWTs (RFC 9068), verified in-process with jose against the issuer's
+ * JWKS. A verified token is cached (by digest) until it expires, so a client that reuses its
+ * token pays for one signature check, not one per request.
+ */
+export class JwtProvider implements IdentityProvider {
+  readonly kind = 'jwt' as const
+  readonly source: CredentialSource = { kind: 'bearer' }
+  readonly name: string
+  readonly fingerprint: string
+  readonly keys: KeySet
+  readonly #cfg: JwtProviderConfig
+  readonly #deps: ProviderDeps
+  readonly #cache: LRUCache<string, Identity> | null
+  readonly #verifyOptions: Parameters<typeof jwtVerify>[2]
+  readonly #types: ReadonlySet<string>
+  readonly #counts
+
+  constructor (name: string, cfg: JwtProviderConfig, deps: ProviderDeps) {
+    this.name = name
+    this.#cfg = cfg
+    this.#deps = deps
+    this.fingerprint = JSON.stringify(cfg)
+    this.#cache = cfg.cache.max_entries === 0 ? null : new LRUCache({ max: cfg.cache.max_entries })
+    this.#types = new Set(cfg.token_types.map(normalizeTyp))
+    const required = new Set([...cfg.required_claims, 'exp'])
+    this.#verifyOptions = {
+      issuer: cfg.issuer,
+      audience: cfg.audiences as string[],
+      algorithms: cfg.algorithms as string[],
+      clockTolerance: Math.round(cfg.clock_skew / 1000),
+      requiredClaims: [...required],
+    }
+    const m = deps.metrics.auth
+    this.#counts = { cached: m.labels(name, 'cached'), verified: m.labels(name, 'verified'), invalid: m.labels(name, 'invalid'), unavailable: m.labels(name, 'unavailable') }
+    this.keys = new KeySet({
+      issuer: cfg.issuer,
+      jwksUri: cfg.jwks_uri,
+      timeout: cfg.timeout,
+      maxAge: cfg.key_max_age,
+      cooldown: cfg.refetch_cooldown,
+      onFetch: (result, detail) => {
+        deps.metrics.keyFetches.labels(name, result).inc()
+        if (result === 'success') deps.logger.info({ msg: 'signing keys fetched', provider: name, detail })
+        else deps.logger.warn({ msg: 'signing key fetch failed; keeping the last good keys', provider: name, err: detail })
+      },
+      // A retired key must stop vouching at once, also for tokens verified with it before.
+      onKeysRemoved: (kids) => {
+        deps.logger.info({ msg: 'signing keys retired', provider: name, kids })
+        this.#cache?.clear()
+      },
+    })
+  }
+
+  start (): Promise<void> {
+    return this.keys.start()
+  }
+
+  close (): void {
+    this.keys.close()
+  }
+
+  status (): ProviderStatus {
+    const k = this.keys
+    return {
+      status: !k.loaded ? 'unavailable' : k.lastError !== null ? 'stale' : 'ok',
+      keys: k.keyCount,
+      keys_age_s: k.fetchedAt === 0 ? null : Math.round((Date.now() - k.fetchedAt) / 1000),
+      last_error: k.lastError,
+    }
+  }
+
+  cached (digest: string, now: number): Identity | null {
+    const hit = this.#cache?.get(digest)
+    if (hit === undefined || hit.expiresAt <= now) return null
+    this.#counts.cached.inc()
+    return hit
+  }
+
+  /** Tokens that look like a JWS whose (unverified) issuer is this provider's. */
+  takes (token: string): boolean {
+    return peekPayload(token)?.iss === this.#cfg.issuer
+  }
+
+  async authenticate (token: string, digest: string, now: number): Promise<AuthResult> {
+    if (token.length > this.#cfg.max_token_size) return this.#invalid(`token is ${token.length} bytes, over the ${this.#cfg.max_token_size}-byte limit`)
+    let payload, protectedHeader
+    try {
+      ({ payload, protectedHeader } = await jwtVerify(token, this.keys.getKey, this.#verifyOptions))
+    } catch (err) {
+      if (err instanceof KeysUnavailableError) {
+        this.#counts.unavailable.inc()
+        return unavailable(`${this.name}: ${err.message}`)
+      }
+      return this.#invalid(describeJoseError(err))
+    }
+    const typ = protectedHeader.typ === undefined ? 'jwt' : normalizeTyp(protectedHeader.typ)
+    if (!this.#types.has(typ)) return this.#invalid(`typ "${protectedHeader.typ}" is not allowed`)
+    // jose checks iat only with maxTokenAge; a token issued in the future is a clock or forgery problem.
+    if (typeof payload.iat === 'number' && payload.iat * 1000 > now + this.#cfg.clock_skew) return this.#invalid('iat is in the future')
+    const claims = payload as Record<string, unknown>
+    const identity: Identity = {
+      provider: this.name,
+      kind: 'jwt',
+      subject: typeof payload.sub === 'string' ? payload.sub : null,
+      clientId: clientIdOf(claims),
+      scopes: scopesOf(claims),
+      claims,
+      expiresAt: payload.exp! * 1000,
+      phantom: null,
+    }
+    this.#counts.verified.inc()
+    const ttl = identity.expiresAt - now
+    if (this.#cache !== null && ttl > 0) this.#cache.set(digest, identity, { ttl })
+    return identity
+  }
+
+  #invalid (reason: string): AuthResult {
+    this.#counts.invalid.inc()
+    return invalidCredentials(`${this.name}: ${reason}`)
+  }
+}
+
+/** RFC 8725 §3.11 / RFC 7515 §4.1.9: case-insensitive, "application/" optional. */
+function normalizeTyp (typ: string): string {
+  const t = typ.toLowerCase()
+  return t.startsWith('application/') ? t.slice(12) : t
+}
+
+function describeJoseError (err: unknown): string {
+  if (err instanceof joseErrors.JWTClaimValidationFailed) return `claim "${err.claim}" check failed (${err.reason}): ${err.message}`
+  if (err instanceof joseErrors.JWTExpired) return `token expired: ${err.message}`
+  if (err instanceof joseErrors.JOSEError) return `${err.code}: ${err.message}`
+  return `unexpected error: ${(err as Error).message}`
+}

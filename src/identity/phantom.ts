@@ -1,0 +1,73 @@
+import { createPrivateKey, createPublicKey } from 'node:crypto'
+import { calculateJwkThumbprint, importPKCS8, SignJWT, type CryptoKey, type JWK } from 'jose'
+import type { PhantomTokenConfig } from '../config/schema.js'
+import type { Identity } from './types.js'
+
+/** Registered claims the gateway sets itself; an identity's claims never override them. */
+const RESERVED = new Set(['iss', 'aud', 'exp', 'nbf', 'iat', 'jti', 'sub', 'client_id', 'scope'])
+
+/**
+ * Phantom tokens: the gateway signs a short-lived JWT carrying the verified identity, so
+ * upstreams trust one issuer (the gateway, whose JWKS the admin port serves) whatever the
+ * client presented: a JWT from any IdP, an opaque token or an API key. One token per identity
+ * is reused until half its lifetime is gone.
+ */
+export class PhantomSigner {
+  readonly fingerprint: string
+  readonly header: string
+  readonly #cfg: PhantomTokenConfig
+  readonly #publicJwk: JWK
+  #key: Promise<{ key: CryptoKey, kid: string }> | null = null
+
+  constructor (cfg: PhantomTokenConfig) {
+    this.#cfg = cfg
+    this.fingerprint = JSON.stringify(cfg)
+    this.header = cfg.header
+    // Parsed now so that a bad key fails the config load, not the first request.
+    const priv = createPrivateKey(cfg.key)
+    this.#publicJwk = createPublicKey(priv).export({ format: 'jwk' }) as JWK
+  }
+
+  /** Import the key once (async in WebCrypto) and settle the kid. */
+  start (): Promise<{ key: CryptoKey, kid: string }> {
+    this.#key ??= (async () => {
+      const key = await importPKCS8(this.#cfg.key, this.#cfg.alg)
+      const kid = this.#cfg.kid ?? await calculateJwkThumbprint(this.#publicJwk)
+      return { key, kid }
+    })()
+    return this.#key
+  }
+
+  /** The public half, for the admin port's /.well-known/jwks.json. */
+  async jwks (): Promise<{ keys: JWK[] }> {
+    const { kid } = await this.start()
+    return { keys: [{ ...this.#publicJwk, kid, alg: this.#cfg.alg, use: 'sig' }] }
+  }
+
+  /** A cached token when one is fresh enough; null when a new one must be signed. */
+  cached (identity: Identity, now: number): string | null {
+    const p = identity.phantom
+    return p !== null && p.refreshAt > now ? p.token : null
+  }
+
+  async sign (identity: Identity, now: number): Promise<string> {
+    const { key, kid } = await this.start()
+    const iat = Math.floor(now / 1000)
+    const exp = Math.min(iat + Math.max(1, Math.round(this.#cfg.ttl / 1000)), Math.floor(identity.expiresAt / 1000))
+    const payload: Record<string, unknown> = {}
+    for (const [k, v] of Object.entries(identity.claims)) if (!RESERVED.has(k)) payload[k] = v
+    payload.gh_provider = identity.provider
+    if (identity.clientId !== null) payload.client_id = identity.clientId
+    if (identity.scopes.size > 0) payload.scope = [...identity.scopes].join(' ')
+    const jwt = new SignJWT(payload)
+      .setProtectedHeader({ alg: this.#cfg.alg, kid, typ: 'at+jwt' })
+      .setIssuer(this.#cfg.issuer)
+      .setAudience(this.#cfg.audience)
+      .setIssuedAt(iat)
+      .setExpirationTime(exp)
+    if (identity.subject !== null) jwt.setSubject(identity.subject)
+    const token = await jwt.sign(key)
+    identity.phantom = { token, refreshAt: now + (exp - iat) * 500 }
+    return token
+  }
+}

@@ -1,0 +1,302 @@
+import { hash } from 'node:crypto'
+import type { RouteConfig } from '../config/schema.js'
+import { gatewayError, type GatewayError } from '../errors/index.js'
+import { CidrSet } from '../net/cidr.js'
+import type { PhantomSigner } from './phantom.js'
+import type { IdentitySet } from './registry.js'
+import { isIdentity, type AuthResult, type Identity, type IdentityProvider } from './types.js'
+
+/** What the policy reads from a request: filled in by the header scan. */
+export interface CredentialCarrier {
+  /** The first Authorization value, and how many there were. */
+  authorization: string | null
+  authorizationCount: number
+  /** Credential headers the table knows (API-key headers), flat [lower-case name, value, …]. */
+  credHeaders: string[] | null
+  identity: Identity | null
+  /** The gateway's own token to forward (phantom tokens), once signed. */
+  phantomToken: string | null
+}
+
+type Outcome = GatewayError | null
+
+/** RFC 6750 §2.1: b64token after "Bearer" and one or more spaces. */
+const BEARER = /^Bearer +([A-Za-z0-9\-._~+/]+=*) *$/i
+
+interface ClaimRule {
+  readonly name: string
+  readonly path: readonly string[]
+  readonly test: (v: unknown) => boolean
+}
+
+/**
+ * A route's `auth` block, compiled: which providers to ask (in order), what the identity must
+ * hold, and the challenges to answer with. `check` is synchronous when the credential is in a
+ * provider's cache (the common case) and returns a Promise only when a provider must do I/O or
+ * a signature check.
+ */
+export class AuthPolicy {
+  readonly providers: readonly IdentityProvider[]
+  readonly hasBearer: boolean
+  /** Header names that carry this route's credentials (Authorization, API-key headers). */
+  readonly credentialNames: readonly string[]
+  readonly stripCredentials: boolean
+  readonly phantom: PhantomSigner | null
+  readonly scopesAll: readonly string[] | null
+  readonly scopesAny: readonly string[] | null
+  readonly claims: readonly ClaimRule[] | null
+  readonly #realm: string
+  readonly #missing: GatewayError
+  readonly #scopeHint: string
+
+  constructor (auth: NonNullable<RouteConfig['auth']>, identity: IdentitySet) {
+    this.providers = auth.any_of.map((n) => identity.providers.get(n)!)
+    this.hasBearer = this.providers.some((p) => p.source.kind === 'bearer')
+    const headers = [...new Set(this.providers.flatMap((p) => p.source.kind === 'header' ? [p.source.name] : []))]
+    this.credentialNames = this.hasBearer ? ['authorization', ...headers] : headers
+    this.stripCredentials = auth.strip_credentials
+    this.phantom = auth.phantom_token ? identity.phantom : null
+    this.scopesAll = auth.scopes?.all ?? null
+    this.scopesAny = auth.scopes?.any ?? null
+    this.claims = auth.claims === undefined ? null : Object.entries(auth.claims).map(([name, m]) => ({ name, path: name.split('.'), test: claimTest(m) }))
+    this.#realm = identity.realm
+    const challenges: string[] = []
+    if (this.hasBearer) challenges.push(`Bearer realm="${this.#realm}"`)
+    for (const h of headers) challenges.push(`ApiKey realm="${this.#realm}", header="${h}"`)
+    this.#missing = gatewayError('GH_AUTH_REQUIRED', 'This route requires credentials', { reason: 'no credentials', headers: { 'www-authenticate': challenges.join(', ') } })
+    this.#scopeHint = [...(this.scopesAll ?? []), ...(this.scopesAny ?? [])].join(' ')
+  }
+
+  /** Authenticate and authorize; sets `ex.identity` (and `ex.phantomToken`) on success. */
+  check (ex: CredentialCarrier, now: number): Outcome | Promise<Outcome> {
+    const providers = this.providers
+    const creds: Array<string | null> = new Array(providers.length)
+    const digests: string[] = new Array(providers.length)
+    let any = false
+    let bearer: string | null | undefined
+    let bearerDigest = ''
+    for (let i = 0; i < providers.length; i++) {
+      const p = providers[i]!
+      let cred: string | null
+      let digest: string
+      if (p.source.kind === 'bearer') {
+        if (bearer === undefined) {
+          const parsed = this.#bearer(ex)
+          if (parsed !== null && typeof parsed !== 'string') return parsed
+          bearer = parsed
+          if (bearer !== null) bearerDigest = hash('sha256', bearer, 'base64')
+        }
+        cred = bearer
+        digest = bearerDigest
+      } else {
+        const found = headerCredential(ex, p.source.name)
+        if (found === -1) return this.#invalidRequest(`more than one ${p.source.name} header`, 'ApiKey')
+        cred = found
+        digest = cred === null ? '' : hash('sha256', cred, 'base64')
+      }
+      creds[i] = cred
+      digests[i] = digest
+      if (cred === null) continue
+      any = true
+      const hit = p.cached(digest, now)
+      if (hit !== null) return this.#admit(ex, hit, now)
+    }
+    if (!any) return this.#missing
+    return this.#ask(ex, creds, digests, 0, null, null, false, now)
+  }
+
+  /** The bearer token, null when there is none, or the 400 for a malformed Authorization. */
+  #bearer (ex: CredentialCarrier): string | null | GatewayError {
+    const v = ex.authorization
+    if (v === null) return null
+    if (ex.authorizationCount > 1) return this.#invalidRequest('more than one Authorization header', 'Bearer')
+    // Another scheme (Basic, ...) is not a bearer credential: the request has none for us.
+    if (v.length < 6 || v.slice(0, 6).toLowerCase() !== 'bearer') return null
+    const m = BEARER.exec(v)
+    if (m === null) return this.#invalidRequest('malformed Bearer credentials', 'Bearer')
+    return m[1]!
+  }
+
+  /**
+   * Ask each provider that takes its credential, in order, until one vouches. Runs
+   * synchronously until a provider answers with a Promise, then continues from there.
+   */
+  #ask (ex: CredentialCarrier, creds: Array<string | null>, digests: string[], from: number,
+    failure: { err: GatewayError, provider: IdentityProvider } | null, outage: GatewayError | null, taken: boolean, now: number): Outcome | Promise<Outcome> {
+    const providers = this.providers
+    for (let i = from; i < providers.length; i++) {
+      const cred = creds[i]
+      if (cred === null || cred === undefined) continue
+      const p = providers[i]!
+      if (!p.takes(cred)) continue
+      const r = p.authenticate(cred, digests[i]!, now)
+      const next = (res: AuthResult): Outcome | Promise<Outcome> => {
+        if (isIdentity(res)) return this.#admit(ex, res, now)
+        // Any provider that could not decide makes the answer 503: it might have said yes.
+        if (res.code === 'GH_AUTH_UNAVAILABLE') return this.#ask(ex, creds, digests, i + 1, failure, outage ?? res, true, now)
+        return this.#ask(ex, creds, digests, i + 1, failure ?? { err: res, provider: p }, outage, true, now)
+      }
+      if (r instanceof Promise) return r.then(next)
+      return next(r)
+    }
+    if (outage !== null) return outage
+    if (failure === null) {
+      // A credential no provider takes (a JWT from an issuer this route does not trust).
+      return this.#invalid(taken ? 'credential refused' : 'no provider on this route takes this credential', this.hasBearer && creds.some((c, i) => c !== null && providers[i]!.source.kind === 'bearer') ? 'Bearer' : 'ApiKey')
+    }
+    return this.#invalid(failure.err.reason ?? failure.err.detail, failure.provider.source.kind === 'bearer' ? 'Bearer' : 'ApiKey')
+  }
+
+  /** Authorization proper: scopes, then claims. Then the phantom token, if the route wants one. */
+  #admit (ex: CredentialCarrier, identity: Identity, now: number): Outcome | Promise<Outcome> {
+    const scheme = identity.kind === 'api_key' ? 'ApiKey' : 'Bearer'
+    if (this.scopesAll !== null) {
+      for (const s of this.scopesAll) {
+        if (!identity.scopes.has(s)) return this.#insufficientScope(identity, `missing scope "${s}"`, scheme)
+      }
+    }
+    if (this.scopesAny !== null && !this.scopesAny.some((s) => identity.scopes.has(s))) {
+      return this.#insufficientScope(identity, `none of the scopes ${this.scopesAny.join(', ')}`, scheme)
+    }
+    if (this.claims !== null) {
+      for (const rule of this.claims) {
+        const value = claimAt(identity.claims, rule.path)
+        const ok = Array.isArray(value) ? value.some(rule.test) : rule.test(value)
+        if (!ok) {
+          return gatewayError('GH_FORBIDDEN', 'The credentials do not grant access to this route', {
+            reason: `${identity.provider}: claim "${rule.name}" (${JSON.stringify(value) ?? 'absent'}) does not match (subject ${identity.subject ?? '-'})`,
+            headers: { 'www-authenticate': `${scheme} realm="${this.#realm}", error="insufficient_scope"` },
+          })
+        }
+      }
+    }
+    ex.identity = identity
+    const phantom = this.phantom
+    if (phantom !== null) {
+      const token = phantom.cached(identity, now)
+      if (token !== null) {
+        ex.phantomToken = token
+      } else {
+        return phantom.sign(identity, now).then((t) => {
+          ex.phantomToken = t
+          return null
+        })
+      }
+    }
+    return null
+  }
+
+  #insufficientScope (identity: Identity, reason: string, scheme: string): GatewayError {
+    return gatewayError('GH_INSUFFICIENT_SCOPE', 'The credentials lack a scope this route requires', {
+      reason: `${identity.provider}: ${reason} (subject ${identity.subject ?? '-'})`,
+      headers: { 'www-authenticate': `${scheme} realm="${this.#realm}", error="insufficient_scope", scope="${this.#scopeHint}"` },
+    })
+  }
+
+  #invalid (reason: string, scheme: string): GatewayError {
+    const error = scheme === 'Bearer' ? 'invalid_token' : 'invalid_key'
+    return gatewayError('GH_INVALID_CREDENTIALS', 'The credentials are missing, expired or invalid', {
+      reason,
+      headers: { 'www-authenticate': `${scheme} realm="${this.#realm}", error="${error}"` },
+    })
+  }
+
+  #invalidRequest (reason: string, scheme: string): GatewayError {
+    return gatewayError('GH_INVALID_AUTH_REQUEST', 'The request carries malformed or repeated credentials', {
+      reason,
+      headers: { 'www-authenticate': `${scheme} realm="${this.#realm}", error="invalid_request"` },
+    })
+  }
+}
+
+/** The header's value, null when absent, -1 when repeated (ambiguous: refused). */
+function headerCredential (ex: CredentialCarrier, name: string): string | null | -1 {
+  const list = ex.credHeaders
+  if (list === null) return null
+  let found: string | null = null
+  for (let i = 0; i < list.length; i += 2) {
+    if (list[i] !== name) continue
+    if (found !== null) return -1
+    found = list[i + 1]!
+  }
+  return found
+}
+
+function claimAt (claims: Readonly<Record<string, unknown>>, path: readonly string[]): unknown {
+  let v: unknown = claims
+  for (const k of path) {
+    if (v === null || typeof v !== 'object' || !Object.hasOwn(v, k)) return undefined
+    v = (v as Record<string, unknown>)[k]
+  }
+  return v
+}
+
+type Scalar = string | number | boolean
+type Matcher = Scalar | Scalar[] | { pattern: string }
+
+function claimTest (m: Matcher): (v: unknown) => boolean {
+  if (Array.isArray(m)) {
+    const set = new Set<unknown>(m)
+    return (v) => set.has(v)
+  }
+  if (typeof m === 'object') {
+    const re = new RegExp(m.pattern)
+    return (v) => typeof v === 'string' && re.test(v)
+  }
+  return (v) => v === m
+}
+
+/** A route's `ip` block: deny wins, then allow (when given) must match. */
+export class IpPolicy {
+  readonly #allow: CidrSet | null
+  readonly #deny: CidrSet
+
+  constructor (ip: NonNullable<RouteConfig['ip']>) {
+    this.#allow = ip.allow === undefined ? null : new CidrSet(ip.allow)
+    this.#deny = new CidrSet(ip.deny)
+  }
+
+  check (address: string): Outcome {
+    if (this.#deny.has(address) || (this.#allow !== null && !this.#allow.has(address))) {
+      return gatewayError('GH_IP_FORBIDDEN', 'Requests from this address are not allowed on this route', { reason: `client address ${address}` })
+    }
+    return null
+  }
+}
+
+/** Identity headers a route sets, compiled to (header, value getter) pairs. */
+export type IdentityHeader = readonly [string, (id: Identity) => unknown]
+
+export function compileIdentityHeaders (cfg: RouteConfig['identity_headers']): IdentityHeader[] {
+  const out: IdentityHeader[] = [
+    ['x-gatehouse-provider', (id) => id.provider],
+    ['x-gatehouse-subject', (id) => id.subject],
+    ['x-gatehouse-client-id', (id) => id.clientId],
+    ['x-gatehouse-scopes', (id) => id.scopes.size === 0 ? null : [...id.scopes].join(' ')],
+  ]
+  if (cfg === undefined) return out
+  if (cfg.subject !== undefined) out.push([cfg.subject, (id) => id.subject])
+  if (cfg.client_id !== undefined) out.push([cfg.client_id, (id) => id.clientId])
+  if (cfg.scopes !== undefined) out.push([cfg.scopes, (id) => id.scopes.size === 0 ? null : [...id.scopes].join(' ')])
+  if (cfg.provider !== undefined) out.push([cfg.provider, (id) => id.provider])
+  for (const [claim, header] of Object.entries(cfg.claims)) {
+    const path = claim.split('.')
+    out.push([header, (id) => claimAt(id.claims, path)])
+  }
+  return out
+}
+
+/**
+ * A claim as a header value: scalars as text, lists comma-joined, objects as JSON; anything
+ * outside printable ASCII is percent-encoded, so a claim can never inject a header or break
+ * the message framing. null/undefined: no header.
+ */
+export function headerValue (v: unknown): string | null {
+  if (v === null || v === undefined) return null
+  let s: string
+  if (typeof v === 'string') s = v
+  else if (typeof v === 'number' || typeof v === 'boolean') return String(v)
+  else if (Array.isArray(v)) s = v.map((x) => typeof x === 'string' ? x : JSON.stringify(x)).join(',')
+  else s = JSON.stringify(v)
+  return /^[\x20-\x7e]*$/.test(s) ? s : encodeURIComponent(s)
+}
