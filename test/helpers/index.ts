@@ -176,3 +176,31 @@ export async function waitUntil (cond: () => boolean, deadlineMs = 5000): Promis
     await new Promise((resolve) => setTimeout(resolve, 5))
   }
 }
+
+/** Like waitUntil, for conditions that need I/O to check (a request, a metric scrape). */
+export async function waitUntilAsync (cond: () => Promise<boolean>, deadlineMs = 5000): Promise<void> {
+  const end = Date.now() + deadlineMs
+  while (!await cond()) {
+    if (Date.now() > end) throw new Error(`condition not met within ${deadlineMs} ms`)
+    await new Promise((resolve) => setTimeout(resolve, 10))
+  }
+}
+
+/** An upstream that answers 200 with the request's headers as JSON, and counts its calls. */
+export async function startEchoUpstream (): Promise<Upstream & { calls: number, last: http.IncomingHttpHeaders | null }> {
+  const state = { calls: 0, last: null as http.IncomingHttpHeaders | null }
+  const up = await startUpstream((req, res) => {
+    state.calls++
+    state.last = req.headers
+    req.resume()
+    req.on('end', () => {
+      res.writeHead(200, { 'content-type': 'application/json' })
+      res.end(JSON.stringify({ path: req.url, headers: req.headers }))
+    })
+  })
+  return {
+    ...up,
+    get calls () { return state.calls },
+    get last () { return state.last },
+  }
+}
