@@ -111,7 +111,8 @@ export class IntrospectionProvider implements IdentityProvider {
     const identity: Identity = {
       provider: this.name,
       kind: 'introspection',
-      subject: typeof claims.sub === 'string' ? claims.sub : (typeof claims.username === 'string' ? claims.username : null),
+      // Client-credentials tokens often carry no sub: the client is the subject (as RFC 9068 has it).
+      subject: typeof claims.sub === 'string' ? claims.sub : typeof claims.username === 'string' ? claims.username : clientIdOf(claims),
       clientId: clientIdOf(claims),
       scopes: scopesOf(claims),
       claims,

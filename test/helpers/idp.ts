@@ -55,7 +55,7 @@ export async function startIdp (): Promise<TestIdp> {
         grant_types: ['client_credentials'],
         redirect_uris: [],
         response_types: [],
-        scope: c.scope,
+        ...(c.scope === '' ? {} : { scope: c.scope }),
       })),
       // The first key signs; the rest are published for tokens signed before a rotation.
       jwks: { keys: keys.map((k) => k.jwk) as any },
@@ -64,7 +64,7 @@ export async function startIdp (): Promise<TestIdp> {
       features: {
         devInteractions: { enabled: false },
         clientCredentials: { enabled: true },
-        introspection: { enabled: true },
+        introspection: { enabled: true, allowedPolicy: async () => true },
         resourceIndicators: {
           enabled: true,
           defaultResource: () => 'urn:ml-api',
