@@ -98,9 +98,9 @@ describe('identity: JWT bearer tokens from a real OpenID Provider', () => {
     const token = await idp.token({ scope: 'predict' })
     const spoof = {
       'x-gatehouse-subject': 'admin',
-      'X_Gatehouse_Scopes': 'everything',
+      X_Gatehouse_Scopes: 'everything',
       'x-user-id': 'admin',
-      'x_user_id': 'admin',
+      x_user_id: 'admin',
       'X-CLIENT': 'admin',
     }
     const authed = JSON.parse((await call(gw, '/v1/predict', { authorization: `Bearer ${token}`, ...spoof })).body).headers

@@ -182,6 +182,32 @@ describe('identity: token introspection (RFC 7662)', () => {
     }
   })
 
+  test('any_of [sso, partner]: JWTs are verified locally, opaque tokens introspected', async () => {
+    const gw = await startGateway({
+      identity: {
+        providers: {
+          sso: { kind: 'jwt', issuer: idp.issuer, audiences: ['ml-api'] },
+          partner: { kind: 'introspection', endpoint: `${idp.issuer}/token/introspection`, client_id: 'gatehouse', client_secret: 'gatehouse-secret' },
+        },
+      },
+      upstreams: { model: { targets: [{ url: up.url }] } },
+      routes: [{ name: 'predict', match: {}, upstream: 'model', auth: { any_of: ['sso', 'partner'] } }],
+    } as ConfigInput)
+    try {
+      const before = idp.counts['/token/introspection'] ?? 0
+      const jwt = await idp.token({ scope: 'predict' })
+      const a = await call(gw, '/x', { authorization: `Bearer ${jwt}` })
+      assert.equal(JSON.parse(a.body).headers['x-gatehouse-provider'], 'sso')
+      assert.equal((idp.counts['/token/introspection'] ?? 0) - before, 0)
+      const opaque = await idp.token({ scope: 'predict', resource: 'urn:opaque' })
+      const b = await call(gw, '/x', { authorization: `Bearer ${opaque}` })
+      assert.equal(JSON.parse(b.body).headers['x-gatehouse-provider'], 'partner')
+      assert.equal((idp.counts['/token/introspection'] ?? 0) - before, 1)
+    } finally {
+      await gw.close()
+    }
+  })
+
   /** A hand-written introspection endpoint whose answers each test chooses. */
   async function endpoint (answer: (form: URLSearchParams, req: http.IncomingMessage, res: http.ServerResponse) => void): Promise<Upstream & { calls: number }> {
     const state = { calls: 0 }
