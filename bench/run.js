@@ -7,7 +7,8 @@
 //   BENCH_STREAM_BYTES=1073741824     size of the big streaming runs (default 1 GiB)
 //   BENCH_STREAM_REPS=3               repetitions of each big streaming run (median MB/s, highest peak RSS)
 //   BENCH_TARGETS=direct,gatehouse,nginx,fastify   subset of targets to run
-//   BENCH_SKIP=cold,stream,wrk        skip parts
+//   BENCH_SKIP=cold,stream,wrk,auth   skip parts
+//   BENCH_AUTH_ROUNDS=3               rounds of the auth comparison (median req/s per route)
 //   BENCH_QUIET_PCT=10, BENCH_QUIET_BUDGET=60   wait for other processes to use < 10% of a core
 //                                     before each measurement, at most 60 s in total per bench run
 //   BENCH_GATEHOUSE_NODE_ARGS='--cpu-prof --cpu-prof-dir=/tmp/prof'   extra node flags for the gateway
@@ -22,6 +23,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { exportJWK, generateKeyPair, SignJWT } from 'jose'
 
 const here = path.dirname(fileURLToPath(import.meta.url))
 const root = path.join(here, '..')
@@ -40,6 +42,7 @@ const SKIP = new Set((process.env.BENCH_SKIP ?? '').split(',').filter(Boolean))
 const GH_NODE_ARGS = (process.env.BENCH_GATEHOUSE_NODE_ARGS ?? '').split(' ').filter(Boolean)
 const ALL_TARGETS = ['direct', 'gatehouse', 'nginx', 'fastify']
 const TARGETS = (process.env.BENCH_TARGETS ?? ALL_TARGETS.join(',')).split(',').filter((t) => ALL_TARGETS.includes(t))
+const AUTH_ROUNDS = Math.max(1, Math.round(Number(process.env.BENCH_AUTH_ROUNDS ?? 3)))
 const TARGET_LABEL = { direct: 'direct', gatehouse: 'gatehouse', nginx: 'nginx', fastify: 'fastify-http-proxy' }
 
 const CHUNK = Buffer.alloc(64 * 1024, 'b')
@@ -342,7 +345,7 @@ async function measured (what, fn, wait = true) {
 // --- wrk ---------------------------------------------------------------------------------------
 
 function runWrk ({ url, connections, threads, seconds, script }) {
-  const args = ['-t', String(threads), '-c', String(connections), '-d', `${seconds}s`, '--timeout', '5s', '-s', path.join(here, 'wrk', script), url]
+  const args = ['-t', String(threads), '-c', String(connections), '-d', `${seconds}s`, '--timeout', '5s', '-s', path.isAbsolute(script) ? script : path.join(here, 'wrk', script), url]
   return new Promise((resolve, reject) => {
     const proc = track(spawn('wrk', args, { stdio: ['ignore', 'pipe', 'pipe'] }), 'wrk')
     proc.on('error', reject)
@@ -403,7 +406,7 @@ routes:
 }
 
 /** Spawns `node bin/gatehouse.js start --config <tmp yaml>`; stdout (the access log) goes to a file. */
-async function spawnGatehouse (upstreamPort, tag, extraNodeArgs = []) {
+async function spawnGatehouse (upstreamPort, tag, extraNodeArgs = [], yaml = gatehouseYaml) {
   const port = await freePort()
   const adminPort = await freePort()
   // The config gets a directory of its own: Gatehouse watches the config file's directory for
@@ -411,7 +414,7 @@ async function spawnGatehouse (upstreamPort, tag, extraNodeArgs = []) {
   const configDir = path.join(tmp, `config-${tag}`)
   fs.mkdirSync(configDir, { recursive: true })
   const config = path.join(configDir, 'gatehouse.yaml')
-  fs.writeFileSync(config, gatehouseYaml(port, adminPort, upstreamPort))
+  fs.writeFileSync(config, yaml(port, adminPort, upstreamPort))
   const logFile = path.join(tmp, `gatehouse-${tag}.log`)
   const fd = fs.openSync(logFile, 'w')
   const t0 = performance.now()
@@ -758,9 +761,115 @@ function checklist (results) {
     const ng = get('nginx', `${kind}_big`)?.mbps
     check(`${kind} ${fmtBytes(BIG)}: Gatehouse >= ${min}x nginx`, have(gh, ng) ? gh / ng >= min : null, have(gh, ng) ? `${(gh / ng).toFixed(2)}x (${gh.toFixed(0)} vs ${ng.toFixed(0)} MB/s)` : 'n/a')
   }
+  const a = results.auth
+  for (const [name, label] of [['jwt', 'JWT'], ['introspection', 'introspection (cached)']]) {
+    const ok = have(a?.[name]?.rps, a?.none?.rps) && a[name].non2xx === 0
+    check(`small GET c=50 with ${label} auth >= 0.9x the same route without auth`, ok ? a[name].rps / a.none.rps >= 0.9 : null,
+      ok ? `${(a[name].rps / a.none.rps).toFixed(2)}x (${a[name].rps.toFixed(0)} vs ${a.none.rps.toFixed(0)} req/s, median of ${a.rounds.length})` : 'n/a')
+  }
   const cold = results.coldStart?.medianMs
   check('cold start (median of 5) <= 300 ms', have(cold) ? cold <= 300 : null, have(cold) ? `${cold.toFixed(1)} ms` : 'n/a')
   return items
+}
+
+// --- auth: the same small GET through routes with and without credential checks --------------
+
+/**
+ * An IdP in this process: discovery, JWKS and an RFC 7662 endpoint that says every token is
+ * active. With a warm cache the gateway asks it nothing during the measured runs.
+ */
+async function startBenchIdp () {
+  const { privateKey, publicKey } = await generateKeyPair('RS256')
+  const jwk = { ...(await exportJWK(publicKey)), kid: 'bench-1', alg: 'RS256', use: 'sig' }
+  const port = await freePort()
+  const issuer = `http://127.0.0.1:${port}`
+  const calls = { jwks: 0, introspect: 0 }
+  const server = http.createServer((req, res) => {
+    const send = (v) => { res.writeHead(200, { 'content-type': 'application/json' }); res.end(JSON.stringify(v)) }
+    if (req.url === '/.well-known/openid-configuration') return send({ issuer, jwks_uri: `${issuer}/jwks` })
+    if (req.url === '/jwks') { calls.jwks++; return send({ keys: [jwk] }) }
+    if (req.url === '/introspect') {
+      calls.introspect++
+      req.resume()
+      return req.on('end', () => send({ active: true, sub: 'bench-client', client_id: 'bench-client', scope: 'predict', exp: Math.floor(Date.now() / 1000) + 3600 }))
+    }
+    res.writeHead(404).end()
+  })
+  await new Promise((resolve) => server.listen(port, '127.0.0.1', resolve))
+  const now = Math.floor(Date.now() / 1000)
+  const token = await new SignJWT({ sub: 'bench-client', client_id: 'bench-client', scope: 'predict' })
+    .setProtectedHeader({ alg: 'RS256', kid: 'bench-1', typ: 'at+jwt' })
+    .setIssuer(issuer).setAudience('ml-api').setIssuedAt(now).setExpirationTime(now + 3600)
+    .sign(privateKey)
+  return { issuer, token, calls, close: () => new Promise((resolve) => server.close(resolve)) }
+}
+
+function authYaml (issuer) {
+  return (port, adminPort, upstreamPort) => `# Generated by bench/run.js: one upstream, three routes that differ only in auth.
+listen: { host: 127.0.0.1, port: ${port} }
+admin: { host: 127.0.0.1, port: ${adminPort} }
+identity:
+  providers:
+    sso: { kind: jwt, issuer: "${issuer}", audiences: [ml-api] }
+    partner: { kind: introspection, endpoint: "${issuer}/introspect", client_id: gatehouse, client_secret: bench }
+upstreams:
+  bench:
+    targets: [{ url: http://127.0.0.1:${upstreamPort} }]
+routes:
+  - { name: jwt, match: { path_prefix: /jwt }, strip_prefix: /jwt, upstream: bench, auth: { any_of: [sso], scopes: { all: [predict] } } }
+  - { name: introspection, match: { path_prefix: /intro }, strip_prefix: /intro, upstream: bench, auth: { any_of: [partner], scopes: { all: [predict] } } }
+  - { name: none, match: { path_prefix: / }, upstream: bench }
+`
+}
+
+/**
+ * GET /small at c=50 through one gateway, route by route, in rounds (none, jwt, introspection,
+ * then again), so that the three are measured close together; the median of the rounds counts.
+ * Every request carries the same Authorization header, so only the checking differs.
+ */
+async function authPhase (upstream) {
+  const idp = await startBenchIdp()
+  const gh = await spawnGatehouse(upstream.port, 'auth', GH_NODE_ARGS, authYaml(idp.issuer))
+  const script = path.join(tmp, 'auth.lua')
+  fs.writeFileSync(script, `wrk.headers["Authorization"] = "Bearer ${idp.token}"\ndofile("${path.join(here, 'wrk', 'report.lua')}")\n`)
+  const out = { rounds: [], idpCalls: null }
+  try {
+    await waitReady(`${gh.base}/small`, 15_000, gh.proc)
+    const routes = [['none', '/small'], ['jwt', '/jwt/small'], ['introspection', '/intro/small']]
+    for (const [name, p] of routes) {
+      const res = await fetch(gh.base + p, { headers: { authorization: `Bearer ${idp.token}` } })
+      if (res.status !== 200) throw new Error(`auth bench: ${p} answered ${res.status}: ${await res.text()}`)
+      await res.arrayBuffer()
+      log(`auth: route ${name} answers 200`)
+    }
+    const callsBefore = { ...idp.calls }
+    for (let round = 0; round < AUTH_ROUNDS; round++) {
+      const r = {}
+      for (const [name, p] of routes) {
+        const url = gh.base + p
+        if (WARMUP > 0) await runWrk({ url, connections: 50, threads: WRK_THREADS, seconds: WARMUP, script })
+        const cpu0 = cpuMsOf(gh.proc.pid)
+        const w = await measured(`auth ${name} round ${round + 1}`, () => runWrk({ url, connections: 50, threads: WRK_THREADS, seconds: DURATION, script }))
+        w.proxyUsPerReq = Math.round((cpuMsOf(gh.proc.pid) - cpu0) * 1000 / w.requests * 10) / 10
+        r[name] = w
+        log(`auth round ${round + 1} ${name.padEnd(13)} ${w.rps.toFixed(0).padStart(7)} req/s  p50 ${(w.lat_p50_us / 1000).toFixed(3)} ms  p99 ${(w.lat_p99_us / 1000).toFixed(3)} ms  proxy ${w.proxyUsPerReq} us/req  non-2xx ${w.non2xx}`)
+      }
+      out.rounds.push(r)
+    }
+    out.idpCalls = { jwks: idp.calls.jwks - callsBefore.jwks, introspect: idp.calls.introspect - callsBefore.introspect }
+    for (const name of ['none', 'jwt', 'introspection']) {
+      out[name] = {
+        rps: median(out.rounds.map((r) => r[name].rps)),
+        p50Ms: median(out.rounds.map((r) => r[name].lat_p50_us / 1000)),
+        proxyUsPerReq: median(out.rounds.map((r) => r[name].proxyUsPerReq)),
+        non2xx: out.rounds.reduce((a, r) => a + Number(r[name].non2xx), 0),
+      }
+    }
+  } finally {
+    await stop(gh.proc)
+    await idp.close()
+  }
+  return out
 }
 
 // --- main --------------------------------------------------------------------------------------
@@ -823,6 +932,7 @@ async function main () {
     }
   }
 
+  if (!SKIP.has('auth') && TARGETS.includes('gatehouse')) results.auth = await authPhase(upstream)
   if (!SKIP.has('cold')) results.coldStart = await coldStart(upstream)
   await stop(upstream.proc)
 
@@ -840,6 +950,12 @@ async function main () {
   process.stdout.write(`* = other processes used >= ${QUIET_PCT}% of a core during that run (shared machine): treat with care.\n\n`)
   const added = results.addedP50AtC1Ms
   process.stdout.write(`added p50 at c=1 (Gatehouse - direct): ${added === null || added === undefined ? '-' : added.toFixed(3) + ' ms'}\n`)
+  if (results.auth) {
+    const a = results.auth
+    process.stdout.write(`auth, GET /small c=50 (median of ${a.rounds.length} rounds): none ${a.none.rps.toFixed(0)} req/s (${a.none.proxyUsPerReq} us/req), ` +
+      `JWT ${a.jwt.rps.toFixed(0)} (${a.jwt.proxyUsPerReq} us/req), introspection ${a.introspection.rps.toFixed(0)} (${a.introspection.proxyUsPerReq} us/req); ` +
+      `IdP calls during the runs: ${a.idpCalls.jwks} JWKS, ${a.idpCalls.introspect} introspection\n`)
+  }
   if (results.coldStart) process.stdout.write(`cold start, spawn to first proxied 200 (median of ${COLD_RUNS}): ${num(results.coldStart.medianMs, 1)} ms  [${results.coldStart.runs.map((r) => num(r.ms, 1)).join(', ')}]\n`)
   process.stdout.write('\nTargets:\n')
   for (const c of results.checklist) process.stdout.write(`  [${c.status}] ${c.name}: ${c.measured}\n`)

@@ -22,6 +22,7 @@ type Outcome = GatewayError | null
 
 /** RFC 6750 §2.1: b64token after "Bearer" and one or more spaces. */
 const BEARER = /^Bearer +([A-Za-z0-9\-._~+/]+=*) *$/i
+const B64TOKEN = /^[A-Za-z0-9\-._~+/]+=*$/
 
 interface ClaimRule {
   readonly name: string
@@ -102,16 +103,23 @@ export class AuthPolicy {
       if (hit !== null) return this.#admit(ex, hit, now)
     }
     if (!any) return this.#missing
+    if (bearer !== null && bearer !== undefined && !B64TOKEN.test(bearer)) return this.#invalidRequest('malformed Bearer credentials', 'Bearer')
     return this.#ask(ex, creds, digests, 0, null, null, false, now)
   }
 
-  /** The bearer token, null when there is none, or the 400 for a malformed Authorization. */
+  /**
+   * The bearer token, null when there is none, or the 400 for a malformed Authorization.
+   * Only the scheme is checked here; the token's syntax is checked on a cache miss (#ask), so
+   * a token seen before costs a prefix compare and a hash.
+   */
   #bearer (ex: CredentialCarrier): string | null | GatewayError {
     const v = ex.authorization
     if (v === null) return null
     if (ex.authorizationCount > 1) return this.#invalidRequest('more than one Authorization header', 'Bearer')
     // Another scheme (Basic, ...) is not a bearer credential: the request has none for us.
-    if (v.length < 6 || v.slice(0, 6).toLowerCase() !== 'bearer') return null
+    if (v.length < 6 || (v.charCodeAt(0) | 0x20) !== 0x62 || v.slice(0, 6).toLowerCase() !== 'bearer') return null
+    if (v.length > 6 && v.charCodeAt(6) !== 32) return null // "Bearerish": another scheme
+    if (v.length > 7 && v.charCodeAt(6) === 32 && v.charCodeAt(7) !== 32) return v.slice(7)
     const m = BEARER.exec(v)
     if (m === null) return this.#invalidRequest('malformed Bearer credentials', 'Bearer')
     return m[1]!

@@ -38,11 +38,14 @@ const REQUEST_SPECIAL: Record<string, H> = Object.assign(Object.create(null), {
   authorization: H.Authorization,
 })
 
-/** First letters (lower-cased) of every special name above, plus 'p' for Proxy-*. */
-function maybeSpecial (c: number): boolean {
+/**
+ * First letters (lower-cased) of every special name above, plus 'p' for Proxy-*. Of the
+ * a-names only Authorization (13 characters) is special: Accept* stays on the fast path.
+ */
+function maybeSpecial (c: number, length: number): boolean {
   c |= 0x20
   return c === 0x68 || c === 0x63 || c === 0x74 || c === 0x6b || c === 0x75 || c === 0x65 ||
-    c === 0x78 || c === 0x66 || c === 0x76 || c === 0x70 || c === 0x61
+    c === 0x78 || c === 0x66 || c === 0x76 || c === 0x70 || (c === 0x61 && length === 13)
 }
 
 /**
@@ -69,7 +72,7 @@ export function scanRequestHeaders (ex: Exchange, raw: readonly string[], table:
     const name = raw[i]!
     const value = raw[i + 1]!
     const c = name.charCodeAt(0)
-    if (maybeSpecial(c) || initials[c] === 1) {
+    if (maybeSpecial(c, name.length) || initials[c] === 1) {
       const lower = name.toLowerCase()
       const kind = REQUEST_SPECIAL[lower]
       if (kind !== undefined) {
@@ -170,7 +173,7 @@ export function filterResponseHeaders (raw: Buffer[], requestId: string): string
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!.toString('latin1')
     const value = raw[i + 1]!.toString('latin1')
-    if (maybeSpecial(name.charCodeAt(0))) {
+    if (maybeSpecial(name.charCodeAt(0), 0)) {
       switch (name.toLowerCase()) {
         case 'connection': connection = connection === null ? value : `${connection}, ${value}`; continue
         case 'keep-alive': case 'transfer-encoding': case 'te': case 'trailer': case 'upgrade':

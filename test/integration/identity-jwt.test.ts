@@ -123,12 +123,13 @@ describe('identity: JWT bearer tokens from a real OpenID Provider', () => {
     const basic = await call(gw, '/v1/predict', { authorization: 'Basic YTpi' })
     assert.equal(basic.status, 401)
     assert.equal(basic.headers['www-authenticate'], CHALLENGE)
+    assert.equal((await call(gw, '/v1/predict', { authorization: 'Bearerish abc' })).headers['www-authenticate'], CHALLENGE)
     assert.equal(up.calls, calls)
   })
 
   test('malformed or repeated Authorization: 400 invalid_request', async () => {
     const token = await idp.token({ scope: 'predict' })
-    for (const value of ['Bearer', 'Bearer ', 'Bearer a b', 'Bearer tok"en']) {
+    for (const value of ['Bearer', 'Bearer ', 'Bearer a b', 'Bearer tok"en', 'bearer  two-spaces\\']) {
       const res = await call(gw, '/v1/predict', { authorization: value })
       assert.equal(res.status, 400, value)
       assert.equal(res.headers['www-authenticate'], 'Bearer realm="gatehouse", error="invalid_request"', value)
