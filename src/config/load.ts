@@ -185,6 +185,14 @@ function checkIdentity (config: any, routes: unknown[]): LocatedIssue[] {
   const providers: Record<string, any> = isObject(identity.providers) ? identity.providers : {}
   const providerNames = Object.keys(providers)
   const credentialHeaders = new Set(Object.values(providers).filter((p) => p?.kind === 'api_key').map((p) => String(p.header ?? 'x-api-key').toLowerCase()))
+  for (const [name, p] of Object.entries(providers)) {
+    if (p?.kind !== 'api_key' || typeof p.header !== 'string') continue
+    const h = p.header.toLowerCase()
+    // Authorization is allowed (keys as bearer tokens); the other reserved names are not.
+    if (h !== 'authorization' && (RESERVED_HEADERS.has(h) || h.replaceAll('_', '-').startsWith('x-gatehouse-'))) {
+      issues.push(issueAt(['identity', 'providers', name, 'header'], `"${p.header}" is a header the gateway sets or rewrites itself`))
+    }
+  }
   const phantom = identity.phantom_token
   if (isObject(phantom) && typeof phantom.key === 'string') {
     try {

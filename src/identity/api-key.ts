@@ -28,7 +28,9 @@ export class ApiKeyProvider implements IdentityProvider {
   constructor (name: string, cfg: ApiKeyProviderConfig, deps: ProviderDeps) {
     this.name = name
     this.fingerprint = JSON.stringify(cfg)
-    this.source = { kind: 'header', name: cfg.header }
+    // `header: authorization` takes keys as bearer tokens (Authorization: Bearer sk-...), the
+    // convention of OpenAI-style model APIs.
+    this.source = cfg.header === 'authorization' ? { kind: 'bearer' } : { kind: 'header', name: cfg.header }
     for (const k of cfg.keys) {
       const digest = Buffer.from(k.sha256, 'hex')
       const claims = Object.freeze({ ...k.metadata, sub: k.id, client_id: k.id, scope: k.scopes.join(' ') })

@@ -49,6 +49,8 @@ export class AuthPolicy {
   readonly #realm: string
   readonly #missing: GatewayError
   readonly #scopeHint: string
+  /** Challenge scheme by provider name: Bearer for bearer credentials, ApiKey for headers. */
+  readonly #schemes = new Map<string, string>()
 
   constructor (auth: NonNullable<RouteConfig['auth']>, identity: IdentitySet) {
     this.providers = auth.any_of.map((n) => identity.providers.get(n)!)
@@ -61,6 +63,7 @@ export class AuthPolicy {
     this.scopesAny = auth.scopes?.any ?? null
     this.claims = auth.claims === undefined ? null : Object.entries(auth.claims).map(([name, m]) => ({ name, path: name.split('.'), test: claimTest(m) }))
     this.#realm = identity.realm
+    for (const p of this.providers) this.#schemes.set(p.name, p.source.kind === 'bearer' ? 'Bearer' : 'ApiKey')
     const challenges: string[] = []
     if (this.hasBearer) challenges.push(`Bearer realm="${this.#realm}"`)
     for (const h of headers) challenges.push(`ApiKey realm="${this.#realm}", header="${h}"`)
@@ -157,7 +160,7 @@ export class AuthPolicy {
 
   /** Authorization proper: scopes, then claims. Then the phantom token, if the route wants one. */
   #admit (ex: CredentialCarrier, identity: Identity, now: number): Outcome | Promise<Outcome> {
-    const scheme = identity.kind === 'api_key' ? 'ApiKey' : 'Bearer'
+    const scheme = this.#schemes.get(identity.provider) ?? 'Bearer'
     if (this.scopesAll !== null) {
       for (const s of this.scopesAll) {
         if (!identity.scopes.has(s)) return this.#insufficientScope(identity, `missing scope "${s}"`, scheme)

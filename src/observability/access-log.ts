@@ -16,6 +16,9 @@ export interface AccessEntry {
   upstreamMs: number | null
   code: string | null
   reason: string | null
+  /** Provider and subject of an authenticated caller; null when the route has no auth. */
+  provider: string | null
+  subject: string | null
 }
 
 /**
@@ -48,6 +51,7 @@ export class AccessLog {
       ',"bytes_out":' + e.bytesOut +
       ',"ms":' + e.ms +
       ',"upstream_ms":' + (e.upstreamMs === null ? 'null' : e.upstreamMs)
+    if (e.provider !== null) line += ',"auth":' + str(e.provider) + ',"sub":' + (e.subject === null ? 'null' : str(e.subject))
     if (e.code !== null) line += ',"code":' + str(e.code) + ',"reason":' + (e.reason === null ? 'null' : str(e.reason))
     this.#stream.write(line + '}\n')
   }

@@ -269,6 +269,8 @@ class GatewayImpl implements Gateway, GatewayRuntime {
         upstreamMs: ex.upstreamHeadersAt === 0 ? null : round(ex.upstreamHeadersAt - ex.upstreamStartedAt),
         code: ex.error === null ? null : ex.error.code,
         reason: ex.error === null ? null : (ex.error.reason ?? ex.error.detail),
+        provider: ex.identity === null ? null : ex.identity.provider,
+        subject: ex.identity === null ? null : ex.identity.subject,
       })
     }
     if (--this.#inFlight === 0 && this.#drained !== null) this.#drained()

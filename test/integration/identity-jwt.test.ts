@@ -81,6 +81,9 @@ describe('identity: JWT bearer tokens from a real OpenID Provider', () => {
     assert.equal(seen['x-client'], 'batch')
     // Not stripped unless the route says so.
     assert.equal(seen.authorization, `Bearer ${token}`)
+    const line = await gw.logs.waitFor((l) => l.msg === 'request' && l.id === res.headers['x-request-id'])
+    assert.equal(line.auth, 'sso')
+    assert.equal(line.sub, 'batch')
   })
 
   test('a repeated token is served from the verified-token cache', async () => {

@@ -112,6 +112,35 @@ describe('identity: API keys', () => {
     assert.equal((await call(gw, '/v1/predict', { 'x-api-key': ACME_KEY })).status, 200)
   })
 
+  test('keys as bearer tokens (header: authorization), next to JWTs on one route', async () => {
+    const idp = await startIdp()
+    const g2 = await startGateway({
+      identity: {
+        providers: {
+          sso: { kind: 'jwt', issuer: idp.issuer, audiences: ['ml-api'] },
+          keys: { kind: 'api_key', header: 'authorization', keys: [ACME] },
+        },
+      },
+      upstreams: { model: { targets: [{ url: up.url }] } },
+      routes: [{ name: 'p', match: {}, upstream: 'model', auth: { any_of: ['sso', 'keys'], scopes: { all: ['predict'] } } }],
+    } as ConfigInput)
+    try {
+      const key = await call(g2, '/x', { authorization: `Bearer ${ACME_KEY}` })
+      assert.equal(key.status, 200)
+      assert.equal(JSON.parse(key.body).headers['x-gatehouse-subject'], 'acme-batch')
+      const jwt = await call(g2, '/x', { authorization: `Bearer ${await idp.token({ scope: 'predict' })}` })
+      assert.equal(JSON.parse(jwt.body).headers['x-gatehouse-provider'], 'sso')
+      const bad = await call(g2, '/x', { authorization: 'Bearer sk-wrong' })
+      assert.equal(bad.status, 401)
+      assert.equal(bad.headers['www-authenticate'], 'Bearer realm="gatehouse", error="invalid_token"')
+      const missing = await call(g2, '/x')
+      assert.equal(missing.headers['www-authenticate'], 'Bearer realm="gatehouse"')
+    } finally {
+      await g2.close()
+      await idp.close()
+    }
+  })
+
   test('IP rules: deny wins, allow must match; X-Forwarded-For only through a trusted proxy', async () => {
     // The test client is 127.0.0.1: not in the allow list.
     const direct = await call(gw, '/internal')

@@ -18,6 +18,8 @@ const entry: AccessEntry = {
   upstreamMs: 0.75,
   code: null,
   reason: null,
+  provider: null,
+  subject: null,
 }
 
 describe('access log line', () => {
@@ -55,6 +57,15 @@ describe('access log line', () => {
     assert.equal(line.upstream_ms, null)
     assert.equal(line.code, 'GH_UPSTREAM_RESET')
     assert.equal(line.reason, 'up: "closed"\n')
+  })
+
+  test('names the provider and subject of an authenticated caller', () => {
+    const logs = new LogCapture()
+    new AccessLog(createLogger('info', logs)).write({ ...entry, provider: 'sso', subject: 'svc "batch"' })
+    assert.equal(logs.lines[0]!.auth, 'sso')
+    assert.equal(logs.lines[0]!.sub, 'svc "batch"')
+    new AccessLog(createLogger('info', logs)).write({ ...entry, provider: 'partner', subject: null })
+    assert.equal(logs.lines[1]!.sub, null)
   })
 
   test('is not written when the level is above info', () => {

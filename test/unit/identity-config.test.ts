@@ -90,6 +90,18 @@ describe('config: identity', () => {
     assert.equal(issueAt(err, 'identity.providers.partner.auth_methd').message, 'unknown key "auth_methd" (did you mean "auth_method"?)')
   })
 
+  it('refuses API-key headers the gateway rewrites (Authorization is allowed: keys as bearer tokens)', () => {
+    const err = configError(`identity:
+  providers:
+    a: { kind: api_key, header: host }
+    b: { kind: api_key, header: X_Gatehouse_Key }
+    c: { kind: api_key, header: authorization }
+`)
+    assert.equal(issueAt(err, 'identity.providers.a.header').message, '"host" is a header the gateway sets or rewrites itself')
+    assert.equal(issueAt(err, 'identity.providers.b.header').message, '"x_gatehouse_key" is a header the gateway sets or rewrites itself')
+    assert.equal(err.issues.length, 2)
+  })
+
   it('checks API key digests', () => {
     const err = configError(`identity:
   providers:
