@@ -174,7 +174,16 @@ function crossCheck (config: any): LocatedIssue[] {
 
 /** Headers a route may not claim for identity: the gateway sets or rewrites them itself. */
 const RESERVED_HEADERS = new Set(['host', 'authorization', 'content-length', 'transfer-encoding', 'connection', 'te', 'trailer',
-  'upgrade', 'keep-alive', 'expect', 'cookie', 'via', 'forwarded', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-request-id'])
+  'upgrade', 'keep-alive', 'expect', 'http2-settings', 'cookie', 'via', 'forwarded', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-request-id'])
+
+/** A header name (lower-case) the gateway drops, sets or rewrites itself. */
+function isReservedHeader (name: string): boolean {
+  const h = name.toLowerCase().replaceAll('_', '-')
+  return RESERVED_HEADERS.has(h) || h.startsWith('x-gatehouse-') || h.startsWith('proxy-')
+}
+
+/** Curves WebCrypto (jose) requires for each phantom-token algorithm. */
+const ALG_CURVES: Record<string, string> = { ES256: 'prime256v1', ES384: 'secp384r1' }
 
 /** Phantom-token algorithms and the key types they need. */
 const ALG_KEY_TYPES: Record<string, string> = { ES256: 'ec', ES384: 'ec', RS256: 'rsa', PS256: 'rsa', EdDSA: 'ed25519' }
@@ -189,20 +198,32 @@ function checkIdentity (config: any, routes: unknown[]): LocatedIssue[] {
     if (p?.kind !== 'api_key' || typeof p.header !== 'string') continue
     const h = p.header.toLowerCase()
     // Authorization is allowed (keys as bearer tokens); the other reserved names are not.
-    if (h !== 'authorization' && (RESERVED_HEADERS.has(h) || h.replaceAll('_', '-').startsWith('x-gatehouse-'))) {
+    if (h !== 'authorization' && isReservedHeader(h)) {
       issues.push(issueAt(['identity', 'providers', name, 'header'], `"${p.header}" is a header the gateway sets or rewrites itself`))
     }
   }
   const phantom = identity.phantom_token
   if (isObject(phantom) && typeof phantom.key === 'string') {
+    const alg = String(phantom.alg ?? 'ES256')
     try {
       const key = createPrivateKey(phantom.key)
-      const want = ALG_KEY_TYPES[String(phantom.alg ?? 'ES256')]
+      const want = ALG_KEY_TYPES[alg]
+      const curve = key.asymmetricKeyDetails?.namedCurve
       if (want !== undefined && key.asymmetricKeyType !== want) {
-        issues.push(issueAt(['identity', 'phantom_token', 'key'], `a ${key.asymmetricKeyType} key cannot sign ${phantom.alg ?? 'ES256'} (it needs ${want})`))
+        issues.push(issueAt(['identity', 'phantom_token', 'key'], `a ${key.asymmetricKeyType} key cannot sign ${alg} (it needs ${want})`))
+      } else if (ALG_CURVES[alg] !== undefined && curve !== ALG_CURVES[alg]) {
+        issues.push(issueAt(['identity', 'phantom_token', 'key'], `${alg} needs a ${ALG_CURVES[alg]} key, not ${curve}`))
+      } else if (!phantom.key.includes('-----BEGIN PRIVATE KEY-----')) {
+        // WebCrypto imports PKCS#8 only; SEC1 ("EC PRIVATE KEY") and PKCS#1 ("RSA PRIVATE KEY") would fail at start.
+        issues.push(issueAt(['identity', 'phantom_token', 'key'], 'must be a PKCS#8 PEM ("-----BEGIN PRIVATE KEY-----"); convert with `openssl pkcs8 -topk8 -nocrypt`'))
       }
     } catch (err) {
       issues.push(issueAt(['identity', 'phantom_token', 'key'], `not a PEM private key: ${(err as Error).message}`))
+    }
+    if (typeof phantom.header === 'string') {
+      const h = phantom.header.toLowerCase()
+      if (h !== 'authorization' && isReservedHeader(h)) issues.push(issueAt(['identity', 'phantom_token', 'header'], `"${phantom.header}" is a header the gateway sets or rewrites itself`))
+      else if (credentialHeaders.has(h)) issues.push(issueAt(['identity', 'phantom_token', 'header'], `"${phantom.header}" carries API keys (identity.providers)`))
     }
   }
   routes.forEach((route: any, i) => {
@@ -250,9 +271,8 @@ function checkIdentity (config: any, routes: unknown[]): LocatedIssue[] {
       ]
       for (const [path, header] of named) {
         if (typeof header !== 'string') continue
-        const h = header.toLowerCase().replaceAll('_', '-')
-        if (RESERVED_HEADERS.has(h) || h.startsWith('x-gatehouse-') || h.startsWith('proxy-')) issues.push(issueAt(path, `"${header}" is a header the gateway sets or rewrites itself`))
-        else if (credentialHeaders.has(h)) issues.push(issueAt(path, `"${header}" carries API keys (identity.providers)`))
+        if (isReservedHeader(header)) issues.push(issueAt(path, `"${header}" is a header the gateway sets or rewrites itself`))
+        else if (credentialHeaders.has(header.toLowerCase().replaceAll('_', '-'))) issues.push(issueAt(path, `"${header}" carries API keys (identity.providers)`))
       }
     }
   })

@@ -123,6 +123,14 @@ export class KeySet {
     return doc.jwks_uri
   }
 
+  /**
+   * An unknown kid while the IdP cannot be reached may be a key rotated during the outage:
+   * that is "cannot decide" (503), not "invalid" (401). With fresh keys it is invalid.
+   */
+  #unknownKey (err: Error, kid: string | undefined): Error {
+    return this.lastError === null ? err : new KeysUnavailableError(`kid ${JSON.stringify(kid ?? null)} is unknown and the key set cannot be refreshed: ${this.lastError}`)
+  }
+
   /** jose's key resolver, with one refetch (under the cooldown) for a key it does not know. */
   readonly getKey: JWTVerifyGetKey = async (header, token) => {
     const local = this.#local
@@ -134,10 +142,10 @@ export class KeySet {
       // Join a fetch in flight; start one only when the last kid-triggered fetch is a cooldown ago.
       if (this.#inflight === null) {
         const now = Date.now()
-        if (now - this.#kidFetchAt < this.#opts.cooldown) throw err
+        if (now - this.#kidFetchAt < this.#opts.cooldown) throw this.#unknownKey(err, header.kid)
         this.#kidFetchAt = now
       }
-      if (!await this.refresh()) throw err
+      if (!await this.refresh()) throw this.#unknownKey(err, header.kid)
       return await this.#local!(header, token)
     }
   }

@@ -47,7 +47,8 @@ export class PhantomSigner {
   /** A cached token when one is fresh enough; null when a new one must be signed. */
   cached (identity: Identity, now: number): string | null {
     const p = identity.phantom
-    return p !== null && p.refreshAt > now ? p.token : null
+    // A token from another signer (the key changed on reload) would not verify upstream.
+    return p !== null && p.signer === this && p.refreshAt > now ? p.token : null
   }
 
   async sign (identity: Identity, now: number): Promise<string> {
@@ -67,7 +68,7 @@ export class PhantomSigner {
       .setExpirationTime(exp)
     if (identity.subject !== null) jwt.setSubject(identity.subject)
     const token = await jwt.sign(key)
-    identity.phantom = { token, refreshAt: now + (exp - iat) * 500 }
+    identity.phantom = { token, refreshAt: now + (exp - iat) * 500, signer: this }
     return token
   }
 }

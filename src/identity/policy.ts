@@ -233,7 +233,15 @@ function headerCredential (ex: CredentialCarrier, name: string): string | null |
   return found
 }
 
+/**
+ * A claim by name: the whole name first (namespaced claims such as
+ * "https://example.com/org" contain dots), then as a dotted path into nested objects.
+ */
 function claimAt (claims: Readonly<Record<string, unknown>>, path: readonly string[]): unknown {
+  if (path.length > 1) {
+    const whole = path.join('.')
+    if (Object.hasOwn(claims, whole)) return claims[whole]
+  }
   let v: unknown = claims
   for (const k of path) {
     if (v === null || typeof v !== 'object' || !Object.hasOwn(v, k)) return undefined
@@ -309,5 +317,6 @@ export function headerValue (v: unknown): string | null {
   else if (typeof v === 'number' || typeof v === 'boolean') return String(v)
   else if (Array.isArray(v)) s = v.map((x) => typeof x === 'string' ? x : JSON.stringify(x)).join(',')
   else s = JSON.stringify(v)
+  if (s === '') return null
   return /^[\x20-\x7e]*$/.test(s) ? s : encodeURIComponent(s)
 }

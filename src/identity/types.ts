@@ -13,7 +13,7 @@ export interface Identity {
   /** Epoch ms after which the identity must not be used (Infinity for API keys). */
   readonly expiresAt: number
   /** The gateway's own token for this identity, once signed (see PhantomSigner). */
-  phantom: { token: string, refreshAt: number } | null
+  phantom: { token: string, refreshAt: number, signer: object } | null
 }
 
 export type ProviderKind = 'jwt' | 'introspection' | 'api_key'

@@ -302,6 +302,14 @@ describe('identity: JWKS refetch, rotation and outages', () => {
       assert.match(body.identity.sso.last_error, /503/)
       assert.equal((await call(gw, '/v1/predict', { authorization: `Bearer ${token}` })).status, 200)
       assert.match(await metricsText(gw.adminPort!), /gatehouse_jwks_fetches_total\{provider="sso",result="failure"\} [1-9]/)
+      // A kid the stale set does not know may have been rotated in during the outage: 503, not 401.
+      const { privateKey } = await generateKeyPair('RS256')
+      const now = Math.floor(Date.now() / 1000)
+      const rotated = await new SignJWT({ iss: idp.issuer, aud: 'ml-api', sub: 'batch', scope: 'predict', exp: now + 60 })
+        .setProtectedHeader({ alg: 'RS256', kid: 'rotated-during-outage' }).sign(privateKey)
+      const unknown = await call(gw, '/v1/predict', { authorization: `Bearer ${rotated}` })
+      assert.equal(unknown.status, 503)
+      assert.equal(unknown.problem.code, 'GH_AUTH_UNAVAILABLE')
       idp.down = false
       await waitUntilAsync(async () => JSON.parse((await request(`http://127.0.0.1:${gw.adminPort}/readyz`)).body).status === 'ready')
     } finally {

@@ -32,7 +32,7 @@ function keysConfig (upstreamUrl: string, keys: Array<Record<string, unknown>>, 
         match: { path_prefix: '/v1/predict' },
         upstream: 'model',
         auth: { any_of: ['keys'], scopes: { any: ['predict', 'admin'] }, claims: { tier: 'gold' } },
-        identity_headers: { subject: 'x-key-id', claims: { org: 'x-org', 'limits.rpm': 'x-rpm' } },
+        identity_headers: { subject: 'x-key-id', claims: { org: 'x-org', 'limits.rpm': 'x-rpm', 'https://example.com/team': 'x-team' } },
       },
       { name: 'strip', match: { path_prefix: '/v1/strip' }, upstream: 'model', auth: { any_of: ['keys'], strip_credentials: true } },
       { name: 'internal', match: { path_prefix: '/internal' }, upstream: 'model', ip: { allow: ['10.0.0.0/8', '2001:db8::/32'], deny: ['10.6.6.0/24'] } },
@@ -42,7 +42,7 @@ function keysConfig (upstreamUrl: string, keys: Array<Record<string, unknown>>, 
   } as ConfigInput
 }
 
-const ACME = { id: 'acme-batch', sha256: sha256(ACME_KEY), scopes: ['predict'], metadata: { org: 'acme', tier: 'gold', limits: { rpm: 600 } } }
+const ACME = { id: 'acme-batch', sha256: sha256(ACME_KEY), scopes: ['predict'], metadata: { org: 'acme', tier: 'gold', limits: { rpm: 600 }, 'https://example.com/team': 'ml' } }
 const GLOBEX = { id: 'globex', sha256: sha256(GLOBEX_KEY), scopes: ['read'], metadata: { org: 'globex', tier: 'gold' } }
 
 describe('identity: API keys', () => {
@@ -67,6 +67,8 @@ describe('identity: API keys', () => {
     assert.equal(seen['x-key-id'], 'acme-batch')
     assert.equal(seen['x-org'], 'acme')
     assert.equal(seen['x-rpm'], '600')
+    // A namespaced claim with dots in its name is found by its whole name.
+    assert.equal(seen['x-team'], 'ml')
     assert.equal(seen['x-api-key'], ACME_KEY)
   })
 
@@ -378,6 +380,14 @@ describe('identity: phantom tokens and WebSockets', () => {
       const { payload: kp } = await jwtVerify(k.authorization.slice(7), jwks, { issuer: 'https://gatehouse.internal', audience: 'models' })
       assert.equal(kp.sub, 'acme-batch')
       assert.equal(kp.org, 'acme')
+      // A new key on reload: cached tokens from the old key are not reused.
+      const next = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem' }) as string
+      const cfg = structuredClone(gw.gateway.table.config) as any
+      await gw.gateway.reload({ ...cfg, identity: { ...cfg.identity, phantom_token: { ...cfg.identity.phantom_token, key: next, ttl: '2m', kid: undefined } } })
+      const fresh = createRemoteJWKSet(new URL(`http://127.0.0.1:${gw.adminPort}/.well-known/jwks.json`))
+      const after = JSON.parse((await call(gw, '/x', { authorization: `Bearer ${token}` })).body).headers
+      assert.notEqual(after.authorization, a.authorization)
+      await jwtVerify(after.authorization.slice(7), fresh, { issuer: 'https://gatehouse.internal', audience: 'models' })
     } finally {
       await gw.close()
       await up.close()

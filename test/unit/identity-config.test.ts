@@ -146,8 +146,19 @@ routes:
 `)
     assert.equal(issueAt(err2, 'routes[0].auth.phantom_token').message, 'needs identity.phantom_token (the key the gateway signs with)')
     const err3 = configError(`identity:
-  phantom_token: { key: "not a key", issuer: gh, audience: models }
+  phantom_token: { key: "not a key", issuer: gh, audience: models, header: X-Forwarded-For }
 `)
     assert.match(issueAt(err3, 'identity.phantom_token.key').message, /^not a PEM private key/)
+    assert.equal(issueAt(err3, 'identity.phantom_token.header').message, '"x-forwarded-for" is a header the gateway sets or rewrites itself')
+    const p256 = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey
+    const sec1 = p256.export({ type: 'sec1', format: 'pem' }) as string
+    const err4 = configError(`identity:
+  phantom_token: { key: ${JSON.stringify(sec1)}, issuer: gh, audience: models }
+`)
+    assert.match(issueAt(err4, 'identity.phantom_token.key').message, /must be a PKCS#8 PEM/)
+    const err5 = configError(`identity:
+  phantom_token: { key: ${JSON.stringify(p256.export({ type: 'pkcs8', format: 'pem' }))}, alg: ES384, issuer: gh, audience: models }
+`)
+    assert.equal(issueAt(err5, 'identity.phantom_token.key').message, 'ES384 needs a secp384r1 key, not prime256v1')
   })
 })
