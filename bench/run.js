@@ -8,7 +8,7 @@
 //   BENCH_STREAM_REPS=3               repetitions of each big streaming run (median MB/s, highest peak RSS)
 //   BENCH_TARGETS=direct,gatehouse,nginx,fastify   subset of targets to run
 //   BENCH_SKIP=cold,stream,wrk,auth   skip parts
-//   BENCH_AUTH_ROUNDS=7, BENCH_AUTH_DURATION=4   rounds (and seconds per wrk run) of the auth
+//   BENCH_AUTH_ROUNDS=15, BENCH_AUTH_DURATION=2  rounds (and seconds per wrk run) of the auth
 //                                     comparison; the median of the per-round ratios counts
 //   BENCH_QUIET_PCT=10, BENCH_QUIET_BUDGET=60   wait for other processes to use < 10% of a core
 //                                     before each measurement, at most 60 s in total per bench run
@@ -43,8 +43,8 @@ const SKIP = new Set((process.env.BENCH_SKIP ?? '').split(',').filter(Boolean))
 const GH_NODE_ARGS = (process.env.BENCH_GATEHOUSE_NODE_ARGS ?? '').split(' ').filter(Boolean)
 const ALL_TARGETS = ['direct', 'gatehouse', 'nginx', 'fastify']
 const TARGETS = (process.env.BENCH_TARGETS ?? ALL_TARGETS.join(',')).split(',').filter((t) => ALL_TARGETS.includes(t))
-const AUTH_ROUNDS = Math.max(1, Math.round(Number(process.env.BENCH_AUTH_ROUNDS ?? 7)))
-const AUTH_DURATION = Math.max(1, Math.round(Number(process.env.BENCH_AUTH_DURATION ?? 4)))
+const AUTH_ROUNDS = Math.max(1, Math.round(Number(process.env.BENCH_AUTH_ROUNDS ?? 15)))
+const AUTH_DURATION = Math.max(1, Math.round(Number(process.env.BENCH_AUTH_DURATION ?? 2)))
 const TARGET_LABEL = { direct: 'direct', gatehouse: 'gatehouse', nginx: 'nginx', fastify: 'fastify-http-proxy' }
 
 const CHUNK = Buffer.alloc(64 * 1024, 'b')
@@ -844,12 +844,16 @@ async function authPhase (upstream) {
       await res.arrayBuffer()
       log(`auth: route ${name} answers 200`)
     }
+    // One warm-up per route; then short runs, route after route, so that each round's three
+    // runs fall within seconds of each other (this machine's speed drifts over tens of seconds).
+    if (WARMUP > 0) for (const [, p] of routes) await runWrk({ url: gh.base + p, connections: 50, threads: WRK_THREADS, seconds: WARMUP, script })
     const callsBefore = { ...idp.calls }
     for (let round = 0; round < AUTH_ROUNDS; round++) {
       const r = {}
-      for (const [name, p] of routes) {
+      // The order rotates, so no route is always first (or last) in a round.
+      for (let k = 0; k < routes.length; k++) {
+        const [name, p] = routes[(round + k) % routes.length]
         const url = gh.base + p
-        if (WARMUP > 0) await runWrk({ url, connections: 50, threads: WRK_THREADS, seconds: 1, script })
         const cpu0 = cpuMsOf(gh.proc.pid)
         const w = await measured(`auth ${name} round ${round + 1}`, () => runWrk({ url, connections: 50, threads: WRK_THREADS, seconds: AUTH_DURATION, script }))
         w.proxyUsPerReq = Math.round((cpuMsOf(gh.proc.pid) - cpu0) * 1000 / w.requests * 10) / 10
@@ -937,7 +941,12 @@ async function main () {
     }
   }
 
-  if (!SKIP.has('auth') && TARGETS.includes('gatehouse')) results.auth = await authPhase(upstream)
+  if (!SKIP.has('auth') && TARGETS.includes('gatehouse')) {
+    results.auth = await authPhase(upstream)
+    const cost = spawnSync(process.execPath, [path.join(here, 'auth-cost.js')], { encoding: 'utf8' })
+    const line = cost.stdout.split('\n').find((l) => l.startsWith('AUTHCOST '))
+    if (line !== undefined) results.auth.cost = JSON.parse(line.slice(9))
+  }
   if (!SKIP.has('cold')) results.coldStart = await coldStart(upstream)
   await stop(upstream.proc)
 
@@ -960,6 +969,7 @@ async function main () {
     process.stdout.write(`auth, GET /small c=50 (median of ${a.rounds.length} rounds): none ${a.none.rps.toFixed(0)} req/s (${a.none.proxyUsPerReq} us/req), ` +
       `JWT ${a.jwt.rps.toFixed(0)} (${a.jwt.proxyUsPerReq} us/req), introspection ${a.introspection.rps.toFixed(0)} (${a.introspection.proxyUsPerReq} us/req); ` +
       `IdP calls during the runs: ${a.idpCalls.jwks} JWKS, ${a.idpCalls.introspect} introspection\n`)
+    if (a.cost) process.stdout.write(`auth, in-process CPU of the cached JWT check plus identity headers: ${a.cost.jwtCachedNsPerRequest} ns per request (median of ${a.cost.reps.length})\n`)
   }
   if (results.coldStart) process.stdout.write(`cold start, spawn to first proxied 200 (median of ${COLD_RUNS}): ${num(results.coldStart.medianMs, 1)} ms  [${results.coldStart.runs.map((r) => num(r.ms, 1)).join(', ')}]\n`)
   process.stdout.write('\nTargets:\n')
