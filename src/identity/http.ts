@@ -1,6 +1,10 @@
-import { Agent, request } from 'undici'
+import Agent from 'undici/lib/dispatcher/agent.js'
+import dispatcherRequest from 'undici/lib/api/api-request.js'
 
-/**
+/*
+ * Deep imports, as for the upstream pools (src/types/undici-pool.d.ts): undici's entry point
+ * would add fetch, WebSocket and the cache stores to every start-up.
+ *
  * Calls to identity services (discovery, JWKS, introspection) go through their own agent,
  * never through an upstream's pool: an IdP is not a model server and must not share its limits.
  */
@@ -30,10 +34,12 @@ export class IdentityHttpError extends Error {
 export async function fetchJson (url: string, opts: JsonRequest): Promise<unknown> {
   const signal = AbortSignal.timeout(opts.timeout)
   const maxBytes = opts.maxBytes ?? 1024 * 1024
+  const u = new URL(url)
   let res
   try {
-    res = await request(url, {
-      dispatcher: agent,
+    res = await dispatcherRequest.call(agent, {
+      origin: u.origin,
+      path: u.pathname + u.search,
       method: opts.method ?? 'GET',
       headers: { accept: 'application/json', ...opts.headers },
       body: opts.body,

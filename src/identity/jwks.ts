@@ -1,4 +1,5 @@
-import { createLocalJWKSet, errors as joseErrors, type JSONWebKeySet, type JWK, type JWTVerifyGetKey } from 'jose'
+import type { JSONWebKeySet, JWK, JWTVerifyGetKey } from 'jose'
+import { loadJose } from './jose.js'
 import { fetchJson } from './http.js'
 
 export interface KeySetOptions {
@@ -96,6 +97,7 @@ export class KeySet {
       const keys = usableKeys(doc)
       if (keys.length === 0) throw new Error(`${uri} holds no usable signing keys`)
       const kids = new Set(keys.map((k) => k.kid).filter((k): k is string => k !== undefined))
+      const { createLocalJWKSet } = await loadJose()
       this.#local = createLocalJWKSet({ keys })
       const removed = [...this.#kids].filter((k) => !kids.has(k))
       this.#kids = kids
@@ -127,7 +129,7 @@ export class KeySet {
    * An unknown kid while the IdP cannot be reached may be a key rotated during the outage:
    * that is "cannot decide" (503), not "invalid" (401). With fresh keys it is invalid.
    */
-  #unknownKey (err: Error, kid: string | undefined): Error {
+  #unknownKey (err: unknown, kid: string | undefined): unknown {
     return this.lastError === null ? err : new KeysUnavailableError(`kid ${JSON.stringify(kid ?? null)} is unknown and the key set cannot be refreshed: ${this.lastError}`)
   }
 
@@ -138,7 +140,7 @@ export class KeySet {
     try {
       return await local(header, token)
     } catch (err) {
-      if (!(err instanceof joseErrors.JWKSNoMatchingKey)) throw err
+      if ((err as { code?: string }).code !== 'ERR_JWKS_NO_MATCHING_KEY') throw err
       // Join a fetch in flight; start one only when the last kid-triggered fetch is a cooldown ago.
       if (this.#inflight === null) {
         const now = Date.now()

@@ -1,7 +1,8 @@
-import { errors as joseErrors, jwtVerify } from 'jose'
+import type { JWTVerifyOptions } from 'jose'
 import { LRUCache } from 'lru-cache'
 import type { JwtProviderConfig } from '../config/schema.js'
 import { clientIdOf, invalidCredentials, peekPayload, scopesOf, unavailable, type ProviderDeps } from './common.js'
+import { loadJose, type Jose } from './jose.js'
 import { KeySet, KeysUnavailableError } from './jwks.js'
 import type { AuthResult, CredentialSource, Identity, IdentityProvider, ProviderStatus } from './types.js'
 
@@ -19,7 +20,8 @@ export class JwtProvider implements IdentityProvider {
   readonly #cfg: JwtProviderConfig
   readonly #deps: ProviderDeps
   readonly #cache: LRUCache<string, Identity> | null
-  readonly #verifyOptions: Parameters<typeof jwtVerify>[2]
+  readonly #verifyOptions: JWTVerifyOptions
+  #jose: Jose | null = null
   readonly #types: ReadonlySet<string>
   readonly #counts
 
@@ -59,8 +61,9 @@ export class JwtProvider implements IdentityProvider {
     })
   }
 
-  start (): Promise<void> {
-    return this.keys.start()
+  async start (): Promise<void> {
+    this.#jose = await loadJose()
+    await this.keys.start()
   }
 
   close (): void {
@@ -93,7 +96,8 @@ export class JwtProvider implements IdentityProvider {
     if (token.length > this.#cfg.max_token_size) return this.#invalid(`token is ${token.length} bytes, over the ${this.#cfg.max_token_size}-byte limit`)
     let payload, protectedHeader
     try {
-      ({ payload, protectedHeader } = await jwtVerify(token, this.keys.getKey, this.#verifyOptions))
+      const jose = this.#jose ?? await loadJose()
+      ;({ payload, protectedHeader } = await jose.jwtVerify(token, this.keys.getKey, this.#verifyOptions))
     } catch (err) {
       if (err instanceof KeysUnavailableError) {
         this.#counts.unavailable.inc()
@@ -134,9 +138,11 @@ function normalizeTyp (typ: string): string {
   return t.startsWith('application/') ? t.slice(12) : t
 }
 
+/** jose's errors by their stable codes (the classes live in the lazily loaded module). */
 function describeJoseError (err: unknown): string {
-  if (err instanceof joseErrors.JWTClaimValidationFailed) return `claim "${err.claim}" check failed (${err.reason}): ${err.message}`
-  if (err instanceof joseErrors.JWTExpired) return `token expired: ${err.message}`
-  if (err instanceof joseErrors.JOSEError) return `${err.code}: ${err.message}`
-  return `unexpected error: ${(err as Error).message}`
+  const e = err as { code?: string, claim?: string, reason?: string, message: string }
+  if (e.code === 'ERR_JWT_CLAIM_VALIDATION_FAILED') return `claim "${e.claim}" check failed (${e.reason}): ${e.message}`
+  if (e.code === 'ERR_JWT_EXPIRED') return `token expired: ${e.message}`
+  if (typeof e.code === 'string' && e.code.startsWith('ERR_J')) return `${e.code}: ${e.message}`
+  return `unexpected error: ${e.message}`
 }

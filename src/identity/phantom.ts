@@ -1,5 +1,6 @@
 import { createPrivateKey, createPublicKey } from 'node:crypto'
-import { calculateJwkThumbprint, importPKCS8, SignJWT, type CryptoKey, type JWK } from 'jose'
+import type { CryptoKey, JWK } from 'jose'
+import { loadJose, type Jose } from './jose.js'
 import type { PhantomTokenConfig } from '../config/schema.js'
 import type { Identity } from './types.js'
 
@@ -17,7 +18,7 @@ export class PhantomSigner {
   readonly header: string
   readonly #cfg: PhantomTokenConfig
   readonly #publicJwk: JWK
-  #key: Promise<{ key: CryptoKey, kid: string }> | null = null
+  #key: Promise<{ key: CryptoKey, kid: string, SignJWT: Jose['SignJWT'] }> | null = null
 
   constructor (cfg: PhantomTokenConfig) {
     this.#cfg = cfg
@@ -29,11 +30,12 @@ export class PhantomSigner {
   }
 
   /** Import the key once (async in WebCrypto) and settle the kid. */
-  start (): Promise<{ key: CryptoKey, kid: string }> {
+  start (): Promise<{ key: CryptoKey, kid: string, SignJWT: Jose['SignJWT'] }> {
     this.#key ??= (async () => {
-      const key = await importPKCS8(this.#cfg.key, this.#cfg.alg)
-      const kid = this.#cfg.kid ?? await calculateJwkThumbprint(this.#publicJwk)
-      return { key, kid }
+      const jose = await loadJose()
+      const key = await jose.importPKCS8(this.#cfg.key, this.#cfg.alg)
+      const kid = this.#cfg.kid ?? await jose.calculateJwkThumbprint(this.#publicJwk)
+      return { key, kid, SignJWT: jose.SignJWT }
     })()
     return this.#key
   }
@@ -52,7 +54,7 @@ export class PhantomSigner {
   }
 
   async sign (identity: Identity, now: number): Promise<string> {
-    const { key, kid } = await this.start()
+    const { key, kid, SignJWT } = await this.start()
     const iat = Math.floor(now / 1000)
     const exp = Math.min(iat + Math.max(1, Math.round(this.#cfg.ttl / 1000)), Math.floor(identity.expiresAt / 1000))
     const payload: Record<string, unknown> = {}

@@ -6,3 +6,15 @@ declare module 'undici/lib/dispatcher/pool.js' {
   import { Pool } from 'undici'
   export default Pool
 }
+
+// The same for the identity client (src/identity/http.ts): the Agent and the request API alone.
+declare module 'undici/lib/dispatcher/agent.js' {
+  import { Agent } from 'undici'
+  export default Agent
+}
+
+declare module 'undici/lib/api/api-request.js' {
+  import type { Dispatcher } from 'undici'
+  /** Dispatcher.prototype.request, unbound: call it with the dispatcher as `this`. */
+  export default function request (this: Dispatcher, opts: Dispatcher.RequestOptions): Promise<Dispatcher.ResponseData>
+}
