@@ -130,6 +130,15 @@ describe('identity: JWT bearer tokens from a real OpenID Provider', () => {
     assert.equal(up.calls, calls)
   })
 
+  test('Expect: 100-continue without credentials: 401 at once, no 100, the body is never asked for', async () => {
+    const calls = up.calls
+    const res = await rawRequest(gw.port, 'POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\nExpect: 100-continue\r\n\r\n', 500)
+    assert.equal(res.status, 401)
+    assert.doesNotMatch(res.raw, /100 Continue/)
+    assert.equal(res.headers.connection, 'close')
+    assert.equal(up.calls, calls)
+  })
+
   test('malformed or repeated Authorization: 400 invalid_request', async () => {
     const token = await idp.token({ scope: 'predict' })
     for (const value of ['Bearer', 'Bearer ', 'Bearer a b', 'Bearer tok"en', 'bearer  two-spaces\\']) {
