@@ -1,6 +1,6 @@
 import { LRUCache } from 'lru-cache'
 import type { IntrospectionProviderConfig } from '../config/schema.js'
-import { isGatewayError, type GatewayError } from '../errors/index.js'
+import type { GatewayError } from '../errors/index.js'
 import { clientIdOf, invalidCredentials, scopesOf, unavailable, type ProviderDeps } from './common.js'
 import { fetchJson } from './http.js'
 import type { AuthResult, CredentialSource, Identity, IdentityProvider, ProviderStatus } from './types.js'
@@ -20,8 +20,12 @@ export class IntrospectionProvider implements IdentityProvider {
   readonly fingerprint: string
   readonly #cfg: IntrospectionProviderConfig
   readonly #deps: ProviderDeps
-  /** Identity for active tokens, the 401 to repeat for inactive ones. */
-  readonly #cache: LRUCache<string, Identity | GatewayError> | null
+  readonly #cache: LRUCache<string, Identity> | null
+  /**
+   * The 401s to repeat for inactive tokens, apart from the identities: a flood of junk tokens
+   * (each a call to the endpoint once) must not push good identities out.
+   */
+  readonly #negative: LRUCache<string, GatewayError> | null
   readonly #inflight = new Map<string, Promise<AuthResult>>()
   readonly #headers: Record<string, string>
   readonly #counts
@@ -34,6 +38,7 @@ export class IntrospectionProvider implements IdentityProvider {
     this.#deps = deps
     this.fingerprint = JSON.stringify(cfg)
     this.#cache = cfg.cache.max_entries === 0 ? null : new LRUCache({ max: cfg.cache.max_entries })
+    this.#negative = cfg.cache.max_entries === 0 || cfg.cache.inactive_ttl === 0 ? null : new LRUCache({ max: Math.max(100, Math.ceil(cfg.cache.max_entries / 4)) })
     this.#headers = { 'content-type': 'application/x-www-form-urlencoded' }
     if (cfg.auth_method === 'basic') {
       // RFC 6749 §2.3.1: id and secret are form-urlencoded before the Basic encoding.
@@ -55,7 +60,7 @@ export class IntrospectionProvider implements IdentityProvider {
 
   cached (digest: string, now: number): Identity | null {
     const hit = this.#cache?.get(digest)
-    if (hit === undefined || isGatewayError(hit) || hit.expiresAt <= now) return null
+    if (hit === undefined || hit.expiresAt <= now) return null
     this.#counts.cached.inc()
     return hit
   }
@@ -70,8 +75,8 @@ export class IntrospectionProvider implements IdentityProvider {
       this.#counts.invalid.inc()
       return invalidCredentials(`${this.name}: token is ${token.length} bytes, over the ${MAX_TOKEN}-byte limit`)
     }
-    const hit = this.#cache?.get(digest)
-    if (hit !== undefined && isGatewayError(hit)) {
+    const hit = this.#negative?.get(digest)
+    if (hit !== undefined) {
       this.#counts.invalid.inc()
       return hit
     }
@@ -104,7 +109,7 @@ export class IntrospectionProvider implements IdentityProvider {
     if (refusal !== null) {
       const err = invalidCredentials(`${this.name}: ${refusal}`)
       this.#counts.invalid.inc()
-      if (this.#cache !== null && this.#cfg.cache.inactive_ttl > 0) this.#cache.set(digest, err, { ttl: this.#cfg.cache.inactive_ttl })
+      this.#negative?.set(digest, err, { ttl: this.#cfg.cache.inactive_ttl })
       return err
     }
     const exp = typeof claims.exp === 'number' ? claims.exp * 1000 : Infinity

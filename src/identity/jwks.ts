@@ -38,7 +38,10 @@ export class KeysUnavailableError extends Error {
 export class KeySet {
   readonly #opts: KeySetOptions
   #local: JWTVerifyGetKey | null = null
-  #kids = new Set<string>()
+  /** One fingerprint per key (kid and public parameters): a key replaced under its kid counts as removed. */
+  #prints = new Set<string>()
+  /** Bumped whenever a refresh removed a key; verifications started before must not be cached. */
+  generation = 0
   #jwksUri: string | null
   #inflight: Promise<boolean> | null = null
   #timer: NodeJS.Timeout | null = null
@@ -96,11 +99,12 @@ export class KeySet {
       const doc = await fetchJson(uri, { timeout: this.#opts.timeout })
       const keys = usableKeys(doc)
       if (keys.length === 0) throw new Error(`${uri} holds no usable signing keys`)
-      const kids = new Set(keys.map((k) => k.kid).filter((k): k is string => k !== undefined))
+      const prints = new Map(keys.map((k) => [keyPrint(k), k.kid ?? '(no kid)']))
       const { createLocalJWKSet } = await loadJose()
       this.#local = createLocalJWKSet({ keys })
-      const removed = [...this.#kids].filter((k) => !kids.has(k))
-      this.#kids = kids
+      const removed = [...this.#prints.keys()].filter((p) => !prints.has(p)).map((p) => JSON.parse(p).kid ?? '(no kid)')
+      this.#prints = new Set(prints.keys())
+      if (removed.length > 0) this.generation++
       this.keyCount = keys.length
       this.fetchedAt = Date.now()
       this.lastError = null
@@ -151,6 +155,11 @@ export class KeySet {
       return await this.#local!(header, token)
     }
   }
+}
+
+/** A key's identity: its kid and public parameters (RSA n/e, EC/OKP crv/x/y). */
+function keyPrint (k: JWK): string {
+  return JSON.stringify({ kid: k.kid, kty: k.kty, n: k.n, e: k.e, crv: k.crv, x: k.x, y: k.y })
 }
 
 /**

@@ -95,6 +95,7 @@ export class JwtProvider implements IdentityProvider {
   async authenticate (token: string, digest: string, now: number): Promise<AuthResult> {
     if (token.length > this.#cfg.max_token_size) return this.#invalid(`token is ${token.length} bytes, over the ${this.#cfg.max_token_size}-byte limit`)
     let payload, protectedHeader
+    const generation = this.keys.generation
     try {
       const jose = this.#jose ?? await loadJose()
       ;({ payload, protectedHeader } = await jose.jwtVerify(token, this.keys.getKey, this.#verifyOptions))
@@ -122,7 +123,9 @@ export class JwtProvider implements IdentityProvider {
     }
     this.#counts.verified.inc()
     const ttl = identity.expiresAt - now
-    if (this.#cache !== null && ttl > 0) this.#cache.set(digest, identity, { ttl })
+    // A refresh that retired a key while this verification ran cleared the cache; the result
+    // (verified against keys that may be gone) must not repopulate it.
+    if (this.#cache !== null && ttl > 0 && generation === this.keys.generation) this.#cache.set(digest, identity, { ttl })
     return identity
   }
 

@@ -1,4 +1,5 @@
 import { hash } from 'node:crypto'
+import { isIP } from 'node:net'
 import type { RouteConfig } from '../config/schema.js'
 import { gatewayError, type GatewayError } from '../errors/index.js'
 import { CidrSet } from '../net/cidr.js'
@@ -276,7 +277,9 @@ export class IpPolicy {
   }
 
   check (address: string): Outcome {
-    if (this.#deny.has(address) || (this.#allow !== null && !this.#allow.has(address))) {
+    // Not an address at all (an odd X-Forwarded-For entry from a trusted proxy): it cannot be
+    // shown to be outside the deny list, so it is refused too.
+    if (isIP(address) === 0 || this.#deny.has(address) || (this.#allow !== null && !this.#allow.has(address))) {
       return gatewayError('GH_IP_FORBIDDEN', 'Requests from this address are not allowed on this route', { reason: `client address ${address}` })
     }
     return null
@@ -315,7 +318,8 @@ export function headerValue (v: unknown): string | null {
   let s: string
   if (typeof v === 'string') s = v
   else if (typeof v === 'number' || typeof v === 'boolean') return String(v)
-  else if (Array.isArray(v)) s = v.map((x) => typeof x === 'string' ? x : JSON.stringify(x)).join(',')
+  // An item's own commas are escaped, so ["dev,admin"] and ["dev", "admin"] stay different.
+  else if (Array.isArray(v)) s = v.map((x) => typeof x === 'string' ? x.replaceAll('%', '%25').replaceAll(',', '%2C') : JSON.stringify(x)).join(',')
   else s = JSON.stringify(v)
   if (s === '') return null
   return /^[\x20-\x7e]*$/.test(s) ? s : encodeURIComponent(s)

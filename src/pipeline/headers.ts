@@ -265,11 +265,45 @@ export function readHead (ex: Exchange, table: RouteTable): GatewayError | null 
     // the authority from the target instead of Host would be a second source of truth.
     return gatewayError('GH_BAD_REQUEST', 'The request target must be an absolute path (origin-form)')
   }
+  if (ex.path.indexOf('%') !== -1 || ex.path.indexOf('//') !== -1) {
+    const normal = normalizePath(ex.path)
+    if (normal === null) return gatewayError('GH_BAD_PATH', 'The request path has a malformed percent-encoding')
+    ex.path = normal
+  }
   if (hasDotSegment(ex.path)) return gatewayError('GH_BAD_PATH', 'The request path must not contain "." or ".." segments')
   ex.host = ex.hostHeader === null ? '' : hostname(ex.hostHeader)
   ex.route = table.match(req.method!, ex.host, ex.path, raw)
   if (ex.route === null) return gatewayError('GH_ROUTE_NOT_FOUND', `No route for ${req.method} ${ex.path}`)
   return null
+}
+
+/**
+ * RFC 3986 §6.2.2 normalisation, so that a route's checks cannot be side-stepped by spelling
+ * its path differently (/%61dmin for /admin, //admin): percent-encoded unreserved characters
+ * are decoded, the remaining escapes upper-cased, and runs of '/' merged (as nginx does; many
+ * upstream frameworks merge them too). The normalised path is also the one forwarded.
+ * null: a '%' not followed by two hex digits.
+ */
+export function normalizePath (path: string): string | null {
+  let out = ''
+  let last = 0
+  for (let i = 0; i < path.length; i++) {
+    const c = path.charCodeAt(i)
+    if (c === 37 /* % */) {
+      const hex = path.slice(i + 1, i + 3)
+      if (!/^[0-9A-Fa-f]{2}$/.test(hex)) return null
+      const code = parseInt(hex, 16)
+      const ch = String.fromCharCode(code)
+      out += path.slice(last, i) + (/[A-Za-z0-9\-._~]/.test(ch) ? ch : '%' + hex.toUpperCase())
+      i += 2
+      last = i + 1
+    } else if (c === 47 /* / */ && path.charCodeAt(i + 1) === 47) {
+      out += path.slice(last, i + 1)
+      while (path.charCodeAt(i + 1) === 47) i++
+      last = i + 1
+    }
+  }
+  return out + path.slice(last)
 }
 
 /** "[::1]:8080" → "[::1]", "API.example.com:443" → "api.example.com". */

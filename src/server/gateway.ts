@@ -16,7 +16,7 @@ import { finishRequestHeaders, readHead } from '../pipeline/headers.js'
 import { admit } from '../pipeline/admit.js'
 import type { GatewayRuntime } from '../pipeline/runtime.js'
 import { TargetRegistry } from '../upstream/target.js'
-import { IdentityRegistry } from '../identity/registry.js'
+import { IdentityRegistry, type IdentitySet } from '../identity/registry.js'
 import type { ProviderStatus } from '../identity/types.js'
 import { createAdminServer } from '../admin/server.js'
 import { handleUpgrade } from './upgrade.js'
@@ -69,6 +69,7 @@ class GatewayImpl implements Gateway, GatewayRuntime {
   #listening = false
   readonly #registry = new TargetRegistry()
   readonly #identity: IdentityRegistry
+  #reloads: Promise<void> = Promise.resolve()
   readonly #server: http.Server
   readonly #encrypted: boolean
   #admin: http.Server | null = null
@@ -307,19 +308,25 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     return { port: addr.port, host: addr.address, adminPort }
   }
 
-  async reload (input: ConfigInput | Config | (() => Config)): Promise<void> {
+  reload (input: ConfigInput | Config | (() => Config)): Promise<void> {
+    // One reload at a time, in the order asked: a reload that waits for a slow IdP must not
+    // commit its (older) config after a later one, nor build on providers a later one closed.
+    const run = this.#reloads.then(() => this.#reload(input))
+    this.#reloads = run.catch(() => {})
+    return run
+  }
+
+  async #reload (input: ConfigInput | Config | (() => Config)): Promise<void> {
     let next: RouteTable
+    let identity: IdentitySet | null = null
     try {
       const config = validateConfig(typeof input === 'function' ? input() : input)
-      const identity = this.#identity.prepare(config.identity)
-      try {
-        next = compile(config, this.#registry, identity)
-      } catch (err) {
-        this.#identity.discard(identity)
-        throw err
-      }
+      identity = this.#identity.prepare(config.identity)
+      next = compile(config, this.#registry, identity)
       await this.#identity.start(identity, IDENTITY_START_TIMEOUT)
     } catch (err) {
+      // Providers this attempt created must not keep refreshing keys in the background.
+      if (identity !== null) this.#identity.discard(identity)
       this.metrics.reloads.labels('failure').inc()
       this.logger.error({ msg: 'config reload failed; keeping the running config', err: (err as Error).message })
       throw err

@@ -40,6 +40,13 @@ export function handleUpgrade (host: UpgradeHost, req: IncomingMessage, socket: 
     refuse(gatewayError('GH_SHUTTING_DOWN'))
     return
   }
+  // RFC 6455 §4.1: the opening handshake is a GET. Any other method would be matched against
+  // the routes of that method (an OPTIONS route without auth, say) and then sent upstream as a
+  // GET: refused before routing.
+  if (req.method !== 'GET') {
+    refuse(gatewayError('GH_UPGRADE_NOT_ALLOWED', `A protocol upgrade must be a GET request, not ${req.method}`))
+    return
+  }
   // The Exchange carries the parsed head; its response object is never used here.
   const ex = new Exchange(req, null as unknown as http.ServerResponse, host as never, table)
   const err = readHead(ex, table)
@@ -53,7 +60,7 @@ export function handleUpgrade (host: UpgradeHost, req: IncomingMessage, socket: 
     const target = route.upstream.pick(Date.now())
     if (target === null) return refuse(gatewayError('GH_NO_HEALTHY_UPSTREAM', undefined, { headers: { 'retry-after': String(Math.ceil(route.upstream.ejectFor / 1000)) } }))
     const upgrade = req.headers.upgrade ?? 'websocket'
-    new UpgradeHandler(host, route, socket, head, target, ex.requestId).dispatch(ex, upgrade)
+    new UpgradeHandler(host, route, socket, head, target, ex.requestId, ex.identity?.expiresAt ?? Infinity).dispatch(ex, upgrade)
   }
   const checked = admit(ex, route)
   if (checked === null) return proceed()
@@ -68,6 +75,8 @@ export function handleUpgrade (host: UpgradeHost, req: IncomingMessage, socket: 
   })
 }
 
+const MAX_TIMER = 2 ** 31 - 1
+
 class UpgradeHandler implements Dispatcher.DispatchHandler {
   readonly #host: UpgradeHost
   readonly #route: CompiledRoute
@@ -75,9 +84,12 @@ class UpgradeHandler implements Dispatcher.DispatchHandler {
   readonly #head: Buffer
   readonly #target: Target
   readonly #requestId: string
+  /** When the credentials that admitted this upgrade expire (epoch ms; Infinity: never). */
+  readonly #expiresAt: number
   #responded = false
 
-  constructor (host: UpgradeHost, route: CompiledRoute, client: Socket, head: Buffer, target: Target, requestId: string) {
+  constructor (host: UpgradeHost, route: CompiledRoute, client: Socket, head: Buffer, target: Target, requestId: string, expiresAt: number) {
+    this.#expiresAt = expiresAt
     this.#host = host
     this.#route = route
     this.#client = client
@@ -131,6 +143,16 @@ class UpgradeHandler implements Dispatcher.DispatchHandler {
     client.once('close', () => upstream.destroy())
     this.#host.trackUpgrade(client)
     this.#host.logger.info({ msg: 'upgrade', id: this.#requestId, route: this.#route.name, status: statusCode, target: this.#target.origin })
+    // A socket admitted with a token lives no longer than the token (timers cap at ~24.8 days).
+    const left = this.#expiresAt - Date.now()
+    if (left <= MAX_TIMER) {
+      const timer = setTimeout(() => {
+        this.#host.logger.info({ msg: 'upgrade closed: credentials expired', id: this.#requestId, route: this.#route.name })
+        client.destroy()
+      }, Math.max(0, left))
+      timer.unref()
+      client.once('close', () => clearTimeout(timer))
+    }
   }
 
   // A non-101 answer (401, 404, …) is relayed as an ordinary response, then the connection closes.

@@ -139,6 +139,20 @@ describe('identity: JWT bearer tokens from a real OpenID Provider', () => {
     assert.equal(up.calls, calls)
   })
 
+  test('another spelling of a protected path is the same path: /v1/%70redict, //v1/predict', async () => {
+    const calls = up.calls
+    for (const path of ['/v1/%70redict', '//v1//predict', '/%76%31/predict/x']) {
+      const res = await call(gw, path)
+      assert.equal(res.status, 401, path)
+    }
+    assert.equal((await call(gw, '/v1/predict%zz')).problem.code, 'GH_BAD_PATH')
+    assert.equal(up.calls, calls)
+    // The normalised path is the one forwarded.
+    const token = await idp.token({ scope: 'predict' })
+    const ok = await call(gw, '/v1/%70redict/%7Ea%2fb', { authorization: `Bearer ${token}` })
+    assert.equal(JSON.parse(ok.body).path, '/v1/predict/~a%2Fb')
+  })
+
   test('malformed or repeated Authorization: 400 invalid_request', async () => {
     const token = await idp.token({ scope: 'predict' })
     for (const value of ['Bearer', 'Bearer ', 'Bearer a b', 'Bearer tok"en', 'bearer  two-spaces\\']) {
@@ -252,6 +266,28 @@ describe('identity: JWT bearer tokens from a real OpenID Provider', () => {
 })
 
 describe('identity: JWKS refetch, rotation and outages', () => {
+  test('reloads apply in order: one waiting for a slow IdP does not override a later one', async () => {
+    const up = await startEchoUpstream()
+    const silent = await startUpstream(() => { /* never answers: discovery times out */ })
+    const base = { upstreams: { model: { targets: [{ url: up.url }] } }, listen: { host: '127.0.0.1', port: 0 }, admin: { host: '127.0.0.1', port: 0 } }
+    const gw = await startGateway({ ...base, routes: [{ name: 'first', match: {}, upstream: 'model' }] } as ConfigInput)
+    try {
+      const slow = gw.gateway.reload({
+        ...base,
+        identity: { providers: { sso: { kind: 'jwt', issuer: silent.url, audiences: ['a'], timeout: '300ms' } } },
+        routes: [{ name: 'older', match: {}, upstream: 'model', auth: { any_of: ['sso'] } }],
+      } as ConfigInput)
+      const fast = gw.gateway.reload({ ...base, routes: [{ name: 'newer', match: {}, upstream: 'model' }] } as ConfigInput)
+      await Promise.all([slow, fast])
+      assert.equal(gw.gateway.table.routes[0]!.name, 'newer')
+      assert.equal((await call(gw, '/x')).status, 200)
+    } finally {
+      await gw.close()
+      await silent.close()
+      await up.close()
+    }
+  })
+
   test('a flood of unknown kids causes at most one JWKS fetch per cooldown', async () => {
     const idp = await startIdp()
     const up = await startEchoUpstream()

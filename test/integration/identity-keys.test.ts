@@ -3,7 +3,7 @@ import assert from 'node:assert/strict'
 import { createHash, generateKeyPairSync } from 'node:crypto'
 import type http from 'node:http'
 import { once } from 'node:events'
-import { createRemoteJWKSet, jwtVerify } from 'jose'
+import { createRemoteJWKSet, jwtVerify, SignJWT } from 'jose'
 import WebSocket, { WebSocketServer } from 'ws'
 import { metricsText, rawRequest, request, startEchoUpstream, startGateway, startUpstream, type TestGateway, type Upstream } from '../helpers/index.js'
 import { startIdp, type TestIdp } from '../helpers/idp.js'
@@ -408,6 +408,10 @@ describe('identity: phantom tokens and WebSockets', () => {
       const refused = await rawRequest(gw.port, 'GET /socket HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n')
       assert.equal(refused.status, 401)
       assert.equal(refused.headers['www-authenticate'], 'Bearer realm="gatehouse"')
+      // Only GET can open a WebSocket: another method would be routed as that method.
+      const options = await rawRequest(gw.port, 'OPTIONS /socket HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n')
+      assert.equal(options.status, 400)
+      assert.equal(JSON.parse(options.body).code, 'GH_UPGRADE_NOT_ALLOWED')
       const token = await idp.token({ scope: 'predict' })
       const ws = new WebSocket(`ws://127.0.0.1:${gw.port}/socket`, { headers: { authorization: `Bearer ${token}` } })
       await once(ws, 'open')
@@ -416,6 +420,16 @@ describe('identity: phantom tokens and WebSockets', () => {
       assert.equal(String(msg), 'echo:hi')
       ws.close()
       await once(ws, 'close')
+      // A socket lives no longer than the token that opened it.
+      const now = Math.floor(Date.now() / 1000)
+      const short = await new SignJWT({ iss: idp.issuer, aud: 'ml-api', sub: 'batch', scope: 'predict', iat: now, exp: now + 1 })
+        .setProtectedHeader({ alg: 'RS256', typ: 'at+jwt', kid: idp.signingKey.kid }).sign(idp.signingKey.privateKey)
+      const ws2 = new WebSocket(`ws://127.0.0.1:${gw.port}/socket`, { headers: { authorization: `Bearer ${short}` } })
+      await once(ws2, 'open')
+      const opened = Date.now()
+      await once(ws2, 'close')
+      assert.ok(Date.now() - opened < 3000)
+      await gw.logs.waitFor((l) => l.msg === 'upgrade closed: credentials expired')
     } finally {
       await gw.close()
       wss.close()

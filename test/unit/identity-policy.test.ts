@@ -3,6 +3,7 @@ import assert from 'node:assert/strict'
 import { clientAddress } from '../../src/net/client-ip.js'
 import { CidrSet } from '../../src/net/cidr.js'
 import { headerValue, IpPolicy } from '../../src/identity/policy.js'
+import { normalizePath } from '../../src/pipeline/headers.js'
 import { peekPayload, scopesOf } from '../../src/identity/common.js'
 
 describe('clientAddress', () => {
@@ -37,10 +38,11 @@ describe('IpPolicy', () => {
     assert.equal(p.check('192.168.1.1')?.code, 'GH_IP_FORBIDDEN')
     assert.equal(p.check('not-an-address')?.code, 'GH_IP_FORBIDDEN')
   })
-  it('with only deny, everything else passes', () => {
+  it('with only deny, every other address passes; something that is no address does not', () => {
     const d = new IpPolicy({ deny: ['192.0.2.0/24'] })
     assert.equal(d.check('192.0.2.5')?.status, 403)
     assert.equal(d.check('198.51.100.1'), null)
+    assert.equal(d.check('unknown')?.code, 'GH_IP_FORBIDDEN')
   })
 })
 
@@ -49,6 +51,8 @@ describe('identity helpers', () => {
     assert.equal(headerValue('acme'), 'acme')
     assert.equal(headerValue(42), '42')
     assert.equal(headerValue(['a', 'b']), 'a,b')
+    assert.equal(headerValue(['dev,admin']), 'dev%2Cadmin')
+    assert.equal(headerValue(''), null)
     assert.equal(headerValue({ x: 1 }), '{"x":1}')
     assert.equal(headerValue('evil\r\nx-admin: 1'), 'evil%0D%0Ax-admin%3A%201')
     assert.equal(headerValue('Zoë'), 'Zo%C3%AB')
@@ -67,5 +71,21 @@ describe('identity helpers', () => {
     assert.equal(peekPayload('a.b.c.d'), null)
     assert.equal(peekPayload(`x.${Buffer.from('[1]').toString('base64url')}.y`), null)
     assert.equal(peekPayload('x.!!!.y'), null)
+  })
+})
+
+describe('normalizePath', () => {
+  it('decodes unreserved escapes, upper-cases the rest, merges slashes', () => {
+    assert.equal(normalizePath('/%61dmin/x'), '/admin/x')
+    assert.equal(normalizePath('/%7euser'), '/~user')
+    assert.equal(normalizePath('/a%2fb'), '/a%2Fb')
+    assert.equal(normalizePath('/caf%c3%a9'), '/caf%C3%A9')
+    assert.equal(normalizePath('//a///b//'), '/a/b/')
+    assert.equal(normalizePath('/plain'), '/plain')
+  })
+  it('refuses a % without two hex digits', () => {
+    assert.equal(normalizePath('/x%zz'), null)
+    assert.equal(normalizePath('/x%4'), null)
+    assert.equal(normalizePath('/%'), null)
   })
 })
