@@ -254,6 +254,54 @@ const IdentityHeadersSchema = strictObject({
   claims: record(nonEmpty, headerName).default({}),
 })
 
+/** "10/s", "100/min", "5000/h", "100000/day": a count per unit of time. */
+export const RATE_UNITS: Record<string, number> = { s: 1000, sec: 1000, second: 1000, m: 60_000, min: 60_000, minute: 60_000, h: 3_600_000, hour: 3_600_000, d: 86_400_000, day: 86_400_000 }
+const perPeriod = (what: string, units: Record<string, number>) => string().transform((v, ctx) => {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*\/\s*([a-z]+)\s*$/.exec(v)
+  const period = m === null ? undefined : units[m[2]!]
+  if (m === null || period === undefined || Number(m[1]) <= 0) {
+    ctx.addIssue({ code: 'custom', message: `invalid ${what} ${JSON.stringify(v)} (use e.g. ${what === 'quota' ? '100000/day, 5000/h, 600/min' : '10/s, 100/min, 5000/h'})` })
+    return NEVER
+  }
+  return { count: Number(m[1]), periodMs: period }
+})
+const QUOTA_UNITS: Record<string, number> = { m: 60_000, min: 60_000, minute: 60_000, h: 3_600_000, hour: 3_600_000, d: 86_400_000, day: 86_400_000 }
+
+const StoreSchema = discriminatedUnion('kind', [
+  strictObject({ kind: literal('memory'), max_keys: int().pipe(number().min(1)).default(100_000) }),
+  strictObject({
+    kind: literal('redis'),
+    url: string().regex(/^rediss?:\/\//, 'must be a redis:// or rediss:// URL'),
+    /** Prepended to every key, so several deployments can share one Redis. */
+    prefix: string().default('gatehouse:'),
+    /** A command not answered within this counts as a store error (on_store_error applies). */
+    timeout: duration().default(250),
+  }),
+])
+
+/**
+ * What a limit counts by: the caller (subject, client_id, api_key: need `auth`), the client
+ * address, a request header, or a claim of the caller's identity.
+ */
+const LimitKey = string().regex(/^(subject|client_id|api_key|ip|header:[!#$%&'*+.^_`|~0-9A-Za-z-]+|claim:.+)$/, 'use subject, client_id, api_key, ip, header:<name> or claim:<name>')
+
+const RateLimitSchema = strictObject({
+  /** Shown in RateLimit headers and metrics; defaults to the key. */
+  name: string().regex(/^[A-Za-z0-9_.:-]+$/, 'use letters, digits and "_.:-" only').optional(),
+  key: LimitKey,
+  /** GCRA: the sustained rate. */
+  rate: perPeriod('rate', RATE_UNITS).optional(),
+  /** GCRA: the most requests allowed at once from a full bucket (default: the rate's count). */
+  burst: int().pipe(number().min(1)).optional(),
+  /** A fixed-window quota (per minute, hour or day, windows aligned to UTC). */
+  quota: perPeriod('quota', QUOTA_UNITS).optional(),
+  /** What a request costs against a quota: 1, or a number read from the response when it ends. */
+  cost: union([int().pipe(number().min(1)), string().regex(/^response\.[A-Za-z0-9_.]+$/, 'use a number or response.<json path>, e.g. response.usage.total_tokens')]).default(1),
+  store: nonEmpty.default('default'),
+  /** When the key is absent (no such header or claim): refuse (403), or count by client address. */
+  missing: zenum(['deny', 'ip']).default('deny'),
+})
+
 const MatchSchema = strictObject({
   path: string().startsWith('/', 'must start with "/"').optional(),
   path_prefix: string().startsWith('/', 'must start with "/"').optional(),
@@ -277,6 +325,9 @@ const RouteSchema = strictObject({
     max_body: size().default(0),
   }).prefault({}),
   auth: AuthSchema.optional(),
+  rate_limit: array(RateLimitSchema).optional(),
+  /** When a limit's store cannot answer: let the request through (allow) or refuse it with 503 (deny). */
+  on_store_error: zenum(['allow', 'deny']).default('allow'),
   /** Client-address rules, checked before authentication (deny wins over allow). */
   ip: IpSchema.optional(),
   identity_headers: IdentityHeadersSchema.optional(),
@@ -294,6 +345,8 @@ export const ConfigSchema = strictObject({
   trusted_proxies: array(string()).default([]),
   log: LogSchema,
   identity: IdentitySchema,
+  /** Shared state for limits (and, later, caches). `default` is an in-process memory store. */
+  stores: record(string().regex(/^[A-Za-z0-9_.-]+$/, 'store names use letters, digits, "_", "-" and "."'), StoreSchema).default({}),
   shutdown: strictObject({ grace: duration().default(30_000) }).prefault({}),
   upstreams: record(string().regex(/^[A-Za-z0-9_.-]+$/, 'upstream names use letters, digits, "_", "-" and "."'), UpstreamSchema).default({}),
   routes: array(RouteSchema).default([]),
@@ -311,3 +364,5 @@ export type JwtProviderConfig = Extract<ProviderConfig, { kind: 'jwt' }>
 export type IntrospectionProviderConfig = Extract<ProviderConfig, { kind: 'introspection' }>
 export type ApiKeyProviderConfig = Extract<ProviderConfig, { kind: 'api_key' }>
 export type PhantomTokenConfig = NonNullable<IdentityConfig['phantom_token']>
+export type StoreConfig = Config['stores'][string]
+export type RateLimitConfig = NonNullable<RouteConfig['rate_limit']>[number]

@@ -204,3 +204,18 @@ export async function startEchoUpstream (): Promise<Upstream & { calls: number, 
     get last () { return state.last },
   }
 }
+
+/**
+ * Whether a service answers on 127.0.0.1:port. Tests that need it skip (with the reason shown)
+ * when it does not, unless GATEHOUSE_REQUIRE_SERVICES=1 (CI), where its absence fails them.
+ */
+export async function serviceAvailable (port: number): Promise<boolean> {
+  const ok = await new Promise<boolean>((resolve) => {
+    const s = net.connect(port, '127.0.0.1')
+    s.once('connect', () => { s.destroy(); resolve(true) })
+    s.once('error', () => resolve(false))
+    s.setTimeout(1000, () => { s.destroy(); resolve(false) })
+  })
+  if (!ok && process.env.GATEHOUSE_REQUIRE_SERVICES === '1') throw new Error(`a service this test needs is not answering on 127.0.0.1:${port} (GATEHOUSE_REQUIRE_SERVICES=1)`)
+  return ok
+}

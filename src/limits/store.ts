@@ -1,0 +1,252 @@
+import { LRUCache } from 'lru-cache'
+import type { StoreConfig } from '../config/schema.js'
+import type { Logger } from '../observability/logger.js'
+
+/** The answer to one limit check. Times are milliseconds from now. */
+export interface LimitDecision {
+  allowed: boolean
+  /** Requests (or cost units) left after this one. */
+  remaining: number
+  /** Until the limit is back to full (bucket refilled, or the window ends). */
+  resetMs: number
+  /** Until a refused request would fit; 0 when allowed. */
+  retryMs: number
+}
+
+/**
+ * Shared counters for rate limits and quotas. Each method is one atomic decision (on Redis, one
+ * Lua script and one round trip). Results may be synchronous (memory) or a Promise (network).
+ * One contract test suite (test/unit/limit-store.test.ts) runs against every implementation.
+ */
+export interface LimitStore {
+  readonly kind: 'memory' | 'redis'
+  readonly fingerprint: string
+  /**
+   * GCRA: `intervalMs` is the emission interval (period / rate); up to `burst` requests fit at
+   * once. Charges `cost` only when allowed.
+   */
+  gcra (key: string, intervalMs: number, burst: number, cost: number): LimitDecision | Promise<LimitDecision>
+  /**
+   * Fixed window of `windowMs` (aligned to the epoch, so UTC minutes, hours and days): charges
+   * `cost` when `used + cost <= limit`. With cost 0 it only looks: allowed while used < limit.
+   */
+  quota (key: string, limit: number, windowMs: number, cost: number): LimitDecision | Promise<LimitDecision>
+  /** Add `amount` to the current window unconditionally (costs known only after the response). */
+  charge (key: string, windowMs: number, amount: number): void | Promise<void>
+  start (): Promise<void>
+  close (): Promise<void>
+}
+
+/** The GCRA step, shared by the memory store and (as Lua) the Redis one. `tat`: theoretical arrival time. */
+export function gcraStep (tat: number, now: number, intervalMs: number, burst: number, cost: number): { decision: LimitDecision, tat: number } {
+  const from = tat > now ? tat : now
+  const next = from + intervalMs * cost
+  const capacity = burst * intervalMs
+  if (next - now > capacity) {
+    return {
+      tat: from,
+      decision: { allowed: false, remaining: Math.max(0, Math.floor((capacity - (from - now)) / intervalMs)), resetMs: from - now, retryMs: next - now - capacity },
+    }
+  }
+  return { tat: next, decision: { allowed: true, remaining: Math.floor((capacity - (next - now)) / intervalMs), resetMs: next - now, retryMs: 0 } }
+}
+
+/**
+ * In-process counters: exact for one gateway, bounded by `max_keys` (least recently used keys go
+ * first; an evicted key starts afresh, which errs on the side of letting a request through).
+ */
+export class MemoryLimitStore implements LimitStore {
+  readonly kind = 'memory' as const
+  readonly fingerprint: string
+  readonly #tat: LRUCache<string, number>
+  readonly #used: LRUCache<string, number>
+
+  constructor (cfg: Extract<StoreConfig, { kind: 'memory' }>) {
+    this.fingerprint = JSON.stringify(cfg)
+    this.#tat = new LRUCache({ max: cfg.max_keys })
+    this.#used = new LRUCache({ max: cfg.max_keys })
+  }
+
+  gcra (key: string, intervalMs: number, burst: number, cost: number): LimitDecision {
+    const now = Date.now()
+    const { decision, tat } = gcraStep(this.#tat.get(key) ?? now, now, intervalMs, burst, cost)
+    // The entry is useless once its TAT has passed: it expires then.
+    if (decision.allowed) this.#tat.set(key, tat, { ttl: Math.max(1, Math.ceil(tat - now)) })
+    return decision
+  }
+
+  quota (key: string, limit: number, windowMs: number, cost: number): LimitDecision {
+    const now = Date.now()
+    const index = Math.floor(now / windowMs)
+    const k = `${key}:${index}`
+    const used = this.#used.get(k) ?? 0
+    const resetMs = (index + 1) * windowMs - now
+    if (cost === 0) {
+      return used < limit ? { allowed: true, remaining: limit - used, resetMs, retryMs: 0 } : { allowed: false, remaining: 0, resetMs, retryMs: resetMs }
+    }
+    if (used + cost > limit) return { allowed: false, remaining: Math.max(0, limit - used), resetMs, retryMs: resetMs }
+    this.#used.set(k, used + cost, { ttl: resetMs })
+    return { allowed: true, remaining: limit - used - cost, resetMs, retryMs: 0 }
+  }
+
+  charge (key: string, windowMs: number, amount: number): void {
+    const now = Date.now()
+    const index = Math.floor(now / windowMs)
+    const k = `${key}:${index}`
+    this.#used.set(k, (this.#used.get(k) ?? 0) + amount, { ttl: (index + 1) * windowMs - now })
+  }
+
+  async start (): Promise<void> {}
+  async close (): Promise<void> {}
+}
+
+// Redis: each decision is one script (EVALSHA), using the server's clock so that every gateway
+// sharing the store agrees on time. Keys are built from the store's prefix; the quota scripts add
+// the window index themselves (a single Redis or a primary/replica pair, not Redis Cluster).
+
+const GCRA_LUA = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local nexttat = tat + interval * cost
+local capacity = burst * interval
+if nexttat - now > capacity then
+  return {0, math.max(0, math.floor((capacity - (tat - now)) / interval)), math.ceil(tat - now), math.ceil(nexttat - now - capacity)}
+end
+redis.call('SET', KEYS[1], tostring(nexttat), 'PX', math.max(1, math.ceil(nexttat - now)))
+return {1, math.floor((capacity - (nexttat - now)) / interval), math.ceil(nexttat - now), 0}
+`
+
+const QUOTA_LUA = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local limit = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local index = math.floor(now / window)
+local key = KEYS[1] .. ':' .. index
+local reset = (index + 1) * window - now
+local used = tonumber(redis.call('GET', key) or 0)
+if cost == 0 then
+  if used < limit then return {1, limit - used, reset, 0} end
+  return {0, 0, reset, reset}
+end
+if used + cost > limit then return {0, math.max(0, limit - used), reset, reset} end
+used = redis.call('INCRBY', key, cost)
+redis.call('PEXPIRE', key, reset + 1000)
+return {1, limit - used, reset, 0}
+`
+
+const CHARGE_LUA = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window = tonumber(ARGV[1])
+local index = math.floor(now / window)
+local key = KEYS[1] .. ':' .. index
+redis.call('INCRBY', key, ARGV[2])
+redis.call('PEXPIRE', key, (index + 1) * window - now + 1000)
+return 1
+`
+
+interface RedisScripts {
+  ghGcra (key: string, interval: number, burst: number, cost: number): Promise<[number, number, number, number]>
+  ghQuota (key: string, limit: number, window: number, cost: number): Promise<[number, number, number, number]>
+  ghCharge (key: string, window: number, amount: number): Promise<number>
+  quit (): Promise<unknown>
+  disconnect (): void
+}
+
+/**
+ * Counters in Redis, shared by every gateway that points at it. Commands fail fast while the
+ * connection is down (no offline queue) and time out after `timeout`, so an outage costs each
+ * request at most that long before the route's on_store_error applies.
+ */
+export class RedisLimitStore implements LimitStore {
+  readonly kind = 'redis' as const
+  readonly fingerprint: string
+  readonly #cfg: Extract<StoreConfig, { kind: 'redis' }>
+  readonly #logger: Logger
+  #client: RedisScripts | null = null
+  #lastErrorLog = 0
+
+  constructor (cfg: Extract<StoreConfig, { kind: 'redis' }>, logger: Logger) {
+    this.#cfg = cfg
+    this.#logger = logger
+    this.fingerprint = JSON.stringify(cfg)
+  }
+
+  async start (): Promise<void> {
+    if (this.#client !== null) return
+    // Loaded only when a Redis store is configured.
+    const { Redis } = await import('ioredis')
+    const client = new Redis(this.#cfg.url, {
+      enableOfflineQueue: false,
+      maxRetriesPerRequest: 0,
+      commandTimeout: this.#cfg.timeout,
+      connectTimeout: Math.max(1000, this.#cfg.timeout * 4),
+      retryStrategy: (attempt: number) => Math.min(attempt * 100, 2000),
+      lazyConnect: false,
+    })
+    // Without a listener an 'error' event would crash the process; log, at most every 10 s.
+    client.on('error', (err: Error) => {
+      const now = Date.now()
+      if (now - this.#lastErrorLog < 10_000) return
+      this.#lastErrorLog = now
+      this.#logger.warn({ msg: 'limit store unreachable', store: this.#cfg.url.replace(/\/\/[^@]*@/, '//***@'), err: err.message })
+    })
+    client.defineCommand('ghGcra', { numberOfKeys: 1, lua: GCRA_LUA })
+    client.defineCommand('ghQuota', { numberOfKeys: 1, lua: QUOTA_LUA })
+    client.defineCommand('ghCharge', { numberOfKeys: 1, lua: CHARGE_LUA })
+    this.#client = client as unknown as RedisScripts
+    // Wait for the connection, briefly: a gateway must start (and apply on_store_error) even
+    // when Redis is down; ioredis keeps reconnecting in the background.
+    if (client.status !== 'ready') {
+      let timer: NodeJS.Timeout | undefined
+      await Promise.race([
+        new Promise<void>((resolve) => client.once('ready', () => resolve())),
+        new Promise<void>((resolve) => { timer = setTimeout(resolve, Math.max(1000, this.#cfg.timeout * 4)) }),
+      ])
+      clearTimeout(timer)
+    }
+  }
+
+  #redis (): RedisScripts {
+    if (this.#client === null) throw new Error('the Redis store is not started')
+    return this.#client
+  }
+
+  async gcra (key: string, intervalMs: number, burst: number, cost: number): Promise<LimitDecision> {
+    return toDecision(await this.#redis().ghGcra(this.#cfg.prefix + key, intervalMs, burst, cost))
+  }
+
+  async quota (key: string, limit: number, windowMs: number, cost: number): Promise<LimitDecision> {
+    return toDecision(await this.#redis().ghQuota(this.#cfg.prefix + key, limit, windowMs, cost))
+  }
+
+  async charge (key: string, windowMs: number, amount: number): Promise<void> {
+    await this.#redis().ghCharge(this.#cfg.prefix + key, windowMs, amount)
+  }
+
+  async close (): Promise<void> {
+    const c = this.#client
+    this.#client = null
+    if (c === null) return
+    try {
+      await c.quit()
+    } catch {
+      c.disconnect()
+    }
+  }
+}
+
+function toDecision (r: [number, number, number, number]): LimitDecision {
+  return { allowed: r[0] === 1, remaining: Number(r[1]), resetMs: Number(r[2]), retryMs: Number(r[3]) }
+}
+
+export function createStore (cfg: StoreConfig, logger: Logger): LimitStore {
+  return cfg.kind === 'memory' ? new MemoryLimitStore(cfg) : new RedisLimitStore(cfg, logger)
+}
