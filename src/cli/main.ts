@@ -8,6 +8,7 @@ import { ConfigError } from '../errors/index.js'
 import { createGateway } from '../server/gateway.js'
 import { TargetRegistry } from '../upstream/target.js'
 import { IdentityRegistry } from '../identity/registry.js'
+import { StoreRegistry } from '../limits/registry.js'
 import { createLogger } from '../observability/logger.js'
 import { Metrics } from '../observability/metrics.js'
 
@@ -84,8 +85,11 @@ async function routes (file: string): Promise<number> {
   if (config === null) return 1
   const registry = new TargetRegistry()
   // Providers are built (the table needs them) but never started: no key fetches here.
-  const identity = new IdentityRegistry({ logger: createLogger('silent'), metrics: new Metrics(false) }).prepare(config.identity)
-  process.stdout.write(describeTable(compile(config, registry, identity)) + '\n')
+  const logger = createLogger('silent')
+  const metrics = new Metrics(false)
+  const identity = new IdentityRegistry({ logger, metrics }).prepare(config.identity)
+  const stores = new StoreRegistry(logger).prepare(config)
+  process.stdout.write(describeTable(compile(config, registry, identity, { stores, metrics })) + '\n')
   await registry.closeAll(true)
   return 0
 }

@@ -3,6 +3,9 @@ import { formatSize } from '../config/units.js'
 import { CidrSet } from '../net/cidr.js'
 import { AuthPolicy, compileIdentityHeaders, IpPolicy, type IdentityHeader } from '../identity/policy.js'
 import type { IdentitySet } from '../identity/registry.js'
+import { RateLimitPolicy } from '../limits/policy.js'
+import type { StoreSet } from '../limits/registry.js'
+import type { Metrics } from '../observability/metrics.js'
 import { Upstream } from '../upstream/balancer.js'
 import { poolOptions, type TargetRegistry } from '../upstream/target.js'
 
@@ -32,6 +35,7 @@ export interface CompiledRoute {
   readonly ip: IpPolicy | null
   /** Headers set from the caller's identity (only on routes with `auth`). */
   readonly identityHeaders: readonly IdentityHeader[] | null
+  readonly rateLimit: RateLimitPolicy | null
   /** Label for logs and metrics. */
   readonly describe: string
 }
@@ -138,7 +142,7 @@ function headersMatch (conditions: ReadonlyArray<readonly [string, string]>, raw
  * config → RouteTable. Pure apart from acquiring (shared, long-lived) targets from the
  * registry; `identity` is the provider set prepared for this config (IdentityRegistry.prepare).
  */
-export function compile (config: Config, registry: TargetRegistry, identity: IdentitySet): RouteTable {
+export function compile (config: Config, registry: TargetRegistry, identity: IdentitySet, limits: { stores: StoreSet, metrics: Metrics }): RouteTable {
   const upstreams = new Map<string, Upstream>()
   const targetKeys = new Set<string>()
   for (const [name, u] of Object.entries(config.upstreams)) {
@@ -147,11 +151,11 @@ export function compile (config: Config, registry: TargetRegistry, identity: Ide
     for (const t of targets) targetKeys.add(t.key)
     upstreams.set(name, new Upstream(name, u, targets))
   }
-  const routes = config.routes.map((r, index) => compileRoute(r, index, upstreams.get(r.upstream)!, identity))
+  const routes = config.routes.map((r, index) => compileRoute(r, index, upstreams.get(r.upstream)!, identity, limits))
   return new RouteTable(config, routes, upstreams, targetKeys, identity)
 }
 
-function compileRoute (r: RouteConfig, index: number, upstream: Upstream, identity: IdentitySet): CompiledRoute {
+function compileRoute (r: RouteConfig, index: number, upstream: Upstream, identity: IdentitySet, limits: { stores: StoreSet, metrics: Metrics }): CompiledRoute {
   let methods: Set<string> | null = null
   if (r.match.methods !== undefined) {
     methods = new Set(r.match.methods)
@@ -186,6 +190,7 @@ function compileRoute (r: RouteConfig, index: number, upstream: Upstream, identi
     auth: r.auth === undefined ? null : new AuthPolicy(r.auth, identity),
     ip: r.ip === undefined ? null : new IpPolicy(r.ip),
     identityHeaders: r.auth === undefined ? null : compileIdentityHeaders(r.identity_headers),
+    rateLimit: r.rate_limit === undefined || r.rate_limit.length === 0 ? null : new RateLimitPolicy(r, limits.stores.stores, limits.metrics),
     describe,
   })
 }
@@ -221,6 +226,7 @@ export function describeTable (table: RouteTable): string {
       const scopes = [...(auth.scopes?.all ?? []), ...(auth.scopes?.any ?? []).map((s) => `${s}?`)]
       policies.push(`auth=${auth.any_of.join('|')}${scopes.length > 0 ? `[${scopes.join(' ')}]` : ''}${auth.claims === undefined ? '' : `+claims(${Object.keys(auth.claims).join(',')})`}`)
     }
+    if (r.rateLimit !== null) policies.push(`rate_limit(${r.rateLimit.limits.map((l) => `${l.name}@${l.storeName}`).join(',')})`)
     const ip = table.config.routes[r.index]!.ip
     if (ip !== undefined) policies.push(`ip(${ip.allow === undefined ? '' : `allow ${ip.allow.length}`}${ip.allow !== undefined && ip.deny.length > 0 ? ', ' : ''}${ip.deny.length > 0 ? `deny ${ip.deny.length}` : ''})`)
     const targets = r.upstream.targets.map((t) => t.origin + t.basePath).join(' ')

@@ -160,6 +160,7 @@ function crossCheck (config: any): LocatedIssue[] {
     }
   })
   issues.push(...checkIdentity(config, routes))
+  issues.push(...checkLimits(config, routes))
   const t = config?.listen?.timeouts
   if (typeof t?.request === 'number' && typeof t?.headers === 'number' && t.request > 0 && t.request < t.headers) {
     // Node refuses to start a server with requestTimeout < headersTimeout.
@@ -168,6 +169,31 @@ function crossCheck (config: any): LocatedIssue[] {
   const proxies: unknown[] = Array.isArray(config?.trusted_proxies) ? config.trusted_proxies : []
   proxies.forEach((cidr, i) => {
     if (typeof cidr === 'string' && parseCidr(cidr) === null) issues.push(issueAt(['trusted_proxies', i], `invalid CIDR or address "${cidr}"`))
+  })
+  return issues
+}
+
+function checkLimits (config: any, routes: unknown[]): LocatedIssue[] {
+  const issues: LocatedIssue[] = []
+  const stores = ['default', ...Object.keys(isObject(config?.stores) ? config.stores : {})]
+  routes.forEach((route: any, i) => {
+    if (!isObject(route) || !Array.isArray(route.rate_limit)) return
+    route.rate_limit.forEach((l: any, j: number) => {
+      if (!isObject(l)) return
+      const at = (...k: PathKey[]): PathKey[] => ['routes', i, 'rate_limit', j, ...k]
+      if (typeof l.store === 'string' && !stores.includes(l.store)) {
+        const hint = suggest(l.store, stores)
+        issues.push(issueAt(at('store'), `unknown store "${l.store}"${hint === null ? '' : ` (did you mean "${hint}"?)`}`))
+      }
+      const hasRate = l.rate !== undefined
+      const hasQuota = l.quota !== undefined
+      if (hasRate === hasQuota) issues.push(issueAt(at(), 'give either rate (with an optional burst) or quota'))
+      if (l.burst !== undefined && !hasRate) issues.push(issueAt(at('burst'), 'burst goes with rate, not quota'))
+      if (hasRate && l.cost !== undefined && l.cost !== 1) issues.push(issueAt(at('cost'), 'a cost other than 1 goes with quota (rates count requests)'))
+      if (typeof l.key === 'string' && /^(subject|client_id|api_key|claim:)/.test(l.key) && !isObject(route.auth)) {
+        issues.push(issueAt(at('key'), `"${l.key}" needs an auth block on the route (there is no caller identity without one)`))
+      }
+    })
   })
   return issues
 }

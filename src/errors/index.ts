@@ -30,6 +30,9 @@ export const ERRORS = {
   GH_FORBIDDEN: { status: 403, title: 'Access denied' },
   GH_IP_FORBIDDEN: { status: 403, title: 'Client address not allowed' },
   GH_AUTH_UNAVAILABLE: { status: 503, title: 'Authentication service unavailable' },
+  GH_RATE_LIMITED: { status: 429, title: 'Too many requests' },
+  GH_LIMIT_KEY_MISSING: { status: 403, title: 'Request cannot be counted' },
+  GH_LIMIT_STORE_UNAVAILABLE: { status: 503, title: 'Rate-limit store unavailable' },
   GH_UPGRADE_NOT_ALLOWED: { status: 400, title: 'Protocol upgrade not allowed' },
   GH_INTERNAL: { status: 500, title: 'Internal gateway error' },
 } as const satisfies Record<string, { status: number, title: string }>

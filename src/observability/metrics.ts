@@ -57,6 +57,8 @@ export class Metrics {
   readonly auth = new Counter({ name: 'gatehouse_auth_total', help: 'Credential checks by provider and result (cached, verified, invalid, unavailable)', labelNames: ['provider', 'result'] as const, registers: [this.registry] })
   readonly keyFetches = new Counter({ name: 'gatehouse_jwks_fetches_total', help: 'JWKS (and discovery) fetches by provider and result', labelNames: ['provider', 'result'] as const, registers: [this.registry] })
   readonly introspections = new Counter({ name: 'gatehouse_introspection_requests_total', help: 'Calls to introspection endpoints by provider and result (active, inactive, error)', labelNames: ['provider', 'result'] as const, registers: [this.registry] })
+  readonly rateLimited = new Counter({ name: 'gatehouse_rate_limited_total', help: 'Requests refused with 429, by route and limit', labelNames: ['route', 'limit'] as const, registers: [this.registry] })
+  readonly limitStoreErrors = new Counter({ name: 'gatehouse_limit_store_errors_total', help: 'Limit-store failures by store and what was done (allow, deny, charge)', labelNames: ['store', 'action'] as const, registers: [this.registry] })
   readonly #routeCache = new WeakMap<object, RouteMetrics>()
   readonly #byName = new Map<string, RouteMetrics>()
 

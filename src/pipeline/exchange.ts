@@ -4,6 +4,7 @@ import type { Dispatcher } from 'undici'
 import { upstreamPath, type CompiledRoute, type RouteTable } from '../compile/index.js'
 import { isGatewayError, problemBody, type GatewayError } from '../errors/index.js'
 import type { CredentialCarrier } from '../identity/policy.js'
+import { CostTap, type CompiledLimit, type LimitSubject } from '../limits/policy.js'
 import type { Identity } from '../identity/types.js'
 import type { Target } from '../upstream/target.js'
 import { isConnectFailure, upstreamError } from '../upstream/errors.js'
@@ -24,7 +25,7 @@ export const CLIENT_CLOSED = 499
  * undici 7 calls those on every request itself, and the newer controller-style API is
  * adapted onto them with an extra header parse per response.
  */
-export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier {
+export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, LimitSubject {
   readonly req: IncomingMessage
   readonly res: ServerResponse
   readonly rt: GatewayRuntime
@@ -54,6 +55,12 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier {
   credHeaders: string[] | null = null
   identity: Identity | null = null
   phantomToken: string | null = null
+  /** Client address as ip rules and limits see it (set by admit when a route needs it). */
+  clientIp = ''
+  /** RateLimit field for the response, and quotas to charge from it (see RateLimitPolicy). */
+  rateLimit: string | null = null
+  charges: Array<{ limit: CompiledLimit, key: string }> | null = null
+  costTap: CostTap | null = null
   /** Header fields forwarded as they are, flat [name, value, …]. */
   outHeaders: string[] = []
   body: Readable | null = null
@@ -100,10 +107,17 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier {
     const res = this.res
     if (this.rt.closing) res.shouldKeepAlive = false
     const headers = filterResponseHeaders(rawHeaders, this.requestId)
+    const limits = this.route!.rateLimit
+    if (limits !== null) {
+      headers.push('ratelimit-policy', limits.policyHeader)
+      if (this.rateLimit !== null) headers.push('ratelimit', this.rateLimit)
+    }
     res.writeHead(statusCode, headers as unknown as string[])
     // Server-sent events: send the head now rather than with the first event, which may be a
     // model's first token many seconds away.
-    if (isEventStream(headers)) res.flushHeaders()
+    const sse = isEventStream(headers)
+    if (sse) res.flushHeaders()
+    if (this.charges !== null) this.costTap = new CostTap(sse)
     return true
   }
 
@@ -112,6 +126,7 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier {
     // undici hands over an empty chunk after each resume; writing it costs a syscall.
     if (n === 0) return true
     this.bytesOut += n
+    if (this.costTap !== null) this.costTap.push(chunk)
     if (this.res.write(chunk)) return true
     // The client reads slower than the upstream sends: pause the upstream socket until the
     // client's socket drains (backpressure end to end, memory stays bounded).
@@ -226,10 +241,25 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier {
     res.end(this.req.method === 'HEAD' ? undefined : body)
   }
 
+  get peerIp (): string {
+    return this.req.socket.remoteAddress ?? ''
+  }
+
+  /** First value of a request header (lower-case name), for limits keyed on a header. */
+  header (name: string): string | null {
+    const raw = this.req.rawHeaders
+    for (let i = 0; i < raw.length; i += 2) {
+      if (raw[i]!.length === name.length && raw[i]!.toLowerCase() === name) return raw[i + 1]!
+    }
+    return null
+  }
+
   /** The response is over (finished, or the client went away): log and count, once. */
   complete (): void {
     if (this.finished) return
     this.finished = true
+    // Quotas charged from the response: what was seen of it, even when it was cut short.
+    if (this.charges !== null && this.status !== 0 && this.error === null) this.route!.rateLimit!.charge(this.charges, this.costTap)
     const res = this.res
     if (!res.writableFinished) {
       this.clientGone = true

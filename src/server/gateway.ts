@@ -17,6 +17,7 @@ import { admit } from '../pipeline/admit.js'
 import type { GatewayRuntime } from '../pipeline/runtime.js'
 import { TargetRegistry } from '../upstream/target.js'
 import { IdentityRegistry, type IdentitySet } from '../identity/registry.js'
+import { StoreRegistry, type StoreSet } from '../limits/registry.js'
 import type { ProviderStatus } from '../identity/types.js'
 import { createAdminServer } from '../admin/server.js'
 import { handleUpgrade } from './upgrade.js'
@@ -70,6 +71,8 @@ class GatewayImpl implements Gateway, GatewayRuntime {
   readonly #registry = new TargetRegistry()
   readonly #identity: IdentityRegistry
   #reloads: Promise<void> = Promise.resolve()
+  readonly #stores: StoreRegistry
+  #storesStarting: Promise<void>
   readonly #server: http.Server
   readonly #encrypted: boolean
   #admin: http.Server | null = null
@@ -87,8 +90,12 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     this.#access = new AccessLog(this.logger)
     this.#identity = new IdentityRegistry({ logger: this.logger, metrics: this.metrics })
     const identity = this.#identity.prepare(config.identity)
-    this.table = compile(config, this.#registry, identity)
+    this.#stores = new StoreRegistry(this.logger)
+    const stores = this.#stores.prepare(config)
+    this.table = compile(config, this.#registry, identity, { stores, metrics: this.metrics })
     this.#identity.commit(identity)
+    this.#stores.commit(stores)
+    this.#storesStarting = this.#stores.start(stores)
     const l = config.listen
     const serverOptions: http.ServerOptions = {
       maxHeaderSize: l.max_header_size,
@@ -293,7 +300,7 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     // Keys first, so the first request with a token does not find an empty key set. An IdP
     // that does not answer delays start-up by at most IDENTITY_START_TIMEOUT; the gateway then
     // starts, reports not ready, and keeps trying in the background.
-    await this.#identity.start(this.table.identity, IDENTITY_START_TIMEOUT)
+    await Promise.all([this.#identity.start(this.table.identity, IDENTITY_START_TIMEOUT), this.#storesStarting])
     // Both listeners bind at once; a bind error (port in use) rejects listen().
     const bound = [listening(this.#server.listen(config.listen.port, config.listen.host))]
     if (config.admin.enabled) {
@@ -319,14 +326,17 @@ class GatewayImpl implements Gateway, GatewayRuntime {
   async #reload (input: ConfigInput | Config | (() => Config)): Promise<void> {
     let next: RouteTable
     let identity: IdentitySet | null = null
+    let stores: StoreSet | null = null
     try {
       const config = validateConfig(typeof input === 'function' ? input() : input)
       identity = this.#identity.prepare(config.identity)
-      next = compile(config, this.#registry, identity)
-      await this.#identity.start(identity, IDENTITY_START_TIMEOUT)
+      stores = this.#stores.prepare(config)
+      next = compile(config, this.#registry, identity, { stores, metrics: this.metrics })
+      await Promise.all([this.#identity.start(identity, IDENTITY_START_TIMEOUT), this.#stores.start(stores)])
     } catch (err) {
-      // Providers this attempt created must not keep refreshing keys in the background.
+      // Providers and stores this attempt created must not keep running in the background.
       if (identity !== null) this.#identity.discard(identity)
+      if (stores !== null) this.#stores.discard(stores)
       this.metrics.reloads.labels('failure').inc()
       this.logger.error({ msg: 'config reload failed; keeping the running config', err: (err as Error).message })
       throw err
@@ -335,6 +345,7 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     // The swap: requests that already hold `prev` finish on it.
     this.table = next
     this.#identity.commit(next.identity)
+    this.#stores.commit(stores)
     this.#applyServerSettings(next.config)
     this.metrics.reloads.labels('success').inc()
     const p = prev.config
@@ -374,6 +385,7 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     }
     await this.#registry.closeAll(true)
     this.#identity.close()
+    await this.#stores.close()
     this.logger.info({ msg: 'stopped' })
     flushLogger(this.logger)
   }

@@ -1,0 +1,271 @@
+import { hash } from 'node:crypto'
+import { isIP } from 'node:net'
+import type { RateLimitConfig, RouteConfig } from '../config/schema.js'
+import { gatewayError, type GatewayError } from '../errors/index.js'
+import type { Identity } from '../identity/types.js'
+import type { Metrics } from '../observability/metrics.js'
+import type { LimitDecision, LimitStore } from './store.js'
+
+type Outcome = GatewayError | null
+
+/** What a limit reads from a request (filled in by the pipeline before the check). */
+export interface LimitSubject {
+  identity: Identity | null
+  /** The client address, as `ip` rules see it (trusted proxies honoured). */
+  clientIp: string
+  /** The TCP peer: what `ip` limits count by when clientIp is not an address (a garbage X-Forwarded-For). */
+  readonly peerIp: string
+  /** Request header lookup by lower-case name (first value). */
+  header (name: string): string | null
+  /** Set by the check: the RateLimit field value to send with the response. */
+  rateLimit: string | null
+  /** Set by the check: quotas to charge from the response, with their bucket keys. */
+  charges: Array<{ limit: CompiledLimit, key: string }> | null
+}
+
+export interface CompiledLimit {
+  readonly name: string
+  readonly keyKind: 'subject' | 'client_id' | 'api_key' | 'ip' | 'header' | 'claim'
+  readonly keyArg: string
+  readonly gcra: { intervalMs: number, burst: number } | null
+  readonly quota: { limit: number, windowMs: number } | null
+  /** A fixed cost, or the JSON path (after `response.`) to read the cost from. */
+  readonly cost: number | readonly string[]
+  readonly store: LimitStore
+  readonly storeName: string
+  readonly missing: 'deny' | 'ip'
+  /** This limit's RateLimit-Policy item. */
+  readonly policyItem: string
+}
+
+/**
+ * A route's `rate_limit` list, compiled. Limits are checked in order; the first that refuses
+ * answers 429 (limits before it have already counted the request). Synchronous with memory
+ * stores, a Promise as soon as one store is remote.
+ */
+export class RateLimitPolicy {
+  readonly limits: readonly CompiledLimit[]
+  /** RateLimit-Policy field value, sent with every response of the route. */
+  readonly policyHeader: string
+  readonly onStoreError: 'allow' | 'deny'
+  readonly needsResponse: boolean
+  readonly #metrics: Metrics
+  readonly #route: string
+
+  constructor (route: RouteConfig, stores: ReadonlyMap<string, LimitStore>, metrics: Metrics) {
+    this.#route = route.name
+    this.#metrics = metrics
+    this.onStoreError = route.on_store_error
+    this.limits = route.rate_limit!.map((l) => compileLimit(route.name, l, stores.get(l.store)!))
+    this.policyHeader = this.limits.map((l) => l.policyItem).join(', ')
+    this.needsResponse = this.limits.some((l) => typeof l.cost !== 'number')
+  }
+
+  check (s: LimitSubject): Outcome | Promise<Outcome> {
+    return this.#from(s, 0, [])
+  }
+
+  /** Check limit `i`; #after goes on with the next one (synchronously while stores answer so). */
+  #from (s: LimitSubject, i: number, items: string[]): Outcome | Promise<Outcome> {
+    const limit = this.limits[i]!
+    const value = keyValue(limit, s)
+    if (value === null) {
+      return gatewayError('GH_LIMIT_KEY_MISSING', 'The request lacks what this route\'s limits count by', { reason: `limit "${limit.name}": no ${limit.keyKind}${limit.keyArg === '' ? '' : ` "${limit.keyArg}"`}` })
+    }
+    const key = `rl:${limit.name}:${value.length > 64 ? hash('sha256', value, 'base64url') : value}`
+    let d: LimitDecision | Promise<LimitDecision>
+    try {
+      d = decide(limit, key)
+    } catch (err) {
+      return this.#storeError(s, limit, err as Error, i, items)
+    }
+    if (d instanceof Promise) {
+      return d.then(
+        (r) => this.#after(s, limit, key, r, i, items),
+        (err: Error) => this.#storeError(s, limit, err, i, items))
+    }
+    return this.#after(s, limit, key, d, i, items)
+  }
+
+  /** Record one decision; refuse, or go on with the next limit. */
+  #after (s: LimitSubject, limit: CompiledLimit, key: string, d: LimitDecision, i: number, items: string[]): Outcome | Promise<Outcome> {
+    const item = `"${limit.name}";r=${d.remaining};t=${Math.max(0, Math.ceil(d.resetMs / 1000))}`
+    if (!d.allowed) {
+      this.#metrics.rateLimited.labels(this.#route, limit.name).inc()
+      const retry = Math.max(1, Math.ceil(d.retryMs / 1000))
+      return gatewayError('GH_RATE_LIMITED', `Too many requests; retry in ${retry} s`, {
+        reason: `limit "${limit.name}" (${limit.store.kind}) exhausted for ${limit.keyKind}`,
+        headers: { 'retry-after': String(retry), 'ratelimit-policy': this.policyHeader, ratelimit: item },
+      })
+    }
+    items.push(item)
+    if (typeof limit.cost !== 'number') (s.charges ??= []).push({ limit, key })
+    if (i + 1 === this.limits.length) {
+      s.rateLimit = items.join(', ')
+      return null
+    }
+    return this.#from(s, i + 1, items)
+  }
+
+  #storeError (s: LimitSubject, limit: CompiledLimit, err: Error, i: number, items: string[]): Outcome | Promise<Outcome> {
+    this.#metrics.limitStoreErrors.labels(limit.storeName, this.onStoreError).inc()
+    if (this.onStoreError === 'deny') {
+      return gatewayError('GH_LIMIT_STORE_UNAVAILABLE', 'The rate-limit store is unavailable; try again shortly', {
+        reason: `limit "${limit.name}": store "${limit.storeName}": ${err.message}`,
+        headers: { 'retry-after': '1' },
+      })
+    }
+    // allow: this limit is skipped for this request; the others still apply.
+    if (i + 1 === this.limits.length) {
+      s.rateLimit = items.length === 0 ? null : items.join(', ')
+      return null
+    }
+    return this.#from(s, i + 1, items)
+  }
+
+  /** After the response: charge quotas whose cost the response carries (`tap` saw its body). */
+  charge (charges: ReadonlyArray<{ limit: CompiledLimit, key: string }>, tap: CostTap | null): void {
+    for (const { limit, key } of charges) {
+      const path = limit.cost as readonly string[]
+      const v = tap === null ? undefined : tap.find(path)
+      // No usable number in the response: the call still counts, as 1.
+      const amount = typeof v === 'number' && Number.isFinite(v) && v >= 0 ? Math.ceil(v) : 1
+      if (amount === 0) continue
+      try {
+        const r = limit.store.charge(key, limit.quota!.windowMs, amount)
+        if (r instanceof Promise) r.catch(() => this.#metrics.limitStoreErrors.labels(limit.storeName, 'charge').inc())
+      } catch {
+        this.#metrics.limitStoreErrors.labels(limit.storeName, 'charge').inc()
+      }
+    }
+  }
+}
+
+function decide (limit: CompiledLimit, key: string): LimitDecision | Promise<LimitDecision> {
+  if (limit.gcra !== null) return limit.store.gcra(key, limit.gcra.intervalMs, limit.gcra.burst, 1)
+  const q = limit.quota!
+  // A cost known only from the response: look now (refused once the budget is spent), charge later.
+  return limit.store.quota(key, q.limit, q.windowMs, typeof limit.cost === 'number' ? limit.cost : 0)
+}
+
+function keyValue (limit: CompiledLimit, s: LimitSubject): string | null {
+  let v: unknown
+  switch (limit.keyKind) {
+    case 'ip': return `ip:${limitAddress(s)}`
+    case 'subject': v = s.identity?.subject; break
+    case 'client_id': v = s.identity?.clientId; break
+    case 'api_key': v = s.identity?.kind === 'api_key' ? s.identity.subject : null; break
+    case 'header': v = s.header(limit.keyArg); break
+    case 'claim': v = s.identity === null ? undefined : at(s.identity.claims, limit.keyArg.split('.'), limit.keyArg); break
+  }
+  if (typeof v === 'number' || typeof v === 'boolean') v = String(v)
+  if (typeof v === 'string' && v !== '') return `${limit.keyKind}:${v}`
+  return limit.missing === 'ip' ? `ip:${limitAddress(s)}` : null
+}
+
+/**
+ * The address to count by. A trusted proxy's X-Forwarded-For entry that is no address at all
+ * would otherwise be a fresh bucket per spelling: such requests count against the proxy itself.
+ */
+function limitAddress (s: LimitSubject): string {
+  return isIP(s.clientIp) !== 0 ? s.clientIp : s.peerIp
+}
+
+/** A value by path (whole dotted name first, as for claims elsewhere). */
+function at (value: unknown, path: readonly string[], whole?: string): unknown {
+  if (whole !== undefined && value !== null && typeof value === 'object' && Object.hasOwn(value, whole)) return (value as Record<string, unknown>)[whole]
+  let v = value
+  for (const k of path) {
+    if (v === null || typeof v !== 'object' || !Object.hasOwn(v, k)) return undefined
+    v = (v as Record<string, unknown>)[k]
+  }
+  return v
+}
+
+function compileLimit (route: string, l: RateLimitConfig, store: LimitStore): CompiledLimit {
+  const colon = l.key.indexOf(':')
+  const keyKind = (colon === -1 ? l.key : l.key.slice(0, colon)) as CompiledLimit['keyKind']
+  const keyArg = colon === -1 ? '' : (keyKind === 'header' ? l.key.slice(colon + 1).toLowerCase() : l.key.slice(colon + 1))
+  const name = l.name ?? `${route}.${l.key.replace(/[^A-Za-z0-9_.:-]/g, '_')}`
+  let gcra: CompiledLimit['gcra'] = null
+  let quota: CompiledLimit['quota'] = null
+  let policyItem: string
+  if (l.rate !== undefined) {
+    const intervalMs = l.rate.periodMs / l.rate.count
+    const burst = l.burst ?? Math.max(1, Math.round(l.rate.count))
+    gcra = { intervalMs, burst }
+    // As a quota: `burst` requests per the time a full bucket takes to refill.
+    policyItem = `"${name}";q=${burst};w=${Math.max(1, Math.ceil(burst * intervalMs / 1000))}`
+  } else {
+    quota = { limit: Math.floor(l.quota!.count), windowMs: l.quota!.periodMs }
+    policyItem = `"${name}";q=${quota.limit};w=${quota.windowMs / 1000}`
+  }
+  return {
+    name,
+    keyKind,
+    keyArg,
+    gcra,
+    quota,
+    cost: typeof l.cost === 'number' ? l.cost : l.cost.slice('response.'.length).split('.'),
+    store,
+    storeName: l.store,
+    missing: l.missing,
+    policyItem,
+  }
+}
+
+const JSON_CAP = 1024 * 1024
+const SSE_TAIL = 64 * 1024
+
+/**
+ * A copy of just enough of a response body to read its cost once it ends, taken as the body
+ * streams past (the client never waits for it): a JSON body up to 1 MiB (larger: cost unknown),
+ * or the last 64 KiB of an event stream, where completions put `usage` in the final event.
+ */
+export class CostTap {
+  readonly #sse: boolean
+  #chunks: Buffer[] = []
+  #size = 0
+  #overflow = false
+
+  constructor (eventStream: boolean) {
+    this.#sse = eventStream
+  }
+
+  push (chunk: Buffer): void {
+    if (this.#overflow) return
+    this.#chunks.push(chunk)
+    this.#size += chunk.length
+    if (this.#sse) {
+      while (this.#size - this.#chunks[0]!.length >= SSE_TAIL) this.#size -= this.#chunks.shift()!.length
+    } else if (this.#size > JSON_CAP) {
+      this.#overflow = true
+      this.#chunks = []
+    }
+  }
+
+  /** The number at `path` in the JSON body, or in the last event whose data has it. */
+  find (path: readonly string[]): unknown {
+    if (this.#overflow || this.#chunks.length === 0) return undefined
+    const text = Buffer.concat(this.#chunks).toString('utf8')
+    if (!this.#sse) {
+      try {
+        return at(JSON.parse(text), path)
+      } catch {
+        return undefined
+      }
+    }
+    const lines = text.split(/\r?\n/)
+    for (let i = lines.length - 1; i >= 0; i--) {
+      const line = lines[i]!
+      if (!line.startsWith('data:')) continue
+      try {
+        const v = at(JSON.parse(line.slice(5)), path)
+        if (v !== undefined && v !== null) return v
+      } catch {
+        // "[DONE]" and other non-JSON events
+      }
+    }
+    return undefined
+  }
+}
