@@ -78,6 +78,7 @@ routes:
       },
       admin: { host: '0.0.0.0', port: 9000, enabled: false },
       identity: { realm: 'gatehouse', providers: {} },
+      stores: {},
       trusted_proxies: ['10.0.0.0/8', '::1'],
       log: { level: 'warn', access: false },
       shutdown: { grace: 60_000 },
@@ -99,6 +100,7 @@ routes:
         preserve_host: false,
         websocket: false,
         limits: { max_body: 1_572_864 },
+        on_store_error: 'allow',
       }],
     })
   })
@@ -118,6 +120,7 @@ routes:
       },
       admin: { host: '127.0.0.1', port: 9901, enabled: true },
       identity: { realm: 'gatehouse', providers: {} },
+      stores: {},
       trusted_proxies: [],
       log: { level: 'info', access: true },
       shutdown: { grace: 30_000 },
@@ -131,7 +134,7 @@ routes:
           ejection: { failures: 1, duration: 10_000 },
         },
       },
-      routes: [{ name: 'all', match: {}, upstream: 'ranker', preserve_host: true, websocket: true, limits: { max_body: 0 } }],
+      routes: [{ name: 'all', match: {}, upstream: 'ranker', preserve_host: true, websocket: true, limits: { max_body: 0 }, on_store_error: 'allow' }],
     })
   })
 
