@@ -111,6 +111,17 @@ const UpstreamSchema = strictObject({
   }).prefault({}),
   /** Most connections per target. */
   max_connections: int().pipe(number().min(1).max(100_000)).default(128),
+  /**
+   * Most requests in flight per target (0: no limit), for backends that slow down when
+   * overloaded (GPU model servers). Requests over it wait in `queue`.
+   */
+  max_in_flight: int().pipe(number().min(0).max(100_000)).default(0),
+  queue: strictObject({
+    /** Most requests waiting for a slot, across the upstream's targets; more → 503. */
+    size: int().pipe(number().min(0).max(1_000_000)).default(100),
+    /** Longest wait for a slot; then 503 with Retry-After. */
+    timeout: duration().default(10_000),
+  }).prefault({}),
   /** How long an idle upstream connection is kept for reuse. */
   keep_alive: duration().default(4_000),
   /** Passive health: a target failing to connect this many times in a row is ejected for `duration`. */

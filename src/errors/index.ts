@@ -21,6 +21,7 @@ export const ERRORS = {
   GH_UPSTREAM_BAD_RESPONSE: { status: 502, title: 'Upstream sent an invalid response' },
   GH_UPSTREAM_RESET: { status: 502, title: 'Upstream closed the connection' },
   GH_UPSTREAM_TIMEOUT: { status: 504, title: 'Upstream did not answer in time' },
+  GH_UPSTREAM_BUSY: { status: 503, title: 'Upstream busy' },
   GH_NO_HEALTHY_UPSTREAM: { status: 503, title: 'No healthy upstream target' },
   GH_SHUTTING_DOWN: { status: 503, title: 'Gateway is shutting down' },
   GH_AUTH_REQUIRED: { status: 401, title: 'Authentication required' },

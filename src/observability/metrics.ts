@@ -59,15 +59,27 @@ export class Metrics {
   readonly introspections = new Counter({ name: 'gatehouse_introspection_requests_total', help: 'Calls to introspection endpoints by provider and result (active, inactive, error)', labelNames: ['provider', 'result'] as const, registers: [this.registry] })
   readonly rateLimited = new Counter({ name: 'gatehouse_rate_limited_total', help: 'Requests refused with 429, by route and limit', labelNames: ['route', 'limit'] as const, registers: [this.registry] })
   readonly limitStoreErrors = new Counter({ name: 'gatehouse_limit_store_errors_total', help: 'Limit-store failures by store and what was done (allow, deny, charge)', labelNames: ['store', 'action'] as const, registers: [this.registry] })
+  readonly queued = new Counter({ name: 'gatehouse_upstream_queued_total', help: 'Requests that waited for a slot on a full upstream (max_in_flight), by outcome: granted, timeout, full', labelNames: ['upstream', 'result'] as const, registers: [this.registry] })
   readonly #routeCache = new WeakMap<object, RouteMetrics>()
   readonly #byName = new Map<string, RouteMetrics>()
 
   /**
    * @param inFlight read when /metrics is scraped, so the request path never touches the gauge.
    */
-  constructor (defaults = true, inFlight: () => number = () => 0) {
+  constructor (defaults = true, inFlight: () => number = () => 0, queues: () => Iterable<[string, number]> = () => []) {
     // eslint-disable-next-line no-new
     new Gauge({ name: 'gatehouse_in_flight_requests', help: 'Requests being handled', registers: [this.registry], collect () { this.set(inFlight()) } })
+    // eslint-disable-next-line no-new
+    new Gauge({
+      name: 'gatehouse_upstream_queue_depth',
+      help: 'Requests waiting for a slot on a full upstream (max_in_flight)',
+      labelNames: ['upstream'] as const,
+      registers: [this.registry],
+      collect () {
+        this.reset()
+        for (const [name, depth] of queues()) this.labels(name).set(depth)
+      },
+    })
     if (defaults) collectDefaultMetrics({ register: this.registry, prefix: 'gatehouse_' })
   }
 

@@ -2,11 +2,12 @@ import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { Readable } from 'node:stream'
 import type { Dispatcher } from 'undici'
 import { upstreamPath, type CompiledRoute, type RouteTable } from '../compile/index.js'
-import { isGatewayError, problemBody, type GatewayError } from '../errors/index.js'
+import { gatewayError, isGatewayError, problemBody, type GatewayError } from '../errors/index.js'
 import type { CredentialCarrier } from '../identity/policy.js'
 import { CostTap, type CompiledLimit, type LimitSubject } from '../limits/policy.js'
 import type { Identity } from '../identity/types.js'
-import type { Target } from '../upstream/target.js'
+import type { SlotWaiter } from '../upstream/balancer.js'
+import { releaseSlot, type Target } from '../upstream/target.js'
 import { isConnectFailure, upstreamError } from '../upstream/errors.js'
 import { filterResponseHeaders } from './headers.js'
 import type { GatewayRuntime } from './runtime.js'
@@ -25,7 +26,7 @@ export const CLIENT_CLOSED = 499
  * undici 7 calls those on every request itself, and the newer controller-style API is
  * adapted onto them with an extra header parse per response.
  */
-export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, LimitSubject {
+export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, LimitSubject, SlotWaiter {
   readonly req: IncomingMessage
   readonly res: ServerResponse
   readonly rt: GatewayRuntime
@@ -61,6 +62,10 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, 
   rateLimit: string | null = null
   charges: Array<{ limit: CompiledLimit, key: string }> | null = null
   costTap: CostTap | null = null
+  /** Set while waiting for a slot on a full upstream (max_in_flight). */
+  queueTimer: NodeJS.Timeout | null = null
+  queuedAt = 0
+  expectContinue = false
   /** Header fields forwarded as they are, flat [name, value, …]. */
   outHeaders: string[] = []
   body: Readable | null = null
@@ -210,8 +215,27 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, 
   releaseTarget (): void {
     if (this.targetHeld) {
       this.targetHeld = false
-      this.target!.inFlight--
+      releaseSlot(this.target!)
     }
+  }
+
+  // --- waiting for a slot (max_in_flight) ----------------------------------------------------
+
+  granted (target: Target): void {
+    this.rt.metrics.queued.labels(this.route!.upstream.name, 'granted').inc()
+    // RFC 9110 §10.1.1: the body is asked for only now that it can go somewhere.
+    if (this.expectContinue) this.res.writeContinue()
+    this.dispatchTo(target)
+  }
+
+  timedOut (): void {
+    const upstream = this.route!.upstream
+    this.rt.metrics.queued.labels(upstream.name, 'timeout').inc()
+    this.rt.metrics.refused.labels('GH_UPSTREAM_BUSY').inc()
+    this.fail(gatewayError('GH_UPSTREAM_BUSY', `Upstream "${upstream.name}" is at capacity; try again shortly`, {
+      reason: `no slot within the queue timeout (${upstream.queueTimeout} ms, max_in_flight ${upstream.maxInFlight})`,
+      headers: { 'retry-after': '1' },
+    }))
   }
 
   /** Answer with a problem+json error (or cut the connection when a response has begun). */
@@ -261,6 +285,7 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, 
     // Quotas charged from the response: what was seen of it, even when it was cut short.
     if (this.charges !== null && this.status !== 0 && this.error === null) this.route!.rateLimit!.charge(this.charges, this.costTap)
     const res = this.res
+    if (this.queueTimer !== null) this.route!.upstream.cancel(this)
     if (!res.writableFinished) {
       this.clientGone = true
       if (!this.upstreamDone && this.abortUpstream !== null) this.abortUpstream(clientClosedError())

@@ -86,7 +86,7 @@ class GatewayImpl implements Gateway, GatewayRuntime {
 
   constructor (config: Config, options: GatewayOptions) {
     this.logger = options.logger ?? createLogger(config.log.level, options.logDestination)
-    this.metrics = new Metrics(options.processMetrics ?? true, () => this.#inFlight)
+    this.metrics = new Metrics(options.processMetrics ?? true, () => this.#inFlight, () => [...this.table.upstreams].filter(([, u]) => u.maxInFlight > 0).map(([name, u]) => [name, u.queueLength] as [string, number]))
     this.#access = new AccessLog(this.logger)
     this.#identity = new IdentityRegistry({ logger: this.logger, metrics: this.metrics })
     const identity = this.#identity.prepare(config.identity)
@@ -185,9 +185,21 @@ class GatewayImpl implements Gateway, GatewayRuntime {
   #forward (ex: Exchange, expectContinue: boolean): void {
     const route = ex.route!
     finishRequestHeaders(ex, route, this.#encrypted)
-    const target = route.upstream.pick(Date.now())
+    const upstream = route.upstream
+    const now = Date.now()
+    const target = upstream.pick(now)
     if (target === null) {
-      return this.#refuse(ex, gatewayError('GH_NO_HEALTHY_UPSTREAM', `Every target of upstream "${route.upstream.name}" is failing; try again shortly`, { headers: { 'retry-after': String(Math.ceil(route.upstream.ejectFor / 1000)) } }))
+      if (upstream.maxInFlight > 0 && upstream.anyHealthy(now)) {
+        // Every target is at max_in_flight: wait for a slot (Exchange.granted / timedOut).
+        ex.expectContinue = expectContinue
+        if (upstream.enqueue(ex)) return
+        this.metrics.queued.labels(upstream.name, 'full').inc()
+        return this.#refuse(ex, gatewayError('GH_UPSTREAM_BUSY', `Upstream "${upstream.name}" is at capacity; try again shortly`, {
+          reason: `queue full (${upstream.queueSize} waiting, max_in_flight ${upstream.maxInFlight})`,
+          headers: { 'retry-after': '1' },
+        }))
+      }
+      return this.#refuse(ex, gatewayError('GH_NO_HEALTHY_UPSTREAM', `Every target of upstream "${upstream.name}" is failing; try again shortly`, { headers: { 'retry-after': String(Math.ceil(upstream.ejectFor / 1000)) } }))
     }
     // RFC 9110 §10.1.1: ask for the body only once we know we want it.
     if (expectContinue) ex.res.writeContinue()

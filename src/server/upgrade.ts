@@ -57,8 +57,13 @@ export function handleUpgrade (host: UpgradeHost, req: IncomingMessage, socket: 
   // A WebSocket is a request like any other: the route's address and credential checks apply.
   const proceed = (): void => {
     finishRequestHeaders(ex, route, host.encrypted)
-    const target = route.upstream.pick(Date.now())
-    if (target === null) return refuse(gatewayError('GH_NO_HEALTHY_UPSTREAM', undefined, { headers: { 'retry-after': String(Math.ceil(route.upstream.ejectFor / 1000)) } }))
+    const now = Date.now()
+    const target = route.upstream.pick(now)
+    if (target === null) {
+      // Upgrades do not wait for a slot: a long-lived socket would hold the queue for its life.
+      if (route.upstream.maxInFlight > 0 && route.upstream.anyHealthy(now)) return refuse(gatewayError('GH_UPSTREAM_BUSY', undefined, { headers: { 'retry-after': '1' } }))
+      return refuse(gatewayError('GH_NO_HEALTHY_UPSTREAM', undefined, { headers: { 'retry-after': String(Math.ceil(route.upstream.ejectFor / 1000)) } }))
+    }
     const upgrade = req.headers.upgrade ?? 'websocket'
     new UpgradeHandler(host, route, socket, head, target, ex.requestId, ex.identity?.expiresAt ?? Infinity).dispatch(ex, upgrade)
   }

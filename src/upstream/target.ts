@@ -26,6 +26,11 @@ export class Target {
   inFlight = 0
   consecutiveFailures = 0
   ejectedUntil = 0
+  /**
+   * Upstreams with requests queued for a slot (max_in_flight). Targets outlive reloads, so a
+   * slot freed by a request on the old route table still wakes a waiter queued on the new one.
+   */
+  readonly waiting = new Set<{ release (target: Target): void }>()
 
   constructor (key: string, url: string, opts: PoolOptions) {
     const u = new URL(url)
@@ -51,6 +56,12 @@ export class Target {
   isHealthy (now: number): boolean {
     return this.ejectedUntil <= now
   }
+}
+
+/** A request finished with `target`: give its slot back and let a queued request have it. */
+export function releaseSlot (target: Target): void {
+  target.inFlight--
+  if (target.waiting.size > 0) for (const u of target.waiting) u.release(target)
 }
 
 function noop (): void {}
