@@ -176,11 +176,24 @@ function crossCheck (config: any): LocatedIssue[] {
 function checkLimits (config: any, routes: unknown[]): LocatedIssue[] {
   const issues: LocatedIssue[] = []
   const stores = ['default', ...Object.keys(isObject(config?.stores) ? config.stores : {})]
+  // A limit `name` is one bucket wherever it is used, so every use must define it the same way.
+  const named = new Map<string, { at: string, def: string }>()
   routes.forEach((route: any, i) => {
     if (!isObject(route) || !Array.isArray(route.rate_limit)) return
+    const onRoute = new Set<string>()
     route.rate_limit.forEach((l: any, j: number) => {
       if (!isObject(l)) return
       const at = (...k: PathKey[]): PathKey[] => ['routes', i, 'rate_limit', j, ...k]
+      if (typeof l.name === 'string') {
+        if (onRoute.has(l.name)) issues.push(issueAt(at('name'), `limit "${l.name}" is listed twice on this route (each request would count twice)`))
+        onRoute.add(l.name)
+        const def = JSON.stringify([l.key, l.rate, l.burst, l.quota, l.cost, l.store ?? 'default'])
+        const first = named.get(l.name)
+        if (first === undefined) named.set(l.name, { at: `routes[${i}].rate_limit[${j}]`, def })
+        else if (first.def !== def) issues.push(issueAt(at('name'), `limit "${l.name}" is defined differently at ${first.at}; a shared name means one bucket, so key, rate, burst, quota, cost and store must match`))
+      }
+      if (isObject(l.quota) && !Number.isInteger(l.quota.count)) issues.push(issueAt(at('quota'), 'a quota counts whole requests or units: use a whole number'))
+      else if (typeof l.quota === 'string' && /^\s*\d+\.\d+/.test(l.quota)) issues.push(issueAt(at('quota'), 'a quota counts whole requests or units: use a whole number'))
       if (typeof l.store === 'string' && !stores.includes(l.store)) {
         const hint = suggest(l.store, stores)
         issues.push(issueAt(at('store'), `unknown store "${l.store}"${hint === null ? '' : ` (did you mean "${hint}"?)`}`))

@@ -286,7 +286,7 @@ const StoreSchema = discriminatedUnion('kind', [
     /** Prepended to every key, so several deployments can share one Redis. */
     prefix: string().default('gatehouse:'),
     /** A command not answered within this counts as a store error (on_store_error applies). */
-    timeout: duration().default(250),
+    timeout: duration().pipe(number().min(10, 'must be at least 10ms (a limit check needs a bound)')).default(250),
   }),
 ])
 

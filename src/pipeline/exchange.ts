@@ -114,6 +114,9 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, 
     const headers = filterResponseHeaders(rawHeaders, this.requestId)
     const limits = this.route!.rateLimit
     if (limits !== null) {
+      // The gateway's limits are the ones the client meets; an upstream's own fields would
+      // contradict them.
+      dropRateLimitFields(headers)
       headers.push('ratelimit-policy', limits.policyHeader)
       if (this.rateLimit !== null) headers.push('ratelimit', this.rateLimit)
     }
@@ -309,6 +312,17 @@ function clientClosedError (): Error {
   const err = new Error('client closed the connection')
   ;(err as Error & { code: string }).code = 'GH_CLIENT_CLOSED'
   return err
+}
+
+function dropRateLimitFields (headers: string[]): void {
+  let w = 0
+  for (let r = 0; r < headers.length; r += 2) {
+    const n = headers[r]!
+    if ((n.length === 9 || n.length === 16) && (n.toLowerCase() === 'ratelimit' || n.toLowerCase() === 'ratelimit-policy')) continue
+    headers[w++] = n
+    headers[w++] = headers[r + 1]!
+  }
+  headers.length = w
 }
 
 function isEventStream (headers: string[]): boolean {

@@ -117,7 +117,8 @@ describe('rate limits (memory store)', () => {
         res.end('data: [DONE]\n\n')
         return
       }
-      res.writeHead(200, { 'content-type': 'application/json' })
+      // The upstream's own RateLimit fields are replaced by the gateway's.
+      res.writeHead(200, { 'content-type': 'application/json', ratelimit: '"upstream";r=9;t=1', 'RateLimit-Policy': '"upstream";q=10;w=1' })
       res.end(JSON.stringify({ output: 'x', usage: { total_tokens: 60 } }))
     })
     const gw = await startGateway(limited(up.url, { rate_limit: [{ name: 'tokens', key: 'ip', quota: '100/day', cost: 'response.usage.total_tokens' }] }))
@@ -126,6 +127,7 @@ describe('rate limits (memory store)', () => {
       const first = await call(gw, '/json')
       assert.equal(first.status, 200)
       assert.match(String(first.headers.ratelimit), /^"tokens";r=100;t=\d+$/)
+      assert.equal(first.headers['ratelimit-policy'], '"tokens";q=100;w=86400')
       await done(first.headers['x-request-id'])
       const second = await call(gw, '/json')
       assert.match(String(second.headers.ratelimit), /^"tokens";r=40;t=\d+$/)

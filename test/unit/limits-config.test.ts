@@ -65,11 +65,30 @@ describe('config: rate limits', () => {
     assert.equal(issueAt(err, 'routes[0].rate_limit[6].cost').message, 'a cost other than 1 goes with quota (rates count requests)')
   })
 
+  it('a shared limit name is one bucket: defined once, the same everywhere, once per route', () => {
+    const err = configError(BASE + `routes:
+  - name: a
+    upstream: model
+    rate_limit:
+      - { name: per-ip, key: ip, rate: 10/s }
+      - { name: per-ip, key: ip, rate: 10/s }
+  - name: b
+    upstream: model
+    rate_limit:
+      - { name: per-ip, key: ip, rate: 20/s }
+      - { key: ip, quota: 1.5/min }
+`)
+    assert.equal(issueAt(err, 'routes[0].rate_limit[1].name').message, 'limit "per-ip" is listed twice on this route (each request would count twice)')
+    assert.match(issueAt(err, 'routes[1].rate_limit[0].name').message, /^limit "per-ip" is defined differently at routes\[0\]\.rate_limit\[0\]/)
+    assert.equal(issueAt(err, 'routes[1].rate_limit[1].quota').message, 'a quota counts whole requests or units: use a whole number')
+  })
+
   it('checks store definitions', () => {
     const err = configError(`stores:
-  a: { kind: redis, url: "http://x" }
+  a: { kind: redis, url: "http://x", timeout: 0 }
   b: { kind: memcached }
 `)
+    assert.equal(issueAt(err, 'stores.a.timeout').message, 'must be at least 10ms (a limit check needs a bound)')
     assert.equal(issueAt(err, 'stores.a.url').message, 'must be a redis:// or rediss:// URL')
     assert.equal(issueAt(err, 'stores.b.kind').message, 'unknown "memcached": must be one of "memory", "redis"')
   })
