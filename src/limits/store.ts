@@ -70,8 +70,10 @@ export class MemoryLimitStore implements LimitStore {
   gcra (key: string, intervalMs: number, burst: number, cost: number): LimitDecision {
     const now = Date.now()
     const { decision, tat } = gcraStep(this.#tat.get(key) ?? now, now, intervalMs, burst, cost)
-    // The entry is useless once its TAT has passed: it expires then.
-    if (decision.allowed) this.#tat.set(key, tat, { ttl: Math.max(1, Math.ceil(tat - now)) })
+    // No per-entry TTL: a TAT in the past is harmless (it reads as "full bucket"), and lru-cache
+    // deleting the last expired entry clears (fills) its max_keys-sized arrays, which at one
+    // busy key cost ~50 µs per request (BENCHMARKS.md). Old keys leave by LRU eviction.
+    if (decision.allowed) this.#tat.set(key, tat)
     return decision
   }
 
@@ -85,7 +87,8 @@ export class MemoryLimitStore implements LimitStore {
       return used < limit ? { allowed: true, remaining: limit - used, resetMs, retryMs: 0 } : { allowed: false, remaining: 0, resetMs, retryMs: resetMs }
     }
     if (used + cost > limit) return { allowed: false, remaining: Math.max(0, limit - used), resetMs, retryMs: resetMs }
-    this.#used.set(k, used + cost, { ttl: resetMs })
+    // Windows are keyed by index; past windows leave by LRU eviction (see gcra for why no TTL).
+    this.#used.set(k, used + cost)
     return { allowed: true, remaining: limit - used - cost, resetMs, retryMs: 0 }
   }
 
@@ -93,7 +96,7 @@ export class MemoryLimitStore implements LimitStore {
     const now = Date.now()
     const index = Math.floor(now / windowMs)
     const k = `${key}:${index}`
-    this.#used.set(k, (this.#used.get(k) ?? 0) + amount, { ttl: (index + 1) * windowMs - now })
+    this.#used.set(k, (this.#used.get(k) ?? 0) + amount)
   }
 
   async start (): Promise<void> {}
