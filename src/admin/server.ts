@@ -8,6 +8,7 @@ interface AdminHost {
   readonly metrics: Metrics
   readonly ready: boolean
   identityStatus (): Record<string, ProviderStatus>
+  storeStatus (): Record<string, { status: string, kind: string }>
 }
 
 /**
@@ -25,12 +26,16 @@ export function createAdminServer (host: AdminHost): http.Server {
         // Ready while every provider can admit callers; a JWT provider serving its last good
         // keys because the IdP is down is 'stale': still ready, and reported.
         const ready = host.ready
+        // A limit store that cannot answer also degrades (routes apply on_store_error), but
+        // never makes the gateway unready: taking it out of the load balancer would not help.
         const identity = host.identityStatus()
-        const degraded = Object.values(identity).some((s) => s.status !== 'ok')
+        const stores = host.storeStatus()
+        const degraded = [...Object.values(identity), ...Object.values(stores)].some((s) => s.status !== 'ok')
         return send(res, ready ? 200 : 503, {
           status: !ready ? 'not ready' : degraded ? 'degraded' : 'ready',
           routes: host.table.routes.length,
           ...(Object.keys(identity).length === 0 ? {} : { identity }),
+          ...(Object.keys(stores).length === 0 ? {} : { stores }),
         })
       }
       case '/.well-known/jwks.json': {

@@ -54,6 +54,13 @@ export class StoreRegistry {
     for (const s of set.created) s.close().catch(() => {})
   }
 
+  /** Stores in use by some route's limits, with their status. */
+  status (): Record<string, { status: 'ok' | 'unavailable', kind: string }> {
+    const out: Record<string, { status: 'ok' | 'unavailable', kind: string }> = {}
+    for (const [name, s] of this.#current?.stores ?? []) if (name !== 'default' || s.kind !== 'memory') out[name] = s.status()
+    return out
+  }
+
   async close (): Promise<void> {
     if (this.#current !== null) await Promise.all([...this.#current.stores.values()].map((s) => s.close().catch(() => {})))
   }

@@ -35,6 +35,8 @@ export interface LimitStore {
   charge (key: string, windowMs: number, amount: number): void | Promise<void>
   start (): Promise<void>
   close (): Promise<void>
+  /** For /readyz: a store that cannot answer leaves routes to their on_store_error. */
+  status (): { status: 'ok' | 'unavailable', kind: string }
 }
 
 /** The GCRA step, shared by the memory store and (as Lua) the Redis one. `tat`: theoretical arrival time. */
@@ -101,6 +103,9 @@ export class MemoryLimitStore implements LimitStore {
 
   async start (): Promise<void> {}
   async close (): Promise<void> {}
+  status (): { status: 'ok', kind: string } {
+    return { status: 'ok', kind: 'memory' }
+  }
 }
 
 // Redis: each decision is one script (EVALSHA), using the server's clock so that every gateway
@@ -161,6 +166,7 @@ interface RedisScripts {
   ghCharge (key: string, window: number, amount: number): Promise<number>
   quit (): Promise<unknown>
   disconnect (): void
+  readonly status: string
 }
 
 /**
@@ -217,6 +223,10 @@ export class RedisLimitStore implements LimitStore {
       ])
       clearTimeout(timer)
     }
+  }
+
+  status (): { status: 'ok' | 'unavailable', kind: string } {
+    return { status: this.#client?.status === 'ready' ? 'ok' : 'unavailable', kind: 'redis' }
   }
 
   #redis (): RedisScripts {

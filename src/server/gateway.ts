@@ -152,6 +152,10 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     return this.#identity.status()
   }
 
+  storeStatus (): Record<string, { status: string, kind: string }> {
+    return this.#stores.status()
+  }
+
   get encrypted (): boolean {
     return this.#encrypted
   }

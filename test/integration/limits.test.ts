@@ -224,6 +224,10 @@ describe('rate limits (Redis store)', () => {
       assert.equal((await call(deny, '/x')).status, 200)
       open = false
       for (const s of sockets) s.destroy()
+      await waitUntilAsync(async () => JSON.parse((await request(`http://127.0.0.1:${allow.adminPort}/readyz`)).body).status === 'degraded')
+      const ready = await request(`http://127.0.0.1:${allow.adminPort}/readyz`)
+      assert.equal(ready.status, 200)
+      assert.deepEqual(JSON.parse(ready.body).stores, { shared: { status: 'unavailable', kind: 'redis' } })
       const a = await call(allow, '/x')
       assert.equal(a.status, 200)
       assert.equal(a.headers.ratelimit, undefined)
