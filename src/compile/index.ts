@@ -4,6 +4,7 @@ import { CidrSet } from '../net/cidr.js'
 import { AuthPolicy, compileIdentityHeaders, IpPolicy, type IdentityHeader } from '../identity/policy.js'
 import type { IdentitySet } from '../identity/registry.js'
 import { RateLimitPolicy } from '../limits/policy.js'
+import { CachePolicy } from '../cache/policy.js'
 import type { StoreSet } from '../limits/registry.js'
 import type { Metrics } from '../observability/metrics.js'
 import { Upstream } from '../upstream/balancer.js'
@@ -36,6 +37,7 @@ export interface CompiledRoute {
   /** Headers set from the caller's identity (only on routes with `auth`). */
   readonly identityHeaders: readonly IdentityHeader[] | null
   readonly rateLimit: RateLimitPolicy | null
+  readonly cache: CachePolicy | null
   /** Label for logs and metrics. */
   readonly describe: string
 }
@@ -191,6 +193,7 @@ function compileRoute (r: RouteConfig, index: number, upstream: Upstream, identi
     ip: r.ip === undefined ? null : new IpPolicy(r.ip),
     identityHeaders: r.auth === undefined ? null : compileIdentityHeaders(r.identity_headers),
     rateLimit: r.rate_limit === undefined || r.rate_limit.length === 0 ? null : new RateLimitPolicy(r, limits.stores.stores, limits.metrics),
+    cache: r.cache === undefined ? null : new CachePolicy(r.name, r.cache, limits.stores.stores.get(r.cache.store)!, r.cache.store, r.auth === undefined),
     describe,
   })
 }
@@ -226,6 +229,7 @@ export function describeTable (table: RouteTable): string {
       const scopes = [...(auth.scopes?.all ?? []), ...(auth.scopes?.any ?? []).map((s) => `${s}?`)]
       policies.push(`auth=${auth.any_of.join('|')}${scopes.length > 0 ? `[${scopes.join(' ')}]` : ''}${auth.claims === undefined ? '' : `+claims(${Object.keys(auth.claims).join(',')})`}`)
     }
+    if (r.cache !== null) policies.push(`cache(${formatDurationShort(r.cache.ttlMs)}@${r.cache.storeName})`)
     if (r.rateLimit !== null) policies.push(`rate_limit(${r.rateLimit.limits.map((l) => `${l.name}@${l.storeName}`).join(',')})`)
     const ip = table.config.routes[r.index]!.ip
     if (ip !== undefined) policies.push(`ip(${ip.allow === undefined ? '' : `allow ${ip.allow.length}`}${ip.allow !== undefined && ip.deny.length > 0 ? ', ' : ''}${ip.deny.length > 0 ? `deny ${ip.deny.length}` : ''})`)
@@ -234,4 +238,8 @@ export function describeTable (table: RouteTable): string {
   }
   const widths = rows[0]!.map((_, c) => Math.max(...rows.map((row) => row[c]!.length)))
   return rows.map((row) => row.map((cell, c) => cell.padEnd(widths[c]!)).join('  ').trimEnd()).join('\n')
+}
+
+function formatDurationShort (ms: number): string {
+  return ms % 1000 === 0 ? `${ms / 1000}s` : `${ms}ms`
 }

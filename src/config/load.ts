@@ -179,6 +179,13 @@ function checkLimits (config: any, routes: unknown[]): LocatedIssue[] {
   // A limit `name` is one bucket wherever it is used, so every use must define it the same way.
   const named = new Map<string, { at: string, def: string }>()
   routes.forEach((route: any, i) => {
+    const cacheStore = route?.cache?.store
+    if (typeof cacheStore === 'string' && !stores.includes(cacheStore)) {
+      const hint = suggest(cacheStore, stores)
+      issues.push(issueAt(['routes', i, 'cache', 'store'], `unknown store "${cacheStore}"${hint === null ? '' : ` (did you mean "${hint}"?)`}`))
+    }
+  })
+  routes.forEach((route: any, i) => {
     if (!isObject(route) || !Array.isArray(route.rate_limit)) return
     const onRoute = new Set<string>()
     route.rate_limit.forEach((l: any, j: number) => {

@@ -279,7 +279,12 @@ const perPeriod = (what: string, units: Record<string, number>) => string().tran
 const QUOTA_UNITS: Record<string, number> = { m: 60_000, min: 60_000, minute: 60_000, h: 3_600_000, hour: 3_600_000, d: 86_400_000, day: 86_400_000 }
 
 const StoreSchema = discriminatedUnion('kind', [
-  strictObject({ kind: literal('memory'), max_keys: int().pipe(number().min(1)).default(100_000) }),
+  strictObject({
+    kind: literal('memory'),
+    max_keys: int().pipe(number().min(1)).default(100_000),
+    /** Bytes of cached responses kept (least recently used go first). */
+    max_bytes: size().default(64 * 1024 * 1024),
+  }),
   strictObject({
     kind: literal('redis'),
     url: string().regex(/^rediss?:\/\//, 'must be a redis:// or rediss:// URL'),
@@ -313,6 +318,29 @@ const RateLimitSchema = strictObject({
   missing: zenum(['deny', 'ip']).default('deny'),
 })
 
+const CacheSchema = strictObject({
+  ttl: duration(),
+  /** POST is opt-in, for deterministic inference. */
+  methods: array(string().transform((m) => m.toUpperCase()).pipe(zenum(['GET', 'HEAD', 'POST']))).min(1).default(['GET', 'HEAD']),
+  key: strictObject({
+    query: bool().default(true),
+    headers: array(headerName).default([]),
+    body: strictObject({
+      /** Canonicalise JSON bodies (sorted keys, `ignore` dropped) so equal requests share an entry. */
+      json: bool().default(true),
+      /** Top-level fields left out of the key (e.g. user, stream). */
+      ignore: array(nonEmpty).default([]),
+      /** Larger request bodies are not read for a key: the request bypasses the cache. */
+      max_size: size().default(64 * 1024),
+    }).prefault({}),
+  }).prefault({}),
+  store: nonEmpty.default('default'),
+  /** Larger responses are streamed and not stored. */
+  max_entry: size().default(1024 * 1024),
+  /** Statuses stored (RFC 9111 heuristically cacheable ones by default, errors not). */
+  statuses: array(int().pipe(number().min(200).max(599))).default([200, 203, 204, 300, 301, 404, 405, 410, 414, 501]),
+})
+
 const MatchSchema = strictObject({
   path: string().startsWith('/', 'must start with "/"').optional(),
   path_prefix: string().startsWith('/', 'must start with "/"').optional(),
@@ -337,6 +365,7 @@ const RouteSchema = strictObject({
   }).prefault({}),
   auth: AuthSchema.optional(),
   rate_limit: array(RateLimitSchema).optional(),
+  cache: CacheSchema.optional(),
   /** When a limit's store cannot answer: let the request through (allow) or refuse it with 503 (deny). */
   on_store_error: zenum(['allow', 'deny']).default('allow'),
   /** Client-address rules, checked before authentication (deny wins over allow). */
@@ -377,3 +406,4 @@ export type ApiKeyProviderConfig = Extract<ProviderConfig, { kind: 'api_key' }>
 export type PhantomTokenConfig = NonNullable<IdentityConfig['phantom_token']>
 export type StoreConfig = Config['stores'][string]
 export type RateLimitConfig = NonNullable<RouteConfig['rate_limit']>[number]
+export type CacheConfig = NonNullable<RouteConfig['cache']>

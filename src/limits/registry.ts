@@ -23,7 +23,7 @@ export class StoreRegistry {
   prepare (config: Config): StoreSet {
     const stores = new Map<string, LimitStore>()
     const created: LimitStore[] = []
-    const defs = { default: { kind: 'memory' as const, max_keys: 100_000 }, ...config.stores }
+    const defs = { default: { kind: 'memory' as const, max_keys: 100_000, max_bytes: 64 * 1024 * 1024 }, ...config.stores }
     for (const [name, cfg] of Object.entries(defs)) {
       const old = this.#current?.stores.get(name)
       if (old !== undefined && old.fingerprint === JSON.stringify(cfg)) {

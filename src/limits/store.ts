@@ -35,6 +35,10 @@ export interface LimitStore {
   charge (key: string, windowMs: number, amount: number): void | Promise<void>
   start (): Promise<void>
   close (): Promise<void>
+  /** A cached response (see src/cache), or null. */
+  cacheGet (key: string): Buffer | null | Promise<Buffer | null>
+  /** Keep `value` for `ttlMs`. */
+  cacheSet (key: string, value: Buffer, ttlMs: number): void | Promise<void>
   /** For /readyz: a store that cannot answer leaves routes to their on_store_error. */
   status (): { status: 'ok' | 'unavailable', kind: string }
 }
@@ -62,11 +66,22 @@ export class MemoryLimitStore implements LimitStore {
   readonly fingerprint: string
   readonly #tat: LRUCache<string, number>
   readonly #used: LRUCache<string, number>
+  /** Cached responses, bounded by bytes. */
+  readonly #responses: LRUCache<string, Buffer>
 
   constructor (cfg: Extract<StoreConfig, { kind: 'memory' }>) {
     this.fingerprint = JSON.stringify(cfg)
     this.#tat = new LRUCache({ max: cfg.max_keys })
     this.#used = new LRUCache({ max: cfg.max_keys })
+    this.#responses = new LRUCache({ maxSize: cfg.max_bytes, sizeCalculation: (v) => v.length + 64 })
+  }
+
+  cacheGet (key: string): Buffer | null {
+    return this.#responses.get(key) ?? null
+  }
+
+  cacheSet (key: string, value: Buffer, ttlMs: number): void {
+    if (value.length + 64 <= this.#responses.maxSize) this.#responses.set(key, value, { ttl: ttlMs })
   }
 
   gcra (key: string, intervalMs: number, burst: number, cost: number): LimitDecision {
@@ -166,6 +181,8 @@ interface RedisScripts {
   ghCharge (key: string, window: number, amount: number): Promise<number>
   quit (): Promise<unknown>
   disconnect (): void
+  getBuffer (key: string): Promise<Buffer | null>
+  set (key: string, value: Buffer, px: 'PX', ms: number): Promise<unknown>
   readonly status: string
 }
 
@@ -244,6 +261,14 @@ export class RedisLimitStore implements LimitStore {
 
   async charge (key: string, windowMs: number, amount: number): Promise<void> {
     await this.#redis().ghCharge(this.#cfg.prefix + key, windowMs, amount)
+  }
+
+  async cacheGet (key: string): Promise<Buffer | null> {
+    return await this.#redis().getBuffer(this.#cfg.prefix + key)
+  }
+
+  async cacheSet (key: string, value: Buffer, ttlMs: number): Promise<void> {
+    await this.#redis().set(this.#cfg.prefix + key, value, 'PX', Math.max(1, Math.ceil(ttlMs)))
   }
 
   async close (): Promise<void> {

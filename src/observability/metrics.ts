@@ -60,6 +60,7 @@ export class Metrics {
   readonly rateLimited = new Counter({ name: 'gatehouse_rate_limited_total', help: 'Requests refused with 429, by route and limit', labelNames: ['route', 'limit'] as const, registers: [this.registry] })
   readonly limitStoreErrors = new Counter({ name: 'gatehouse_limit_store_errors_total', help: 'Limit-store failures by store and what was done (allow, deny, charge)', labelNames: ['store', 'action'] as const, registers: [this.registry] })
   readonly queued = new Counter({ name: 'gatehouse_upstream_queued_total', help: 'Requests that waited for a slot on a full upstream (max_in_flight), by outcome: granted, timeout, full', labelNames: ['upstream', 'result'] as const, registers: [this.registry] })
+  readonly cache = new Counter({ name: 'gatehouse_cache_requests_total', help: 'Requests on cached routes by result: hit, miss, coalesced (served from a concurrent miss), bypass', labelNames: ['route', 'result'] as const, registers: [this.registry] })
   readonly #routeCache = new WeakMap<object, RouteMetrics>()
   readonly #byName = new Map<string, RouteMetrics>()
 

@@ -5,6 +5,7 @@ import { upstreamPath, type CompiledRoute, type RouteTable } from '../compile/in
 import { gatewayError, isGatewayError, problemBody, type GatewayError } from '../errors/index.js'
 import type { CredentialCarrier } from '../identity/policy.js'
 import { CostTap, type CompiledLimit, type LimitSubject } from '../limits/policy.js'
+import type { CacheCapture } from '../cache/policy.js'
 import type { Identity } from '../identity/types.js'
 import type { SlotWaiter } from '../upstream/balancer.js'
 import { releaseSlot, type Target } from '../upstream/target.js'
@@ -62,6 +63,12 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, 
   rateLimit: string | null = null
   charges: Array<{ limit: CompiledLimit, key: string }> | null = null
   costTap: CostTap | null = null
+  /** The copy kept for the cache while this (leading) miss streams. */
+  cacheCapture: CacheCapture | null = null
+  /** X-Cache for upstream responses on a cached route ('MISS' or 'BYPASS'), or null. */
+  cacheStatus: string | null = null
+  /** The whole request body, when it was read for a cache key (then `body` is null). */
+  bodyBuffer: Buffer | null = null
   /** Set while waiting for a slot on a full upstream (max_in_flight). */
   queueTimer: NodeJS.Timeout | null = null
   queuedAt = 0
@@ -120,6 +127,8 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, 
       headers.push('ratelimit-policy', limits.policyHeader)
       if (this.rateLimit !== null) headers.push('ratelimit', this.rateLimit)
     }
+    if (this.cacheCapture !== null) this.cacheCapture.head(statusCode, headers)
+    if (this.cacheStatus !== null) headers.push('x-cache', this.cacheStatus)
     res.writeHead(statusCode, headers as unknown as string[])
     // Server-sent events: send the head now rather than with the first event, which may be a
     // model's first token many seconds away.
@@ -135,6 +144,7 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, 
     if (n === 0) return true
     this.bytesOut += n
     if (this.costTap !== null) this.costTap.push(chunk)
+    if (this.cacheCapture !== null) this.cacheCapture.push(chunk)
     if (this.res.write(chunk)) return true
     // The client reads slower than the upstream sends: pause the upstream socket until the
     // client's socket drains (backpressure end to end, memory stays bounded).
@@ -147,6 +157,7 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, 
 
   onComplete (trailers: string[] | Buffer[] | null): void {
     this.upstreamDone = true
+    this.cacheCapture?.complete()
     this.releaseTarget()
     if (trailers !== null && trailers.length > 0) {
       const pairs: Array<[string, string]> = []
@@ -160,7 +171,10 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, 
     this.upstreamDone = true
     const target = this.target
     this.releaseTarget()
-    if (this.clientGone) return
+    if (this.clientGone) {
+      this.cacheCapture?.abort()
+      return
+    }
     const upstream = this.route!.upstream
     if (target !== null && isConnectFailure(err)) {
       upstream.recordConnectFailure(target, Date.now())
@@ -175,6 +189,7 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, 
         }
       }
     }
+    this.cacheCapture?.abort()
     const gerr = upstreamError(err, upstream.name)
     if (!isGatewayError(err)) this.rt.metrics.upstreamErrors.labels(upstream.name, gerr.code).inc()
     if (this.res.headersSent) {
@@ -208,7 +223,7 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, 
       path: target.basePath + path + this.query,
       method: this.req.method as Dispatcher.HttpMethod,
       headers,
-      body: this.body,
+      body: this.bodyBuffer ?? this.body,
       headersTimeout: route.upstream.firstByteTimeout,
       bodyTimeout: route.upstream.idleTimeout,
     }, this)
@@ -289,6 +304,7 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, 
     if (this.charges !== null && this.status !== 0 && this.error === null) this.route!.rateLimit!.charge(this.charges, this.costTap)
     const res = this.res
     if (this.queueTimer !== null) this.route!.upstream.cancel(this)
+    this.cacheCapture?.abort()
     if (!res.writableFinished) {
       this.clientGone = true
       if (!this.upstreamDone && this.abortUpstream !== null) this.abortUpstream(clientClosedError())

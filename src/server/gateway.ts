@@ -14,6 +14,8 @@ import { BodyLimit } from '../pipeline/body.js'
 import { CLIENT_CLOSED, Exchange, kExchange, onResponseClose } from '../pipeline/exchange.js'
 import { finishRequestHeaders, readHead } from '../pipeline/headers.js'
 import { admit } from '../pipeline/admit.js'
+import { CacheCapture, parseCacheControl, type CacheEntry, type CachePolicy } from '../cache/policy.js'
+import type { Readable } from 'node:stream'
 import type { GatewayRuntime } from '../pipeline/runtime.js'
 import { TargetRegistry } from '../upstream/target.js'
 import { IdentityRegistry, type IdentitySet } from '../identity/registry.js'
@@ -185,8 +187,98 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     }
   }
 
-  /** Admitted: finish the head, pick a target, and send. */
+  /** Admitted: through the cache when the route has one, else straight upstream. */
   #forward (ex: Exchange, expectContinue: boolean): void {
+    const cache = ex.route!.cache
+    if (cache === null) return this.#dispatch(ex, expectContinue)
+    this.#viaCache(ex, cache, expectContinue).catch((err: unknown) => this.#internalError(ex, err))
+  }
+
+  /**
+   * Look the request up; serve a hit, wait for a concurrent miss of the same key, or go upstream
+   * as the leader of a miss (its response is captured while it streams). Requests the cache
+   * cannot key (a method not listed, Cache-Control: no-store, a body over key.body.max_size or
+   * sent chunked) go straight upstream with X-Cache: BYPASS.
+   */
+  async #viaCache (ex: Exchange, cache: CachePolicy, expectContinue: boolean): Promise<void> {
+    const req = ex.req
+    const method = req.method!
+    const rm = this.metrics.cache
+    const route = ex.route!.name
+    const cc = headerOf(req.rawHeaders, 'cache-control')
+    const directives = cc === null ? null : parseCacheControl(cc)
+    let bypass = !cache.methods.has(method) || directives?.has('no-store') === true
+    let body: Buffer | null = null
+    if (!bypass && ex.body !== null) {
+      const declared = ex.contentLength === null ? NaN : Number(ex.contentLength)
+      if (!(declared <= cache.bodyMax)) {
+        bypass = true
+      } else {
+        if (expectContinue) {
+          ex.res.writeContinue()
+          expectContinue = false
+        }
+        body = await readAll(ex.body)
+        if (ex.finished) return
+        ex.bodyBuffer = body
+        ex.body = null
+      }
+    }
+    if (bypass) {
+      rm.labels(route, 'bypass').inc()
+      ex.cacheStatus = 'BYPASS'
+      return this.#dispatch(ex, expectContinue)
+    }
+    const key = cache.key(method, ex.path, ex.query, (n) => headerOf(req.rawHeaders, n), ex.identity, body)
+    // Cache-Control: no-cache from the client: skip the lookup, but the fresh answer may be stored.
+    if (directives?.has('no-cache') !== true) {
+      let hit: CacheEntry | null = null
+      try {
+        hit = await cache.lookup(key)
+      } catch (err) {
+        this.metrics.limitStoreErrors.labels(cache.storeName, 'cache').inc()
+        this.logger.debug({ msg: 'cache lookup failed', id: ex.requestId, err: (err as Error).message })
+      }
+      if (ex.finished) return
+      if (hit !== null) {
+        rm.labels(route, 'hit').inc()
+        return this.#serveCached(ex, hit, 'HIT')
+      }
+      const leader = cache.follower(key)
+      if (leader !== null) {
+        const entry = await leader
+        if (ex.finished) return
+        if (entry !== null) {
+          rm.labels(route, 'coalesced').inc()
+          return this.#serveCached(ex, entry, 'HIT')
+        }
+      }
+    }
+    rm.labels(route, 'miss').inc()
+    ex.cacheStatus = 'MISS'
+    // HEAD answers have no body: they may be served from a GET entry but never make one.
+    if (method !== 'HEAD' && cache.follower(key) === null) ex.cacheCapture = new CacheCapture(cache, key, cache.lead(key))
+    this.#dispatch(ex, expectContinue)
+  }
+
+  #serveCached (ex: Exchange, entry: CacheEntry, status: string): void {
+    const res = ex.res
+    const headers = [...entry.headers, 'age', String(Math.max(0, Math.floor((Date.now() - entry.storedAt) / 1000))), 'x-cache', status, 'x-request-id', ex.requestId]
+    const limits = ex.route!.rateLimit
+    if (limits !== null) {
+      headers.push('ratelimit-policy', limits.policyHeader)
+      if (ex.rateLimit !== null) headers.push('ratelimit', ex.rateLimit)
+    }
+    if (this.closing) res.shouldKeepAlive = false
+    ex.status = entry.status
+    const head = ex.req.method === 'HEAD'
+    ex.bytesOut = head ? 0 : entry.body.length
+    res.writeHead(entry.status, headers as unknown as string[])
+    res.end(head ? undefined : entry.body)
+  }
+
+  /** Finish the head, pick a target (or wait for a slot), and send. */
+  #dispatch (ex: Exchange, expectContinue: boolean): void {
     const route = ex.route!
     finishRequestHeaders(ex, route, this.#encrypted)
     const upstream = route.upstream
@@ -272,6 +364,7 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     const upstreamName = route === null ? '(none)' : route.upstream.name
     if (ex.body instanceof BodyLimit) ex.bytesIn = ex.body.bytes
     else if (ex.body !== null && ex.req.complete) ex.bytesIn = Number(ex.contentLength)
+    else if (ex.bodyBuffer !== null) ex.bytesIn = ex.bodyBuffer.length
     const rm = this.metrics.forRoute(route, routeName, upstreamName)
     rm.countRequest(ex.req.method ?? '', status)
     rm.duration.observe((now - ex.startedAt) / 1000)
@@ -415,6 +508,21 @@ function listening (server: http.Server): Promise<void> {
     server.once('listening', resolve)
     server.once('error', reject)
   })
+}
+
+/** First value of a header in Node's flat raw list (lower-case name). */
+function headerOf (raw: readonly string[], name: string): string | null {
+  for (let i = 0; i < raw.length; i += 2) {
+    if (raw[i]!.length === name.length && raw[i]!.toLowerCase() === name) return raw[i + 1]!
+  }
+  return null
+}
+
+/** A bounded body (its declared length was checked against the cap) as one Buffer. */
+async function readAll (body: Readable): Promise<Buffer> {
+  const chunks: Buffer[] = []
+  for await (const c of body) chunks.push(c as Buffer)
+  return Buffer.concat(chunks)
 }
 
 function round (ms: number): number {

@@ -7,7 +7,7 @@ import { serviceAvailable, waitUntilAsync } from '../helpers/index.js'
 
 /** One contract, every backend. */
 const backends: Array<[string, () => Promise<LimitStore | string>]> = [
-  ['memory', async () => new MemoryLimitStore({ kind: 'memory', max_keys: 10_000 })],
+  ['memory', async () => new MemoryLimitStore({ kind: 'memory', max_keys: 10_000, max_bytes: 1024 * 1024 })],
   ['redis', async () => {
     if (!await serviceAvailable(6379)) return 'Redis is not answering on 127.0.0.1:6379'
     return new RedisLimitStore({ kind: 'redis', url: 'redis://127.0.0.1:6379', prefix: `gh-test-${randomUUID()}:`, timeout: 1000 }, createLogger('silent'))
@@ -87,6 +87,20 @@ for (const [name, make] of backends) {
       const over = await s.quota(key, 100, 60_000, 0)
       assert.equal(over.allowed, false)
       assert.equal(over.remaining, 0)
+    })
+
+    it('cache entries: stored bytes come back as they were, unknown keys are null', async (s) => {
+      const key = `c:${randomUUID()}`
+      assert.equal(await s.cacheGet(key), null)
+      const value = Buffer.from([0, 1, 2, 255, 10, 13])
+      await s.cacheSet(key, value, 60_000)
+      assert.deepEqual(await s.cacheGet(key), value)
+    })
+
+    it('cache entries expire after their ttl', async (s) => {
+      const key = `c:${randomUUID()}`
+      await s.cacheSet(key, Buffer.from('x'), 30)
+      await waitUntilAsync(async () => (await s.cacheGet(key)) === null, 2000)
     })
 
     it('quota decisions are atomic under concurrency, and keys are independent', async (s) => {
