@@ -465,6 +465,13 @@ http {
 `
 }
 
+/** nginx answering every request from proxy_cache after the first (the cache-hit comparison). */
+function nginxCacheConf (prefix, port, upstreamPort) {
+  return nginxConf(prefix, port, upstreamPort)
+    .replace('  upstream bench {', `  proxy_cache_path ${prefix}/cache keys_zone=gh:10m max_size=100m inactive=10m use_temp_path=off;\n  upstream bench {`)
+    .replace('      proxy_buffering off;', '      proxy_buffering on;\n      proxy_cache gh;\n      proxy_cache_valid 200 10m;\n      add_header X-Cache $upstream_cache_status;')
+}
+
 async function startTarget (name, upstream) {
   if (name === 'direct') return { name, base: upstream.base, pid: null, proc: null }
   if (name === 'gatehouse') {
@@ -776,6 +783,10 @@ function checklist (results) {
     check(`small GET c=50 with ${label} >= ${min}x the same route without`, ok ? a[name].ratioToNone >= min : null,
       ok ? `${a[name].ratioToNone.toFixed(2)}x (median of ${a.rounds.length} per-round ratios; median req/s ${a[name].rps.toFixed(0)} vs ${a.none.rps.toFixed(0)})` : 'n/a')
   }
+  const ghCached = a?.cached?.ratioToNone
+  check('cache hits >= 1.5x the uncached route (small GET c=50)', have(ghCached) ? ghCached >= 1.5 : null, have(ghCached) ? `${ghCached.toFixed(2)}x (median of per-round ratios; ${a.cached.rps.toFixed(0)} vs ${a.none.rps.toFixed(0)} req/s)` : 'n/a')
+  const ngCached = a?.rounds?.[0]?.nginx_cached === undefined ? null : median(a.rounds.map((r) => r.cached.rps / r.nginx_cached.rps))
+  check('cache hits >= 0.4x nginx proxy_cache hits', have(ngCached) ? ngCached >= 0.4 : null, have(ngCached) ? `${ngCached.toFixed(2)}x (median of per-round ratios; ${a.cached.rps.toFixed(0)} vs ${a.nginx_cached.rps.toFixed(0)} req/s)` : 'n/a')
   const cold = results.coldStart?.medianMs
   check('cold start (median of 5) <= 300 ms', have(cold) ? cold <= 300 : null, have(cold) ? `${cold.toFixed(1)} ms` : 'n/a')
   return items
@@ -831,6 +842,7 @@ routes:
   - { name: introspection, match: { path_prefix: /intro }, strip_prefix: /intro, upstream: bench, auth: { any_of: [partner], scopes: { all: [predict] } } }
   # Limits high enough never to refuse: the cost of the check, not of refusing.
   - { name: limit_memory, match: { path_prefix: /rlmem }, strip_prefix: /rlmem, upstream: bench, rate_limit: [{ key: ip, rate: 10000000/s }] }
+  - { name: cached, match: { path_prefix: /cache }, strip_prefix: /cache, upstream: bench, cache: { ttl: 10m } }
 ${redis ? '  - { name: limit_redis, match: { path_prefix: /rlredis }, strip_prefix: /rlredis, upstream: bench, rate_limit: [{ key: ip, rate: 10000000/s, store: shared }] }\n' : ''}  - { name: none, match: { path_prefix: / }, upstream: bench }
 `
 }
@@ -849,28 +861,43 @@ async function authPhase (upstream) {
   })
   if (!redis) log('auth phase: Redis is not answering on 127.0.0.1:6379; the Redis rate-limit route is skipped')
   const gh = await spawnGatehouse(upstream.port, 'auth', GH_NODE_ARGS, authYaml(idp.issuer, redis))
+  let nginx = null
+  if (fs.existsSync(NGINX)) {
+    const prefix = path.join(tmp, 'nginx-cache')
+    fs.mkdirSync(path.join(prefix, 'cache'), { recursive: true })
+    // nginx's workers drop root: they must reach and write the cache directory.
+    fs.chmodSync(tmp, 0o755)
+    fs.chmodSync(prefix, 0o755)
+    fs.chmodSync(path.join(prefix, 'cache'), 0o777)
+    const port = await freePort()
+    const confFile = path.join(prefix, 'nginx.conf')
+    fs.writeFileSync(confFile, nginxCacheConf(prefix, port, upstream.port))
+    const proc = track(spawn(NGINX, ['-p', prefix, '-c', confFile, '-e', path.join(prefix, 'error.log'), '-g', 'daemon off;'], { stdio: ['ignore', 'inherit', 'inherit'] }), 'nginx')
+    nginx = { proc, base: `http://127.0.0.1:${port}` }
+    await waitReady(`${nginx.base}/small`, 15_000, proc)
+  }
   const script = path.join(tmp, 'auth.lua')
   fs.writeFileSync(script, `wrk.headers["Authorization"] = "Bearer ${idp.token}"\ndofile("${path.join(here, 'wrk', 'report.lua')}")\n`)
   const out = { rounds: [], idpCalls: null }
   try {
     await waitReady(`${gh.base}/small`, 15_000, gh.proc)
-    const routes = [['none', '/small'], ['jwt', '/jwt/small'], ['introspection', '/intro/small'], ['limit_memory', '/rlmem/small'], ...(redis ? [['limit_redis', '/rlredis/small']] : [])]
+    const routes = [['none', gh.base + '/small'], ['jwt', gh.base + '/jwt/small'], ['introspection', gh.base + '/intro/small'], ['limit_memory', gh.base + '/rlmem/small'],
+      ...(redis ? [['limit_redis', gh.base + '/rlredis/small']] : []), ['cached', gh.base + '/cache/small'], ...(nginx ? [['nginx_cached', nginx.base + '/small']] : [])]
     for (const [name, p] of routes) {
-      const res = await fetch(gh.base + p, { headers: { authorization: `Bearer ${idp.token}` } })
+      const res = await fetch(p, { headers: { authorization: `Bearer ${idp.token}` } })
       if (res.status !== 200) throw new Error(`auth bench: ${p} answered ${res.status}: ${await res.text()}`)
       await res.arrayBuffer()
       log(`auth: route ${name} answers 200`)
     }
     // One warm-up per route; then short runs, route after route, so that each round's three
     // runs fall within seconds of each other (this machine's speed drifts over tens of seconds).
-    if (WARMUP > 0) for (const [, p] of routes) await runWrk({ url: gh.base + p, connections: 50, threads: WRK_THREADS, seconds: WARMUP, script })
+    if (WARMUP > 0) for (const [, p] of routes) await runWrk({ url: p, connections: 50, threads: WRK_THREADS, seconds: WARMUP, script })
     const callsBefore = { ...idp.calls }
     for (let round = 0; round < AUTH_ROUNDS; round++) {
       const r = {}
       // The order rotates, so no route is always first (or last) in a round.
       for (let k = 0; k < routes.length; k++) {
-        const [name, p] = routes[(round + k) % routes.length]
-        const url = gh.base + p
+        const [name, url] = routes[(round + k) % routes.length]
         const cpu0 = cpuMsOf(gh.proc.pid)
         const w = await measured(`auth ${name} round ${round + 1}`, () => runWrk({ url, connections: 50, threads: WRK_THREADS, seconds: AUTH_DURATION, script }))
         w.proxyUsPerReq = Math.round((cpuMsOf(gh.proc.pid) - cpu0) * 1000 / w.requests * 10) / 10
@@ -893,6 +920,7 @@ async function authPhase (upstream) {
     }
   } finally {
     await stop(gh.proc)
+    if (nginx !== null) await stop(nginx.proc)
     await idp.close()
   }
   return out
@@ -986,7 +1014,8 @@ async function main () {
     process.stdout.write(`auth, GET /small c=50 (median of ${a.rounds.length} rounds): none ${a.none.rps.toFixed(0)} req/s (${a.none.proxyUsPerReq} us/req), ` +
       `JWT ${a.jwt.rps.toFixed(0)} (${a.jwt.proxyUsPerReq} us/req), introspection ${a.introspection.rps.toFixed(0)} (${a.introspection.proxyUsPerReq} us/req), ` +
       `rate limit memory ${a.limit_memory.rps.toFixed(0)} (${a.limit_memory.proxyUsPerReq} us/req)` +
-      (a.limit_redis ? `, rate limit Redis ${a.limit_redis.rps.toFixed(0)} (${a.limit_redis.proxyUsPerReq} us/req)` : '') + '; ' +
+      (a.limit_redis ? `, rate limit Redis ${a.limit_redis.rps.toFixed(0)} (${a.limit_redis.proxyUsPerReq} us/req)` : '') +
+      `, cache hits ${a.cached.rps.toFixed(0)} (${a.cached.proxyUsPerReq} us/req)` + (a.nginx_cached ? `, nginx proxy_cache hits ${a.nginx_cached.rps.toFixed(0)}` : '') + '; ' +
       `IdP calls during the runs: ${a.idpCalls.jwks} JWKS, ${a.idpCalls.introspect} introspection\n`)
     if (a.cost) process.stdout.write(`auth, in-process CPU of the cached JWT check plus identity headers: ${a.cost.jwtCachedNsPerRequest} ns per request (median of ${a.cost.reps.length})\n`)
   }

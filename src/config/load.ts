@@ -111,7 +111,9 @@ function describeZodIssue (issue: z.core.$ZodIssue, input: unknown): LocatedIssu
   }
   if (issue.code === 'invalid_union') {
     // Our unions are "string or number" for durations and sizes.
-    return [issueAt(path, `expected a string or a number, got ${describe(valueAt(input, path))}`)]
+    const got = valueAt(input, path)
+    if (got === undefined) return [issueAt(path, 'is required')]
+    return [issueAt(path, `expected a string or a number, got ${describe(got)}`)]
   }
   return [issueAt(path, issue.message)]
 }

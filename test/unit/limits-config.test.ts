@@ -83,6 +83,20 @@ describe('config: rate limits', () => {
     assert.equal(issueAt(err, 'routes[1].rate_limit[1].quota').message, 'a quota counts whole requests or units: use a whole number')
   })
 
+  it('checks cache blocks', () => {
+    const err = configError(BASE + `routes:
+  - name: r
+    upstream: model
+    cache: { ttl: 1m, store: shraed, methods: [GET, DELETE] }
+  - name: s
+    upstream: model
+    cache: { methods: [POST] }
+`)
+    assert.equal(issueAt(err, 'routes[0].cache.store').message, 'unknown store "shraed" (did you mean "shared"?)')
+    assert.match(issueAt(err, 'routes[0].cache.methods[1]').message, /must be one of "GET", "HEAD", "POST"/)
+    assert.equal(issueAt(err, 'routes[1].cache.ttl').message, 'is required')
+  })
+
   it('checks store definitions', () => {
     const err = configError(`stores:
   a: { kind: redis, url: "http://x", timeout: 0 }
