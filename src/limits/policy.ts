@@ -4,6 +4,7 @@ import type { RateLimitConfig, RouteConfig } from '../config/schema.js'
 import { gatewayError, type GatewayError } from '../errors/index.js'
 import type { Identity } from '../identity/types.js'
 import type { Metrics } from '../observability/metrics.js'
+import { LRUCache } from 'lru-cache'
 import type { LimitDecision, LimitStore } from './store.js'
 
 type Outcome = GatewayError | null
@@ -36,6 +37,8 @@ export interface CompiledLimit {
   readonly missing: 'deny' | 'ip'
   /** This limit's RateLimit-Policy item. */
   readonly policyItem: string
+  /** Local token leases for a GCRA limit on a remote store (null: one decision per request). */
+  readonly leases: GcraLeases | null
 }
 
 /**
@@ -142,6 +145,7 @@ export class RateLimitPolicy {
 }
 
 function decide (limit: CompiledLimit, key: string): LimitDecision | Promise<LimitDecision> {
+  if (limit.leases !== null) return limit.leases.take(limit, key)
   if (limit.gcra !== null) return limit.store.gcra(key, limit.gcra.intervalMs, limit.gcra.burst, 1)
   const q = limit.quota!
   // A cost known only from the response: look now (refused once the budget is spent), charge later.
@@ -211,6 +215,58 @@ function compileLimit (route: string, l: RateLimitConfig, store: LimitStore): Co
     storeName: l.store,
     missing: l.missing,
     policyItem,
+    // Leasing pays off only for big buckets; small ones keep one exact decision per request.
+    leases: gcra !== null && store.kind !== 'memory' && Math.floor(gcra.burst * LEASE_SHARE) >= 2
+      ? new GcraLeases(Math.floor(gcra.burst * LEASE_SHARE), gcra.intervalMs)
+      : null,
+  }
+}
+
+/** Most of a bucket one gateway may hold unspent: two gateways stay within 1 % of the limit. */
+const LEASE_SHARE = 0.005
+
+/**
+ * Token leases for a GCRA limit in a shared store: instead of a round trip per request, a
+ * gateway takes `size` tokens at once (one atomic decision of cost `size`) and spends them
+ * locally. Nothing is ever admitted beyond the global bucket; the price is that tokens a gateway
+ * leased but did not spend within the lease's life (the time they take to refill) are lost, so
+ * with N gateways the limit can err low by at most N × 0.5 % of the burst. A bucket with less
+ * than a lease left is served one token at a time. RateLimit `r=` values between leases are the
+ * ones the last lease saw.
+ */
+class GcraLeases {
+  readonly #size: number
+  readonly #lifeMs: number
+  readonly #leases = new LRUCache<string, { tokens: number, expires: number, remaining: number, resetMs: number }>({ max: 10_000 })
+  readonly #pending = new Map<string, Promise<LimitDecision>>()
+
+  constructor (size: number, intervalMs: number) {
+    this.#size = size
+    this.#lifeMs = Math.max(1, size * intervalMs)
+  }
+
+  take (limit: CompiledLimit, key: string): LimitDecision | Promise<LimitDecision> {
+    const l = this.#leases.get(key)
+    if (l !== undefined && l.tokens > 0 && l.expires > Date.now()) {
+      l.tokens--
+      return { allowed: true, remaining: l.remaining, resetMs: l.resetMs, retryMs: 0 }
+    }
+    // One lease fetch per key at a time; requests arriving meanwhile spend from it.
+    const pending = this.#pending.get(key)
+    if (pending !== undefined) return pending.then(() => this.take(limit, key))
+    const fetch = this.#fetch(limit, key).finally(() => this.#pending.delete(key))
+    this.#pending.set(key, fetch)
+    return fetch
+  }
+
+  async #fetch (limit: CompiledLimit, key: string): Promise<LimitDecision> {
+    const g = limit.gcra!
+    const d = await limit.store.gcra(key, g.intervalMs, g.burst, this.#size)
+    if (d.allowed) {
+      this.#leases.set(key, { tokens: this.#size - 1, expires: Date.now() + this.#lifeMs, remaining: d.remaining, resetMs: d.resetMs })
+      return d
+    }
+    return await limit.store.gcra(key, g.intervalMs, g.burst, 1)
   }
 }
 
