@@ -219,3 +219,10 @@ export async function serviceAvailable (port: number): Promise<boolean> {
   if (!ok && process.env.GATEHOUSE_REQUIRE_SERVICES === '1') throw new Error(`a service this test needs is not answering on 127.0.0.1:${port} (GATEHOUSE_REQUIRE_SERVICES=1)`)
   return ok
 }
+
+/** GET through a gateway (or any base URL); `problem` is the parsed problem+json body, if any. */
+export async function call (gw: TestGateway | string, path: string, headers: Record<string, string | string[]> = {}) {
+  const res = await request(`${typeof gw === 'string' ? gw : gw.url}${path}`, { headers })
+  const problem = res.headers['content-type'] === 'application/problem+json' ? JSON.parse(res.body) : null
+  return { ...res, problem }
+}

@@ -2,7 +2,7 @@ import { after, before, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
 import { createPublicKey, KeyObject, sign as cryptoSign } from 'node:crypto'
 import { exportJWK, generateKeyPair, SignJWT, type CryptoKey, type JWTPayload, type JWTHeaderParameters } from 'jose'
-import { metricsText, rawRequest, request, startEchoUpstream, startGateway, startUpstream, waitUntilAsync, type TestGateway } from '../helpers/index.js'
+import { call, metricsText, rawRequest, request, startEchoUpstream, startGateway, startUpstream, waitUntilAsync, type TestGateway } from '../helpers/index.js'
 import { startIdp, type TestIdp } from '../helpers/idp.js'
 import type { ConfigInput } from '../../src/config/schema.js'
 
@@ -37,12 +37,6 @@ function jwtConfig (issuer: string, upstreamUrl: string, sso: Record<string, unk
 
 const CHALLENGE = 'Bearer realm="gatehouse"'
 const INVALID = 'Bearer realm="gatehouse", error="invalid_token"'
-
-async function call (gw: TestGateway, path: string, headers: Record<string, string | string[]> = {}) {
-  const res = await request(`${gw.url}${path}`, { headers })
-  const problem = res.headers['content-type'] === 'application/problem+json' ? JSON.parse(res.body) : null
-  return { ...res, problem }
-}
 
 describe('identity: JWT bearer tokens from a real OpenID Provider', () => {
   let idp: TestIdp

@@ -5,7 +5,7 @@ import type http from 'node:http'
 import { once } from 'node:events'
 import { createRemoteJWKSet, jwtVerify, SignJWT } from 'jose'
 import WebSocket, { WebSocketServer } from 'ws'
-import { metricsText, rawRequest, request, startEchoUpstream, startGateway, startUpstream, type TestGateway, type Upstream } from '../helpers/index.js'
+import { call, metricsText, rawRequest, startEchoUpstream, startGateway, startUpstream, type TestGateway, type Upstream } from '../helpers/index.js'
 import { startIdp, type TestIdp } from '../helpers/idp.js'
 import type { ConfigInput } from '../../src/config/schema.js'
 
@@ -14,12 +14,6 @@ type Echo = Awaited<ReturnType<typeof startEchoUpstream>>
 const sha256 = (s: string): string => createHash('sha256').update(s).digest('hex')
 const ACME_KEY = 'gh_live_9fJ2kQ7vX1mN4pR8sT0uW3yZ6'
 const GLOBEX_KEY = 'gh_live_Aa11Bb22Cc33Dd44Ee55Ff66Gg77'
-
-async function call (gw: TestGateway, path: string, headers: Record<string, string | string[]> = {}) {
-  const res = await request(`${gw.url}${path}`, { headers })
-  const problem = res.headers['content-type'] === 'application/problem+json' ? JSON.parse(res.body) : null
-  return { ...res, problem }
-}
 
 function keysConfig (upstreamUrl: string, keys: Array<Record<string, unknown>>, extra: Partial<ConfigInput> = {}): ConfigInput {
   return {

@@ -7,7 +7,7 @@ import net from 'node:net'
 import { once } from 'node:events'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { metricsText, request, serviceAvailable, startEchoUpstream, startGateway, startUpstream, waitUntilAsync, type TestGateway } from '../helpers/index.js'
+import { call, metricsText, request, serviceAvailable, startEchoUpstream, startGateway, startUpstream, waitUntilAsync } from '../helpers/index.js'
 import type { ConfigInput } from '../../src/config/schema.js'
 
 const root = join(import.meta.dirname, '..', '..')
@@ -24,12 +24,6 @@ async function redisCommandCount (): Promise<number> {
   }
   s.destroy()
   return Number(/cmdstat_evalsha:calls=(\d+)/.exec(text)?.[1] ?? 0)
-}
-
-async function call (gw: TestGateway | string, path: string, headers: Record<string, string> = {}) {
-  const res = await request(`${typeof gw === 'string' ? gw : gw.url}${path}`, { headers })
-  const problem = res.headers['content-type'] === 'application/problem+json' ? JSON.parse(res.body) : null
-  return { ...res, problem }
 }
 
 function limited (upstreamUrl: string, route: Record<string, unknown>, extra: Record<string, unknown> = {}): ConfigInput {

@@ -4,27 +4,8 @@ import assert from 'node:assert/strict'
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { ConfigError, loadConfigFile, parseConfig, validateConfig, type ConfigIssue } from '../../src/index.js'
-
-const FILE = 'gatehouse.yaml'
-
-/** parseConfig must throw a ConfigError; return it. */
-function configError (text: string, options: Parameters<typeof parseConfig>[1] = {}): ConfigError {
-  try {
-    parseConfig(text, { env: {}, ...options }, FILE)
-  } catch (err) {
-    assert.ok(err instanceof ConfigError, `expected a ConfigError, got ${String(err)}`)
-    return err
-  }
-  return assert.fail('expected parseConfig to throw a ConfigError')
-}
-
-/** The one issue reported at `path` (fails if there is not exactly one). */
-function issueAt (err: ConfigError, path: string): ConfigIssue {
-  const found = err.issues.filter((i) => i.path === path)
-  assert.equal(found.length, 1, `expected one issue at ${path}, got:\n${err.message}`)
-  return found[0]!
-}
+import { ConfigError, loadConfigFile, parseConfig, validateConfig } from '../../src/index.js'
+import { configError, FILE, issueAt } from '../helpers/config.js'
 
 /** A valid upstreams section, to which tests append a routes section (it ends on line 3). */
 const UPSTREAMS = `upstreams:

@@ -1,22 +1,7 @@
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { ConfigError, parseConfig, type ConfigIssue } from '../../src/index.js'
-
-function configError (text: string): ConfigError {
-  try {
-    parseConfig(text, { env: {} }, 'gatehouse.yaml')
-  } catch (err) {
-    assert.ok(err instanceof ConfigError, `expected a ConfigError, got ${String(err)}`)
-    return err
-  }
-  return assert.fail('expected parseConfig to throw a ConfigError')
-}
-
-function issueAt (err: ConfigError, path: string): ConfigIssue {
-  const found = err.issues.filter((i) => i.path === path)
-  assert.equal(found.length, 1, `expected one issue at ${path}, got:\n${err.message}`)
-  return found[0]!
-}
+import { parseConfig } from '../../src/index.js'
+import { configError, issueAt } from '../helpers/config.js'
 
 const BASE = `upstreams:
   model: { targets: [{ url: "http://127.0.0.1:9000" }] }
