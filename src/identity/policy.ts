@@ -238,10 +238,10 @@ function headerCredential (ex: CredentialCarrier, name: string): string | null |
  * A claim by name: the whole name first (namespaced claims such as
  * "https://example.com/org" contain dots), then as a dotted path into nested objects.
  */
-function claimAt (claims: Readonly<Record<string, unknown>>, path: readonly string[]): unknown {
-  if (path.length > 1) {
+export function claimAt (claims: unknown, path: readonly string[]): unknown {
+  if (path.length > 1 && claims !== null && typeof claims === 'object') {
     const whole = path.join('.')
-    if (Object.hasOwn(claims, whole)) return claims[whole]
+    if (Object.hasOwn(claims, whole)) return (claims as Record<string, unknown>)[whole]
   }
   let v: unknown = claims
   for (const k of path) {

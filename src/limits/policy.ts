@@ -2,6 +2,7 @@ import { hash } from 'node:crypto'
 import { isIP } from 'node:net'
 import type { RateLimitConfig, RouteConfig } from '../config/schema.js'
 import { gatewayError, type GatewayError } from '../errors/index.js'
+import { claimAt } from '../identity/policy.js'
 import type { Identity } from '../identity/types.js'
 import type { Metrics } from '../observability/metrics.js'
 import { LRUCache } from 'lru-cache'
@@ -28,6 +29,8 @@ export interface CompiledLimit {
   readonly name: string
   readonly keyKind: 'subject' | 'client_id' | 'api_key' | 'ip' | 'header' | 'claim'
   readonly keyArg: string
+  /** For claim keys: keyArg split on dots, once. */
+  readonly claimPath: readonly string[]
   readonly gcra: { intervalMs: number, burst: number } | null
   readonly quota: { limit: number, windowMs: number } | null
   /** A fixed cost, or the JSON path (after `response.`) to read the cost from. */
@@ -160,7 +163,7 @@ function keyValue (limit: CompiledLimit, s: LimitSubject): string | null {
     case 'client_id': v = s.identity?.clientId; break
     case 'api_key': v = s.identity?.kind === 'api_key' ? s.identity.subject : null; break
     case 'header': v = s.header(limit.keyArg); break
-    case 'claim': v = s.identity === null ? undefined : at(s.identity.claims, limit.keyArg.split('.'), limit.keyArg); break
+    case 'claim': v = s.identity === null ? undefined : claimAt(s.identity.claims, limit.claimPath); break
   }
   if (typeof v === 'number' || typeof v === 'boolean') v = String(v)
   if (typeof v === 'string' && v !== '') return `${limit.keyKind}:${v}`
@@ -173,17 +176,6 @@ function keyValue (limit: CompiledLimit, s: LimitSubject): string | null {
  */
 function limitAddress (s: LimitSubject): string {
   return isIP(s.clientIp) !== 0 ? s.clientIp : s.peerIp
-}
-
-/** A value by path (whole dotted name first, as for claims elsewhere). */
-function at (value: unknown, path: readonly string[], whole?: string): unknown {
-  if (whole !== undefined && value !== null && typeof value === 'object' && Object.hasOwn(value, whole)) return (value as Record<string, unknown>)[whole]
-  let v = value
-  for (const k of path) {
-    if (v === null || typeof v !== 'object' || !Object.hasOwn(v, k)) return undefined
-    v = (v as Record<string, unknown>)[k]
-  }
-  return v
 }
 
 function compileLimit (route: string, l: RateLimitConfig, store: LimitStore): CompiledLimit {
@@ -208,6 +200,7 @@ function compileLimit (route: string, l: RateLimitConfig, store: LimitStore): Co
     name,
     keyKind,
     keyArg,
+    claimPath: keyArg.split('.'),
     gcra,
     quota,
     cost: typeof l.cost === 'number' ? l.cost : l.cost.slice('response.'.length).split('.'),
@@ -306,7 +299,7 @@ export class CostTap {
     const text = Buffer.concat(this.#chunks).toString('utf8')
     if (!this.#sse) {
       try {
-        return at(JSON.parse(text), path)
+        return claimAt(JSON.parse(text), path)
       } catch {
         return undefined
       }
@@ -316,7 +309,7 @@ export class CostTap {
       const line = lines[i]!
       if (!line.startsWith('data:')) continue
       try {
-        const v = at(JSON.parse(line.slice(5)), path)
+        const v = claimAt(JSON.parse(line.slice(5)), path)
         if (v !== undefined && v !== null) return v
       } catch {
         // "[DONE]" and other non-JSON events

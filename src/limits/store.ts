@@ -127,9 +127,13 @@ export class MemoryLimitStore implements LimitStore {
 // sharing the store agrees on time. Keys are built from the store's prefix; the quota scripts add
 // the window index themselves (a single Redis or a primary/replica pair, not Redis Cluster).
 
-const GCRA_LUA = `
+/** Every script starts from the server's clock, in ms. */
+const NOW_LUA = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+`
+
+const GCRA_LUA = NOW_LUA + `
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
@@ -144,9 +148,7 @@ redis.call('SET', KEYS[1], tostring(nexttat), 'PX', math.max(1, math.ceil(nextta
 return {1, math.floor((capacity - (nexttat - now)) / interval), math.ceil(nexttat - now), 0}
 `
 
-const QUOTA_LUA = `
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+const QUOTA_LUA = NOW_LUA + `
 local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
@@ -164,9 +166,7 @@ redis.call('PEXPIRE', key, reset + 1000)
 return {1, limit - used, reset, 0}
 `
 
-const CHARGE_LUA = `
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+const CHARGE_LUA = NOW_LUA + `
 local window = tonumber(ARGV[1])
 local index = math.floor(now / window)
 local key = KEYS[1] .. ':' .. index

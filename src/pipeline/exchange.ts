@@ -10,7 +10,7 @@ import type { Identity } from '../identity/types.js'
 import type { SlotWaiter } from '../upstream/balancer.js'
 import { releaseSlot, type Target } from '../upstream/target.js'
 import { isConnectFailure, upstreamError } from '../upstream/errors.js'
-import { filterResponseHeaders } from './headers.js'
+import { dropHeaders, filterResponseHeaders } from './headers.js'
 import type { GatewayRuntime } from './runtime.js'
 
 export const kExchange = Symbol('gatehouse.exchange')
@@ -123,7 +123,7 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, 
     if (limits !== null) {
       // The gateway's limits are the ones the client meets; an upstream's own fields would
       // contradict them.
-      dropRateLimitFields(headers)
+      dropHeaders(headers, isRateLimitField)
       headers.push('ratelimit-policy', limits.policyHeader)
       if (this.rateLimit !== null) headers.push('ratelimit', this.rateLimit)
     }
@@ -330,15 +330,8 @@ function clientClosedError (): Error {
   return err
 }
 
-function dropRateLimitFields (headers: string[]): void {
-  let w = 0
-  for (let r = 0; r < headers.length; r += 2) {
-    const n = headers[r]!
-    if ((n.length === 9 || n.length === 16) && (n.toLowerCase() === 'ratelimit' || n.toLowerCase() === 'ratelimit-policy')) continue
-    headers[w++] = n
-    headers[w++] = headers[r + 1]!
-  }
-  headers.length = w
+function isRateLimitField (lowerName: string): boolean {
+  return lowerName === 'ratelimit' || lowerName === 'ratelimit-policy'
 }
 
 function isEventStream (headers: string[]): boolean {

@@ -191,15 +191,20 @@ export function filterResponseHeaders (raw: Buffer[], requestId: string): string
   return out
 }
 
-/** Drop every field named in `names` (lower-case). */
-function removeHeaders (out: string[], names: readonly string[]): void {
+/** Drop, in place, every field of a flat [name, value, …] list whose lower-case name `drop` picks. */
+export function dropHeaders (out: string[], drop: (lowerName: string) => boolean): void {
   let w = 0
   for (let r = 0; r < out.length; r += 2) {
-    if (names.includes(out[r]!.toLowerCase())) continue
+    if (drop(out[r]!.toLowerCase())) continue
     out[w++] = out[r]!
     out[w++] = out[r + 1]!
   }
   out.length = w
+}
+
+/** Drop every field named in `names` (lower-case). */
+function removeHeaders (out: string[], names: readonly string[]): void {
+  dropHeaders(out, (n) => names.includes(n))
 }
 
 /** Drop the fields a Connection header names (other than the standard tokens). */
@@ -211,13 +216,8 @@ export function removeConnectionTokens (out: string[], connection: string): void
     ;(names ??= new Set()).add(t)
   }
   if (names === null) return
-  let w = 0
-  for (let r = 0; r < out.length; r += 2) {
-    if (names.has(out[r]!.toLowerCase())) continue
-    out[w++] = out[r]!
-    out[w++] = out[r + 1]!
-  }
-  out.length = w
+  const named = names
+  dropHeaders(out, (n) => named.has(n))
 }
 
 /** Accept a client's request id only if it is short and printable (it ends up in logs). */

@@ -205,7 +205,7 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     const method = req.method!
     const rm = this.metrics.cache
     const route = ex.route!.name
-    const cc = headerOf(req.rawHeaders, 'cache-control')
+    const cc = ex.header('cache-control')
     const directives = cc === null ? null : parseCacheControl(cc)
     let bypass = !cache.methods.has(method) || directives?.has('no-store') === true
     let body: Buffer | null = null
@@ -229,7 +229,7 @@ class GatewayImpl implements Gateway, GatewayRuntime {
       ex.cacheStatus = 'BYPASS'
       return this.#dispatch(ex, expectContinue)
     }
-    const key = cache.key(method, ex.path, ex.query, (n) => headerOf(req.rawHeaders, n), ex.identity, body)
+    const key = cache.key(method, ex.path, ex.query, (n) => ex.header(n), ex.identity, body)
     // Cache-Control: no-cache from the client: skip the lookup, but the fresh answer may be stored.
     if (directives?.has('no-cache') !== true) {
       let hit: CacheEntry | null = null
@@ -508,14 +508,6 @@ function listening (server: http.Server): Promise<void> {
     server.once('listening', resolve)
     server.once('error', reject)
   })
-}
-
-/** First value of a header in Node's flat raw list (lower-case name). */
-function headerOf (raw: readonly string[], name: string): string | null {
-  for (let i = 0; i < raw.length; i += 2) {
-    if (raw[i]!.length === name.length && raw[i]!.toLowerCase() === name) return raw[i + 1]!
-  }
-  return null
 }
 
 /** A bounded body (its declared length was checked against the cap) as one Buffer. */
