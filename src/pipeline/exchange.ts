@@ -2,14 +2,14 @@ import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { Readable } from 'node:stream'
 import type { Dispatcher } from 'undici'
 import { upstreamPath, type CompiledRoute, type RouteTable } from '../compile/index.js'
-import { gatewayError, isGatewayError, problemBody, type GatewayError } from '../errors/index.js'
+import { isGatewayError, problemBody, type GatewayError } from '../errors/index.js'
 import type { CredentialCarrier } from '../identity/policy.js'
 import { CostTap, type CompiledLimit, type LimitSubject } from '../limits/policy.js'
 import type { CacheCapture } from '../cache/policy.js'
 import type { Identity } from '../identity/types.js'
 import type { SlotWaiter } from '../upstream/balancer.js'
 import { releaseSlot, type Target } from '../upstream/target.js'
-import { isConnectFailure, upstreamError } from '../upstream/errors.js'
+import { isConnectFailure, upstreamBusy, upstreamError } from '../upstream/errors.js'
 import { dropHeaders, filterResponseHeaders } from './headers.js'
 import type { GatewayRuntime } from './runtime.js'
 
@@ -119,13 +119,11 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, 
     const res = this.res
     if (this.rt.closing) res.shouldKeepAlive = false
     const headers = filterResponseHeaders(rawHeaders, this.requestId)
-    const limits = this.route!.rateLimit
-    if (limits !== null) {
+    if (this.route!.rateLimit !== null) {
       // The gateway's limits are the ones the client meets; an upstream's own fields would
       // contradict them.
       dropHeaders(headers, isRateLimitField)
-      headers.push('ratelimit-policy', limits.policyHeader)
-      if (this.rateLimit !== null) headers.push('ratelimit', this.rateLimit)
+      this.pushRateLimitFields(headers)
     }
     if (this.cacheCapture !== null) this.cacheCapture.head(statusCode, headers)
     if (this.cacheStatus !== null) headers.push('x-cache', this.cacheStatus)
@@ -250,10 +248,7 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, 
     const upstream = this.route!.upstream
     this.rt.metrics.queued.labels(upstream.name, 'timeout').inc()
     this.rt.metrics.refused.labels('GH_UPSTREAM_BUSY').inc()
-    this.fail(gatewayError('GH_UPSTREAM_BUSY', `Upstream "${upstream.name}" is at capacity; try again shortly`, {
-      reason: `no slot within the queue timeout (${upstream.queueTimeout} ms, max_in_flight ${upstream.maxInFlight})`,
-      headers: { 'retry-after': '1' },
-    }))
+    this.fail(upstreamBusy(upstream.name, `no slot within the queue timeout (${upstream.queueTimeout} ms, max_in_flight ${upstream.maxInFlight})`))
   }
 
   /** Answer with a problem+json error (or cut the connection when a response has begun). */
@@ -285,6 +280,14 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, 
 
   get peerIp (): string {
     return this.req.socket.remoteAddress ?? ''
+  }
+
+  /** RateLimit-Policy and RateLimit for a response of a limited route (upstream's or cached). */
+  pushRateLimitFields (headers: string[]): void {
+    const limits = this.route!.rateLimit
+    if (limits === null) return
+    headers.push('ratelimit-policy', limits.policyHeader)
+    if (this.rateLimit !== null) headers.push('ratelimit', this.rateLimit)
   }
 
   /** First value of a request header (lower-case name), for limits keyed on a header. */

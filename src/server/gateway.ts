@@ -18,6 +18,7 @@ import { CacheCapture, parseCacheControl, type CacheEntry, type CachePolicy } fr
 import type { Readable } from 'node:stream'
 import type { GatewayRuntime } from '../pipeline/runtime.js'
 import { TargetRegistry } from '../upstream/target.js'
+import { upstreamBusy } from '../upstream/errors.js'
 import { IdentityRegistry, type IdentitySet } from '../identity/registry.js'
 import { StoreRegistry, type StoreSet } from '../limits/registry.js'
 import type { ProviderStatus } from '../identity/types.js'
@@ -264,11 +265,7 @@ class GatewayImpl implements Gateway, GatewayRuntime {
   #serveCached (ex: Exchange, entry: CacheEntry, status: string): void {
     const res = ex.res
     const headers = [...entry.headers, 'age', String(Math.max(0, Math.floor((Date.now() - entry.storedAt) / 1000))), 'x-cache', status, 'x-request-id', ex.requestId]
-    const limits = ex.route!.rateLimit
-    if (limits !== null) {
-      headers.push('ratelimit-policy', limits.policyHeader)
-      if (ex.rateLimit !== null) headers.push('ratelimit', ex.rateLimit)
-    }
+    ex.pushRateLimitFields(headers)
     if (this.closing) res.shouldKeepAlive = false
     ex.status = entry.status
     const head = ex.req.method === 'HEAD'
@@ -290,10 +287,7 @@ class GatewayImpl implements Gateway, GatewayRuntime {
         ex.expectContinue = expectContinue
         if (upstream.enqueue(ex)) return
         this.metrics.queued.labels(upstream.name, 'full').inc()
-        return this.#refuse(ex, gatewayError('GH_UPSTREAM_BUSY', `Upstream "${upstream.name}" is at capacity; try again shortly`, {
-          reason: `queue full (${upstream.queueSize} waiting, max_in_flight ${upstream.maxInFlight})`,
-          headers: { 'retry-after': '1' },
-        }))
+        return this.#refuse(ex, upstreamBusy(upstream.name, `queue full (${upstream.queueSize} waiting, max_in_flight ${upstream.maxInFlight})`))
       }
       return this.#refuse(ex, gatewayError('GH_NO_HEALTHY_UPSTREAM', `Every target of upstream "${upstream.name}" is failing; try again shortly`, { headers: { 'retry-after': String(Math.ceil(upstream.ejectFor / 1000)) } }))
     }

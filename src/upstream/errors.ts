@@ -38,3 +38,8 @@ export function upstreamError (err: unknown, upstream: string): GatewayError {
   if (code.startsWith('HPE_')) return gatewayError('GH_UPSTREAM_BAD_RESPONSE', 'The upstream sent an invalid response', { reason })
   return gatewayError('GH_UPSTREAM_BAD_RESPONSE', 'The upstream request failed', { reason })
 }
+
+/** Every target is at max_in_flight and no slot came (queue full, or the wait timed out). */
+export function upstreamBusy (upstream: string, reason: string): GatewayError {
+  return gatewayError('GH_UPSTREAM_BUSY', `Upstream "${upstream}" is at capacity; try again shortly`, { reason, headers: { 'retry-after': '1' } })
+}
