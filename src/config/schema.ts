@@ -209,6 +209,36 @@ const ApiKeyProviderSchema = strictObject({
   keys: array(ApiKeySchema).default([]),
 })
 
+/**
+ * A webhook sender, recognised by its HMAC signature over the raw request body. The schemes
+ * name the header layouts of Slack (v0), GitHub (X-Hub-Signature-256), Stripe, Standard Webhooks
+ * (webhook-id/-timestamp/-signature) and a generic `hmac` described field by field.
+ */
+export const WEBHOOK_SCHEMES = ['slack', 'github', 'stripe', 'standard', 'hmac'] as const
+
+const WebhookProviderSchema = strictObject({
+  kind: literal('webhook'),
+  scheme: zenum(WEBHOOK_SCHEMES),
+  /** Every secret is tried, so a secret can be rotated without refusing the sender meanwhile. */
+  secrets: array(nonEmpty).min(1, 'list at least one secret'),
+  /** Signed timestamps further than this from the gateway's clock are refused (replays). */
+  tolerance: duration().default(300_000),
+  /** hmac only: the header that carries the signature. */
+  header: headerName.optional(),
+  /** hmac only. */
+  algorithm: zenum(['sha1', 'sha256', 'sha512']).optional(),
+  /** hmac only: how the signature is written. */
+  encoding: zenum(['hex', 'base64', 'base64url']).optional(),
+  /** hmac only: text before the signature in the header, e.g. "sha256=". */
+  prefix: string().optional(),
+  /** hmac only: what is signed; {body}, {timestamp} and {id} are replaced. */
+  signed: nonEmpty.optional(),
+  /** hmac only: the header with the signed Unix timestamp (seconds); needed for {timestamp}. */
+  timestamp_header: headerName.optional(),
+  /** hmac only: the header with the message id; needed for {id}. */
+  id_header: headerName.optional(),
+})
+
 export const PHANTOM_ALGORITHMS = ['ES256', 'ES384', 'RS256', 'PS256', 'EdDSA'] as const
 
 const IdentitySchema = strictObject({
@@ -216,7 +246,7 @@ const IdentitySchema = strictObject({
   // eslint-disable-next-line no-control-regex
   realm: nonEmpty.regex(/^[^"\\\x00-\x1f]+$/, 'must not contain quotes, backslashes or control characters').default('gatehouse'),
   providers: record(string().regex(/^[A-Za-z0-9_.-]+$/, 'provider names use letters, digits, "_", "-" and "."'),
-    discriminatedUnion('kind', [JwtProviderSchema, IntrospectionProviderSchema, ApiKeyProviderSchema])).default({}),
+    discriminatedUnion('kind', [JwtProviderSchema, IntrospectionProviderSchema, ApiKeyProviderSchema, WebhookProviderSchema])).default({}),
   /** The gateway's own short-lived JWT for upstreams (routes opt in with auth.phantom_token). */
   phantom_token: strictObject({
     /** PEM private key (PKCS#8), usually `${file:...}`. */
@@ -341,6 +371,112 @@ const CacheSchema = strictObject({
   statuses: array(int().pipe(number().min(200).max(599))).default([200, 203, 204, 300, 301, 404, 405, 410, 414, 501]),
 })
 
+/** Header edits, applied in the order remove, rename, set, add. */
+const HeaderEditsSchema = strictObject({
+  remove: array(headerName).optional(),
+  /** Old name → new name (the value is kept). */
+  rename: record(headerName, headerName).optional(),
+  /** Replace (or create) the header. */
+  set: record(headerName, string()).optional(),
+  /** Append a value, keeping any the message had. */
+  add: record(headerName, string()).optional(),
+})
+
+/** A JSONata expression (https://jsonata.org), compiled when the config loads. */
+const expression = nonEmpty
+
+const TransformSchema = strictObject({
+  request: strictObject({
+    /** application/x-www-form-urlencoded bodies become a JSON object (repeated names: arrays). */
+    form_to_json: bool().default(false),
+    /** JSONata expression mapping the JSON body to the body sent upstream. */
+    body: expression.optional(),
+    headers: HeaderEditsSchema.optional(),
+    /** Rewrite of the upstream path (after strip_prefix): a regular expression and its replacement ($1…). */
+    path: strictObject({ pattern: nonEmpty, replace: string() }).optional(),
+    query: strictObject({
+      set: record(nonEmpty, string()).optional(),
+      remove: array(nonEmpty).optional(),
+    }).optional(),
+  }).optional(),
+  response: strictObject({
+    /** JSONata expression mapping the upstream's JSON body to the body sent to the client. */
+    body: expression.optional(),
+    /** JSONata expression applied to the JSON of each server-sent `data:` event, as it passes. */
+    events: expression.optional(),
+    headers: HeaderEditsSchema.optional(),
+    /** Upstream status → status sent to the client, e.g. { "404": 200 }. */
+    status: record(string().regex(/^[1-5]\d\d$/, 'use a three-digit status'), int().pipe(number().min(200).max(599))).optional(),
+    /** Largest upstream body read for a body transform; larger → 502. */
+    max_body: size().default(10 * 1024 * 1024),
+  }).optional(),
+})
+
+const PluginSchema = strictObject({
+  /** A TypeScript or JavaScript module whose default export is definePlugin({...}); relative to the config file. */
+  path: nonEmpty,
+  /** Handed to the plugin as ctx.options. */
+  options: record(string(), unknown()).default({}),
+  /** Longest a hook may run; then 502 (GH_PLUGIN_TIMEOUT). */
+  timeout: duration().default(5_000),
+  /** Largest upstream body read for onResponse; larger → 502. */
+  max_response_body: size().default(10 * 1024 * 1024),
+})
+
+/** `retry_on` items: a connect failure, a timeout, or a response status. */
+const RetryOn = union([literal('connect_error'), literal('timeout'), int().pipe(number().min(300).max(599))])
+
+const RouteDeliverySchema = strictObject({
+  /** async: persist, answer 202, deliver in the background. sync (default): proxy as usual. */
+  mode: zenum(['sync', 'async']).default('sync'),
+  /** Attempts before a message is dead-lettered. */
+  max_attempts: int().pipe(number().min(1).max(1000)).default(8),
+  backoff: strictObject({
+    initial: duration().default(1_000),
+    factor: number().min(1).max(100).default(2),
+    max: duration().default(60_000),
+    /** Each delay is moved by up to this fraction either way ("20%" or 0.2). */
+    jitter: union([number().min(0).max(1), string().regex(/^\d+(\.\d+)?%$/, 'use a percentage such as 20%').transform((v) => Number(v.slice(0, -1)) / 100).pipe(number().max(1, 'at most 100%'))]).default(0.2),
+  }).prefault({}),
+  retry_on: array(RetryOn).default(['connect_error', 'timeout', 408, 425, 429, 500, 502, 503, 504]),
+  /** Deliveries in flight at once for this route (per gateway process). */
+  concurrency: int().pipe(number().min(1).max(10_000)).default(16),
+  /** Largest request body accepted for async delivery; larger → 413. */
+  max_body: size().default(1024 * 1024),
+  /** A message still undelivered after this is dead-lettered. */
+  max_age: duration().default(86_400_000),
+  /** One attempt's limit: connect, send and the whole response. */
+  timeout: duration().default(30_000),
+})
+
+const DeliveryStoreSchema = discriminatedUnion('kind', [
+  strictObject({
+    kind: literal('sqlite'),
+    /** Relative to the config file. */
+    path: nonEmpty.default('./data/delivery.db'),
+    /** The database may not grow past this; then new requests get 503 until space is freed. */
+    max_size: size().default(1024 * 1024 * 1024),
+  }),
+  strictObject({
+    kind: literal('nats'),
+    url: string().regex(/^(nats|tls|wss?):\/\//, 'must be a nats://, tls:// or ws:// URL'),
+    stream: nonEmpty.regex(/^[A-Za-z0-9_-]+$/, 'stream names use letters, digits, "_" and "-"').default('GATEHOUSE'),
+    /** Stream size limit; when full, new requests get 503. */
+    max_bytes: size().default(1024 * 1024 * 1024),
+    /** A publish or lookup not answered within this fails (503 for new requests). */
+    timeout: duration().default(5_000),
+    replicas: int().pipe(number().min(1).max(5)).default(1),
+  }),
+])
+
+const DeliverySchema = strictObject({
+  store: DeliveryStoreSchema.prefault({ kind: 'sqlite' }),
+  /** Delivered and dead records are kept this long for status lookups and replay. */
+  retention: duration().default(7 * 86_400_000),
+  /** An Idempotency-Key seen within this returns the first delivery. */
+  idempotency_window: duration().default(86_400_000),
+}).prefault({})
+
 const MatchSchema = strictObject({
   path: string().startsWith('/', 'must start with "/"').optional(),
   path_prefix: string().startsWith('/', 'must start with "/"').optional(),
@@ -371,6 +507,9 @@ const RouteSchema = strictObject({
   /** Client-address rules, checked before authentication (deny wins over allow). */
   ip: IpSchema.optional(),
   identity_headers: IdentityHeadersSchema.optional(),
+  transform: TransformSchema.optional(),
+  plugin: PluginSchema.optional(),
+  delivery: RouteDeliverySchema.optional(),
 })
 
 const LogSchema = strictObject({
@@ -387,6 +526,8 @@ export const ConfigSchema = strictObject({
   identity: IdentitySchema,
   /** Shared state for limits (and, later, caches). `default` is an in-process memory store. */
   stores: record(string().regex(/^[A-Za-z0-9_.-]+$/, 'store names use letters, digits, "_", "-" and "."'), StoreSchema).default({}),
+  /** Where async routes keep their requests until delivered. */
+  delivery: DeliverySchema,
   shutdown: strictObject({ grace: duration().default(30_000) }).prefault({}),
   upstreams: record(string().regex(/^[A-Za-z0-9_.-]+$/, 'upstream names use letters, digits, "_", "-" and "."'), UpstreamSchema).default({}),
   routes: array(RouteSchema).default([]),
@@ -407,3 +548,10 @@ export type PhantomTokenConfig = NonNullable<IdentityConfig['phantom_token']>
 export type StoreConfig = Config['stores'][string]
 export type RateLimitConfig = NonNullable<RouteConfig['rate_limit']>[number]
 export type CacheConfig = NonNullable<RouteConfig['cache']>
+export type WebhookProviderConfig = Extract<ProviderConfig, { kind: 'webhook' }>
+export type TransformConfig = NonNullable<RouteConfig['transform']>
+export type HeaderEditsConfig = NonNullable<NonNullable<TransformConfig['request']>['headers']>
+export type PluginConfig = NonNullable<RouteConfig['plugin']>
+export type RouteDeliveryConfig = NonNullable<RouteConfig['delivery']>
+export type DeliveryConfig = Config['delivery']
+export type DeliveryStoreConfig = DeliveryConfig['store']

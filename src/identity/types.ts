@@ -16,7 +16,7 @@ export interface Identity {
   phantom: { token: string, refreshAt: number, signer: object } | null
 }
 
-export type ProviderKind = 'jwt' | 'introspection' | 'api_key'
+export type ProviderKind = 'jwt' | 'introspection' | 'api_key' | 'webhook'
 
 /** An authentication outcome: the identity, or the error to answer (401, 503...). */
 export type AuthResult = Identity | GatewayError
