@@ -17,4 +17,7 @@ await build({
   sourcemap: true,
   legalComments: 'linked',
   logLevel: 'warning',
+  // Loaded only by the routes that use them, from node_modules: a native addon (its .node file
+  // cannot be bundled), the NATS client, and tsx (which spawns esbuild to compile plugins).
+  external: ['better-sqlite3', '@nats-io/*', 'tsx', 'tsx/*'],
 })

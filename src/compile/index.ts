@@ -8,6 +8,8 @@ import { CachePolicy } from '../cache/policy.js'
 import type { StoreSet } from '../limits/registry.js'
 import type { Metrics } from '../observability/metrics.js'
 import { Upstream } from '../upstream/balancer.js'
+import { RequestTransform, ResponseTransform } from '../transform/policy.js'
+import { PluginRef } from '../plugins/loader.js'
 import { poolOptions, type TargetRegistry } from '../upstream/target.js'
 
 /**
@@ -38,6 +40,15 @@ export interface CompiledRoute {
   readonly identityHeaders: readonly IdentityHeader[] | null
   readonly rateLimit: RateLimitPolicy | null
   readonly cache: CachePolicy | null
+  readonly requestTransform: RequestTransform | null
+  readonly responseTransform: ResponseTransform | null
+  readonly plugin: PluginRef | null
+  /**
+   * Set when the request body must be read whole before it goes on (webhook signatures, body
+   * transforms, plugins, async delivery): `authFirst` says whether the credentials can be
+   * checked before reading it (not for signatures over the body), `cap` bounds it (413).
+   */
+  readonly buffer: { readonly authFirst: boolean, readonly cap: number } | null
   /** Label for logs and metrics. */
   readonly describe: string
 }
@@ -175,6 +186,12 @@ function compileRoute (r: RouteConfig, index: number, upstream: Upstream, identi
     pathKind === 'exact' ? `= ${path}` : pathKind === 'prefix' ? `${path}*` : pathKind === 'regex' ? `~ ${m.path_regex}` : '*',
     headers === null ? '' : headers.map(([k, v]) => `[${k}=${showHeaderValue(v)}]`).join(''),
   ].filter(Boolean).join(' ')
+  const auth = r.auth === undefined ? null : new AuthPolicy(r.auth, identity)
+  const requestTransform = r.transform?.request === undefined ? null : new RequestTransform(r.transform.request)
+  const plugin = r.plugin === undefined ? null : new PluginRef(r.plugin)
+  // A plugin gets the body whole whether or not it has onRequest: which hooks it has is known
+  // only once it is loaded, and a plugin route is an intercepted route anyway.
+  const needsBody = auth?.needsBody === true || requestTransform?.needsBody === true || plugin !== null || r.delivery?.mode === 'async'
   return Object.freeze({
     index,
     name: r.name,
@@ -189,13 +206,23 @@ function compileRoute (r: RouteConfig, index: number, upstream: Upstream, identi
     preserveHost: r.preserve_host,
     websocket: r.websocket,
     maxBody: r.limits.max_body,
-    auth: r.auth === undefined ? null : new AuthPolicy(r.auth, identity),
+    auth,
     ip: r.ip === undefined ? null : new IpPolicy(r.ip),
     identityHeaders: r.auth === undefined ? null : compileIdentityHeaders(r.identity_headers),
     rateLimit: r.rate_limit === undefined || r.rate_limit.length === 0 ? null : new RateLimitPolicy(r, limits.stores.stores, limits.metrics),
     cache: r.cache === undefined ? null : new CachePolicy(r.name, r.cache, limits.stores.stores.get(r.cache.store)!, r.cache.store, r.auth === undefined),
+    requestTransform,
+    responseTransform: r.transform?.response === undefined ? null : new ResponseTransform(r.transform.response),
+    plugin,
+    buffer: needsBody ? { authFirst: auth === null || !auth.needsBody, cap: bufferCap(r) } : null,
     describe,
   })
+}
+
+/** The most of a request body a buffering route reads (async routes have their own limit). */
+function bufferCap (r: RouteConfig): number {
+  const cap = r.delivery?.mode === 'async' ? r.delivery.max_body : r.limits.max_buffered_body
+  return r.limits.max_body > 0 ? Math.min(cap, r.limits.max_body) : cap
 }
 
 /**
@@ -204,10 +231,13 @@ function compileRoute (r: RouteConfig, index: number, upstream: Upstream, identi
  */
 export function upstreamPath (route: CompiledRoute, path: string): string {
   const prefix = route.stripPrefix
-  if (prefix === null || !path.startsWith(prefix)) return path
-  if (path.length === prefix.length) return '/'
-  if (prefix.charCodeAt(prefix.length - 1) === 47) return path.slice(prefix.length - 1)
-  return path.charCodeAt(prefix.length) === 47 ? path.slice(prefix.length) : path
+  const t = route.requestTransform
+  if (prefix === null || !path.startsWith(prefix)) return t === null ? path : t.rewritePath(path)
+  let out: string
+  if (path.length === prefix.length) out = '/'
+  else if (prefix.charCodeAt(prefix.length - 1) === 47) out = path.slice(prefix.length - 1)
+  else out = path.charCodeAt(prefix.length) === 47 ? path.slice(prefix.length) : path
+  return t === null ? out : t.rewritePath(out)
 }
 
 /** Header-match values may be credentials: show short plain tokens, mask the rest. */

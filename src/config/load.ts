@@ -1,5 +1,5 @@
 import { createPrivateKey } from 'node:crypto'
-import { readFileSync } from 'node:fs'
+import { existsSync, readFileSync } from 'node:fs'
 import { dirname, resolve } from 'node:path'
 import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Document, type Node as YamlNode } from 'yaml'
 import type { z } from 'zod'
@@ -7,6 +7,7 @@ import { ConfigError, type ConfigIssue } from '../errors/index.js'
 import { parseCidr } from '../net/cidr.js'
 import { pathToString, resolveRefs, type PathKey } from './refs.js'
 import { ConfigSchema, type Config } from './schema.js'
+import { expressionProblem } from '../transform/expression.js'
 
 export interface LoadOptions {
   env?: NodeJS.ProcessEnv
@@ -163,6 +164,7 @@ function crossCheck (config: any): LocatedIssue[] {
   })
   issues.push(...checkIdentity(config, routes))
   issues.push(...checkLimits(config, routes))
+  issues.push(...checkIntercepts(routes))
   const t = config?.listen?.timeouts
   if (typeof t?.request === 'number' && typeof t?.headers === 'number' && t.request > 0 && t.request < t.headers) {
     // Node refuses to start a server with requestTimeout < headersTimeout.
@@ -220,6 +222,57 @@ function checkLimits (config: any, routes: unknown[]): LocatedIssue[] {
   return issues
 }
 
+/** Transforms, plugins and async delivery: expressions that must parse, and combinations that cannot work. */
+function checkIntercepts (routes: unknown[]): LocatedIssue[] {
+  const issues: LocatedIssue[] = []
+  routes.forEach((route: any, i) => {
+    if (!isObject(route)) return
+    const t = isObject(route.transform) ? route.transform : {}
+    for (const side of ['request', 'response'] as const) {
+      const block = isObject(t[side]) ? t[side] : {}
+      for (const key of ['body', 'events']) {
+        if (typeof block[key] !== 'string') continue
+        const problem = expressionProblem(block[key])
+        if (problem !== null) issues.push(issueAt(['routes', i, 'transform', side, key], problem))
+      }
+      const edits = isObject(block.headers) ? block.headers : {}
+      for (const op of ['remove', 'rename', 'set', 'add']) {
+        const names: unknown[] = Array.isArray(edits[op]) ? edits[op] : isObject(edits[op]) ? [...Object.keys(edits[op]), ...(op === 'rename' ? Object.values(edits[op]) : [])] : []
+        for (const name of names) {
+          if (typeof name !== 'string') continue
+          const lower = name.toLowerCase()
+          if (lower === 'content-type' && side === 'request') continue
+          if (isReservedHeader(lower) && lower !== 'authorization' && lower !== 'cookie') {
+            issues.push(issueAt(['routes', i, 'transform', side, 'headers', op], `"${name}" is a header the gateway sets or rewrites itself`))
+          }
+        }
+      }
+    }
+    const path = isObject(t.request) && isObject(t.request.path) ? t.request.path : null
+    if (path !== null && typeof path.pattern === 'string') {
+      try {
+        RegExp(path.pattern)
+      } catch (err) {
+        issues.push(issueAt(['routes', i, 'transform', 'request', 'path', 'pattern'], `invalid regular expression: ${(err as Error).message}`))
+      }
+    }
+    const response = isObject(t.response) ? t.response : {}
+    const readsResponse = typeof response.body === 'string' || isObject(route.plugin)
+    if (isObject(route.cache) && readsResponse) {
+      // The cache stores the upstream's answer; a hit would skip the transform or plugin.
+      issues.push(issueAt(['routes', i, 'cache'], 'a cached route cannot also transform response bodies or run a plugin (a cache hit would skip them)'))
+    }
+    const delivery = isObject(route.delivery) ? route.delivery : {}
+    if (delivery.mode === 'async') {
+      if (isObject(route.cache)) issues.push(issueAt(['routes', i, 'cache'], 'an async route answers 202 itself: it has nothing to cache'))
+      if (readsResponse || typeof response.events === 'string' || isObject(response.headers) || isObject(response.status)) {
+        issues.push(issueAt(['routes', i, 'transform', 'response'], 'an async route answers 202 itself: the upstream\'s response never reaches the client'))
+      }
+    }
+  })
+  return issues
+}
+
 /** Headers a route may not claim for identity: the gateway sets or rewrites them itself. */
 const RESERVED_HEADERS = new Set(['host', 'authorization', 'content-length', 'transfer-encoding', 'connection', 'te', 'trailer',
   'upgrade', 'keep-alive', 'expect', 'http2-settings', 'cookie', 'via', 'forwarded', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-request-id'])
@@ -248,6 +301,30 @@ function checkIdentity (config: any, routes: unknown[]): LocatedIssue[] {
     // Authorization is allowed (keys as bearer tokens); the other reserved names are not.
     if (h !== 'authorization' && isReservedHeader(h)) {
       issues.push(issueAt(['identity', 'providers', name, 'header'], `"${p.header}" is a header the gateway sets or rewrites itself`))
+    }
+  }
+  for (const [name, p] of Object.entries(providers)) {
+    if (p?.kind !== 'webhook' || typeof p.scheme !== 'string') continue
+    const at = (...k: PathKey[]): PathKey[] => ['identity', 'providers', name, ...k]
+    if (p.scheme === 'hmac') {
+      if (p.header === undefined) issues.push(issueAt(at('header'), 'is required for scheme: hmac (the header that carries the signature)'))
+      const signed = typeof p.signed === 'string' ? p.signed : '{body}'
+      if (signed.includes('{timestamp}') && p.timestamp_header === undefined) issues.push(issueAt(at('timestamp_header'), 'is required when signed uses {timestamp}'))
+      if (signed.includes('{id}') && p.id_header === undefined) issues.push(issueAt(at('id_header'), 'is required when signed uses {id}'))
+      // A signature that does not cover the body would let anyone replay it with any body.
+      if (!signed.includes('{body}')) issues.push(issueAt(at('signed'), 'must include {body}'))
+    } else {
+      // The named schemes fix their own headers and layout: a field set here would be ignored.
+      for (const f of ['header', 'algorithm', 'encoding', 'prefix', 'signed', 'timestamp_header', 'id_header']) {
+        if (p[f] !== undefined) issues.push(issueAt(at(f), `only for scheme: hmac (scheme ${p.scheme} fixes it)`))
+      }
+      // Standard Webhooks secrets are base64 key bytes; the message must not echo the secret.
+      const secrets: unknown[] = p.scheme === 'standard' && Array.isArray(p.secrets) ? p.secrets : []
+      secrets.forEach((s, j) => {
+        if (typeof s === 'string' && !/^(?:whsec_)?(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{4}|[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)$/.test(s)) {
+          issues.push(issueAt(at('secrets', j), 'must be base64 (after an optional "whsec_" prefix)'))
+        }
+      })
     }
   }
   const phantom = identity.phantom_token
@@ -337,6 +414,14 @@ function isObject (v: unknown): v is Record<string, any> {
  */
 function resolveFiles (config: Config, baseDir: string): LocatedIssue[] {
   const issues: LocatedIssue[] = []
+  // Plugins and the delivery database, like TLS files, are relative to the config file.
+  config.routes.forEach((route, i) => {
+    if (route.plugin === undefined) return
+    const path = resolve(baseDir, route.plugin.path)
+    ;(route.plugin as { path: string }).path = path
+    if (!existsSync(path)) issues.push(issueAt(['routes', i, 'plugin', 'path'], `cannot read ${path}: no such file`))
+  })
+  if (config.delivery.store.kind === 'sqlite') (config.delivery.store as { path: string }).path = resolve(baseDir, config.delivery.store.path)
   const tls = config.listen.tls as Record<string, string | undefined> | undefined
   if (tls === undefined) return issues
   for (const key of ['cert', 'key', 'ca'] as const) {

@@ -498,6 +498,11 @@ const RouteSchema = strictObject({
   limits: strictObject({
     /** Largest request body; 0 means no limit (streams of any size). */
     max_body: size().default(0),
+    /**
+     * Largest body read into memory by a route that needs it whole (webhook signatures, body
+     * transforms, plugins); larger → 413. Async routes use delivery.max_body instead.
+     */
+    max_buffered_body: size().default(1024 * 1024),
   }).prefault({}),
   auth: AuthSchema.optional(),
   rate_limit: array(RateLimitSchema).optional(),

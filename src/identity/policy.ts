@@ -17,7 +17,18 @@ export interface CredentialCarrier {
   identity: Identity | null
   /** The gateway's own token to forward (phantom tokens), once signed. */
   phantomToken: string | null
+  /** The whole request body, when the route read it (signatures are over the raw bytes). */
+  bodyBuffer: Buffer | null
+  /** Every value of a request header (lower-case name), for webhook signatures. */
+  headerValues (name: string): string[]
 }
+
+/** What a webhook provider adds to IdentityProvider (see webhook.ts). */
+interface SignatureVerifier {
+  verify (header: (lowerName: string) => readonly string[], body: Buffer, now: number): AuthResult
+}
+
+const EMPTY = Buffer.alloc(0)
 
 type Outcome = GatewayError | null
 
@@ -40,6 +51,8 @@ interface ClaimRule {
 export class AuthPolicy {
   readonly providers: readonly IdentityProvider[]
   readonly hasBearer: boolean
+  /** A provider checks a signature over the body: the body must be read before `check`. */
+  readonly needsBody: boolean
   /** Header names that carry this route's credentials (Authorization, API-key headers). */
   readonly credentialNames: readonly string[]
   readonly stripCredentials: boolean
@@ -56,18 +69,21 @@ export class AuthPolicy {
   constructor (auth: NonNullable<RouteConfig['auth']>, identity: IdentitySet) {
     this.providers = auth.any_of.map((n) => identity.providers.get(n)!)
     this.hasBearer = this.providers.some((p) => p.source.kind === 'bearer')
+    this.needsBody = this.providers.some((p) => p.source.kind === 'signature')
     const headers = [...new Set(this.providers.flatMap((p) => p.source.kind === 'header' ? [p.source.name] : []))]
-    this.credentialNames = this.hasBearer ? ['authorization', ...headers] : headers
+    const signatures = [...new Set(this.providers.flatMap((p) => p.source.kind === 'signature' ? [p.source.name] : []))]
+    this.credentialNames = [...(this.hasBearer ? ['authorization'] : []), ...headers, ...signatures]
     this.stripCredentials = auth.strip_credentials
     this.phantom = auth.phantom_token ? identity.phantom : null
     this.scopesAll = auth.scopes?.all ?? null
     this.scopesAny = auth.scopes?.any ?? null
     this.claims = auth.claims === undefined ? null : Object.entries(auth.claims).map(([name, m]) => ({ name, path: name.split('.'), test: claimTest(m) }))
     this.#realm = identity.realm
-    for (const p of this.providers) this.#schemes.set(p.name, p.source.kind === 'bearer' ? 'Bearer' : 'ApiKey')
+    for (const p of this.providers) this.#schemes.set(p.name, p.source.kind === 'bearer' ? 'Bearer' : p.source.kind === 'signature' ? 'Signature' : 'ApiKey')
     const challenges: string[] = []
     if (this.hasBearer) challenges.push(`Bearer realm="${this.#realm}"`)
     for (const h of headers) challenges.push(`ApiKey realm="${this.#realm}", header="${h}"`)
+    for (const h of signatures) challenges.push(`Signature realm="${this.#realm}", headers="${h}"`)
     this.#missing = gatewayError('GH_AUTH_REQUIRED', 'This route requires credentials', { reason: 'no credentials', headers: { 'www-authenticate': challenges.join(', ') } })
     this.#scopeHint = [...(this.scopesAll ?? []), ...(this.scopesAny ?? [])].join(' ')
   }
@@ -80,10 +96,24 @@ export class AuthPolicy {
     let any = false
     let bearer: string | null | undefined
     let bearerDigest = ''
+    let signatureFailure: GatewayError | null = null
+    let others = false
     for (let i = 0; i < providers.length; i++) {
       const p = providers[i]!
       let cred: string | null
       let digest: string
+      if (p.source.kind === 'signature') {
+        // Webhook signatures: checked here, synchronously (one HMAC per secret), over the
+        // body the gateway read before asking. Never cached: every delivery is signed anew.
+        creds[i] = null
+        digests[i] = ''
+        if (ex.headerValues(p.source.name).length === 0) continue
+        any = true
+        const r = (p as unknown as SignatureVerifier).verify((n) => ex.headerValues(n), ex.bodyBuffer ?? EMPTY, now)
+        if (isIdentity(r)) return this.#admit(ex, r, now)
+        signatureFailure ??= r
+        continue
+      }
       if (p.source.kind === 'bearer') {
         if (bearer === undefined) {
           const parsed = this.#bearer(ex)
@@ -103,10 +133,12 @@ export class AuthPolicy {
       digests[i] = digest
       if (cred === null) continue
       any = true
+      others = true
       const hit = p.cached(digest, now)
       if (hit !== null) return this.#admit(ex, hit, now)
     }
     if (!any) return this.#missing
+    if (!others) return signatureFailure!
     if (bearer !== null && bearer !== undefined && !B64TOKEN.test(bearer)) return this.#invalidRequest('malformed Bearer credentials', 'Bearer')
     return this.#ask(ex, creds, digests, 0, null, null, false, now)
   }

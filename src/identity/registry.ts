@@ -5,6 +5,7 @@ import { IntrospectionProvider } from './introspection.js'
 import { JwtProvider } from './jwt.js'
 import { PhantomSigner } from './phantom.js'
 import type { IdentityProvider, ProviderStatus } from './types.js'
+import { WebhookProvider } from './webhook.js'
 
 /** The providers (and phantom-token signer) one compiled config uses. */
 export interface IdentitySet {
@@ -96,5 +97,6 @@ function createProvider (name: string, cfg: ProviderConfig, deps: ProviderDeps):
     case 'jwt': return new JwtProvider(name, cfg, deps)
     case 'introspection': return new IntrospectionProvider(name, cfg, deps)
     case 'api_key': return new ApiKeyProvider(name, cfg, deps)
+    case 'webhook': return new WebhookProvider(name, cfg, deps)
   }
 }

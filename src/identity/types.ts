@@ -22,7 +22,7 @@ export type ProviderKind = 'jwt' | 'introspection' | 'api_key' | 'webhook'
 export type AuthResult = Identity | GatewayError
 
 /** Where a provider finds its credential. */
-export type CredentialSource = { kind: 'bearer' } | { kind: 'header', name: string }
+export type CredentialSource = { kind: 'bearer' } | { kind: 'header', name: string } | { kind: 'signature', name: string }
 
 export interface ProviderStatus {
   status: 'ok' | 'stale' | 'unavailable'

@@ -2,7 +2,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { Readable } from 'node:stream'
 import type { Dispatcher } from 'undici'
 import { upstreamPath, type CompiledRoute, type RouteTable } from '../compile/index.js'
-import { isGatewayError, problemBody, type GatewayError } from '../errors/index.js'
+import { gatewayError, isGatewayError, problemBody, type GatewayError } from '../errors/index.js'
 import type { CredentialCarrier } from '../identity/policy.js'
 import { CostTap, type CompiledLimit, type LimitSubject } from '../limits/policy.js'
 import type { CacheCapture } from '../cache/policy.js'
@@ -12,6 +12,19 @@ import { releaseSlot, type Target } from '../upstream/target.js'
 import { isConnectFailure, upstreamBusy, upstreamError } from '../upstream/errors.js'
 import { dropHeaders, filterResponseHeaders } from './headers.js'
 import type { GatewayRuntime } from './runtime.js'
+import type { RequestView } from '../transform/policy.js'
+import { SseEventTransform } from '../transform/sse.js'
+import { requestBindings } from '../transform/policy.js'
+import type { PluginContext } from '../plugins/api.js'
+
+/** An upstream answer read whole, for a response transform or a plugin's onResponse. */
+export interface CapturedResponse {
+  status: number
+  headers: string[]
+  chunks: Buffer[]
+  bytes: number
+  readonly cap: number
+}
 
 export const kExchange = Symbol('gatehouse.exchange')
 
@@ -27,7 +40,7 @@ export const CLIENT_CLOSED = 499
  * undici 7 calls those on every request itself, and the newer controller-style API is
  * adapted onto them with an extra header parse per response.
  */
-export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, LimitSubject, SlotWaiter {
+export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, LimitSubject, SlotWaiter, RequestView {
   readonly req: IncomingMessage
   readonly res: ServerResponse
   readonly rt: GatewayRuntime
@@ -69,6 +82,21 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, 
   cacheStatus: string | null = null
   /** The whole request body, when it was read for a cache key (then `body` is null). */
   bodyBuffer: Buffer | null = null
+  /** Set on routes that read the upstream's answer whole before answering (see CapturedResponse). */
+  captured: CapturedResponse | null = null
+  /** Read the upstream answer whole (response body transform, plugin onResponse). */
+  captureLimit = 0
+  /** Server-sent events being transformed as they pass, and the chain that keeps them in order. */
+  sse: SseEventTransform | null = null
+  sseChain: Promise<void> | null = null
+  ssePending = 0
+  /** The plugin's view of this request, on plugin routes. */
+  pluginCtx: PluginContext | null = null
+  /** Aborts the plugin's work (ctx.signal) at its time limit or when the client leaves. */
+  pluginAbort: AbortController | null = null
+  /** Set when a plugin changed them: method and path (after strip_prefix) sent upstream. */
+  upstreamMethod: string | null = null
+  upstreamPathOverride: string | null = null
   /** Set while waiting for a slot on a full upstream (max_in_flight). */
   queueTimer: NodeJS.Timeout | null = null
   queuedAt = 0
@@ -88,6 +116,8 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, 
   abortUpstream: ((err?: Error) => void) | null = null
   resumeUpstream: (() => void) | null = null
   drainHooked = false
+  /** Transformed output is waiting for the client's socket to drain. */
+  drainPending = false
   clientGone = false
   upstreamDone = false
   finished = false
@@ -119,6 +149,21 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, 
     const res = this.res
     if (this.rt.closing) res.shouldKeepAlive = false
     const headers = filterResponseHeaders(rawHeaders, this.requestId)
+    const transform = this.route!.responseTransform
+    if (this.captureLimit > 0 && !isEventStream(headers)) {
+      // Read whole; the gateway answers once it has (Gateway.finishCaptured).
+      this.captured = { status: statusCode, headers, chunks: [], bytes: 0, cap: this.captureLimit }
+      return true
+    }
+    if (transform !== null) {
+      if (transform.headers !== null) transform.headers.apply(headers)
+      if (transform.status !== null) this.status = statusCode = transform.mapStatus(statusCode)
+      if (transform.events !== null && isEventStream(headers)) {
+        this.sse = new SseEventTransform(transform.events, requestBindings(this), MAX_EVENT)
+        // The events change length; the stream is chunked from here.
+        dropHeaders(headers, isContentLength)
+      }
+    }
     if (this.route!.rateLimit !== null) {
       // The gateway's limits are the ones the client meets; an upstream's own fields would
       // contradict them.
@@ -140,6 +185,17 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, 
     const n = chunk.length
     // undici hands over an empty chunk after each resume; writing it costs a syscall.
     if (n === 0) return true
+    const captured = this.captured
+    if (captured !== null) {
+      captured.bytes += n
+      if (captured.bytes > captured.cap) {
+        this.abortUpstream?.(gatewayError('GH_RESPONSE_TOO_LARGE', 'The upstream response is larger than this route reads whole', { reason: `response body over ${captured.cap} bytes` }))
+        return false
+      }
+      captured.chunks.push(chunk)
+      return true
+    }
+    if (this.sse !== null) return this.#pushEvents(chunk)
     this.bytesOut += n
     if (this.costTap !== null) this.costTap.push(chunk)
     if (this.cacheCapture !== null) this.cacheCapture.push(chunk)
@@ -157,6 +213,19 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, 
     this.upstreamDone = true
     this.cacheCapture?.complete()
     this.releaseTarget()
+    if (this.captured !== null) {
+      this.rt.finishCaptured(this)
+      return
+    }
+    if (this.sseChain !== null) {
+      // Events still being transformed go out first.
+      this.sseChain.then(() => {
+        const rest = this.sse!.end()
+        if (rest !== '') this.#write(Buffer.from(rest))
+        this.res.end()
+      }, () => {})
+      return
+    }
     if (trailers !== null && trailers.length > 0) {
       const pairs: Array<[string, string]> = []
       for (let i = 0; i < trailers.length; i += 2) pairs.push([trailers[i]!.toString(), trailers[i + 1]!.toString()])
@@ -200,6 +269,43 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, 
     this.fail(gerr)
   }
 
+  /**
+   * Server-sent events through the route's `events` expression, in order: each chunk waits for
+   * the one before it, and the upstream stays paused while a chunk is being transformed.
+   */
+  #pushEvents (chunk: Buffer): boolean {
+    const sse = this.sse!
+    const prev = this.sseChain ?? Promise.resolve()
+    this.ssePending++
+    const chain = prev.then(() => sse.push(chunk)).then((out) => {
+      this.ssePending--
+      if (out !== '' && !this.clientGone) this.#write(Buffer.from(out))
+    })
+    this.sseChain = chain
+    chain.then(() => {
+      // Resume only when no chunk is queued behind this one and the client keeps up.
+      if (this.ssePending === 0 && !this.drainPending) this.resumeUpstream?.()
+    }, (err: Error) => {
+      if (this.sseChain !== chain) return
+      this.rt.logger.warn({ msg: 'event transform failed; closing the stream', id: this.requestId, err: err.message })
+      this.error = gatewayError('GH_TRANSFORM_FAILED', 'A server-sent event could not be transformed', { reason: err.message })
+      this.abortUpstream?.(this.error)
+      this.res.destroy()
+    })
+    return false
+  }
+
+  /** Write transformed output; under backpressure the upstream resumes on 'drain'. */
+  #write (buf: Buffer): void {
+    this.bytesOut += buf.length
+    if (this.res.write(buf)) return
+    this.drainPending = true
+    if (!this.drainHooked) {
+      this.drainHooked = true
+      this.res.on('drain', onResponseDrain)
+    }
+  }
+
   // --- request side ----------------------------------------------------------------------------
 
   /** Send the request to `target`. The outgoing headers and body were prepared by the caller. */
@@ -210,7 +316,7 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, 
     this.attempts++
     target.inFlight++
     if (this.upstreamStartedAt === 0) this.upstreamStartedAt = performance.now()
-    const path = upstreamPath(route, this.path)
+    const path = this.upstreamPathOverride ?? upstreamPath(route, this.path)
     const headers = this.outHeaders
     if (!route.preserveHost) {
       // The Host header is the last field the caller pushed when preserve_host is off.
@@ -219,7 +325,7 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, 
     target.pool.dispatch({
       origin: target.origin,
       path: target.basePath + path + this.query,
-      method: this.req.method as Dispatcher.HttpMethod,
+      method: (this.upstreamMethod ?? this.req.method) as Dispatcher.HttpMethod,
       headers,
       body: this.bodyBuffer ?? this.body,
       headersTimeout: route.upstream.firstByteTimeout,
@@ -290,6 +396,31 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, 
     if (this.rateLimit !== null) headers.push('ratelimit', this.rateLimit)
   }
 
+  get method (): string {
+    return this.req.method ?? ''
+  }
+
+  /** Every value of a request header (lower-case name). */
+  headerValues (name: string): string[] {
+    const raw = this.req.rawHeaders
+    const out: string[] = []
+    for (let i = 0; i < raw.length; i += 2) {
+      if (raw[i]!.length === name.length && raw[i]!.toLowerCase() === name) out.push(raw[i + 1]!)
+    }
+    return out
+  }
+
+  /** The client's headers as lower-case name → value (repeats joined), for expressions. */
+  headerEntries (): Record<string, string> {
+    const raw = this.req.rawHeaders
+    const out: Record<string, string> = {}
+    for (let i = 0; i < raw.length; i += 2) {
+      const name = raw[i]!.toLowerCase()
+      out[name] = out[name] === undefined ? raw[i + 1]! : `${out[name]}, ${raw[i + 1]!}`
+    }
+    return out
+  }
+
   /** First value of a request header (lower-case name), for limits keyed on a header. */
   header (name: string): string | null {
     const raw = this.req.rawHeaders
@@ -310,6 +441,7 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, 
     this.cacheCapture?.abort()
     if (!res.writableFinished) {
       this.clientGone = true
+      this.pluginAbort?.abort(clientClosedError())
       if (!this.upstreamDone && this.abortUpstream !== null) this.abortUpstream(clientClosedError())
       if (!this.upstreamDone) this.releaseTarget()
     }
@@ -319,7 +451,10 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, 
 
 function onResponseDrain (this: ServerResponse): void {
   const ex = (this as unknown as Record<symbol, Exchange>)[kExchange]
-  ex?.resumeUpstream?.()
+  if (ex === undefined) return
+  ex.drainPending = false
+  // While events are being transformed, the chain resumes the upstream when it is done.
+  if (ex.ssePending === 0) ex.resumeUpstream?.()
 }
 
 /** Registered on every response: runs when the response ends or its connection dies. */
@@ -337,7 +472,14 @@ function isRateLimitField (lowerName: string): boolean {
   return lowerName === 'ratelimit' || lowerName === 'ratelimit-policy'
 }
 
-function isEventStream (headers: string[]): boolean {
+function isContentLength (lowerName: string): boolean {
+  return lowerName === 'content-length'
+}
+
+/** The most of one server-sent event held while it is transformed (characters). */
+const MAX_EVENT = 1024 * 1024
+
+export function isEventStream (headers: string[]): boolean {
   for (let i = 0; i < headers.length; i += 2) {
     const name = headers[i]!
     if (name.length === 12 && name.toLowerCase() === 'content-type') return headers[i + 1]!.startsWith('text/event-stream')

@@ -146,6 +146,16 @@ export function finishRequestHeaders (ex: Exchange, route: CompiledRoute, encryp
       }
     }
   }
+  const t = route.requestTransform
+  if (t !== null) {
+    if (t.headers !== null) t.headers.apply(out)
+    ex.query = t.rewriteQuery(ex.query)
+  }
+  // A response that will be transformed must come back readable: no content coding.
+  if (ex.captureLimit > 0) {
+    dropHeaders(out, isAcceptEncoding)
+    out.push('accept-encoding', 'identity')
+  }
   const peer = ex.req.socket.remoteAddress ?? ''
   const trusted = ex.table.trustedProxies.has(peer)
   if (ex.contentLength !== null) out.push('content-length', ex.contentLength)
@@ -200,6 +210,10 @@ export function dropHeaders (out: string[], drop: (lowerName: string) => boolean
     out[w++] = out[r + 1]!
   }
   out.length = w
+}
+
+function isAcceptEncoding (lower: string): boolean {
+  return lower === 'accept-encoding'
 }
 
 /** Drop every field named in `names` (lower-case). */

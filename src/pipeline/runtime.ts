@@ -10,4 +10,6 @@ export interface GatewayRuntime {
   readonly closing: boolean
   /** Called once per exchange when its response is over. */
   finish (ex: Exchange): void
+  /** The upstream's answer was read whole (ex.captured): transform it and answer. */
+  finishCaptured (ex: Exchange): void
 }

@@ -6,7 +6,7 @@ import { compile, type RouteTable } from '../compile/index.js'
 import { validateConfig } from '../config/load.js'
 import type { Config, ConfigInput } from '../config/schema.js'
 import { formatDuration } from '../config/units.js'
-import { gatewayError, rawProblemResponse, type GatewayError } from '../errors/index.js'
+import { gatewayError, isGatewayError, rawProblemResponse, type GatewayError } from '../errors/index.js'
 import { createLogger, flushLogger, type Logger } from '../observability/logger.js'
 import { Metrics } from '../observability/metrics.js'
 import { AccessLog } from '../observability/access-log.js'
@@ -14,6 +14,8 @@ import { BodyLimit } from '../pipeline/body.js'
 import { CLIENT_CLOSED, Exchange, kExchange, onResponseClose } from '../pipeline/exchange.js'
 import { finishRequestHeaders, readHead } from '../pipeline/headers.js'
 import { admit } from '../pipeline/admit.js'
+import { fromPluginResponse, interceptRequest, interceptResponse, readBody, sendWhole } from '../pipeline/intercept.js'
+import type { CompiledRoute } from '../compile/index.js'
 import { CacheCapture, parseCacheControl, type CacheEntry, type CachePolicy } from '../cache/policy.js'
 import type { Readable } from 'node:stream'
 import type { GatewayRuntime } from '../pipeline/runtime.js'
@@ -174,6 +176,10 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     try {
       const err = this.#prepare(ex)
       if (err !== null) return this.#refuse(ex, err)
+      if (ex.route!.buffer !== null) {
+        this.#intercepted(ex, expectContinue).catch((e: unknown) => this.#internalError(ex, e))
+        return
+      }
       const checked = admit(ex, ex.route!)
       if (checked === null) return this.#forward(ex, expectContinue)
       if (!(checked instanceof Promise)) return this.#refuse(ex, checked)
@@ -186,6 +192,47 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     } catch (err) {
       this.#internalError(ex, err)
     }
+  }
+
+  /**
+   * Routes that read the body whole: credentials (before the body, unless a signature over it
+   * is the credential), the body, the request transform and plugin, then on as usual.
+   */
+  async #intercepted (ex: Exchange, expectContinue: boolean): Promise<void> {
+    const route = ex.route!
+    const buffer = route.buffer!
+    if (buffer.authFirst) {
+      const e = await admit(ex, route)
+      if (ex.finished) return
+      if (e !== null) return this.#refuse(ex, e)
+    }
+    const body = await readBody(ex, buffer.cap, expectContinue)
+    if (body === null || ex.finished) return
+    if (isGatewayError(body)) return this.#refuse(ex, body)
+    ex.bodyBuffer = body
+    if (!buffer.authFirst) {
+      const e = await admit(ex, route)
+      if (ex.finished) return
+      if (e !== null) return this.#refuse(ex, e)
+    }
+    const r = await interceptRequest(ex, body)
+    if (ex.finished) return
+    if (r !== null) {
+      if (isGatewayError(r)) return this.#refuse(ex, r)
+      return sendWhole(ex, fromPluginResponse(ex, r))
+    }
+    this.#forward(ex, false)
+  }
+
+  finishCaptured (ex: Exchange): void {
+    interceptResponse(ex).then((r) => {
+      if (ex.finished) return
+      if (isGatewayError(r)) {
+        this.logger.warn({ msg: 'response interception failed', id: ex.requestId, code: r.code, reason: r.reason })
+        return this.#refuse(ex, r)
+      }
+      sendWhole(ex, r)
+    }).catch((err: unknown) => this.#internalError(ex, err))
   }
 
   /** Admitted: through the cache when the route has one, else straight upstream. */
@@ -209,7 +256,8 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     const cc = ex.header('cache-control')
     const directives = cc === null ? null : parseCacheControl(cc)
     let bypass = !cache.methods.has(method) || directives?.has('no-store') === true
-    let body: Buffer | null = null
+    // An intercepted route has read (and maybe transformed) the body already.
+    let body: Buffer | null = ex.bodyBuffer
     if (!bypass && ex.body !== null) {
       const declared = ex.contentLength === null ? NaN : Number(ex.contentLength)
       if (!(declared <= cache.bodyMax)) {
@@ -277,6 +325,7 @@ class GatewayImpl implements Gateway, GatewayRuntime {
   /** Finish the head, pick a target (or wait for a slot), and send. */
   #dispatch (ex: Exchange, expectContinue: boolean): void {
     const route = ex.route!
+    if (route.responseTransform !== null || route.plugin !== null) ex.captureLimit = captureLimit(route, ex.method)
     finishRequestHeaders(ex, route, this.#encrypted)
     const upstream = route.upstream
     const now = Date.now()
@@ -403,7 +452,7 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     // Keys first, so the first request with a token does not find an empty key set. An IdP
     // that does not answer delays start-up by at most IDENTITY_START_TIMEOUT; the gateway then
     // starts, reports not ready, and keeps trying in the background.
-    await Promise.all([this.#identity.start(this.table.identity, IDENTITY_START_TIMEOUT), this.#storesStarting])
+    await Promise.all([this.#identity.start(this.table.identity, IDENTITY_START_TIMEOUT), this.#storesStarting, loadPlugins(this.table)])
     // Both listeners bind at once; a bind error (port in use) rejects listen().
     const bound = [listening(this.#server.listen(config.listen.port, config.listen.host))]
     if (config.admin.enabled) {
@@ -435,7 +484,7 @@ class GatewayImpl implements Gateway, GatewayRuntime {
       identity = this.#identity.prepare(config.identity)
       stores = this.#stores.prepare(config)
       next = compile(config, this.#registry, identity, { stores, metrics: this.metrics })
-      await Promise.all([this.#identity.start(identity, IDENTITY_START_TIMEOUT), this.#stores.start(stores)])
+      await Promise.all([this.#identity.start(identity, IDENTITY_START_TIMEOUT), this.#stores.start(stores), loadPlugins(next)])
     } catch (err) {
       // Providers and stores this attempt created must not keep running in the background.
       if (identity !== null) this.#identity.discard(identity)
@@ -509,6 +558,22 @@ async function readAll (body: Readable): Promise<Buffer> {
   const chunks: Buffer[] = []
   for await (const c of body) chunks.push(c as Buffer)
   return Buffer.concat(chunks)
+}
+
+/** Load every plugin a table names (each route its own instance), before the table serves. */
+async function loadPlugins (table: RouteTable): Promise<void> {
+  await Promise.all(table.routes.map((r) => r.plugin?.load()))
+}
+
+/** How much of the upstream's answer to read whole before answering (0: stream it). */
+function captureLimit (route: CompiledRoute, method: string): number {
+  if (method === 'HEAD') return 0
+  let cap = 0
+  const t = route.responseTransform
+  if (t !== null && t.body !== null) cap = t.maxBody
+  const p = route.plugin
+  if (p !== null && p.plugin.onResponse !== undefined) cap = cap === 0 ? p.maxResponseBody : Math.min(cap, p.maxResponseBody)
+  return cap
 }
 
 function round (ms: number): number {
