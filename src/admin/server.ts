@@ -2,6 +2,7 @@ import http from 'node:http'
 import type { RouteTable } from '../compile/index.js'
 import type { ProviderStatus } from '../identity/types.js'
 import type { Metrics } from '../observability/metrics.js'
+import type { DeliveryService } from '../delivery/service.js'
 
 interface AdminHost {
   readonly table: RouteTable
@@ -9,6 +10,7 @@ interface AdminHost {
   readonly ready: boolean
   identityStatus (): Record<string, ProviderStatus>
   storeStatus (): Record<string, { status: string, kind: string }>
+  readonly delivery: DeliveryService
 }
 
 /**
@@ -17,7 +19,13 @@ interface AdminHost {
  */
 export function createAdminServer (host: AdminHost): http.Server {
   return http.createServer((req, res) => {
-    const path = (req.url ?? '/').split('?')[0]
+    const path = (req.url ?? '/').split('?')[0]!
+    if (path === '/deliveries' || path.startsWith('/deliveries/')) {
+      deliveries(host.delivery, req, path, new URL(req.url ?? '/', 'http://admin').searchParams).then(
+        ([status, body]) => send(res, status, body),
+        (err: Error) => send(res, 503, { error: `delivery store: ${err.message}` }))
+      return
+    }
     if (req.method !== 'GET' && req.method !== 'HEAD') return send(res, 405, { error: 'method not allowed' }, { allow: 'GET, HEAD' })
     switch (path) {
       case '/healthz':
@@ -65,6 +73,51 @@ export function createAdminServer (host: AdminHost): http.Server {
         return send(res, 404, { error: 'not found' })
     }
   })
+}
+
+/**
+ * The delivery log: GET /deliveries?state=&route=&limit=, GET /deliveries/{id},
+ * POST /deliveries/{id}/replay, POST /deliveries/replay?route= (every dead letter),
+ * DELETE /deliveries?state=dead|delivered&route=.
+ */
+async function deliveries (d: DeliveryService, req: http.IncomingMessage, path: string, q: URLSearchParams): Promise<[number, unknown]> {
+  req.resume()
+  const method = req.method ?? 'GET'
+  const route = q.get('route') ?? undefined
+  const parts = path.split('/').filter(Boolean)
+  if (d.store === null) return [404, { error: 'no route is async: there is no delivery store' }]
+  if (parts.length === 1) {
+    const state = q.get('state') ?? undefined
+    if (state !== undefined && state !== 'pending' && state !== 'delivered' && state !== 'dead') return [400, { error: 'state must be pending, delivered or dead' }]
+    if (method === 'GET') {
+      const limit = Number(q.get('limit') ?? 100)
+      if (!Number.isInteger(limit) || limit < 1 || limit > 10_000) return [400, { error: 'limit must be 1 to 10000' }]
+      return [200, { deliveries: await d.list(state, route, limit) }]
+    }
+    if (method === 'DELETE') {
+      if (state !== 'dead' && state !== 'delivered') return [400, { error: 'purge needs state=dead or state=delivered' }]
+      return [200, { purged: await d.purge(state, route) }]
+    }
+    return [405, { error: 'use GET or DELETE' }]
+  }
+  if (parts.length === 2 && parts[1] === 'replay') {
+    if (method !== 'POST') return [405, { error: 'use POST' }]
+    return [200, { replayed: await d.replay(route === undefined ? { dead: true } : { dead: true, route }) }]
+  }
+  const id = decodeURIComponent(parts[1]!)
+  if (parts.length === 2 && method === 'GET') {
+    const v = await d.get(id)
+    return v === null ? [404, { error: `no delivery ${id}` }] : [200, v]
+  }
+  if (parts.length === 3 && parts[2] === 'replay' && method === 'POST') {
+    const n = await d.replay({ ids: [id] })
+    if (n === 0) {
+      const v = await d.get(id)
+      return v === null ? [404, { error: `no delivery ${id}` }] : [409, { error: `delivery ${id} is ${v.state}; only dead deliveries are replayed` }]
+    }
+    return [200, { replayed: n }]
+  }
+  return [404, { error: 'not found' }]
 }
 
 function send (res: http.ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {

@@ -1,4 +1,4 @@
-import type { Config, RouteConfig } from '../config/schema.js'
+import type { Config, RouteConfig, RouteDeliveryConfig } from '../config/schema.js'
 import { formatSize } from '../config/units.js'
 import { CidrSet } from '../net/cidr.js'
 import { AuthPolicy, compileIdentityHeaders, IpPolicy, type IdentityHeader } from '../identity/policy.js'
@@ -43,6 +43,8 @@ export interface CompiledRoute {
   readonly requestTransform: RequestTransform | null
   readonly responseTransform: ResponseTransform | null
   readonly plugin: PluginRef | null
+  /** Set on async routes: persist, answer 202, deliver in the background. */
+  readonly delivery: RouteDeliveryConfig | null
   /**
    * Set when the request body must be read whole before it goes on (webhook signatures, body
    * transforms, plugins, async delivery): `authFirst` says whether the credentials can be
@@ -214,6 +216,7 @@ function compileRoute (r: RouteConfig, index: number, upstream: Upstream, identi
     requestTransform,
     responseTransform: r.transform?.response === undefined ? null : new ResponseTransform(r.transform.response),
     plugin,
+    delivery: r.delivery?.mode === 'async' ? r.delivery : null,
     buffer: needsBody ? { authFirst: auth === null || !auth.needsBody, cap: bufferCap(r) } : null,
     describe,
   })

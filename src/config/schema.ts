@@ -475,6 +475,8 @@ const DeliverySchema = strictObject({
   retention: duration().default(7 * 86_400_000),
   /** An Idempotency-Key seen within this returns the first delivery. */
   idempotency_window: duration().default(86_400_000),
+  /** Where clients read a delivery's status (on the proxy port): `<status_path>/<id>`, the 202's Location. */
+  status_path: string().regex(/^\/[A-Za-z0-9._~\/-]*[^/]$/, 'must start with "/" and not end with "/"').default('/_gatehouse/deliveries'),
 }).prefault({})
 
 const MatchSchema = strictObject({

@@ -16,7 +16,7 @@ export interface NewDelivery {
   readonly id: string
   readonly route: string
   readonly method: string
-  /** Path and query as the client sent them (the route maps them at delivery time). */
+  /** Upstream path and query (after strip_prefix, rewrites and plugins), as sent at each attempt. */
   readonly target: string
   /** Header fields to forward, flat [name, value, …], hop-by-hop and credentials already removed. */
   readonly headers: readonly string[]

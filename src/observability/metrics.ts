@@ -61,6 +61,13 @@ export class Metrics {
   readonly limitStoreErrors = new Counter({ name: 'gatehouse_limit_store_errors_total', help: 'Limit-store failures by store and what was done (allow, deny, charge)', labelNames: ['store', 'action'] as const, registers: [this.registry] })
   readonly queued = new Counter({ name: 'gatehouse_upstream_queued_total', help: 'Requests that waited for a slot on a full upstream (max_in_flight), by outcome: granted, timeout, full', labelNames: ['upstream', 'result'] as const, registers: [this.registry] })
   readonly cache = new Counter({ name: 'gatehouse_cache_requests_total', help: 'Requests on cached routes by result: hit, miss, coalesced (served from a concurrent miss), bypass', labelNames: ['route', 'result'] as const, registers: [this.registry] })
+  readonly deliveryEnqueued = new Counter({ name: 'gatehouse_delivery_enqueued_total', help: 'Async requests accepted (persisted, answered 202), by route', labelNames: ['route'] as const, registers: [this.registry] })
+  readonly deliveryDelivered = new Counter({ name: 'gatehouse_delivery_delivered_total', help: 'Async requests delivered upstream, by route', labelNames: ['route'] as const, registers: [this.registry] })
+  readonly deliveryRetried = new Counter({ name: 'gatehouse_delivery_retried_total', help: 'Delivery attempts that failed and were scheduled again, by route', labelNames: ['route'] as const, registers: [this.registry] })
+  readonly deliveryDead = new Counter({ name: 'gatehouse_delivery_dead_total', help: 'Async requests dead-lettered (final 4xx, max_attempts or max_age), by route', labelNames: ['route'] as const, registers: [this.registry] })
+  readonly deliveryLatency = new Histogram({ name: 'gatehouse_delivery_latency_seconds', help: 'Time from accepting an async request to its delivery', labelNames: ['route'] as const, buckets: [0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 1800, 3600], registers: [this.registry] })
+  /** Set by the delivery service: the store's per-route counts, read at scrape time. */
+  deliveryStats: (() => Promise<Record<string, { pending: number, dead: number, oldestPendingAt: number | null }>>) | null = null
   readonly #routeCache = new WeakMap<object, RouteMetrics>()
   readonly #byName = new Map<string, RouteMetrics>()
 
@@ -69,6 +76,34 @@ export class Metrics {
    */
   constructor (defaults = true, inFlight: () => number = () => 0, queues: () => Iterable<[string, number]> = () => []) {
     // eslint-disable-next-line no-new
+    const stats = async (): Promise<Record<string, { pending: number, dead: number, oldestPendingAt: number | null }>> => {
+      try {
+        return this.deliveryStats === null ? {} : await this.deliveryStats()
+      } catch {
+        return {}
+      }
+    }
+    new Gauge({
+      name: 'gatehouse_delivery_pending',
+      help: 'Async requests waiting for delivery, by route',
+      labelNames: ['route'] as const,
+      registers: [this.registry],
+      async collect () {
+        this.reset()
+        for (const [route, s] of Object.entries(await stats())) this.labels(route).set(s.pending)
+      },
+    })
+    new Gauge({
+      name: 'gatehouse_delivery_oldest_pending_seconds',
+      help: 'Age of the oldest async request still waiting for delivery, by route',
+      labelNames: ['route'] as const,
+      registers: [this.registry],
+      async collect () {
+        this.reset()
+        const now = Date.now()
+        for (const [route, s] of Object.entries(await stats())) this.labels(route).set(s.oldestPendingAt === null ? 0 : (now - s.oldestPendingAt) / 1000)
+      },
+    })
     new Gauge({ name: 'gatehouse_in_flight_requests', help: 'Requests being handled', registers: [this.registry], collect () { this.set(inFlight()) } })
     // eslint-disable-next-line no-new
     new Gauge({

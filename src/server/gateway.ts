@@ -1,4 +1,5 @@
 import http, { type IncomingMessage, type ServerResponse } from 'node:http'
+import { randomUUID } from 'node:crypto'
 import https from 'node:https'
 import type { AddressInfo, Socket } from 'node:net'
 import type { DestinationStream } from 'pino'
@@ -26,6 +27,7 @@ import { StoreRegistry, type StoreSet } from '../limits/registry.js'
 import type { ProviderStatus } from '../identity/types.js'
 import { createAdminServer } from '../admin/server.js'
 import { handleUpgrade } from './upgrade.js'
+import { DeliveryService } from '../delivery/service.js'
 
 export interface GatewayOptions {
   /** A pino logger to use instead of the one built from `log` in the config. */
@@ -88,6 +90,7 @@ class GatewayImpl implements Gateway, GatewayRuntime {
   readonly #onContinue: (req: IncomingMessage, res: ServerResponse) => void
   #accessLog = true
   readonly #access: AccessLog
+  readonly #delivery: DeliveryService
 
   constructor (config: Config, options: GatewayOptions) {
     this.logger = options.logger ?? createLogger(config.log.level, options.logDestination)
@@ -95,6 +98,7 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     this.#access = new AccessLog(this.logger)
     this.#identity = new IdentityRegistry({ logger: this.logger, metrics: this.metrics })
     const identity = this.#identity.prepare(config.identity)
+    this.#delivery = new DeliveryService(this.logger, this.metrics)
     this.#stores = new StoreRegistry(this.logger)
     const stores = this.#stores.prepare(config)
     this.table = compile(config, this.#registry, identity, { stores, metrics: this.metrics })
@@ -158,7 +162,11 @@ class GatewayImpl implements Gateway, GatewayRuntime {
   }
 
   storeStatus (): Record<string, { status: string, kind: string }> {
-    return this.#stores.status()
+    return { ...this.#stores.status(), ...this.#delivery.status() }
+  }
+
+  get delivery (): DeliveryService {
+    return this.#delivery
   }
 
   get encrypted (): boolean {
@@ -174,6 +182,8 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     this.#inFlight++
 
     try {
+      const prefix = this.#delivery.statusPrefix
+      if (prefix !== '' && req.url!.startsWith(prefix)) return this.#deliveryStatus(ex, req.url!.slice(prefix.length))
       const err = this.#prepare(ex)
       if (err !== null) return this.#refuse(ex, err)
       if (ex.route!.buffer !== null) {
@@ -221,7 +231,29 @@ class GatewayImpl implements Gateway, GatewayRuntime {
       if (isGatewayError(r)) return this.#refuse(ex, r)
       return sendWhole(ex, fromPluginResponse(ex, r))
     }
+    if (route.delivery !== null) {
+      const e = await this.#delivery.accept(ex, this.#encrypted, finishRequestHeaders)
+      if (e !== null && !ex.finished) this.#refuse(ex, e)
+      return
+    }
     this.#forward(ex, false)
+  }
+
+  /** GET <status_path>/<id>: an async request's state (the 202's Location). */
+  #deliveryStatus (ex: Exchange, id: string): void {
+    ex.requestId = ex.header('x-request-id') ?? randomUUID()
+    const method = ex.req.method
+    if (method !== 'GET' && method !== 'HEAD') {
+      return this.#refuse(ex, gatewayError('GH_BAD_REQUEST', 'Delivery status is read with GET'))
+    }
+    this.#delivery.publicStatus(id).then((view) => {
+      if (ex.finished) return
+      if (view === null) return this.#refuse(ex, gatewayError('GH_DELIVERY_NOT_FOUND', 'No delivery with this id (it may have expired)'))
+      const text = JSON.stringify(view)
+      ex.status = 200
+      ex.res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), 'cache-control': 'no-store', 'x-request-id': ex.requestId })
+      ex.res.end(method === 'HEAD' ? undefined : text)
+    }).catch((err: unknown) => this.#internalError(ex, err))
   }
 
   finishCaptured (ex: Exchange): void {
@@ -452,7 +484,9 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     // Keys first, so the first request with a token does not find an empty key set. An IdP
     // that does not answer delays start-up by at most IDENTITY_START_TIMEOUT; the gateway then
     // starts, reports not ready, and keeps trying in the background.
-    await Promise.all([this.#identity.start(this.table.identity, IDENTITY_START_TIMEOUT), this.#storesStarting, loadPlugins(this.table)])
+    const [,,, delivery] = await Promise.all([this.#identity.start(this.table.identity, IDENTITY_START_TIMEOUT), this.#storesStarting, loadPlugins(this.table), this.#delivery.prepare(this.table.config)])
+    // Workers start with the listeners: what the store holds from before a restart goes out now.
+    this.#delivery.commit(this.table, delivery)
     // Both listeners bind at once; a bind error (port in use) rejects listen().
     const bound = [listening(this.#server.listen(config.listen.port, config.listen.host))]
     if (config.admin.enabled) {
@@ -479,13 +513,17 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     let next: RouteTable
     let identity: IdentitySet | null = null
     let stores: StoreSet | null = null
+    let delivery: Awaited<ReturnType<DeliveryService['prepare']>> | null = null
     try {
       const config = validateConfig(typeof input === 'function' ? input() : input)
       identity = this.#identity.prepare(config.identity)
       stores = this.#stores.prepare(config)
       next = compile(config, this.#registry, identity, { stores, metrics: this.metrics })
-      await Promise.all([this.#identity.start(identity, IDENTITY_START_TIMEOUT), this.#stores.start(stores), loadPlugins(next)])
+      const started = await Promise.allSettled([this.#identity.start(identity, IDENTITY_START_TIMEOUT), this.#stores.start(stores), loadPlugins(next), this.#delivery.prepare(config)])
+      if (started[3].status === 'fulfilled') delivery = started[3].value
+      for (const r of started) if (r.status === 'rejected') throw r.reason
     } catch (err) {
+      if (delivery !== null) this.#delivery.discard(delivery)
       // Providers and stores this attempt created must not keep running in the background.
       if (identity !== null) this.#identity.discard(identity)
       if (stores !== null) this.#stores.discard(stores)
@@ -498,6 +536,8 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     this.table = next
     this.#identity.commit(next.identity)
     this.#stores.commit(stores)
+    if (this.#listening) this.#delivery.commit(next, delivery!)
+    else this.#delivery.discard(delivery!)
     this.#applyServerSettings(next.config)
     this.metrics.reloads.labels('success').inc()
     const p = prev.config
@@ -530,6 +570,7 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     this.#server.closeAllConnections()
     for (const s of this.#upgraded) s.destroy()
     await closed
+    await this.#delivery.close(grace)
     if (this.#admin !== null) {
       const admin = this.#admin
       await new Promise<void>((resolve) => admin.close(() => resolve()))

@@ -1,0 +1,460 @@
+import { hash, randomUUID } from 'node:crypto'
+import { upstreamPath, type CompiledRoute, type RouteTable } from '../compile/index.js'
+import type { Config, DeliveryStoreConfig, RouteDeliveryConfig } from '../config/schema.js'
+import { gatewayError, isGatewayError, type GatewayError } from '../errors/index.js'
+import type { Logger } from '../observability/logger.js'
+import type { Metrics } from '../observability/metrics.js'
+import type { Exchange } from '../pipeline/exchange.js'
+import { dropHeaders } from '../pipeline/headers.js'
+import { releaseSlot } from '../upstream/target.js'
+import { isConnectFailure } from '../upstream/errors.js'
+import dispatcherRequest from 'undici/lib/api/api-request.js'
+import type { DeliveryRecord, DeliveryStore, Settlement } from './store.js'
+
+/*
+ * Async routes: accept (persist, then 202) and deliver (workers per route, at least once).
+ * The store is opened only when some route is async, and kept across reloads while its
+ * config is unchanged; workers follow the route table (a reload changes a route's upstream
+ * or schedule for the next attempt; a removed route's messages wait in the store).
+ */
+
+export interface DeliveryStatusView {
+  id: string
+  route: string
+  state: string
+  attempts: number
+  next_attempt_at: string | null
+  last_status: number | null
+  last_error: string | null
+  created_at: string
+  updated_at: string
+  body_bytes?: number
+  method?: string
+  target?: string
+}
+
+export class DeliveryService {
+  readonly #logger: Logger
+  readonly #metrics: Metrics
+  #store: DeliveryStore | null = null
+  #storeKey = ''
+  readonly #workers = new Map<string, RouteWorker>()
+  #table: RouteTable | null = null
+  #statusPrefix = ''
+  #expireTimer: NodeJS.Timeout | null = null
+  #closed = false
+
+  constructor (logger: Logger, metrics: Metrics) {
+    this.#logger = logger
+    this.#metrics = metrics
+    metrics.deliveryStats = async () => this.#store === null ? {} : await this.#store.stats(Date.now())
+  }
+
+  get store (): DeliveryStore | null {
+    return this.#store
+  }
+
+  /** `<status_path>/` while some route is async, else '' (the request path skips the check). */
+  get statusPrefix (): string {
+    return this.#statusPrefix
+  }
+
+  /**
+   * The store a config needs (null: no async route), reusing the running one when its config
+   * is unchanged. A new store is started here; the caller commits or discards it.
+   */
+  async prepare (config: Config): Promise<{ store: DeliveryStore | null, created: boolean }> {
+    if (!config.routes.some((r) => r.delivery?.mode === 'async')) return { store: null, created: false }
+    const key = JSON.stringify(config.delivery.store)
+    if (this.#store !== null && key === this.#storeKey) return { store: this.#store, created: false }
+    const store = await openStore(config.delivery.store, this.#logger)
+    try {
+      await store.start()
+    } catch (err) {
+      await store.close().catch(() => {})
+      throw err
+    }
+    return { store, created: true }
+  }
+
+  discard (prepared: { store: DeliveryStore | null, created: boolean }): void {
+    if (prepared.created) prepared.store!.close().catch(() => {})
+  }
+
+  /** Make `table` (and its store) the running one: start, update or stop route workers. */
+  commit (table: RouteTable, prepared: { store: DeliveryStore | null, created: boolean }): void {
+    const old = this.#store
+    if (prepared.created || prepared.store === null) {
+      if (old !== null && old !== prepared.store) {
+        for (const w of this.#workers.values()) w.stop()
+        this.#workers.clear()
+        old.close().catch((err: Error) => this.#logger.warn({ msg: 'closing the old delivery store failed', err: err.message }))
+      }
+      this.#store = prepared.store
+      this.#storeKey = prepared.store === null ? '' : JSON.stringify(table.config.delivery.store)
+    }
+    this.#table = table
+    this.#statusPrefix = this.#store === null ? '' : table.config.delivery.status_path + '/'
+    const async = new Map(table.routes.filter((r) => r.delivery !== null).map((r) => [r.name, r]))
+    for (const [name, w] of this.#workers) {
+      if (!async.has(name)) {
+        w.stop()
+        this.#workers.delete(name)
+      }
+    }
+    if (this.#store === null || this.#closed) return
+    for (const [name, route] of async) {
+      const w = this.#workers.get(name)
+      if (w !== undefined) {
+        w.update(route)
+      } else {
+        const worker = new RouteWorker(route, this.#store, this.#logger, this.#metrics)
+        this.#workers.set(name, worker)
+        worker.start()
+      }
+    }
+    if (this.#expireTimer === null) {
+      // Delivered and dead records are kept `retention` for status lookups and replay.
+      this.#expireTimer = setInterval(() => {
+        const t = this.#table
+        if (t === null || this.#store === null) return
+        this.#store.expire(Date.now() - t.config.delivery.retention).catch((err: Error) => this.#logger.warn({ msg: 'delivery retention sweep failed', err: err.message }))
+      }, 60_000)
+      this.#expireTimer.unref()
+    }
+  }
+
+  /**
+   * Persist the admitted request, then answer 202 (or the error: 503 when the store cannot
+   * keep it, 422 for a reused Idempotency-Key). The 202 is written only after the store said
+   * the message is durable.
+   */
+  async accept (ex: Exchange, encrypted: boolean, finishHeaders: (ex: Exchange, route: CompiledRoute, encrypted: boolean) => void): Promise<GatewayError | null> {
+    const store = this.#store
+    const route = ex.route!
+    const table = this.#table!
+    if (store === null) return gatewayError('GH_DELIVERY_STORE_UNAVAILABLE', 'The delivery store is not open', { headers: { 'retry-after': '5' } })
+    const key = ex.header('idempotency-key')
+    if (key !== null && (key.length === 0 || key.length > 255 || !PRINTABLE.test(key))) {
+      return gatewayError('GH_BAD_REQUEST', 'Idempotency-Key must be 1 to 255 printable characters')
+    }
+    finishHeaders(ex, route, encrypted)
+    const headers = ex.outHeaders
+    // undici sets the length of the stored body itself; the credentials the route strips are gone already.
+    dropHeaders(headers, isLength)
+    const method = ex.upstreamMethod ?? ex.method
+    const target = (ex.upstreamPathOverride ?? upstreamPath(route, ex.path)) + ex.query
+    const body = ex.bodyBuffer ?? EMPTY
+    const fingerprint = hash('sha256', Buffer.concat([Buffer.from(`${method}\0${target}\0`), body]), 'base64')
+    const msg = { id: randomUUID(), route: route.name, method, target, headers, body, idempotencyKey: key, fingerprint, createdAt: Date.now() }
+    let result
+    try {
+      result = await store.enqueue(msg, table.config.delivery.idempotency_window)
+    } catch (err) {
+      if (isGatewayError(err)) return err
+      return gatewayError('GH_DELIVERY_STORE_UNAVAILABLE', 'The delivery store cannot accept requests now; try again shortly', { reason: (err as Error).message, headers: { 'retry-after': '5' } })
+    }
+    if (ex.finished) return null
+    if (!result.duplicate) this.#metrics.deliveryEnqueued.labels(route.name).inc()
+    const location = table.config.delivery.status_path + '/' + result.id
+    const text = JSON.stringify({ delivery_id: result.id, status_url: location })
+    const res = ex.res
+    const out = ['content-type', 'application/json', 'content-length', String(Buffer.byteLength(text)), 'location', location, 'x-request-id', ex.requestId, 'cache-control', 'no-store']
+    if (result.duplicate) out.push('idempotent-replayed', 'true')
+    ex.pushRateLimitFields(out)
+    ex.status = 202
+    ex.bytesOut = Buffer.byteLength(text)
+    if (this.#closed) res.shouldKeepAlive = false
+    res.writeHead(202, out as unknown as string[])
+    res.end(text)
+    return null
+  }
+
+  /** GET <status_path>/<id> on the proxy port: the delivery's state, never its body or headers. */
+  async publicStatus (id: string): Promise<DeliveryStatusView | null> {
+    if (this.#store === null || !ID.test(id)) return null
+    const rec = await this.#store.get(id)
+    return rec === null ? null : view(rec, false)
+  }
+
+  // --- admin ---------------------------------------------------------------------------------
+
+  async get (id: string): Promise<DeliveryStatusView | null> {
+    const rec = this.#store === null ? null : await this.#store.get(id)
+    return rec === null ? null : view(rec, true)
+  }
+
+  async list (state: string | undefined, route: string | undefined, limit: number): Promise<DeliveryStatusView[]> {
+    if (this.#store === null) return []
+    const filter = { limit, ...(state === undefined ? {} : { state: state as DeliveryRecord['state'] }), ...(route === undefined ? {} : { route }) }
+    return (await this.#store.list(filter)).map((r) => view(r, true))
+  }
+
+  async replay (which: { ids: string[] } | { dead: true, route?: string }): Promise<number> {
+    return this.#store === null ? 0 : await this.#store.replay(which, Date.now())
+  }
+
+  async purge (state: 'dead' | 'delivered', route: string | undefined): Promise<number> {
+    return this.#store === null ? 0 : await this.#store.purge(state, route)
+  }
+
+  status (): Record<string, { status: string, kind: string }> {
+    return this.#store === null ? {} : { delivery: this.#store.status() }
+  }
+
+  /** Stop claiming; attempts in flight finish (up to `grace`); then the store closes. */
+  async close (grace: number): Promise<void> {
+    this.#closed = true
+    if (this.#expireTimer !== null) clearInterval(this.#expireTimer)
+    const workers = [...this.#workers.values()]
+    for (const w of workers) w.stop()
+    let timer: NodeJS.Timeout | undefined
+    await Promise.race([
+      Promise.all(workers.map((w) => w.idle())),
+      new Promise<void>((resolve) => { timer = setTimeout(resolve, grace) }),
+    ])
+    clearTimeout(timer)
+    this.#workers.clear()
+    // Attempts still running are abandoned: their leases expire and they are delivered again.
+    await this.#store?.close()
+    this.#store = null
+  }
+}
+
+const EMPTY = Buffer.alloc(0)
+// eslint-disable-next-line no-control-regex
+const PRINTABLE = /^[\x20-\x7e]+$/
+const ID = /^[0-9a-f-]{36}$/
+
+function isLength (lower: string): boolean {
+  return lower === 'content-length' || lower === 'transfer-encoding'
+}
+
+function view (r: DeliveryRecord, admin: boolean): DeliveryStatusView {
+  return {
+    id: r.id,
+    route: r.route,
+    state: r.state,
+    attempts: r.attempts,
+    next_attempt_at: r.state === 'pending' ? new Date(r.nextAttemptAt).toISOString() : null,
+    last_status: r.lastStatus,
+    last_error: r.lastError,
+    created_at: new Date(r.createdAt).toISOString(),
+    updated_at: new Date(r.updatedAt).toISOString(),
+    ...(admin ? { method: r.method, target: r.target, body_bytes: r.body.length } : {}),
+  }
+}
+
+async function openStore (cfg: DeliveryStoreConfig, logger: Logger): Promise<DeliveryStore> {
+  if (cfg.kind === 'sqlite') {
+    const { SqliteDeliveryStore } = await import('./sqlite.js')
+    return new SqliteDeliveryStore(cfg, logger)
+  }
+  const { NatsDeliveryStore } = await import('./nats.js')
+  return new NatsDeliveryStore(cfg, logger)
+}
+
+/** The outcome of one attempt, before the schedule is applied. */
+type Attempt = { status: number, retryAfter: number | null } | { error: 'connect_error' | 'timeout', message: string }
+
+/**
+ * Claims and delivers one route's messages, at most `concurrency` at once. A poison message
+ * holds one slot for one attempt at a time, never the route: the others keep flowing.
+ */
+class RouteWorker {
+  #route: CompiledRoute
+  #cfg: RouteDeliveryConfig
+  readonly #store: DeliveryStore
+  readonly #logger: Logger
+  readonly #metrics: Metrics
+  readonly #abort = new AbortController()
+  #running = 0
+  #wake: (() => void) | null = null
+  #idle: (() => void) | null = null
+  #loop: Promise<void> | null = null
+
+  constructor (route: CompiledRoute, store: DeliveryStore, logger: Logger, metrics: Metrics) {
+    this.#route = route
+    this.#cfg = route.delivery!
+    this.#store = store
+    this.#logger = logger
+    this.#metrics = metrics
+  }
+
+  update (route: CompiledRoute): void {
+    const changed = this.#cfg.max_attempts !== route.delivery!.max_attempts || leaseFor(this.#cfg) !== leaseFor(route.delivery!)
+    this.#route = route
+    this.#cfg = route.delivery!
+    if (changed) this.#store.openRoute(route.name, { leaseMs: leaseFor(this.#cfg), maxAttempts: this.#cfg.max_attempts }).catch(() => {})
+    this.#wake?.()
+  }
+
+  start (): void {
+    this.#loop = this.#run().catch((err: Error) => this.#logger.error({ msg: 'delivery worker stopped', route: this.#route.name, err: err.stack }))
+  }
+
+  stop (): void {
+    this.#abort.abort()
+    this.#wake?.()
+  }
+
+  /** Resolves once the loop has ended and no attempt is running. */
+  async idle (): Promise<void> {
+    await this.#loop
+    if (this.#running === 0) return
+    await new Promise<void>((resolve) => { this.#idle = resolve })
+  }
+
+  async #run (): Promise<void> {
+    const signal = this.#abort.signal
+    const name = this.#route.name
+    while (!signal.aborted) {
+      try {
+        await this.#store.openRoute(name, { leaseMs: leaseFor(this.#cfg), maxAttempts: this.#cfg.max_attempts })
+        break
+      } catch (err) {
+        this.#logger.warn({ msg: 'delivery store not ready; retrying', route: name, err: (err as Error).message })
+        await pause(1000, signal)
+      }
+    }
+    while (!signal.aborted) {
+      const free = this.#cfg.concurrency - this.#running
+      if (free <= 0) {
+        await new Promise<void>((resolve) => { this.#wake = resolve })
+        this.#wake = null
+        continue
+      }
+      let batch: DeliveryRecord[]
+      try {
+        batch = await this.#store.claim(name, free, 1000, signal)
+      } catch (err) {
+        if (signal.aborted) break
+        this.#logger.warn({ msg: 'claiming deliveries failed; retrying', route: name, err: (err as Error).message })
+        await pause(1000, signal)
+        continue
+      }
+      for (const rec of batch) {
+        this.#running++
+        this.#deliver(rec).catch((err: Error) => {
+          // The lease expires and the message comes back: nothing is lost.
+          this.#logger.error({ msg: 'delivery attempt failed unexpectedly', route: name, id: rec.id, err: err.stack })
+        }).finally(() => {
+          this.#running--
+          this.#wake?.()
+          if (this.#running === 0) this.#idle?.()
+        })
+      }
+    }
+  }
+
+  async #deliver (rec: DeliveryRecord): Promise<void> {
+    const route = this.#route
+    const cfg = this.#cfg
+    const now = Date.now()
+    const attempt = rec.attempts + 1
+    if (now - rec.createdAt > cfg.max_age) {
+      return this.#settle(rec, { kind: 'dead', at: now, error: `older than max_age (${cfg.max_age} ms) before delivery`, status: rec.lastStatus })
+    }
+    const result = await send(route, rec, attempt, cfg.timeout)
+    const at = Date.now()
+    if ('status' in result && result.status < 400) {
+      return this.#settle(rec, { kind: 'delivered', status: result.status, at })
+    }
+    const error = 'status' in result ? `status ${result.status}` : result.message
+    const status = 'status' in result ? result.status : null
+    const retryable = 'status' in result ? cfg.retry_on.includes(result.status) : cfg.retry_on.includes(result.error)
+    if (!retryable) return this.#settle(rec, { kind: 'dead', at, error: `${error} (not retried)`, status })
+    if (attempt >= cfg.max_attempts) return this.#settle(rec, { kind: 'dead', at, error: `${error} (after ${attempt} attempts)`, status })
+    let delay = backoff(cfg, attempt)
+    // Retry-After from a 429 or 503 says when the upstream wants us back: never earlier.
+    if ('status' in result && result.retryAfter !== null) delay = Math.max(delay, result.retryAfter)
+    if (at + delay - rec.createdAt > cfg.max_age) return this.#settle(rec, { kind: 'dead', at, error: `${error} (next attempt would pass max_age)`, status })
+    return this.#settle(rec, { kind: 'retry', at, nextAttemptAt: at + delay, error, status })
+  }
+
+  async #settle (rec: DeliveryRecord, outcome: Settlement): Promise<void> {
+    await this.#store.settle(rec.id, outcome)
+    const route = rec.route
+    if (outcome.kind === 'delivered') {
+      this.#metrics.deliveryDelivered.labels(route).inc()
+      this.#metrics.deliveryLatency.labels(route).observe((outcome.at - rec.createdAt) / 1000)
+    } else if (outcome.kind === 'retry') {
+      this.#metrics.deliveryRetried.labels(route).inc()
+    } else {
+      this.#metrics.deliveryDead.labels(route).inc()
+      this.#logger.warn({ msg: 'delivery dead-lettered', route, id: rec.id, attempts: rec.attempts + 1, error: outcome.error })
+    }
+  }
+}
+
+/** A claim outlives the longest attempt, so a live worker's message is never handed to another. */
+function leaseFor (cfg: RouteDeliveryConfig): number {
+  return cfg.timeout + 30_000
+}
+
+/** initial × factor^(attempt-1), capped at max, moved by ±jitter. */
+export function backoff (cfg: RouteDeliveryConfig, attempt: number): number {
+  const b = cfg.backoff
+  const base = Math.min(b.max, b.initial * Math.pow(b.factor, attempt - 1))
+  return Math.max(0, Math.round(base * (1 + b.jitter * (2 * Math.random() - 1))))
+}
+
+/** One attempt: the stored request to a target of the route's upstream, the answer read and dropped. */
+async function send (route: CompiledRoute, rec: DeliveryRecord, attempt: number, timeout: number): Promise<Attempt> {
+  const upstream = route.upstream
+  const target = upstream.pick(Date.now())
+  if (target === null) return { error: 'connect_error', message: `no target of upstream "${upstream.name}" is available` }
+  const headers = rec.headers.slice()
+  // Host is the last field (see finishRequestHeaders); the target's own unless preserve_host.
+  if (!route.preserveHost && headers.length >= 2 && headers[headers.length - 2]!.toLowerCase() === 'host') headers[headers.length - 1] = target.authority
+  headers.push('x-gatehouse-delivery-id', rec.id, 'x-gatehouse-delivery-attempt', String(attempt))
+  target.inFlight++
+  try {
+    // undici's request API, unbound (the pools come from a deep import without it; see target.ts).
+    const res = await dispatcherRequest.call(target.pool, {
+      origin: target.origin,
+      path: target.basePath + rec.target,
+      method: rec.method as 'POST',
+      headers,
+      body: rec.body.length === 0 && (rec.method === 'GET' || rec.method === 'HEAD') ? null : rec.body,
+      headersTimeout: timeout,
+      bodyTimeout: timeout,
+      signal: AbortSignal.timeout(timeout),
+    })
+    await res.body.dump({ limit: 1024 * 1024 }).catch(() => {})
+    upstream.recordSuccess(target)
+    const ra = res.headers['retry-after']
+    return { status: res.statusCode, retryAfter: parseRetryAfter(Array.isArray(ra) ? ra[0] : ra) }
+  } catch (err) {
+    const e = err as { code?: string, message?: string, name?: string }
+    if (isConnectFailure(err)) {
+      upstream.recordConnectFailure(target, Date.now())
+      return { error: 'connect_error', message: `${e.code} ${e.message ?? ''}`.trim() }
+    }
+    // Timeouts, resets and aborted sends: the upstream may or may not have acted (at least once).
+    return { error: 'timeout', message: `${e.code ?? e.name ?? 'error'} ${e.message ?? ''}`.trim() }
+  } finally {
+    releaseSlot(target)
+  }
+}
+
+/** Retry-After as milliseconds: delta-seconds or an HTTP date (RFC 9110 §10.2.3). */
+export function parseRetryAfter (v: string | undefined): number | null {
+  if (v === undefined) return null
+  if (/^\s*\d+\s*$/.test(v)) return Number(v) * 1000
+  const t = Date.parse(v)
+  return Number.isNaN(t) ? null : Math.max(0, t - Date.now())
+}
+
+function pause (ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) return resolve()
+    const timer = setTimeout(done, ms)
+    function done (): void {
+      clearTimeout(timer)
+      signal.removeEventListener('abort', done)
+      resolve()
+    }
+    signal.addEventListener('abort', done, { once: true })
+  })
+}
