@@ -25,7 +25,13 @@ let cachedData
 try {
   cachedData = fs.readFileSync(cacheFile)
 } catch {}
-const script = new vm.Script(`(function (exports, require, module, __filename, __dirname) {${fs.readFileSync(file, 'utf8')}\n})`, { filename: file, cachedData })
+const script = new vm.Script(`(function (exports, require, module, __filename, __dirname) {${fs.readFileSync(file, 'utf8')}\n})`, {
+  filename: file,
+  cachedData,
+})
+// import() has no loader inside vm.Script: the bundle's dynamic imports (delivery stores, the
+// NATS client, tsx and plugin files; see src/util/import.ts) come through this file's own.
+globalThis[Symbol.for('gatehouse.import')] = (specifier) => import(specifier)
 const cjs = { exports: {} }
 script.runInThisContext()(cjs.exports, createRequire(file), cjs, file, dist)
 if (cachedData === undefined || script.cachedDataRejected) {

@@ -18,9 +18,15 @@ Commands:
   start    run the gateway (reloads on SIGHUP and when FILE changes)
   check    validate FILE; print each problem with its path and line
   routes   print the compiled route table
+  deliveries list [--state pending|delivered|dead] [--route R] [--limit N]
+  deliveries show ID
+  deliveries replay ID | --dead [--route R]
+  deliveries purge --state dead|delivered [--route R]
+           the async delivery log, through the running gateway's admin API
 
 Options:
   -c, --config FILE   configuration file (default: ./gatehouse.yaml)
+      --admin URL     admin API address (default: from the config's admin block)
   -h, --help          show this help
 `
 
@@ -34,6 +40,11 @@ export async function main (argv: string[]): Promise<number> {
       options: {
         config: { type: 'string', short: 'c', default: 'gatehouse.yaml' },
         help: { type: 'boolean', short: 'h', default: false },
+        admin: { type: 'string' },
+        state: { type: 'string' },
+        route: { type: 'string' },
+        limit: { type: 'string' },
+        dead: { type: 'boolean', default: false },
       },
     })
   } catch (err) {
@@ -50,6 +61,7 @@ export async function main (argv: string[]): Promise<number> {
     case 'check': return check(file)
     case 'routes': return routes(file)
     case 'start': return start(file)
+    case 'deliveries': return deliveries(file, parsed.positionals.slice(1), parsed.values)
     default:
       process.stderr.write(`gatehouse: unknown command "${command}"\n\n${USAGE}`)
       return 2
@@ -78,6 +90,75 @@ function check (file: string): number {
     `listen ${l.tls === undefined ? 'http' : 'https'}://${l.host}:${l.port}` +
     `${config.admin.enabled ? `, admin ${config.admin.host}:${config.admin.port}` : ''}\n`)
   return 0
+}
+
+/**
+ * `gatehouse deliveries …`: a thin client of the running gateway's admin API, so replays wake
+ * its workers and the same command works for sqlite and NATS stores.
+ */
+async function deliveries (file: string, args: string[], o: { admin?: string, state?: string, route?: string, limit?: string, dead?: boolean }): Promise<number> {
+  let base = o.admin
+  if (base === undefined) {
+    const config = load(file)
+    if (config === null) return 1
+    const host = config.admin.host === '0.0.0.0' || config.admin.host === '::' ? '127.0.0.1' : config.admin.host
+    base = `http://${host.includes(':') ? `[${host}]` : host}:${config.admin.port}`
+  }
+  const q = new URLSearchParams()
+  if (o.state !== undefined) q.set('state', o.state)
+  if (o.route !== undefined) q.set('route', o.route)
+  if (o.limit !== undefined) q.set('limit', o.limit)
+  const qs = q.size === 0 ? '' : '?' + q.toString()
+  const [sub, id] = args
+  let method = 'GET'
+  let path: string
+  switch (sub) {
+    case 'list': path = '/deliveries' + qs; break
+    case 'show':
+      if (id === undefined) return usage('deliveries show needs an ID')
+      path = `/deliveries/${encodeURIComponent(id)}`
+      break
+    case 'replay':
+      method = 'POST'
+      if (o.dead === true) path = '/deliveries/replay' + (o.route === undefined ? '' : `?route=${encodeURIComponent(o.route)}`)
+      else if (id !== undefined) path = `/deliveries/${encodeURIComponent(id)}/replay`
+      else return usage('deliveries replay needs an ID or --dead')
+      break
+    case 'purge':
+      if (o.state !== 'dead' && o.state !== 'delivered') return usage('deliveries purge needs --state dead or --state delivered')
+      method = 'DELETE'
+      path = '/deliveries' + qs
+      break
+    default: return usage(`unknown deliveries command "${sub ?? ''}"`)
+  }
+  let res: Response
+  try {
+    res = await fetch(base + path, { method })
+  } catch (err) {
+    process.stderr.write(`gatehouse: cannot reach the admin API at ${base}: ${(err as { cause?: { code?: string } }).cause?.code ?? (err as Error).message}\n`)
+    return 1
+  }
+  const body = await res.text()
+  if (!res.ok) {
+    let msg = body
+    try { msg = JSON.parse(body).error ?? body } catch {}
+    process.stderr.write(`gatehouse: ${res.status} ${msg}\n`)
+    return 1
+  }
+  const data = JSON.parse(body)
+  if (sub === 'list') {
+    const rows = data.deliveries as Array<Record<string, unknown>>
+    if (rows.length === 0) process.stdout.write('no deliveries\n')
+    for (const d of rows) process.stdout.write(`${String(d.id)}  ${String(d.route)}  ${String(d.state).padEnd(9)}  attempts=${String(d.attempts)}  ${String(d.created_at)}${d.last_error === null ? '' : `  last_error=${String(d.last_error)}`}\n`)
+  } else {
+    process.stdout.write(JSON.stringify(data, null, 2) + '\n')
+  }
+  return 0
+}
+
+function usage (msg: string): number {
+  process.stderr.write(`gatehouse: ${msg}\n\n${USAGE}`)
+  return 2
 }
 
 async function routes (file: string): Promise<number> {

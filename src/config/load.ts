@@ -265,7 +265,8 @@ function checkIntercepts (routes: unknown[]): LocatedIssue[] {
     const delivery = isObject(route.delivery) ? route.delivery : {}
     if (delivery.mode === 'async') {
       if (isObject(route.cache)) issues.push(issueAt(['routes', i, 'cache'], 'an async route answers 202 itself: it has nothing to cache'))
-      if (readsResponse || typeof response.events === 'string' || isObject(response.headers) || isObject(response.status)) {
+      // A plugin's onRequest runs before the request is stored; its onResponse never runs.
+      if (typeof response.body === 'string' || typeof response.events === 'string' || isObject(response.headers) || isObject(response.status)) {
         issues.push(issueAt(['routes', i, 'transform', 'response'], 'an async route answers 202 itself: the upstream\'s response never reaches the client'))
       }
     }

@@ -447,6 +447,11 @@ const RouteDeliverySchema = strictObject({
   max_age: duration().default(86_400_000),
   /** One attempt's limit: connect, send and the whole response. */
   timeout: duration().default(30_000),
+  /**
+   * Status of the acknowledgement: 202 Accepted, or 200 for senders that insist on it (Slack
+   * slash commands and events expect 200 within 3 s).
+   */
+  ack_status: union([literal(200), literal(202)]).default(202),
 })
 
 const DeliveryStoreSchema = discriminatedUnion('kind', [
@@ -476,7 +481,7 @@ const DeliverySchema = strictObject({
   /** An Idempotency-Key seen within this returns the first delivery. */
   idempotency_window: duration().default(86_400_000),
   /** Where clients read a delivery's status (on the proxy port): `<status_path>/<id>`, the 202's Location. */
-  status_path: string().regex(/^\/[A-Za-z0-9._~\/-]*[^/]$/, 'must start with "/" and not end with "/"').default('/_gatehouse/deliveries'),
+  status_path: string().regex(/^\/[A-Za-z0-9._~/-]*[^/]$/, 'must start with "/" and not end with "/"').default('/_gatehouse/deliveries'),
 }).prefault({})
 
 const MatchSchema = strictObject({

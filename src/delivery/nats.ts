@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto'
+import { importModule } from '../util/import.js'
 import type { JetStreamClient, JetStreamManager, PubAck, StoredMsg } from '@nats-io/jetstream'
 import type { Msg, MsgHdrs, NatsConnection } from '@nats-io/transport-node'
 import type { DeliveryStoreConfig } from '../config/schema.js'
@@ -189,8 +190,8 @@ export class NatsDeliveryStore implements DeliveryStore {
   async #start (): Promise<void> {
     // Loaded only when a NATS delivery store is configured.
     const [{ connect, createInbox, headers }, { jetstream, jetstreamManager }] = await Promise.all([
-      import('@nats-io/transport-node'),
-      import('@nats-io/jetstream'),
+      importModule<typeof import('@nats-io/transport-node')>('@nats-io/transport-node'),
+      importModule<typeof import('@nats-io/jetstream')>('@nats-io/jetstream'),
     ])
     const url = redact(this.#cfg.url)
     let nc: NatsConnection

@@ -162,10 +162,11 @@ export class DeliveryService {
     const out = ['content-type', 'application/json', 'content-length', String(Buffer.byteLength(text)), 'location', location, 'x-request-id', ex.requestId, 'cache-control', 'no-store']
     if (result.duplicate) out.push('idempotent-replayed', 'true')
     ex.pushRateLimitFields(out)
-    ex.status = 202
+    const status = route.delivery!.ack_status
+    ex.status = status
     ex.bytesOut = Buffer.byteLength(text)
     if (this.#closed) res.shouldKeepAlive = false
-    res.writeHead(202, out as unknown as string[])
+    res.writeHead(status, out as unknown as string[])
     res.end(text)
     return null
   }
@@ -222,7 +223,6 @@ export class DeliveryService {
 }
 
 const EMPTY = Buffer.alloc(0)
-// eslint-disable-next-line no-control-regex
 const PRINTABLE = /^[\x20-\x7e]+$/
 const ID = /^[0-9a-f-]{36}$/
 
@@ -387,9 +387,12 @@ class RouteWorker {
   }
 }
 
-/** A claim outlives the longest attempt, so a live worker's message is never handed to another. */
+/**
+ * A claim outlives the longest attempt (its timeout), so a live worker's message is never
+ * handed to another; twice that bounds how long a crashed process's claims wait.
+ */
 function leaseFor (cfg: RouteDeliveryConfig): number {
-  return cfg.timeout + 30_000
+  return Math.max(cfg.timeout * 2, cfg.timeout + 1_000)
 }
 
 /** initial × factor^(attempt-1), capped at max, moved by ±jitter. */

@@ -1,5 +1,6 @@
 import { mkdirSync } from 'node:fs'
 import { dirname } from 'node:path'
+import { importModule } from '../util/import.js'
 import type { DeliveryStoreConfig } from '../config/schema.js'
 import { gatewayError, type GatewayError } from '../errors/index.js'
 import type { Logger } from '../observability/logger.js'
@@ -172,7 +173,7 @@ export class SqliteDeliveryStore implements DeliveryStore {
     if (this.#closed) throw new Error('the sqlite delivery store is closed')
     // Loaded only when async delivery is configured: the CLI bundle and every other route never
     // pay for the native addon.
-    const { default: Sqlite } = await import(SQLITE_MODULE) as { default: DatabaseConstructor }
+    const { default: Sqlite } = await importModule<{ default: DatabaseConstructor }>(SQLITE_MODULE)
     const path = this.#cfg.path
     let db: Database | null = null
     try {

@@ -111,7 +111,12 @@ export class AuthPolicy {
         any = true
         const r = (p as unknown as SignatureVerifier).verify((n) => ex.headerValues(n), ex.bodyBuffer ?? EMPTY, now)
         if (isIdentity(r)) return this.#admit(ex, r, now)
-        signatureFailure ??= r
+        // The provider is built without the identity realm (and is kept across reloads that may
+        // change it), so the challenge is the policy's, like every other challenge it sends.
+        signatureFailure ??= gatewayError(r.code, r.detail, {
+          ...(r.reason === null ? {} : { reason: r.reason }),
+          headers: { ...r.headers, 'www-authenticate': `Signature realm="${this.#realm}", headers="${p.source.name}"` },
+        })
         continue
       }
       if (p.source.kind === 'bearer') {

@@ -75,7 +75,6 @@ export class Metrics {
    * @param inFlight read when /metrics is scraped, so the request path never touches the gauge.
    */
   constructor (defaults = true, inFlight: () => number = () => 0, queues: () => Iterable<[string, number]> = () => []) {
-    // eslint-disable-next-line no-new
     const stats = async (): Promise<Record<string, { pending: number, dead: number, oldestPendingAt: number | null }>> => {
       try {
         return this.deliveryStats === null ? {} : await this.deliveryStats()
@@ -83,6 +82,7 @@ export class Metrics {
         return {}
       }
     }
+    // eslint-disable-next-line no-new
     new Gauge({
       name: 'gatehouse_delivery_pending',
       help: 'Async requests waiting for delivery, by route',
@@ -93,6 +93,7 @@ export class Metrics {
         for (const [route, s] of Object.entries(await stats())) this.labels(route).set(s.pending)
       },
     })
+    // eslint-disable-next-line no-new
     new Gauge({
       name: 'gatehouse_delivery_oldest_pending_seconds',
       help: 'Age of the oldest async request still waiting for delivery, by route',
@@ -104,6 +105,7 @@ export class Metrics {
         for (const [route, s] of Object.entries(await stats())) this.labels(route).set(s.oldestPendingAt === null ? 0 : (now - s.oldestPendingAt) / 1000)
       },
     })
+    // eslint-disable-next-line no-new
     new Gauge({ name: 'gatehouse_in_flight_requests', help: 'Requests being handled', registers: [this.registry], collect () { this.set(inFlight()) } })
     // eslint-disable-next-line no-new
     new Gauge({

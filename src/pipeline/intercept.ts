@@ -71,6 +71,7 @@ export async function interceptRequest (ex: Exchange, body: Buffer): Promise<Gat
     ex.pluginCtx = ctx
     if (plugin.onRequest !== undefined) {
       const original = ctx.request.body
+      const typeBefore = contentType
       const r = await runHook(plugin.name, 'onRequest', () => plugin.onRequest!(ctx), ref.timeout, abort)
       if (r !== null) return r
       const req = ctx.request
@@ -93,9 +94,13 @@ export async function interceptRequest (ex: Exchange, body: Buffer): Promise<Gat
         const lower = name.toLowerCase()
         if (GATEWAY_OWNED.has(lower)) continue
         if (lower === 'content-type') {
-          contentType = value
-          changedType = true
-          continue
+          // ctx.request.headers starts with the body's type: only a type the plugin set wins
+          // over the application/json a body it replaced with an object is labelled with.
+          if (value !== typeBefore) {
+            contentType = value
+            changedType = true
+            continue
+          }
         }
         headers.push(lower, String(value))
       }

@@ -2,6 +2,7 @@ import { statSync } from 'node:fs'
 import { extname } from 'node:path'
 import { pathToFileURL } from 'node:url'
 import semver from 'semver'
+import { importModule } from '../util/import.js'
 import type { PluginConfig } from '../config/schema.js'
 import { gatewayError, type GatewayError } from '../errors/index.js'
 import { VERSION } from '../version.js'
@@ -56,10 +57,10 @@ export async function loadPlugin (path: string): Promise<PluginDefinition> {
     if (TS.has(extname(path))) {
       // tsx compiles TypeScript (esbuild underneath) and resolves the plugin's own imports as
       // Node would; each call is its own namespace, so a reload sees an edited file.
-      const { tsImport } = await import('tsx/esm/api')
+      const { tsImport } = await importModule<typeof import('tsx/esm/api')>('tsx/esm/api')
       mod = await tsImport(pathToFileURL(path).href, import.meta.url ?? pathToFileURL(__filenameFallback()).href)
     } else {
-      mod = await import(`${pathToFileURL(path).href}?v=${version}`)
+      mod = await importModule(`${pathToFileURL(path).href}?v=${version}`)
     }
   } catch (err) {
     throw new Error(`plugin ${path} failed to load: ${(err as Error).message}`)

@@ -54,6 +54,11 @@ export function handleUpgrade (host: UpgradeHost, req: IncomingMessage, socket: 
   if (err !== null) return refuse(err)
   const route = ex.route!
   if (!route.websocket) return refuse(gatewayError('GH_UPGRADE_NOT_ALLOWED', `Route "${route.name}" does not accept protocol upgrades`))
+  // An intercepted route (signatures over the body, transforms, a plugin, async delivery) must
+  // not be reachable around its interception by asking for a tunnel.
+  if (route.buffer !== null || route.responseTransform !== null || route.plugin !== null) {
+    return refuse(gatewayError('GH_UPGRADE_NOT_ALLOWED', `Route "${route.name}" intercepts requests and does not accept protocol upgrades`))
+  }
   // A WebSocket is a request like any other: the route's address and credential checks apply.
   const proceed = (): void => {
     finishRequestHeaders(ex, route, host.encrypted)

@@ -226,3 +226,17 @@ export async function call (gw: TestGateway | string, path: string, headers: Rec
   const problem = res.headers['content-type'] === 'application/problem+json' ? JSON.parse(res.body) : null
   return { ...res, problem }
 }
+
+/** Delete JetStream streams a test made (the delivery store makes NAME, NAME_DEAD and NAME_STATE). */
+export async function deleteNatsStreams (names: string[]): Promise<void> {
+  if (names.length === 0) return
+  const { connect } = await import('@nats-io/transport-node')
+  const { jetstreamManager } = await import('@nats-io/jetstream')
+  const nc = await connect({ servers: '127.0.0.1:4222' })
+  try {
+    const jsm = await jetstreamManager(nc)
+    for (const s of names) for (const name of [s, `${s}_DEAD`, `${s}_STATE`]) await jsm.streams.delete(name).catch(() => {})
+  } finally {
+    await nc.close()
+  }
+}

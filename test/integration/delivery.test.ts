@@ -5,7 +5,7 @@ import { randomBytes } from 'node:crypto'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { request, serviceAvailable, startGateway, startUpstream, waitUntil, waitUntilAsync, metricsText, type TestGateway, type Upstream } from '../helpers/index.js'
+import { deleteNatsStreams, request, serviceAvailable, startGateway, startUpstream, waitUntil, waitUntilAsync, metricsText, type TestGateway, type Upstream } from '../helpers/index.js'
 
 /** What the upstream saw: one entry per attempt. */
 interface Hit { at: number, method: string, url: string, id: string, attempt: number, body: string, headers: http.IncomingHttpHeaders }
@@ -61,6 +61,7 @@ for (const [name, makeStore] of backends) {
       await up.close()
       const s = gw.gateway.table.config.delivery.store
       if (s.kind === 'sqlite') rmSync(join(s.path, '..'), { recursive: true, force: true })
+      else await deleteNatsStreams([s.stream])
     })
 
     const it = (title: string, fn: () => Promise<void>): void => {
