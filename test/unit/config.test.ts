@@ -1,3 +1,4 @@
+import { resolve } from 'node:path'
 /* eslint-disable no-template-curly-in-string -- ${env:...} and ${file:...} are gatehouse config syntax, not templates */
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
@@ -62,6 +63,7 @@ routes:
       stores: {},
       trusted_proxies: ['10.0.0.0/8', '::1'],
       log: { level: 'warn', access: false },
+      delivery: { store: { kind: 'sqlite', path: resolve('data/delivery.db'), max_size: 1024 * 1024 * 1024 }, retention: 7 * 86_400_000, idempotency_window: 86_400_000, status_path: '/_gatehouse/deliveries' },
       shutdown: { grace: 60_000 },
       upstreams: {
         ranker: {
@@ -82,7 +84,7 @@ routes:
         strip_prefix: '/api',
         preserve_host: false,
         websocket: false,
-        limits: { max_body: 1_572_864 },
+        limits: { max_body: 1_572_864, max_buffered_body: 1024 * 1024 },
         on_store_error: 'allow',
       }],
     })
@@ -106,6 +108,7 @@ routes:
       stores: {},
       trusted_proxies: [],
       log: { level: 'info', access: true },
+      delivery: { store: { kind: 'sqlite', path: resolve('data/delivery.db'), max_size: 1024 * 1024 * 1024 }, retention: 7 * 86_400_000, idempotency_window: 86_400_000, status_path: '/_gatehouse/deliveries' },
       shutdown: { grace: 30_000 },
       upstreams: {
         ranker: {
@@ -119,7 +122,7 @@ routes:
           ejection: { failures: 1, duration: 10_000 },
         },
       },
-      routes: [{ name: 'all', match: {}, upstream: 'ranker', preserve_host: true, websocket: true, limits: { max_body: 0 }, on_store_error: 'allow' }],
+      routes: [{ name: 'all', match: {}, upstream: 'ranker', preserve_host: true, websocket: true, limits: { max_body: 0, max_buffered_body: 1024 * 1024 }, on_store_error: 'allow' }],
     })
   })
 

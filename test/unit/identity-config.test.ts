@@ -62,7 +62,7 @@ describe('config: identity', () => {
   providers:
     x: { kind: saml }
 `)
-    assert.equal(issueAt(err, 'identity.providers.x.kind').message, 'unknown "saml": must be one of "jwt", "introspection", "api_key"')
+    assert.equal(issueAt(err, 'identity.providers.x.kind').message, 'unknown "saml": must be one of "jwt", "introspection", "api_key", "webhook"')
   })
 
   it('suggests keys of the provider kind that was chosen', () => {
