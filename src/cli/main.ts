@@ -135,7 +135,7 @@ async function deliveries (file: string, args: string[], o: { admin?: string, st
   try {
     res = await fetch(base + path, { method })
   } catch (err) {
-    process.stderr.write(`gatehouse: cannot reach the admin API at ${base}: ${(err as { cause?: { code?: string } }).cause?.code ?? (err as Error).message}\n`)
+    process.stderr.write(`gatehouse: cannot reach the admin API at ${base}: ${describeFetchError(err)}\n`)
     return 1
   }
   const body = await res.text()
@@ -154,6 +154,11 @@ async function deliveries (file: string, args: string[], o: { admin?: string, st
     process.stdout.write(JSON.stringify(data, null, 2) + '\n')
   }
   return 0
+}
+
+function describeFetchError (err: unknown): string {
+  const cause = (err as { cause?: { code?: string, message?: string } }).cause
+  return cause?.code ?? cause?.message ?? (err as Error).message
 }
 
 function usage (msg: string): number {
