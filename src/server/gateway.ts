@@ -15,6 +15,7 @@ import { BodyLimit } from '../pipeline/body.js'
 import { CLIENT_CLOSED, Exchange, kExchange, onResponseClose } from '../pipeline/exchange.js'
 import { finishRequestHeaders, readHead } from '../pipeline/headers.js'
 import { admit } from '../pipeline/admit.js'
+import { clientAddress } from '../net/client-ip.js'
 import { fromPluginResponse, interceptRequest, interceptResponse, readBody, sendWhole } from '../pipeline/intercept.js'
 import type { CompiledRoute } from '../compile/index.js'
 import { CacheCapture, parseCacheControl, type CacheEntry, type CachePolicy } from '../cache/policy.js'
@@ -211,6 +212,13 @@ class GatewayImpl implements Gateway, GatewayRuntime {
   async #intercepted (ex: Exchange, expectContinue: boolean): Promise<void> {
     const route = ex.route!
     const buffer = route.buffer!
+    if (!buffer.authFirst && route.ip !== null) {
+      // A signature needs the body before the credentials can be checked, but the client
+      // address does not: a refused address never gets to upload.
+      ex.clientIp = clientAddress(ex.req.socket.remoteAddress ?? '', ex.xForwardedFor, ex.table.trustedProxies)
+      const e = route.ip.check(ex.clientIp)
+      if (e !== null) return this.#refuse(ex, e)
+    }
     if (buffer.authFirst) {
       const e = await admit(ex, route)
       if (ex.finished) return

@@ -122,6 +122,7 @@ describe('webhook signatures', () => {
           identity_headers: { claims: { id: 'x-webhook-id' } },
         },
         { name: 'stripe', match: { path: '/hooks/stripe', methods: ['POST'] }, upstream: 'up', auth: { any_of: ['stripe'] } },
+        { name: 'walled', match: { path: '/hooks/walled', methods: ['POST'] }, upstream: 'up', auth: { any_of: ['slack'] }, ip: { allow: ['10.0.0.0/8'] }, limits: { max_buffered_body: '4KiB' } },
         { name: 'partner', match: { path: '/hooks/partner', methods: ['POST'] }, upstream: 'up', auth: { any_of: ['partner'] }, identity_headers: { claims: { id: 'x-webhook-id' } } },
       ],
     })
@@ -281,6 +282,16 @@ describe('webhook signatures', () => {
     const body = Buffer.from('{}')
     const gh = githubHeaders(body)
     await refused('/hooks/github', body, { ...gh, 'x-hub-signature-256': [gh['x-hub-signature-256']!, gh['x-hub-signature-256']!] }, CHALLENGE.github, /present 2 times/)
+  })
+
+  test('a refused client address is answered before the body is read', async () => {
+    const calls = seen.length
+    // Over the buffering cap: had the body been read first, this would be 413.
+    const big = Buffer.from('text=' + 'x'.repeat(8 * 1024))
+    const res = await post('/hooks/walled', big, slackHeaders(big))
+    assert.equal(res.status, 403)
+    assert.equal(JSON.parse(res.body).code, 'GH_IP_FORBIDDEN')
+    assert.equal(seen.length, calls)
   })
 
   test('a body over limits.max_buffered_body is 413 and the upstream is not called', async () => {
