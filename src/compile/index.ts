@@ -1,3 +1,4 @@
+import { basename } from 'node:path'
 import type { Config, RouteConfig, RouteDeliveryConfig } from '../config/schema.js'
 import { formatSize } from '../config/units.js'
 import { CidrSet } from '../net/cidr.js'
@@ -266,6 +267,16 @@ export function describeTable (table: RouteTable): string {
     if (r.rateLimit !== null) policies.push(`rate_limit(${r.rateLimit.limits.map((l) => `${l.name}@${l.storeName}`).join(',')})`)
     const ip = table.config.routes[r.index]!.ip
     if (ip !== undefined) policies.push(`ip(${ip.allow === undefined ? '' : `allow ${ip.allow.length}`}${ip.allow !== undefined && ip.deny.length > 0 ? ', ' : ''}${ip.deny.length > 0 ? `deny ${ip.deny.length}` : ''})`)
+    const transform = table.config.routes[r.index]!.transform
+    if (transform !== undefined) {
+      const parts = [
+        ...(transform.request === undefined ? [] : ['request']),
+        ...(transform.response === undefined ? [] : [transform.response.events === undefined ? 'response' : 'response+events']),
+      ]
+      policies.push(`transform(${parts.join(',')})`)
+    }
+    if (r.plugin !== null) policies.push(`plugin(${basename(r.plugin.path)})`)
+    if (r.delivery !== null) policies.push(`async(${r.delivery.max_attempts} attempts, ${r.delivery.concurrency} workers)`)
     const targets = r.upstream.targets.map((t) => t.origin + t.basePath).join(' ')
     rows.push([String(r.index), r.name, r.describe, `${r.upstream.name} (${r.upstream.balance}: ${targets})`, policies.join(' ') || '-'])
   }

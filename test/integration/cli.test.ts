@@ -322,6 +322,21 @@ describe('gatehouse routes', () => {
     ])
   })
 
+  it('shows transforms, plugins and async delivery among the policies', async (t) => {
+    const dir = tempDir(t)
+    writeFileSync(join(dir, 'rerank.ts'), "export default { name: 'r', gatehouse: '^0.1', onRequest () {} }\n")
+    writeFileSync(join(dir, 'gatehouse.yaml'), `upstreams: { up: { targets: [{ url: http://127.0.0.1:9000 }] } }
+routes:
+  - { name: t, match: { path: /t }, upstream: up, transform: { request: { form_to_json: true }, response: { events: '{ "x": x }' } } }
+  - { name: p, match: { path: /p }, upstream: up, plugin: { path: ./rerank.ts } }
+  - { name: a, match: { path: /a }, upstream: up, delivery: { mode: async, max_attempts: 5, concurrency: 4 } }
+`)
+    const result = await runCli(['routes'], dir)
+    assert.equal(result.code, 0, result.stderr)
+    const policies = result.stdout.trimEnd().split('\n').slice(1).map((line) => line.split(/ {2,}/).at(-1))
+    assert.deepEqual(policies, ['transform(request,response+events)', 'plugin(rerank.ts)', 'async(5 attempts, 4 workers)'])
+  })
+
   it('exits 1 and prints the problems for an invalid config', async (t) => {
     const dir = tempDir(t)
     writeFileSync(join(dir, 'gatehouse.yaml'), 'routes: [{ name: a, upstream: nowhere }]\n')
