@@ -5,7 +5,7 @@ import { gatewayError, isGatewayError, type GatewayError } from '../errors/index
 import type { Logger } from '../observability/logger.js'
 import type { Metrics } from '../observability/metrics.js'
 import type { Exchange } from '../pipeline/exchange.js'
-import { dropHeaders } from '../pipeline/headers.js'
+import { dropHeaders, isLengthField } from '../pipeline/headers.js'
 import { releaseSlot } from '../upstream/target.js'
 import { isConnectFailure } from '../upstream/errors.js'
 import dispatcherRequest from 'undici/lib/api/api-request.js'
@@ -141,7 +141,7 @@ export class DeliveryService {
     finishHeaders(ex, route, encrypted)
     const headers = ex.outHeaders
     // undici sets the length of the stored body itself; the credentials the route strips are gone already.
-    dropHeaders(headers, isLength)
+    dropHeaders(headers, isLengthField)
     const method = ex.upstreamMethod ?? ex.method
     const target = (ex.upstreamPathOverride ?? upstreamPath(route, ex.path)) + ex.query
     const body = ex.bodyBuffer ?? EMPTY
@@ -225,10 +225,6 @@ export class DeliveryService {
 const EMPTY = Buffer.alloc(0)
 const PRINTABLE = /^[\x20-\x7e]+$/
 const ID = /^[0-9a-f-]{36}$/
-
-function isLength (lower: string): boolean {
-  return lower === 'content-length' || lower === 'transfer-encoding'
-}
 
 function view (r: DeliveryRecord, admin: boolean): DeliveryStatusView {
   return {

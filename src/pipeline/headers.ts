@@ -212,6 +212,11 @@ export function dropHeaders (out: string[], drop: (lowerName: string) => boolean
   out.length = w
 }
 
+/** Framing fields: dropped wherever the gateway sends a body it holds whole (it sets the length). */
+export function isLengthField (lower: string): boolean {
+  return lower === 'content-length' || lower === 'transfer-encoding'
+}
+
 function isAcceptEncoding (lower: string): boolean {
   return lower === 'accept-encoding'
 }

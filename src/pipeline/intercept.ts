@@ -5,7 +5,7 @@ import { isJsonType, mediaType } from '../transform/policy.js'
 import { CostTap } from '../limits/policy.js'
 import { upstreamPath } from '../compile/index.js'
 import type { Exchange } from './exchange.js'
-import { dropHeaders } from './headers.js'
+import { dropHeaders, isLengthField } from './headers.js'
 
 /*
  * The intercepted side of a route: what runs only on routes that read a body whole (webhook
@@ -283,10 +283,6 @@ export function sendWhole (ex: Exchange, r: FinalResponse): void {
   ex.bytesOut = head || bodiless ? 0 : r.body.length
   res.writeHead(r.status, headers as unknown as string[])
   res.end(head || bodiless ? undefined : r.body)
-}
-
-function isLengthField (lower: string): boolean {
-  return lower === 'content-length' || lower === 'transfer-encoding'
 }
 
 function headerOf (headers: string[], name: string): string | null {
