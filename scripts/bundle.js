@@ -17,6 +17,9 @@ await build({
   sourcemap: true,
   legalComments: 'linked',
   logLevel: 'warning',
+  // import.meta is empty in CommonJS; the two modules that read it (the plugin loader and the
+  // sqlite store's thread) check for that and fall back to the bundle's own location.
+  logOverride: { 'empty-import-meta': 'silent' },
   // Loaded only by the routes that use them, from node_modules: a native addon (its .node file
   // cannot be bundled), the NATS client, and tsx (which spawns esbuild to compile plugins).
   external: ['better-sqlite3', '@nats-io/*', 'tsx', 'tsx/*'],

@@ -243,8 +243,9 @@ function view (r: DeliveryRecord, admin: boolean): DeliveryStatusView {
 
 async function openStore (cfg: DeliveryStoreConfig, logger: Logger): Promise<DeliveryStore> {
   if (cfg.kind === 'sqlite') {
-    const { SqliteDeliveryStore } = await import('./sqlite.js')
-    return new SqliteDeliveryStore(cfg, logger)
+    // On its own thread: the commits' fsyncs must not stop the gateway's event loop.
+    const { ThreadedSqliteDeliveryStore } = await import('./sqlite-thread.js')
+    return new ThreadedSqliteDeliveryStore(cfg, logger)
   }
   const { NatsDeliveryStore } = await import('./nats.js')
   return new NatsDeliveryStore(cfg, logger)

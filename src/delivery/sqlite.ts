@@ -3,7 +3,6 @@ import { dirname } from 'node:path'
 import { importModule } from '../util/import.js'
 import type { DeliveryStoreConfig } from '../config/schema.js'
 import { gatewayError, type GatewayError } from '../errors/index.js'
-import type { Logger } from '../observability/logger.js'
 import type {
   DeliveryFilter, DeliveryRecord, DeliveryState, DeliveryStore, EnqueueResult, NewDelivery, RouteStats, Settlement,
 } from './store.js'
@@ -47,7 +46,10 @@ interface Row {
   updated_at: number
 }
 
-type SqliteConfig = Extract<DeliveryStoreConfig, { kind: 'sqlite' }>
+export type SqliteConfig = Extract<DeliveryStoreConfig, { kind: 'sqlite' }>
+
+/** What the store logs through: the gateway's logger, or (in the store's worker thread) a relay to it. */
+export interface StoreLogger { error (obj: Record<string, unknown>): void }
 
 const SCHEMA_VERSION = 1
 
@@ -90,7 +92,8 @@ const BUSY_TIMEOUT_MS = 2000
 const RETRY_AFTER_S = '5'
 /**
  * SQLite copies the WAL into the database file (and fsyncs it) inside the COMMIT that grows the
- * WAL past this many pages, on the event loop. The default, 1000 pages (4 MiB), stalls for
+ * WAL past this many pages (measured when this ran on the gateway's event loop; in the store's
+ * thread the stall delays that batch's acks the same way). The default, 1000 pages (4 MiB), stalls for
  * 10-20 ms at a time (measured with 1 KiB bodies on a VM disk: p99 ack latency 17-19 ms with 50
  * callers enqueueing flat out, 9-11 ms at 5,000/s). 200 pages means more, shorter stalls: p99
  * 8-9 ms and 4-5 ms, for ~10% less peak throughput. A checkpoint in a worker thread does not
@@ -138,15 +141,16 @@ interface Statements {
 /**
  * The delivery log in one SQLite file (WAL, synchronous=FULL), for a single gateway machine.
  *
- * better-sqlite3 is synchronous, so every write blocks the event loop for its fsync. Enqueues and
+ * better-sqlite3 is synchronous, so every write blocks its thread for the fsync. Enqueues and
  * settles are therefore group-committed: those made in one turn of the event loop are written in
  * one transaction, with one fsync, and their promises settle after the COMMIT. At 50 concurrent
- * callers that is one fsync per ~50 acks instead of one per ack.
+ * callers that is one fsync per ~50 acks instead of one per ack. The gateway runs this class in a
+ * worker thread of its own (sqlite-thread.ts), so those fsyncs never stop its event loop.
  */
 export class SqliteDeliveryStore implements DeliveryStore {
   readonly kind = 'sqlite' as const
   readonly #cfg: SqliteConfig
-  readonly #logger: Logger
+  readonly #logger: StoreLogger
   #db: Database | null = null
   #stmts: Statements | null = null
   #writeBatch: ((batch: Op[], results: Result[]) => void) | null = null
@@ -163,7 +167,7 @@ export class SqliteDeliveryStore implements DeliveryStore {
   #writeError: { code: string, message: string } | null = null
   #lastErrorLog = 0
 
-  constructor (cfg: SqliteConfig, logger: Logger) {
+  constructor (cfg: SqliteConfig, logger: StoreLogger) {
     this.#cfg = cfg
     this.#logger = logger
   }

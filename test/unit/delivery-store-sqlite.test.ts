@@ -5,6 +5,8 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { randomBytes, randomUUID } from 'node:crypto'
 import { SqliteDeliveryStore } from '../../src/delivery/sqlite.js'
+import { ThreadedSqliteDeliveryStore } from '../../src/delivery/sqlite-thread.js'
+import type { DeliveryStore } from '../../src/delivery/store.js'
 import type { NewDelivery } from '../../src/delivery/store.js'
 import { isGatewayError } from '../../src/errors/index.js'
 import { createLogger } from '../../src/observability/logger.js'
@@ -16,114 +18,121 @@ after(() => rmSync(dir, { recursive: true, force: true }))
 const logger = createLogger('silent')
 const DAY = 86_400_000
 
-function sqliteStore (path = join(dir, `${randomUUID()}.db`), maxSize = 64 * 1024 * 1024): SqliteDeliveryStore {
-  return new SqliteDeliveryStore({ kind: 'sqlite', path, max_size: maxSize }, logger)
+// The store on the caller's thread, and as the gateway runs it: in a worker thread, driven by
+// messages (sqlite-thread.ts). Both keep the same contract.
+const variants = {
+  sqlite: (path: string, maxSize: number): DeliveryStore => new SqliteDeliveryStore({ kind: 'sqlite', path, max_size: maxSize }, logger),
+  'sqlite in a worker thread': (path: string, maxSize: number): DeliveryStore => new ThreadedSqliteDeliveryStore({ kind: 'sqlite', path, max_size: maxSize }, logger),
 }
-
-deliveryStoreContract('sqlite', async () => sqliteStore())
 
 function never (): AbortSignal {
   return new AbortController().signal
 }
 
-describe('sqlite delivery store', () => {
-  test('what was acknowledged survives close and reopen; a lease held by the old instance runs out', async () => {
-    const path = join(dir, 'nested', 'dirs', `${randomUUID()}.db`)
-    const first = sqliteStore(path)
-    await first.start()
-    const route = `r-${randomUUID()}`
-    await first.openRoute(route, { leaseMs: 300, maxAttempts: 5 })
-    const base = Date.now() - 1000
-    const msgs = [0, 1, 2].map((i) => message(route, { createdAt: base + i, idempotencyKey: `k${i}` }))
-    for (const m of msgs) await first.enqueue(m, DAY)
-    // Claimed and never settled: the process "dies" with the lease held.
-    const leased = await first.claim(route, 1, 0, never())
-    assert.deepEqual(leased.map((r) => r.id), [msgs[0]!.id])
-    await first.settle(msgs[1]!.id, { kind: 'dead', at: Date.now(), error: 'status 500', status: 500 })
-    await first.close()
+for (const [variant, make] of Object.entries(variants)) {
+  const sqliteStore = (path = join(dir, `${randomUUID()}.db`), maxSize = 64 * 1024 * 1024): DeliveryStore => make(path, maxSize)
 
-    const second = sqliteStore(path)
-    await second.start()
-    try {
-      await second.openRoute(route, { leaseMs: 300, maxAttempts: 5 })
-      for (const m of msgs) assert.deepEqual((await second.get(m.id))?.body, m.body)
-      assert.equal((await second.get(msgs[1]!.id))?.state, 'dead')
-      // The idempotency keys were kept too.
-      assert.deepEqual(await second.enqueue({ ...msgs[2]!, id: randomUUID() }, DAY), { id: msgs[2]!.id, duplicate: true })
-      // msgs[2] is free now; msgs[0] only once its lease runs out.
-      assert.deepEqual((await second.claim(route, 10, 0, never())).map((r) => r.id), [msgs[2]!.id])
-      const again = await second.claim(route, 10, 3000, never())
-      assert.deepEqual(again.map((r) => r.id), [msgs[0]!.id])
-      assert.equal(again[0]!.attempts, 0)
-    } finally {
-      await second.close()
-    }
-  })
+  deliveryStoreContract(variant, async () => sqliteStore())
 
-  test('a full database refuses new messages with a 503 and Retry-After; acknowledged ones stay, settles still work', async () => {
-    const s = sqliteStore(join(dir, `${randomUUID()}.db`), 256 * 1024)
-    await s.start()
-    try {
+  describe(`${variant} delivery store`, () => {
+    test('what was acknowledged survives close and reopen; a lease held by the old instance runs out', async () => {
+      const path = join(dir, 'nested', 'dirs', `${randomUUID()}.db`)
+      const first = sqliteStore(path)
+      await first.start()
       const route = `r-${randomUUID()}`
-      await s.openRoute(route, { leaseMs: 30_000, maxAttempts: 5 })
-      const accepted: NewDelivery[] = []
-      let refused: unknown = null
-      for (let i = 0; i < 400 && refused === null; i++) {
-        const m = message(route, { body: randomBytes(1024) })
-        try {
-          await s.enqueue(m, DAY)
-          accepted.push(m)
-        } catch (err) {
-          refused = err
-        }
+      await first.openRoute(route, { leaseMs: 2000, maxAttempts: 5 })
+      const base = Date.now() - 1000
+      const msgs = [0, 1, 2].map((i) => message(route, { createdAt: base + i, idempotencyKey: `k${i}` }))
+      for (const m of msgs) await first.enqueue(m, DAY)
+      // Claimed and never settled: the process "dies" with the lease held.
+      const leased = await first.claim(route, 1, 0, never())
+      assert.deepEqual(leased.map((r) => r.id), [msgs[0]!.id])
+      await first.settle(msgs[1]!.id, { kind: 'dead', at: Date.now(), error: 'status 500', status: 500 })
+      await first.close()
+
+      const second = sqliteStore(path)
+      await second.start()
+      try {
+        await second.openRoute(route, { leaseMs: 2000, maxAttempts: 5 })
+        for (const m of msgs) assert.deepEqual((await second.get(m.id))?.body, m.body)
+        assert.equal((await second.get(msgs[1]!.id))?.state, 'dead')
+        // The idempotency keys were kept too.
+        assert.deepEqual(await second.enqueue({ ...msgs[2]!, id: randomUUID() }, DAY), { id: msgs[2]!.id, duplicate: true })
+        // msgs[2] is free now; msgs[0] only once its lease runs out.
+        assert.deepEqual((await second.claim(route, 10, 0, never())).map((r) => r.id), [msgs[2]!.id])
+        const again = await second.claim(route, 10, 10_000, never())
+        assert.deepEqual(again.map((r) => r.id), [msgs[0]!.id])
+        assert.equal(again[0]!.attempts, 0)
+      } finally {
+        await second.close()
       }
-      assert.ok(accepted.length > 20, `accepted ${accepted.length}`)
-      assert.ok(isGatewayError(refused), `expected a refusal, got ${String(refused)}`)
-      assert.equal(refused.code, 'GH_DELIVERY_STORE_UNAVAILABLE')
-      assert.equal(refused.status, 503)
-      assert.equal(refused.headers?.['retry-after'], '5')
-      assert.match(refused.detail, /full/)
-      assert.match(refused.reason ?? '', /SQLITE_FULL/)
-      assert.equal(s.status().full, true)
-      // A burst while full: every one refused, none acknowledged.
-      const burst = await Promise.allSettled(Array.from({ length: 20 }, () => s.enqueue(message(route, { body: randomBytes(1024) }), DAY)))
-      assert.ok(burst.every((r) => r.status === 'rejected'))
-      for (const m of accepted) assert.deepEqual((await s.get(m.id))?.body, m.body)
-      assert.equal((await s.stats(Date.now()))[route]?.pending, accepted.length)
-
-      // The worker can still record outcomes, and deleting frees the space.
-      const claimed = await s.claim(route, 1000, 0, never())
-      assert.equal(claimed.length, accepted.length)
-      await Promise.all(claimed.map((r) => s.settle(r.id, { kind: 'delivered', status: 200, at: Date.now() })))
-      assert.equal((await s.get(claimed[0]!.id))?.state, 'delivered')
-      assert.equal(await s.purge('delivered', route), accepted.length)
-      await s.enqueue(message(route, { body: randomBytes(1024) }), DAY)
-      assert.equal(s.status().full, false)
-    } finally {
-      await s.close()
-    }
-  })
-
-  test('an unwritable path: start rejects and says where', async () => {
-    const file = join(dir, `${randomUUID()}.txt`)
-    writeFileSync(file, 'not a directory')
-    const s = sqliteStore(join(file, 'delivery.db'))
-    await assert.rejects(s.start(), (err: Error) => {
-      assert.match(err.message, /cannot open the delivery store at .*delivery\.db/)
-      assert.match(err.message, /EEXIST|ENOTDIR/)
-      return true
     })
-    assert.equal(s.status().status, 'unavailable')
-    await assert.rejects(s.enqueue(message('r'), DAY), (err) => isGatewayError(err) && err.code === 'GH_DELIVERY_STORE_UNAVAILABLE')
-    await s.close()
-  })
 
-  test('a database from a newer schema version is refused, not written', async () => {
-    const path = join(dir, `${randomUUID()}.db`)
-    const { default: Database } = await import('better-sqlite3' as string) as { default: new (p: string) => { pragma (s: string): unknown, close (): void } }
-    const db = new Database(path)
-    db.pragma('user_version = 99')
-    db.close()
-    await assert.rejects(sqliteStore(path).start(), /schema version 99/)
+    test('a full database refuses new messages with a 503 and Retry-After; acknowledged ones stay, settles still work', async () => {
+      const s = sqliteStore(join(dir, `${randomUUID()}.db`), 256 * 1024)
+      await s.start()
+      try {
+        const route = `r-${randomUUID()}`
+        await s.openRoute(route, { leaseMs: 30_000, maxAttempts: 5 })
+        const accepted: NewDelivery[] = []
+        let refused: unknown = null
+        for (let i = 0; i < 400 && refused === null; i++) {
+          const m = message(route, { body: randomBytes(1024) })
+          try {
+            await s.enqueue(m, DAY)
+            accepted.push(m)
+          } catch (err) {
+            refused = err
+          }
+        }
+        assert.ok(accepted.length > 20, `accepted ${accepted.length}`)
+        assert.ok(isGatewayError(refused), `expected a refusal, got ${String(refused)}`)
+        assert.equal(refused.code, 'GH_DELIVERY_STORE_UNAVAILABLE')
+        assert.equal(refused.status, 503)
+        assert.equal(refused.headers?.['retry-after'], '5')
+        assert.match(refused.detail, /full/)
+        assert.match(refused.reason ?? '', /SQLITE_FULL/)
+        assert.equal(s.status().full, true)
+        // A burst while full: every one refused, none acknowledged.
+        const burst = await Promise.allSettled(Array.from({ length: 20 }, () => s.enqueue(message(route, { body: randomBytes(1024) }), DAY)))
+        assert.ok(burst.every((r) => r.status === 'rejected'))
+        for (const m of accepted) assert.deepEqual((await s.get(m.id))?.body, m.body)
+        assert.equal((await s.stats(Date.now()))[route]?.pending, accepted.length)
+
+        // The worker can still record outcomes, and deleting frees the space.
+        const claimed = await s.claim(route, 1000, 0, never())
+        assert.equal(claimed.length, accepted.length)
+        await Promise.all(claimed.map((r) => s.settle(r.id, { kind: 'delivered', status: 200, at: Date.now() })))
+        assert.equal((await s.get(claimed[0]!.id))?.state, 'delivered')
+        assert.equal(await s.purge('delivered', route), accepted.length)
+        await s.enqueue(message(route, { body: randomBytes(1024) }), DAY)
+        assert.equal(s.status().full, false)
+      } finally {
+        await s.close()
+      }
+    })
+
+    test('an unwritable path: start rejects and says where', async () => {
+      const file = join(dir, `${randomUUID()}.txt`)
+      writeFileSync(file, 'not a directory')
+      const s = sqliteStore(join(file, 'delivery.db'))
+      await assert.rejects(s.start(), (err: Error) => {
+        assert.match(err.message, /cannot open the delivery store at .*delivery\.db/)
+        assert.match(err.message, /EEXIST|ENOTDIR/)
+        return true
+      })
+      assert.equal(s.status().status, 'unavailable')
+      await assert.rejects(s.enqueue(message('r'), DAY), (err) => isGatewayError(err) && err.code === 'GH_DELIVERY_STORE_UNAVAILABLE')
+      await s.close()
+    })
+
+    test('a database from a newer schema version is refused, not written', async () => {
+      const path = join(dir, `${randomUUID()}.db`)
+      const { default: Database } = await import('better-sqlite3' as string) as { default: new (p: string) => { pragma (s: string): unknown, close (): void } }
+      const db = new Database(path)
+      db.pragma('user_version = 99')
+      db.close()
+      await assert.rejects(sqliteStore(path).start(), /schema version 99/)
+    })
   })
-})
+}
