@@ -6,7 +6,7 @@
 //   BENCH_WRK_THREADS=1               wrk threads for the c=50 runs (default 1, see BENCHMARKS.md)
 //   BENCH_STREAM_BYTES=1073741824     size of the big streaming runs (default 1 GiB)
 //   BENCH_STREAM_REPS=3               repetitions of each big streaming run (median MB/s, highest peak RSS)
-//   BENCH_TARGETS=direct,gatehouse,nginx,fastify   subset of targets to run
+//   BENCH_TARGETS=direct,gatehouse,nginx,fastify,bare   subset of targets to run
 //   BENCH_SKIP=cold,stream,wrk,auth   skip parts
 //   BENCH_AUTH_ROUNDS=15, BENCH_AUTH_DURATION=2  rounds (and seconds per wrk run) of the auth
 //                                     comparison; the median of the per-round ratios counts
@@ -41,11 +41,13 @@ const SMALL_REPS = 5
 const COLD_RUNS = 5
 const SKIP = new Set((process.env.BENCH_SKIP ?? '').split(',').filter(Boolean))
 const GH_NODE_ARGS = (process.env.BENCH_GATEHOUSE_NODE_ARGS ?? '').split(' ').filter(Boolean)
-const ALL_TARGETS = ['direct', 'gatehouse', 'nginx', 'fastify']
+const ALL_TARGETS = ['direct', 'gatehouse', 'nginx', 'fastify', 'bare']
 const TARGETS = (process.env.BENCH_TARGETS ?? ALL_TARGETS.join(',')).split(',').filter((t) => ALL_TARGETS.includes(t))
 const AUTH_ROUNDS = Math.max(1, Math.round(Number(process.env.BENCH_AUTH_ROUNDS ?? 15)))
 const AUTH_DURATION = Math.max(1, Math.round(Number(process.env.BENCH_AUTH_DURATION ?? 2)))
-const TARGET_LABEL = { direct: 'direct', gatehouse: 'gatehouse', nginx: 'nginx', fastify: 'fastify-http-proxy' }
+const TARGET_LABEL = { direct: 'direct', gatehouse: 'gatehouse', nginx: 'nginx', fastify: 'fastify-http-proxy', bare: 'bare node+undici' }
+/** Reference rows measured in the wrk phase only (the streaming lines compare Gatehouse with nginx). */
+const WRK_ONLY = new Set(['bare'])
 
 const CHUNK = Buffer.alloc(64 * 1024, 'b')
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'gatehouse-bench-'))
@@ -492,9 +494,10 @@ async function startTarget (name, upstream) {
     const workers = childPids(proc.pid)
     return { name, base, pid: workers[0] ?? proc.pid, proc, config: conf, logFile: path.join(prefix, 'access.log') }
   }
-  if (name === 'fastify') {
+  if (name === 'fastify' || name === 'bare') {
     const port = await freePort()
-    const proc = track(spawn(process.execPath, [path.join(here, 'fastify-proxy.js'), String(port), upstream.base], { stdio: ['ignore', 'ignore', 'inherit'] }), 'fastify')
+    const script = name === 'fastify' ? 'fastify-proxy.js' : 'bare-proxy.js'
+    const proc = track(spawn(process.execPath, [path.join(here, script), String(port), upstream.base], { stdio: ['ignore', 'ignore', 'inherit'] }), name)
     const base = `http://127.0.0.1:${port}`
     await waitReady(`${base}/small`, 15_000, proc)
     return { name, base, pid: proc.pid, proc }
@@ -723,14 +726,14 @@ const ratio = (a, b) => (typeof a === 'number' && typeof b === 'number' && b > 0
 
 function table (results) {
   const T = results.targets
-  const rows = [['scenario', 'metric', ...ALL_TARGETS.map((t) => TARGET_LABEL[t]), 'GH/direct', 'GH/nginx', 'GH/fastify']]
+  const rows = [['scenario', 'metric', ...ALL_TARGETS.map((t) => TARGET_LABEL[t]), 'GH/direct', 'GH/nginx', 'GH/fastify', 'GH/bare', 'bare/fastify']]
   // '*' marks a value measured while other processes used >= QUIET_PCT % of a core.
   const add = (scenario, id, metric, pick, digits) => {
     const vals = ALL_TARGETS.map((t) => pick(T[t]?.scenarios?.[id]))
     const noisy = ALL_TARGETS.map((t) => (T[t]?.scenarios?.[id]?.foreignCpuPct ?? 0) >= QUIET_PCT)
     const gh = vals[1]
     rows.push([scenario, metric, ...vals.map((v, i) => num(v, digits) + (noisy[i] && typeof v === 'number' ? '*' : '')),
-      ratio(gh, vals[0]), ratio(gh, vals[2]), ratio(gh, vals[3])])
+      ratio(gh, vals[0]), ratio(gh, vals[2]), ratio(gh, vals[3]), ratio(gh, vals[4]), ratio(vals[4], vals[3])])
   }
   for (const s of WRK_SCENARIOS) {
     add(s.label, s.id, 'req/s', (x) => x?.rps, 0)
@@ -754,13 +757,18 @@ function checklist (results) {
   const T = results.targets
   const get = (t, id) => T[t]?.scenarios?.[id]
   const items = []
-  const check = (name, ok, measured) => items.push({ name, status: ok === null ? 'N/A' : ok ? 'PASS' : 'FAIL', measured })
+  // ok: true/false against a target, null when not measured, 'info' for a measured line without one.
+  const check = (name, ok, measured) => items.push({ name, status: ok === null ? 'N/A' : ok === 'info' ? 'INFO' : ok ? 'PASS' : 'FAIL', measured })
   const gh50 = get('gatehouse', 'get_small_c50')?.rps
   const ng50 = get('nginx', 'get_small_c50')?.rps
   const fa50 = get('fastify', 'get_small_c50')?.rps
   const have = (...v) => v.every((x) => typeof x === 'number' && Number.isFinite(x))
   check('small GET c=50: Gatehouse >= 0.35x nginx', have(gh50, ng50) ? gh50 / ng50 >= 0.35 : null, have(gh50, ng50) ? `${(gh50 / ng50).toFixed(2)}x (${gh50.toFixed(0)} vs ${ng50.toFixed(0)} req/s)` : 'n/a')
   check('small GET c=50: Gatehouse >= 1.8x @fastify/http-proxy', have(gh50, fa50) ? gh50 / fa50 >= 1.8 : null, have(gh50, fa50) ? `${(gh50 / fa50).toFixed(2)}x (${gh50.toFixed(0)} vs ${fa50.toFixed(0)} req/s)` : 'n/a')
+  // Not a target: the ceiling for the line above. A node:http + undici proxy with no features
+  // (bench/bare-proxy.js) measured against fastify in the same run.
+  const ba50 = get('bare', 'get_small_c50')?.rps
+  if (have(ba50, fa50)) check('reference, no target: bare node:http + undici proxy vs @fastify/http-proxy (small GET c=50)', 'info', `${(ba50 / fa50).toFixed(2)}x (${ba50.toFixed(0)} vs ${fa50.toFixed(0)} req/s); Gatehouse ${have(gh50) ? (gh50 / ba50).toFixed(2) + 'x bare' : 'n/a'}`)
   const ghp50 = get('gatehouse', 'get_small_c1')?.lat_p50_us
   const dp50 = get('direct', 'get_small_c1')?.lat_p50_us
   const added = have(ghp50, dp50) ? (ghp50 - dp50) / 1000 : null
@@ -786,7 +794,9 @@ function checklist (results) {
   const ic = results.intercept
   check('small JSON request transform >= 0.7x the same route untransformed (POST 1 KiB c=50)', have(ic?.transform?.ratioToPlain) ? ic.transform.ratioToPlain >= 0.7 : null, have(ic?.transform?.ratioToPlain) ? `${ic.transform.ratioToPlain.toFixed(2)}x (${ic.transform.rps.toFixed(0)} vs ${ic.plain.rps.toFixed(0)} req/s)` : 'n/a')
   check('async sqlite >= 5000 acked req/s, p99 ack <= 10 ms (1 KiB, c=50)', have(ic?.async_sqlite?.rps) ? ic.async_sqlite.rps >= 5000 && ic.async_sqlite.p99Ms <= 10 : null, have(ic?.async_sqlite?.rps) ? `${ic.async_sqlite.rps.toFixed(0)} req/s, p50 ${ic.async_sqlite.p50Ms.toFixed(2)} ms, p99 ${ic.async_sqlite.p99Ms.toFixed(2)} ms` : 'n/a')
-  if (have(ic?.async_nats?.rps)) check('async NATS (measured, no target)', true, `${ic.async_nats.rps.toFixed(0)} req/s, p50 ${ic.async_nats.p50Ms.toFixed(2)} ms, p99 ${ic.async_nats.p99Ms.toFixed(2)} ms`)
+  const nb = ic?.neighbour
+  if (have(nb?.underP50Ms)) check('async sqlite: a plain GET c=1 on the same gateway while the async route takes c=50 (no target)', 'info', `p50 ${nb.underP50Ms.toFixed(3)} ms, p99 ${nb.underP99Ms.toFixed(3)} ms (alone: p50 ${nb.aloneP50Ms.toFixed(3)} ms, p99 ${nb.aloneP99Ms.toFixed(3)} ms)`)
+  if (have(ic?.async_nats?.rps)) check('async NATS (measured, no target)', 'info', `${ic.async_nats.rps.toFixed(0)} req/s, p50 ${ic.async_nats.p50Ms.toFixed(2)} ms, p99 ${ic.async_nats.p99Ms.toFixed(2)} ms`)
   const ghCached = a?.cached?.ratioToNone
   check('cache hits >= 1.5x the uncached route (small GET c=50)', have(ghCached) ? ghCached >= 1.5 : null, have(ghCached) ? `${ghCached.toFixed(2)}x (median of per-round ratios; ${a.cached.rps.toFixed(0)} vs ${a.none.rps.toFixed(0)} req/s)` : 'n/a')
   const ngCached = a?.rounds?.[0]?.nginx_cached === undefined ? null : median(a.rounds.map((r) => r.cached.rps / r.nginx_cached.rps))
@@ -990,6 +1000,7 @@ async function interceptPhase (upstream) {
       }
       log(`intercept ${name}: ${out[name].rps.toFixed(0)} req/s (${out[name].ratioToPlain.toFixed(2)}x plain), p50 ${out[name].p50Ms.toFixed(2)} ms, p99 ${out[name].p99Ms.toFixed(2)} ms`)
     }
+    out.neighbour = await neighbourRounds(a)
   } finally {
     await stop(a.proc)
     if (b !== null) {
@@ -1004,6 +1015,41 @@ async function interceptPhase (upstream) {
     }
   }
   return out
+}
+
+/** Until the async route's backlog is delivered (the gauge reads 0), or 120 s. */
+async function drained (gh) {
+  const deadline = Date.now() + 120_000
+  while (Date.now() < deadline) {
+    const text = await (await fetch(`http://127.0.0.1:${gh.adminPort}/metrics`)).text()
+    const pending = text.split('\n').filter((l) => l.startsWith('gatehouse_delivery_pending{')).reduce((acc, l) => acc + Number(l.split(' ').at(-1)), 0)
+    if (pending === 0) return
+    await new Promise((resolve) => setTimeout(resolve, 250))
+  }
+  throw new Error('intercept bench: the async backlog was not delivered within 120 s')
+}
+
+/**
+ * What an async route's load does to the same gateway's other routes: a small GET at c=1 on the
+ * plain route, alone (backlog delivered) and while the async route takes POSTs at c=50. Before
+ * the sqlite store ran in its own thread, each group commit stopped every route of the process.
+ */
+async function neighbourRounds (gh) {
+  const rounds = []
+  for (let round = 0; round < Math.min(3, AUTH_ROUNDS); round++) {
+    await drained(gh)
+    const alone = await measured('intercept neighbour alone', () => runWrk({ url: gh.base + '/small', connections: 1, threads: 1, seconds: AUTH_DURATION, script: 'report.lua' }))
+    const load = runWrk({ url: gh.base + '/a/echo16k', connections: 50, threads: WRK_THREADS, seconds: AUTH_DURATION + 1, script: 'post1k-json.lua' })
+    // The measurement starts once the load is under way and ends before it does.
+    await new Promise((resolve) => setTimeout(resolve, 500))
+    const under = await runWrk({ url: gh.base + '/small', connections: 1, threads: 1, seconds: AUTH_DURATION, script: 'report.lua' })
+    const asyncLoad = await load
+    rounds.push({ alone, under, asyncLoad })
+    log(`intercept neighbour round ${round + 1}: GET c=1 alone p50 ${(alone.lat_p50_us / 1000).toFixed(3)} ms p99 ${(alone.lat_p99_us / 1000).toFixed(3)} ms; ` +
+      `with async c=50 (${asyncLoad.rps.toFixed(0)} acks/s) p50 ${(under.lat_p50_us / 1000).toFixed(3)} ms p99 ${(under.lat_p99_us / 1000).toFixed(3)} ms`)
+  }
+  const pick = (k, f) => median(rounds.map((r) => r[k][f] / 1000))
+  return { rounds, aloneP50Ms: pick('alone', 'lat_p50_us'), aloneP99Ms: pick('alone', 'lat_p99_us'), underP50Ms: pick('under', 'lat_p50_us'), underP99Ms: pick('under', 'lat_p99_us') }
 }
 
 // --- main --------------------------------------------------------------------------------------
@@ -1039,6 +1085,7 @@ async function main () {
     const running = []
     try {
       for (const name of names) {
+        if (phase !== 'wrk' && WRK_ONLY.has(name)) continue
         const t = await startTarget(name, upstream)
         running.push(t)
         const r = results.targets[name]
