@@ -1,8 +1,8 @@
-import { after, before, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
 import { createHash, randomBytes, randomUUID } from 'node:crypto'
 import type { DeliveryRecord, DeliveryStore, NewDelivery } from '../../src/delivery/store.js'
 import { isGatewayError } from '../../src/errors/index.js'
+import { contractSuite } from './contract.js'
 
 /*
  * The behaviour every DeliveryStore backend promises (src/delivery/store.ts), run by each
@@ -19,26 +19,7 @@ const WAIT = 3000
  * started, or started if its start() is idempotent), or a reason to skip every test.
  */
 export function deliveryStoreContract (name: string, make: () => Promise<DeliveryStore | string>): void {
-  describe(`delivery store contract: ${name}`, () => {
-    let store: DeliveryStore | null = null
-    let skip: string | null = null
-    before(async () => {
-      const s = await make()
-      if (typeof s === 'string') {
-        skip = s
-        return
-      }
-      store = s
-      await store.start()
-    })
-    after(async () => { await store?.close() })
-    const it = (title: string, fn: (s: DeliveryStore) => Promise<void>): void => {
-      test(title, async (t) => {
-        if (skip !== null) return t.skip(skip)
-        await fn(store!)
-      })
-    }
-
+  contractSuite(`delivery store contract: ${name}`, make, (it) => {
     it('enqueue keeps the request as given: get returns it pending, byte for byte', async (s) => {
       const route = await openRoute(s)
       const body = Buffer.from([0, 255, 10, 13, 0xc3, 0x28, 0, 1, 2, 0x80])

@@ -6,9 +6,9 @@ import { once } from 'node:events'
 import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import net, { type AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
-import { dirname, join, resolve } from 'node:path'
+import { dirname, join } from 'node:path'
 import type { Readable } from 'node:stream'
-import { fileURLToPath } from 'node:url'
+import { BIN, runCli } from '../helpers/cli.js'
 import { request, startUpstream, type Upstream } from '../helpers/index.js'
 
 /*
@@ -17,28 +17,9 @@ import { request, startUpstream, type Upstream } from '../helpers/index.js'
  * the child's stdout, an HTTP answer, or the child's exit, each with a bounded deadline.
  */
 
-const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..')
-const BIN = join(ROOT, 'bin', 'gatehouse.js')
 const WAIT_MS = 10_000
 
 type LogLine = Record<string, any>
-
-interface CliResult {
-  code: number | null
-  stdout: string
-  stderr: string
-}
-
-/** Run a short-lived command (check, routes, ...) to completion. */
-async function runCli (args: string[], cwd: string): Promise<CliResult> {
-  const child = spawn(process.execPath, [BIN, ...args], { cwd, stdio: ['ignore', 'pipe', 'pipe'] })
-  let stdout = ''
-  let stderr = ''
-  child.stdout.setEncoding('utf8').on('data', (c: string) => { stdout += c })
-  child.stderr.setEncoding('utf8').on('data', (c: string) => { stderr += c })
-  const [code] = await once(child, 'close') as [number | null]
-  return { code, stdout, stderr }
-}
 
 /** A running `gatehouse start`, with its stdout parsed into JSON log lines. */
 class GatehouseProcess {

@@ -1,24 +1,10 @@
 import { after, before, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
-import { spawn } from 'node:child_process'
-import { once } from 'node:events'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { fileURLToPath } from 'node:url'
+import { runCli } from '../helpers/cli.js'
 import { request, startGateway, startUpstream, waitUntilAsync, type TestGateway, type Upstream } from '../helpers/index.js'
-
-const BIN = fileURLToPath(new URL('../../bin/gatehouse.js', import.meta.url))
-
-async function cli (args: string[]): Promise<{ code: number | null, stdout: string, stderr: string }> {
-  const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
-  let stdout = ''
-  let stderr = ''
-  child.stdout.setEncoding('utf8').on('data', (c: string) => { stdout += c })
-  child.stderr.setEncoding('utf8').on('data', (c: string) => { stderr += c })
-  const [code] = await once(child, 'close') as [number | null]
-  return { code, stdout, stderr }
-}
 
 describe('gatehouse deliveries (CLI over the admin API)', () => {
   let dir: string
@@ -46,32 +32,32 @@ describe('gatehouse deliveries (CLI over the admin API)', () => {
   test('list, show, replay and purge a dead letter', async () => {
     const id = JSON.parse((await request(gw.url + '/x', { method: 'POST', body: 'job' })).body).delivery_id
     await waitUntilAsync(async () => JSON.parse((await request(`${admin}/deliveries/${id}`)).body).state === 'dead')
-    const list = await cli(['deliveries', 'list', '--state', 'dead', '--admin', admin])
+    const list = await runCli(['deliveries', 'list', '--state', 'dead', '--admin', admin])
     assert.equal(list.code, 0, list.stderr)
     assert.match(list.stdout, new RegExp(`${id}\\s+jobs\\s+dead\\s+attempts=1 .*last_error=status 400 \\(not retried\\)`))
-    const show = await cli(['deliveries', 'show', id, '--admin', admin])
+    const show = await runCli(['deliveries', 'show', id, '--admin', admin])
     assert.equal(show.code, 0)
     assert.equal(JSON.parse(show.stdout).state, 'dead')
     failing = false
-    const replay = await cli(['deliveries', 'replay', '--dead', '--route', 'jobs', '--admin', admin])
+    const replay = await runCli(['deliveries', 'replay', '--dead', '--route', 'jobs', '--admin', admin])
     assert.equal(replay.code, 0, replay.stderr)
     assert.equal(JSON.parse(replay.stdout).replayed, 1)
     await waitUntilAsync(async () => JSON.parse((await request(`${admin}/deliveries/${id}`)).body).state === 'delivered')
-    const purge = await cli(['deliveries', 'purge', '--state', 'delivered', '--admin', admin])
+    const purge = await runCli(['deliveries', 'purge', '--state', 'delivered', '--admin', admin])
     assert.equal(purge.code, 0)
     assert.equal(JSON.parse(purge.stdout).purged, 1)
-    const gone = await cli(['deliveries', 'show', id, '--admin', admin])
+    const gone = await runCli(['deliveries', 'show', id, '--admin', admin])
     assert.equal(gone.code, 1)
     assert.match(gone.stderr, /404 no delivery/)
   })
 
   test('bad usage and an unreachable admin API are clear errors', async () => {
-    const purge = await cli(['deliveries', 'purge', '--admin', admin])
+    const purge = await runCli(['deliveries', 'purge', '--admin', admin])
     assert.equal(purge.code, 2)
     assert.match(purge.stderr, /purge needs --state dead or --state delivered/)
     const closed = await startUpstream((_req, res) => res.end())
     await closed.close()
-    const down = await cli(['deliveries', 'list', '--admin', closed.url])
+    const down = await runCli(['deliveries', 'list', '--admin', closed.url])
     assert.equal(down.code, 1)
     assert.equal(down.stderr, `gatehouse: cannot reach the admin API at ${closed.url}: ECONNREFUSED\n`)
   })

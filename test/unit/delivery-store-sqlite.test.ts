@@ -40,7 +40,7 @@ for (const [variant, make] of Object.entries(variants)) {
       const first = sqliteStore(path)
       await first.start()
       const route = `r-${randomUUID()}`
-      await first.openRoute(route, { leaseMs: 2000, maxAttempts: 5 })
+      await first.openRoute(route, { leaseMs: 6000, maxAttempts: 5 })
       const base = Date.now() - 1000
       const msgs = [0, 1, 2].map((i) => message(route, { createdAt: base + i, idempotencyKey: `k${i}` }))
       for (const m of msgs) await first.enqueue(m, DAY)
@@ -53,14 +53,14 @@ for (const [variant, make] of Object.entries(variants)) {
       const second = sqliteStore(path)
       await second.start()
       try {
-        await second.openRoute(route, { leaseMs: 2000, maxAttempts: 5 })
+        await second.openRoute(route, { leaseMs: 6000, maxAttempts: 5 })
         for (const m of msgs) assert.deepEqual((await second.get(m.id))?.body, m.body)
         assert.equal((await second.get(msgs[1]!.id))?.state, 'dead')
         // The idempotency keys were kept too.
         assert.deepEqual(await second.enqueue({ ...msgs[2]!, id: randomUUID() }, DAY), { id: msgs[2]!.id, duplicate: true })
         // msgs[2] is free now; msgs[0] only once its lease runs out.
         assert.deepEqual((await second.claim(route, 10, 0, never())).map((r) => r.id), [msgs[2]!.id])
-        const again = await second.claim(route, 10, 10_000, never())
+        const again = await second.claim(route, 10, 15_000, never())
         assert.deepEqual(again.map((r) => r.id), [msgs[0]!.id])
         assert.equal(again[0]!.attempts, 0)
       } finally {

@@ -1,8 +1,8 @@
-import { after, before, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
 import { randomUUID } from 'node:crypto'
 import { createLogger } from '../../src/observability/logger.js'
 import { MemoryLimitStore, RedisLimitStore, type LimitStore } from '../../src/limits/store.js'
+import { contractSuite } from '../helpers/contract.js'
 import { serviceAvailable, waitUntilAsync } from '../helpers/index.js'
 
 /** One contract, every backend. */
@@ -15,26 +15,7 @@ const backends: Array<[string, () => Promise<LimitStore | string>]> = [
 ]
 
 for (const [name, make] of backends) {
-  describe(`limit store contract: ${name}`, () => {
-    let store: LimitStore | null = null
-    let skip: string | null = null
-    before(async () => {
-      const s = await make()
-      if (typeof s === 'string') {
-        skip = s
-        return
-      }
-      store = s
-      await store.start()
-    })
-    after(async () => { await store?.close() })
-    const it = (title: string, fn: (s: LimitStore) => Promise<void>): void => {
-      test(title, async (t) => {
-        if (skip !== null) return t.skip(skip)
-        await fn(store!)
-      })
-    }
-
+  contractSuite(`limit store contract: ${name}`, make, (it) => {
     it('GCRA lets `burst` requests through at once, then refuses with the time until the next fits', async (s) => {
       const key = `g:${randomUUID()}`
       const results = []
