@@ -311,7 +311,7 @@ const QUOTA_UNITS: Record<string, number> = { m: 60_000, min: 60_000, minute: 60
 const StoreSchema = discriminatedUnion('kind', [
   strictObject({
     kind: literal('memory'),
-    max_keys: int().pipe(number().min(1)).default(100_000),
+    max_keys: int().pipe(number().min(1).max(10_000_000)).default(100_000),
     /** Bytes of cached responses kept (least recently used go first). */
     max_bytes: size().default(64 * 1024 * 1024),
   }),

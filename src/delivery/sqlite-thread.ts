@@ -36,45 +36,70 @@ export type ToMain = { replies: Reply[], status?: StoreStatus } | { log: Record<
 interface Pending { resolve: (v: unknown) => void, reject: (e: unknown) => void }
 
 const RETRY_AFTER_S = '5'
+const RESPAWN_MIN_MS = 1000
+const RESPAWN_MAX_MS = 30_000
 
 export class ThreadedSqliteDeliveryStore implements DeliveryStore {
   readonly kind = 'sqlite' as const
   readonly #cfg: SqliteConfig
   readonly #logger: Logger
   #worker: Worker | null = null
+  #starting: Promise<void> | null = null
   #nextId = 1
   readonly #pending = new Map<number, Pending>()
   #outbox: Call[] = []
   #cancels: number[] = []
   #flushScheduled = false
   #status: StoreStatus
-  /** Why the worker is gone (it crashed or exited), once it is. */
+  /**
+   * Why the store cannot take calls (its thread died), until a new thread has opened the file
+   * and been given the routes' settings; calls meanwhile fail at once with a 503.
+   */
   #dead: string | null = null
+  /** Threads that exited or failed (their late events are ignored). */
+  readonly #goneWorkers = new WeakSet<Worker>()
   #closed = false
   #closing: Promise<void> | null = null
+  /** Routes' settings, given again to a thread started after one died. */
+  readonly #routes = new Map<string, { leaseMs: number, maxAttempts: number }>()
+  #respawnTimer: NodeJS.Timeout | null = null
+  #respawnDelay = RESPAWN_MIN_MS
+  /** The first start succeeded: a thread that dies after it is replaced (not before: start fails). */
+  #up = false
 
-  constructor (cfg: SqliteConfig, logger: Logger) {
+  readonly #onWorker: ((worker: Worker) => void) | undefined
+
+  /** `onWorker` sees each thread started (a test stops one to check what a crash does). */
+  constructor (cfg: SqliteConfig, logger: Logger, options: { onWorker?: (worker: Worker) => void } = {}) {
     this.#cfg = cfg
     this.#logger = logger
+    this.#onWorker = options.onWorker
     this.#status = { status: 'unavailable', kind: 'sqlite', path: cfg.path, full: false }
   }
 
-  async start (): Promise<void> {
-    if (this.#closed) throw new Error('the sqlite delivery store is closed')
-    if (this.#worker !== null) return
-    const worker = spawnWorker({ cfg: this.#cfg })
-    this.#worker = worker
-    // Kept referenced only while a call is outstanding: an idle store does not hold the process open.
-    worker.unref()
-    worker.on('message', (msg: ToMain) => this.#onMessage(msg))
-    worker.on('error', (err) => this.#gone(`the delivery store's thread failed: ${err.message}`))
-    worker.on('exit', (code) => this.#gone(`the delivery store's thread exited (code ${code})`))
-    try {
-      await this.#call('start', [])
-    } catch (err) {
+  start (): Promise<void> {
+    if (this.#closed || this.#closing !== null) return Promise.reject(new Error('the sqlite delivery store is closed'))
+    this.#starting ??= this.#spawn().then(() => { this.#up = true }, async (err: unknown) => {
       await this.close()
       throw err
-    }
+    })
+    return this.#starting
+  }
+
+  async #spawn (): Promise<void> {
+    const worker = spawnWorker({ cfg: this.#cfg })
+    this.#worker = worker
+    this.#onWorker?.(worker)
+    // Kept referenced only while a call is outstanding: an idle store does not hold the process open.
+    worker.unref()
+    // A thread that was replaced may still say something on its way out: only the current one counts.
+    worker.on('message', (msg: ToMain) => { if (this.#worker === worker) this.#onMessage(msg) })
+    worker.on('error', (err) => this.#gone(worker, `the delivery store's thread failed: ${err.message}`))
+    worker.on('exit', (code) => this.#gone(worker, `the delivery store's thread exited (code ${code})`))
+    // These go to the new thread even while the store refuses other calls (#dead).
+    await this.#call('start', [], true)
+    for (const [route, opts] of this.#routes) await this.#call('openRoute', [route, opts], true)
+    this.#dead = null
   }
 
   status (): StoreStatus {
@@ -91,6 +116,7 @@ export class ThreadedSqliteDeliveryStore implements DeliveryStore {
   }
 
   openRoute (route: string, opts: { leaseMs: number, maxAttempts: number }): Promise<void> {
+    this.#routes.set(route, opts)
     return this.#call('openRoute', [route, opts]) as Promise<void>
   }
 
@@ -141,11 +167,13 @@ export class ThreadedSqliteDeliveryStore implements DeliveryStore {
   }
 
   async #close (): Promise<void> {
+    if (this.#respawnTimer !== null) clearTimeout(this.#respawnTimer)
+    this.#respawnTimer = null
     const worker = this.#worker
     // Calls already made are sent first: the store writes what was accepted before it closes.
-    if (worker !== null && this.#dead === null) {
+    if (worker !== null && !this.#goneWorkers.has(worker)) {
       try {
-        await this.#call('close', [])
+        await this.#call('close', [], true)
       } catch {}
     }
     this.#closed = true
@@ -154,10 +182,11 @@ export class ThreadedSqliteDeliveryStore implements DeliveryStore {
     this.#fail(unavailable('the delivery store is closed'))
   }
 
-  #call (op: Op, args: unknown[]): Promise<unknown> {
+  #call (op: Op, args: unknown[], internal = false): Promise<unknown> {
     return new Promise((resolve, reject) => {
       if (this.#closed || this.#worker === null) return reject(unavailable(this.#closed ? 'the delivery store is closed' : 'the delivery store is not started'))
-      if (this.#dead !== null) return reject(unavailable(this.#dead))
+      if (this.#dead !== null && !internal) return reject(unavailable(this.#dead))
+      if (this.#goneWorkers.has(this.#worker)) return reject(unavailable(this.#dead ?? 'the delivery store\'s thread stopped'))
       const id = this.#nextId++
       this.#pending.set(id, { resolve, reject })
       if (this.#pending.size === 1) this.#worker.ref()
@@ -181,8 +210,18 @@ export class ThreadedSqliteDeliveryStore implements DeliveryStore {
     const cancels = this.#cancels
     this.#outbox = []
     this.#cancels = []
-    if ((calls.length === 0 && cancels.length === 0) || this.#worker === null || this.#dead !== null) return
-    this.#worker.postMessage({ calls, cancels } satisfies ToWorker)
+    if ((calls.length === 0 && cancels.length === 0) || this.#worker === null || this.#goneWorkers.has(this.#worker)) return
+    try {
+      this.#worker.postMessage({ calls, cancels } satisfies ToWorker)
+    } catch (err) {
+      // A value structured cloning refuses (a caller's bug): these calls fail, not the process.
+      for (const c of calls) {
+        const p = this.#pending.get(c.id)
+        this.#pending.delete(c.id)
+        p?.reject(unavailable(`the delivery store's thread could not be given the call: ${(err as Error).message}`))
+      }
+      if (this.#pending.size === 0) this.#worker.unref()
+    }
   }
 
   #onMessage (msg: ToMain): void {
@@ -201,12 +240,37 @@ export class ThreadedSqliteDeliveryStore implements DeliveryStore {
     if (this.#pending.size === 0) this.#worker?.unref()
   }
 
-  /** The thread died: every outstanding call fails (none was acknowledged), later ones too. */
-  #gone (why: string): void {
-    if (this.#dead !== null) return
+  /**
+   * The thread died: every outstanding call fails (none was acknowledged), and so does every
+   * call until a new thread has opened the file, tried after 1 s, then after up to 30 s. That is
+   * safe: the file is intact (SQLite recovers from a commit cut short), and the process keeps
+   * serving its other routes meanwhile instead of answering 503 for good.
+   */
+  #gone (worker: Worker, why: string): void {
+    if (this.#worker !== worker || this.#goneWorkers.has(worker)) return
+    this.#goneWorkers.add(worker)
     this.#dead = why
-    if (!this.#closed && this.#closing === null) this.#logger.error({ msg: 'delivery store thread stopped', path: this.#cfg.path, err: why })
     this.#fail(unavailable(why))
+    if (this.#closed || this.#closing !== null || !this.#up) return
+    this.#logger.error({ msg: 'delivery store thread stopped', path: this.#cfg.path, err: why, restart_in_ms: this.#respawnDelay })
+    this.#respawnTimer = setTimeout(() => { this.#respawn().catch(() => {}) }, this.#respawnDelay)
+    this.#respawnDelay = Math.min(this.#respawnDelay * 2, RESPAWN_MAX_MS)
+  }
+
+  async #respawn (): Promise<void> {
+    this.#respawnTimer = null
+    if (this.#closed || this.#closing !== null) return
+    try {
+      await this.#spawn()
+    } catch (err) {
+      // The thread is up but could not open the file (or died again): count it as gone.
+      const worker = this.#worker!
+      this.#gone(worker, `the delivery store's thread could not start again: ${(err as Error).message}`)
+      await worker.terminate()
+      return
+    }
+    this.#respawnDelay = RESPAWN_MIN_MS
+    this.#logger.warn({ msg: 'delivery store thread restarted', path: this.#cfg.path })
   }
 
   #fail (err: GatewayError): void {

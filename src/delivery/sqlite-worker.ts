@@ -35,11 +35,21 @@ function reply (r: Reply): void {
     const batch = replies
     replies = []
     const status = JSON.stringify(store.status())
-    if (status !== lastStatus) {
-      lastStatus = status
-      post({ replies: batch, status: store.status() })
-    } else {
-      post({ replies: batch })
+    const changed = status !== lastStatus
+    lastStatus = status
+    try {
+      post(changed ? { replies: batch, status: store.status() } : { replies: batch })
+    } catch {
+      // A value structured cloning refuses: answer each call alone, the unsendable ones with an
+      // error, rather than let the thread die with every caller's reply.
+      for (const r of batch) {
+        try {
+          post({ replies: [r] })
+        } catch (err) {
+          post({ replies: [{ id: r.id, ok: false, error: { message: `the reply could not be sent: ${(err as Error).message}`, code: null } }] })
+        }
+      }
+      if (changed) post({ replies: [], status: store.status() })
     }
   })
 }

@@ -178,6 +178,8 @@ export class SqliteDeliveryStore implements DeliveryStore {
     // Loaded only when async delivery is configured: the CLI bundle and every other route never
     // pay for the native addon.
     const { default: Sqlite } = await importModule<{ default: DatabaseConstructor }>(SQLITE_MODULE)
+    // close() may have run while the module loaded: it must not find a database opened after it.
+    if (this.#closed) throw new Error('the sqlite delivery store is closed')
     const path = this.#cfg.path
     let db: Database | null = null
     try {

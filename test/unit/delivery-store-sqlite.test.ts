@@ -4,6 +4,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { randomBytes, randomUUID } from 'node:crypto'
+import type { Worker } from 'node:worker_threads'
 import { SqliteDeliveryStore } from '../../src/delivery/sqlite.js'
 import { ThreadedSqliteDeliveryStore } from '../../src/delivery/sqlite-thread.js'
 import type { DeliveryStore } from '../../src/delivery/store.js'
@@ -136,3 +137,49 @@ for (const [variant, make] of Object.entries(variants)) {
     })
   })
 }
+
+describe('sqlite store thread', () => {
+  test('a thread that dies: calls in flight and after fail with 503, a new thread takes over the same file', async () => {
+    const workers: Worker[] = []
+    const lines: Array<Record<string, unknown>> = []
+    let onLine: (() => void) | null = null
+    const log = createLogger('info', {
+      write (line: string) {
+        lines.push(JSON.parse(line) as Record<string, unknown>)
+        onLine?.()
+      },
+    })
+    const logged = (msg: string): Promise<void> => new Promise((resolve) => {
+      const check = (): void => { if (lines.some((l) => l.msg === msg)) resolve() }
+      onLine = check
+      check()
+    })
+    const s = new ThreadedSqliteDeliveryStore({ kind: 'sqlite', path: join(dir, `${randomUUID()}.db`), max_size: 64 * 1024 * 1024 }, log, { onWorker: (w) => workers.push(w) })
+    await s.start()
+    try {
+      const route = `r-${randomUUID()}`
+      await s.openRoute(route, { leaseMs: 60_000, maxAttempts: 5 })
+      const kept = message(route)
+      await s.enqueue(kept, DAY)
+      // A claim waiting in the thread when it dies.
+      const waiting = s.claim(`idle-${randomUUID()}`, 1, 30_000, never())
+      await workers[0]!.terminate()
+      await assert.rejects(waiting, (err) => isGatewayError(err) && err.code === 'GH_DELIVERY_STORE_UNAVAILABLE' && err.status === 503)
+      assert.equal(s.status().status, 'unavailable')
+      assert.match(String(s.status().error), /thread exited/)
+      await assert.rejects(s.enqueue(message(route), DAY), (err) => isGatewayError(err) && err.code === 'GH_DELIVERY_STORE_UNAVAILABLE' && err.headers?.['retry-after'] === '5')
+      assert.ok(lines.some((l) => l.msg === 'delivery store thread stopped' && l.level === 'error'))
+
+      await logged('delivery store thread restarted')
+      assert.equal(workers.length, 2)
+      assert.equal(s.status().status, 'ok')
+      assert.deepEqual((await s.get(kept.id))?.body, kept.body)
+      const after = message(route)
+      assert.deepEqual(await s.enqueue(after, DAY), { id: after.id, duplicate: false })
+      assert.deepEqual((await s.claim(route, 10, 0, never())).map((r) => r.id).sort(), [kept.id, after.id].sort())
+    } finally {
+      await s.close()
+    }
+    assert.equal(s.status().status, 'unavailable')
+  })
+})

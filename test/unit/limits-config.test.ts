@@ -50,6 +50,17 @@ describe('config: rate limits', () => {
     assert.equal(issueAt(err, 'routes[0].rate_limit[6].cost').message, 'a cost other than 1 goes with quota (rates count requests)')
   })
 
+  it('bounds a memory store\'s max_keys (its maps are allocated whole on first use)', () => {
+    const err = configError(`upstreams:
+  model: { targets: [{ url: "http://127.0.0.1:9000" }] }
+stores:
+  big: { kind: memory, max_keys: 5000000000 }
+routes:
+  - { name: r, upstream: model, rate_limit: [{ key: ip, rate: 1/s, store: big }] }
+`)
+    assert.match(issueAt(err, 'stores.big.max_keys').message, /10000000/)
+  })
+
   it('a shared limit name is one bucket: defined once, the same everywhere, once per route', () => {
     const err = configError(BASE + `routes:
   - name: a
