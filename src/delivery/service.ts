@@ -9,6 +9,7 @@ import { dropHeaders, isLengthField } from '../pipeline/headers.js'
 import { releaseSlot } from '../upstream/target.js'
 import { isConnectFailure } from '../upstream/errors.js'
 import dispatcherRequest from 'undici/lib/api/api-request.js'
+import type { PhantomSigner } from '../identity/phantom.js'
 import type { DeliveryRecord, DeliveryStore, Settlement } from './store.js'
 
 /*
@@ -408,6 +409,8 @@ async function send (route: CompiledRoute, rec: DeliveryRecord, attempt: number,
   // Host is the last field (see finishRequestHeaders); the target's own unless preserve_host.
   if (!route.preserveHost && headers.length >= 2 && headers[headers.length - 2]!.toLowerCase() === 'host') headers[headers.length - 1] = target.authority
   headers.push('x-gatehouse-delivery-id', rec.id, 'x-gatehouse-delivery-attempt', String(attempt))
+  const phantom = route.auth?.phantom ?? null
+  if (phantom !== null) await refreshPhantom(phantom, headers)
   target.inFlight++
   try {
     // undici's request API, unbound (the pools come from a deep import without it; see target.ts).
@@ -435,6 +438,22 @@ async function send (route: CompiledRoute, rec: DeliveryRecord, attempt: number,
     return { error: 'timeout', message: `${e.code ?? e.name ?? 'error'} ${e.message ?? ''}`.trim() }
   } finally {
     releaseSlot(target)
+  }
+}
+
+/**
+ * The stored phantom token, replaced by a fresh one when it has run (half) out: a retry or a
+ * replay can come long after the token's lifetime (60 s by default) and would be refused.
+ */
+async function refreshPhantom (phantom: PhantomSigner, headers: string[]): Promise<void> {
+  const name = phantom.header.toLowerCase()
+  const bearer = name === 'authorization'
+  for (let i = 0; i < headers.length; i += 2) {
+    if (headers[i]!.toLowerCase() !== name) continue
+    const value = headers[i + 1]!
+    if (bearer && !/^bearer /i.test(value)) continue
+    const fresh = await phantom.reissue(bearer ? value.slice(7) : value, Date.now())
+    if (fresh !== null) headers[i + 1] = bearer ? 'Bearer ' + fresh : fresh
   }
 }
 

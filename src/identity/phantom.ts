@@ -6,6 +6,8 @@ import type { Identity } from './types.js'
 
 /** Registered claims the gateway sets itself; an identity's claims never override them. */
 const RESERVED = new Set(['iss', 'aud', 'exp', 'nbf', 'iat', 'jti', 'sub', 'client_id', 'scope'])
+/** The claims a reissued token gets anew (client_id and scope are carried over). */
+const REGISTERED = new Set(['iss', 'aud', 'exp', 'nbf', 'iat', 'jti', 'sub'])
 
 /**
  * Phantom tokens: the gateway signs a short-lived JWT carrying the verified identity, so
@@ -18,7 +20,7 @@ export class PhantomSigner {
   readonly header: string
   readonly #cfg: PhantomTokenConfig
   readonly #publicJwk: JWK
-  #key: Promise<{ key: CryptoKey, kid: string, SignJWT: Jose['SignJWT'] }> | null = null
+  #key: Promise<{ key: CryptoKey, kid: string, SignJWT: Jose['SignJWT'], decodeJwt: Jose['decodeJwt'] }> | null = null
 
   constructor (cfg: PhantomTokenConfig) {
     this.#cfg = cfg
@@ -30,12 +32,12 @@ export class PhantomSigner {
   }
 
   /** Import the key once (async in WebCrypto) and settle the kid. */
-  start (): Promise<{ key: CryptoKey, kid: string, SignJWT: Jose['SignJWT'] }> {
+  start (): Promise<{ key: CryptoKey, kid: string, SignJWT: Jose['SignJWT'], decodeJwt: Jose['decodeJwt'] }> {
     this.#key ??= (async () => {
       const jose = await loadJose()
       const key = await jose.importPKCS8(this.#cfg.key, this.#cfg.alg)
       const kid = this.#cfg.kid ?? await jose.calculateJwkThumbprint(this.#publicJwk)
-      return { key, kid, SignJWT: jose.SignJWT }
+      return { key, kid, SignJWT: jose.SignJWT, decodeJwt: jose.decodeJwt }
     })()
     return this.#key
   }
@@ -51,6 +53,38 @@ export class PhantomSigner {
     const p = identity.phantom
     // A token from another signer (the key changed on reload) would not verify upstream.
     return p !== null && p.signer === this && p.refreshAt > now ? p.token : null
+  }
+
+  /**
+   * A new token with the claims of one this signer issued earlier, for a request delivered
+   * later than it was accepted (async routes store the headers, token included): the gateway
+   * authenticated and authorized the caller at acceptance, and each attempt needs a token the
+   * upstream accepts now. Null (send the stored one) while it has half its lifetime left, or
+   * when it is not this signer's: another issuer or audience, or not a JWT. The caller's own
+   * credential may have expired since; the new token does not depend on it, like the request.
+   */
+  async reissue (token: string, now: number): Promise<string | null> {
+    const { key, kid, SignJWT, decodeJwt } = await this.start()
+    let claims: Record<string, unknown>
+    try {
+      claims = decodeJwt(token)
+    } catch {
+      return null
+    }
+    if (claims.iss !== this.#cfg.issuer || claims.aud !== this.#cfg.audience) return null
+    const ttl = Math.max(1, Math.round(this.#cfg.ttl / 1000))
+    if (typeof claims.exp === 'number' && claims.exp - now / 1000 > ttl / 2) return null
+    const payload: Record<string, unknown> = {}
+    for (const [k, v] of Object.entries(claims)) if (!REGISTERED.has(k)) payload[k] = v
+    const iat = Math.floor(now / 1000)
+    const jwt = new SignJWT(payload)
+      .setProtectedHeader({ alg: this.#cfg.alg, kid, typ: 'at+jwt' })
+      .setIssuer(this.#cfg.issuer)
+      .setAudience(this.#cfg.audience)
+      .setIssuedAt(iat)
+      .setExpirationTime(iat + ttl)
+    if (typeof claims.sub === 'string') jwt.setSubject(claims.sub)
+    return await jwt.sign(key)
   }
 
   async sign (identity: Identity, now: number): Promise<string> {

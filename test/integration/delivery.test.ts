@@ -1,7 +1,8 @@
 import { after, before, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
 import http from 'node:http'
-import { randomBytes } from 'node:crypto'
+import { createHash, generateKeyPairSync, randomBytes } from 'node:crypto'
+import { createRemoteJWKSet, jwtVerify, type JWTPayload } from 'jose'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -212,6 +213,64 @@ describe('async delivery: backpressure', () => {
         const s = await request(`${gw.url}/_gatehouse/deliveries/${id}`)
         assert.equal(s.status, 200, `accepted ${id} is kept`)
       }
+    } finally {
+      await gw.close()
+      await up.close()
+      rmSync(dir, { recursive: true, force: true })
+    }
+  })
+})
+
+describe('async delivery: phantom tokens', () => {
+  test('a retry after the stored token expired carries a fresh one with the same claims', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'gh-dl-'))
+    const seen: Array<{ attempt: number, authorization: string, at: number }> = []
+    let verify: ((token: string) => Promise<JWTPayload>) | null = null
+    const checked: Array<Promise<JWTPayload>> = []
+    const up = await startUpstream((req, res) => {
+      req.resume()
+      req.on('end', () => {
+        const attempt = Number(req.headers['x-gatehouse-delivery-attempt'])
+        const authorization = String(req.headers.authorization)
+        seen.push({ attempt, authorization, at: Date.now() })
+        // Verified the moment it arrives, as an upstream would.
+        checked.push(verify!(authorization.slice(7)))
+        res.writeHead(attempt === 1 ? 503 : 200)
+        res.end()
+      })
+    })
+    const key = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem' }) as string
+    const apiKey = 'gh_test_' + randomBytes(12).toString('hex')
+    const gw = await startGateway({
+      identity: {
+        providers: { keys: { kind: 'api_key', keys: [{ id: 'acme-batch', sha256: createHash('sha256').update(apiKey).digest('hex'), scopes: ['jobs'], metadata: { org: 'acme' } }] } },
+        phantom_token: { key, issuer: 'https://gatehouse.internal', audience: 'workers', ttl: '2s' },
+      },
+      delivery: { store: { kind: 'sqlite', path: join(dir, 'd.db') } },
+      upstreams: { work: { targets: [{ url: up.url }] } },
+      routes: [{
+        name: 'jobs',
+        match: {},
+        upstream: 'work',
+        auth: { any_of: ['keys'], phantom_token: true },
+        // The second attempt comes after the first token's 2 s lifetime.
+        delivery: { mode: 'async', backoff: { initial: '2500ms', factor: 1, max: '2500ms', jitter: '0%' } },
+      }],
+    } as never)
+    try {
+      const jwks = createRemoteJWKSet(new URL(`http://127.0.0.1:${gw.adminPort}/.well-known/jwks.json`))
+      verify = async (token) => (await jwtVerify(token, jwks, { issuer: 'https://gatehouse.internal', audience: 'workers' })).payload
+      const res = await request(gw.url + '/run', { method: 'POST', headers: { 'x-api-key': apiKey }, body: '{}' })
+      assert.equal(res.status, 202)
+      const id = JSON.parse(res.body).delivery_id as string
+      await waitUntilAsync(async () => JSON.parse((await request(`${gw.url}/_gatehouse/deliveries/${id}`)).body).state === 'delivered', 15_000)
+      assert.deepEqual(seen.map((s) => s.attempt), [1, 2])
+      assert.notEqual(seen[1]!.authorization, seen[0]!.authorization, 'the second attempt has a new token')
+      const [first, second] = await Promise.all(checked)
+      assert.ok(seen[1]!.at / 1000 > first!.exp!, 'the stored token had expired by the second attempt')
+      for (const claim of ['sub', 'client_id', 'scope', 'org', 'gh_provider']) assert.deepEqual(second![claim], first![claim], claim)
+      assert.equal(second!.sub, 'acme-batch')
+      assert.ok(second!.exp! - second!.iat! <= 2)
     } finally {
       await gw.close()
       await up.close()
