@@ -3,7 +3,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url'
 import { Worker } from 'node:worker_threads'
 import { gatewayError, type ErrorCode, type GatewayError } from '../errors/index.js'
 import type { Logger } from '../observability/logger.js'
-import type { SqliteConfig } from './sqlite.js'
+import { unavailable, type SqliteConfig } from './sqlite.js'
 import type {
   DeliveryFilter, DeliveryRecord, DeliveryStore, EnqueueResult, NewDelivery, RouteStats, Settlement,
 } from './store.js'
@@ -35,7 +35,6 @@ export type ToMain = { replies: Reply[], status?: StoreStatus } | { log: Record<
 
 interface Pending { resolve: (v: unknown) => void, reject: (e: unknown) => void }
 
-const RETRY_AFTER_S = '5'
 const RESPAWN_MIN_MS = 1000
 const RESPAWN_MAX_MS = 30_000
 
@@ -311,11 +310,4 @@ function deserialize (e: SerializedError): Error {
     return gatewayError(g.code, g.detail, { ...(g.reason === null ? {} : { reason: g.reason }), ...(g.headers === null ? {} : { headers: g.headers }) })
   }
   return Object.assign(new Error(e.message), e.code === null ? {} : { code: e.code })
-}
-
-function unavailable (reason: string): GatewayError {
-  return gatewayError('GH_DELIVERY_STORE_UNAVAILABLE', 'The delivery store is not available; try again later', {
-    reason,
-    headers: { 'retry-after': RETRY_AFTER_S },
-  })
 }

@@ -503,7 +503,7 @@ export class SqliteDeliveryStore implements DeliveryStore {
   }
 }
 
-function unavailable (reason: string): GatewayError {
+export function unavailable (reason: string): GatewayError {
   return gatewayError('GH_DELIVERY_STORE_UNAVAILABLE', 'The delivery store is not available; try again later', {
     reason,
     headers: { 'retry-after': RETRY_AFTER_S },

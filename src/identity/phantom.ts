@@ -77,14 +77,18 @@ export class PhantomSigner {
     const payload: Record<string, unknown> = {}
     for (const [k, v] of Object.entries(claims)) if (!REGISTERED.has(k)) payload[k] = v
     const iat = Math.floor(now / 1000)
+    return await this.#signed(SignJWT, key, kid, payload, typeof claims.sub === 'string' ? claims.sub : null, iat, iat + ttl)
+  }
+
+  #signed (SignJWT: Jose['SignJWT'], key: CryptoKey, kid: string, payload: Record<string, unknown>, sub: string | null, iat: number, exp: number): Promise<string> {
     const jwt = new SignJWT(payload)
       .setProtectedHeader({ alg: this.#cfg.alg, kid, typ: 'at+jwt' })
       .setIssuer(this.#cfg.issuer)
       .setAudience(this.#cfg.audience)
       .setIssuedAt(iat)
-      .setExpirationTime(iat + ttl)
-    if (typeof claims.sub === 'string') jwt.setSubject(claims.sub)
-    return await jwt.sign(key)
+      .setExpirationTime(exp)
+    if (sub !== null) jwt.setSubject(sub)
+    return jwt.sign(key)
   }
 
   async sign (identity: Identity, now: number): Promise<string> {
@@ -96,14 +100,7 @@ export class PhantomSigner {
     payload.gh_provider = identity.provider
     if (identity.clientId !== null) payload.client_id = identity.clientId
     if (identity.scopes.size > 0) payload.scope = [...identity.scopes].join(' ')
-    const jwt = new SignJWT(payload)
-      .setProtectedHeader({ alg: this.#cfg.alg, kid, typ: 'at+jwt' })
-      .setIssuer(this.#cfg.issuer)
-      .setAudience(this.#cfg.audience)
-      .setIssuedAt(iat)
-      .setExpirationTime(exp)
-    if (identity.subject !== null) jwt.setSubject(identity.subject)
-    const token = await jwt.sign(key)
+    const token = await this.#signed(SignJWT, key, kid, payload, identity.subject, iat, exp)
     identity.phantom = { token, refreshAt: now + (exp - iat) * 500, signer: this }
     return token
   }
