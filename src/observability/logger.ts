@@ -4,24 +4,19 @@ export type { Logger }
 
 /**
  * The gateway's logger. Access lines (msg 'request') are written to the same destination by
- * AccessLog. By default lines are buffered and written asynchronously (sonic-boom) in batches of
- * at least 4 KiB, and at least once a second, like nginx's `access_log buffer= flush=`: a write
- * syscall per request costs about as much as proxying it. The buffer is flushed on shutdown.
+ * AccessLog. By default lines are gathered and written asynchronously in batches of about
+ * 64 KiB, and at least once a second, like nginx's `access_log buffer= flush=`: a write
+ * syscall per request costs about as much as proxying it. The buffer is flushed on shutdown
+ * and, synchronously, when the process exits.
  */
 export function createLogger (level: string, destination?: DestinationStream): Logger {
-  let dest = destination
-  if (dest === undefined) {
-    const boom = pino.destination({ dest: 1, sync: false, minLength: 4096 })
-    setInterval(() => { try { boom.flush() } catch {} }, 1000).unref()
-    dest = boom
-  }
   return pino({
     level,
     base: null,
     messageKey: 'msg',
     timestamp: pino.stdTimeFunctions.isoTime,
     formatters: { level: (label) => ({ level: label }) },
-  }, dest)
+  }, destination ?? new BatchedDestination(1))
 }
 
 export function flushLogger (logger: Logger): void {
@@ -29,5 +24,56 @@ export function flushLogger (logger: Logger): void {
     logger.flush()
   } catch {
     // A destination that cannot flush synchronously (a test stream) has nothing buffered.
+  }
+}
+
+/** Characters gathered before they are handed to the file descriptor's writer. */
+const BATCH = 64 * 1024
+const FLUSH_EVERY = 1000
+
+/**
+ * Lines are concatenated here and handed to sonic-boom (pino's asynchronous fd writer) one
+ * batch at a time. Fed line by line, sonic-boom measures the UTF-8 length of its whole pending
+ * buffer on every write (flattening the string each time): about 5 µs of CPU per access line,
+ * against well under 1 µs when it gets 64 KiB at once. Every line, access or not, goes through
+ * the same buffer, so their order in the output is the order they were logged.
+ */
+export class BatchedDestination implements DestinationStream {
+  readonly #boom: ReturnType<typeof pino.destination>
+  #pending = ''
+
+  constructor (fd: number) {
+    // sonic-boom writes whatever it is handed at once (minLength 0), in pieces of up to maxWrite.
+    this.#boom = pino.destination({ dest: fd, sync: false, minLength: 0, maxWrite: BATCH * 2 })
+    setInterval(() => this.#handOver(), FLUSH_EVERY).unref()
+    // sonic-boom flushes itself synchronously at exit; what is still here must reach it first.
+    process.once('exit', () => {
+      try {
+        this.flushSync()
+      } catch {}
+    })
+  }
+
+  write (line: string): void {
+    this.#pending += line
+    if (this.#pending.length >= BATCH) this.#handOver()
+  }
+
+  #handOver (): void {
+    if (this.#pending === '') return
+    const s = this.#pending
+    this.#pending = ''
+    this.#boom.write(s)
+  }
+
+  /** pino's logger.flush(): hand over what is gathered and let the writer write it out. */
+  flush (cb?: (err?: Error) => void): void {
+    this.#handOver()
+    this.#boom.flush(cb)
+  }
+
+  flushSync (): void {
+    this.#handOver()
+    this.#boom.flushSync()
   }
 }

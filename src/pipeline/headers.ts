@@ -228,15 +228,21 @@ function removeHeaders (out: string[], names: readonly string[]): void {
 
 /** Drop the fields a Connection header names (other than the standard tokens). */
 export function removeConnectionTokens (out: string[], connection: string): void {
+  // The common values name no other field (every response of a keep-alive upstream says so).
+  if (connection.length <= 10 && isStandardConnectionToken(connection.toLowerCase())) return
   let names: Set<string> | null = null
   for (const token of connection.split(',')) {
     const t = token.trim().toLowerCase()
-    if (t === '' || t === 'close' || t === 'keep-alive' || t === 'upgrade') continue
+    if (t === '' || isStandardConnectionToken(t)) continue
     ;(names ??= new Set()).add(t)
   }
   if (names === null) return
   const named = names
   dropHeaders(out, (n) => named.has(n))
+}
+
+function isStandardConnectionToken (t: string): boolean {
+  return t === 'keep-alive' || t === 'close' || t === 'upgrade'
 }
 
 /** Accept a client's request id only if it is short and printable (it ends up in logs). */

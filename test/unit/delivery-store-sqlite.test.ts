@@ -47,6 +47,7 @@ for (const [variant, make] of Object.entries(variants)) {
       for (const m of msgs) await first.enqueue(m, DAY)
       // Claimed and never settled: the process "dies" with the lease held.
       const leased = await first.claim(route, 1, 0, never())
+      const leasedAt = Date.now()
       assert.deepEqual(leased.map((r) => r.id), [msgs[0]!.id])
       await first.settle(msgs[1]!.id, { kind: 'dead', at: Date.now(), error: 'status 500', status: 500 })
       await first.close()
@@ -59,11 +60,19 @@ for (const [variant, make] of Object.entries(variants)) {
         assert.equal((await second.get(msgs[1]!.id))?.state, 'dead')
         // The idempotency keys were kept too.
         assert.deepEqual(await second.enqueue({ ...msgs[2]!, id: randomUUID() }, DAY), { id: msgs[2]!.id, duplicate: true })
-        // msgs[2] is free now; msgs[0] only once its lease runs out.
-        assert.deepEqual((await second.claim(route, 10, 0, never())).map((r) => r.id), [msgs[2]!.id])
-        const again = await second.claim(route, 10, 15_000, never())
-        assert.deepEqual(again.map((r) => r.id), [msgs[0]!.id])
-        assert.equal(again[0]!.attempts, 0)
+        // msgs[2] is free now; msgs[0] only once its lease runs out. (On a loaded machine the
+        // two starts can take longer than the lease: then both are free at once.)
+        const free = await second.claim(route, 10, 0, never())
+        const stillLeased = Date.now() - leasedAt < 5000
+        if (stillLeased) {
+          assert.deepEqual(free.map((r) => r.id), [msgs[2]!.id])
+          const again = await second.claim(route, 10, 15_000, never())
+          assert.deepEqual(again.map((r) => r.id), [msgs[0]!.id])
+          assert.equal(again[0]!.attempts, 0)
+        } else {
+          assert.deepEqual(free.map((r) => r.id).sort(), [msgs[0]!.id, msgs[2]!.id].sort())
+          assert.equal(free.find((r) => r.id === msgs[0]!.id)!.attempts, 0)
+        }
       } finally {
         await second.close()
       }
