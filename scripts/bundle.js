@@ -2,7 +2,24 @@
 // through V8's code cache.
 // Why: on a small VM, resolving and reading the ~400 files of the dependency tree one by one
 // doubles the gateway's cold start. The library entry (dist/index.js) stays unbundled ESM.
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
 import { build } from 'esbuild'
+
+const here = path.dirname(fileURLToPath(import.meta.url))
+
+// Builtins that a dependency loads at start-up for a feature Gatehouse does not use, replaced by a
+// small stand-in that loads the real module on first use (see each shim's header).
+// The importer is matched by path so no other module is affected.
+const lazyBuiltins = {
+  name: 'lazy-builtins',
+  setup (b) {
+    b.onResolve({ filter: /^(node:)?http2$/ }, (args) =>
+      /[\\/]undici[\\/]lib[\\/]dispatcher[\\/]client-h2\.js$/.test(args.importer)
+        ? { path: path.join(here, 'shims', 'http2.cjs') }
+        : undefined)
+  },
+}
 
 await build({
   entryPoints: ['dist/cli/main.js'],
@@ -23,4 +40,5 @@ await build({
   // Loaded only by the routes that use them, from node_modules: a native addon (its .node file
   // cannot be bundled), the NATS client, and tsx (which spawns esbuild to compile plugins).
   external: ['better-sqlite3', '@nats-io/*', 'tsx', 'tsx/*'],
+  plugins: [lazyBuiltins],
 })
