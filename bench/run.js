@@ -414,7 +414,7 @@ routes:
 `
 }
 
-/** Spawns `node bin/gatehouse.js start --config <tmp yaml>`; stdout (the access log) goes to a file. */
+/** Spawns `node bin/gatehouse.cjs start --config <tmp yaml>`; stdout (the access log) goes to a file. */
 async function spawnGatehouse (upstreamPort, tag, extraNodeArgs = [], yaml = gatehouseYaml) {
   const port = await freePort()
   const adminPort = await freePort()
@@ -427,7 +427,7 @@ async function spawnGatehouse (upstreamPort, tag, extraNodeArgs = [], yaml = gat
   const logFile = path.join(tmp, `gatehouse-${tag}.log`)
   const fd = fs.openSync(logFile, 'w')
   const t0 = performance.now()
-  const proc = track(spawn(process.execPath, [...extraNodeArgs, path.join(root, 'bin', 'gatehouse.js'), 'start', '--config', config], {
+  const proc = track(spawn(process.execPath, [...extraNodeArgs, path.join(root, 'bin', 'gatehouse.cjs'), 'start', '--config', config], {
     cwd: tmp,
     stdio: ['ignore', fd, fd],
   }), 'gatehouse')
@@ -693,7 +693,7 @@ async function streamScenario (running, s, results, upstream) {
 }
 
 async function coldStart (upstream) {
-  // bin/gatehouse.js writes V8's code cache 1.5 s after a start whose cache was missing or
+  // bin/gatehouse.cjs writes V8's code cache 1.5 s after a start whose cache was missing or
   // stale (a new build); every later start uses it. Prime it once, as the first start after an
   // install or upgrade would, so the measured runs are the starts operators see every day.
   const prime = await spawnGatehouse(upstream.port, 'cold-prime')

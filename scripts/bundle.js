@@ -1,4 +1,4 @@
-// Bundles the CLI into one CommonJS file, dist/gatehouse.cjs, which bin/gatehouse.js loads
+// Bundles the CLI into one CommonJS file, dist/gatehouse.cjs, which bin/gatehouse.cjs loads
 // through V8's code cache.
 // Why: on a small VM, resolving and reading the ~400 files of the dependency tree one by one
 // doubles the gateway's cold start. The library entry (dist/index.js) stays unbundled ESM.

@@ -3,7 +3,7 @@ import { once } from 'node:events'
 import { fileURLToPath } from 'node:url'
 
 /** The `gatehouse` executable as users run it; it imports dist/, so `npm run build` must have run. */
-export const BIN = fileURLToPath(new URL('../../bin/gatehouse.js', import.meta.url))
+export const BIN = fileURLToPath(new URL('../../bin/gatehouse.cjs', import.meta.url))
 
 export interface CliResult {
   code: number | null

@@ -12,7 +12,7 @@ import { BIN, runCli } from '../helpers/cli.js'
 import { request, startUpstream, type Upstream } from '../helpers/index.js'
 
 /*
- * The `gatehouse` executable, run as users run it: `node bin/gatehouse.js` (which imports dist/,
+ * The `gatehouse` executable, run as users run it: `node bin/gatehouse.cjs` (which imports dist/,
  * so `npm run build` must have run). Nothing here sleeps: every wait is for a JSON log line on
  * the child's stdout, an HTTP answer, or the child's exit, each with a bounded deadline.
  */

@@ -9,7 +9,7 @@ import { createInterface } from 'node:readline'
 import { randomBytes } from 'node:crypto'
 import { deleteNatsStreams, request, serviceAvailable, startUpstream, waitUntil } from '../helpers/index.js'
 
-const BIN = fileURLToPath(new URL('../../bin/gatehouse.js', import.meta.url))
+const BIN = fileURLToPath(new URL('../../bin/gatehouse.cjs', import.meta.url))
 
 /** Start `gatehouse start` as a child process; resolves with its port once it listens. */
 async function startChild (config: string): Promise<{ child: ChildProcess, port: number }> {

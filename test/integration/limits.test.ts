@@ -171,7 +171,7 @@ describe('rate limits (Redis store)', () => {
     const dir = mkdtempSync(join(tmpdir(), 'gh-limits-'))
     const cfg = join(dir, 'gatehouse.yaml')
     writeFileSync(cfg, JSON.stringify({ ...limited(up.url, route, { stores }), listen: { host: '127.0.0.1', port: 0 }, admin: { enabled: false }, log: { level: 'info', access: false } }))
-    const child = spawn(process.execPath, [join(root, 'bin', 'gatehouse.js'), 'start', '--config', cfg], { stdio: ['ignore', 'pipe', 'inherit'] })
+    const child = spawn(process.execPath, [join(root, 'bin', 'gatehouse.cjs'), 'start', '--config', cfg], { stdio: ['ignore', 'pipe', 'inherit'] })
     try {
       let out = ''
       child.stdout.setEncoding('utf8')
