@@ -15,7 +15,7 @@ describe('the http2 stand-in for undici (CLI bundle)', () => {
   it('has every constant client-h2 destructures, each equal to node:http2\'s', () => {
     const block = /const \{\s*constants: \{([^}]*)\}\s*\} = http2/.exec(clientH2)
     assert.ok(block, 'client-h2.js no longer destructures http2.constants in one statement: review scripts/shims/http2.cjs')
-    const names = block[1].split(',').map((s) => s.trim()).filter((s) => s !== '')
+    const names = (block[1] ?? '').split(',').map((s) => s.trim()).filter((s) => s !== '')
     assert.ok(names.length >= 8, `expected the pseudo-header constants, found ${names.join(', ')}`)
     const real = http2.constants as unknown as Record<string, unknown>
     for (const name of names) {
