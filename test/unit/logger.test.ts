@@ -41,18 +41,18 @@ describe('batched log destination', () => {
     assert.equal(lines.at(-1)!.msg, 'last')
   })
 
-  test('lines still gathered are written when the process calls process.exit()', () => {
+  test('lines still gathered are written, whole and in order, when the process calls process.exit()', () => {
     const { lines, status } = runChild(`
       const log = createLogger('info')
       const access = new AccessLog(log)
-      for (let i = 0; i < 1000; i++) access.write({ ...${entry}, id: 'x' + i })
+      for (let i = 0; i < 20000; i++) access.write({ ...${entry}, id: 'x' + i })
       log.warn({ msg: 'bye' })
       process.exit(3)
     `)
     assert.equal(status, 3)
-    assert.equal(lines.length, 1001)
-    assert.equal(lines[999]!.id, 'x999')
-    assert.equal(lines[1000]!.msg, 'bye')
+    assert.equal(lines.length, 20001)
+    lines.slice(0, -1).forEach((l, i) => assert.equal(l.id, `x${i}`))
+    assert.equal(lines[20000]!.msg, 'bye')
   })
 })
 
