@@ -2,17 +2,17 @@
 import Counter from 'prom-client/lib/counter.js'
 import collectDefaultMetrics from 'prom-client/lib/defaultMetrics.js'
 import Gauge from 'prom-client/lib/gauge.js'
-import Histogram from 'prom-client/lib/histogram.js'
 import Registry from 'prom-client/lib/registry.js'
 
 const DURATION_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120]
 
 /**
- * Metrics updated on every proxied request. prom-client's labelled children re-validate and
- * re-hash their label set on every inc()/observe() (about 1 µs each, four per request); these
- * keep plain numbers per label set and are read by the registry at scrape time, in the same
- * exposition format. Label values are fixed when a cell is made (once per route, method and
- * status), never per request.
+ * Metrics updated per request: every proxied request, credential check, cache lookup and async
+ * delivery. prom-client's labelled children re-validate and re-hash their label set on every
+ * inc()/observe() (about 1 µs each); these keep plain numbers per label set and are read by the
+ * registry at scrape time, in the same exposition format. Label values are fixed when a cell is
+ * made (once per route, method and status; per provider and result), never per request. Metrics
+ * that move only on failures or reloads stay prom-client's own.
  */
 interface PromMetric {
   readonly name: string
@@ -102,6 +102,8 @@ function hotHistogram (registry: Registry, name: string, help: string, labelName
   return new HotMetric(name, help, 'histogram', labelNames, (l) => new HistogramCell(l, buckets), registry)
 }
 
+export type CacheResult = 'hit' | 'miss' | 'coalesced' | 'bypass'
+
 /** The per-request metrics of one route, made once per route. */
 export class RouteMetrics {
   readonly duration: HistogramCell
@@ -109,6 +111,7 @@ export class RouteMetrics {
   readonly bytesIn: CounterCell
   readonly bytesOut: CounterCell
   readonly #requests: HotMetric<CounterCell>
+  readonly #cache: HotMetric<CounterCell>
   readonly #route: string
   /** requests_total cells by method, then status: no string keys built per request. */
   readonly #byMethod = new Map<string, Map<number, CounterCell>>()
@@ -116,10 +119,18 @@ export class RouteMetrics {
   constructor (m: Metrics, route: string, upstream: string) {
     this.#route = route
     this.#requests = m.requests
+    this.#cache = m.cache
     this.duration = m.duration.labels(route)
     this.upstreamDuration = m.upstreamDuration.labels(route, upstream)
     this.bytesIn = m.bytesIn.labels(route)
     this.bytesOut = m.bytesOut.labels(route)
+  }
+
+  /** cache_requests_total cells, made on a cached route's first request of each result. */
+  #cacheCells: Partial<Record<CacheResult, CounterCell>> = {}
+
+  countCache (result: CacheResult): void {
+    (this.#cacheCells[result] ??= this.#cache.labels(this.#route, result)).value++
   }
 
   countRequest (method: string, status: number): void {
@@ -149,18 +160,18 @@ export class Metrics {
   readonly upstreamErrors = new Counter({ name: 'gatehouse_upstream_errors_total', help: 'Upstream failures by code', labelNames: ['upstream', 'code'] as const, registers: [this.registry] })
   readonly reloads = new Counter({ name: 'gatehouse_config_reloads_total', help: 'Configuration reloads by result', labelNames: ['result'] as const, registers: [this.registry] })
   readonly upgrades = new Gauge({ name: 'gatehouse_upgraded_connections', help: 'Open upgraded (WebSocket) connections', registers: [this.registry] })
-  readonly auth = new Counter({ name: 'gatehouse_auth_total', help: 'Credential checks by provider and result (cached, verified, invalid, unavailable)', labelNames: ['provider', 'result'] as const, registers: [this.registry] })
+  readonly auth = hotCounter(this.registry, 'gatehouse_auth_total', 'Credential checks by provider and result (cached, verified, invalid, unavailable)', ['provider', 'result'])
   readonly keyFetches = new Counter({ name: 'gatehouse_jwks_fetches_total', help: 'JWKS (and discovery) fetches by provider and result', labelNames: ['provider', 'result'] as const, registers: [this.registry] })
   readonly introspections = new Counter({ name: 'gatehouse_introspection_requests_total', help: 'Calls to introspection endpoints by provider and result (active, inactive, error)', labelNames: ['provider', 'result'] as const, registers: [this.registry] })
   readonly rateLimited = new Counter({ name: 'gatehouse_rate_limited_total', help: 'Requests refused with 429, by route and limit', labelNames: ['route', 'limit'] as const, registers: [this.registry] })
   readonly limitStoreErrors = new Counter({ name: 'gatehouse_limit_store_errors_total', help: 'Limit-store failures by store and what was done (allow, deny, charge)', labelNames: ['store', 'action'] as const, registers: [this.registry] })
   readonly queued = new Counter({ name: 'gatehouse_upstream_queued_total', help: 'Requests that waited for a slot on a full upstream (max_in_flight), by outcome: granted, timeout, full', labelNames: ['upstream', 'result'] as const, registers: [this.registry] })
-  readonly cache = new Counter({ name: 'gatehouse_cache_requests_total', help: 'Requests on cached routes by result: hit, miss, coalesced (served from a concurrent miss), bypass', labelNames: ['route', 'result'] as const, registers: [this.registry] })
-  readonly deliveryEnqueued = new Counter({ name: 'gatehouse_delivery_enqueued_total', help: 'Async requests accepted (persisted, answered 202), by route', labelNames: ['route'] as const, registers: [this.registry] })
-  readonly deliveryDelivered = new Counter({ name: 'gatehouse_delivery_delivered_total', help: 'Async requests delivered upstream, by route', labelNames: ['route'] as const, registers: [this.registry] })
-  readonly deliveryRetried = new Counter({ name: 'gatehouse_delivery_retried_total', help: 'Delivery attempts that failed and were scheduled again, by route', labelNames: ['route'] as const, registers: [this.registry] })
-  readonly deliveryDead = new Counter({ name: 'gatehouse_delivery_dead_total', help: 'Async requests dead-lettered (final 4xx, max_attempts or max_age), by route', labelNames: ['route'] as const, registers: [this.registry] })
-  readonly deliveryLatency = new Histogram({ name: 'gatehouse_delivery_latency_seconds', help: 'Time from accepting an async request to its delivery', labelNames: ['route'] as const, buckets: [0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 1800, 3600], registers: [this.registry] })
+  readonly cache = hotCounter(this.registry, 'gatehouse_cache_requests_total', 'Requests on cached routes by result: hit, miss, coalesced (served from a concurrent miss), bypass', ['route', 'result'])
+  readonly deliveryEnqueued = hotCounter(this.registry, 'gatehouse_delivery_enqueued_total', 'Async requests accepted (persisted, answered 202), by route', ['route'])
+  readonly deliveryDelivered = hotCounter(this.registry, 'gatehouse_delivery_delivered_total', 'Async requests delivered upstream, by route', ['route'])
+  readonly deliveryRetried = hotCounter(this.registry, 'gatehouse_delivery_retried_total', 'Delivery attempts that failed and were scheduled again, by route', ['route'])
+  readonly deliveryDead = hotCounter(this.registry, 'gatehouse_delivery_dead_total', 'Async requests dead-lettered (final 4xx, max_attempts or max_age), by route', ['route'])
+  readonly deliveryLatency = hotHistogram(this.registry, 'gatehouse_delivery_latency_seconds', 'Time from accepting an async request to its delivery', ['route'], [0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 1800, 3600])
   /** Set by the delivery service: the store's per-route counts, read at scrape time. */
   deliveryStats: (() => Promise<Record<string, { pending: number, dead: number, oldestPendingAt: number | null }>>) | null = null
   readonly #routeCache = new WeakMap<object, RouteMetrics>()
