@@ -1,3 +1,4 @@
+import { writeSync } from 'node:fs'
 import pino, { type DestinationStream, type Logger } from 'pino'
 
 export type { Logger }
@@ -27,39 +28,47 @@ export function flushLogger (logger: Logger): void {
   }
 }
 
-/** Characters gathered before they are handed to the file descriptor's writer. */
+/** Characters gathered before they are written. */
 const BATCH = 64 * 1024
 const FLUSH_EVERY = 1000
+/** Bytes kept for a non-blocking output that is full (EAGAIN); past this, batches are dropped. */
+const MAX_BACKLOG = 4 * 1024 * 1024
+/** At exit, how long a full non-blocking output is waited for before what is left is dropped. */
+const EXIT_WAIT_MS = 1000
 
 /**
- * Lines are concatenated here and handed to sonic-boom (pino's fd writer) one batch at a time.
- * Fed line by line, sonic-boom measures the UTF-8 length of its whole pending buffer on every
- * write (flattening the string each time): about 5 µs of CPU per access line, against well
- * under 1 µs when it gets 64 KiB at once. Every line, access or not, goes through the same
- * buffer, so their order in the output is the order they were logged.
+ * Where the gateway's log lines go: gathered into one string and written to a file descriptor
+ * one batch at a time. Written line by line, a write syscall per request costs about as much
+ * as proxying it. Every line, access or not, goes through the same buffer, so their order in
+ * the output is the order they were logged.
  *
- * The writes are synchronous, like nginx's. An asynchronous writer loses lines at exit: a
- * write still running on libuv's thread pool when the process ends is cut off part-way (the
- * lines after it, written synchronously at exit, then land before its tail or without it), and
- * pino's beforeExit hook ends such a writer before our last batch reaches it. A synchronous
- * write of one batch costs tens of microseconds, a few hundred requests' worth of lines; a
- * reader slower than the gateway slows the gateway rather than growing its memory without end.
+ * Writes are synchronous, like nginx's: a blocking output (a file, a pipe as Node leaves it)
+ * that is slower than the gateway slows the gateway instead of growing its memory. Node makes
+ * fd 1 non-blocking once anything touches `process.stdout` (a plugin's console.log), and then a
+ * full pipe answers EAGAIN: what was not written is kept, up to 4 MiB, and tried again with the
+ * next batch or within a second. Any other failure (ENOSPC, EPIPE, EBADF) drops the batch: a
+ * log that cannot be written must not stop the gateway or its exit. The first failure and the
+ * recovery are reported on stderr, with the number of bytes dropped.
+ *
+ * This replaces sonic-boom (pino's writer) here for three reasons found in testing: in
+ * asynchronous mode pino ends it from a beforeExit hook before the last batch arrives, and a
+ * write still on the thread pool at process.exit() is cut off; its flushSync() retries an
+ * ENOSPC forever, so a full disk hung the process at exit; and after a failed write it retries
+ * the failed buffer while new ones pile up behind it without a bound.
  */
 export class BatchedDestination implements DestinationStream {
-  readonly #boom: ReturnType<typeof pino.destination>
+  readonly #fd: number
   #pending = ''
+  /** Bytes of earlier batches a non-blocking output has not taken yet (EAGAIN). */
+  #backlog: Buffer | null = null
+  #dropped = 0
+  #failure: string | null = null
 
   constructor (fd: number) {
-    // sonic-boom writes whatever it is handed at once (minLength 0), in pieces of up to maxWrite,
-    // and on EAGAIN (a non-blocking pipe that is full) waits and writes the rest.
-    this.#boom = pino.destination({ dest: fd, sync: true, minLength: 0, maxWrite: BATCH * 2 })
+    this.#fd = fd
     setInterval(() => this.#handOver(), FLUSH_EVERY).unref()
     // What is still gathered when the process exits (process.exit() included) is written then.
-    process.once('exit', () => {
-      try {
-        this.flushSync()
-      } catch {}
-    })
+    process.once('exit', () => this.flushSync())
   }
 
   write (line: string): void {
@@ -67,21 +76,83 @@ export class BatchedDestination implements DestinationStream {
     if (this.#pending.length >= BATCH) this.#handOver()
   }
 
-  #handOver (): void {
-    if (this.#pending === '') return
-    const s = this.#pending
-    this.#pending = ''
-    this.#boom.write(s)
-  }
-
   /** pino's logger.flush(): write out what is gathered. */
   flush (cb?: (err?: Error) => void): void {
     this.#handOver()
-    this.#boom.flush(cb)
+    cb?.()
   }
 
+  /** Write out everything, waiting up to a second for a full non-blocking output. */
   flushSync (): void {
     this.#handOver()
-    this.#boom.flushSync()
+    const until = Date.now() + EXIT_WAIT_MS
+    while (this.#backlog !== null && Date.now() < until) {
+      Atomics.wait(SLEEP, 0, 0, 10)
+      this.#drain()
+    }
+    if (this.#backlog !== null) {
+      this.#drop(this.#backlog.length, 'EAGAIN')
+      this.#backlog = null
+    }
+    if (this.#failure !== null) report(`gatehouse: ${this.#dropped} bytes of log lines were dropped (${this.#failure})\n`)
+  }
+
+  #handOver (): void {
+    if (this.#backlog !== null) this.#drain()
+    if (this.#pending === '') return
+    const batch = Buffer.from(this.#pending, 'utf8')
+    this.#pending = ''
+    if (this.#backlog === null) {
+      this.#backlog = batch
+      this.#drain()
+    } else if (this.#backlog.length + batch.length <= MAX_BACKLOG) {
+      this.#backlog = Buffer.concat([this.#backlog, batch])
+    } else {
+      this.#drop(batch.length, 'EAGAIN')
+    }
+  }
+
+  /** Write the backlog until it is gone, the output is full (kept) or broken (dropped). */
+  #drain (): void {
+    const buf = this.#backlog!
+    let off = 0
+    while (off < buf.length) {
+      try {
+        off += writeSync(this.#fd, buf, off, buf.length - off)
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code ?? 'EIO'
+        if (code === 'EAGAIN') {
+          this.#backlog = buf.subarray(off)
+          return
+        }
+        this.#backlog = null
+        this.#drop(buf.length - off, code)
+        return
+      }
+    }
+    this.#backlog = null
+    if (this.#failure !== null) {
+      report(`gatehouse: log output recovered; ${this.#dropped} bytes of log lines were dropped while it failed (${this.#failure})\n`)
+      this.#failure = null
+      this.#dropped = 0
+    }
+  }
+
+  #drop (bytes: number, code: string): void {
+    this.#dropped += bytes
+    if (this.#failure === null) {
+      this.#failure = code
+      report(`gatehouse: log output to fd ${this.#fd} failed (${code}); log lines are dropped until it recovers\n`)
+    }
+  }
+}
+
+const SLEEP = new Int32Array(new SharedArrayBuffer(4))
+
+function report (text: string): void {
+  try {
+    writeSync(2, text)
+  } catch {
+    // stderr is gone too: nothing left to tell.
   }
 }

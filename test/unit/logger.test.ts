@@ -1,6 +1,7 @@
 import { describe, test } from 'node:test'
 import assert from 'node:assert/strict'
-import { spawnSync } from 'node:child_process'
+import { spawn, spawnSync } from 'node:child_process'
+import { openSync, closeSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import { Counter, Histogram, Registry } from 'prom-client'
 import { Metrics } from '../../src/observability/metrics.js'
@@ -53,6 +54,83 @@ describe('batched log destination', () => {
     assert.equal(lines.length, 20001)
     lines.slice(0, -1).forEach((l, i) => assert.equal(l.id, `x${i}`))
     assert.equal(lines[20000]!.msg, 'bye')
+  })
+})
+
+/**
+ * Runs a child whose stdout is a pipe made non-blocking (it touches process.stdout, as a
+ * plugin's console.log would), and reads nothing until the child says on stderr that it has
+ * logged everything: a reader slower than the gateway.
+ */
+async function runChildSlowReader (body: string): Promise<{ lines: Array<Record<string, any>>, raw: string, stderr: string, status: number | null }> {
+  const script = `process.stdout\nimport { createLogger } from ${JSON.stringify(logger)}\nimport { AccessLog } from ${JSON.stringify(logger.replace('logger.ts', 'access-log.ts'))}\n${body}\nprocess.stderr.write('logged\\n')`
+  const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'pipe'] })
+  child.stdout.pause()
+  const out: Buffer[] = []
+  let stderr = ''
+  child.stderr.setEncoding('utf8')
+  child.stderr.on('data', (c: string) => {
+    stderr += c
+    if (stderr.includes('logged\n')) child.stdout.resume()
+  })
+  child.stdout.on('data', (c: Buffer) => out.push(c))
+  const status = await new Promise<number | null>((resolve) => child.once('close', resolve))
+  const raw = Buffer.concat(out).toString('utf8')
+  // Whole lines only: output given up on at exit may end part-way through one.
+  const lines = raw.slice(0, raw.lastIndexOf('\n') + 1).split('\n').filter(Boolean).map((l) => JSON.parse(l))
+  return { lines, raw, stderr: stderr.replace('logged\n', ''), status }
+}
+
+describe('log output that is full or broken', () => {
+  test('a full non-blocking pipe (EAGAIN): lines wait, then arrive whole and in order', async () => {
+    // ~2.5 MB: far more than a pipe holds (64 KiB), less than the 4 MiB kept for it.
+    const { lines, stderr, status } = await runChildSlowReader(`
+      const access = new AccessLog(createLogger('info'))
+      for (let i = 0; i < 10000; i++) access.write({ ...${entry}, id: 'r' + i })
+    `)
+    assert.equal(status, 0)
+    assert.equal(stderr, '')
+    assert.equal(lines.length, 10000)
+    lines.forEach((l, i) => assert.equal(l.id, `r${i}`))
+  })
+
+  test('past 4 MiB waiting for a full pipe, later lines are dropped and counted; the process still ends', async () => {
+    const { lines, raw, stderr, status } = await runChildSlowReader(`
+      const access = new AccessLog(createLogger('info'))
+      for (let i = 0; i < 40000; i++) access.write({ ...${entry}, id: 'r' + i })
+    `)
+    assert.equal(status, 0)
+    // Reported when it starts, and with the count when the pipe takes lines again (or, on a
+    // machine so slow that the reader is not back within a second of exit, at exit).
+    const m = /^gatehouse: log output to fd 1 failed \(EAGAIN\); log lines are dropped until it recovers\ngatehouse: (?:log output recovered; )?(\d+) bytes of log lines were dropped (?:while it failed )?\(EAGAIN\)\n$/.exec(stderr)
+    assert.ok(m, stderr)
+    // What arrived is whole lines in the order logged: the beginning, then, past the batches
+    // dropped while the pipe was full, what was logged once it had room again...
+    assert.ok(lines.length > 10000 && lines.length < 40000, `${lines.length} lines`)
+    const ids = lines.map((l) => Number(String(l.id).slice(1)))
+    ids.slice(0, 10000).forEach((id, i) => assert.equal(id, i))
+    ids.forEach((id, i) => assert.ok(i === 0 || id > ids[i - 1]!, `r${id} after r${ids[i - 1]}`))
+    // ...and every byte of the rest is counted. Lines differ only in their id's length.
+    const fixed = raw.indexOf('\n') + 1 - 'r0'.length
+    let rest = 0
+    for (let i = 0; i < 40000; i++) rest += fixed + `r${i}`.length
+    assert.equal(Number(m[1]), rest - Buffer.byteLength(raw))
+  })
+
+  test('a device that is full (ENOSPC): lines are dropped, reported once, and the process exits', () => {
+    const full = openSync('/dev/full', 'w')
+    try {
+      const script = `import { createLogger } from ${JSON.stringify(logger)}
+        const log = createLogger('info')
+        for (let i = 0; i < 2000; i++) log.info({ msg: 'x'.repeat(100), i })
+        setTimeout(() => { log.info({ msg: 'later' }); process.exit(7) }, 1100)`
+      const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { stdio: ['ignore', full, 'pipe'], encoding: 'utf8', timeout: 30_000 })
+      assert.equal(r.signal, null)
+      assert.equal(r.status, 7)
+      assert.match(r.stderr, /^gatehouse: log output to fd 1 failed \(ENOSPC\); log lines are dropped until it recovers\ngatehouse: \d+ bytes of log lines were dropped \(ENOSPC\)\n$/)
+    } finally {
+      closeSync(full)
+    }
   })
 })
 
