@@ -59,8 +59,12 @@ const EXIT_WAIT_MS = 1000
 export class BatchedDestination implements DestinationStream {
   readonly #fd: number
   #pending = ''
-  /** Bytes of earlier batches a non-blocking output has not taken yet (EAGAIN). */
-  #backlog: Buffer | null = null
+  /**
+   * Batches a non-blocking output has not taken yet (EAGAIN), oldest first; the first may be
+   * partly written. A queue, so that a stall costs one copy per batch, not one of the backlog.
+   */
+  readonly #backlog: Buffer[] = []
+  #backlogBytes = 0
   #dropped = 0
   #failure: string | null = null
 
@@ -86,56 +90,56 @@ export class BatchedDestination implements DestinationStream {
   flushSync (): void {
     this.#handOver()
     const until = Date.now() + EXIT_WAIT_MS
-    while (this.#backlog !== null && Date.now() < until) {
+    while (this.#backlogBytes > 0 && Date.now() < until) {
       Atomics.wait(SLEEP, 0, 0, 10)
       this.#drain()
     }
-    if (this.#backlog !== null) {
-      this.#drop(this.#backlog.length, 'EAGAIN')
-      this.#backlog = null
-    }
+    if (this.#backlogBytes > 0) this.#dropBacklog('EAGAIN')
     if (this.#failure !== null) report(`gatehouse: ${this.#dropped} bytes of log lines were dropped (${this.#failure})\n`)
   }
 
   #handOver (): void {
-    if (this.#backlog !== null) this.#drain()
+    // Whatever waits goes first, so the new batch finds the room it frees.
+    if (this.#backlogBytes > 0) this.#drain()
     if (this.#pending === '') return
     const batch = Buffer.from(this.#pending, 'utf8')
     this.#pending = ''
-    if (this.#backlog === null) {
-      this.#backlog = batch
-      this.#drain()
-    } else if (this.#backlog.length + batch.length <= MAX_BACKLOG) {
-      this.#backlog = Buffer.concat([this.#backlog, batch])
-    } else {
-      this.#drop(batch.length, 'EAGAIN')
-    }
+    if (this.#backlogBytes + batch.length > MAX_BACKLOG) return this.#drop(batch.length, 'EAGAIN')
+    this.#backlog.push(batch)
+    this.#backlogBytes += batch.length
+    // Behind a backlog the output was full a moment ago: the next hand-over tries again.
+    if (this.#backlog.length === 1) this.#drain()
   }
 
-  /** Write the backlog until it is gone, the output is full (kept) or broken (dropped). */
+  /** Write the backlog until it is gone, the output is full (kept) or broken (all dropped). */
   #drain (): void {
-    const buf = this.#backlog!
-    let off = 0
-    while (off < buf.length) {
+    const q = this.#backlog
+    while (q.length > 0) {
+      const buf = q[0]!
+      let off = 0
       try {
-        off += writeSync(this.#fd, buf, off, buf.length - off)
+        while (off < buf.length) off += writeSync(this.#fd, buf, off, buf.length - off)
       } catch (err) {
+        this.#backlogBytes -= off
         const code = (err as NodeJS.ErrnoException).code ?? 'EIO'
-        if (code === 'EAGAIN') {
-          this.#backlog = buf.subarray(off)
-          return
-        }
-        this.#backlog = null
-        this.#drop(buf.length - off, code)
+        if (code !== 'EAGAIN') return this.#dropBacklog(code)
+        q[0] = buf.subarray(off)
         return
       }
+      q.shift()
+      this.#backlogBytes -= buf.length
     }
-    this.#backlog = null
     if (this.#failure !== null) {
       report(`gatehouse: log output recovered; ${this.#dropped} bytes of log lines were dropped while it failed (${this.#failure})\n`)
       this.#failure = null
       this.#dropped = 0
     }
+  }
+
+  #dropBacklog (code: string): void {
+    this.#drop(this.#backlogBytes, code)
+    this.#backlog.length = 0
+    this.#backlogBytes = 0
   }
 
   #drop (bytes: number, code: string): void {

@@ -115,6 +115,8 @@ export class RouteMetrics {
   readonly #route: string
   /** requests_total cells by method, then status: no string keys built per request. */
   readonly #byMethod = new Map<string, Map<number, CounterCell>>()
+  /** cache_requests_total cells, made on a cached route's first request of each result. */
+  readonly #cacheCells: Partial<Record<CacheResult, CounterCell>> = {}
 
   constructor (m: Metrics, route: string, upstream: string) {
     this.#route = route
@@ -125,9 +127,6 @@ export class RouteMetrics {
     this.bytesIn = m.bytesIn.labels(route)
     this.bytesOut = m.bytesOut.labels(route)
   }
-
-  /** cache_requests_total cells, made on a cached route's first request of each result. */
-  #cacheCells: Partial<Record<CacheResult, CounterCell>> = {}
 
   countCache (result: CacheResult): void {
     (this.#cacheCells[result] ??= this.#cache.labels(this.#route, result)).value++
