@@ -4,7 +4,7 @@ import { dirname, resolve } from 'node:path'
 import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Document, type Node as YamlNode } from 'yaml'
 import type { z } from 'zod'
 import { ConfigError, type ConfigIssue } from '../errors/index.js'
-import { parseCidr } from '../net/cidr.js'
+import { cidrProblem } from '../net/cidr.js'
 import { pathToString, resolveRefs, type PathKey } from './refs.js'
 import { ConfigSchema, type Config } from './schema.js'
 import { expressionProblem } from '../transform/expression.js'
@@ -172,7 +172,8 @@ function crossCheck (config: any): LocatedIssue[] {
   }
   const proxies: unknown[] = Array.isArray(config?.trusted_proxies) ? config.trusted_proxies : []
   proxies.forEach((cidr, i) => {
-    if (typeof cidr === 'string' && parseCidr(cidr) === null) issues.push(issueAt(['trusted_proxies', i], `invalid CIDR or address "${cidr}"`))
+    const problem = typeof cidr === 'string' ? cidrProblem(cidr) : null
+    if (problem !== null) issues.push(issueAt(['trusted_proxies', i], problem))
   })
   return issues
 }
@@ -384,7 +385,8 @@ function checkIdentity (config: any, routes: unknown[]): LocatedIssue[] {
       for (const key of ['allow', 'deny']) {
         const list: unknown[] = Array.isArray(ip[key]) ? ip[key] : []
         list.forEach((cidr, j) => {
-          if (typeof cidr === 'string' && parseCidr(cidr) === null) issues.push(issueAt(['routes', i, 'ip', key, j], `invalid CIDR or address "${cidr}"`))
+          const problem = typeof cidr === 'string' ? cidrProblem(cidr) : null
+          if (problem !== null) issues.push(issueAt(['routes', i, 'ip', key, j], problem))
         })
       }
     }

@@ -213,7 +213,7 @@ describe('parseConfig: references between sections', () => {
   - not-an-ip
 `)
     assert.deepEqual(err.issues.map((i) => [i.path, i.message, i.line]), [
-      ['trusted_proxies[1]', 'invalid CIDR or address "10.0.0.0/33"', 3],
+      ['trusted_proxies[1]', 'invalid CIDR or address "10.0.0.0/33": the prefix length must be a whole number from 0 to 32', 3],
       ['trusted_proxies[2]', 'invalid CIDR or address "not-an-ip"', 4],
     ])
   })

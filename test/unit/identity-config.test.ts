@@ -105,7 +105,7 @@ describe('config: identity', () => {
     identity_headers: { subject: x-user }
 `)
     assert.match(issueAt(err, 'routes[0].auth.claims.org.pattern').message, /invalid regular expression/)
-    assert.equal(issueAt(err, 'routes[0].ip.allow[0]').message, 'invalid CIDR or address "10.0.0.0/33"')
+    assert.equal(issueAt(err, 'routes[0].ip.allow[0]').message, 'invalid CIDR or address "10.0.0.0/33": the prefix length must be a whole number from 0 to 32')
     assert.equal(issueAt(err, 'routes[0].ip.deny[0]').message, 'invalid CIDR or address "nonsense"')
     assert.equal(issueAt(err, 'routes[0].identity_headers.subject').message, '"authorization" is a header the gateway sets or rewrites itself')
     assert.equal(issueAt(err, 'routes[0].identity_headers.claims.org').message, '"x-api-key" carries API keys (identity.providers)')
