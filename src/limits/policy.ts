@@ -5,6 +5,7 @@ import { gatewayError, type GatewayError } from '../errors/index.js'
 import { claimAt } from '../identity/policy.js'
 import type { Identity } from '../identity/types.js'
 import type { Metrics } from '../observability/metrics.js'
+import { plainAddress } from '../net/client-ip.js'
 import { LRUCache } from 'lru-cache'
 import type { LimitDecision, LimitStore } from './store.js'
 
@@ -175,7 +176,8 @@ function keyValue (limit: CompiledLimit, s: LimitSubject): string | null {
  * would otherwise be a fresh bucket per spelling: such requests count against the proxy itself.
  */
 function limitAddress (s: LimitSubject): string {
-  return isIP(s.clientIp) !== 0 ? s.clientIp : s.peerIp
+  // clientIp is already plain (clientAddress); the peer may be ::ffff:a.b.c.d, one bucket with a.b.c.d.
+  return isIP(s.clientIp) !== 0 ? s.clientIp : plainAddress(s.peerIp)
 }
 
 function compileLimit (route: string, l: RateLimitConfig, store: LimitStore): CompiledLimit {

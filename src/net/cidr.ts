@@ -21,6 +21,9 @@ export function cidrProblem (text: string): string | null {
  * 0x0a.0.0.1 and 10.1 (shortened), so a rule could silently name another range than the one
  * its author read. Only dotted decimal with four parts, or IPv6 without a zone id, is accepted,
  * and a range must be written as its network address.
+ *
+ * An IPv4-mapped range (::ffff:10.0.0.0/104) becomes the IPv4 range (10.0.0.0/8): clients are
+ * matched in IPv4 form, so the mapped spelling would otherwise match nothing (a deny failing open).
  */
 function strictCidr (text: string): Cidr | string {
   const bad = (why?: string): string => `invalid CIDR or address ${JSON.stringify(text)}${why === undefined ? '' : `: ${why}`}`
@@ -39,9 +42,15 @@ function strictCidr (text: string): Cidr | string {
     if (!/^(?:0|[1-9]\d{0,2})$/.test(p) || Number(p) > max) return bad(`the prefix length must be a whole number from 0 to ${max}`)
     prefix = Number(p)
   }
+  let mapped = false
+  if (ip.kind() === 'ipv6' && (ip as ipaddr.IPv6).isIPv4MappedAddress() && prefix >= 96) {
+    ip = (ip as ipaddr.IPv6).toIPv4Address()
+    prefix -= 96
+    mapped = true
+  }
   const network = ip.kind() === 'ipv4' ? ipaddr.IPv4.networkAddressFromCIDR(`${ip}/${prefix}`) : ipaddr.IPv6.networkAddressFromCIDR(`${ip}/${prefix}`)
   if (String(network.toByteArray()) !== String(ip.toByteArray())) {
-    return bad(`host bits are set (did you mean ${network}/${text.slice(slash + 1)}?)`)
+    return bad(`host bits are set (did you mean ${mapped ? '::ffff:' : ''}${network}/${text.slice(slash + 1)}?)`)
   }
   return [ip, prefix]
 }
