@@ -6,7 +6,7 @@ import type { z } from 'zod'
 import { ConfigError, type ConfigIssue } from '../errors/index.js'
 import { cidrProblem } from '../net/cidr.js'
 import { pathToString, resolveRefs, type PathKey } from './refs.js'
-import { ConfigSchema, type Config } from './schema.js'
+import { ConfigSchema, DURATIONS, type Config } from './schema.js'
 import { expressionProblem } from '../transform/expression.js'
 
 export interface LoadOptions {
@@ -44,6 +44,8 @@ export function parseConfig (text: string, options: LoadOptions = {}, file: stri
 
 /** Configs this module produced: validating one again must not resolve `${...}` a second time. */
 const validated = new WeakSet<object>()
+/** Every object and list inside those configs (see withUnits). */
+const validatedParts = new WeakSet<object>()
 
 /**
  * Validate an already-parsed config object (the programmatic API takes these). A Config that
@@ -55,7 +57,7 @@ export function validateConfig (raw: unknown, options: LoadOptions & {
   if (raw !== null && typeof raw === 'object' && validated.has(raw)) return raw as Config
   const locate = options.locate ?? (() => ({}))
   const refIssues: LocatedIssue[] = []
-  const resolved = resolveRefs(raw, { env: options.env ?? process.env, baseDir: options.baseDir ?? process.cwd() }, refIssues)
+  const resolved = resolveRefs(withUnits(raw, ConfigSchema, false), { env: options.env ?? process.env, baseDir: options.baseDir ?? process.cwd() }, refIssues)
   const parsed = ConfigSchema.safeParse(resolved)
   const schemaIssues = parsed.success ? [] : parsed.error.issues.flatMap((issue) => describeZodIssue(issue, resolved))
   // Cross-references are checked even when the schema failed, so one run lists every problem.
@@ -79,6 +81,51 @@ export function validateConfig (raw: unknown, options: LoadOptions & {
 }
 
 type LocatedIssue = ConfigIssue & { pathKeys?: PathKey[] }
+
+/**
+ * A copy of a validated config (`{ ...config, log: … }`) still holds parts of it, whose
+ * durations are numbers of milliseconds, and the schema refuses a duration without a unit. Those
+ * numbers get their unit back. Parts are recognised by identity (this module made and froze
+ * them), never by shape: a number in any other object is the user's, and must have a unit.
+ */
+function withUnits (value: unknown, schema: z.core.$ZodType | undefined, inValidatedPart: boolean): unknown {
+  const s = unwrap(schema, value)
+  if (s === undefined) return value
+  if (DURATIONS.has(s)) return inValidatedPart && typeof value === 'number' ? `${value}ms` : value
+  if (value === null || typeof value !== 'object') return value
+  const ours = validatedParts.has(value)
+  const def: any = s._zod.def
+  const from = value as Record<string, unknown>
+  let out = from
+  const visit = (key: string, child: z.core.$ZodType | undefined): void => {
+    const v = withUnits(from[key], child, ours)
+    if (v === from[key]) return
+    // Copy on write: validated parts are frozen, and the caller's object is not ours to change.
+    if (out === from) out = (Array.isArray(from) ? [...from] : { ...from }) as Record<string, unknown>
+    out[key] = v
+  }
+  if (Array.isArray(from)) {
+    if (def.type === 'array') for (let i = 0; i < from.length; i++) visit(String(i), def.element)
+  } else if (def.type === 'object' || def.type === 'record') {
+    for (const key of Object.keys(from)) visit(key, def.type === 'object' ? def.shape[key] : def.valueType)
+  }
+  return out
+}
+
+/** The schema that reads `value` at a place where `schema` is declared, wrappers removed. */
+function unwrap (schema: z.core.$ZodType | undefined, value: unknown): z.core.$ZodType | undefined {
+  let s = schema
+  for (let guard = 0; s !== undefined && guard < 10 && !DURATIONS.has(s); guard++) {
+    const def: any = s._zod.def
+    if (def.type === 'optional' || def.type === 'default' || def.type === 'prefault' || def.type === 'nullable') s = def.innerType
+    // preprocess() is a pipe from a transform; .pipe() and .transform() read with their input side.
+    else if (def.type === 'pipe') s = def.in._zod.def.type === 'transform' ? def.out : def.in
+    else if (def.type === 'union' && typeof def.discriminator === 'string') {
+      s = def.options.find((o: any) => o._zod.def.shape?.[def.discriminator]?._zod.def.values?.includes((value as any)?.[def.discriminator]))
+    } else break
+  }
+  return s
+}
 
 function issueAt (path: PathKey[], message: string): LocatedIssue {
   return { path: pathToString(path), message, pathKeys: path }
@@ -543,6 +590,7 @@ function locateNode (doc: Document, lineCounter: LineCounter, path: readonly Pat
 function deepFreeze<T> (value: T): T {
   if (value !== null && typeof value === 'object' && !Object.isFrozen(value)) {
     Object.freeze(value)
+    validatedParts.add(value)
     for (const v of Object.values(value)) deepFreeze(v)
   }
   return value

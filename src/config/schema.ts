@@ -1,6 +1,6 @@
 // Named imports (not the `z` namespace) let the CLI bundle drop zod's 250 KB of locales.
 import { NEVER, array, boolean, discriminatedUnion, enum as zenum, literal, number, preprocess, record, strictObject, string, union, unknown, type input, type output } from 'zod'
-import { parseDuration, parseSize } from './units.js'
+import { isUnitlessDuration, parseDuration, parseSize } from './units.js'
 
 /*
  * The shape of gatehouse.yaml. Defaults live here, in one place, and docs/configuration.md
@@ -8,14 +8,26 @@ import { parseDuration, parseSize } from './units.js'
  * because a typo in a gateway config usually means a policy silently not applied.
  */
 
-const duration = (what = 'duration') => union([string(), number()]).transform((v, ctx) => {
-  const ms = parseDuration(v)
-  if (ms === null) {
-    ctx.addIssue({ code: 'custom', message: `invalid ${what} ${JSON.stringify(v)} (use e.g. 500ms, 2s, 5m, 1h)` })
-    return NEVER
-  }
-  return ms
-})
+/** Durations this schema declares, so validateConfig can find them in a copy of a validated config. */
+export const DURATIONS = new WeakSet<object>()
+
+const duration = () => {
+  const schema = union([string(), number()]).transform((v, ctx) => {
+    const ms = parseDuration(v)
+    if (ms === null) {
+      ctx.addIssue({
+        code: 'custom',
+        message: isUnitlessDuration(v)
+          ? `invalid duration ${JSON.stringify(v)}: a duration needs a unit (use e.g. 60s or 500ms)`
+          : `invalid duration ${JSON.stringify(v)} (use e.g. 500ms, 2s, 5m, 1h)`,
+      })
+      return NEVER
+    }
+    return ms
+  })
+  DURATIONS.add(schema)
+  return schema
+}
 
 const size = () => union([string(), number()]).transform((v, ctx) => {
   const bytes = parseSize(v)

@@ -1,17 +1,22 @@
 /**
  * Human-readable durations and sizes, as written in gatehouse.yaml.
- * A bare number is taken as milliseconds (durations) or bytes (sizes).
+ * A bare number is taken as bytes (sizes); a duration needs a unit, except 0.
  */
 
 const DURATION_RE = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)$/
 const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }
 
-/** Parse `500ms`, `2s`, `5m`, `1h`, `1d` (or a number of ms) into milliseconds; null when malformed. */
+/** A number, or a numeric string, that parseDuration refuses only for its missing unit. */
+export function isUnitlessDuration (value: string | number): boolean {
+  return typeof value === 'number' ? Number.isFinite(value) && value > 0 : /^\s*\d+(?:\.\d+)?\s*$/.test(value)
+}
+
+/** Parse `500ms`, `2s`, `5m`, `1h`, `1d` (or 0) into milliseconds; null when malformed or unit-less. */
 export function parseDuration (value: string | number): number | null {
-  if (typeof value === 'number') return Number.isFinite(value) && value >= 0 ? value : null
-  // "0" needs no unit (and is what formatDuration writes); other unit-less strings are
-  // ambiguous (seconds? milliseconds?) and refused.
-  if (value.trim() === '0') return 0
+  // Zero needs no unit (and "0" is what formatDuration writes). Any other unit-less value is
+  // ambiguous: `first_byte: 60` looks like seconds and used to mean 60 ms.
+  if (value === 0 || (typeof value === 'string' && value.trim() === '0')) return 0
+  if (typeof value === 'number') return null
   const m = DURATION_RE.exec(value.trim())
   if (m === null) return null
   return Math.round(Number(m[1]) * DURATION_UNITS[m[2] as string]!)

@@ -376,7 +376,8 @@ describe('identity: phantom tokens and WebSockets', () => {
       assert.equal(kp.org, 'acme')
       // A new key on reload: cached tokens from the old key are not reused.
       const next = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem' }) as string
-      const cfg = structuredClone(gw.gateway.table.config) as any
+      // A spread copy: its durations are milliseconds, which only the validated original's own parts may carry.
+      const cfg = gw.gateway.table.config as any
       await gw.gateway.reload({ ...cfg, identity: { ...cfg.identity, phantom_token: { ...cfg.identity.phantom_token, key: next, ttl: '2m', kid: undefined } } })
       const fresh = createRemoteJWKSet(new URL(`http://127.0.0.1:${gw.adminPort}/.well-known/jwks.json`))
       const after = JSON.parse((await call(gw, '/x', { authorization: `Bearer ${token}` })).body).headers

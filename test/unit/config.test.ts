@@ -341,6 +341,20 @@ describe('parseConfig: values', () => {
     assert.equal(issue.line, 3)
   })
 
+  it('refuses a duration without a unit, naming its path and line', () => {
+    const err = configError(UPSTREAMS.replace('    targets:', '    timeouts: { first_byte: 60 }\n    targets:'))
+    const issue = issueAt(err, 'upstreams.ranker.timeouts.first_byte')
+    assert.equal(issue.message, 'invalid duration 60: a duration needs a unit (use e.g. 60s or 500ms)')
+    assert.equal(issue.line, 3)
+    assert.equal(issueAt(configError('shutdown: { grace: "30" }\n'), 'shutdown.grace').message, 'invalid duration "30": a duration needs a unit (use e.g. 60s or 500ms)')
+  })
+
+  it('takes 0 without a unit', () => {
+    const config = parseConfig('shutdown: { grace: 0 }\nlisten: { timeouts: { request: "0" } }\n', { env: {} })
+    assert.equal(config.shutdown.grace, 0)
+    assert.equal(config.listen.timeouts.request, 0)
+  })
+
   it('reports a negative duration', () => {
     const err = configError('shutdown: { grace: -5 }\n')
     assert.equal(issueAt(err, 'shutdown.grace').message, 'invalid duration -5 (use e.g. 500ms, 2s, 5m, 1h)')
@@ -603,5 +617,16 @@ describe('validateConfig', () => {
     assert.equal(config.listen.host, '${env:GH_LITERAL}')
     const again = validateConfig(config, { env: {} })
     assert.equal(again.listen.host, '${env:GH_LITERAL}')
+  })
+
+  it('accepts a spread copy of a validated config, whose durations are milliseconds', () => {
+    const config = parseConfig(UPSTREAMS + 'routes: [{ name: all, upstream: ranker }]\nshutdown: { grace: 1m }\n', { env: {} })
+    const copy = validateConfig({ ...config, log: { level: 'warn' } }, { env: {} })
+    assert.equal(copy.log.level, 'warn')
+    assert.equal(copy.shutdown.grace, 60_000)
+    assert.deepEqual(copy.upstreams, config.upstreams)
+    // Numbers in objects the caller made are the caller's: they still need a unit.
+    assert.throws(() => validateConfig({ ...config, shutdown: { grace: 60_000 } }, { env: {} }),
+      /shutdown\.grace: invalid duration 60000: a duration needs a unit \(use e\.g\. 60s or 500ms\)/)
   })
 })

@@ -1,6 +1,6 @@
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { formatDuration, formatSize, parseDuration, parseSize } from '../../src/config/units.js'
+import { formatDuration, formatSize, isUnitlessDuration, parseDuration, parseSize } from '../../src/config/units.js'
 
 describe('parseDuration', () => {
   it('parses each unit into milliseconds', () => {
@@ -27,9 +27,16 @@ describe('parseDuration', () => {
     assert.equal(parseDuration('10 m'), 600_000)
   })
 
-  it('takes a bare number as milliseconds', () => {
-    assert.equal(parseDuration(250), 250)
+  it('refuses a bare number other than 0: a duration needs a unit', () => {
+    // `first_byte: 60` looks like a minute; it used to mean 60 ms.
+    assert.equal(parseDuration(250), null)
+    assert.equal(parseDuration(60), null)
     assert.equal(parseDuration(0), 0)
+    assert.equal(isUnitlessDuration(60), true)
+    assert.equal(isUnitlessDuration('60'), true)
+    assert.equal(isUnitlessDuration(' 1.5 '), true)
+    assert.equal(isUnitlessDuration(-5), false)
+    assert.equal(isUnitlessDuration('60x'), false)
   })
 
   it('rejects negative, NaN and infinite numbers', () => {
@@ -45,8 +52,8 @@ describe('parseDuration', () => {
   })
 
   it('rejects a unit-less string other than zero', () => {
-    // A bare *number* is milliseconds; a bare numeric *string* is ambiguous and refused.
     assert.equal(parseDuration('1500'), null)
+    assert.equal(parseDuration(' 0 '), 0)
   })
 
   it('parses "0", the string formatDuration prints for zero', () => {
