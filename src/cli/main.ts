@@ -3,7 +3,7 @@ import { basename, dirname, resolve } from 'node:path'
 import { createHash } from 'node:crypto'
 import { parseArgs } from 'node:util'
 import { compile, describeTable } from '../compile/index.js'
-import { loadConfigFile } from '../config/load.js'
+import { loadConfigFile, suggest } from '../config/load.js'
 import { ConfigError } from '../errors/index.js'
 import { createGateway } from '../server/gateway.js'
 import { TargetRegistry } from '../upstream/target.js'
@@ -11,6 +11,7 @@ import { IdentityRegistry } from '../identity/registry.js'
 import { StoreRegistry } from '../limits/registry.js'
 import { createLogger } from '../observability/logger.js'
 import { Metrics } from '../observability/metrics.js'
+import { VERSION } from '../version.js'
 
 const USAGE = `Usage: gatehouse <command> [--config FILE]
 
@@ -23,49 +24,192 @@ Commands:
   deliveries replay ID | --dead [--route R]
   deliveries purge --state dead|delivered [--route R]
            the async delivery log, through the running gateway's admin API
+  help [COMMAND]
+           this help, or one command's
 
 Options:
   -c, --config FILE   configuration file (default: ./gatehouse.yaml)
       --admin URL     admin API address (default: from the config's admin block)
-  -h, --help          show this help
+  -h, --help          show this help (after a command: that command's)
+      --version       print the version
+
+Exit status: 0 ok, 1 failure (invalid config, a port in use, an error from the admin API),
+2 usage error (unknown command, option or argument).
 `
+
+const CONFIG_OPTION = '  -c, --config FILE   configuration file (default: ./gatehouse.yaml)\n'
+const HELP_OPTION = '  -h, --help          show this help\n'
+
+/** What each command accepts: its options (by long name), how many arguments, and its help. */
+interface CommandSpec {
+  options: readonly string[]
+  /** Fewest and most positional arguments after the command (and subcommand) name. */
+  args: readonly [number, number]
+  help: string
+}
+
+const DELIVERIES_HELP = `Usage: gatehouse deliveries <list|show|replay|purge> [options]
+
+The async delivery log, through the running gateway's admin API.
+
+  gatehouse deliveries list   [--state pending|delivered|dead] [--route R] [--limit N]
+  gatehouse deliveries show   ID
+  gatehouse deliveries replay ID
+  gatehouse deliveries replay --dead [--route R]
+  gatehouse deliveries purge  --state dead|delivered [--route R]
+
+Options:
+  -c, --config FILE   read the admin address from FILE's admin block (default: ./gatehouse.yaml)
+      --admin URL     admin API address, instead of --config (e.g. http://127.0.0.1:9901)
+      --state STATE   list: only records in STATE; purge: which records to delete
+      --route R       only records of route R (list, replay --dead, purge)
+      --limit N       list: at most N records (default 100)
+      --dead          replay: every dead record (of --route R), instead of one ID
+${HELP_OPTION}`
+
+const COMMANDS: Record<string, CommandSpec> = {
+  start: {
+    options: ['config'],
+    args: [0, 0],
+    help: `Usage: gatehouse start [--config FILE]
+
+Run the gateway. SIGHUP, or a change to FILE, reloads it (an invalid file is logged and the
+running configuration kept); SIGTERM or SIGINT drains in-flight requests and exits 0. A listener
+that cannot bind (a port in use) is one line on stderr and exit status 1.
+
+Options:
+${CONFIG_OPTION}${HELP_OPTION}`,
+  },
+  check: {
+    options: ['config'],
+    args: [0, 0],
+    help: `Usage: gatehouse check [--config FILE]
+
+Validate FILE without starting anything. Each problem is one line, FILE:LINE:COL: PATH: MESSAGE;
+exit status 0 when FILE is valid, 1 when it is not.
+
+Options:
+${CONFIG_OPTION}${HELP_OPTION}`,
+  },
+  routes: {
+    options: ['config'],
+    args: [0, 0],
+    help: `Usage: gatehouse routes [--config FILE]
+
+Print the compiled route table: each route's match, upstream and policies, in the order they are
+tried. Nothing is started and no keys are fetched.
+
+Options:
+${CONFIG_OPTION}${HELP_OPTION}`,
+  },
+  'deliveries list': { options: ['config', 'admin', 'state', 'route', 'limit'], args: [0, 0], help: DELIVERIES_HELP },
+  'deliveries show': { options: ['config', 'admin'], args: [1, 1], help: DELIVERIES_HELP },
+  'deliveries replay': { options: ['config', 'admin', 'dead', 'route'], args: [0, 1], help: DELIVERIES_HELP },
+  'deliveries purge': { options: ['config', 'admin', 'state', 'route'], args: [0, 0], help: DELIVERIES_HELP },
+}
+
+const OPTIONS = {
+  config: { type: 'string', short: 'c' },
+  admin: { type: 'string' },
+  state: { type: 'string' },
+  route: { type: 'string' },
+  limit: { type: 'string' },
+  dead: { type: 'boolean' },
+  help: { type: 'boolean', short: 'h' },
+  version: { type: 'boolean' },
+} as const satisfies Record<string, { type: 'string' | 'boolean', short?: string }>
+
+type OptionName = keyof typeof OPTIONS
+type Values = { [K in OptionName]?: (typeof OPTIONS)[K]['type'] extends 'string' ? string : boolean }
+
+const DELIVERY_STATES = ['pending', 'delivered', 'dead']
 
 /** The CLI is a thin layer over the programmatic API. Returns the process exit code. */
 export async function main (argv: string[]): Promise<number> {
-  let parsed
+  // A first, lenient pass finds the command; each command then accepts only its own options,
+  // because an option another command takes (list --dead) would otherwise be silently ignored.
+  let tokens
   try {
-    parsed = parseArgs({
-      args: argv,
-      allowPositionals: true,
-      options: {
-        config: { type: 'string', short: 'c', default: 'gatehouse.yaml' },
-        help: { type: 'boolean', short: 'h', default: false },
-        admin: { type: 'string' },
-        state: { type: 'string' },
-        route: { type: 'string' },
-        limit: { type: 'string' },
-        dead: { type: 'boolean', default: false },
-      },
-    })
+    tokens = parseArgs({ args: argv, options: OPTIONS, strict: false, allowPositionals: true, tokens: true }).tokens
   } catch (err) {
-    process.stderr.write(`gatehouse: ${(err as Error).message}\n\n${USAGE}`)
-    return 2
+    return usage((err as Error).message)
   }
-  const [command] = parsed.positionals
-  if (parsed.values.help || command === undefined) {
+  const positionals = tokens.filter((t) => t.kind === 'positional').map((t) => t.value)
+  const asked = new Set(tokens.flatMap((t) => t.kind === 'option' ? [t.name] : []))
+  if (asked.has('version')) {
+    process.stdout.write(`${VERSION}\n`)
+    return 0
+  }
+  let [command, sub] = positionals
+  if (command === 'help') {
+    // `gatehouse help deliveries list` as `gatehouse deliveries list --help`.
+    if (sub === undefined) {
+      process.stdout.write(USAGE)
+      return 0
+    }
+    ;[command, sub] = positionals.slice(1)
+    asked.add('help')
+  }
+  if (command === undefined) {
     process.stdout.write(USAGE)
-    return command === undefined && !parsed.values.help ? 2 : 0
+    return asked.has('help') ? 0 : 2
   }
-  const file = parsed.values.config
+  const key = command === 'deliveries' ? `deliveries ${sub ?? ''}` : command
+  const spec = COMMANDS[key]
+  if (spec === undefined) {
+    // An option no command knows may be why the command was misread (`--confg x.yaml check`).
+    const stray = tokens.find((t) => t.kind === 'option' && !Object.hasOwn(OPTIONS, t.name))
+    if (stray?.kind === 'option') return usage(unknownOption(stray.rawName, stray.name, Object.keys(OPTIONS), null))
+    if (command === 'deliveries') {
+      if (asked.has('help')) return help(DELIVERIES_HELP)
+      return usage(`unknown deliveries command "${sub ?? ''}"`, DELIVERIES_HELP)
+    }
+    return usage(`unknown command "${command}"`)
+  }
+  if (asked.has('help')) return help(spec.help)
+  const allowed = new Set<string>([...spec.options, 'help', 'version'])
+  for (const t of tokens) {
+    if (t.kind === 'option' && !allowed.has(t.name)) return usage(unknownOption(t.rawName, t.name, spec.options, key), spec.help)
+  }
+  let values: Values
+  try {
+    values = parseArgs({ args: argv, options: pick(allowed), strict: true, allowPositionals: true }).values as Values
+  } catch (err) {
+    // A missing value (--config at the end), or a value given to a switch (--dead=yes).
+    return usage((err as Error).message, spec.help)
+  }
+  const args = positionals.slice(key.split(' ').length)
+  if (args.length < spec.args[0]) return usage(`${key} needs ${spec.args[0] === 1 ? 'an ID' : `${spec.args[0]} arguments`}`, spec.help)
+  if (args.length > spec.args[1]) return usage(`unexpected argument "${args[spec.args[1]]}" for "${key}"`, spec.help)
+  const file = values.config ?? 'gatehouse.yaml'
   switch (command) {
     case 'check': return check(file)
     case 'routes': return routes(file)
     case 'start': return start(file)
-    case 'deliveries': return deliveries(file, parsed.positionals.slice(1), parsed.values)
-    default:
-      process.stderr.write(`gatehouse: unknown command "${command}"\n\n${USAGE}`)
-      return 2
+    default: return deliveries(file, positionals.slice(1), values)
   }
+}
+
+/**
+ * "unknown option --dead (did you mean --state dead?)": the nearest of the options that apply;
+ * without one, an option of another command says so.
+ */
+function unknownOption (raw: string, name: string, options: readonly string[], command: string | null): string {
+  // `list --dead`: a state written as a switch.
+  if (options.includes('state') && DELIVERY_STATES.includes(name)) return `unknown option ${raw} (did you mean --state ${name}?)`
+  const near = name.length > 1 ? suggest(name, options) : null
+  if (near !== null) return `unknown option ${raw} (did you mean --${near}?)`
+  if (command !== null && Object.hasOwn(OPTIONS, name)) return `option ${raw} does not apply to "${command}"`
+  return `unknown option ${raw}`
+}
+
+function pick (names: Set<string>): Partial<typeof OPTIONS> {
+  return Object.fromEntries(Object.entries(OPTIONS).filter(([n]) => names.has(n)))
+}
+
+function help (text: string): number {
+  process.stdout.write(text)
+  return 0
 }
 
 function load (file: string) {
@@ -96,7 +240,7 @@ function check (file: string): number {
  * `gatehouse deliveries …`: a thin client of the running gateway's admin API, so replays wake
  * its workers and the same command works for sqlite and NATS stores.
  */
-async function deliveries (file: string, args: string[], o: { admin?: string, state?: string, route?: string, limit?: string, dead?: boolean }): Promise<number> {
+async function deliveries (file: string, args: string[], o: Values): Promise<number> {
   let base = o.admin
   if (base === undefined) {
     const config = load(file)
@@ -115,21 +259,21 @@ async function deliveries (file: string, args: string[], o: { admin?: string, st
   switch (sub) {
     case 'list': path = '/deliveries' + qs; break
     case 'show':
-      if (id === undefined) return usage('deliveries show needs an ID')
+      if (id === undefined) return usage('deliveries show needs an ID', DELIVERIES_HELP)
       path = `/deliveries/${encodeURIComponent(id)}`
       break
     case 'replay':
       method = 'POST'
       if (o.dead === true) path = '/deliveries/replay' + (o.route === undefined ? '' : `?route=${encodeURIComponent(o.route)}`)
       else if (id !== undefined) path = `/deliveries/${encodeURIComponent(id)}/replay`
-      else return usage('deliveries replay needs an ID or --dead')
+      else return usage('deliveries replay needs an ID or --dead', DELIVERIES_HELP)
       break
     case 'purge':
-      if (o.state !== 'dead' && o.state !== 'delivered') return usage('deliveries purge needs --state dead or --state delivered')
+      if (o.state !== 'dead' && o.state !== 'delivered') return usage('deliveries purge needs --state dead or --state delivered', DELIVERIES_HELP)
       method = 'DELETE'
       path = '/deliveries' + qs
       break
-    default: return usage(`unknown deliveries command "${sub ?? ''}"`)
+    default: return usage(`unknown deliveries command "${sub ?? ''}"`, DELIVERIES_HELP)
   }
   let res: Response
   try {
@@ -161,8 +305,9 @@ function describeFetchError (err: unknown): string {
   return cause?.code ?? cause?.message ?? (err as Error).message
 }
 
-function usage (msg: string): number {
-  process.stderr.write(`gatehouse: ${msg}\n\n${USAGE}`)
+/** A usage error: the message, then the help it concerns, on stderr; exit status 2. */
+function usage (msg: string, text = USAGE): number {
+  process.stderr.write(`gatehouse: ${msg}\n\n${text}`)
   return 2
 }
 

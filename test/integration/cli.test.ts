@@ -3,7 +3,7 @@ import { describe, it, type TestContext } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn, type ChildProcessByStdio } from 'node:child_process'
 import { once } from 'node:events'
-import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import net, { type AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
@@ -276,16 +276,56 @@ describe('gatehouse command line', () => {
     assert.match(result.stdout, /^Usage: gatehouse <command> \[--config FILE\]/)
   })
 
-  it('exits 2 on an unknown option', async (t) => {
+  it('exits 2 on an unknown option, suggesting the nearest one', async (t) => {
     const result = await runCli(['check', '--confg', 'x.yaml'], tempDir(t))
     assert.equal(result.code, 2)
-    assert.match(result.stderr, /^gatehouse: .*--confg/)
+    assert.match(result.stderr, /^gatehouse: unknown option --confg \(did you mean --config\?\)\n\nUsage: gatehouse check /)
+    assert.equal(result.stdout, '')
+  })
+
+  it('refuses an option of another command instead of ignoring it (list --dead would hide dead letters)', async (t) => {
+    // No config and no admin API: the command must fail before it asks for anything.
+    const list = await runCli(['deliveries', 'list', '--dead'], tempDir(t))
+    assert.equal(list.code, 2)
+    assert.equal(list.stderr.split('\n')[0], 'gatehouse: unknown option --dead (did you mean --state dead?)')
+    assert.equal(list.stdout, '')
+    const replay = await runCli(['deliveries', 'replay', '--limit', '5'], tempDir(t))
+    assert.equal(replay.code, 2)
+    assert.equal(replay.stderr.split('\n')[0], 'gatehouse: option --limit does not apply to "deliveries replay"')
+  })
+
+  it('exits 2 on an argument a command does not take', async (t) => {
+    const result = await runCli(['check', 'gatehouse.yaml'], tempDir(t))
+    assert.equal(result.code, 2)
+    assert.equal(result.stderr.split('\n')[0], 'gatehouse: unexpected argument "gatehouse.yaml" for "check"')
   })
 
   it('exits 0 and prints the usage for --help', async (t) => {
     const result = await runCli(['--help'], tempDir(t))
     assert.equal(result.code, 0)
     assert.match(result.stdout, /^Usage: gatehouse <command>/)
+  })
+
+  it('prints one command\'s help for `<command> --help` and `help <command>`', async (t) => {
+    const dir = tempDir(t)
+    const check = await runCli(['check', '--help'], dir)
+    assert.equal(check.code, 0)
+    assert.match(check.stdout, /^Usage: gatehouse check \[--config FILE\]\n\nValidate FILE/)
+    const viaHelp = await runCli(['help', 'check'], dir)
+    assert.equal(viaHelp.code, 0)
+    assert.equal(viaHelp.stdout, check.stdout)
+    const deliveries = await runCli(['deliveries', 'list', '-h'], dir)
+    assert.equal(deliveries.code, 0)
+    assert.match(deliveries.stdout, /^Usage: gatehouse deliveries <list\|show\|replay\|purge> \[options\]\n/)
+    assert.match(deliveries.stdout, /--dead {10}replay: every dead record/)
+  })
+
+  it('prints the package version for --version', async (t) => {
+    const { version } = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8'))
+    const result = await runCli(['--version'], tempDir(t))
+    assert.equal(result.code, 0)
+    assert.equal(result.stdout, `${version}\n`)
+    assert.equal(result.stderr, '')
   })
 })
 
