@@ -223,7 +223,13 @@ export class Metrics {
         for (const [name, depth] of queues()) this.labels(name).set(depth)
       },
     })
-    if (defaults) collectDefaultMetrics({ register: this.registry, prefix: 'gatehouse_' })
+    if (defaults) {
+      collectDefaultMetrics({ register: this.registry, prefix: 'gatehouse_' })
+      // prom-client's nodejs_active_*_total are gauges, and only counters may end in _total
+      // (`promtool check metrics` fails the scrape). Each is the sum of its gauge by type:
+      // sum(gatehouse_nodejs_active_handles) is the same number.
+      for (const what of ['handles', 'requests', 'resources']) this.registry.removeSingleMetric(`gatehouse_nodejs_active_${what}_total`)
+    }
   }
 
   /** Bound metrics for a route object; keyed by identity, so a lookup builds no strings. */
