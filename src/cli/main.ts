@@ -329,7 +329,16 @@ async function start (file: string): Promise<number> {
   const config = load(file)
   if (config === null) return 1
   const gateway = createGateway(config)
-  await gateway.listen()
+  try {
+    await gateway.listen()
+  } catch (err) {
+    if ((err as { code?: string }).code !== 'GH_LISTEN_FAILED') throw err
+    // One line, no stack: a port in use is the operator's to fix, not a bug. listen() has
+    // closed what it bound; closing the gateway stops the rest (key refreshes, stores, workers).
+    process.stderr.write(`${(err as Error).message}\n`)
+    await gateway.close()
+    return 1
+  }
 
   let lastHash = hashFile(file)
   const reload = async (why: string): Promise<void> => {

@@ -498,12 +498,21 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     // Workers start with the listeners: what the store holds from before a restart goes out now.
     this.#delivery.commit(this.table, delivery)
     // Both listeners bind at once; a bind error (port in use) rejects listen().
-    const bound = [listening(this.#server.listen(config.listen.port, config.listen.host))]
+    const servers: http.Server[] = [this.#server]
+    const bound = [listening(this.#server.listen(config.listen.port, config.listen.host), 'listen', config.listen.host, config.listen.port)]
     if (config.admin.enabled) {
       this.#admin = createAdminServer(this)
-      bound.push(listening(this.#admin.listen(config.admin.port, config.admin.host)))
+      servers.push(this.#admin)
+      bound.push(listening(this.#admin.listen(config.admin.port, config.admin.host), 'admin', config.admin.host, config.admin.port))
     }
-    await Promise.all(bound)
+    const failed = (await Promise.allSettled(bound)).flatMap((r) => r.status === 'rejected' ? [r.reason as Error] : [])
+    if (failed.length > 0) {
+      // Half up is worse than down: a proxy without /metrics, or a /healthz that answers 200
+      // for a proxy that serves nothing. What did bind is closed before listen() rejects.
+      await Promise.all(servers.filter((s) => s.listening).map((s) => new Promise((resolve) => s.close(resolve))))
+      this.#admin = null
+      throw failed[0]
+    }
     const adminPort = this.#admin === null ? null : (this.#admin.address() as AddressInfo).port
     this.#listening = true
     const addr = this.#server.address() as AddressInfo
@@ -597,10 +606,20 @@ class GatewayImpl implements Gateway, GatewayRuntime {
 const STREAM_HIGH_WATER_MARK = 128 * 1024
 const IDENTITY_START_TIMEOUT = 10_000
 
-function listening (server: http.Server): Promise<void> {
+/**
+ * Resolves once `server` listens. A bind error rejects with one line that names the listener
+ * and its address, `listen 0.0.0.0:8080: address already in use`, with code GH_LISTEN_FAILED
+ * and the system error as its cause.
+ */
+function listening (server: http.Server, what: 'listen' | 'admin', host: string, port: number): Promise<void> {
   return new Promise((resolve, reject) => {
     server.once('listening', resolve)
-    server.once('error', reject)
+    server.once('error', (err: NodeJS.ErrnoException) => {
+      const words: Record<string, string> = { EADDRINUSE: 'address already in use', EACCES: 'permission denied', EADDRNOTAVAIL: 'address not available', ENOTFOUND: 'host not found' }
+      const reason = words[err.code ?? ''] ?? err.code ?? err.message
+      const failure = new Error(`${what} ${host.includes(':') ? `[${host}]` : host}:${port}: ${reason}`, { cause: err })
+      reject(Object.assign(failure, { code: 'GH_LISTEN_FAILED' }))
+    })
   })
 }
 

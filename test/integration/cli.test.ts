@@ -9,7 +9,8 @@ import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import type { Readable } from 'node:stream'
 import { BIN, runCli } from '../helpers/cli.js'
-import { request, startUpstream, type Upstream } from '../helpers/index.js'
+import { createGateway } from '../../src/index.js'
+import { LogCapture, request, startUpstream, type Upstream } from '../helpers/index.js'
 
 /*
  * The `gatehouse` executable, run as users run it: `node bin/gatehouse.cjs` (which imports dist/,
@@ -366,6 +367,55 @@ routes:
     assert.equal(result.stdout, '')
     assert.match(result.stderr, /^gatehouse\.yaml:1:\d+: routes\[0\]\.upstream: unknown upstream "nowhere"\n/)
   })
+})
+
+describe('a port in use', { timeout: 60_000 }, () => {
+  /** Hold `port` on 127.0.0.1 for the rest of the test. */
+  async function occupy (t: TestContext, port: number): Promise<void> {
+    const server = net.createServer()
+    server.listen(port, '127.0.0.1')
+    await once(server, 'listening')
+    t.after(() => new Promise<void>((resolve) => server.close(() => resolve())))
+  }
+
+  for (const which of ['listen', 'admin'] as const) {
+    const other = which === 'listen' ? 'admin' : 'listen'
+
+    it(`gatehouse start exits 1 with one line on stderr when the ${which} port is taken`, async (t) => {
+      const upstream = await echoUpstream(t)
+      const ports = await freePorts()
+      await occupy(t, ports[which])
+      const file = join(tempDir(t), 'gatehouse.yaml')
+      writeFileSync(file, gatewayYaml(ports, upstream.url, FIRST_ROUTE))
+      const gh = new GatehouseProcess(file)
+      t.after(() => gh.kill())
+      const { code, signal } = await gh.waitForExit()
+      assert.equal(signal, null)
+      assert.equal(code, 1)
+      assert.equal(gh.stderr, `${which} 127.0.0.1:${ports[which]}: address already in use\n`)
+      assert.equal(gh.logs.some((l) => l.msg === 'listening'), false)
+    })
+
+    it(`listen() with the ${which} port taken rejects with GH_LISTEN_FAILED and leaves the ${other} port unbound`, async (t) => {
+      const ports = await freePorts()
+      await occupy(t, ports[which])
+      const gateway = createGateway({
+        listen: { host: '127.0.0.1', port: ports.listen },
+        admin: { host: '127.0.0.1', port: ports.admin },
+        upstreams: { backend: { targets: [{ url: 'http://127.0.0.1:9' }] } },
+        routes: [{ name: 'all', match: {}, upstream: 'backend' }],
+      }, { logDestination: new LogCapture(), processMetrics: false })
+      t.after(() => gateway.close())
+      await assert.rejects(gateway.listen(), (err: Error & { code?: string, cause?: { code?: string } }) => {
+        assert.equal(err.message, `${which} 127.0.0.1:${ports[which]}: address already in use`)
+        assert.equal(err.code, 'GH_LISTEN_FAILED')
+        assert.equal(err.cause?.code, 'EADDRINUSE')
+        return true
+      })
+      // Not half up: no proxy without /metrics, no /healthz answering for a proxy that is not there.
+      assert.equal(await connectOutcome(ports[other]), 'ECONNREFUSED')
+    })
+  }
 })
 
 describe('gatehouse start', { timeout: 60_000 }, () => {
