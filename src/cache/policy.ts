@@ -111,6 +111,9 @@ export class CachePolicy {
       const name = headers[i]!.toLowerCase()
       const value = headers[i + 1]!
       if (name === 'set-cookie') return null
+      // A stream of events (a model's tokens) is never a cacheable document, and a follower
+      // must not wait for a stream that may last minutes.
+      if (name === 'content-type' && value.trimStart().toLowerCase().startsWith('text/event-stream')) return null
       if (name === 'vary') {
         for (const v of value.split(',')) {
           const f = v.trim().toLowerCase()
@@ -228,15 +231,18 @@ export class CacheCapture {
     this.#status = status
     this.#ttl = this.#policy.storable(status, headers)
     if (this.#ttl !== null) this.#headers = storedHeaders(headers)
+    // Followers waiting for this response go upstream themselves as soon as it cannot be stored.
+    else this.abort()
   }
 
   push (chunk: Buffer): void {
     if (this.#ttl === null) return
     this.#size += chunk.length
     if (this.#size > this.#policy.maxEntry) {
-      // Too big to keep: it streams on, unstored.
+      // Too big to keep: it streams on, unstored, and its followers are released.
       this.#ttl = null
       this.#chunks = []
+      this.abort()
       return
     }
     this.#chunks.push(chunk)

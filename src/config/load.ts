@@ -5,6 +5,7 @@ import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Document, type
 import type { z } from 'zod'
 import { ConfigError, type ConfigIssue } from '../errors/index.js'
 import { cidrProblem } from '../net/cidr.js'
+import { isGatewayOwned } from '../net/owned-headers.js'
 import { pathToString, resolveRefs, type PathKey } from './refs.js'
 import { ConfigSchema, DURATIONS, type Config } from './schema.js'
 import { expressionProblem } from '../transform/expression.js'
@@ -322,14 +323,13 @@ function checkIntercepts (routes: unknown[]): LocatedIssue[] {
   return issues
 }
 
-/** Headers a route may not claim for identity: the gateway sets or rewrites them itself. */
-const RESERVED_HEADERS = new Set(['host', 'authorization', 'content-length', 'transfer-encoding', 'connection', 'te', 'trailer',
-  'upgrade', 'keep-alive', 'expect', 'http2-settings', 'cookie', 'via', 'forwarded', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-request-id'])
-
-/** A header name (lower-case) the gateway drops, sets or rewrites itself. */
+/**
+ * A header name a route may not claim (identity headers, transform edits): the gateway drops,
+ * sets or rewrites it itself, or it carries the caller's credentials.
+ */
 function isReservedHeader (name: string): boolean {
   const h = name.toLowerCase().replaceAll('_', '-')
-  return RESERVED_HEADERS.has(h) || h.startsWith('x-gatehouse-') || h.startsWith('proxy-')
+  return h === 'authorization' || h === 'cookie' || isGatewayOwned(h)
 }
 
 /** Curves WebCrypto (jose) requires for each phantom-token algorithm. */

@@ -76,7 +76,51 @@ const ListenSchema = strictObject({
     idle: duration().default(0),
     /** Idle keep-alive connections between requests are closed after this. */
     keep_alive: duration().default(5_000),
+    /**
+     * A request body that the gateway is reading and that brings no byte for this long is
+     * answered 408 and the connection closed (nginx's client_body_timeout).
+     */
+    body_idle: duration().default(30_000),
+    /**
+     * After its first `body_idle`, a body must average at least this many bytes per second
+     * (0 disables): a client trickling one byte at a time never trips `body_idle` but would
+     * hold an upstream connection forever. A deadline that grows with each byte (Apache's
+     * mod_reqtimeout MinRate) bounds it without cutting slow but honest multi-GB uploads.
+     */
+    body_min_rate: size().default(1024),
+    /**
+     * A client that accepts no byte of its response for this long is cut off and the upstream
+     * request cancelled (nginx's send_timeout).
+     */
+    send_idle: duration().default(60_000),
+    /**
+     * After an early answer (413, 401, …) to a request whose body is still arriving, the
+     * gateway half-closes and reads and discards for at most this long, so the client reads
+     * the answer instead of a reset (nginx's lingering_close, RFC 9112 §9.6).
+     */
+    linger: duration().default(5_000),
   }).prefault({}),
+  limits: strictObject({
+    /** Open connections on the listener; more are closed at once (0: no limit). */
+    max_connections: int().pipe(number().min(0).max(10_000_000)).default(10_000),
+    /** Open connections from one client address (0: no limit). */
+    max_connections_per_ip: int().pipe(number().min(0).max(10_000_000)).default(256),
+    /** Requests served on one keep-alive connection before it is closed (nginx keepalive_requests). */
+    max_requests_per_connection: int().pipe(number().min(0).max(100_000_000)).default(10_000),
+    /**
+     * Requests one connection may have in progress at once (HTTP/1.1 pipelining); past it the
+     * gateway stops reading the connection until responses are delivered.
+     */
+    max_pipelined: int().pipe(number().min(1).max(1024)).default(16),
+    /** Longest request target (path and query); longer → 414. */
+    max_uri: size().pipe(number().min(64, 'must be at least 64B')).default(8 * 1024),
+  }).prefault({}),
+  /**
+   * Forward request headers whose names contain '_' (dropped by default, as nginx's
+   * underscores_in_headers off and gunicorn do: X_Forwarded_For and Transfer_Encoding read as
+   * the real thing by CGI-style servers).
+   */
+  underscores_in_headers: bool().default(false),
   /** Largest request head (request line and headers) accepted; larger → 431. */
   max_header_size: size().default(16 * 1024),
   /** Most header fields accepted in one request; more → 431. */
@@ -512,8 +556,14 @@ const RouteSchema = strictObject({
   strip_prefix: string().startsWith('/', 'must start with "/"').optional(),
   /** Forward the client's Host header (true) or the target's host (false). */
   preserve_host: bool().default(true),
-  /** Allow WebSocket (and other) upgrades on this route. */
+  /** Shorthand: `websocket: false` is `upgrade: []`. */
   websocket: bool().default(true),
+  /**
+   * Protocols this route may be upgraded to (Upgrade header tokens, compared case-insensitively
+   * without their /version). h2c is never passed: it would tunnel HTTP/2 past every policy.
+   */
+  upgrade: array(string().regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, 'use a protocol name such as websocket').transform((p) => p.toLowerCase())
+    .refine((p) => p !== 'h2c', 'h2c is never upgraded (RFC 9113 §3.1 deprecates it; it would tunnel HTTP/2 past every policy)')).default(['websocket']),
   limits: strictObject({
     /** Largest request body; 0 means no limit (streams of any size). */
     max_body: size().default(0),

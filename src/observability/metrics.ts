@@ -159,6 +159,10 @@ export class Metrics {
   readonly upstreamErrors = new Counter({ name: 'gatehouse_upstream_errors_total', help: 'Upstream failures by code', labelNames: ['upstream', 'code'] as const, registers: [this.registry] })
   readonly reloads = new Counter({ name: 'gatehouse_config_reloads_total', help: 'Configuration reloads by result', labelNames: ['result'] as const, registers: [this.registry] })
   readonly upgrades = new Gauge({ name: 'gatehouse_upgraded_connections', help: 'Open upgraded (WebSocket) connections', registers: [this.registry] })
+  readonly connectionsRefused = new Counter({ name: 'gatehouse_connections_refused_total', help: 'Connections closed at once because a listener limit was reached (max_connections, max_connections_per_ip) or a pipelining flood', labelNames: ['reason'] as const, registers: [this.registry] })
+  readonly clientTimeouts = new Counter({ name: 'gatehouse_client_timeouts_total', help: 'Client connections cut for being too slow: body_idle, body_min_rate (request body) or send_idle (response)', labelNames: ['timeout'] as const, registers: [this.registry] })
+  /** Set by the gateway: open client connections, read at scrape time. */
+  openConnections: () => number = () => 0
   readonly auth = hotCounter(this.registry, 'gatehouse_auth_total', 'Credential checks by provider and result (cached, verified, invalid, unavailable)', ['provider', 'result'])
   readonly keyFetches = new Counter({ name: 'gatehouse_jwks_fetches_total', help: 'JWKS (and discovery) fetches by provider and result', labelNames: ['provider', 'result'] as const, registers: [this.registry] })
   readonly introspections = new Counter({ name: 'gatehouse_introspection_requests_total', help: 'Calls to introspection endpoints by provider and result (active, inactive, error)', labelNames: ['provider', 'result'] as const, registers: [this.registry] })
@@ -212,6 +216,9 @@ export class Metrics {
     })
     // eslint-disable-next-line no-new
     new Gauge({ name: 'gatehouse_in_flight_requests', help: 'Requests being handled', registers: [this.registry], collect () { this.set(inFlight()) } })
+    const open = (): number => this.openConnections()
+    // eslint-disable-next-line no-new
+    new Gauge({ name: 'gatehouse_open_connections', help: 'Open client connections on the proxy listener', registers: [this.registry], collect () { this.set(open()) } })
     // eslint-disable-next-line no-new
     new Gauge({
       name: 'gatehouse_upstream_queue_depth',

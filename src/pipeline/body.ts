@@ -15,6 +15,10 @@ export class BodyLimit extends Transform {
   constructor (req: IncomingMessage, limit: number) {
     super({ highWaterMark: 64 * 1024 })
     this.#limit = limit
+    // The body may fail (client gone, 413, a malformed chunk) before anything reads it, e.g.
+    // while credentials are being checked: the exchange learns of it from its own 'close',
+    // and whoever reads the body later gets the error from the stream itself.
+    this.on('error', ignoreError)
     req.on('close', onRequestClose)
     ;(req as unknown as Record<symbol, BodyLimit>)[kLimit] = this
     req.pipe(this)
@@ -31,6 +35,8 @@ export class BodyLimit extends Transform {
 }
 
 const kLimit = Symbol('gatehouse.bodyLimit')
+
+function ignoreError (): void {}
 
 /** A client that disconnects mid-upload must fail the upstream request, not end it cleanly. */
 function onRequestClose (this: IncomingMessage): void {

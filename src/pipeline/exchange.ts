@@ -10,12 +10,13 @@ import type { Identity } from '../identity/types.js'
 import type { SlotWaiter } from '../upstream/balancer.js'
 import { releaseSlot, type Target } from '../upstream/target.js'
 import { isConnectFailure, upstreamBusy, upstreamError } from '../upstream/errors.js'
-import { dropHeaders, filterResponseHeaders } from './headers.js'
+import { dropHeaders, filterResponseHeaders, isLengthField } from './headers.js'
 import type { GatewayRuntime } from './runtime.js'
 import type { RequestView } from '../transform/policy.js'
 import { SseEventTransform } from '../transform/sse.js'
 import { requestBindings } from '../transform/policy.js'
 import type { PluginContext } from '../plugins/api.js'
+import type { Conn } from '../server/connections.js'
 
 /** An upstream answer read whole, for a response transform or a plugin's onResponse. */
 export interface CapturedResponse {
@@ -62,6 +63,9 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, 
   xForwardedFor: string | null = null
   xForwardedProto: string | null = null
   xForwardedHost: string | null = null
+  xForwardedPort: string | null = null
+  /** Other X-Forwarded-* fields, flat [name, value, …]: forwarded only from a trusted proxy. */
+  xForwardedOther: string[] | null = null
   forwarded: string | null = null
   via: string | null = null
   /** Credentials, as the auth policy reads them (see CredentialCarrier). */
@@ -121,6 +125,8 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, 
   clientGone = false
   upstreamDone = false
   finished = false
+  /** The client connection (pipelining, slow-client clocks); null for upgrade handshakes. */
+  conn: Conn | null = null
 
   constructor (req: IncomingMessage, res: ServerResponse, rt: GatewayRuntime, table: RouteTable) {
     this.req = req
@@ -150,7 +156,8 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, 
     if (this.rt.closing) res.shouldKeepAlive = false
     const headers = filterResponseHeaders(rawHeaders, this.requestId)
     const transform = this.route!.responseTransform
-    if (this.captureLimit > 0 && !isEventStream(headers)) {
+    const bodiless = statusCode === 204 || statusCode === 304 || this.req.method === 'HEAD'
+    if (this.captureLimit > 0 && !bodiless && !isEventStream(headers)) {
       // Read whole; the gateway answers once it has (Gateway.finishCaptured).
       this.captured = { status: statusCode, headers, chunks: [], bytes: 0, cap: this.captureLimit }
       return true
@@ -172,6 +179,18 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, 
     }
     if (this.cacheCapture !== null) this.cacheCapture.head(statusCode, headers)
     if (this.cacheStatus !== null) headers.push('x-cache', this.cacheStatus)
+    if (bodiless) {
+      // No body, whatever length fields say (RFC 9110 §6.4.1, §15.4.5): the answer is complete
+      // with its head. A 304 keeps Content-Length (the selected representation's); a 204 may
+      // not carry one (§8.6). undici then reports a length mismatch for 204/304, which is moot.
+      if (statusCode === 204) dropHeaders(headers, isLengthField)
+      // Complete as it stands (a cacheable 204 is stored with its empty body).
+      this.cacheCapture?.complete()
+      this.cacheCapture = null
+      res.writeHead(statusCode, headers as unknown as string[])
+      res.end()
+      return true
+    }
     res.writeHead(statusCode, headers as unknown as string[])
     // Server-sent events: send the head now rather than with the first event, which may be a
     // model's first token many seconds away.
@@ -185,16 +204,8 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, 
     const n = chunk.length
     // undici hands over an empty chunk after each resume; writing it costs a syscall.
     if (n === 0) return true
-    const captured = this.captured
-    if (captured !== null) {
-      captured.bytes += n
-      if (captured.bytes > captured.cap) {
-        this.abortUpstream?.(gatewayError('GH_RESPONSE_TOO_LARGE', 'The upstream response is larger than this route reads whole', { reason: `response body over ${captured.cap} bytes` }))
-        return false
-      }
-      captured.chunks.push(chunk)
-      return true
-    }
+    if (this.res.writableEnded) return this.captured !== null ? this.#capture(chunk) : true
+    if (this.captured !== null) return this.#capture(chunk)
     if (this.sse !== null) return this.#pushEvents(chunk)
     this.bytesOut += n
     if (this.costTap !== null) this.costTap.push(chunk)
@@ -209,10 +220,23 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, 
     return false
   }
 
+  #capture (chunk: Buffer): boolean {
+    const captured = this.captured!
+    captured.bytes += chunk.length
+    if (captured.bytes > captured.cap) {
+      this.abortUpstream?.(gatewayError('GH_RESPONSE_TOO_LARGE', 'The upstream response is larger than this route reads whole', { reason: `response body over ${captured.cap} bytes` }))
+      return false
+    }
+    captured.chunks.push(chunk)
+    return true
+  }
+
   onComplete (trailers: string[] | Buffer[] | null): void {
     this.upstreamDone = true
     this.cacheCapture?.complete()
     this.releaseTarget()
+    // Answered already (a bodiless status, or the gateway's own answer such as a 408).
+    if (this.res.writableEnded && this.captured === null) return
     if (this.captured !== null) {
       this.rt.finishCaptured(this)
       return
@@ -238,7 +262,9 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, 
     this.upstreamDone = true
     const target = this.target
     this.releaseTarget()
-    if (this.clientGone) {
+    // The client's answer is complete (a bodiless status, whose length fields undici then
+    // holds against it; or the gateway answered itself, e.g. 408): nothing left to tell it.
+    if (this.clientGone || (this.res.writableEnded && this.captured === null)) {
       this.cacheCapture?.abort()
       return
     }
@@ -376,12 +402,29 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, 
     if (err.headers !== null) for (const [k, v] of Object.entries(err.headers)) headers.push(k, v)
     // A body we did not read cannot be skipped cheaply (it may be gigabytes): close instead.
     const hasBody = (this.contentLength !== null && this.contentLength !== '0') || this.transferEncoding !== null
-    if ((hasBody && !this.req.complete) || this.rt.closing) {
+    const unread = hasBody && !this.req.complete
+    if (unread || this.rt.closing) {
       headers.push('connection', 'close')
       res.shouldKeepAlive = false
     }
     res.writeHead(err.status, headers as unknown as string[])
     res.end(this.req.method === 'HEAD' ? undefined : body)
+    // The client may still be sending: make sure it gets to read this answer.
+    if (unread) this.rt.linger(this)
+  }
+
+  /** The client sends its body too slowly (body_idle, body_min_rate): 408, the upstream call cancelled. */
+  bodyTimedOut (reason: string): void {
+    const err = gatewayError('GH_REQUEST_TIMEOUT', 'The request body was not received in time', { reason })
+    if (this.res.headersSent) {
+      this.error = err
+      this.res.destroy()
+      return
+    }
+    this.rt.metrics.refused.labels(err.code).inc()
+    this.fail(err)
+    if (!this.upstreamDone && this.abortUpstream !== null) this.abortUpstream(err)
+    this.cacheCapture?.abort()
   }
 
   get peerIp (): string {

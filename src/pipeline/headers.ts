@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto'
 import type { CompiledRoute, RouteTable } from '../compile/index.js'
 import { gatewayError, type GatewayError } from '../errors/index.js'
 import { headerValue } from '../identity/policy.js'
+import { clientAddress } from '../net/client-ip.js'
 import type { Exchange } from './exchange.js'
 
 /*
@@ -14,7 +15,7 @@ import type { Exchange } from './exchange.js'
 
 const enum H {
   Host = 1, ContentLength, TransferEncoding, Connection, Drop, XForwardedFor, XForwardedProto,
-  XForwardedHost, Forwarded, Via, RequestId, Authorization,
+  XForwardedHost, XForwardedPort, Forwarded, Via, RequestId, Authorization,
 }
 
 const REQUEST_SPECIAL: Record<string, H> = Object.assign(Object.create(null), {
@@ -32,6 +33,9 @@ const REQUEST_SPECIAL: Record<string, H> = Object.assign(Object.create(null), {
   'x-forwarded-for': H.XForwardedFor,
   'x-forwarded-proto': H.XForwardedProto,
   'x-forwarded-host': H.XForwardedHost,
+  'x-forwarded-port': H.XForwardedPort,
+  // Set by the gateway to the client address it resolved (see finishRequestHeaders).
+  'x-real-ip': H.Drop,
   forwarded: H.Forwarded,
   via: H.Via,
   'x-request-id': H.RequestId,
@@ -41,6 +45,7 @@ const REQUEST_SPECIAL: Record<string, H> = Object.assign(Object.create(null), {
 /**
  * First letters (lower-cased) of every special name above, plus 'p' for Proxy-*. Of the
  * a-names only Authorization (13 characters) is special: Accept* stays on the fast path.
+ * The names and their handling follow the one list in net/owned-headers.ts.
  */
 function maybeSpecial (c: number, length: number): boolean {
   c |= 0x20
@@ -68,10 +73,20 @@ export function scanRequestHeaders (ex: Exchange, raw: readonly string[], table:
   const out = ex.outHeaders
   const roles = table.headerRoles
   const initials = table.headerRoleInitials
+  const dropUnderscores = !table.config.listen.underscores_in_headers
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!
     const value = raw[i + 1]!
     const c = name.charCodeAt(0)
+    if (dropUnderscores && name.indexOf('_') !== -1) {
+      // Transfer_Encoding, X_Forwarded_For: CGI-style servers read them as the real thing.
+      // Dropped, as nginx and gunicorn do, unless the config names it as a credential header.
+      if (roles.size > 0 && roles.get(name.toLowerCase()) === 'credential') {
+        ;(ex.credHeaders ??= []).push(name.toLowerCase(), value)
+        out.push(name, value)
+      }
+      continue
+    }
     if (maybeSpecial(c, name.length) || initials[c] === 1) {
       const lower = name.toLowerCase()
       const kind = REQUEST_SPECIAL[lower]
@@ -84,6 +99,7 @@ export function scanRequestHeaders (ex: Exchange, raw: readonly string[], table:
           case H.XForwardedFor: ex.xForwardedFor = ex.xForwardedFor === null ? value : `${ex.xForwardedFor}, ${value}`; break
           case H.XForwardedProto: ex.xForwardedProto ??= value; break
           case H.XForwardedHost: ex.xForwardedHost ??= value; break
+          case H.XForwardedPort: ex.xForwardedPort ??= value; break
           case H.Forwarded: ex.forwarded = ex.forwarded === null ? value : `${ex.forwarded}, ${value}`; break
           case H.Via: ex.via = ex.via === null ? value : `${ex.via}, ${value}`; break
           case H.RequestId: if (ex.requestId === '' && isValidRequestId(value)) ex.requestId = value; break
@@ -96,7 +112,15 @@ export function scanRequestHeaders (ex: Exchange, raw: readonly string[], table:
         continue
       }
       if (lower.startsWith('proxy-')) continue
-      if ((c | 0x20) === 0x78 && isGatehouseHeader(lower)) continue
+      if ((c | 0x20) === 0x78) {
+        if (isGatehouseHeader(lower)) continue
+        if (lower.startsWith('x-forwarded-')) {
+          // -Prefix, -Uri, -Method, -Ssl, …: passed on only from a trusted proxy (decided
+          // once the peer is known, in finishRequestHeaders).
+          ;(ex.xForwardedOther ??= []).push(name, value)
+          continue
+        }
+      }
       if (roles.size > 0) {
         const role = roles.get(lower)
         if (role === 'credential') {
@@ -156,16 +180,25 @@ export function finishRequestHeaders (ex: Exchange, route: CompiledRoute, encryp
     dropHeaders(out, isAcceptEncoding)
     out.push('accept-encoding', 'identity')
   }
-  const peer = ex.req.socket.remoteAddress ?? ''
-  const trusted = ex.table.trustedProxies.has(peer)
+  const socket = ex.req.socket
+  const peer = socket.remoteAddress ?? ''
+  const trustedProxies = ex.table.trustedProxies
+  const trusted = trustedProxies.size > 0 && trustedProxies.has(peer)
   if (ex.contentLength !== null) out.push('content-length', ex.contentLength)
-  // From an untrusted peer, X-Forwarded-* and Forwarded are replaced, never extended: a client
-  // must not be able to choose the address or scheme the upstream believes.
+  // From an untrusted peer, X-Forwarded-*, Forwarded and X-Real-IP are replaced, never
+  // extended: a client must not be able to choose the address or scheme the upstream believes.
   out.push('x-forwarded-for', trusted && ex.xForwardedFor !== null ? `${ex.xForwardedFor}, ${peer}` : peer)
   out.push('x-forwarded-proto', trusted && ex.xForwardedProto !== null ? ex.xForwardedProto : (encrypted ? 'https' : 'http'))
   const host = ex.hostHeader ?? route.upstream.targets[0]!.authority
   out.push('x-forwarded-host', trusted && ex.xForwardedHost !== null ? ex.xForwardedHost : host)
-  if (trusted && ex.forwarded !== null) out.push('forwarded', ex.forwarded)
+  out.push('x-forwarded-port', trusted && ex.xForwardedPort !== null ? ex.xForwardedPort : String(socket.localPort ?? ''))
+  if (ex.clientIp === '') ex.clientIp = trusted ? clientAddress(peer, ex.xForwardedFor, trustedProxies) : peer
+  out.push('x-real-ip', ex.clientIp)
+  if (trusted) {
+    if (ex.forwarded !== null) out.push('forwarded', ex.forwarded)
+    const other = ex.xForwardedOther
+    if (other !== null) for (let i = 0; i < other.length; i++) out.push(other[i]!)
+  }
   const via = `${ex.req.httpVersion} gatehouse`
   out.push('via', ex.via === null ? via : `${ex.via}, ${via}`)
   out.push('x-request-id', ex.requestId)
@@ -256,16 +289,80 @@ function isValidRequestId (v: string): boolean {
 }
 
 /**
- * Dot segments ("/a/../admin", also percent-encoded) are refused: the upstream would resolve
- * them after the gateway matched the unresolved path, and a route's checks could be skipped.
+ * Dot segments ("/a/../admin", also percent-encoded, and "/a/..;/admin", which Tomcat, Jetty
+ * and Spring resolve to "/admin") are refused: the upstream would resolve them after the
+ * gateway matched the unresolved path, and a route's checks could be skipped.
  */
 export function hasDotSegment (path: string): boolean {
   if (path.indexOf('/.') === -1 && path.indexOf('%') === -1 && path.indexOf('\\') === -1) return false
   const decoded = path.replace(/%2e/gi, '.').replace(/%2f/gi, '/').replace(/%5c/gi, '/').replace(/\\/g, '/')
   for (const seg of decoded.split('/')) {
     if (seg === '.' || seg === '..') return true
+    // Servlet containers drop ";params" from each segment before resolving dots.
+    if (seg.charCodeAt(0) === 46 /* . */ && seg.indexOf(';') !== -1) {
+      const name = seg.slice(0, seg.indexOf(';'))
+      if (name === '.' || name === '..') return true
+    }
   }
   return false
+}
+
+/**
+ * The path routes are matched on when it carries matrix parameters: "/v1/admin;x=1/y" is
+ * "/v1/admin/y". Servlet containers (Tomcat, Jetty, Spring) drop each segment's ";params"
+ * before routing, other servers (Python, Go, Node) treat ';' as an ordinary character; matching
+ * on the reduced path makes the gateway pick the route the servlet reading would reach, which
+ * is also the stricter one for the literal reading (that upstream answers 404 for a segment
+ * it does not know). The path is forwarded unchanged.
+ */
+export function withoutMatrixParams (path: string): string {
+  let out = ''
+  let last = 0
+  for (let i = path.indexOf(';'); i !== -1; i = path.indexOf(';', last)) {
+    out += path.slice(last, i)
+    const next = path.indexOf('/', i)
+    last = next === -1 ? path.length : next
+  }
+  return out + path.slice(last)
+}
+
+/**
+ * The Host header as RFC 9110 §7.2 and RFC 3986 §3.2.2 allow it for a gateway: a DNS name or
+ * IPv4 address (letters, digits, '-', '.', '_'), or a bracketed IPv6 literal, and an optional
+ * port. Refused: userinfo ("user@host"), lists ("a, b"), spaces, percent-escapes and anything
+ * else an upstream or a route's host match could read differently.
+ */
+export function isValidHost (host: string): boolean {
+  const n = host.length
+  if (n === 0 || n > 255 + 6) return false
+  let i = 0
+  if (host.charCodeAt(0) === 91 /* [ */) {
+    const close = host.indexOf(']')
+    if (close < 3) return false
+    for (i = 1; i < close; i++) {
+      const c = host.charCodeAt(i)
+      if (!(isHex(c) || c === 58 /* : */ || c === 46 /* . */)) return false
+    }
+    i = close + 1
+  } else {
+    for (; i < n; i++) {
+      const c = host.charCodeAt(i)
+      if (c === 58 /* : */) break
+      if (!((c >= 97 && c <= 122) || (c >= 65 && c <= 90) || (c >= 48 && c <= 57) || c === 45 || c === 46 || c === 95)) return false
+    }
+    if (i === 0) return false
+  }
+  if (i === n) return true
+  if (host.charCodeAt(i) !== 58 || i + 1 === n || n - i - 1 > 5) return false
+  for (i++; i < n; i++) {
+    const c = host.charCodeAt(i)
+    if (c < 48 || c > 57) return false
+  }
+  return true
+}
+
+function isHex (c: number): boolean {
+  return (c >= 48 && c <= 57) || (c >= 97 && c <= 102) || (c >= 65 && c <= 70)
 }
 
 /**
@@ -277,6 +374,11 @@ export function hasDotSegment (path: string): boolean {
 export function readHead (ex: Exchange, table: RouteTable): GatewayError | null {
   const req = ex.req
   const url = req.url ?? ''
+  const limits = table.config.listen.limits
+  if (url.length > limits.max_uri) {
+    ex.requestId = randomUUID()
+    return gatewayError('GH_URI_TOO_LONG', `The request target is longer than the ${limits.max_uri} bytes this gateway accepts`)
+  }
   const q = url.indexOf('?')
   ex.path = q === -1 ? url : url.slice(0, q)
   ex.query = q === -1 ? '' : url.slice(q)
@@ -290,15 +392,29 @@ export function readHead (ex: Exchange, table: RouteTable): GatewayError | null 
     // the authority from the target instead of Host would be a second source of truth.
     return gatewayError('GH_BAD_REQUEST', 'The request target must be an absolute path (origin-form)')
   }
+  // RFC 9112 §3.2: a fragment is never sent. A server that drops it would serve /v1/admin for
+  // "/v1/admin#x", which the gateway would otherwise have matched as something else.
+  if (url.indexOf('#') !== -1) return gatewayError('GH_BAD_REQUEST', 'The request target must not contain a fragment ("#")')
+  const hostHeader = ex.hostHeader
+  if (hostHeader !== null ? !isValidHost(hostHeader) : req.httpVersionMinor === 1) {
+    return gatewayError('GH_BAD_HOST', hostHeader === null ? 'An HTTP/1.1 request needs a Host header' : 'The Host header is not a valid host[:port]')
+  }
   if (ex.path.indexOf('%') !== -1 || ex.path.indexOf('//') !== -1) {
     const normal = normalizePath(ex.path)
     if (normal === null) return gatewayError('GH_BAD_PATH', 'The request path has a malformed percent-encoding')
     ex.path = normal
   }
   if (hasDotSegment(ex.path)) return gatewayError('GH_BAD_PATH', 'The request path must not contain "." or ".." segments')
-  ex.host = ex.hostHeader === null ? '' : hostname(ex.hostHeader)
-  ex.route = table.match(req.method!, ex.host, ex.path, raw)
-  if (ex.route === null) return gatewayError('GH_ROUTE_NOT_FOUND', `No route for ${req.method} ${ex.path}`)
+  ex.host = hostHeader === null ? '' : hostname(hostHeader)
+  const method = req.method!
+  const matchPath = ex.path.indexOf(';') === -1 ? ex.path : withoutMatrixParams(ex.path)
+  const route = ex.route = table.match(method, ex.host, matchPath, raw)
+  // TRACE echoes the request (credentials and cookies included) back: only where a route lists it.
+  if (method === 'TRACE' && (route === null || route.methods === null)) {
+    ex.route = null
+    return gatewayError('GH_METHOD_NOT_ALLOWED', 'TRACE is not allowed here', { headers: { allow: 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS' } })
+  }
+  if (route === null) return gatewayError('GH_ROUTE_NOT_FOUND', `No route for ${method} ${ex.path}`)
   return null
 }
 

@@ -6,6 +6,7 @@ import { CostTap } from '../limits/policy.js'
 import { upstreamPath } from '../compile/index.js'
 import type { Exchange } from './exchange.js'
 import { dropHeaders, isLengthField } from './headers.js'
+import { isGatewayOwned } from '../net/owned-headers.js'
 
 /*
  * The intercepted side of a route: what runs only on routes that read a body whole (webhook
@@ -23,6 +24,7 @@ export async function readBody (ex: Exchange, cap: number, expectContinue: boole
   if (source === null) return EMPTY
   // RFC 9110 §10.1.1: ask for the body only once the route wants it.
   if (expectContinue) ex.res.writeContinue()
+  ex.rt.watchBody(ex)
   const chunks: Buffer[] = []
   let bytes = 0
   try {
@@ -92,7 +94,8 @@ export async function interceptRequest (ex: Exchange, body: Buffer): Promise<Gat
       const headers: string[] = []
       for (const [name, value] of Object.entries(req.headers)) {
         const lower = name.toLowerCase()
-        if (GATEWAY_OWNED.has(lower)) continue
+        // Fields the gateway sets itself; a plugin's versions are ignored.
+        if (isGatewayOwned(lower)) continue
         if (lower === 'content-type') {
           // ctx.request.headers starts with the body's type: only a type the plugin set wins
           // over the application/json a body it replaced with an object is labelled with.
@@ -117,9 +120,6 @@ export async function interceptRequest (ex: Exchange, body: Buffer): Promise<Gat
   ex.contentLength = body.length > 0 || ex.contentLength !== null ? String(body.length) : null
   return null
 }
-
-/** Fields the gateway sets itself; a plugin's versions are ignored. */
-const GATEWAY_OWNED = new Set(['host', 'content-length', 'transfer-encoding', 'connection', 'keep-alive', 'upgrade', 'te', 'trailer', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'forwarded', 'via', 'x-request-id'])
 
 function isContentType (lower: string): boolean {
   return lower === 'content-type'

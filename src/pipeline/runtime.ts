@@ -12,4 +12,8 @@ export interface GatewayRuntime {
   finish (ex: Exchange): void
   /** The upstream's answer was read whole (ex.captured): transform it and answer. */
   finishCaptured (ex: Exchange): void
+  /** An early answer went out while the client still sends its body: close gracefully. */
+  linger (ex: Exchange): void
+  /** The request body is being read from now on (body_idle, body_min_rate). */
+  watchBody (ex: Exchange): void
 }

@@ -29,6 +29,7 @@ import type { ProviderStatus } from '../identity/types.js'
 import { createAdminServer } from '../admin/server.js'
 import { handleUpgrade } from './upgrade.js'
 import { DeliveryService } from '../delivery/service.js'
+import { Connections, connectionSettings } from './connections.js'
 
 export interface GatewayOptions {
   /** A pino logger to use instead of the one built from `log` in the config. */
@@ -92,6 +93,7 @@ class GatewayImpl implements Gateway, GatewayRuntime {
   #accessLog = true
   readonly #access: AccessLog
   readonly #delivery: DeliveryService
+  readonly #conns: Connections
 
   constructor (config: Config, options: GatewayOptions) {
     this.logger = options.logger ?? createLogger(config.log.level, options.logDestination)
@@ -128,12 +130,17 @@ class GatewayImpl implements Gateway, GatewayRuntime {
       ? http.createServer(serverOptions)
       // validateConfig has replaced TLS paths with the PEM text they name.
       : https.createServer({ ...serverOptions, cert: l.tls.cert, key: l.tls.key, ...(l.tls.ca === undefined ? {} : { ca: l.tls.ca }) })
+    this.#conns = new Connections(connectionSettings(config), this.metrics, this.logger, (req, res, expectContinue) => this.#handle(req, res, expectContinue))
     this.#applyServerSettings(config)
     this.#onRequest = (req, res) => this.#handle(req, res, false)
     this.#onContinue = (req, res) => this.#handle(req, res, true)
+    // Before Node's own listener: a connection over a cap is closed before a parser is made.
+    this.#server.prependListener('connection', (socket: Socket) => { this.#conns.accept(socket) })
     this.#server.on('request', this.#onRequest)
     this.#server.on('checkContinue', this.#onContinue)
     this.#server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => handleUpgrade(this, req, socket, head))
+    // A gateway is no tunnel (Node would otherwise drop the connection without a word).
+    this.#server.on('connect', (req: IncomingMessage, socket: Socket) => this.#refuseConnect(req, socket))
     this.#server.on('clientError', (err: Error & { code?: string }, socket: Socket) => this.#clientError(err, socket))
   }
 
@@ -145,6 +152,9 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     server.requestTimeout = t.request
     server.keepAliveTimeout = t.keep_alive
     server.timeout = t.idle
+    // Node closes the connection after this many requests (Connection: close on the last).
+    server.maxRequestsPerSocket = config.listen.limits.max_requests_per_connection
+    this.#conns.configure(connectionSettings(config))
     // One more than the limit, so that "too many" is visible in rawHeaders (Node truncates silently).
     server.maxHeadersCount = config.listen.max_headers + 1
     this.#accessLog = config.log.access
@@ -177,7 +187,13 @@ class GatewayImpl implements Gateway, GatewayRuntime {
   // --- request entry ---------------------------------------------------------------------------
 
   #handle (req: IncomingMessage, res: ServerResponse, expectContinue: boolean): void {
+    const conn = this.#conns.of(req.socket)
+    // After an early answer the rest of what the client sends is read and dropped, unanswered.
+    if (conn.lingering) return
+    if (!this.#conns.admit(conn, req, res, expectContinue)) return
     const ex = new Exchange(req, res, this, this.table)
+    ex.conn = conn
+    conn.active.push(ex)
     ;(res as unknown as Record<symbol, Exchange>)[kExchange] = ex
     res.on('close', onResponseClose)
     this.#inFlight++
@@ -384,7 +400,37 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     }
     // RFC 9110 §10.1.1: ask for the body only once we know we want it.
     if (expectContinue) ex.res.writeContinue()
+    if (ex.body !== null) this.#conns.watchBody(ex)
     ex.dispatchTo(target)
+  }
+
+  watchBody (ex: Exchange): void {
+    this.#conns.watchBody(ex)
+  }
+
+  linger (ex: Exchange): void {
+    this.#conns.linger(ex)
+  }
+
+  /** CONNECT asks for a tunnel: 405, as nginx answers, and the connection is closed. */
+  #refuseConnect (_req: IncomingMessage, socket: Socket): void {
+    socket.on('error', destroyOnError)
+    const err = gatewayError('GH_METHOD_NOT_ALLOWED', 'CONNECT is not allowed: this is a gateway, not a tunnel', { headers: { allow: 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS' } })
+    this.metrics.refused.labels(err.code).inc()
+    socket.end(rawProblemResponse(err, null, http.STATUS_CODES[err.status]))
+  }
+
+  /**
+   * An Upgrade this gateway does not perform (h2c, a protocol the route does not name) is
+   * answered as the plain request it also is (RFC 9110 §7.8 lets a server ignore Upgrade), on
+   * a response made here: Node has handed the socket over, so the connection closes after it.
+   */
+  serveWithoutUpgrade (req: IncomingMessage, socket: Socket): void {
+    const res = new http.ServerResponse(req)
+    res.shouldKeepAlive = false
+    res.assignSocket(socket)
+    res.once('finish', () => socket.destroySoon())
+    this.#handle(req, res, false)
   }
 
   /** A bug must cost one request, never the process. */
@@ -425,8 +471,16 @@ class GatewayImpl implements Gateway, GatewayRuntime {
       socket.destroy()
       return
     }
+    // A TLS connection that never finished its handshake cannot carry an HTTP answer: a
+    // plaintext write on it would wait forever to be flushed.
+    if ((socket as unknown as { encrypted?: boolean, _secureEstablished?: boolean }).encrypted === true && (socket as unknown as { _secureEstablished?: boolean })._secureEstablished !== true) {
+      socket.destroy()
+      return
+    }
     const gerr = code === 'HPE_HEADER_OVERFLOW'
-      ? gatewayError('GH_HEADERS_TOO_LARGE', 'The request head is larger than this gateway accepts')
+      ? requestLineTooLong(err, this.table.config.listen.limits.max_uri)
+        ? gatewayError('GH_URI_TOO_LONG', `The request target is longer than the ${this.table.config.listen.limits.max_uri} bytes this gateway accepts`)
+        : gatewayError('GH_HEADERS_TOO_LARGE', 'The request head is larger than this gateway accepts')
       : code === 'ERR_HTTP_REQUEST_TIMEOUT'
         ? gatewayError('GH_REQUEST_TIMEOUT', 'The request was not received in time')
         : code === 'HPE_INVALID_TRANSFER_ENCODING' || code === 'HPE_UNEXPECTED_CONTENT_LENGTH' || code === 'HPE_INVALID_CONTENT_LENGTH'
@@ -434,6 +488,15 @@ class GatewayImpl implements Gateway, GatewayRuntime {
           : gatewayError('GH_BAD_REQUEST', `Malformed request: ${(err as { reason?: string }).reason ?? code}`)
     this.metrics.refused.labels(gerr.code).inc()
     this.logger.info({ msg: 'client error', code: gerr.code, reason: `${code} ${(err as { reason?: string }).reason ?? err.message}`, peer: socket.remoteAddress })
+    // A request in progress on this connection (its body was malformed) is logged with this answer.
+    // (not when the client just went away mid-request: that stays a 499).
+    if (code !== 'HPE_INVALID_EOF_STATE') {
+      for (const ex of this.#conns.peek(socket)?.active ?? []) {
+        if (ex.res.headersSent) continue
+        ex.status = gerr.status
+        ex.error = gerr
+      }
+    }
     socket.end(rawProblemResponse(gerr, null, http.STATUS_CODES[gerr.status]))
     socket.destroySoon?.()
   }
@@ -475,6 +538,7 @@ class GatewayImpl implements Gateway, GatewayRuntime {
         subject: ex.identity === null ? null : ex.identity.subject,
       })
     }
+    if (ex.conn !== null) this.#conns.done(ex.conn, ex)
     if (--this.#inFlight === 0 && this.#drained !== null) this.#drained()
   }
 
@@ -587,6 +651,7 @@ class GatewayImpl implements Gateway, GatewayRuntime {
       if (this.#inFlight > 0) this.logger.warn({ msg: 'grace period over; closing connections', in_flight: this.#inFlight })
     }
     this.#server.closeAllConnections()
+    this.#conns.close()
     for (const s of this.#upgraded) s.destroy()
     await closed
     await this.#delivery.close(grace)
@@ -605,6 +670,18 @@ class GatewayImpl implements Gateway, GatewayRuntime {
 
 const STREAM_HIGH_WATER_MARK = 128 * 1024
 const IDENTITY_START_TIMEOUT = 10_000
+
+/** Whether a head Node found too large was too large because of its request line (→ 414, not 431). */
+function requestLineTooLong (err: Error, maxUri: number): boolean {
+  const raw = (err as { rawPacket?: Buffer }).rawPacket
+  if (raw === undefined) return false
+  const end = raw.indexOf('\r\n')
+  return end === -1 ? raw.length > maxUri : end > maxUri + 16
+}
+
+function destroyOnError (this: Socket): void {
+  this.destroy()
+}
 
 /**
  * Resolves once `server` listens. A bind error rejects with one line that names the listener

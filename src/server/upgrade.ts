@@ -20,11 +20,20 @@ interface UpgradeHost {
   readonly encrypted: boolean
   trackUpgrade (socket: Socket): void
   finish (ex: Exchange): void
+  /** Answer the request as a plain one on this socket (the upgrade is not performed). */
+  serveWithoutUpgrade (req: IncomingMessage, socket: Socket): void
 }
 
 /**
  * WebSocket (and other HTTP/1.1 Upgrade) pass-through: route like any request, send the
  * upgrade to the upstream, relay its 101 and then splice the two sockets together.
+ *
+ * Only a GET whose Upgrade names a protocol its route lists (`upgrade`, websocket by default)
+ * becomes a tunnel. Anything else that asks for an upgrade (h2c above all: an HTTP/2 tunnel
+ * would go past routes, scopes and header rules) is answered as the plain request it also is,
+ * with Upgrade and Connection removed (RFC 9110 §7.8 lets a server ignore Upgrade), so that
+ * `curl --http2 http://…` still works. Such a request cannot carry a body: Node's parser has let
+ * go of the connection, so the body could not be framed.
  */
 export function handleUpgrade (host: UpgradeHost, req: IncomingMessage, socket: Socket, head: Buffer): void {
   socket.on('error', onSocketError)
@@ -40,20 +49,21 @@ export function handleUpgrade (host: UpgradeHost, req: IncomingMessage, socket: 
     refuse(gatewayError('GH_SHUTTING_DOWN'))
     return
   }
-  // RFC 6455 §4.1: the opening handshake is a GET. Any other method would be matched against
-  // the routes of that method (an OPTIONS route without auth, say) and then sent upstream as a
-  // GET: refused before routing.
-  if (req.method !== 'GET') {
-    refuse(gatewayError('GH_UPGRADE_NOT_ALLOWED', `A protocol upgrade must be a GET request, not ${req.method}`))
-    return
-  }
   // The Exchange carries the parsed head; its response object is never used here.
   const ex = new Exchange(req, null as unknown as http.ServerResponse, host as never, table)
-  const err = readHead(ex, table)
-  requestId = ex.requestId
-  if (err !== null) return refuse(err)
-  const route = ex.route!
-  if (!route.websocket) return refuse(gatewayError('GH_UPGRADE_NOT_ALLOWED', `Route "${route.name}" does not accept protocol upgrades`))
+  // RFC 6455 §4.1: the opening handshake is a GET.
+  const err = req.method === 'GET' ? readHead(ex, table) : null
+  requestId = ex.requestId === '' ? null : ex.requestId
+  const route = ex.route
+  const protocol = err === null && route !== null && req.method === 'GET' ? chosenProtocol(route, req.headers.upgrade) : null
+  if (protocol === null || route === null) {
+    if (ex.contentLength !== null || ex.transferEncoding !== null || req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined) {
+      return refuse(gatewayError('GH_UPGRADE_NOT_ALLOWED', 'A request asking for a protocol upgrade this gateway does not perform cannot carry a body'))
+    }
+    // Refusals (a bad path, no route, …) and plain answers alike come from the ordinary path.
+    host.serveWithoutUpgrade(req, socket)
+    return
+  }
   // An intercepted route (signatures over the body, transforms, a plugin, async delivery) must
   // not be reachable around its interception by asking for a tunnel.
   if (route.buffer !== null || route.responseTransform !== null || route.plugin !== null) {
@@ -69,8 +79,7 @@ export function handleUpgrade (host: UpgradeHost, req: IncomingMessage, socket: 
       if (route.upstream.maxInFlight > 0 && route.upstream.anyHealthy(now)) return refuse(gatewayError('GH_UPSTREAM_BUSY', undefined, { headers: { 'retry-after': '1' } }))
       return refuse(gatewayError('GH_NO_HEALTHY_UPSTREAM', undefined, { headers: { 'retry-after': String(Math.ceil(route.upstream.ejectFor / 1000)) } }))
     }
-    const upgrade = req.headers.upgrade ?? 'websocket'
-    new UpgradeHandler(host, route, socket, head, target, ex.requestId, ex.identity?.expiresAt ?? Infinity).dispatch(ex, upgrade)
+    new UpgradeHandler(host, route, socket, head, target, ex.requestId, ex.identity?.expiresAt ?? Infinity).dispatch(ex, protocol)
   }
   const checked = admit(ex, route)
   if (checked === null) return proceed()
@@ -83,6 +92,22 @@ export function handleUpgrade (host: UpgradeHost, req: IncomingMessage, socket: 
     host.logger.error({ msg: 'internal error', id: requestId, err: (e as Error).stack ?? String(e) })
     refuse(gatewayError('GH_INTERNAL'))
   })
+}
+
+/**
+ * The Upgrade value sent upstream: the client's offers (RFC 9110 §7.8, a comma list of
+ * name[/version]) that the route lists, in the client's order; null when there is none.
+ */
+function chosenProtocol (route: CompiledRoute, upgrade: string | undefined): string | null {
+  if (upgrade === undefined || route.upgrade.length === 0) return null
+  const kept: string[] = []
+  for (const offer of upgrade.split(',')) {
+    const token = offer.trim()
+    const slash = token.indexOf('/')
+    const name = (slash === -1 ? token : token.slice(0, slash)).toLowerCase()
+    if (name !== 'h2c' && route.upgrade.includes(name)) kept.push(token)
+  }
+  return kept.length === 0 ? null : kept.join(', ')
 }
 
 const MAX_TIMER = 2 ** 31 - 1

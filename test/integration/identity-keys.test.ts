@@ -403,10 +403,12 @@ describe('identity: phantom tokens and WebSockets', () => {
       const refused = await rawRequest(gw.port, 'GET /socket HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n')
       assert.equal(refused.status, 401)
       assert.equal(refused.headers['www-authenticate'], 'Bearer realm="gatehouse"')
-      // Only GET can open a WebSocket: another method would be routed as that method.
+      // Only GET can open a WebSocket: another method is answered as the plain request it is,
+      // through the same checks (here: no token, 401), never tunnelled.
       const options = await rawRequest(gw.port, 'OPTIONS /socket HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n')
-      assert.equal(options.status, 400)
-      assert.equal(JSON.parse(options.body).code, 'GH_UPGRADE_NOT_ALLOWED')
+      assert.equal(options.status, 401)
+      assert.equal(JSON.parse(options.body).code, 'GH_AUTH_REQUIRED')
+      assert.equal(options.headers.connection, 'close')
       const token = await idp.token({ scope: 'predict' })
       const ws = new WebSocket(`ws://127.0.0.1:${gw.port}/socket`, { headers: { authorization: `Bearer ${token}` } })
       await once(ws, 'open')

@@ -32,7 +32,7 @@ describe('streaming', () => {
     })
     const gw = await startGateway(simpleConfig(upstream.url))
     try {
-      const res = await rawRequest(gw.port, 'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n', 300)
+      const res = await rawRequest(gw.port, 'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n', 1000)
       assert.equal(res.status, 200)
       assert.ok(framing === 'chunked' || framing === 'length 11', `framing: ${framing}`)
       assert.equal(res.headers['transfer-encoding'], 'chunked')

@@ -54,9 +54,11 @@ routes:
       listen: {
         host: '127.0.0.1',
         port: 8443,
-        timeouts: { headers: 5_000, request: 600_000, idle: 90_000, keep_alive: 1_500 },
+        timeouts: { headers: 5_000, request: 600_000, idle: 90_000, keep_alive: 1_500, body_idle: 30_000, body_min_rate: 1024, send_idle: 60_000, linger: 5_000 },
         max_header_size: 32 * 1024,
         max_headers: 64,
+        limits: { max_connections: 10_000, max_connections_per_ip: 256, max_pipelined: 16, max_requests_per_connection: 10_000, max_uri: 8192 },
+        underscores_in_headers: false,
       },
       admin: { host: '0.0.0.0', port: 9000, enabled: false },
       identity: { realm: 'gatehouse', providers: {} },
@@ -84,6 +86,7 @@ routes:
         strip_prefix: '/api',
         preserve_host: false,
         websocket: false,
+        upgrade: ['websocket'],
         limits: { max_body: 1_572_864, max_buffered_body: 1024 * 1024 },
         on_store_error: 'allow',
       }],
@@ -99,9 +102,11 @@ routes:
       listen: {
         host: '0.0.0.0',
         port: 8080,
-        timeouts: { headers: 10_000, request: 0, idle: 0, keep_alive: 5_000 },
+        timeouts: { headers: 10_000, request: 0, idle: 0, keep_alive: 5_000, body_idle: 30_000, body_min_rate: 1024, send_idle: 60_000, linger: 5_000 },
         max_header_size: 16 * 1024,
         max_headers: 100,
+        limits: { max_connections: 10_000, max_connections_per_ip: 256, max_pipelined: 16, max_requests_per_connection: 10_000, max_uri: 8192 },
+        underscores_in_headers: false,
       },
       admin: { host: '127.0.0.1', port: 9901, enabled: true },
       identity: { realm: 'gatehouse', providers: {} },
@@ -122,7 +127,7 @@ routes:
           ejection: { failures: 1, duration: 10_000 },
         },
       },
-      routes: [{ name: 'all', match: {}, upstream: 'ranker', preserve_host: true, websocket: true, limits: { max_body: 0, max_buffered_body: 1024 * 1024 }, on_store_error: 'allow' }],
+      routes: [{ name: 'all', match: {}, upstream: 'ranker', preserve_host: true, websocket: true, upgrade: ['websocket'], limits: { max_body: 0, max_buffered_body: 1024 * 1024 }, on_store_error: 'allow' }],
     })
   })
 
