@@ -115,8 +115,10 @@ class GatewayImpl implements Gateway, GatewayRuntime {
       requestTimeout: l.timeouts.request,
       keepAliveTimeout: l.timeouts.keep_alive,
       // Node checks header/request timeouts on this interval (30 s by default), which lets a
-      // slowloris client hold a socket long past `headers`. Check every second instead.
-      connectionsCheckingInterval: Math.min(1000, Math.max(100, Math.floor(l.timeouts.headers / 2))),
+      // slowloris client hold a socket long past `headers`. A twentieth of the shorter one (at
+      // most a second) keeps each within 10 % of its value; the check is a walk over the
+      // open connections.
+      connectionsCheckingInterval: checkingInterval(l.timeouts.headers, l.timeouts.request),
       noDelay: true,
       // Node corks each response write until the next tick, so with the default 16 KiB mark
       // every 64 KiB chunk from the upstream reported backpressure and paused the upstream
@@ -670,6 +672,11 @@ class GatewayImpl implements Gateway, GatewayRuntime {
 
 const STREAM_HIGH_WATER_MARK = 128 * 1024
 const IDENTITY_START_TIMEOUT = 10_000
+
+function checkingInterval (headers: number, request: number): number {
+  const shortest = request > 0 ? Math.min(headers, request) : headers
+  return Math.max(5, Math.min(1000, Math.floor(shortest / 20)))
+}
 
 /** Whether a head Node found too large was too large because of its request line (→ 414, not 431). */
 function requestLineTooLong (err: Error, maxUri: number): boolean {

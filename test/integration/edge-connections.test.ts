@@ -287,6 +287,27 @@ describe('slow clients are cut off', () => {
     }
   })
 
+  test('an incomplete head is answered 408 when listen.timeouts.headers runs out, on time', async () => {
+    const up = await startUpstream((_req, res) => res.end('ok'))
+    const gw = await startGateway({ ...simpleConfig(up.url), listen: { timeouts: { headers: '200ms' } } } as ConfigInput)
+    try {
+      const times: number[] = []
+      for (let round = 0; round < 3; round++) {
+        const s = await connect(gw.port)
+        const started = performance.now()
+        s.write('GET / HTTP/1.1\r\nHost: a\r\n')
+        let took = 0
+        s.once('data', () => { took = performance.now() - started })
+        assert.match(await readAll(s), /^HTTP\/1\.1 408 [^]*"code":"GH_REQUEST_TIMEOUT"/)
+        times.push(took)
+      }
+      assert.ok(Math.min(...times) >= 200 && Math.min(...times) <= 220, `408 after ${times.join(', ')} ms`)
+    } finally {
+      await gw.close()
+      await up.close()
+    }
+  })
+
   test('a body trickling at 1 byte per 100 ms is cut by body_min_rate', async () => {
     const up = await bodyUpstream()
     const gw = await startGateway({ ...simpleConfig(up.url), listen: { timeouts: { body_idle: '500ms', body_min_rate: '100B' } } } as ConfigInput)
