@@ -486,6 +486,13 @@ function resolveFiles (config: Config, baseDir: string): LocatedIssue[] {
     }
     if (!tls[key]!.includes('-----BEGIN')) issues.push(issueAt(['listen', 'tls', key], `${path} is not a PEM file`))
   }
+  // A cipher list OpenSSL cannot use would otherwise fail only when the listener is made.
+  // (node:tls is loaded here, not at start-up, which most configs never need.)
+  try {
+    process.getBuiltinModule('node:tls').createSecureContext({ ciphers: tls.ciphers })
+  } catch (err) {
+    issues.push(issueAt(['listen', 'tls', 'ciphers'], `OpenSSL accepts none of these ciphers (${(err as Error).message})`))
+  }
   return issues
 }
 

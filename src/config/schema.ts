@@ -51,11 +51,25 @@ const nonEmpty = string().min(1, 'must not be empty')
 /** CONNECT is absent: Node's server hands it to a separate event, and a gateway is no tunnel. */
 export const HTTP_METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS', 'TRACE'] as const
 
+/**
+ * Mozilla's "intermediate" TLS 1.2 suites: forward secrecy and AEAD only (no CBC, no SHA-1, no
+ * RSA key exchange). TLS 1.3 suites are separate in OpenSSL and all of them are modern.
+ */
+export const DEFAULT_TLS_CIPHERS = [
+  'TLS_AES_128_GCM_SHA256', 'TLS_AES_256_GCM_SHA384', 'TLS_CHACHA20_POLY1305_SHA256',
+  'ECDHE-ECDSA-AES128-GCM-SHA256', 'ECDHE-RSA-AES128-GCM-SHA256', 'ECDHE-ECDSA-AES256-GCM-SHA384',
+  'ECDHE-RSA-AES256-GCM-SHA384', 'ECDHE-ECDSA-CHACHA20-POLY1305', 'ECDHE-RSA-CHACHA20-POLY1305',
+].join(':')
+
 const TlsSchema = strictObject({
   /** PEM text, or a path to a PEM file. */
   cert: nonEmpty,
   key: nonEmpty,
   ca: nonEmpty.optional(),
+  /** Oldest protocol version accepted. */
+  min_version: zenum(['TLSv1.2', 'TLSv1.3']).default('TLSv1.2'),
+  /** OpenSSL cipher list (TLS 1.2 suites and TLS 1.3 suite names, ':'-separated). */
+  ciphers: nonEmpty.default(DEFAULT_TLS_CIPHERS),
 })
 
 const ListenSchema = strictObject({

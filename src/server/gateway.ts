@@ -131,7 +131,19 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     this.#server = l.tls === undefined
       ? http.createServer(serverOptions)
       // validateConfig has replaced TLS paths with the PEM text they name.
-      : https.createServer({ ...serverOptions, cert: l.tls.cert, key: l.tls.key, ...(l.tls.ca === undefined ? {} : { ca: l.tls.ca }) })
+      : https.createServer({
+        ...serverOptions,
+        cert: l.tls.cert,
+        key: l.tls.key,
+        ...(l.tls.ca === undefined ? {} : { ca: l.tls.ca }),
+        minVersion: l.tls.min_version,
+        ciphers: l.tls.ciphers,
+        // The client chooses among the server's preferences, strongest first.
+        honorCipherOrder: true,
+        // A connection that never completes its handshake is held no longer than a head that
+        // never completes (Node's default is 120 s).
+        handshakeTimeout: l.timeouts.headers,
+      })
     this.#conns = new Connections(connectionSettings(config), this.metrics, this.logger, (req, res, expectContinue) => this.#handle(req, res, expectContinue))
     this.#applyServerSettings(config)
     this.#onRequest = (req, res) => this.#handle(req, res, false)
@@ -541,7 +553,7 @@ class GatewayImpl implements Gateway, GatewayRuntime {
       })
     }
     if (ex.conn !== null) this.#conns.done(ex.conn, ex)
-    if (--this.#inFlight === 0 && this.#drained !== null) this.#drained()
+    if (--this.#inFlight === 0 && this.#upgraded.size === 0 && this.#drained !== null) this.#drained()
   }
 
   trackUpgrade (socket: Socket): void {
@@ -550,6 +562,7 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     socket.once('close', () => {
       this.#upgraded.delete(socket)
       this.metrics.upgrades.dec()
+      if (this.#inFlight === 0 && this.#upgraded.size === 0 && this.#drained !== null) this.#drained()
     })
   }
 
@@ -644,17 +657,23 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     this.logger.info({ msg: 'shutting down', in_flight: this.#inFlight, grace: formatDuration(grace) })
     const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()))
     this.#server.closeIdleConnections()
-    if (this.#inFlight > 0) {
+    // Open tunnels (WebSockets) count as work in progress: they get the grace period to end.
+    if (this.#inFlight > 0 || this.#upgraded.size > 0) {
       const drained = new Promise<void>((resolve) => { this.#drained = resolve })
       let timer: NodeJS.Timeout | undefined
       const timeout = new Promise<void>((resolve) => { timer = setTimeout(resolve, grace) })
       await Promise.race([drained, timeout])
       clearTimeout(timer)
-      if (this.#inFlight > 0) this.logger.warn({ msg: 'grace period over; closing connections', in_flight: this.#inFlight })
+      if (this.#inFlight > 0 || this.#upgraded.size > 0) this.logger.warn({ msg: 'grace period over; closing connections', in_flight: this.#inFlight, upgraded: this.#upgraded.size })
     }
     this.#server.closeAllConnections()
     this.#conns.close()
-    for (const s of this.#upgraded) s.destroy()
+    // Tunnels are ended (FIN both ways, so each side sees an orderly close), and cut if a peer
+    // does not close its side within a second.
+    for (const s of this.#upgraded) {
+      s.end()
+      setTimeout(() => s.destroy(), 1000).unref()
+    }
     await closed
     await this.#delivery.close(grace)
     if (this.#admin !== null) {

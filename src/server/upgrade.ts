@@ -10,7 +10,7 @@ import { filterResponseHeaders, finishRequestHeaders, readHead } from '../pipeli
 import { Exchange } from '../pipeline/exchange.js'
 import { admit } from '../pipeline/admit.js'
 import { isConnectFailure, upstreamError } from '../upstream/errors.js'
-import type { Target } from '../upstream/target.js'
+import { releaseSlot, type Target } from '../upstream/target.js'
 
 interface UpgradeHost {
   readonly table: RouteTable
@@ -122,6 +122,8 @@ class UpgradeHandler implements Dispatcher.DispatchHandler {
   /** When the credentials that admitted this upgrade expire (epoch ms; Infinity: never). */
   readonly #expiresAt: number
   #responded = false
+  /** The target's in-flight slot, held for the tunnel's life (max_in_flight counts tunnels). */
+  #holding = false
 
   constructor (host: UpgradeHost, route: CompiledRoute, client: Socket, head: Buffer, target: Target, requestId: string, expiresAt: number) {
     this.#expiresAt = expiresAt
@@ -137,6 +139,9 @@ class UpgradeHandler implements Dispatcher.DispatchHandler {
     const path = upstreamPath(this.#route, ex.path)
     const headers = ex.outHeaders
     if (!this.#route.preserveHost) headers[headers.length - 1] = this.#target.authority
+    this.#target.inFlight++
+    this.#holding = true
+    this.#client.once('close', () => this.#release())
     this.#target.pool.dispatch({
       origin: this.#target.origin,
       path: this.#target.basePath + path + ex.query,
@@ -170,7 +175,16 @@ class UpgradeHandler implements Dispatcher.DispatchHandler {
     if (this.#head.length > 0) upstream.write(this.#head)
     upstream.on('error', onSocketError)
     this.#route.upstream.recordSuccess(this.#target)
-    client.setTimeout(0)
+    // A tunnel with no byte either way for the upstream's idle timeout is closed, like a
+    // response body that stalls. Socket timers are refreshed by reads and writes alike.
+    const idle = this.#route.upstream.idleTimeout
+    client.setTimeout(idle)
+    if (idle > 0) {
+      client.once('timeout', () => {
+        this.#host.logger.info({ msg: 'upgrade closed: idle', id: this.#requestId, route: this.#route.name, idle_ms: idle })
+        client.destroy()
+      })
+    }
     client.setNoDelay(true)
     upstream.pipe(client)
     client.pipe(upstream)
@@ -209,7 +223,14 @@ class UpgradeHandler implements Dispatcher.DispatchHandler {
     this.#client.end()
   }
 
+  #release (): void {
+    if (!this.#holding) return
+    this.#holding = false
+    releaseSlot(this.#target)
+  }
+
   onError (err: Error): void {
+    this.#release()
     if (this.#responded) {
       this.#client.destroy()
       return

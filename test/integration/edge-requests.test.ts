@@ -232,13 +232,13 @@ describe('bodiless upstream answers', () => {
 describe('server-sent events and the cache', () => {
   test('an event stream is never stored, and a concurrent request does not wait for it', async () => {
     let calls = 0
-    let release: (() => void) | null = null
+    const open: { release: (() => void) | null } = { release: null }
     const up = await startUpstream((_req, res) => {
       calls++
       res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'max-age=60' })
       res.write('data: first\n\n')
       // The first stream stays open until the test ends it.
-      if (calls === 1) release = () => res.end('data: last\n\n')
+      if (calls === 1) open.release = () => res.end('data: last\n\n')
       else res.end('data: only\n\n')
     })
     const gw = await startGateway(simpleConfig(up.url, { cache: { ttl: '60s' } }))
@@ -247,12 +247,12 @@ describe('server-sent events and the cache', () => {
         const req = request(`${gw.url}/stream`)
         req.then((r) => resolve(r.body), reject)
       })
-      await waitUntil(() => release !== null)
+      await waitUntil(() => open.release !== null)
       // While the first stream is open, a second caller of the same key goes upstream itself.
       const second = await request(`${gw.url}/stream`)
       assert.equal(second.body, 'data: first\n\ndata: only\n\n')
       assert.notEqual(second.headers['x-cache'], 'HIT')
-      ;(release as () => void)()
+      open.release!()
       assert.equal(await first, 'data: first\n\ndata: last\n\n')
       const third = await request(`${gw.url}/stream`)
       assert.notEqual(third.headers['x-cache'], 'HIT')
