@@ -415,13 +415,21 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, 
 
   /** The client sends its body too slowly (body_idle, body_min_rate): 408, the upstream call cancelled. */
   bodyTimedOut (reason: string): void {
-    const err = gatewayError('GH_REQUEST_TIMEOUT', 'The request body was not received in time', { reason })
+    this.rt.metrics.refused.labels('GH_REQUEST_TIMEOUT').inc()
+    this.bodyFailed(gatewayError('GH_REQUEST_TIMEOUT', 'The request body was not received in time', { reason }))
+  }
+
+  /**
+   * The request body cannot be completed (too slow, or malformed: a bad chunk): answer `err`
+   * through this request's own response, so answers stay in order, and cancel the upstream call.
+   */
+  bodyFailed (err: GatewayError): void {
+    if (this.finished || this.error !== null) return
     if (this.res.headersSent) {
       this.error = err
       this.res.destroy()
       return
     }
-    this.rt.metrics.refused.labels(err.code).inc()
     this.fail(err)
     if (!this.upstreamDone && this.abortUpstream !== null) this.abortUpstream(err)
     this.cacheCapture?.abort()

@@ -374,16 +374,14 @@ function isHex (c: number): boolean {
 export function readHead (ex: Exchange, table: RouteTable): GatewayError | null {
   const req = ex.req
   const url = req.url ?? ''
-  const limits = table.config.listen.limits
-  if (url.length > limits.max_uri) {
-    ex.requestId = randomUUID()
-    return gatewayError('GH_URI_TOO_LONG', `The request target is longer than the ${limits.max_uri} bytes this gateway accepts`)
-  }
   const q = url.indexOf('?')
   ex.path = q === -1 ? url : url.slice(0, q)
   ex.query = q === -1 ? '' : url.slice(q)
   const raw = req.rawHeaders
   const headerErr = scanRequestHeaders(ex, raw, table)
+  // After the scan, so that the answer knows whether a body follows (and closes if so).
+  const maxUri = table.config.listen.limits.max_uri
+  if (url.length > maxUri) return gatewayError('GH_URI_TOO_LONG', `The request target is longer than the ${maxUri} bytes this gateway accepts`)
   const maxHeaders = table.config.listen.max_headers
   if (raw.length > maxHeaders * 2) return gatewayError('GH_HEADERS_TOO_LARGE', `The request has more than ${maxHeaders} header fields`)
   if (headerErr !== null) return headerErr

@@ -55,6 +55,11 @@ export class Conn {
   paused = false
   /** An early answer went out while the body was arriving: read and discard, then close. */
   lingering = false
+  /**
+   * The parser failed on bytes after the requests in progress: the answer to write once their
+   * responses are out (null: just close then), or undefined while there is none.
+   */
+  afterPending: string | null | undefined = undefined
   /** Response progress as last seen by the sweep, and when it last moved. */
   sent = -1
   queued = 0
@@ -195,6 +200,11 @@ export class Connections {
     const i = conn.active.indexOf(ex)
     if (i !== -1) conn.active.splice(i, 1)
     if (conn.body === ex) conn.body = null
+    if (conn.afterPending !== undefined) {
+      // Every response before the malformed bytes is out: now their answer, in order, and close.
+      if (conn.active.length === 0) endAndLinger(conn.socket, conn.afterPending, this.#settings.linger)
+      return
+    }
     const next = conn.deferred
     if (next === null || conn.socket.destroyed) return
     // Started on the next turn: a request answered at once must not recurse through here.
@@ -399,6 +409,37 @@ function lingeringClose (this: Socket): void {
   // The client read the answer and closed its side: nothing left to protect.
   socket.once('end', () => socket.destroy())
   socket.resume()
+}
+
+const kAnswered = Symbol('gatehouse.answered')
+
+/**
+ * Write a last answer on a connection the HTTP server no longer answers on (a parser error,
+ * CONNECT, a refused upgrade), then close it without losing that answer: half-close, read and
+ * drop what the client still sends until it closes or `linger` runs out. Ending without reading
+ * would leave a client that is still sending unaware of the close, and the socket open forever.
+ * Once per socket: later parser errors on the same bytes are noise.
+ */
+export function endAndLinger (socket: Socket, answer: string | null, linger: number): void {
+  const s = socket as Socket & Record<symbol, boolean | undefined>
+  if (s[kAnswered] === true || socket.destroyed) return
+  s[kAnswered] = true
+  if (!socket.writable) {
+    socket.destroy()
+    return
+  }
+  if (answer === null) socket.end()
+  else socket.end(answer)
+  const timer = setTimeout(() => socket.destroy(), Math.max(1, linger))
+  timer.unref()
+  socket.once('close', () => clearTimeout(timer))
+  socket.once('end', () => socket.destroy())
+  socket.resume()
+}
+
+/** Whether endAndLinger already answered on this socket. */
+export function answered (socket: Socket): boolean {
+  return (socket as Socket & Record<symbol, boolean | undefined>)[kAnswered] === true
 }
 
 /** The per-address key for connection caps: IPv4 peers on a dual-stack socket show as ::ffff:a.b.c.d. */

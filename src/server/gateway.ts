@@ -29,7 +29,7 @@ import type { ProviderStatus } from '../identity/types.js'
 import { createAdminServer } from '../admin/server.js'
 import { handleUpgrade } from './upgrade.js'
 import { DeliveryService } from '../delivery/service.js'
-import { Connections, connectionSettings } from './connections.js'
+import { answered, Connections, connectionSettings, endAndLinger } from './connections.js'
 
 export interface GatewayOptions {
   /** A pino logger to use instead of the one built from `log` in the config. */
@@ -125,6 +125,8 @@ class GatewayImpl implements Gateway, GatewayRuntime {
       // socket once per chunk. 128 KiB per direction per connection keeps streams flowing.
       highWaterMark: STREAM_HIGH_WATER_MARK,
       insecureHTTPParser: false,
+      // A missing Host is refused by readHead as problem+json (Node's own 400 is bare).
+      requireHostHeader: false,
       joinDuplicateHeaders: false,
     }
     this.#encrypted = l.tls !== undefined
@@ -152,6 +154,13 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     this.#server.prependListener('connection', (socket: Socket) => { this.#conns.accept(socket) })
     this.#server.on('request', this.#onRequest)
     this.#server.on('checkContinue', this.#onContinue)
+    // An Expect other than 100-continue: 417 as problem+json, through the usual path (Node's
+    // own 417 is bare and keeps the connection, so the body that follows would be parsed as
+    // the next request).
+    this.#server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => {
+      ;(req as unknown as Record<symbol, boolean>)[kBadExpectation] = true
+      this.#handle(req, res, false)
+    })
     this.#server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => handleUpgrade(this, req, socket, head))
     // A gateway is no tunnel (Node would otherwise drop the connection without a word).
     this.#server.on('connect', (req: IncomingMessage, socket: Socket) => this.#refuseConnect(req, socket))
@@ -217,6 +226,9 @@ class GatewayImpl implements Gateway, GatewayRuntime {
       if (prefix !== '' && req.url!.startsWith(prefix)) return this.#deliveryStatus(ex, req.url!.slice(prefix.length))
       const err = this.#prepare(ex)
       if (err !== null) return this.#refuse(ex, err)
+      if ((req as unknown as Record<symbol, boolean | undefined>)[kBadExpectation] === true) {
+        return this.#refuse(ex, gatewayError('GH_EXPECTATION_FAILED', 'The only expectation this gateway meets is Expect: 100-continue'))
+      }
       if (ex.route!.buffer !== null) {
         this.#intercepted(ex, expectContinue).catch((e: unknown) => this.#internalError(ex, e))
         return
@@ -431,7 +443,7 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     socket.on('error', destroyOnError)
     const err = gatewayError('GH_METHOD_NOT_ALLOWED', 'CONNECT is not allowed: this is a gateway, not a tunnel', { headers: { allow: 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS' } })
     this.metrics.refused.labels(err.code).inc()
-    socket.end(rawProblemResponse(err, null, http.STATUS_CODES[err.status]))
+    endAndLinger(socket, rawProblemResponse(err, null, http.STATUS_CODES[err.status]), this.table.config.listen.timeouts.linger)
   }
 
   /**
@@ -481,38 +493,53 @@ class GatewayImpl implements Gateway, GatewayRuntime {
   /** Malformed requests Node's parser refused (and header/request timeouts): answer, then close. */
   #clientError (err: Error & { code?: string }, socket: Socket): void {
     const code = err.code ?? ''
-    if (code === 'ECONNRESET' || !socket.writable || (socket as unknown as { _httpMessage?: ServerResponse })._httpMessage?.headersSent === true) {
+    if (code === 'ECONNRESET' || socket.destroyed) {
       socket.destroy()
       return
     }
     // A TLS connection that never finished its handshake cannot carry an HTTP answer: a
     // plaintext write on it would wait forever to be flushed.
-    if ((socket as unknown as { encrypted?: boolean, _secureEstablished?: boolean }).encrypted === true && (socket as unknown as { _secureEstablished?: boolean })._secureEstablished !== true) {
+    if ((socket as unknown as { encrypted?: boolean }).encrypted === true && (socket as unknown as { _secureEstablished?: boolean })._secureEstablished !== true) {
       socket.destroy()
       return
     }
+    const conn = this.#conns.peek(socket)
+    // Answered already: what follows a parser error is noise (the parser stays failed).
+    if (answered(socket) || conn?.afterPending !== undefined) return
+    const reason = (err as { reason?: string }).reason
+    const maxUri = this.table.config.listen.limits.max_uri
     const gerr = code === 'HPE_HEADER_OVERFLOW'
-      ? requestLineTooLong(err, this.table.config.listen.limits.max_uri)
-        ? gatewayError('GH_URI_TOO_LONG', `The request target is longer than the ${this.table.config.listen.limits.max_uri} bytes this gateway accepts`)
+      ? requestLineTooLong(err, maxUri)
+        ? gatewayError('GH_URI_TOO_LONG', `The request target is longer than the ${maxUri} bytes this gateway accepts`)
         : gatewayError('GH_HEADERS_TOO_LARGE', 'The request head is larger than this gateway accepts')
       : code === 'ERR_HTTP_REQUEST_TIMEOUT'
         ? gatewayError('GH_REQUEST_TIMEOUT', 'The request was not received in time')
         : code === 'HPE_INVALID_TRANSFER_ENCODING' || code === 'HPE_UNEXPECTED_CONTENT_LENGTH' || code === 'HPE_INVALID_CONTENT_LENGTH'
-          ? gatewayError('GH_AMBIGUOUS_LENGTH', `The request's message length is ambiguous: ${(err as { reason?: string }).reason ?? code}`)
-          : gatewayError('GH_BAD_REQUEST', `Malformed request: ${(err as { reason?: string }).reason ?? code}`)
-    this.metrics.refused.labels(gerr.code).inc()
-    this.logger.info({ msg: 'client error', code: gerr.code, reason: `${code} ${(err as { reason?: string }).reason ?? err.message}`, peer: socket.remoteAddress })
-    // A request in progress on this connection (its body was malformed) is logged with this answer.
-    // (not when the client just went away mid-request: that stays a 499).
-    if (code !== 'HPE_INVALID_EOF_STATE') {
-      for (const ex of this.#conns.peek(socket)?.active ?? []) {
-        if (ex.res.headersSent) continue
-        ex.status = gerr.status
-        ex.error = gerr
-      }
+          ? gatewayError('GH_AMBIGUOUS_LENGTH', `The request's message length is ambiguous: ${reason ?? code}`)
+          : gatewayError('GH_BAD_REQUEST', `Malformed request: ${reason ?? code}`)
+    // The connection ended in the middle of a request: the client went away (a 499 for a
+    // request in progress), nobody is left to answer.
+    const gone = code === 'HPE_INVALID_EOF_STATE'
+    if (!gone) {
+      this.metrics.refused.labels(gerr.code).inc()
+      this.logger.info({ msg: 'client error', code: gerr.code, reason: `${code} ${reason ?? err.message}`, peer: socket.remoteAddress })
     }
-    socket.end(rawProblemResponse(gerr, null, http.STATUS_CODES[gerr.status]))
-    socket.destroySoon?.()
+    const last = conn?.active[conn.active.length - 1]
+    if (last !== undefined && !last.finished) {
+      if (!last.req.complete) {
+        // The bytes that failed are this request's body (a malformed chunk, a request timeout):
+        // its own response answers it, in order.
+        if (gone || last.res.headersSent) socket.destroy()
+        else last.bodyFailed(gerr)
+        return
+      }
+      // They come after requests still being answered: answer once those responses are out
+      // (writing now would put this answer before theirs).
+      conn!.afterPending = gone ? null : rawProblemResponse(gerr, null, http.STATUS_CODES[gerr.status])
+      socket.pause()
+      return
+    }
+    endAndLinger(socket, gone ? null : rawProblemResponse(gerr, null, http.STATUS_CODES[gerr.status]), this.table.config.listen.timeouts.linger)
   }
 
   /** Called once per exchange when its response is over. */
@@ -690,6 +717,7 @@ class GatewayImpl implements Gateway, GatewayRuntime {
 }
 
 const STREAM_HIGH_WATER_MARK = 128 * 1024
+const kBadExpectation = Symbol('gatehouse.badExpectation')
 const IDENTITY_START_TIMEOUT = 10_000
 
 function checkingInterval (headers: number, request: number): number {

@@ -11,6 +11,7 @@ import { Exchange } from '../pipeline/exchange.js'
 import { admit } from '../pipeline/admit.js'
 import { isConnectFailure, upstreamError } from '../upstream/errors.js'
 import { releaseSlot, type Target } from '../upstream/target.js'
+import { endAndLinger } from './connections.js'
 
 interface UpgradeHost {
   readonly table: RouteTable
@@ -43,7 +44,7 @@ export function handleUpgrade (host: UpgradeHost, req: IncomingMessage, socket: 
   const refuse = (err: GatewayError): void => {
     host.metrics.refused.labels(err.code).inc()
     host.logger.info({ msg: 'upgrade refused', id: requestId, code: err.code, reason: err.reason ?? err.detail, path: url.split('?')[0] })
-    writeProblem(socket, err, requestId)
+    writeProblem(socket, err, requestId, table.config.listen.timeouts.linger)
   }
   if (host.closing) {
     refuse(gatewayError('GH_SHUTTING_DOWN'))
@@ -240,13 +241,12 @@ class UpgradeHandler implements Dispatcher.DispatchHandler {
     const gerr = upstreamError(err, upstream.name)
     this.#host.metrics.upstreamErrors.labels(upstream.name, gerr.code).inc()
     this.#host.logger.info({ msg: 'upgrade failed', id: this.#requestId, route: this.#route.name, code: gerr.code, reason: gerr.reason })
-    writeProblem(this.#client, gerr, this.#requestId)
+    writeProblem(this.#client, gerr, this.#requestId, this.#host.table.config.listen.timeouts.linger)
   }
 }
 
-function writeProblem (socket: Duplex, err: GatewayError, requestId: string | null): void {
-  if (socket.destroyed || !socket.writable) return
-  socket.end(rawProblemResponse(err, requestId, http.STATUS_CODES[err.status]))
+function writeProblem (socket: Socket, err: GatewayError, requestId: string | null, linger: number): void {
+  endAndLinger(socket, rawProblemResponse(err, requestId, http.STATUS_CODES[err.status]), linger)
 }
 
 function onSocketError (this: Duplex): void {
