@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs'
+import { closeSync, constants, fstatSync, openSync, readSync, statSync, type Stats } from 'node:fs'
 import { isAbsolute, resolve } from 'node:path'
 import type { ConfigIssue } from '../errors/index.js'
 
@@ -9,6 +9,14 @@ import type { ConfigIssue } from '../errors/index.js'
  * `$${...}` is a literal `${...}`.
  */
 const REF_RE = /\$?\$\{(env|file):([^}]*)\}/g
+
+/**
+ * The most a `${file:}` reference reads. Secrets, keys and certificate chains are a few KiB;
+ * the cap bounds what a reload (which runs on the event loop) can be made to read, e.g. from a
+ * path that points at a huge or endless file.
+ */
+export const MAX_REF_FILE = 1024 * 1024
+const TOO_LARGE = (file: string): string => `cannot read ${file}: larger than 1 MiB`
 
 export interface RefContext {
   env: NodeJS.ProcessEnv
@@ -44,14 +52,73 @@ function resolveString (s: string, ctx: RefContext, issues: Array<ConfigIssue & 
       return ''
     }
     const file = isAbsolute(arg) ? arg : resolve(ctx.baseDir, arg)
-    try {
-      // Secrets files conventionally end with a newline that is not part of the secret.
-      return readFileSync(file, 'utf8').replace(/\r?\n$/, '')
-    } catch (err) {
-      issues.push({ path: pathToString(path), pathKeys: path, message: `cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}` })
+    const read = readRefFile(file)
+    if (typeof read !== 'string') {
+      issues.push({ path: pathToString(path), pathKeys: path, message: read.problem })
       return ''
     }
+    // Secrets files conventionally end with a newline that is not part of the secret.
+    return read.replace(/\r?\n$/, '')
   })
+}
+
+/**
+ * A `${file:}` reference's text, or why it cannot be used. Only regular files, and at most
+ * MAX_REF_FILE bytes: a FIFO would block the (synchronous) load until a writer came, on a
+ * reload that means the whole gateway, and a device such as /dev/zero never ends. The type is
+ * checked before opening, and again on the open descriptor, which O_NONBLOCK keeps from waiting
+ * for a writer should the path have been swapped for a FIFO in between.
+ */
+export function readRefFile (file: string): string | { problem: string } {
+  let st: Stats
+  try {
+    st = statSync(file)
+  } catch (err) {
+    return { problem: `cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}` }
+  }
+  const kind = notRegular(st)
+  if (kind !== null) return { problem: `cannot read ${file}: ${kind}, not a regular file` }
+  if (st.size > MAX_REF_FILE) return { problem: TOO_LARGE(file) }
+  let fd: number
+  try {
+    fd = openSync(file, constants.O_RDONLY | (constants.O_NONBLOCK ?? 0))
+  } catch (err) {
+    return { problem: `cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}` }
+  }
+  try {
+    const again = notRegular(fstatSync(fd))
+    if (again !== null) return { problem: `cannot read ${file}: ${again}, not a regular file` }
+    // The size may have changed since stat (or be 0, as for files in /proc): read up to the cap
+    // plus one byte, which tells "exactly at the cap" from "over it".
+    let buf = Buffer.allocUnsafe(Math.min(MAX_REF_FILE + 1, Math.max(st.size + 1, 4096)))
+    let length = 0
+    for (;;) {
+      if (length === buf.length) {
+        if (length > MAX_REF_FILE) return { problem: TOO_LARGE(file) }
+        const bigger = Buffer.allocUnsafe(Math.min(MAX_REF_FILE + 1, length * 2))
+        buf.copy(bigger, 0, 0, length)
+        buf = bigger
+      }
+      const n = readSync(fd, buf, length, buf.length - length, null)
+      if (n === 0) break
+      length += n
+    }
+    return buf.toString('utf8', 0, length)
+  } catch (err) {
+    return { problem: `cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}` }
+  } finally {
+    closeSync(fd)
+  }
+}
+
+function notRegular (st: Stats): string | null {
+  if (st.isFile()) return null
+  if (st.isFIFO()) return 'a FIFO'
+  if (st.isDirectory()) return 'a directory'
+  if (st.isCharacterDevice()) return 'a character device'
+  if (st.isBlockDevice()) return 'a block device'
+  if (st.isSocket()) return 'a socket'
+  return 'an unusual file'
 }
 
 export function pathToString (path: readonly PathKey[]): string {
