@@ -323,20 +323,21 @@ export class IpPolicy {
   }
 }
 
-/** Identity headers a route sets, compiled to (header, value getter) pairs. */
+/** Identity headers a route sets, compiled to (header, value getter) pairs; see headerValue. */
 export type IdentityHeader = readonly [string, (id: Identity) => unknown]
 
 export function compileIdentityHeaders (cfg: RouteConfig['identity_headers']): IdentityHeader[] {
+  // Scopes go as their Set: headerValue writes a Set space-separated, as OAuth's `scope` is.
   const out: IdentityHeader[] = [
     ['x-gatehouse-provider', (id) => id.provider],
     ['x-gatehouse-subject', (id) => id.subject],
     ['x-gatehouse-client-id', (id) => id.clientId],
-    ['x-gatehouse-scopes', (id) => id.scopes.size === 0 ? null : [...id.scopes].join(' ')],
+    ['x-gatehouse-scopes', (id) => id.scopes],
   ]
   if (cfg === undefined) return out
   if (cfg.subject !== undefined) out.push([cfg.subject, (id) => id.subject])
   if (cfg.client_id !== undefined) out.push([cfg.client_id, (id) => id.clientId])
-  if (cfg.scopes !== undefined) out.push([cfg.scopes, (id) => id.scopes.size === 0 ? null : [...id.scopes].join(' ')])
+  if (cfg.scopes !== undefined) out.push([cfg.scopes, (id) => id.scopes])
   if (cfg.provider !== undefined) out.push([cfg.provider, (id) => id.provider])
   for (const [claim, header] of Object.entries(cfg.claims)) {
     const path = claim.split('.')
@@ -345,19 +346,49 @@ export function compileIdentityHeaders (cfg: RouteConfig['identity_headers']): I
   return out
 }
 
+/** Printable ASCII but space, `%` and `,`: the bytes an item keeps as they are. */
+const PLAIN = /^[\x21-\x24\x26-\x2b\x2d-\x7e]*$/
+const HEX = Array.from({ length: 256 }, (_, b) => '%' + b.toString(16).toUpperCase().padStart(2, '0'))
+
 /**
- * A claim as a header value: scalars as text, lists comma-joined, objects as JSON; anything
- * outside printable ASCII is percent-encoded, so a claim can never inject a header or break
- * the message framing. null/undefined: no header.
+ * A claim as a header value that upstreams can decode exactly: a string is one item, a list its
+ * items joined with `,`, a Set (the scopes) its items joined with ` `; numbers and booleans as
+ * text, objects (and non-strings in a list) as their JSON, each an item too. In an item, every
+ * UTF-8 byte outside printable ASCII, the space, `%` and `,` are percent-encoded, so:
+ * - `%` always means an escape: `josé` is `jos%C3%A9` and `jos%C3%A9` is `jos%25C3%25A9`;
+ * - a raw `,` only ever separates items: `"dev,admin"` is `dev%2Cadmin`, `["dev","admin"]`
+ *   `dev,admin` (HTTP also reads a raw comma as a list separator, RFC 9110 §5.3);
+ * - no item starts or ends with whitespace, which HTTP would trim;
+ * - no claim can add a header or break the message framing.
+ * null, undefined, `""`, `[]` and an empty Set: no header.
  */
 export function headerValue (v: unknown): string | null {
   if (v === null || v === undefined) return null
-  let s: string
-  if (typeof v === 'string') s = v
-  else if (typeof v === 'number' || typeof v === 'boolean') return String(v)
-  // An item's own commas are escaped, so ["dev,admin"] and ["dev", "admin"] stay different.
-  else if (Array.isArray(v)) s = v.map((x) => typeof x === 'string' ? x.replaceAll('%', '%25').replaceAll(',', '%2C') : JSON.stringify(x)).join(',')
-  else s = JSON.stringify(v)
-  if (s === '') return null
-  return /^[\x20-\x7e]*$/.test(s) ? s : encodeURIComponent(s)
+  if (typeof v === 'string') return v === '' ? null : headerItem(v)
+  if (typeof v === 'number' || typeof v === 'boolean') return String(v)
+  if (v instanceof Set) return joinItems(v, ' ')
+  if (Array.isArray(v)) return joinItems(v, ',')
+  return headerItem(JSON.stringify(v))
+}
+
+function joinItems (items: Iterable<unknown>, sep: string): string | null {
+  let out: string | null = null
+  for (const x of items) {
+    const item = headerItem(typeof x === 'string' ? x : JSON.stringify(x) ?? 'null')
+    out = out === null ? item : out + sep + item
+  }
+  return out === '' ? null : out
+}
+
+/** One item, escaped (see headerValue). The common case, plain ASCII, costs one regex test. */
+export function headerItem (s: string): string {
+  if (PLAIN.test(s)) return s
+  // Buffer.from, not encodeURIComponent: a lone surrogate in a claim must not throw.
+  const bytes = Buffer.from(s, 'utf8')
+  let out = ''
+  for (let i = 0; i < bytes.length; i++) {
+    const b = bytes[i]!
+    out += b > 0x20 && b < 0x7f && b !== 0x25 && b !== 0x2c ? String.fromCharCode(b) : HEX[b]!
+  }
+  return out
 }
