@@ -268,7 +268,8 @@ const ApiKeySchema = strictObject({
   id: nonEmpty.regex(/^[A-Za-z0-9_.:@-]+$/, 'use letters, digits and "_.:@-" only'),
   /** Hex SHA-256 of the key: the key itself never appears in config. */
   sha256: string().regex(/^[0-9a-fA-F]{64}$/, 'must be the 64-hex-digit SHA-256 of the key').transform((h) => h.toLowerCase()),
-  scopes: array(nonEmpty).default([]),
+  /** Scopes travel space-separated (the phantom token's `scope`, x-gatehouse-scopes). */
+  scopes: array(nonEmpty.regex(/^[^\s]+$/, 'a scope cannot contain whitespace (scopes are space-separated)')).default([]),
   /** Free-form claims for authorization and identity headers (e.g. tier, org). */
   metadata: record(string(), unknown()).default({}),
 })

@@ -19,7 +19,9 @@ export function unavailable (reason: string): GatewayError {
 
 /**
  * Scopes from the usual claims: `scope` (RFC 8693/9068, space-separated), or `scp` (Okta,
- * Azure AD: a list or a space-separated string).
+ * Azure AD: a list or a space-separated string). A list item with a space in it is no scope
+ * token (RFC 6749 §3.3) and is left out: the phantom token writes the scopes space-separated,
+ * where it would read as two.
  */
 export function scopesOf (claims: Record<string, unknown>): Set<string> {
   const raw = claims.scope ?? claims.scp
@@ -27,7 +29,7 @@ export function scopesOf (claims: Record<string, unknown>): Set<string> {
   if (typeof raw === 'string') {
     for (const s of raw.split(' ')) if (s !== '') out.add(s)
   } else if (Array.isArray(raw)) {
-    for (const s of raw) if (typeof s === 'string' && s !== '') out.add(s)
+    for (const s of raw) if (typeof s === 'string' && s !== '' && !s.includes(' ')) out.add(s)
   }
   return out
 }

@@ -4,10 +4,14 @@ import { loadJose, type Jose } from './jose.js'
 import type { PhantomTokenConfig } from '../config/schema.js'
 import type { Identity } from './types.js'
 
-/** Registered claims the gateway sets itself; an identity's claims never override them. */
-const RESERVED = new Set(['iss', 'aud', 'exp', 'nbf', 'iat', 'jti', 'sub', 'client_id', 'scope'])
-/** The claims a reissued token gets anew (client_id and scope are carried over). */
-const REGISTERED = new Set(['iss', 'aud', 'exp', 'nbf', 'iat', 'jti', 'sub'])
+/**
+ * Registered claims the gateway sets itself; an identity's claims never override them. `scp` is
+ * here too: the identity's scopes (read from `scope`, else `scp`) go out as one `scope` claim, and
+ * an `scp` passed through could grant an upstream that reads it scopes the gateway never checked.
+ */
+const RESERVED = new Set(['iss', 'aud', 'exp', 'nbf', 'iat', 'jti', 'sub', 'client_id', 'scope', 'scp'])
+/** The claims a reissued token gets anew (client_id and scope are carried over; scp, see RESERVED). */
+const REGISTERED = new Set(['iss', 'aud', 'exp', 'nbf', 'iat', 'jti', 'sub', 'scp'])
 
 /**
  * Phantom tokens: the gateway signs a short-lived JWT carrying the verified identity, so

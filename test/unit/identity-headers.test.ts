@@ -3,7 +3,10 @@ import assert from 'node:assert/strict'
 import http from 'node:http'
 import { once } from 'node:events'
 import type { AddressInfo } from 'node:net'
-import { exportJWK, generateKeyPair, SignJWT, type CryptoKey } from 'jose'
+import { generateKeyPairSync } from 'node:crypto'
+import { decodeJwt, exportJWK, generateKeyPair, SignJWT, type CryptoKey } from 'jose'
+import { validateConfig } from '../../src/config/load.js'
+import { ConfigError } from '../../src/errors/index.js'
 import { headerValue } from '../../src/identity/policy.js'
 import { request, startEchoUpstream, startGateway, type TestGateway } from '../helpers/index.js'
 
@@ -84,7 +87,9 @@ describe('headerValue: one header per distinct value', () => {
   })
 })
 
-describe('identity headers reach the upstream unambiguously', () => {
+const PHANTOM_KEY = generateKeyPairSync('ec', { namedCurve: 'prime256v1' }).privateKey.export({ type: 'pkcs8', format: 'pem' }) as string
+
+describe('identity headers and phantom tokens reach the upstream unambiguously', () => {
   let jwks: http.Server
   let issuer: string
   let privateKey: CryptoKey
@@ -103,9 +108,15 @@ describe('identity headers reach the upstream unambiguously', () => {
     issuer = `http://127.0.0.1:${(jwks.address() as AddressInfo).port}`
     up = await startEchoUpstream()
     gw = await startGateway({
-      identity: { providers: { sso: { kind: 'jwt', issuer, jwks_uri: `${issuer}/jwks`, audiences: ['ml-api'] } } },
+      identity: {
+        providers: { sso: { kind: 'jwt', issuer, jwks_uri: `${issuer}/jwks`, audiences: ['ml-api'] } },
+        phantom_token: { key: PHANTOM_KEY, issuer: 'https://gatehouse.internal', audience: 'models' },
+      },
       upstreams: { up: { targets: [{ url: up.url }] } },
-      routes: [{ name: 'r', match: {}, upstream: 'up', auth: { any_of: ['sso'] }, identity_headers: { claims: { roles: 'x-roles' } } }],
+      routes: [
+        { name: 'r', match: { path_prefix: '/r' }, upstream: 'up', auth: { any_of: ['sso'] }, identity_headers: { claims: { roles: 'x-roles' } } },
+        { name: 'phantom', match: { path_prefix: '/phantom' }, upstream: 'up', auth: { any_of: ['sso'], phantom_token: true } },
+      ],
     })
   })
   after(async () => {
@@ -114,11 +125,11 @@ describe('identity headers reach the upstream unambiguously', () => {
     jwks.close()
   })
 
-  const seen = async (claims: Record<string, unknown>): Promise<Record<string, string>> => {
+  const seen = async (claims: Record<string, unknown>, path = '/r'): Promise<Record<string, string>> => {
     const now = Math.floor(Date.now() / 1000)
     const token = await new SignJWT(claims).setProtectedHeader({ alg: 'ES256', kid: 'k1', typ: 'at+jwt' })
       .setIssuer(issuer).setAudience('ml-api').setIssuedAt(now).setExpirationTime(now + 600).sign(privateKey)
-    const res = await request(`${gw.url}/`, { headers: { authorization: `Bearer ${token}` } })
+    const res = await request(gw.url + path, { headers: { authorization: `Bearer ${token}` } })
     assert.equal(res.status, 200)
     return JSON.parse(res.body).headers
   }
@@ -140,5 +151,29 @@ describe('identity headers reach the upstream unambiguously', () => {
   it('scopes with a comma cannot pose as two', async () => {
     const h = await seen({ sub: 'u3', scp: ['read,admin', 'write'] })
     assert.equal(h['x-gatehouse-scopes'], 'read%2Cadmin write')
+  })
+
+  it('a phantom token carries the scopes the gateway checked as one scope claim, never the caller\'s scp', async () => {
+    const phantom = async (claims: Record<string, unknown>): Promise<Record<string, unknown>> => {
+      const h = await seen(claims, '/phantom')
+      return decodeJwt(h.authorization!.replace(/^Bearer /, ''))
+    }
+    // The gateway reads `scope` and ignores `scp`: an upstream reading scp must not see admin.
+    const both = await phantom({ sub: 'u4', scope: 'read', scp: ['read', 'admin'] })
+    assert.equal(both.scope, 'read')
+    assert.equal(both.scp, undefined)
+    // Okta style: scp only, normalised to scope.
+    const okta = await phantom({ sub: 'u5', scp: ['read', 'write', 'not a scope'] })
+    assert.equal(okta.scope, 'read write')
+    assert.equal(okta.scp, undefined)
+  })
+})
+
+describe('API key scopes', () => {
+  it('refuses a scope with whitespace, which the space-separated scope lists would read as two', () => {
+    assert.throws(() => validateConfig({
+      identity: { providers: { keys: { kind: 'api_key', keys: [{ id: 'k', sha256: 'a'.repeat(64), scopes: ['read admin'] }] } } },
+    }), (err: unknown) => err instanceof ConfigError &&
+      err.message === 'config: identity.providers.keys.keys[0].scopes[0]: a scope cannot contain whitespace (scopes are space-separated)')
   })
 })
