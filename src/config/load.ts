@@ -6,7 +6,7 @@ import type { z } from 'zod'
 import { ConfigError, type ConfigIssue } from '../errors/index.js'
 import { cidrProblem } from '../net/cidr.js'
 import { isGatewayOwned } from '../net/owned-headers.js'
-import { pathToString, resolveRefs, type PathKey } from './refs.js'
+import { pathToString, redactUrl, resolveRefs, type PathKey, type RefFills } from './refs.js'
 import { ConfigSchema, DURATIONS, type Config } from './schema.js'
 import { expressionProblem } from '../transform/expression.js'
 
@@ -58,9 +58,10 @@ export function validateConfig (raw: unknown, options: LoadOptions & {
   if (raw !== null && typeof raw === 'object' && validated.has(raw)) return raw as Config
   const locate = options.locate ?? (() => ({}))
   const refIssues: LocatedIssue[] = []
-  const resolved = resolveRefs(withUnits(raw, ConfigSchema, false), { env: options.env ?? process.env, baseDir: options.baseDir ?? process.cwd() }, refIssues)
+  const filled: RefFills = { paths: new Map(), values: new Set() }
+  const resolved = resolveRefs(withUnits(raw, ConfigSchema, false), { env: options.env ?? process.env, baseDir: options.baseDir ?? process.cwd(), filled }, refIssues)
   const parsed = ConfigSchema.safeParse(resolved)
-  const schemaIssues = parsed.success ? [] : parsed.error.issues.flatMap((issue) => describeZodIssue(issue, resolved))
+  const schemaIssues = parsed.success ? [] : parsed.error.issues.flatMap((issue) => describeZodIssue(issue, resolved, filled))
   // Cross-references are checked even when the schema failed, so one run lists every problem.
   const schemaPaths = new Set(schemaIssues.map((i) => i.path))
   const crossIssues = crossCheck(parsed.success ? parsed.data : resolved).filter((i) => !schemaPaths.has(i.path))
@@ -74,7 +75,7 @@ export function validateConfig (raw: unknown, options: LoadOptions & {
     for (const issue of issues) {
       if (issue.line === undefined && issue.pathKeys !== undefined) Object.assign(issue, locate(issue.pathKeys))
     }
-    throw new ConfigError(issues.map(({ pathKeys: _, ...rest }) => rest), file)
+    throw new ConfigError(redactIssues(issues, filled).map(({ pathKeys: _, ...rest }) => rest), file)
   }
   const config = deepFreeze(parsed.data!)
   validated.add(config)
@@ -82,6 +83,29 @@ export function validateConfig (raw: unknown, options: LoadOptions & {
 }
 
 type LocatedIssue = ConfigIssue & { pathKeys?: PathKey[] }
+
+/** Supplied values shorter than this are not hunted for in messages: "1" or "on" would mangle them. */
+const MIN_REDACTED = 4
+
+/**
+ * Messages go to `gatehouse check`, the reload error log and whoever collects those, so they
+ * never show what a reference supplied (usually a secret, put where it does not belong): at a
+ * path a reference filled, the resolved string is shown as written (`${env:TOKEN}`); anywhere,
+ * a supplied value of MIN_REDACTED characters or more is `***`. describeZodIssue already
+ * describes such paths by their written text.
+ */
+function redactIssues (issues: LocatedIssue[], filled: RefFills): LocatedIssue[] {
+  if (filled.values.size === 0) return issues
+  const values = [...filled.values].filter((v) => v.length >= MIN_REDACTED).sort((a, b) => b.length - a.length)
+  return issues.map((issue) => {
+    let message = issue.message
+    for (const [path, { written, resolved }] of filled.paths) {
+      if (resolved !== '' && (issue.path === path || issue.path.startsWith(path + '.') || issue.path.startsWith(path + '['))) message = message.replaceAll(resolved, written)
+    }
+    for (const v of values) message = message.replaceAll(v, '***')
+    return message === issue.message ? issue : { ...issue, message }
+  })
+}
 
 /**
  * A copy of a validated config (`{ ...config, log: … }`) still holds parts of it, whose
@@ -132,8 +156,11 @@ function issueAt (path: PathKey[], message: string): LocatedIssue {
   return { path: pathToString(path), message, pathKeys: path }
 }
 
-function describeZodIssue (issue: z.core.$ZodIssue, input: unknown): LocatedIssue[] {
+function describeZodIssue (issue: z.core.$ZodIssue, input: unknown, filled: RefFills): LocatedIssue[] {
   const path = issue.path as PathKey[]
+  // A value a reference supplied is described as written in the config, never as resolved.
+  const written = filled.paths.get(pathToString(path))?.written
+  const describe = (v: unknown): string => written === undefined ? describeValue(v) : `string ${JSON.stringify(written)} (its value is not shown)`
   if (issue.code === 'unrecognized_keys') {
     const known = knownKeys(ConfigSchema, path, input)
     return issue.keys.map((key) => {
@@ -562,11 +589,15 @@ function valueAt (value: unknown, path: readonly PathKey[]): unknown {
   return v
 }
 
-function describe (v: unknown): string {
+function describeValue (v: unknown): string {
   if (v === null) return 'null'
   if (Array.isArray(v)) return 'a list'
   if (typeof v === 'object') return 'a mapping'
-  if (typeof v === 'string') return `string ${JSON.stringify(v.length > 40 ? v.slice(0, 40) + '…' : v)}`
+  if (typeof v === 'string') {
+    // A URL written in place (redis://:secret@host) where a number was expected.
+    const s = v.includes('://') && v.includes('@') ? redactUrl(v) : v
+    return `string ${JSON.stringify(s.length > 40 ? s.slice(0, 40) + '…' : s)}`
+  }
   return `${typeof v} ${String(v)}`
 }
 

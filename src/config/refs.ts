@@ -22,6 +22,16 @@ export interface RefContext {
   env: NodeJS.ProcessEnv
   /** Directory that relative `${file:}` paths resolve against (the config file's). */
   baseDir: string
+  /** Filled in as references resolve, so that issue messages never show what they supplied. */
+  filled?: RefFills
+}
+
+/** What references put into a config (see redactIssues in load.ts). */
+export interface RefFills {
+  /** By config path: the string as written (`Bearer ${env:TOKEN}`) and as resolved. */
+  readonly paths: Map<string, { written: string, resolved: string }>
+  /** Every value an environment variable or a file supplied (a `:-default` is in the config already). */
+  readonly values: Set<string>
 }
 
 export type PathKey = string | number
@@ -39,14 +49,19 @@ export function resolveRefs (value: unknown, ctx: RefContext, issues: Array<Conf
 
 function resolveString (s: string, ctx: RefContext, issues: Array<ConfigIssue & { pathKeys?: PathKey[] }>, path: PathKey[]): string {
   if (!s.includes('${')) return s
-  return s.replace(REF_RE, (whole, kind: string, arg: string) => {
+  let supplied = false
+  const out = s.replace(REF_RE, (whole, kind: string, arg: string) => {
     if (whole.startsWith('$$')) return whole.slice(1)
     if (kind === 'env') {
       const sep = arg.indexOf(':-')
       const name = sep === -1 ? arg : arg.slice(0, sep)
       const fallback = sep === -1 ? undefined : arg.slice(sep + 2)
       const v = ctx.env[name]
-      if (v !== undefined && v !== '') return v
+      if (v !== undefined && v !== '') {
+        supplied = true
+        ctx.filled?.values.add(v)
+        return v
+      }
       if (fallback !== undefined) return fallback
       issues.push({ path: pathToString(path), pathKeys: path, message: `environment variable ${name} is not set` })
       return ''
@@ -58,8 +73,13 @@ function resolveString (s: string, ctx: RefContext, issues: Array<ConfigIssue & 
       return ''
     }
     // Secrets files conventionally end with a newline that is not part of the secret.
-    return read.replace(/\r?\n$/, '')
+    const v = read.replace(/\r?\n$/, '')
+    supplied = true
+    ctx.filled?.values.add(v)
+    return v
   })
+  if (supplied) ctx.filled?.paths.set(pathToString(path), { written: s, resolved: out })
+  return out
 }
 
 /**
@@ -129,4 +149,26 @@ export function pathToString (path: readonly PathKey[]): string {
     else out += `[${JSON.stringify(p)}]`
   }
   return out
+}
+
+/**
+ * A URL fit for a log line or a message: user and password shown as `***`, query and fragment
+ * dropped (clients read credentials from those too). Parsed, not pattern-matched: a password may
+ * contain `@`, `:` or `/`, which a pattern cuts in the wrong place.
+ */
+export function redactUrl (url: string): string {
+  let u: URL
+  try {
+    u = new URL(url)
+  } catch {
+    const scheme = /^[A-Za-z][A-Za-z0-9+.-]*:/.exec(url)
+    return `${scheme?.[0] ?? ''}//*** (not a valid URL)`
+  }
+  if (u.username !== '' || u.password !== '') {
+    u.username = '***'
+    u.password = ''
+  }
+  if (u.search !== '') u.search = '?***'
+  u.hash = ''
+  return u.href
 }

@@ -1,4 +1,5 @@
 import { LRUCache } from 'lru-cache'
+import { redactUrl } from '../config/refs.js'
 import type { StoreConfig } from '../config/schema.js'
 import type { Logger } from '../observability/logger.js'
 
@@ -234,7 +235,7 @@ export class RedisLimitStore implements LimitStore {
       const now = Date.now()
       if (now - this.#lastErrorLog < 10_000) return
       this.#lastErrorLog = now
-      this.#logger.warn({ msg: 'limit store unreachable', store: this.#cfg.url.replace(/\/\/[^@]*@/, '//***@'), err: err.message })
+      this.#logger.warn({ msg: 'limit store unreachable', store: redactUrl(this.#cfg.url), err: err.message })
     })
     client.defineCommand('ghGcra', { numberOfKeys: 1, lua: GCRA_LUA })
     client.defineCommand('ghQuota', { numberOfKeys: 1, lua: QUOTA_LUA })

@@ -6,7 +6,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { BIN } from '../helpers/cli.js'
-import { request, startUpstream, type Upstream } from '../helpers/index.js'
+import { request, startGateway, startUpstream, waitUntil, type Upstream } from '../helpers/index.js'
 import { parseConfig } from '../../src/config/load.js'
 import { ConfigError } from '../../src/errors/index.js'
 
@@ -140,6 +140,72 @@ routes:
       // SIGKILL: a gateway stuck in a read never runs its SIGTERM handler.
       child.kill('SIGKILL')
       await new Promise((resolve) => child.once('close', resolve))
+    }
+  })
+})
+
+const SECRET = 'sk-live-4eC39HqLyjWDarjtT1zdp7dc'
+
+describe('values from references never appear in messages or logs', () => {
+  let dir: string
+  before(() => { dir = mkdtempSync(join(tmpdir(), 'gatehouse-hardened-redact-')) })
+  after(() => rmSync(dir, { recursive: true, force: true }))
+
+  it('gatehouse check shows a misplaced ${env:} value as written, not as resolved', async () => {
+    const file = join(dir, 'misplaced.yaml')
+    writeFileSync(file, 'listen:\n  port: ${env:STRIPE_KEY}\n')
+    const child = spawn(process.execPath, [BIN, 'check', '--config', file], { env: { ...process.env, STRIPE_KEY: SECRET }, stdio: ['ignore', 'pipe', 'pipe'] })
+    let out = ''
+    child.stdout.setEncoding('utf8').on('data', (c: string) => { out += c })
+    child.stderr.setEncoding('utf8').on('data', (c: string) => { out += c })
+    const [code] = await new Promise<[number | null]>((resolve) => child.once('close', (c) => resolve([c])))
+    assert.equal(code, 1)
+    assert.equal(out, `${file}:2:9: listen.port: expected number, got string "\${env:STRIPE_KEY}" (its value is not shown)\n1 problem in ${file}\n`)
+  })
+
+  it('a value quoted in a message about another key is ***', () => {
+    const issues = issuesOf(() => parseConfig(UPSTREAMS + `routes:
+  - { name: r, upstream: up, match: { path_prefix: "/\${env:TENANT_PATH}" }, strip_prefix: /other }
+`, { env: { TENANT_PATH: SECRET } }))
+    assert.deepEqual(issues.map((i) => [i.path, i.message]), [
+      ['routes[0].strip_prefix', '"/other" is not a prefix of match.path_prefix "/***"'],
+    ])
+  })
+
+  it('the reload error log names the reference, not its value', async () => {
+    const upstream = await startUpstream((_req, res) => res.end('still here'))
+    const gw = await startGateway({ upstreams: { up: { targets: [{ url: upstream.url }] } }, routes: [{ name: 'r', match: {}, upstream: 'up' }] })
+    try {
+      const yaml = UPSTREAMS + 'shutdown: { grace: "${env:API_TOKEN}" }\nroutes: [{ name: r, upstream: "${env:API_TOKEN}" }]\n'
+      await assert.rejects(gw.gateway.reload(() => parseConfig(yaml, { env: { API_TOKEN: SECRET } })), ConfigError)
+      const line = await gw.logs.waitFor((l) => l.msg === 'config reload failed; keeping the running config')
+      assert.equal(line.err, [
+        'config:2:20: shutdown.grace: invalid duration "${env:API_TOKEN}" (use e.g. 500ms, 2s, 5m, 1h)',
+        'config:3:31: routes[0].upstream: unknown upstream "${env:API_TOKEN}"',
+      ].join('\n'))
+      assert.ok(!gw.logs.lines.some((l) => JSON.stringify(l).includes('4eC39HqLyjWDarjtT1zdp7dc')))
+    } finally {
+      await gw.close()
+      await upstream.close()
+    }
+  })
+
+  it('a Redis password containing @ is masked whole in the unreachable-store log', async () => {
+    const closed = await startUpstream(() => {})
+    const port = closed.port
+    await closed.close()
+    const gw = await startGateway({
+      stores: { shared: { kind: 'redis', url: `redis://:s3cr@t-pa55@127.0.0.1:${port}/0`, timeout: '10ms' } },
+      upstreams: { up: { targets: [{ url: 'http://127.0.0.1:1' }] } },
+      routes: [{ name: 'r', match: {}, upstream: 'up', rate_limit: [{ key: 'ip', rate: '10/s', store: 'shared' }] }],
+    })
+    try {
+      await waitUntil(() => gw.logs.lines.some((l) => l.msg === 'limit store unreachable'))
+      const line = gw.logs.lines.find((l) => l.msg === 'limit store unreachable')!
+      assert.equal(line.store, `redis://***@127.0.0.1:${port}/0`)
+      assert.ok(!gw.logs.lines.some((l) => /s3cr|pa55/.test(JSON.stringify(l))))
+    } finally {
+      await gw.close()
     }
   })
 })
