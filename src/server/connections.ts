@@ -126,11 +126,9 @@ export class Connections {
     const s = this.#settings
     if (s.maxConnections > 0 && this.#tcp >= s.maxConnections) return this.#drop(socket, 'max_connections')
     const ip = peerKey(socket.remoteAddress)
-    let n = 0
-    if (s.maxPerIp > 0) {
-      n = this.#perIp.get(ip) ?? 0
-      if (n >= s.maxPerIp) return this.#drop(socket, 'max_connections_per_ip')
-    }
+    // Counted even while the cap is off, so that a reload turning it on starts from the truth.
+    const n = this.#perIp.get(ip) ?? 0
+    if (s.maxPerIp > 0 && n >= s.maxPerIp) return this.#drop(socket, 'max_connections_per_ip')
     this.#tcp++
     this.#perIp.set(ip, n + 1)
     ;(socket as unknown as Record<symbol, string>)[kTcpCounted] = ip
