@@ -15,6 +15,7 @@ export const ERRORS = {
   GH_METHOD_NOT_ALLOWED: { status: 405, title: 'Method not allowed' },
   GH_URI_TOO_LONG: { status: 414, title: 'Request target too long' },
   GH_EXPECTATION_FAILED: { status: 417, title: 'Expectation failed' },
+  GH_HTTP_VERSION_NOT_SUPPORTED: { status: 505, title: 'HTTP version not supported' },
   GH_AMBIGUOUS_LENGTH: { status: 400, title: 'Ambiguous message length' },
   GH_HEADERS_TOO_LARGE: { status: 431, title: 'Request header fields too large' },
   GH_TRANSFER_CODING_UNSUPPORTED: { status: 501, title: 'Transfer coding not supported' },

@@ -252,8 +252,11 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, 
     }
     if (trailers !== null && trailers.length > 0) {
       const pairs: Array<[string, string]> = []
-      for (let i = 0; i < trailers.length; i += 2) pairs.push([trailers[i]!.toString(), trailers[i + 1]!.toString()])
-      this.res.addTrailers(pairs)
+      for (let i = 0; i < trailers.length; i += 2) {
+        const name = trailers[i]!.toString()
+        if (!isForbiddenTrailer(name.toLowerCase())) pairs.push([name, trailers[i + 1]!.toString()])
+      }
+      if (pairs.length > 0) this.res.addTrailers(pairs)
     }
     this.res.end()
   }
@@ -372,7 +375,7 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, 
   granted (target: Target): void {
     this.rt.metrics.queued.labels(this.route!.upstream.name, 'granted').inc()
     // RFC 9110 §10.1.1: the body is asked for only now that it can go somewhere.
-    if (this.expectContinue) this.res.writeContinue()
+    if (this.expectContinue) this.sendContinue()
     this.dispatchTo(target)
   }
 
@@ -411,6 +414,18 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, 
     res.end(this.req.method === 'HEAD' ? undefined : body)
     // The client may still be sending: make sure it gets to read this answer.
     if (unread) this.rt.linger(this)
+  }
+
+  /**
+   * `100 Continue` (RFC 9110 §10.1.1), when the client still waits for it and it can go out in
+   * order: not for a pipelined request queued behind another's response (it would land inside
+   * that response; a pipelining client sends its body anyway), not after this request's own
+   * answer began, not once the body is all here.
+   */
+  sendContinue (): void {
+    const res = this.res
+    if (res.headersSent || res.socket === null || this.req.complete) return
+    res.writeContinue()
   }
 
   /** The client sends its body too slowly (body_idle, body_min_rate): 408, the upstream call cancelled. */
@@ -517,6 +532,22 @@ function clientClosedError (): Error {
   const err = new Error('client closed the connection')
   ;(err as Error & { code: string }).code = 'GH_CLIENT_CLOSED'
   return err
+}
+
+/**
+ * Fields a trailer may not carry (RFC 9110 §6.5.1): framing, routing, authentication, request
+ * modifiers and response control data. Relaying them would let an upstream re-frame or
+ * re-label a response after its head went out; a strict client refuses the message.
+ */
+const FORBIDDEN_TRAILERS = new Set([
+  'transfer-encoding', 'content-length', 'host', 'connection', 'keep-alive', 'te', 'trailer', 'upgrade',
+  'content-encoding', 'content-type', 'content-range', 'cache-control', 'expires', 'date', 'age',
+  'location', 'retry-after', 'vary', 'warning', 'set-cookie', 'www-authenticate', 'authorization',
+  'proxy-authenticate', 'proxy-authorization', 'x-request-id', 'via',
+])
+
+function isForbiddenTrailer (lowerName: string): boolean {
+  return FORBIDDEN_TRAILERS.has(lowerName)
 }
 
 function isRateLimitField (lowerName: string): boolean {

@@ -385,6 +385,11 @@ export function readHead (ex: Exchange, table: RouteTable): GatewayError | null 
   const maxHeaders = table.config.listen.max_headers
   if (raw.length > maxHeaders * 2) return gatewayError('GH_HEADERS_TOO_LARGE', `The request has more than ${maxHeaders} header fields`)
   if (headerErr !== null) return headerErr
+  // RFC 9112 §2.3: HTTP/1.0 and 1.1 only (Node's parser also takes 0.9 with header fields, and
+  // 2.0, which another hop may frame differently).
+  if (req.httpVersionMajor !== 1 || req.httpVersionMinor > 1) {
+    return gatewayError('GH_HTTP_VERSION_NOT_SUPPORTED', `HTTP/${req.httpVersion} is not supported; use HTTP/1.1`)
+  }
   if (url.charCodeAt(0) !== 47 /* / */) {
     // Absolute-form (a forward-proxy request) and asterisk-form are not for a gateway; taking
     // the authority from the target instead of Host would be a second source of truth.

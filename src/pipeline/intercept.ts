@@ -23,7 +23,7 @@ export async function readBody (ex: Exchange, cap: number, expectContinue: boole
   const source = ex.body
   if (source === null) return EMPTY
   // RFC 9110 §10.1.1: ask for the body only once the route wants it.
-  if (expectContinue) ex.res.writeContinue()
+  if (expectContinue) ex.sendContinue()
   ex.rt.watchBody(ex)
   const chunks: Buffer[] = []
   let bytes = 0

@@ -346,7 +346,7 @@ class GatewayImpl implements Gateway, GatewayRuntime {
         bypass = true
       } else {
         if (expectContinue) {
-          ex.res.writeContinue()
+          ex.sendContinue()
           expectContinue = false
         }
         body = await readAll(ex.body)
@@ -425,7 +425,7 @@ class GatewayImpl implements Gateway, GatewayRuntime {
       return this.#refuse(ex, gatewayError('GH_NO_HEALTHY_UPSTREAM', `Every target of upstream "${upstream.name}" is failing; try again shortly`, { headers: { 'retry-after': String(Math.ceil(upstream.ejectFor / 1000)) } }))
     }
     // RFC 9110 §10.1.1: ask for the body only once we know we want it.
-    if (expectContinue) ex.res.writeContinue()
+    if (expectContinue) ex.sendContinue()
     if (ex.body !== null) this.#conns.watchBody(ex)
     ex.dispatchTo(target)
   }
@@ -443,7 +443,21 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     socket.on('error', destroyOnError)
     const err = gatewayError('GH_METHOD_NOT_ALLOWED', 'CONNECT is not allowed: this is a gateway, not a tunnel', { headers: { allow: 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS' } })
     this.metrics.refused.labels(err.code).inc()
-    endAndLinger(socket, rawProblemResponse(err, null, http.STATUS_CODES[err.status]), this.table.config.listen.timeouts.linger)
+    this.#lastAnswer(socket, rawProblemResponse(err, null, http.STATUS_CODES[err.status]))
+  }
+
+  /**
+   * The last answer on a connection the HTTP server let go of: at once, or, when requests
+   * pipelined before it are still being answered, after their responses (in order).
+   */
+  #lastAnswer (socket: Socket, answer: string | null): void {
+    const conn = this.#conns.peek(socket)
+    if (conn !== undefined && conn.active.length > 0) {
+      conn.afterPending = answer
+      socket.pause()
+      return
+    }
+    endAndLinger(socket, answer, this.table.config.listen.timeouts.linger)
   }
 
   /**
@@ -533,13 +547,10 @@ class GatewayImpl implements Gateway, GatewayRuntime {
         else last.bodyFailed(gerr)
         return
       }
-      // They come after requests still being answered: answer once those responses are out
-      // (writing now would put this answer before theirs).
-      conn!.afterPending = gone ? null : rawProblemResponse(gerr, null, http.STATUS_CODES[gerr.status])
-      socket.pause()
-      return
     }
-    endAndLinger(socket, gone ? null : rawProblemResponse(gerr, null, http.STATUS_CODES[gerr.status]), this.table.config.listen.timeouts.linger)
+    // After requests still being answered, this answer waits for their responses (writing now
+    // would put it before theirs).
+    this.#lastAnswer(socket, gone ? null : rawProblemResponse(gerr, null, http.STATUS_CODES[gerr.status]))
   }
 
   /** Called once per exchange when its response is over. */

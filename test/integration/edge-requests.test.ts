@@ -150,6 +150,35 @@ describe('requests that must not slip past the gateway', () => {
     await refused('POST /h2 HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: h2c\r\nContent-Length: 5\r\n\r\nhello', 400, 'GH_UPGRADE_NOT_ALLOWED')
   })
 
+  test('HTTP versions other than 1.0 and 1.1 → 505', async () => {
+    await refused('GET / HTTP/2.0\r\nHost: a\r\n\r\n', 505, 'GH_HTTP_VERSION_NOT_SUPPORTED')
+    await refused('GET / HTTP/0.9\r\nHost: a\r\n\r\n', 505, 'GH_HTTP_VERSION_NOT_SUPPORTED')
+  })
+
+  test('Expect other than 100-continue → 417 problem+json, and the announced body is never parsed as a request', async () => {
+    const res = await rawRequest(gw.port, 'POST / HTTP/1.1\r\nHost: a\r\nExpect: magic\r\nContent-Length: 28\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n', 500)
+    assert.equal(res.status, 417)
+    assert.equal(JSON.parse(res.body).code, 'GH_EXPECTATION_FAILED')
+    assert.equal(res.headers.connection, 'close')
+    assert.equal(res.raw.split('HTTP/1.1 ').length, 2, 'one answer only')
+  })
+
+  test('CONNECT behind pipelined requests waits for their answers', async () => {
+    const res = await rawRequest(gw.port, 'GET /first HTTP/1.1\r\nHost: a\r\n\r\nCONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n')
+    const answers = res.raw.split(/(?=HTTP\/1\.1 )/)
+    assert.equal(answers.length, 2, res.raw)
+    assert.match(answers[0]!, /^HTTP\/1\.1 200 /)
+    assert.match(answers[1]!, /^HTTP\/1\.1 405 /)
+    await gw.logs.waitFor((l) => l.msg === 'request' && l.path === '/first')
+  })
+
+  test('garbage after a HEAD is answered after the HEAD\'s own answer', async () => {
+    const res = await rawRequest(gw.port, 'HEAD /h HTTP/1.1\r\nHost: a\r\n\r\n\x00garbage\r\n\r\n')
+    const answers = res.raw.split(/(?=HTTP\/1\.1 )/)
+    assert.match(answers[0]!, /^HTTP\/1\.1 200 [^]*\r\n\r\n$/, res.raw)
+    assert.match(answers[1]!, /^HTTP\/1\.1 400 /)
+  })
+
   test('a request target over max_uri → 414, also when it overflows the head', async () => {
     await refused(`GET /${'a'.repeat(9000)} HTTP/1.1\r\nHost: a\r\n\r\n`, 414, 'GH_URI_TOO_LONG')
     await refused(`GET /${'a'.repeat(20_000)} HTTP/1.1\r\nHost: a\r\n\r\n`, 414, 'GH_URI_TOO_LONG')
@@ -222,6 +251,27 @@ describe('bodiless upstream answers', () => {
       assert.doesNotMatch(answers[1]!, /content-length/i)
       assert.match(answers[2]!, /^HTTP\/1\.1 200 [^]*content-length: 99\r\n[^]*\r\n\r\n$/i)
       assert.match(answers[3]!, /^HTTP\/1\.1 200 [^]*\r\n\r\nok$/)
+    } finally {
+      await gw.close()
+      up.close()
+    }
+  })
+})
+
+describe('upstream trailers', () => {
+  test('routing and control fields in trailers never reach the client (undici already refuses framing ones)', async () => {
+    // Raw: a Node server would not send such trailers.
+    const up = net.createServer((s) => {
+      s.on('error', () => {})
+      s.once('data', () => s.write('HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n4\r\nbody\r\n0\r\nX-Checksum: abc\r\nContent-Type: text/html\r\nHost: evil.example\r\nSet-Cookie: a=b\r\n\r\n'))
+    })
+    up.listen(0, '127.0.0.1')
+    await once(up, 'listening')
+    const gw = await startGateway(simpleConfig(`http://127.0.0.1:${(up.address() as net.AddressInfo).port}`))
+    try {
+      const res = await request(gw.url)
+      assert.equal(res.body, 'body')
+      assert.deepEqual(res.trailers, { 'x-checksum': 'abc' })
     } finally {
       await gw.close()
       up.close()
