@@ -2,6 +2,7 @@ import { createHash, hash } from 'node:crypto'
 import type { CacheConfig } from '../config/schema.js'
 import type { Identity } from '../identity/types.js'
 import type { LimitStore } from '../limits/store.js'
+import { canonicalJson } from './canonical-json.js'
 
 /** A stored response: status, the header fields to replay, the body, and when it was stored. */
 export interface CacheEntry {
@@ -11,15 +12,41 @@ export interface CacheEntry {
   storedAt: number
 }
 
+/**
+ * What a key is made of: the request as the gateway parsed it (the Exchange is one). Header
+ * values are Node's latin1 strings, so a value's length in UTF-16 units is also its length in
+ * the key's bytes.
+ */
+export interface CacheRequest {
+  readonly method: string
+  readonly path: string
+  readonly query: string
+  readonly hostHeader: string | null
+  /** First values (as forwarded from a trusted proxy), or the joined list for Forwarded. */
+  readonly xForwardedHost: string | null
+  readonly xForwardedProto: string | null
+  readonly forwarded: string | null
+  readonly identity: Identity | null
+  readonly req: { readonly rawHeaders: readonly string[] }
+}
+
 /** Header fields never stored: they belong to one exchange. */
 const PER_EXCHANGE = new Set(['x-request-id', 'age', 'x-cache', 'ratelimit', 'ratelimit-policy', 'date'])
 
 /**
- * A route's `cache` block, compiled. The key is a SHA-256 over the method, path, the chosen
- * query and headers, the caller (provider and subject, unless the route has no auth) and the
- * body (JSON canonicalised: sorted keys, ignored top-level fields dropped), so one consumer is
- * never served another's response. Concurrent misses for one key wait for the first
- * (coalescing); a miss streams to its client while a copy is kept for the store.
+ * Bumped whenever the preimage's layout changes: entries under an older layout simply miss (v1
+ * began "gatehouse-cache-v1"). Short, so that a typical GET's preimage fits in one SHA-256 block.
+ */
+const KEY_VERSION = 'cache2'
+
+/**
+ * A route's `cache` block, compiled. The key is a SHA-256 over a preimage in which every
+ * variable part is length-prefixed (so no two requests share one by where a field ends): the
+ * route, the method, the authority, path, query, every value of the keyed headers, the caller
+ * (provider, subject and client id, unless the route has no auth), and the body (JSON
+ * canonicalised when that is lossless, else its bytes). One consumer is never served another's
+ * response. Concurrent misses for one key wait for the first (coalescing); a miss streams to
+ * its client while a copy is kept for the store.
  */
 export class CachePolicy {
   readonly methods: ReadonlySet<string>
@@ -32,14 +59,14 @@ export class CachePolicy {
   readonly #statuses: ReadonlySet<number>
   readonly #ignore: ReadonlySet<string>
   readonly #anonymous: boolean
-  readonly #route: string
+  readonly #headers: readonly string[]
+  readonly #prefix: string
   /** Misses in progress: followers wait for the leader's entry (null: go upstream yourself). */
   readonly #inflight = new Map<string, Promise<CacheEntry | null>>()
   /** Entries decoded from a synchronous store's values, keyed by the stored Buffer itself. */
   readonly #decoded = new WeakMap<Buffer, CacheEntry | null>()
 
   constructor (route: string, cfg: CacheConfig, store: LimitStore, storeName: string, anonymous: boolean) {
-    this.#route = route
     this.#cfg = cfg
     this.methods = new Set(cfg.methods)
     this.store = store
@@ -50,20 +77,50 @@ export class CachePolicy {
     this.#statuses = new Set(cfg.statuses)
     this.#ignore = new Set(cfg.key.body.ignore)
     this.#anonymous = anonymous
+    this.#headers = cfg.key.headers
+    // JSON.stringify: a route name may hold any character; its JSON text ends unambiguously.
+    this.#prefix = `${KEY_VERSION}\0${JSON.stringify(route)}\0`
   }
 
-  /** The entry key for a request. `body` is the whole request body (POST) or null. */
-  key (method: string, path: string, query: string, header: (name: string) => string | null, identity: Identity | null, body: Buffer | null): string {
-    let head = `gatehouse-cache-v1\0${this.#route}\0${method === 'HEAD' ? 'GET' : method}\0${path}\0${this.#cfg.key.query ? query : ''}\0`
-    for (const name of this.#cfg.key.headers) head += `${name}:${header(name) ?? ''}\0`
-    // The caller is part of the key unless the route is anonymous.
-    head += this.#anonymous ? '-\0' : `${identity?.provider ?? ''}:${identity?.subject ?? ''}:${identity?.clientId ?? ''}\0`
-    // One-shot hash() costs a third of createHash() for a short input; both hash the same bytes,
-    // so the key is the same either way (and across versions sharing a Redis store).
+  /**
+   * The entry key for a request. `body` is the whole request body (POST) or null.
+   *
+   * Preimage (v2), each `<s>` written as `<length>:<s>`, `-` for an absent value:
+   * prefix, method (HEAD as GET) `\0`, Host (lower-cased), X-Forwarded-Host, X-Forwarded-Proto,
+   * Forwarded, path, query (`-` when key.query is off), for each key header `<count>#` and its
+   * values in order, then the caller: `-` on a route without auth, else `i` and the JSON of
+   * [provider, subject, clientId]. A body adds the values of Content-Type and Content-Encoding,
+   * then `j` and its canonical JSON text or `r` and its bytes.
+   */
+  key (r: CacheRequest, body: Buffer | null): string {
+    const raw = r.req.rawHeaders
+    const host = r.hostHeader
+    let head = this.#prefix + (r.method === 'HEAD' ? 'GET\0' : r.method + '\0') +
+      (host === null ? '-' : field(host.toLowerCase())) +
+      opt(r.xForwardedHost) + opt(r.xForwardedProto) + opt(r.forwarded) +
+      field(r.path) + (this.#cfg.key.query ? field(r.query) : '-')
+    const names = this.#headers
+    for (let i = 0; i < names.length; i++) head += values(raw, names[i]!)
+    if (this.#anonymous) {
+      head += '-'
+    } else {
+      const id = r.identity
+      head += 'i' + JSON.stringify([id?.provider ?? null, id?.subject ?? null, id?.clientId ?? null])
+    }
+    // One-shot hash() costs a third of createHash() for a short input.
     if (body === null || body.length === 0) return `c:${hash('sha256', head, 'base64url')}`
+    const type = values(raw, 'content-type')
+    const coding = values(raw, 'content-encoding')
+    head += type + coding
     const h = createHash('sha256')
-    h.update(head)
-    h.update(this.#cfg.key.body.json ? canonicalBody(body, this.#ignore) : body)
+    const canonical = this.#cfg.key.body.json && coding === '0#' && isJsonType(type) ? canonicalJson(body, this.#ignore) : null
+    if (canonical !== null) {
+      h.update(head + 'j')
+      h.update(canonical)
+    } else {
+      h.update(head + 'r')
+      h.update(body)
+    }
     return `c:${h.digest('base64url')}`
   }
 
@@ -144,6 +201,43 @@ export class CachePolicy {
   }
 }
 
+/** `<length>:<s>`: a field that ends where its length says, whatever it contains. */
+function field (s: string): string {
+  return `${s.length}:${s}`
+}
+
+function opt (s: string | null): string {
+  return s === null ? '-' : field(s)
+}
+
+/** `<count>#` and every value of a request header, in order (Node keeps only the first of some). */
+function values (raw: readonly string[], name: string): string {
+  let out = ''
+  let n = 0
+  for (let i = 0; i < raw.length; i += 2) {
+    const k = raw[i]!
+    if (k.length === name.length && k.toLowerCase() === name) {
+      out += field(raw[i + 1]!)
+      n++
+    }
+  }
+  return n === 0 ? '0#' : `${n}#${out}`
+}
+
+/**
+ * A body is read as JSON only when it says it is (or says nothing, as many clients do); a
+ * text/plain body that happens to parse is kept byte for byte, whitespace and all. `type` is
+ * the output of values(): one Content-Type at most.
+ */
+function isJsonType (type: string): boolean {
+  if (type === '0#') return true
+  if (!type.startsWith('1#')) return false
+  const value = type.slice(type.indexOf(':') + 1)
+  const semi = value.indexOf(';')
+  const media = (semi === -1 ? value : value.slice(0, semi)).trim().toLowerCase()
+  return media === 'application/json' || (media.startsWith('application/') && media.endsWith('+json'))
+}
+
 /** The header fields worth storing (per-exchange ones dropped). */
 export function storedHeaders (headers: readonly string[]): string[] {
   const out: string[] = []
@@ -162,28 +256,6 @@ export function parseCacheControl (value: string): Map<string, string> {
     if (key !== '') out.set(key, (v ?? '').trim().replace(/^"|"$/g, ''))
   }
   return out
-}
-
-/** JSON with sorted keys and ignored top-level fields dropped; other bodies as they are. */
-function canonicalBody (body: Buffer, ignore: ReadonlySet<string>): string | Buffer {
-  let value: unknown
-  try {
-    value = JSON.parse(body.toString('utf8'))
-  } catch {
-    return body
-  }
-  if (value !== null && typeof value === 'object' && !Array.isArray(value) && ignore.size > 0) {
-    value = Object.fromEntries(Object.entries(value).filter(([k]) => !ignore.has(k)))
-  }
-  return JSON.stringify(sortKeys(value))
-}
-
-function sortKeys (v: unknown): unknown {
-  if (Array.isArray(v)) return v.map(sortKeys)
-  if (v !== null && typeof v === 'object') {
-    return Object.fromEntries(Object.keys(v).sort().map((k) => [k, sortKeys((v as Record<string, unknown>)[k])]))
-  }
-  return v
 }
 
 /** [4-byte length][JSON head][body]: one value per entry, in memory or in Redis. */

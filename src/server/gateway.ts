@@ -360,7 +360,7 @@ class GatewayImpl implements Gateway, GatewayRuntime {
       ex.cacheStatus = 'BYPASS'
       return this.#dispatch(ex, expectContinue)
     }
-    const key = cache.key(method, ex.path, ex.query, (n) => ex.header(n), ex.identity, body)
+    const key = cache.key(ex, body)
     // Cache-Control: no-cache from the client: skip the lookup, but the fresh answer may be stored.
     if (directives?.has('no-cache') !== true) {
       let hit: CacheEntry | null = null

@@ -180,11 +180,13 @@ describe('response cache (Redis store)', () => {
     const stores = { shared: { kind: 'redis', url: 'redis://127.0.0.1:6379', prefix: `gh-test-${randomUUID()}:` } }
     const a = await startGateway(cached(up.url, { store: 'shared' }, { stores }))
     const b = await startGateway(cached(up.url, { store: 'shared' }, { stores }))
+    // The Host is in the key: both gateways are reached by one name, as behind a load balancer.
+    const host = { host: 'api.example.com' }
     try {
-      const first = await get(a, '/v1/models')
+      const first = await get(a, '/v1/models', host)
       assert.equal(first.headers['x-cache'], 'MISS')
-      await waitUntilAsync(async () => (await get(b, '/v1/models')).headers['x-cache'] === 'HIT')
-      assert.equal((await get(b, '/v1/models')).body, first.body)
+      await waitUntilAsync(async () => (await get(b, '/v1/models', host)).headers['x-cache'] === 'HIT')
+      assert.equal((await get(b, '/v1/models', host)).body, first.body)
       assert.equal(up.calls, 1)
     } finally {
       await a.close()

@@ -1,0 +1,142 @@
+import { describe, test } from 'node:test'
+import assert from 'node:assert/strict'
+import net from 'node:net'
+import { once } from 'node:events'
+import { request, startGateway, startUpstream, type TestGateway } from '../helpers/index.js'
+import type { ConfigInput } from '../../src/config/schema.js'
+
+/**
+ * An upstream that answers with what it was asked (credentials and body included), so that an
+ * answer served to the wrong request shows. Paths choose Cache-Control: /public/…, /smaxage/…,
+ * /revalidate/…; anything else sends none.
+ */
+async function echoServer () {
+  const state = { calls: 0 }
+  const up = await startUpstream((req, res) => {
+    state.calls++
+    const chunks: Buffer[] = []
+    req.on('data', (c: Buffer) => chunks.push(c))
+    req.on('end', () => {
+      const headers: Record<string, string> = { 'content-type': 'application/json' }
+      if (req.url!.startsWith('/public')) headers['cache-control'] = 'public, max-age=60'
+      if (req.url!.startsWith('/smaxage')) headers['cache-control'] = 's-maxage=60'
+      if (req.url!.startsWith('/revalidate')) headers['cache-control'] = 'must-revalidate, max-age=60'
+      res.writeHead(200, headers)
+      res.end(JSON.stringify({
+        call: state.calls,
+        host: req.headers.host,
+        authorization: req.headers.authorization ?? null,
+        cookie: req.headers.cookie ?? null,
+        accept: req.headers.accept ?? null,
+        body: Buffer.concat(chunks).toString('base64'),
+      }))
+    })
+  })
+  return { ...up, get calls () { return state.calls } }
+}
+
+function cached (url: string, cache: Record<string, unknown> = {}, route: Record<string, unknown> = {}, top: Record<string, unknown> = {}): ConfigInput {
+  return {
+    upstreams: { model: { targets: [{ url }] } },
+    routes: [{ name: 'infer', match: {}, upstream: 'model', cache: { ttl: '60s', ...cache }, ...route }],
+    ...top,
+  } as ConfigInput
+}
+
+async function get (gw: TestGateway, path: string, headers: Record<string, string> = {}) {
+  const r = await request(`${gw.url}${path}`, { headers })
+  return { status: r.status, cache: r.headers['x-cache'], body: JSON.parse(r.body) as Record<string, unknown> }
+}
+
+async function post (gw: TestGateway, path: string, body: string | Buffer, headers: Record<string, string> = {}) {
+  const r = await request(`${gw.url}${path}`, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body })
+  return { status: r.status, cache: r.headers['x-cache'], body: r.body }
+}
+
+describe('cache: keys are unambiguous', () => {
+  test('JSON bodies that differ in meaning never share an entry; equal ones still do', async () => {
+    const up = await echoServer()
+    const gw = await startGateway(cached(up.url, { methods: ['POST'], key: { body: { ignore: ['user'] } } }))
+    try {
+      const pairs: Array<[string | Buffer, string | Buffer]> = [
+        ['{"seed":9007199254740993}', '{"seed":9007199254740992}'],
+        ['{"t":1}', '{"t":1.0}'],
+        ['{"t":1.0}', '{"t":1e0}'],
+        ['{"a":1,"a":2}', '{"a":2}'],
+        [Buffer.from('{"p":"\xff"}', 'latin1'), Buffer.from('{"p":"\xfe"}', 'latin1')],
+      ]
+      let n = 0
+      for (const [a, b] of pairs) {
+        const first = await post(gw, `/v1/embed/${n}`, a)
+        assert.equal(first.cache, 'MISS')
+        // The attack: `b` was a HIT carrying the answer to `a`.
+        const second = await post(gw, `/v1/embed/${n}`, b)
+        assert.equal(second.cache, 'MISS', `${String(a)} / ${String(b)}`)
+        assert.equal(JSON.parse(second.body).body, Buffer.from(b).toString('base64'))
+        assert.equal((await post(gw, `/v1/embed/${n}`, a)).cache, 'HIT')
+        n++
+      }
+      assert.equal((await post(gw, '/v1/same', '{"input":"hi","t":1.0,"user":"u1"}')).cache, 'MISS')
+      assert.equal((await post(gw, '/v1/same', '{ "user": "u2", "t": 1.0, "input": "\\u0068i" }')).cache, 'HIT')
+    } finally {
+      await gw.close()
+      await up.close()
+    }
+  })
+
+  test('a 60 KB deeply nested body is keyed by its bytes, not a 500', async () => {
+    const up = await echoServer()
+    const gw = await startGateway(cached(up.url, { methods: ['POST'] }))
+    try {
+      const deep = '['.repeat(30_000) + ']'.repeat(30_000)
+      const first = await post(gw, '/v1/deep', deep)
+      assert.equal(first.status, 200)
+      assert.equal(first.cache, 'MISS')
+      assert.equal((await post(gw, '/v1/deep', deep)).cache, 'HIT')
+      const other = '{"a":'.repeat(10_000) + '1' + '}'.repeat(10_000)
+      const o = await post(gw, '/v1/deep', other)
+      assert.equal(o.status, 200)
+      assert.equal(o.cache, 'MISS')
+    } finally {
+      await gw.close()
+      await up.close()
+    }
+  })
+
+  test('the Host is in the key; so is every value of a repeated keyed header', async () => {
+    const up = await echoServer()
+    const gw = await startGateway(cached(up.url, { key: { headers: ['accept'] } }))
+    try {
+      // The attack: an answer fetched with Host: evil.example was served to api.example.com.
+      const evil = await get(gw, '/v1/links', { host: 'evil.example' })
+      assert.equal(evil.body.host, 'evil.example')
+      const real = await get(gw, '/v1/links', { host: 'api.example.com' })
+      assert.equal(real.cache, 'MISS')
+      assert.equal(real.body.host, 'api.example.com')
+      assert.equal((await get(gw, '/v1/links', { host: 'API.example.com' })).cache, 'HIT')
+
+      // Node's req.headers keeps Accept values joined; raw repeats are keyed one by one.
+      const twice = await rawGet(gw.port, '/v1/fmt', ['Accept: text/csv', 'Accept: application/json'])
+      assert.equal(twice.cache, 'MISS')
+      const once = await rawGet(gw.port, '/v1/fmt', ['Accept: text/csv'])
+      assert.equal(once.cache, 'MISS')
+      assert.equal((await rawGet(gw.port, '/v1/fmt', ['Accept: text/csv', 'Accept: application/json'])).cache, 'HIT')
+    } finally {
+      await gw.close()
+      await up.close()
+    }
+  })
+})
+
+/** A GET with the header lines as written (repeats kept), read to the end. */
+async function rawGet (port: number, path: string, lines: string[]): Promise<{ status: number, cache: string | null }> {
+  const socket = net.connect(port, '127.0.0.1')
+  await once(socket, 'connect')
+  socket.write(`GET ${path} HTTP/1.1\r\nHost: api.example.com\r\n${lines.map((l) => l + '\r\n').join('')}Connection: close\r\n\r\n`)
+  let text = ''
+  socket.setEncoding('latin1')
+  for await (const chunk of socket) text += chunk as string
+  const status = Number(text.slice(9, 12))
+  const m = /\r\nx-cache: ([A-Z]+)\r\n/i.exec(text)
+  return { status, cache: m === null ? null : m[1]! }
+}
