@@ -26,6 +26,10 @@ export interface CacheRequest {
   readonly xForwardedHost: string | null
   readonly xForwardedProto: string | null
   readonly forwarded: string | null
+  readonly authorization: string | null
+  readonly authorizationCount: number
+  /** API-key headers named by an identity provider, flat [lower-case name, value, …]. */
+  readonly credHeaders: readonly string[] | null
   readonly identity: Identity | null
   readonly req: { readonly rawHeaders: readonly string[] }
 }
@@ -43,10 +47,11 @@ const KEY_VERSION = 'cache2'
  * A route's `cache` block, compiled. The key is a SHA-256 over a preimage in which every
  * variable part is length-prefixed (so no two requests share one by where a field ends): the
  * route, the method, the authority, path, query, every value of the keyed headers, the caller
- * (provider, subject and client id, unless the route has no auth), and the body (JSON
- * canonicalised when that is lossless, else its bytes). One consumer is never served another's
- * response. Concurrent misses for one key wait for the first (coalescing); a miss streams to
- * its client while a copy is kept for the store.
+ * (provider, subject and client id, unless the route has no auth), on a route without auth the
+ * credentials the request carries, and the body (JSON canonicalised when that is lossless, else
+ * its bytes). One consumer is never served another's response. Concurrent misses for one key
+ * wait for the first (coalescing); a miss streams to its client while a copy is kept for the
+ * store.
  */
 export class CachePolicy {
   readonly methods: ReadonlySet<string>
@@ -60,6 +65,8 @@ export class CachePolicy {
   readonly #ignore: ReadonlySet<string>
   readonly #anonymous: boolean
   readonly #headers: readonly string[]
+  /** A route that keys on Cookie stores answers to requests with cookies as any other. */
+  readonly #keysCookie: boolean
   readonly #prefix: string
   /** Misses in progress: followers wait for the leader's entry (null: go upstream yourself). */
   readonly #inflight = new Map<string, Promise<CacheEntry | null>>()
@@ -78,6 +85,7 @@ export class CachePolicy {
     this.#ignore = new Set(cfg.key.body.ignore)
     this.#anonymous = anonymous
     this.#headers = cfg.key.headers
+    this.#keysCookie = cfg.key.headers.includes('cookie')
     // JSON.stringify: a route name may hold any character; its JSON text ends unambiguously.
     this.#prefix = `${KEY_VERSION}\0${JSON.stringify(route)}\0`
   }
@@ -89,8 +97,10 @@ export class CachePolicy {
    * prefix, method (HEAD as GET) `\0`, Host (lower-cased), X-Forwarded-Host, X-Forwarded-Proto,
    * Forwarded, path, query (`-` when key.query is off), for each key header `<count>#` and its
    * values in order, then the caller: `-` on a route without auth, else `i` and the JSON of
-   * [provider, subject, clientId]. A body adds the values of Content-Type and Content-Encoding,
-   * then `j` and its canonical JSON text or `r` and its bytes.
+   * [provider, subject, clientId]; then on a route without auth the credentials: `-`, or `c`
+   * and the count and values of Authorization, of Cookie (unless keyed) and of API-key headers.
+   * A body adds the values of Content-Type and Content-Encoding, then `j` and its canonical
+   * JSON text or `r` and its bytes.
    */
   key (r: CacheRequest, body: Buffer | null): string {
     const raw = r.req.rawHeaders
@@ -103,6 +113,7 @@ export class CachePolicy {
     for (let i = 0; i < names.length; i++) head += values(raw, names[i]!)
     if (this.#anonymous) {
       head += '-'
+      head += this.#credentials(r) ?? '-'
     } else {
       const id = r.identity
       head += 'i' + JSON.stringify([id?.provider ?? null, id?.subject ?? null, id?.clientId ?? null])
@@ -122,6 +133,31 @@ export class CachePolicy {
       h.update(body)
     }
     return `c:${h.digest('base64url')}`
+  }
+
+  /**
+   * On a route without auth, the credentials a request carries, for its key: null when it has
+   * none. Such a request's answer may be meant for that caller only, so it is keyed apart and
+   * stored only when the response says it may be shared (see storable).
+   */
+  #credentials (r: CacheRequest): string | null {
+    let out = ''
+    if (r.authorizationCount > 0) out += 'a' + (r.authorizationCount === 1 ? '1#' + field(r.authorization!) : values(r.req.rawHeaders, 'authorization'))
+    if (!this.#keysCookie) {
+      const cookies = values(r.req.rawHeaders, 'cookie')
+      if (cookies !== '0#') out += 'k' + cookies
+    }
+    const cred = r.credHeaders
+    if (cred !== null) {
+      out += 'h' + String(cred.length / 2) + '#'
+      for (let i = 0; i < cred.length; i++) out += field(cred[i]!)
+    }
+    return out === '' ? null : 'c' + out
+  }
+
+  /** Whether this request's answer may be stored for everyone under its key (see #credentials). */
+  shared (r: CacheRequest): boolean {
+    return !this.#anonymous || this.#credentials(r) === null
   }
 
   /**
@@ -159,11 +195,14 @@ export class CachePolicy {
   /**
    * Whether a response may be stored, and for how long (ms): its status is listed, it sets no
    * cookie, Cache-Control allows it (no no-store, private or no-cache; max-age/s-maxage
-   * shorten the route's ttl) and its Vary names only headers in the key.
+   * shorten the route's ttl) and its Vary names only headers in the key. `shared` is false for
+   * an answer to credentials on a route without auth: RFC 9111 §3.5 lets a shared cache store
+   * that only when the response says `public`, `s-maxage` or `must-revalidate`.
    */
-  storable (status: number, headers: readonly string[]): number | null {
+  storable (status: number, headers: readonly string[], shared = true): number | null {
     if (!this.#statuses.has(status)) return null
     let ttl = this.ttlMs
+    let allowed = shared
     for (let i = 0; i < headers.length; i += 2) {
       const name = headers[i]!.toLowerCase()
       const value = headers[i + 1]!
@@ -180,6 +219,7 @@ export class CachePolicy {
       if (name === 'cache-control') {
         const cc = parseCacheControl(value)
         if (cc.has('no-store') || cc.has('private') || cc.has('no-cache')) return null
+        if (cc.has('public') || cc.has('s-maxage') || cc.has('must-revalidate')) allowed = true
         const age = cc.get('s-maxage') ?? cc.get('max-age')
         if (age !== undefined) {
           const s = Number(age)
@@ -188,7 +228,7 @@ export class CachePolicy {
         }
       }
     }
-    return ttl
+    return allowed ? ttl : null
   }
 
   save (key: string, entry: CacheEntry, ttlMs: number): Promise<void> {
@@ -286,6 +326,7 @@ export class CacheCapture {
   readonly #policy: CachePolicy
   readonly #key: string
   readonly #done: (entry: CacheEntry | null) => void
+  readonly #shared: boolean
   #ttl: number | null = null
   #status = 0
   #headers: string[] = []
@@ -293,15 +334,17 @@ export class CacheCapture {
   #size = 0
   #settled = false
 
-  constructor (policy: CachePolicy, key: string, done: (entry: CacheEntry | null) => void) {
+  /** `shared`: CachePolicy.shared() of the request (false: stored only if the answer says so). */
+  constructor (policy: CachePolicy, key: string, done: (entry: CacheEntry | null) => void, shared: boolean) {
     this.#policy = policy
     this.#key = key
     this.#done = done
+    this.#shared = shared
   }
 
   head (status: number, headers: readonly string[]): void {
     this.#status = status
-    this.#ttl = this.#policy.storable(status, headers)
+    this.#ttl = this.#policy.storable(status, headers, this.#shared)
     if (this.#ttl !== null) this.#headers = storedHeaders(headers)
     // Followers waiting for this response go upstream themselves as soon as it cannot be stored.
     else this.abort()

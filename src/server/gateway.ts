@@ -390,7 +390,7 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     rm.countCache('miss')
     ex.cacheStatus = 'MISS'
     // HEAD answers have no body: they may be served from a GET entry but never make one.
-    if (method !== 'HEAD' && cache.follower(key) === null) ex.cacheCapture = new CacheCapture(cache, key, cache.lead(key))
+    if (method !== 'HEAD' && cache.follower(key) === null) ex.cacheCapture = new CacheCapture(cache, key, cache.lead(key), cache.shared(ex))
     this.#dispatch(ex, expectContinue)
   }
 

@@ -2,6 +2,7 @@ import { describe, test } from 'node:test'
 import assert from 'node:assert/strict'
 import net from 'node:net'
 import { once } from 'node:events'
+import { createHash } from 'node:crypto'
 import { request, startGateway, startUpstream, type TestGateway } from '../helpers/index.js'
 import type { ConfigInput } from '../../src/config/schema.js'
 
@@ -52,6 +53,113 @@ async function post (gw: TestGateway, path: string, body: string | Buffer, heade
   const r = await request(`${gw.url}${path}`, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body })
   return { status: r.status, cache: r.headers['x-cache'], body: r.body }
 }
+
+describe('cache: credentials on a route without auth (RFC 9111 §3.5)', () => {
+  test("a bearer token's answer is neither stored nor served to a caller without it", async () => {
+    const up = await echoServer()
+    const gw = await startGateway(cached(up.url))
+    try {
+      const alice = await get(gw, '/v1/me', { authorization: 'Bearer alice-token' })
+      assert.equal(alice.cache, 'MISS')
+      assert.equal(alice.body.authorization, 'Bearer alice-token')
+      // The attack: the next caller without credentials got Alice's answer (X-Cache: HIT).
+      const anon = await get(gw, '/v1/me')
+      assert.equal(anon.status, 200)
+      assert.equal(anon.cache, 'MISS')
+      assert.equal(anon.body.authorization, null)
+      // Not stored either: Alice's second request goes upstream too.
+      assert.equal((await get(gw, '/v1/me', { authorization: 'Bearer alice-token' })).cache, 'MISS')
+      // Answers to requests without credentials are cached as before, and only for them.
+      assert.equal((await get(gw, '/v1/me')).cache, 'HIT')
+      const bob = await get(gw, '/v1/me', { authorization: 'Bearer bob-token' })
+      assert.equal(bob.cache, 'MISS')
+      assert.equal(bob.body.authorization, 'Bearer bob-token')
+      assert.equal(up.calls, 4)
+    } finally {
+      await gw.close()
+      await up.close()
+    }
+  })
+
+  test('public, s-maxage and must-revalidate answers are stored, but served only to the same credentials', async () => {
+    const up = await echoServer()
+    const gw = await startGateway(cached(up.url))
+    try {
+      for (const path of ['/public/doc', '/smaxage/doc', '/revalidate/doc']) {
+        const first = await get(gw, path, { authorization: 'Bearer alice-token' })
+        assert.equal(first.cache, 'MISS', path)
+        const again = await get(gw, path, { authorization: 'Bearer alice-token' })
+        assert.equal(again.cache, 'HIT', path)
+        assert.deepEqual(again.body, first.body, path)
+        const bob = await get(gw, path, { authorization: 'Bearer bob-token' })
+        assert.equal(bob.cache, 'MISS', path)
+        assert.equal(bob.body.authorization, 'Bearer bob-token', path)
+        const anon = await get(gw, path)
+        assert.equal(anon.cache, 'MISS', path)
+        assert.equal(anon.body.authorization, null, path)
+      }
+    } finally {
+      await gw.close()
+      await up.close()
+    }
+  })
+
+  test('a Cookie is a credential unless the route keys on it', async () => {
+    const up = await echoServer()
+    const gw = await startGateway(cached(up.url))
+    try {
+      assert.equal((await get(gw, '/v1/cart', { cookie: 'session=alice' })).cache, 'MISS')
+      const anon = await get(gw, '/v1/cart')
+      assert.equal(anon.cache, 'MISS')
+      assert.equal(anon.body.cookie, null)
+      assert.equal((await get(gw, '/v1/cart', { cookie: 'session=alice' })).cache, 'MISS', 'not stored')
+      assert.equal((await get(gw, '/public/cart', { cookie: 'session=alice' })).cache, 'MISS')
+      assert.equal((await get(gw, '/public/cart', { cookie: 'session=alice' })).cache, 'HIT')
+      const other = await get(gw, '/public/cart', { cookie: 'session=mallory' })
+      assert.equal(other.cache, 'MISS')
+      assert.equal(other.body.cookie, 'session=mallory')
+    } finally {
+      await gw.close()
+      await up.close()
+    }
+
+    // key.headers: [cookie]: the cookie is the key, and answers are stored per cookie.
+    const up2 = await echoServer()
+    const keyed = await startGateway(cached(up2.url, { key: { headers: ['cookie'] } }))
+    try {
+      assert.equal((await get(keyed, '/v1/prefs', { cookie: 'theme=dark' })).cache, 'MISS')
+      assert.equal((await get(keyed, '/v1/prefs', { cookie: 'theme=dark' })).cache, 'HIT')
+      const light = await get(keyed, '/v1/prefs', { cookie: 'theme=light' })
+      assert.equal(light.cache, 'MISS')
+      assert.equal(light.body.cookie, 'theme=light')
+      assert.equal((await get(keyed, '/v1/prefs')).cache, 'MISS')
+    } finally {
+      await keyed.close()
+      await up2.close()
+    }
+  })
+
+  test("an api_key provider's header is a credential on routes that do not check it", async () => {
+    const up = await echoServer()
+    const sha = (s: string): string => createHash('sha256').update(s).digest('hex')
+    const gw = await startGateway({
+      identity: { providers: { keys: { kind: 'api_key', header: 'x-api-key', keys: [{ id: 'acme', sha256: sha('key-acme') }] } } },
+      upstreams: { model: { targets: [{ url: up.url }] } },
+      routes: [
+        { name: 'checked', match: { path_prefix: '/checked' }, upstream: 'model', auth: { any_of: ['keys'] } },
+        { name: 'open', match: {}, upstream: 'model', cache: { ttl: '60s' } },
+      ],
+    } as ConfigInput)
+    try {
+      assert.equal((await get(gw, '/v1/models', { 'x-api-key': 'key-acme' })).cache, 'MISS')
+      assert.equal((await get(gw, '/v1/models')).cache, 'MISS')
+      assert.equal((await get(gw, '/v1/models', { 'x-api-key': 'key-acme' })).cache, 'MISS')
+    } finally {
+      await gw.close()
+      await up.close()
+    }
+  })
+})
 
 describe('cache: keys are unambiguous', () => {
   test('JSON bodies that differ in meaning never share an entry; equal ones still do', async () => {

@@ -25,6 +25,7 @@ function policy (cache: Record<string, unknown> = {}, anonymous = true): CachePo
 function req (opts: { method?: string, path?: string, query?: string, headers?: Array<[string, string]>, identity?: Identity | null } = {}): CacheRequest {
   const headers = opts.headers ?? [['Host', 'api.example.com']]
   const first = (n: string): string | null => headers.find(([k]) => k.toLowerCase() === n)?.[1] ?? null
+  const auths = headers.filter(([k]) => k.toLowerCase() === 'authorization')
   return {
     method: opts.method ?? 'GET',
     path: opts.path ?? '/v1/m',
@@ -33,6 +34,9 @@ function req (opts: { method?: string, path?: string, query?: string, headers?: 
     xForwardedHost: first('x-forwarded-host'),
     xForwardedProto: first('x-forwarded-proto'),
     forwarded: first('forwarded'),
+    authorization: auths[0]?.[1] ?? null,
+    authorizationCount: auths.length,
+    credHeaders: null,
     identity: opts.identity ?? null,
     req: { rawHeaders: headers.flat() },
   }
@@ -52,20 +56,22 @@ describe('cache key (v2 layout)', () => {
     // Changing any of these expectations changes every key: bump KEY_VERSION and say so in the docs.
     const p = policy({ key: { headers: ['x-model'] } })
     const r = req({ query: '?q=1', headers: [['Host', 'API.example.com'], ['X-Model', 'v2'], ['x-model', 'v3']] })
-    assert.equal(p.key(r, null), sha(['cache2\0"infer"\0GET\0' + '15:api.example.com---' + '5:/v1/m' + '4:?q=1' + '2#2:v22:v3' + '-']))
+    assert.equal(p.key(r, null), sha(['cache2\0"infer"\0GET\0' + '15:api.example.com---' + '5:/v1/m' + '4:?q=1' + '2#2:v22:v3' + '--']))
     // HEAD is keyed as GET; an empty body is no body.
     assert.equal(p.key({ ...r, method: 'HEAD' }, Buffer.alloc(0)), p.key(r, null))
     // A JSON body: Content-Type and Content-Encoding values, then `j` and the canonical text.
     const post = req({ method: 'POST', headers: [['Host', 'a'], ['Content-Type', 'application/json']] })
     assert.equal(p.key(post, json('{"b":2, "a":1}')),
-      sha(['cache2\0"infer"\0POST\0' + '1:a---5:/v1/m0:0#-' + '1#16:application/json0#j', '{"a":1,"b":2}']))
+      sha(['cache2\0"infer"\0POST\0' + '1:a---5:/v1/m0:0#--' + '1#16:application/json0#j', '{"a":1,"b":2}']))
     // Not canonicalisable: `r` and the bytes as sent.
     assert.equal(p.key(post, json('{"a":1,"a":2}')),
-      sha(['cache2\0"infer"\0POST\0' + '1:a---5:/v1/m0:0#-' + '1#16:application/json0#r', '{"a":1,"a":2}']))
-    // With auth, the caller.
+      sha(['cache2\0"infer"\0POST\0' + '1:a---5:/v1/m0:0#--' + '1#16:application/json0#r', '{"a":1,"a":2}']))
+    // With auth, the caller; without, the credentials the request carries.
     const authed = policy({}, false)
     const who: Identity = { provider: 'sso', kind: 'jwt', subject: 'alice', clientId: 'app', scopes: new Set(), claims: {}, expiresAt: Infinity, phantom: null }
     assert.equal(authed.key(req({ identity: who }), null), sha(['cache2\0"infer"\0GET\0' + '15:api.example.com---5:/v1/m0:' + 'i["sso","alice","app"]']))
+    const bearer = req({ headers: [['Host', 'h'], ['Authorization', 'Bearer x'], ['Cookie', 'a=1']] })
+    assert.equal(policy().key(bearer, null), sha(['cache2\0"infer"\0GET\0' + '1:h---5:/v1/m0:' + '-' + 'ca1#8:Bearer xk1#3:a=1']))
   })
 
   test('JSON numbers are kept as written: no rounding past 2^53, 1 and 1.0 and 1e0 apart', () => {
@@ -161,5 +167,37 @@ describe('cache key (v2 layout)', () => {
     const who = (subject: string, clientId: string): Identity => ({ provider: 'p', kind: 'jwt', subject, clientId, scopes: new Set(), claims: {}, expiresAt: Infinity, phantom: null })
     assert.notEqual(authed.key(req({ identity: who('a:b', 'c') }), null), authed.key(req({ identity: who('a', 'b:c') }), null))
     assert.notEqual(authed.key(req({ identity: who('\ud800', '') }), null), authed.key(req({ identity: who('\ufffd', '') }), null))
+  })
+
+  test('on a route without auth, credentials are keyed apart and answers to them stored only if shareable', () => {
+    const p = policy()
+    const k = (headers: Array<[string, string]>): string => p.key(req({ headers: [['Host', 'h'], ...headers] }), null)
+    const anon = k([])
+    assert.notEqual(k([['Authorization', 'Bearer alice']]), anon)
+    assert.notEqual(k([['Authorization', 'Bearer alice']]), k([['Authorization', 'Bearer bob']]))
+    assert.notEqual(k([['Authorization', 'Bearer a'], ['Authorization', 'Bearer b']]), k([['Authorization', 'Bearer a']]))
+    assert.notEqual(k([['Cookie', 'session=1']]), anon)
+    assert.notEqual(k([['Cookie', 'session=1']]), k([['Cookie', 'session=2']]))
+    assert.notEqual(k([['Authorization', 'x']]), k([['Cookie', 'x']]))
+    assert.equal(p.shared(req()), true)
+    assert.equal(p.shared(req({ headers: [['Host', 'h'], ['Authorization', 'Bearer x']] })), false)
+    assert.equal(p.shared(req({ headers: [['Host', 'h'], ['cookie', 'a=1']] })), false)
+    assert.equal(p.shared({ ...req(), credHeaders: ['x-api-key', 'k1'] }), false)
+    assert.notEqual(p.key({ ...req(), credHeaders: ['x-api-key', 'k1'] }, null), p.key({ ...req(), credHeaders: ['x-api-key', 'k2'] }, null))
+    // A route that keys on Cookie has it in the key already: such answers are stored as any other.
+    const byCookie = policy({ key: { headers: ['cookie'] } })
+    assert.equal(byCookie.shared(req({ headers: [['Host', 'h'], ['Cookie', 'a=1']] })), true)
+    // With auth, the caller is the key: credentials change nothing.
+    assert.equal(policy({}, false).shared(req({ headers: [['Host', 'h'], ['Authorization', 'Bearer x']] })), true)
+
+    // RFC 9111 §3.5: stored only with public, s-maxage or must-revalidate.
+    const h = (cc?: string): string[] => ['content-type', 'application/json', ...(cc === undefined ? [] : ['cache-control', cc])]
+    assert.equal(p.storable(200, h(), false), null)
+    assert.equal(p.storable(200, h('max-age=30'), false), null)
+    assert.equal(p.storable(200, h('public'), false), 60_000)
+    assert.equal(p.storable(200, h('s-maxage=30'), false), 30_000)
+    assert.equal(p.storable(200, h('must-revalidate, max-age=20'), false), 20_000)
+    assert.equal(p.storable(200, h('public, private'), false), null)
+    assert.equal(p.storable(200, h(), true), 60_000)
   })
 })
