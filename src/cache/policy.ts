@@ -50,8 +50,8 @@ const KEY_VERSION = 'cache2'
  * (provider, subject and client id, unless the route has no auth), on a route without auth the
  * credentials the request carries, and the body (JSON canonicalised when that is lossless, else
  * its bytes). One consumer is never served another's response. Concurrent misses for one key
- * wait for the first (coalescing); a miss streams to its client while a copy is kept for the
- * store.
+ * wait for the first, for at most coalesce_timeout (coalescing); a miss streams to its client
+ * while a copy is kept for the store.
  */
 export class CachePolicy {
   readonly methods: ReadonlySet<string>
@@ -60,6 +60,7 @@ export class CachePolicy {
   readonly ttlMs: number
   readonly maxEntry: number
   readonly bodyMax: number
+  readonly coalesceMs: number
   readonly #cfg: CacheConfig
   readonly #statuses: ReadonlySet<number>
   readonly #ignore: ReadonlySet<string>
@@ -69,7 +70,7 @@ export class CachePolicy {
   readonly #keysCookie: boolean
   readonly #prefix: string
   /** Misses in progress: followers wait for the leader's entry (null: go upstream yourself). */
-  readonly #inflight = new Map<string, Promise<CacheEntry | null>>()
+  readonly #inflight = new Map<string, Inflight>()
   /** Entries decoded from a synchronous store's values, keyed by the stored Buffer itself. */
   readonly #decoded = new WeakMap<Buffer, CacheEntry | null>()
 
@@ -81,6 +82,8 @@ export class CachePolicy {
     this.ttlMs = cfg.ttl
     this.maxEntry = cfg.max_entry
     this.bodyMax = cfg.key.body.max_size
+    // setTimeout takes at most 2^31-1 ms (~24.8 days) and fires at once beyond it.
+    this.coalesceMs = Math.min(cfg.coalesce_timeout, 2 ** 31 - 1)
     this.#statuses = new Set(cfg.statuses)
     this.#ignore = new Set(cfg.key.body.ignore)
     this.#anonymous = anonymous
@@ -177,17 +180,40 @@ export class CachePolicy {
     return e
   }
 
-  /** The miss in progress for `key`, if any. */
+  /**
+   * The miss in progress for `key`, if any: its entry, or null once it is known not to be
+   * stored, fails, or has kept its followers waiting for coalesce_timeout (a leader whose client
+   * stops reading holds its upstream response back, and must not hold back other callers). One
+   * timer per coalesced miss, started by its first follower; a follower that comes later waits
+   * less.
+   */
   follower (key: string): Promise<CacheEntry | null> | null {
-    return this.#inflight.get(key) ?? null
+    const f = this.#inflight.get(key)
+    if (f === undefined) return null
+    if (f.timer === null) {
+      f.timer = setTimeout(releaseFollowers, this.coalesceMs, this.#inflight, key, f)
+      f.timer.unref()
+    }
+    return f.promise
   }
 
-  /** Become the leader for `key`; call the returned function with the entry (or null) once done. */
-  lead (key: string): (entry: CacheEntry | null) => void {
+  /**
+   * Become the leader for `key`, or null if another request already is. Call the returned
+   * function with the entry (or null) once done. With coalesce_timeout 0 nobody waits: each
+   * miss goes upstream and may store its answer.
+   */
+  lead (key: string): ((entry: CacheEntry | null) => void) | null {
+    if (this.coalesceMs === 0) return noFollowers
+    if (this.#inflight.has(key)) return null
     let settle!: (e: CacheEntry | null) => void
-    this.#inflight.set(key, new Promise((resolve) => { settle = resolve }))
+    const promise = new Promise<CacheEntry | null>((resolve) => { settle = resolve })
+    const f: Inflight = { promise, settle, timer: null }
+    this.#inflight.set(key, f)
+    const inflight = this.#inflight
     return (entry) => {
-      this.#inflight.delete(key)
+      if (f.timer !== null) clearTimeout(f.timer)
+      // After a timeout a released follower may lead the key anew: leave its entry alone.
+      if (inflight.get(key) === f) inflight.delete(key)
       settle(entry)
     }
   }
@@ -195,9 +221,10 @@ export class CachePolicy {
   /**
    * Whether a response may be stored, and for how long (ms): its status is listed, it sets no
    * cookie, Cache-Control allows it (no no-store, private or no-cache; max-age/s-maxage
-   * shorten the route's ttl) and its Vary names only headers in the key. `shared` is false for
-   * an answer to credentials on a route without auth: RFC 9111 §3.5 lets a shared cache store
-   * that only when the response says `public`, `s-maxage` or `must-revalidate`.
+   * shorten the route's ttl), its Vary names only headers in the key, and a declared length
+   * is within max_entry. `shared` is false for an answer to credentials on a route without
+   * auth: RFC 9111 §3.5 lets a shared cache store that only when the response says `public`,
+   * `s-maxage` or `must-revalidate`.
    */
   storable (status: number, headers: readonly string[], shared = true): number | null {
     if (!this.#statuses.has(status)) return null
@@ -210,6 +237,8 @@ export class CachePolicy {
       // A stream of events (a model's tokens) is never a cacheable document, and a follower
       // must not wait for a stream that may last minutes.
       if (name === 'content-type' && value.trimStart().toLowerCase().startsWith('text/event-stream')) return null
+      // Known too big from its head: followers need not wait for the body to find out.
+      if (name === 'content-length' && Number(value) > this.maxEntry) return null
       if (name === 'vary') {
         for (const v of value.split(',')) {
           const f = v.trim().toLowerCase()
@@ -240,6 +269,19 @@ export class CachePolicy {
     }
   }
 }
+
+interface Inflight {
+  promise: Promise<CacheEntry | null>
+  settle: (entry: CacheEntry | null) => void
+  timer: NodeJS.Timeout | null
+}
+
+function releaseFollowers (inflight: Map<string, Inflight>, key: string, f: Inflight): void {
+  if (inflight.get(key) === f) inflight.delete(key)
+  f.settle(null)
+}
+
+function noFollowers (): void {}
 
 /** `<length>:<s>`: a field that ends where its length says, whatever it contains. */
 function field (s: string): string {

@@ -438,6 +438,11 @@ const CacheSchema = strictObject({
   store: nonEmpty.default('default'),
   /** Larger responses are streamed and not stored. */
   max_entry: size().default(1024 * 1024),
+  /**
+   * Longest a request waits for a concurrent miss of the same key before going upstream itself
+   * (a leader whose client stops reading holds its response back). 0: misses never wait.
+   */
+  coalesce_timeout: duration().default(10_000),
   /** Statuses stored (RFC 9111 heuristically cacheable ones by default, errors not). */
   statuses: array(int().pipe(number().min(200).max(599))).default([200, 203, 204, 300, 301, 404, 405, 410, 414, 501]),
 })

@@ -379,6 +379,7 @@ class GatewayImpl implements Gateway, GatewayRuntime {
       }
       const leader = cache.follower(key)
       if (leader !== null) {
+        // null: the leader's answer is not stored, failed, or took longer than coalesce_timeout.
         const entry = await leader
         if (ex.finished) return
         if (entry !== null) {
@@ -390,7 +391,10 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     rm.countCache('miss')
     ex.cacheStatus = 'MISS'
     // HEAD answers have no body: they may be served from a GET entry but never make one.
-    if (method !== 'HEAD' && cache.follower(key) === null) ex.cacheCapture = new CacheCapture(cache, key, cache.lead(key), cache.shared(ex))
+    if (method !== 'HEAD') {
+      const done = cache.lead(key)
+      if (done !== null) ex.cacheCapture = new CacheCapture(cache, key, done, cache.shared(ex))
+    }
     this.#dispatch(ex, expectContinue)
   }
 

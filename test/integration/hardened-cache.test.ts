@@ -3,7 +3,8 @@ import assert from 'node:assert/strict'
 import net from 'node:net'
 import { once } from 'node:events'
 import { createHash } from 'node:crypto'
-import { request, startGateway, startUpstream, type TestGateway } from '../helpers/index.js'
+import http from 'node:http'
+import { metricsText, request, startGateway, startUpstream, type TestGateway } from '../helpers/index.js'
 import type { ConfigInput } from '../../src/config/schema.js'
 
 /**
@@ -248,3 +249,105 @@ async function rawGet (port: number, path: string, lines: string[]): Promise<{ s
   const m = /\r\nx-cache: ([A-Z]+)\r\n/i.exec(text)
   return { status, cache: m === null ? null : m[1]! }
 }
+
+describe('cache: a leader that never reads', () => {
+  /** Streams `size` bytes, chunked unless `length`; respects backpressure; counts calls. */
+  async function bigServer (size: number, length: boolean) {
+    const state = { calls: 0, open: new Set<http.ServerResponse>() }
+    const up = await startUpstream((_req, res) => {
+      state.calls++
+      state.open.add(res)
+      res.on('close', () => state.open.delete(res))
+      res.writeHead(200, { 'content-type': 'application/octet-stream', ...(length ? { 'content-length': String(size) } : {}) })
+      const chunk = Buffer.alloc(64 * 1024, 'x')
+      let left = size
+      const pump = (): void => {
+        while (left > 0) {
+          const n = Math.min(left, chunk.length)
+          left -= n
+          if (!res.write(n === chunk.length ? chunk : chunk.subarray(0, n))) {
+            res.once('drain', pump)
+            return
+          }
+        }
+        res.end()
+      }
+      pump()
+    })
+    return { ...up, get calls () { return state.calls } }
+  }
+
+  /** Sends a GET, reads the response head, then stops reading for good. */
+  async function stalledLeader (port: number, path: string): Promise<net.Socket> {
+    const socket = net.connect(port, '127.0.0.1')
+    await once(socket, 'connect')
+    socket.write(`GET ${path} HTTP/1.1\r\nHost: api.example.com\r\n\r\n`)
+    let head = ''
+    await new Promise<void>((resolve) => {
+      const onData = (c: Buffer): void => {
+        head += c.toString('latin1')
+        if (head.includes('\r\n\r\n')) {
+          socket.off('data', onData)
+          socket.pause()
+          resolve()
+        }
+      }
+      socket.on('data', onData)
+    })
+    assert.match(head, /^HTTP\/1\.1 200 /)
+    assert.match(head, /\r\nx-cache: MISS\r\n/i)
+    return socket
+  }
+
+  test('a chunked answer: followers wait coalesce_timeout, then go upstream themselves', { timeout: 20_000 }, async () => {
+    const size = 16 * 1024 * 1024
+    const up = await bigServer(size, false)
+    // max_entry above the size: only the bound on waiting can release the followers.
+    const gw = await startGateway(cached(up.url, { max_entry: '64MiB', coalesce_timeout: '300ms' }))
+    const leader = await stalledLeader(gw.port, '/v1/weights')
+    try {
+      const started = performance.now()
+      // The attack: this request had no head after 20 s.
+      const follower = await request(`${gw.url}/v1/weights`)
+      const waited = performance.now() - started
+      assert.equal(follower.status, 200)
+      assert.equal(follower.headers['x-cache'], 'MISS')
+      assert.equal(follower.body.length, size)
+      assert.ok(waited >= 250, `waited ${waited} ms`)
+      assert.equal(up.calls, 2)
+      // The follower's own complete answer was stored: the next caller is a hit.
+      const hit = await request(`${gw.url}/v1/weights`)
+      assert.equal(hit.headers['x-cache'], 'HIT')
+      assert.equal(hit.body.length, size)
+      assert.match(await metricsText(gw.adminPort!), /gatehouse_cache_requests_total\{route="infer",result="miss"\} 2/)
+    } finally {
+      leader.destroy()
+      await gw.close()
+      await up.close()
+    }
+  })
+
+  test('a declared length over max_entry releases followers with the head, without waiting', { timeout: 20_000 }, async () => {
+    const size = 64 * 1024 * 1024
+    const up = await bigServer(size, true)
+    // A long bound: the follower must not need it.
+    const gw = await startGateway(cached(up.url, { coalesce_timeout: '60s' }))
+    const leader = await stalledLeader(gw.port, '/v1/weights')
+    try {
+      const follower = await new Promise<{ status: number, cache: unknown }>((resolve, reject) => {
+        // Only the head is needed: the body is not read to the end.
+        const req = http.get(`${gw.url}/v1/weights`, { agent: false }, (res) => {
+          resolve({ status: res.statusCode!, cache: res.headers['x-cache'] })
+          res.destroy()
+        })
+        req.on('error', reject)
+      })
+      assert.deepEqual(follower, { status: 200, cache: 'MISS' })
+      assert.equal(up.calls, 2)
+    } finally {
+      leader.destroy()
+      await gw.close()
+      await up.close()
+    }
+  })
+})

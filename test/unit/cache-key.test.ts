@@ -2,7 +2,7 @@ import { describe, test } from 'node:test'
 import assert from 'node:assert/strict'
 import { createHash } from 'node:crypto'
 import { parseConfig } from '../../src/index.js'
-import { CachePolicy, type CacheRequest } from '../../src/cache/policy.js'
+import { CachePolicy, type CacheEntry, type CacheRequest } from '../../src/cache/policy.js'
 import { canonicalJson, MAX_DEPTH } from '../../src/cache/canonical-json.js'
 import { MemoryLimitStore } from '../../src/limits/store.js'
 import type { Identity } from '../../src/identity/types.js'
@@ -199,5 +199,39 @@ describe('cache key (v2 layout)', () => {
     assert.equal(p.storable(200, h('must-revalidate, max-age=20'), false), 20_000)
     assert.equal(p.storable(200, h('public, private'), false), null)
     assert.equal(p.storable(200, h(), true), 60_000)
+  })
+
+  test('a declared Content-Length over max_entry is unstorable from the head', () => {
+    const p = policy({ max_entry: '1KiB' })
+    assert.equal(p.storable(200, ['content-length', '1025']), null)
+    assert.equal(p.storable(200, ['Content-Length', '1024']), 60_000)
+  })
+
+  test('followers wait at most coalesce_timeout; the leader finishing later leaves a new leader alone', async () => {
+    const p = policy({ coalesce_timeout: '20ms' })
+    const done = p.lead('k')!
+    assert.ok(done)
+    assert.equal(p.lead('k'), null, 'one leader per key')
+    const waiting = p.follower('k')!
+    const started = performance.now()
+    assert.equal(await waiting, null)
+    assert.ok(performance.now() - started >= 15)
+    // Released: the key has no leader; a released follower may lead it.
+    assert.equal(p.follower('k'), null)
+    const second = p.lead('k')!
+    assert.ok(second)
+    const entry: CacheEntry = { status: 200, headers: [], body: Buffer.from('x'), storedAt: 0 }
+    done(entry)
+    const f = p.follower('k')
+    assert.ok(f !== null, 'the first leader finishing did not remove the second')
+    second(entry)
+    assert.equal(await f, entry)
+    assert.equal(p.follower('k'), null)
+
+    const never = policy({ coalesce_timeout: '0' })
+    const d = never.lead('k')!
+    assert.equal(never.follower('k'), null, 'coalesce_timeout 0: misses never wait')
+    assert.ok(never.lead('k') !== null)
+    d(null)
   })
 })
