@@ -467,6 +467,8 @@ const TransformSchema = strictObject({
     form_to_json: bool().default(false),
     /** JSONata expression mapping the JSON body to the body sent upstream. */
     body: expression.optional(),
+    /** Longest one evaluation of `body` may run; then 502 (GH_TRANSFORM_LIMIT). */
+    timeout: duration().default(1_000),
     headers: HeaderEditsSchema.optional(),
     /** Rewrite of the upstream path (after strip_prefix): a regular expression and its replacement ($1…). */
     path: strictObject({ pattern: nonEmpty, replace: string() }).optional(),
@@ -480,6 +482,8 @@ const TransformSchema = strictObject({
     body: expression.optional(),
     /** JSONata expression applied to the JSON of each server-sent `data:` event, as it passes. */
     events: expression.optional(),
+    /** Longest one evaluation of `body` (or of `events`, per event) may run; then 502 (GH_TRANSFORM_LIMIT). */
+    timeout: duration().default(5_000),
     headers: HeaderEditsSchema.optional(),
     /** Upstream status → status sent to the client, e.g. { "404": 200 }. */
     status: record(string().regex(/^[1-5]\d\d$/, 'use a three-digit status'), int().pipe(number().min(200).max(599))).optional(),

@@ -42,6 +42,7 @@ export const ERRORS = {
   GH_INVALID_SIGNATURE: { status: 401, title: 'Invalid webhook signature' },
   GH_INVALID_BODY: { status: 400, title: 'Request body cannot be transformed' },
   GH_TRANSFORM_FAILED: { status: 502, title: 'Response cannot be transformed' },
+  GH_TRANSFORM_LIMIT: { status: 502, title: 'Transform exceeded its limits' },
   GH_RESPONSE_TOO_LARGE: { status: 502, title: 'Upstream response too large to transform' },
   GH_PLUGIN_FAILED: { status: 502, title: 'Plugin failed' },
   GH_PLUGIN_TIMEOUT: { status: 502, title: 'Plugin did not finish in time' },

@@ -7,29 +7,561 @@ import jsonata from 'jsonata'
  *
  * Bindings name what the expression may read besides its input: `$headers`, `$query`,
  * `$method`, `$path`, `$identity` (and `$status` on responses); see docs/configuration.md.
+ *
+ * The input is the client's (or the upstream's) body, so every evaluation is bounded:
+ * - a deadline, checked as the expression runs; a long evaluation also lets other requests in
+ *   every few milliseconds instead of holding the event loop until it ends;
+ * - no sequence (an array built while evaluating) longer than MAX_SEQUENCE items;
+ * - JSONata's `$sort`, `$distinct` and order-by (`^( )`) are quadratic in time and memory (the
+ *   merge sort copies the rest of the array at every step, `$distinct` compares every pair):
+ *   a 712 KB body ran the process out of heap. They are replaced by O(n log n) and O(n)
+ *   versions that give the same results.
  */
 export class Expression {
   readonly source: string
+  /** Longest one evaluation may run (ms). */
+  readonly timeout: number
+  /** The bindings the expression reads (`headers`, `query`, …); null: it may read any of them ($eval). */
+  readonly reads: ReadonlySet<string> | null
   readonly #expr: jsonata.Expression
 
-  constructor (source: string) {
+  constructor (source: string, timeout: number = DEFAULT_TIMEOUT) {
     this.source = source
-    this.#expr = jsonata(source)
+    this.timeout = timeout
+    this.#expr = bounded(source, timeout)
+    this.reads = variablesRead(this.#expr.ast())
   }
 
-  /** JSONata evaluates asynchronously (its functions may be async); the result is plain JSON. */
-  evaluate (input: unknown, bindings: Record<string, unknown>): Promise<unknown> {
-    return this.#expr.evaluate(input, bindings)
+  /**
+   * JSONata evaluates asynchronously (its functions may be async); the result is plain JSON.
+   * Rejects with a TransformLimitError when the evaluation runs past its limits.
+   */
+  async evaluate (input: unknown, bindings: Record<string, unknown>): Promise<unknown> {
+    try {
+      return await this.#expr.evaluate(input, bindings)
+    } catch (err) {
+      throw limitOf(err) ?? err
+    }
   }
 }
 
-/** Why `source` does not parse, or null: for config validation ("routes[0].transform…: …"). */
+/** Default of `transform.request.timeout` (the schema's; `transform.response.timeout` is 5 s). */
+export const DEFAULT_TIMEOUT = 1000
+
+/**
+ * Most items one sequence may hold: JSONata's own cap on a range (`[1..n]`). A 10 MiB body
+ * holds at most 5 million values, so no mapping of a body reaches it; a cross product does.
+ */
+export const MAX_SEQUENCE = 10_000_000
+
+/** Widest string `$pad` may build (characters); its width may come from the body. */
+export const MAX_PAD = 10_000_000
+
+/** An evaluation ran past its deadline or built something too large: the request fails, the gateway does not. */
+export class TransformLimitError extends Error {
+  readonly limit: 'time' | 'size'
+  constructor (limit: 'time' | 'size', message: string) {
+    super(message)
+    this.name = 'TransformLimitError'
+    this.limit = limit
+  }
+}
+
+/** Why `source` does not parse (or cannot be bounded), or null: for config validation ("routes[0].transform…: …"). */
 export function expressionProblem (source: string): string | null {
   try {
-    jsonata(source)
+    bounded(source, DEFAULT_TIMEOUT)
     return null
   } catch (err) {
     const e = err as { message?: string, position?: number }
     return `invalid JSONata expression: ${e.message ?? String(err)}${e.position === undefined ? '' : ` (at character ${e.position})`}`
   }
+}
+
+// ---- evaluation state: a deadline, and turns given to the event loop --------------------------
+
+/** Node evaluations between two reads of the clock (a node costs about a microsecond). */
+const CHECK_EVERY = 256
+/** Longest an evaluation keeps the event loop before other work gets a turn (ms). */
+const SLICE = 5
+
+const RUN = Symbol('gatehouse.transform.run')
+
+interface Run {
+  readonly deadline: number
+  readonly timeout: number
+  yieldAt: number
+  left: number
+}
+
+/** JSONata's environment frames; `base` is the frame of one evaluation. */
+interface Frame {
+  readonly base: Frame & { [RUN]?: Run }
+  lookup (name: string | symbol): unknown
+}
+
+interface Focus {
+  readonly environment: Frame
+  createSequence (...items: unknown[]): unknown[] & { sequence?: boolean, keepSingleton?: boolean }
+}
+
+/**
+ * JSONata calls this before it evaluates each node of the expression (its
+ * `__evaluate_entry` hook, awaited). The first call of an evaluation starts its clock.
+ */
+function entryHook (timeout: number) {
+  return function onEvaluate (_expr: unknown, _input: unknown, env: Frame): Promise<void> | undefined {
+    const base = env.base
+    const run = base[RUN]
+    if (run === undefined) {
+      const now = performance.now()
+      base[RUN] = { deadline: now + timeout, timeout, yieldAt: now + SLICE, left: CHECK_EVERY }
+      return undefined
+    }
+    if (--run.left > 0) return undefined
+    return checkpoint(run)
+  }
+}
+
+/** The built-ins below count their own work: `cost` nodes' worth. */
+function spend (env: Frame, cost: number): Promise<void> | undefined {
+  const run = env.base[RUN]
+  if (run === undefined) return undefined
+  run.left -= cost
+  return run.left > 0 ? undefined : checkpoint(run)
+}
+
+function checkpoint (run: Run): Promise<void> | undefined {
+  run.left = CHECK_EVERY
+  const now = performance.now()
+  if (now > run.deadline) throw new TransformLimitError('time', `the expression ran past its ${run.timeout} ms limit`)
+  if (now < run.yieldAt) return undefined
+  return new Promise((resolve) => {
+    setImmediate(() => {
+      run.yieldAt = performance.now() + SLICE
+      resolve()
+    })
+  })
+}
+
+/** JSONata's own resource errors, and the engine's, as limit errors; null for any other error. */
+export function limitOf (err: unknown): TransformLimitError | null {
+  for (let e = err as { code?: string, message?: string, error?: unknown } | undefined, depth = 0; e !== undefined && e !== null && depth < 8; e = e.error as typeof e, depth++) {
+    if (e instanceof TransformLimitError) return e
+    // D2014: a range over 1e7 items; D2015: a sequence over MAX_SEQUENCE items.
+    if (e.code === 'D2014' || e.code === 'D2015') return new TransformLimitError('size', `the expression built a sequence of more than ${MAX_SEQUENCE} items`)
+    // "Invalid string length", "Invalid array length", "Maximum call stack size exceeded".
+    if (e instanceof RangeError) return new TransformLimitError('size', `the expression ran out of room: ${e.message}`)
+  }
+  return null
+}
+
+// ---- compiling --------------------------------------------------------------------------------
+
+/** Parse `source` and install the bounds; throws (like jsonata()) when it cannot be parsed or bounded. */
+function bounded (source: string, timeout: number): jsonata.Expression {
+  const expr = jsonata(source, { sequence: MAX_SEQUENCE })
+  expr.assign(Symbol.for('jsonata.__evaluate_entry') as unknown as string, entryHook(timeout))
+  register(expr, 'sort', sort, '<af?:a>')
+  register(expr, 'distinct', distinct, '<x:x>')
+  register(expr, 'pad', pad, '<s-ns?:s>')
+  register(expr, 'eval', evalChecked, '<sx?:x>')
+  rewriteOrderBy(expr)
+  return expr
+}
+
+/** Our functions see JSONata's focus (`this`), with the createSequence its typings leave out. */
+function register (expr: jsonata.Expression, name: string, fn: (this: Focus, ...args: any[]) => unknown, signature?: string): void {
+  expr.registerFunction(name, fn as unknown as (this: jsonata.Focus, ...args: any[]) => unknown, signature)
+}
+
+/** JSONata's AST, as far as this module reads and builds it. */
+interface Node {
+  type: string
+  value?: unknown
+  position?: number
+  steps?: Node[]
+  terms?: Array<{ descending: boolean, expression: Node }>
+  stages?: Array<{ type: string, expr?: Node, position?: number }>
+  predicate?: Array<{ type: string, expr?: Node, position?: number }>
+  procedure?: Node
+  arguments?: Node[]
+  body?: Node
+  group?: unknown
+  tuple?: boolean
+  consarray?: boolean
+  keepArray?: boolean
+  keepSingletonArray?: boolean
+  [key: string]: unknown
+}
+
+/**
+ * Order-by (`path^(term, >term)`) is a step JSONata sorts with the quadratic merge sort, and no
+ * function stands in for it. Each path with an order-by step is rewritten, in the parsed
+ * expression, into the same path whose first step calls our sort instead:
+ *
+ *   s0.s1^(t1, >t2)[f].rest  →  $order(s0.s1.$keys($, function(){t1}, function(){t2}))[f].rest
+ *
+ * `$keys` pairs each item with its terms, evaluated (once, when first compared) with the item
+ * as context, as JSONata does; `$order` sorts with JSONata's comparisons and the same
+ * splits, so results are identical. The names cannot be written in an expression (a colon
+ * ends a name), so a user's variable can never shadow them. Order-by in a path that binds
+ * `@`, `#` or `%` sorts a tuple stream, which this cannot reproduce: such an expression is
+ * refused (`$sort` does the same job).
+ */
+function rewriteOrderBy (expr: jsonata.Expression): void {
+  let sites = 0
+  const seen = new Set<object>()
+  const visit = (node: unknown): void => {
+    if (node === null || typeof node !== 'object' || seen.has(node)) return
+    seen.add(node)
+    for (const child of Object.values(node)) visit(child)
+    const n = node as Node
+    if (n.type !== 'path' || n.steps === undefined || !n.steps.some((s) => s.type === 'sort')) return
+    if (n.tuple === true || n.steps.some((s) => s.tuple === true || s.stages?.some((st) => st.type !== 'filter'))) {
+      throw Object.assign(new Error('order-by (^) in a path that also binds @, # or % cannot be bounded (JSONata sorts it in quadratic time and memory); sort with $sort() instead'), { position: n.steps.find((s) => s.type === 'sort')!.position })
+    }
+    const keepSingletonArray = n.keepSingletonArray === true
+    const group = n.group
+    let steps = n.steps
+    for (let k = steps.findIndex((s) => s.type === 'sort'); k !== -1; k = steps.findIndex((s) => s.type === 'sort')) {
+      if (k === 0) throw new Error('order-by (^) without a sequence to sort')
+      const site = sites++
+      const step = steps[k]!
+      const pos = step.position
+      const terms = step.terms!
+      const keysName = `gatehouse:keys:${site}`
+      const orderName = `gatehouse:order:${site}`
+      register(expr, keysName, keysOf)
+      register(expr, orderName, orderBy(terms.map((t) => t.descending), pos))
+      const keyStep: Node = {
+        type: 'function',
+        value: '(',
+        position: pos,
+        procedure: { type: 'variable', value: keysName, position: pos },
+        arguments: [{ type: 'variable', value: '', position: pos }, ...terms.map((t): Node => ({ type: 'lambda', value: 'function', position: pos, arguments: [], body: t.expression }))],
+      }
+      const rest = steps.slice(k + 1)
+      const order: Node = {
+        type: 'function',
+        value: '(',
+        position: pos,
+        procedure: { type: 'variable', value: orderName, position: pos },
+        arguments: [{ type: 'path', steps: [...steps.slice(0, k), keyStep] }],
+        // Evaluated once with the whole input sequence, like JSONata's own first-step arrays.
+        consarray: true,
+      }
+      // A one-item result must stay a sequence where the path goes on (a later step iterates
+      // it) or was asked to keep arrays; evaluate() would otherwise unwrap it.
+      if (rest.length > 0 || n.keepArray === true || keepSingletonArray) order.keepArray = true
+      const filters = step.stages?.map((st) => ({ type: 'filter', expr: st.expr, position: st.position }))
+      if (filters !== undefined && filters.length > 0) order.predicate = filters
+      steps = [order, ...rest]
+    }
+    if (!keepSingletonArray) {
+      n.steps = steps
+      return
+    }
+    // `a.b[]^(c)`: JSONata marks the path to keep a one-item result as an array. Its marking
+    // step cannot take the `undefined` our first step yields for an empty sequence, so the
+    // path runs without it, inside a function that does the same marking.
+    const inner: Node = { type: 'path', steps, keepArray: true }
+    const keepName = `gatehouse:keep:${sites++}`
+    register(expr, keepName, keepSingleton)
+    for (const key of Object.keys(n)) delete n[key]
+    Object.assign(n, {
+      type: 'function',
+      value: '(',
+      procedure: { type: 'variable', value: keepName },
+      arguments: [inner],
+      keepArray: true,
+      ...(group === undefined ? {} : { group }),
+    })
+  }
+  visit(expr.ast())
+}
+
+/** JSONata's end-of-path marking for `[]` paths, for the wrapper above. */
+function keepSingleton (this: Focus, r: unknown): unknown {
+  if (!Array.isArray(r)) return r
+  const seq = r as unknown[] & { cons?: boolean, sequence?: boolean, keepSingleton?: boolean }
+  if (seq.cons === true && seq.sequence !== true) {
+    const wrapped = this.createSequence(seq)
+    wrapped.keepSingleton = true
+    return wrapped
+  }
+  seq.keepSingleton = true
+  return seq
+}
+
+/** The names of the variables an expression reads; null when it may read any ($eval). */
+function variablesRead (ast: unknown): Set<string> | null {
+  const names = new Set<string>()
+  const seen = new Set<object>()
+  let dynamic = false
+  const visit = (node: unknown): void => {
+    if (node === null || typeof node !== 'object' || seen.has(node)) return
+    seen.add(node)
+    const n = node as Node
+    if (n.type === 'variable' && typeof n.value === 'string') {
+      names.add(n.value)
+      if (n.value === 'eval') dynamic = true
+    }
+    for (const child of Object.values(node)) visit(child)
+  }
+  visit(ast)
+  return dynamic ? null : names
+}
+
+// ---- order-by --------------------------------------------------------------------------------
+
+/** One item of a sequence being ordered, with its sort terms (evaluated when first needed). */
+class SortEntry {
+  readonly item: unknown
+  readonly terms: ReadonlyArray<() => Promise<unknown>>
+  readonly keys: unknown[]
+  constructor (item: unknown, terms: Array<() => Promise<unknown>>) {
+    this.item = item
+    this.terms = terms
+    this.keys = new Array(terms.length).fill(NOT_YET)
+  }
+}
+
+const NOT_YET = Symbol('not evaluated')
+
+function keysOf (item: unknown, ...terms: Array<() => Promise<unknown>>): SortEntry {
+  return new SortEntry(item, terms)
+}
+
+/** Our `$order` for one order-by step: `descending` per term, `position` for errors. */
+function orderBy (descending: boolean[], position: number | undefined) {
+  return async function order (this: Focus, entries: unknown): Promise<unknown> {
+    if (entries === undefined) return undefined
+    const list = (Array.isArray(entries) ? entries : [entries]) as SortEntry[]
+    if (list.length <= 1) return this.createSequence(list[0]!.item)
+    // Every item is compared at least once, on its first term at least: evaluate those now.
+    for (const e of list) {
+      e.keys[0] = await e.terms[0]!()
+    }
+    const env = this.environment
+    const compare = (a: SortEntry, b: SortEntry): boolean | Promise<boolean> => {
+      for (let t = 0; t < descending.length; t++) {
+        if (a.keys[t] === NOT_YET || b.keys[t] === NOT_YET) return compareLater(a, b, t)
+        const comp = compareTerm(a.keys[t], b.keys[t], descending[t]!, position)
+        if (comp !== 0) return comp === 1
+      }
+      return false
+    }
+    const compareLater = async (a: SortEntry, b: SortEntry, from: number): Promise<boolean> => {
+      for (let t = from; t < descending.length; t++) {
+        if (a.keys[t] === NOT_YET) a.keys[t] = await a.terms[t]!()
+        if (b.keys[t] === NOT_YET) b.keys[t] = await b.terms[t]!()
+        const comp = compareTerm(a.keys[t], b.keys[t], descending[t]!, position)
+        if (comp !== 0) return comp === 1
+      }
+      return false
+    }
+    // With one term every key is known now, and comparing never waits.
+    const sorted = await mergeSort(list, compare, env, descending.length === 1)
+    return sorted.map((e) => e.item)
+  }
+}
+
+/** An error JSONata words itself: it fills in the message from the code and its fields. */
+function jsonataError (fields: { code: string, [key: string]: unknown }): Error {
+  return Object.assign(new Error(fields.code), fields)
+}
+
+/** JSONata's order-by comparison of one term: -1, 0 or 1 (1: b goes first), with its type errors. */
+function compareTerm (aa: unknown, bb: unknown, descending: boolean, position: number | undefined): number {
+  const atype = typeof aa
+  const btype = typeof bb
+  // undefined sorts last, whatever the direction.
+  if (atype === 'undefined') return btype === 'undefined' ? 0 : 1
+  if (btype === 'undefined') return -1
+  if (!(atype === 'string' || atype === 'number') || !(btype === 'string' || btype === 'number')) {
+    throw jsonataError({ code: 'T2008', position, value: !(atype === 'string' || atype === 'number') ? aa : bb })
+  }
+  if (atype !== btype) throw jsonataError({ code: 'T2007', position, value: aa, value2: bb })
+  if (aa === bb) return 0
+  const comp = (aa as number) < (bb as number) ? -1 : 1
+  return descending ? -comp : comp
+}
+
+// ---- $sort, $distinct, $pad, $eval -------------------------------------------------------------
+
+/**
+ * JSONata's merge sort, step for step (the same halves, the same comparisons in the same order,
+ * so even a comparator that is not a consistent order gives the same result), without copying
+ * the rest of the array at every step. `swap(a, b)` true means b goes first. A synchronous
+ * `swap` sorts runs of up to SYNC_RUN items without awaiting; between runs the evaluation's
+ * deadline is checked and other work may run.
+ */
+async function mergeSort<T> (items: T[], swap: (a: T, b: T) => unknown, env: Frame, sync: boolean): Promise<T[]> {
+  if (items.length <= 1) return items
+  if (sync && items.length <= SYNC_RUN) {
+    const sorted = mergeSortSync(items, swap as (a: T, b: T) => boolean)
+    const pause = spend(env, items.length >> 2)
+    if (pause !== undefined) await pause
+    return sorted
+  }
+  const middle = Math.floor(items.length / 2)
+  const left = await mergeSort(items.slice(0, middle), swap, env, sync)
+  const right = await mergeSort(items.slice(middle), swap, env, sync)
+  const out = new Array<T>(items.length)
+  let i = 0
+  let j = 0
+  let w = 0
+  while (i < left.length && j < right.length) {
+    let s = swap(left[i]!, right[j]!)
+    if (s instanceof Promise) s = await s
+    out[w++] = s ? right[j++]! : left[i++]!
+  }
+  while (i < left.length) out[w++] = left[i++]!
+  while (j < right.length) out[w++] = right[j++]!
+  const pause = spend(env, items.length >> 4)
+  if (pause !== undefined) await pause
+  return out
+}
+
+const SYNC_RUN = 4096
+
+function mergeSortSync<T> (items: T[], swap: (a: T, b: T) => boolean): T[] {
+  if (items.length <= 1) return items
+  const middle = Math.floor(items.length / 2)
+  const left = mergeSortSync(items.slice(0, middle), swap)
+  const right = mergeSortSync(items.slice(middle), swap)
+  const out = new Array<T>(items.length)
+  let i = 0
+  let j = 0
+  let w = 0
+  while (i < left.length && j < right.length) out[w++] = swap(left[i]!, right[j]!) ? right[j++]! : left[i++]!
+  while (i < left.length) out[w++] = left[i++]!
+  while (j < right.length) out[w++] = right[j++]!
+  return out
+}
+
+async function sort (this: Focus, arr: unknown[] | undefined, comparator?: (a: unknown, b: unknown) => Promise<unknown>): Promise<unknown[] | undefined> {
+  if (arr === undefined) return undefined
+  if (arr.length <= 1) return arr
+  if (comparator !== undefined) return mergeSort(arr, comparator, this.environment, false)
+  const numbers = arr.every((v) => typeof v === 'number')
+  if (!numbers && !arr.every((v) => typeof v === 'string')) throw jsonataError({ code: 'D3070', index: 1 })
+  // For numbers or strings, `a > b` is a total order and JSONata's merge sort is stable: any
+  // stable sort gives the same array, and V8's is.
+  const pause = spend(this.environment, arr.length)
+  if (pause !== undefined) await pause
+  return (arr as Array<number | string>).slice().sort(ascending)
+}
+
+function ascending (a: number | string, b: number | string): number {
+  return a > b ? 1 : a < b ? -1 : 0
+}
+
+/**
+ * JSONata's `$distinct` keeps the first of each deep-equal group, comparing every value with
+ * every value kept. Here each value gets a canonical text (object keys sorted) and a set finds
+ * repeats. Values with no JSON form (functions) are compared the slow way, among themselves.
+ */
+function distinct (this: Focus, arr: unknown): unknown {
+  if (arr === undefined) return undefined
+  if (!Array.isArray(arr) || arr.length <= 1) return arr
+  const results: unknown[] = (arr as { sequence?: boolean }).sequence === true ? this.createSequence() : []
+  const seen = new Set<string>()
+  let odd: unknown[] | null = null
+  for (const value of arr) {
+    const key = canonical(value, 0)
+    if (key !== null) {
+      if (seen.has(key)) continue
+      seen.add(key)
+    } else {
+      odd ??= []
+      if (odd.some((o) => deepEqual(o, value))) continue
+      odd.push(value)
+    }
+    results.push(value)
+  }
+  return results
+}
+
+/** One text per deep-equal class of JSON values; null for a value that has no JSON form. */
+function canonical (v: unknown, depth: number): string | null {
+  switch (typeof v) {
+    case 'string': return JSON.stringify(v)
+    // -0 and 0 are equal (===) and both print "0"; NaN equals nothing, not even itself.
+    case 'number': return Number.isNaN(v) ? null : String(v)
+    case 'boolean': return v ? 'true' : 'false'
+    case 'object': {
+      if (v === null) return 'null'
+      if (depth > 1000) return null
+      let out: string
+      if (Array.isArray(v)) {
+        out = '['
+        for (let i = 0; i < v.length; i++) {
+          const c = canonical(v[i], depth + 1)
+          if (c === null) return null
+          out += (i === 0 ? '' : ',') + c
+        }
+        return out + ']'
+      }
+      if ('_jsonata_lambda' in v || '_jsonata_function' in v) return null
+      out = '{'
+      const keys = Object.getOwnPropertyNames(v).sort()
+      for (let i = 0; i < keys.length; i++) {
+        const c = canonical((v as Record<string, unknown>)[keys[i]!], depth + 1)
+        if (c === null) return null
+        out += (i === 0 ? '' : ',') + JSON.stringify(keys[i]) + ':' + c
+      }
+      return out + '}'
+    }
+    default: return null
+  }
+}
+
+/** JSONata's deep equality, for the few values canonical() cannot name. */
+function deepEqual (a: unknown, b: unknown): boolean {
+  if (a === b) return true
+  if (typeof a !== 'object' || typeof b !== 'object' || a === null || b === null) return false
+  if (Array.isArray(a) && Array.isArray(b)) return a.length === b.length && a.every((x, i) => deepEqual(x, b[i]))
+  const ak = Object.getOwnPropertyNames(a).sort()
+  const bk = Object.getOwnPropertyNames(b).sort()
+  return ak.length === bk.length && ak.every((k, i) => k === bk[i] && deepEqual((a as Record<string, unknown>)[k], (b as Record<string, unknown>)[k]))
+}
+
+/** JSONata's `$pad`, refusing a width past MAX_PAD (a width read from the body would allocate it). */
+async function pad (this: Focus, str: string | undefined, width: number, char?: string): Promise<string | undefined> {
+  if (str === undefined) return undefined
+  const wide = Math.abs(Math.trunc(width)) * Math.max(1, char?.length ?? 1)
+  if (wide > MAX_PAD) throw new TransformLimitError('size', `$pad was asked for ${Math.abs(Math.trunc(width))} characters (at most ${MAX_PAD})`)
+  const original = (await builtins()).pad
+  return original.implementation.call(this, str, width, char) as string
+}
+
+/** `$eval` parses at run time, past our rewrite: an order-by in what it evaluates is refused. */
+async function evalChecked (this: Focus, source: string | undefined, focus?: unknown): Promise<unknown> {
+  if (typeof source === 'string') {
+    let ast: unknown = null
+    try {
+      ast = jsonata(source).ast()
+    } catch {}
+    // (One that does not parse is for $eval itself to report.)
+    if (ast !== null && hasOrderBy(ast)) throw jsonataError({ code: 'D3121', value: 'order-by (^) cannot be used in an expression given to $eval here; sort with $sort()' })
+  }
+  const original = (await builtins()).eval
+  return original.implementation.call(this, source, focus)
+}
+
+function hasOrderBy (node: unknown): boolean {
+  if (node === null || typeof node !== 'object') return false
+  if ((node as Node).type === 'sort') return true
+  return Object.values(node).some(hasOrderBy)
+}
+
+interface Builtin { implementation: (...args: unknown[]) => unknown }
+let originals: Promise<{ pad: Builtin, eval: Builtin }> | null = null
+
+/** JSONata's own functions we delegate to (an expression that did not replace them hands them out). */
+function builtins (): Promise<{ pad: Builtin, eval: Builtin }> {
+  originals ??= jsonata('{ "pad": $pad, "eval": $eval }').evaluate(null) as Promise<{ pad: Builtin, eval: Builtin }>
+  return originals
 }

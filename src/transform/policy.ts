@@ -1,7 +1,7 @@
 import type { TransformConfig } from '../config/schema.js'
 import { gatewayError, type GatewayError } from '../errors/index.js'
 import type { Identity } from '../identity/types.js'
-import { Expression } from './expression.js'
+import { Expression, limitOf, type TransformLimitError } from './expression.js'
 import { formToJson } from './form.js'
 import { HeaderEdits } from './headers.js'
 
@@ -25,15 +25,18 @@ export class RequestTransform {
   readonly queryRemove: readonly string[] | null
   /** The body must be read whole before the request goes upstream. */
   readonly needsBody: boolean
+  /** Which bindings `body` reads (BIND_* bits). */
+  readonly #reads: number
 
   constructor (cfg: NonNullable<TransformConfig['request']>) {
     this.formToJson = cfg.form_to_json
-    this.body = cfg.body === undefined ? null : new Expression(cfg.body)
+    this.body = cfg.body === undefined ? null : new Expression(cfg.body, cfg.timeout)
     this.headers = cfg.headers === undefined ? null : new HeaderEdits(cfg.headers)
     this.path = cfg.path === undefined ? null : { pattern: new RegExp(cfg.path.pattern), replace: cfg.path.replace }
     this.querySet = cfg.query?.set === undefined ? null : Object.entries(cfg.query.set)
     this.queryRemove = cfg.query?.remove ?? null
     this.needsBody = this.formToJson || this.body !== null
+    this.#reads = this.body === null ? 0 : bindingsRead(this.body)
   }
 
   /** The upstream path after the rewrite (applied after strip_prefix). */
@@ -73,12 +76,15 @@ export class RequestTransform {
     }
     if (this.body !== null) {
       try {
-        value = await this.body.evaluate(value, requestBindings(view))
+        value = await this.body.evaluate(value, bindingsFor(this.#reads, view, 0))
+        return { body: Buffer.from(value === undefined ? '' : JSON.stringify(value)), contentType: 'application/json' }
       } catch (err) {
+        const limit = limitOf(err)
+        if (limit !== null) return limitError('request', limit)
         return gatewayError('GH_INVALID_BODY', 'The request body cannot be transformed', { reason: `request expression failed: ${(err as Error).message}` })
       }
     }
-    return { body: Buffer.from(value === undefined ? '' : JSON.stringify(value)), contentType: 'application/json' }
+    return { body: Buffer.from(JSON.stringify(value)), contentType: 'application/json' }
   }
 }
 
@@ -90,13 +96,15 @@ export class ResponseTransform {
   /** Upstream status → client status, or null. */
   readonly status: ReadonlyMap<number, number> | null
   readonly maxBody: number
+  readonly #reads: number
 
   constructor (cfg: NonNullable<TransformConfig['response']>) {
-    this.body = cfg.body === undefined ? null : new Expression(cfg.body)
-    this.events = cfg.events === undefined ? null : new Expression(cfg.events)
+    this.body = cfg.body === undefined ? null : new Expression(cfg.body, cfg.timeout)
+    this.events = cfg.events === undefined ? null : new Expression(cfg.events, cfg.timeout)
     this.headers = cfg.headers === undefined ? null : new HeaderEdits(cfg.headers)
     this.status = cfg.status === undefined ? null : new Map(Object.entries(cfg.status).map(([k, v]) => [Number(k), v]))
     this.maxBody = cfg.max_body
+    this.#reads = this.body === null ? 0 : bindingsRead(this.body)
   }
 
   mapStatus (status: number): number {
@@ -114,23 +122,66 @@ export class ResponseTransform {
     const parsed = parseJson(body)
     if (parsed instanceof Error) return gatewayError('GH_TRANSFORM_FAILED', 'The upstream answered with invalid JSON', { reason: `upstream JSON: ${parsed.message}` })
     try {
-      const value = await this.body!.evaluate(parsed, { ...requestBindings(view), status })
+      const value = await this.body!.evaluate(parsed, bindingsFor(this.#reads, view, status))
       return Buffer.from(value === undefined ? '' : JSON.stringify(value))
     } catch (err) {
+      const limit = limitOf(err)
+      if (limit !== null) return limitError('response', limit)
       return gatewayError('GH_TRANSFORM_FAILED', 'The upstream response cannot be transformed', { reason: `response expression failed: ${(err as Error).message}` })
     }
   }
 }
 
+function limitError (side: 'request' | 'response', err: TransformLimitError): GatewayError {
+  return gatewayError('GH_TRANSFORM_LIMIT', `The ${side} body transform was stopped: ${err.message}`, { reason: `${side} expression stopped (${err.limit}): ${err.message}` })
+}
+
+const NO_BINDINGS: Record<string, unknown> = Object.freeze({}) as Record<string, unknown>
+
+const BIND_METHOD = 1
+const BIND_PATH = 2
+const BIND_QUERY = 4
+const BIND_HEADERS = 8
+const BIND_IDENTITY = 16
+const BIND_STATUS = 32
+const BIND_ALL = 63
+
+/** The bindings an expression reads, as BIND_* bits (all of them when it uses $eval). */
+function bindingsRead (expr: Expression): number {
+  const reads = expr.reads
+  if (reads === null) return BIND_ALL
+  return (reads.has('method') ? BIND_METHOD : 0) | (reads.has('path') ? BIND_PATH : 0) | (reads.has('query') ? BIND_QUERY : 0) |
+    (reads.has('headers') ? BIND_HEADERS : 0) | (reads.has('identity') ? BIND_IDENTITY : 0) | (reads.has('status') ? BIND_STATUS : 0)
+}
+
+/**
+ * Only what the expression reads: most read none or one of these, and the headers and query
+ * are objects built from the request for each evaluation. `status` 0: not a response.
+ */
+function bindingsFor (reads: number, view: RequestView, status: number): Record<string, unknown> {
+  if (reads === 0) return NO_BINDINGS
+  const out: Record<string, unknown> = {}
+  if ((reads & BIND_METHOD) !== 0) out.method = view.method
+  if ((reads & BIND_PATH) !== 0) out.path = view.path
+  if ((reads & BIND_QUERY) !== 0) out.query = Object.fromEntries(new URLSearchParams(view.query))
+  if ((reads & BIND_HEADERS) !== 0) out.headers = view.headerEntries()
+  if ((reads & BIND_IDENTITY) !== 0) out.identity = identityBinding(view.identity)
+  if (status !== 0 && (reads & BIND_STATUS) !== 0) out.status = status
+  return out
+}
+
 export function requestBindings (view: RequestView): Record<string, unknown> {
-  const id = view.identity
   return {
     method: view.method,
     path: view.path,
     query: Object.fromEntries(new URLSearchParams(view.query)),
     headers: view.headerEntries(),
-    identity: id === null ? null : { provider: id.provider, subject: id.subject, client_id: id.clientId, scopes: [...id.scopes], claims: id.claims },
+    identity: identityBinding(view.identity),
   }
+}
+
+function identityBinding (id: Identity | null): Record<string, unknown> | null {
+  return id === null ? null : { provider: id.provider, subject: id.subject, client_id: id.clientId, scopes: [...id.scopes], claims: id.claims }
 }
 
 /** "application/json; charset=utf-8" → "application/json". */
