@@ -147,6 +147,11 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, 
     // 1xx interim responses (103 Early Hints) are not relayed: Node cannot send them for us
     // without writeEarlyHints, and clients are not required to see them.
     if (statusCode < 200) return true
+    // RFC 9110 §15: three digits, 1xx to 5xx. Anything else is no answer a client can act on.
+    if (statusCode > 599) {
+      this.abortUpstream?.(gatewayError('GH_UPSTREAM_BAD_RESPONSE', 'The upstream sent an invalid response', { reason: `${this.route!.upstream.name}: status ${statusCode} is outside 100-599` }))
+      return false
+    }
     const target = this.target!
     this.upstreamHeadersAt = performance.now()
     this.route!.upstream.recordSuccess(target)

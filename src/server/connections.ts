@@ -56,10 +56,11 @@ export class Conn {
   /** An early answer went out while the body was arriving: read and discard, then close. */
   lingering = false
   /**
-   * The parser failed on bytes after the requests in progress: the answer to write once their
-   * responses are out (null: just close then), or undefined while there is none.
+   * What waits for the requests in progress to be answered: the last answer after a parser
+   * error or CONNECT (null: just close), an upgrade Node handed over while they run (started
+   * once their responses are out, so its own answer cannot land inside theirs), or undefined.
    */
-  afterPending: string | null | undefined = undefined
+  afterPending: string | null | (() => void) | undefined = undefined
   /** Response progress as last seen by the sweep, and when it last moved. */
   sent = -1
   queued = 0
@@ -199,8 +200,15 @@ export class Connections {
     if (i !== -1) conn.active.splice(i, 1)
     if (conn.body === ex) conn.body = null
     if (conn.afterPending !== undefined) {
-      // Every response before the malformed bytes is out: now their answer, in order, and close.
-      if (conn.active.length === 0) endAndLinger(conn.socket, conn.afterPending, this.#settings.linger)
+      if (conn.active.length > 0) return
+      const next = conn.afterPending
+      if (typeof next === 'function') {
+        conn.afterPending = undefined
+        next()
+      } else {
+        // Every response before the malformed bytes is out: now their answer, and close.
+        endAndLinger(conn.socket, next, this.#settings.linger)
+      }
       return
     }
     const next = conn.deferred

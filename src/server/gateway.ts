@@ -161,7 +161,7 @@ class GatewayImpl implements Gateway, GatewayRuntime {
       ;(req as unknown as Record<symbol, boolean>)[kBadExpectation] = true
       this.#handle(req, res, false)
     })
-    this.#server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => handleUpgrade(this, req, socket, head))
+    this.#server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => this.#upgrade(req, socket, head))
     // A gateway is no tunnel (Node would otherwise drop the connection without a word).
     this.#server.on('connect', (req: IncomingMessage, socket: Socket) => this.#refuseConnect(req, socket))
     this.#server.on('clientError', (err: Error & { code?: string }, socket: Socket) => this.#clientError(err, socket))
@@ -440,6 +440,21 @@ class GatewayImpl implements Gateway, GatewayRuntime {
 
   linger (ex: Exchange): void {
     this.#conns.linger(ex)
+  }
+
+  /**
+   * Node hands over an upgrade's socket at once, even when requests pipelined before it are
+   * still being answered on it: whatever the upgrade writes (a 101, a refusal, a plain answer)
+   * must wait for their responses.
+   */
+  #upgrade (req: IncomingMessage, socket: Socket, head: Buffer): void {
+    const conn = this.#conns.peek(socket)
+    if (conn !== undefined && conn.active.length > 0) {
+      conn.afterPending = () => handleUpgrade(this, req, socket, head)
+      socket.pause()
+      return
+    }
+    handleUpgrade(this, req, socket, head)
   }
 
   /** CONNECT asks for a tunnel: 405, as nginx answers, and the connection is closed. */

@@ -172,6 +172,14 @@ describe('requests that must not slip past the gateway', () => {
     await gw.logs.waitFor((l) => l.msg === 'request' && l.path === '/first')
   })
 
+  test('an upgrade pipelined behind a request in flight is answered after it', async () => {
+    const res = await rawRequest(gw.port, 'GET /p/1 HTTP/1.1\r\nHost: a\r\n\r\nGET /p/2 HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: fuzzproto\r\n\r\n')
+    const answers = res.raw.split(/(?=HTTP\/1\.1 )/)
+    assert.equal(answers.length, 2, res.raw)
+    assert.match(answers[0]!, /"path":"\/p\/1"/)
+    assert.match(answers[1]!, /"path":"\/p\/2"/)
+  })
+
   test('garbage after a HEAD is answered after the HEAD\'s own answer', async () => {
     const res = await rawRequest(gw.port, 'HEAD /h HTTP/1.1\r\nHost: a\r\n\r\n\x00garbage\r\n\r\n')
     const answers = res.raw.split(/(?=HTTP\/1\.1 )/)
@@ -251,6 +259,26 @@ describe('bodiless upstream answers', () => {
       assert.doesNotMatch(answers[1]!, /content-length/i)
       assert.match(answers[2]!, /^HTTP\/1\.1 200 [^]*content-length: 99\r\n[^]*\r\n\r\n$/i)
       assert.match(answers[3]!, /^HTTP\/1\.1 200 [^]*\r\n\r\nok$/)
+    } finally {
+      await gw.close()
+      up.close()
+    }
+  })
+})
+
+describe('invalid upstream statuses', () => {
+  test('a status outside 100-599 → 502, never relayed', async () => {
+    const up = net.createServer((s) => {
+      s.on('error', () => {})
+      s.once('data', () => s.end('HTTP/1.1 600 Odd\r\nContent-Length: 2\r\n\r\nok'))
+    })
+    up.listen(0, '127.0.0.1')
+    await once(up, 'listening')
+    const gw = await startGateway(simpleConfig(`http://127.0.0.1:${(up.address() as net.AddressInfo).port}`))
+    try {
+      const res = await request(gw.url)
+      assert.equal(res.status, 502)
+      assert.equal(JSON.parse(res.body).code, 'GH_UPSTREAM_BAD_RESPONSE')
     } finally {
       await gw.close()
       up.close()
