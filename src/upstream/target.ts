@@ -1,6 +1,10 @@
 import type { Pool as PoolType } from 'undici'
 import Pool from 'undici/lib/dispatcher/pool.js'
 import type { UpstreamConfig } from '../config/schema.js'
+import { usePreciseTimers } from './timers.js'
+
+// Before any pool exists: short connect, first_byte and idle timeouts fire on time.
+usePreciseTimers()
 
 /** Pool-level options: two targets with the same URL and these share one pool. */
 export interface PoolOptions {
@@ -41,8 +45,13 @@ export class Target {
     this.pool = new Pool(this.origin, {
       connections: opts.maxConnections,
       pipelining: 1,
-      keepAliveTimeout: opts.keepAlive,
-      keepAliveMaxTimeout: Math.max(opts.keepAlive, 1000),
+      // undici keeps an idle connection for min(the upstream's `Keep-Alive: timeout` less 2 s,
+      // keepAliveMaxTimeout), or for keepAliveTimeout when the upstream sends no hint, so the
+      // max must be keep_alive itself: with a 1 s floor here, keep_alive 200ms kept
+      // connections for 1 s behind any Node upstream (which sends timeout=5).
+      // undici refuses 0; `keep_alive: 0` means no idle connection is kept, and 1 ms is that.
+      keepAliveTimeout: Math.max(opts.keepAlive, 1),
+      keepAliveMaxTimeout: Math.max(opts.keepAlive, 1),
       connect: { timeout: opts.connectTimeout },
       // Per-request values override these; they only matter for requests we forget to time.
       headersTimeout: 300_000,
