@@ -7,12 +7,16 @@
 //   BENCH_STREAM_BYTES=1073741824     size of the big streaming runs (default 1 GiB)
 //   BENCH_STREAM_REPS=3               repetitions of each big streaming run (median MB/s, highest peak RSS)
 //   BENCH_TARGETS=direct,gatehouse,nginx,fastify,bare   subset of targets to run
-//   BENCH_SKIP=cold,stream,wrk,auth   skip parts
+//   BENCH_SKIP=cold,stream,wrk,auth   skip parts (wrk, stream, auth, intercept, heads, cold)
+//   BENCH_ONLY=heads                  run only these parts (same names), e.g. BENCH_ONLY=heads npm run bench
 //   BENCH_AUTH_ROUNDS=15, BENCH_AUTH_DURATION=2  rounds (and seconds per wrk run) of the auth
 //                                     comparison; the median of the per-round ratios counts
 //   BENCH_C50_ROUNDS=9, BENCH_C50_DURATION=3   interleaved rounds of the small GET at c=50 over
 //                                     Gatehouse, nginx, fastify and bare (the ratio lines use the
 //                                     median of the per-round ratios; 0 rounds = the single runs)
+//   BENCH_HEADS_ROUNDS=9, BENCH_HEADS_DURATION=3, BENCH_HEADS_CONNECTIONS=50   interleaved rounds
+//                                     of the small GET with long request heads (8 KiB path, 14 KiB
+//                                     Accept, 8 KiB of '(') against the plain small GET
 //   BENCH_QUIET_PCT=10, BENCH_QUIET_BUDGET=60   wait for other processes to use < 10% of a core
 //                                     before each measurement, at most 60 s in total per bench run
 //   BENCH_GATEHOUSE_NODE_ARGS='--cpu-prof --cpu-prof-dir=/tmp/prof'   extra node flags for the gateway
@@ -43,6 +47,8 @@ const BIG_REPS = Math.max(1, Math.round(Number(process.env.BENCH_STREAM_REPS ?? 
 const SMALL_REPS = 5
 const COLD_RUNS = 5
 const SKIP = new Set((process.env.BENCH_SKIP ?? '').split(',').filter(Boolean))
+const ONLY = new Set((process.env.BENCH_ONLY ?? '').split(',').filter(Boolean))
+const skipped = (part) => SKIP.has(part) || (ONLY.size > 0 && !ONLY.has(part))
 const GH_NODE_ARGS = (process.env.BENCH_GATEHOUSE_NODE_ARGS ?? '').split(' ').filter(Boolean)
 const ALL_TARGETS = ['direct', 'gatehouse', 'nginx', 'fastify', 'bare']
 const TARGETS = (process.env.BENCH_TARGETS ?? ALL_TARGETS.join(',')).split(',').filter((t) => ALL_TARGETS.includes(t))
@@ -50,6 +56,9 @@ const AUTH_ROUNDS = Math.max(1, Math.round(Number(process.env.BENCH_AUTH_ROUNDS 
 const AUTH_DURATION = Math.max(1, Math.round(Number(process.env.BENCH_AUTH_DURATION ?? 2)))
 const C50_ROUNDS = Math.max(0, Math.round(Number(process.env.BENCH_C50_ROUNDS ?? 9)))
 const C50_DURATION = Math.max(1, Math.round(Number(process.env.BENCH_C50_DURATION ?? 3)))
+const HEADS_ROUNDS = Math.max(1, Math.round(Number(process.env.BENCH_HEADS_ROUNDS ?? 9)))
+const HEADS_DURATION = Math.max(1, Math.round(Number(process.env.BENCH_HEADS_DURATION ?? 3)))
+const HEADS_CONNECTIONS = Math.max(1, Math.round(Number(process.env.BENCH_HEADS_CONNECTIONS ?? 50)))
 const TARGET_LABEL = { direct: 'direct', gatehouse: 'gatehouse', nginx: 'nginx', fastify: 'fastify-http-proxy', bare: 'bare node+undici' }
 /** Reference rows measured in the wrk phase only (the streaming lines compare Gatehouse with nginx). */
 const WRK_ONLY = new Set(['bare'])
@@ -868,6 +877,12 @@ function checklist (results) {
   check('cache hits >= 1.5x the uncached route (small GET c=50)', have(ghCached) ? ghCached >= 1.5 : null, have(ghCached) ? `${ghCached.toFixed(2)}x (median of per-round ratios; ${a.cached.rps.toFixed(0)} vs ${a.none.rps.toFixed(0)} req/s)` : 'n/a')
   const ngCached = a?.rounds?.[0]?.nginx_cached === undefined ? null : median(a.rounds.map((r) => r.cached.rps / r.nginx_cached.rps))
   check('cache hits >= 0.4x nginx proxy_cache hits', have(ngCached) ? ngCached >= 0.4 : null, have(ngCached) ? `${ngCached.toFixed(2)}x (median of per-round ratios; ${a.cached.rps.toFixed(0)} vs ${a.nginx_cached.rps.toFixed(0)} req/s)` : 'n/a')
+  const hd = results.heads
+  for (const [name, , label] of HEADS_VARIANTS.slice(1)) {
+    const x = hd?.[name]
+    check(`GET with ${label}: gateway CPU per request <= 2x the plain small GET's`, have(x?.cpuRatioToPlain) && x.non2xx === 0 ? x.cpuRatioToPlain <= 2 : null,
+      have(x?.cpuRatioToPlain) ? `${x.cpuRatioToPlain.toFixed(2)}x (median of ${hd.rounds.length} per-round ratios; ${x.proxyUsPerReq} vs ${hd.plain.proxyUsPerReq} us/req at c=${hd.connections})` + (x.non2xx > 0 ? `, ${x.non2xx} non-2xx` : '') : 'n/a')
+  }
   const cold = results.coldStart?.medianMs
   check('cold start (median of 5) <= 300 ms', have(cold) ? cold <= 300 : null, have(cold) ? `${cold.toFixed(1)} ms` : 'n/a')
   return items
@@ -1119,6 +1134,89 @@ async function neighbourRounds (gh) {
   return { rounds, aloneP50Ms: pick('alone', 'lat_p50_us'), aloneP99Ms: pick('alone', 'lat_p99_us'), underP50Ms: pick('under', 'lat_p50_us'), underP99Ms: pick('under', 'lat_p99_us') }
 }
 
+// --- long request heads ------------------------------------------------------------------------
+
+/** The plain small GET and the same GET with a long head, each a wrk script in bench/wrk/. */
+const HEADS_VARIANTS = [
+  ['plain', 'report.lua', 'GET /small'],
+  ['long_path', 'long-path.lua', 'an 8 KiB path'],
+  ['long_accept', 'long-accept.lua', 'a 14 KiB Accept'],
+  ['parens', 'parens-header.lua', "an 8 KiB header value of '('"],
+]
+
+/** One request shaped like a variant's wrk script (the scripts hold the exact bytes). */
+function headsRequest (base, name) {
+  const headers = {}
+  let p = '/small'
+  if (name === 'long_path') {
+    p = '/small/' + '0123456789abcde/'.repeat(511)
+    p += 'x'.repeat(8192 - p.length)
+  }
+  if (name === 'long_accept') headers.accept = Array.from({ length: 600 }, (_, i) => `application/vnd.example.v${i + 1}+json;q=0.${(i + 1) % 10}`).join(', ').slice(0, 14336)
+  if (name === 'parens') headers['x-comment'] = '('.repeat(8192)
+  return new Promise((resolve, reject) => {
+    http.get(base + p, { agent: false, headers }, (res) => {
+      res.resume()
+      res.on('end', () => resolve(res.statusCode))
+    }).on('error', reject)
+  })
+}
+
+/**
+ * CPU per request of the gateway process for the small GET with a long request head (an 8 KiB
+ * path, a 14 KiB Accept list, an 8 KiB run of '(' in a header value) against the plain small GET,
+ * through the same gateway, in interleaved rounds whose order rotates. Each variant's number is
+ * the median of its per-round µs/req; its ratio is the median of the per-round ratios to plain.
+ */
+async function headsPhase (upstream) {
+  const gh = await spawnGatehouse(upstream.port, 'heads', GH_NODE_ARGS)
+  const out = { connections: HEADS_CONNECTIONS, durationS: HEADS_DURATION, rounds: [] }
+  try {
+    await waitReady(`${gh.base}/small`, 15_000, gh.proc)
+    for (const [name] of HEADS_VARIANTS) {
+      const status = await headsRequest(gh.base, name)
+      if (status !== 200) throw new Error(`heads bench: ${name} answered ${status}`)
+    }
+    const run = (script, seconds) => runWrk({ url: gh.base + '/small', connections: HEADS_CONNECTIONS, threads: WRK_THREADS, seconds, script })
+    if (WARMUP > 0) for (const [, script] of HEADS_VARIANTS) await run(script, WARMUP)
+    for (let round = 0; round < HEADS_ROUNDS; round++) {
+      const r = {}
+      for (let k = 0; k < HEADS_VARIANTS.length; k++) {
+        const [name, script] = HEADS_VARIANTS[(round + k) % HEADS_VARIANTS.length]
+        let cpu0 = null
+        const w = await measured(`heads ${name} round ${round + 1}`, () => {
+          cpu0 = { proxy: cpuMsOf(gh.proc.pid), upstream: cpuMsOf(upstream.proc.pid) }
+          return run(script, HEADS_DURATION)
+        })
+        r[name] = {
+          rps: w.rps,
+          p50Ms: w.lat_p50_us / 1000,
+          proxyUsPerReq: Math.round((cpuMsOf(gh.proc.pid) - cpu0.proxy) * 1000 / w.requests * 10) / 10,
+          upstreamUsPerReq: Math.round((cpuMsOf(upstream.proc.pid) - cpu0.upstream) * 1000 / w.requests * 10) / 10,
+          non2xx: Number(w.non2xx),
+          foreignCpuPct: w.foreignCpuPct,
+        }
+        log(`heads round ${round + 1} ${name.padEnd(11)} ${w.rps.toFixed(0).padStart(7)} req/s  proxy ${r[name].proxyUsPerReq} us/req  upstream ${r[name].upstreamUsPerReq} us/req  non-2xx ${w.non2xx}`)
+      }
+      out.rounds.push(r)
+    }
+    for (const [name, , label] of HEADS_VARIANTS) {
+      out[name] = {
+        label,
+        rps: median(out.rounds.map((r) => r[name].rps)),
+        proxyUsPerReq: median(out.rounds.map((r) => r[name].proxyUsPerReq)),
+        upstreamUsPerReq: median(out.rounds.map((r) => r[name].upstreamUsPerReq)),
+        cpuRatioToPlain: median(out.rounds.map((r) => r[name].proxyUsPerReq / r.plain.proxyUsPerReq)),
+        non2xx: out.rounds.reduce((acc, r) => acc + r[name].non2xx, 0),
+      }
+      log(`heads ${name}: proxy ${out[name].proxyUsPerReq} us/req (${out[name].cpuRatioToPlain.toFixed(2)}x plain), upstream ${out[name].upstreamUsPerReq} us/req, ${out[name].rps.toFixed(0)} req/s`)
+    }
+  } finally {
+    await stop(gh.proc)
+  }
+  return out
+}
+
 // --- main --------------------------------------------------------------------------------------
 
 async function main () {
@@ -1148,7 +1246,7 @@ async function main () {
   // proxy is up, but only one is under load at a time: scenario by scenario, target after
   // target, so that the numbers compared in a ratio are measured close together in time.
   for (const phase of ['wrk', 'stream']) {
-    if (SKIP.has(phase)) continue
+    if (skipped(phase)) continue
     const running = []
     try {
       for (const name of names) {
@@ -1181,14 +1279,15 @@ async function main () {
     }
   }
 
-  if (!SKIP.has('auth') && TARGETS.includes('gatehouse')) {
+  if (!skipped('auth') && TARGETS.includes('gatehouse')) {
     results.auth = await authPhase(upstream)
     const cost = spawnSync(process.execPath, [path.join(here, 'auth-cost.js')], { encoding: 'utf8' })
     const line = cost.stdout.split('\n').find((l) => l.startsWith('AUTHCOST '))
     if (line !== undefined) results.auth.cost = JSON.parse(line.slice(9))
   }
-  if (!SKIP.has('intercept') && TARGETS.includes('gatehouse')) results.intercept = await interceptPhase(upstream)
-  if (!SKIP.has('cold')) results.coldStart = await coldStart(upstream)
+  if (!skipped('intercept') && TARGETS.includes('gatehouse')) results.intercept = await interceptPhase(upstream)
+  if (!skipped('heads') && TARGETS.includes('gatehouse')) results.heads = await headsPhase(upstream)
+  if (!skipped('cold')) results.coldStart = await coldStart(upstream)
   await stop(upstream.proc)
 
   results.checklist = checklist(results)

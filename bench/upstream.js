@@ -1,5 +1,5 @@
 // The benchmark upstream: a tiny node:http server with keep-alive.
-//   GET  /small             → 13-byte body
+//   GET  /small, /small/*   → 13-byte body
 //   POST /echo16k           → reads the request body, answers a small JSON body
 //   GET  /download?bytes=N  → streams N bytes from one preallocated 64 KiB buffer (backpressure respected)
 //   POST /upload            → consumes the body, answers the byte count
@@ -12,7 +12,7 @@ const SMALL = Buffer.from('hello, world\n')
 const server = http.createServer({ keepAliveTimeout: 60_000 }, (req, res) => {
   const q = req.url.indexOf('?')
   const path = q === -1 ? req.url : req.url.slice(0, q)
-  if (req.method === 'GET' && path === '/small') {
+  if (req.method === 'GET' && (path === '/small' || path.startsWith('/small/'))) {
     res.writeHead(200, { 'content-type': 'text/plain', 'content-length': SMALL.length })
     res.end(SMALL)
   } else if (req.method === 'POST' && (path === '/echo16k' || path === '/upload')) {
