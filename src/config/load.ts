@@ -274,10 +274,10 @@ function checkLimits (config: any, routes: unknown[]): LocatedIssue[] {
       if (typeof l.name === 'string') {
         if (onRoute.has(l.name)) issues.push(issueAt(at('name'), `limit "${l.name}" is listed twice on this route (each request would count twice)`))
         onRoute.add(l.name)
-        const def = JSON.stringify([l.key, l.rate, l.burst, l.quota, l.cost, l.store ?? 'default'])
+        const def = JSON.stringify([l.key, l.rate, l.burst, l.quota, l.cost, l.store ?? 'default', l.ipv6_prefix ?? 64])
         const first = named.get(l.name)
         if (first === undefined) named.set(l.name, { at: `routes[${i}].rate_limit[${j}]`, def })
-        else if (first.def !== def) issues.push(issueAt(at('name'), `limit "${l.name}" is defined differently at ${first.at}; a shared name means one bucket, so key, rate, burst, quota, cost and store must match`))
+        else if (first.def !== def) issues.push(issueAt(at('name'), `limit "${l.name}" is defined differently at ${first.at}; a shared name means one bucket, so key, rate, burst, quota, cost, store and ipv6_prefix must match`))
       }
       if (isObject(l.quota) && !Number.isInteger(l.quota.count)) issues.push(issueAt(at('quota'), 'a quota counts whole requests or units: use a whole number'))
       else if (typeof l.quota === 'string' && /^\s*\d+\.\d+/.test(l.quota)) issues.push(issueAt(at('quota'), 'a quota counts whole requests or units: use a whole number'))
@@ -290,6 +290,7 @@ function checkLimits (config: any, routes: unknown[]): LocatedIssue[] {
       if (hasRate === hasQuota) issues.push(issueAt(at(), 'give either rate (with an optional burst) or quota'))
       if (l.burst !== undefined && !hasRate) issues.push(issueAt(at('burst'), 'burst goes with rate, not quota'))
       if (hasRate && l.cost !== undefined && l.cost !== 1) issues.push(issueAt(at('cost'), 'a cost other than 1 goes with quota (rates count requests)'))
+      if (l.ipv6_prefix !== undefined && l.key !== 'ip' && l.missing !== 'ip') issues.push(issueAt(at('ipv6_prefix'), 'only for key: ip or missing: ip (it says how addresses are counted)'))
       if (typeof l.key === 'string' && /^(subject|client_id|api_key|claim:)/.test(l.key) && !isObject(route.auth)) {
         issues.push(issueAt(at('key'), `"${l.key}" needs an auth block on the route (there is no caller identity without one)`))
       }

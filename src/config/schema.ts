@@ -417,6 +417,11 @@ const RateLimitSchema = strictObject({
   store: nonEmpty.default('default'),
   /** When the key is absent (no such header or claim): refuse (403), or count by client address. */
   missing: zenum(['deny', 'ip']).default('deny'),
+  /**
+   * Counting by address: IPv6 clients count by their first this-many bits (default 64, applied
+   * in compile: a /64 is what one subscriber gets, so any smaller unit is free to multiply).
+   */
+  ipv6_prefix: int().pipe(number().min(1).max(128)).optional(),
 })
 
 const CacheSchema = strictObject({

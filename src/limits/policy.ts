@@ -7,7 +7,7 @@ import type { Identity } from '../identity/types.js'
 import type { Metrics } from '../observability/metrics.js'
 import { plainAddress } from '../net/client-ip.js'
 import { LRUCache } from 'lru-cache'
-import type { LimitDecision, LimitStore } from './store.js'
+import type { LimitCounters, LimitDecision, LimitStore } from './store.js'
 
 type Outcome = GatewayError | null
 
@@ -37,8 +37,12 @@ export interface CompiledLimit {
   /** A fixed cost, or the JSON path (after `response.`) to read the cost from. */
   readonly cost: number | readonly string[]
   readonly store: LimitStore
+  /** This limit's own counters in the store (see LimitStore.counters). */
+  readonly counters: LimitCounters
   readonly storeName: string
   readonly missing: 'deny' | 'ip'
+  /** IPv6 addresses count by this many leading bits (see addressBucket). */
+  readonly ipv6Prefix: number
   /** This limit's RateLimit-Policy item. */
   readonly policyItem: string
   /** Local token leases for a GCRA limit on a remote store (null: one decision per request). */
@@ -63,7 +67,7 @@ export class RateLimitPolicy {
     this.#route = route.name
     this.#metrics = metrics
     this.onStoreError = route.on_store_error
-    this.limits = route.rate_limit!.map((l) => compileLimit(route.name, l, stores.get(l.store)!))
+    this.limits = route.rate_limit!.map((l) => compileLimit(route.name, l, stores.get(l.store)!, metrics))
     this.policyHeader = this.limits.map((l) => l.policyItem).join(', ')
     this.needsResponse = this.limits.some((l) => typeof l.cost !== 'number')
   }
@@ -139,7 +143,7 @@ export class RateLimitPolicy {
       const amount = typeof v === 'number' && Number.isFinite(v) && v >= 0 ? Math.ceil(v) : 1
       if (amount === 0) continue
       try {
-        const r = limit.store.charge(key, limit.quota!.windowMs, amount)
+        const r = limit.counters.charge(key, limit.quota!.windowMs, amount)
         if (r instanceof Promise) r.catch(() => this.#metrics.limitStoreErrors.labels(limit.storeName, 'charge').inc())
       } catch {
         this.#metrics.limitStoreErrors.labels(limit.storeName, 'charge').inc()
@@ -150,16 +154,16 @@ export class RateLimitPolicy {
 
 function decide (limit: CompiledLimit, key: string): LimitDecision | Promise<LimitDecision> {
   if (limit.leases !== null) return limit.leases.take(limit, key)
-  if (limit.gcra !== null) return limit.store.gcra(key, limit.gcra.intervalMs, limit.gcra.burst, 1)
+  if (limit.gcra !== null) return limit.counters.gcra(key, limit.gcra.intervalMs, limit.gcra.burst, 1)
   const q = limit.quota!
   // A cost known only from the response: look now (refused once the budget is spent), charge later.
-  return limit.store.quota(key, q.limit, q.windowMs, typeof limit.cost === 'number' ? limit.cost : 0)
+  return limit.counters.quota(key, q.limit, q.windowMs, typeof limit.cost === 'number' ? limit.cost : 0)
 }
 
 function keyValue (limit: CompiledLimit, s: LimitSubject): string | null {
   let v: unknown
   switch (limit.keyKind) {
-    case 'ip': return `ip:${limitAddress(s)}`
+    case 'ip': return `ip:${addressBucket(limitAddress(s), limit.ipv6Prefix)}`
     case 'subject': v = s.identity?.subject; break
     case 'client_id': v = s.identity?.clientId; break
     case 'api_key': v = s.identity?.kind === 'api_key' ? s.identity.subject : null; break
@@ -168,7 +172,7 @@ function keyValue (limit: CompiledLimit, s: LimitSubject): string | null {
   }
   if (typeof v === 'number' || typeof v === 'boolean') v = String(v)
   if (typeof v === 'string' && v !== '') return `${limit.keyKind}:${v}`
-  return limit.missing === 'ip' ? `ip:${limitAddress(s)}` : null
+  return limit.missing === 'ip' ? `ip:${addressBucket(limitAddress(s), limit.ipv6Prefix)}` : null
 }
 
 /**
@@ -180,7 +184,7 @@ function limitAddress (s: LimitSubject): string {
   return isIP(s.clientIp) !== 0 ? s.clientIp : plainAddress(s.peerIp)
 }
 
-function compileLimit (route: string, l: RateLimitConfig, store: LimitStore): CompiledLimit {
+function compileLimit (route: string, l: RateLimitConfig, store: LimitStore, metrics: Metrics): CompiledLimit {
   const colon = l.key.indexOf(':')
   const keyKind = (colon === -1 ? l.key : l.key.slice(0, colon)) as CompiledLimit['keyKind']
   const keyArg = colon === -1 ? '' : (keyKind === 'header' ? l.key.slice(colon + 1).toLowerCase() : l.key.slice(colon + 1))
@@ -198,6 +202,10 @@ function compileLimit (route: string, l: RateLimitConfig, store: LimitStore): Co
     quota = { limit: Math.floor(l.quota!.count), windowMs: l.quota!.periodMs }
     policyItem = `"${name}";q=${quota.limit};w=${quota.windowMs / 1000}`
   }
+  // Memory stores only: a Redis store never drops a bucket for room (Redis expires them when full).
+  // Shown from 0, so that a rate() over it starts at the first eviction.
+  const evictions = store.kind === 'memory' ? metrics.limitEvictions.labels(l.store, name) : null
+  evictions?.inc(0)
   return {
     name,
     keyKind,
@@ -207,14 +215,128 @@ function compileLimit (route: string, l: RateLimitConfig, store: LimitStore): Co
     quota,
     cost: typeof l.cost === 'number' ? l.cost : l.cost.slice('response.'.length).split('.'),
     store,
+    counters: store.counters(name, evictions === null ? noop : () => evictions.inc()),
     storeName: l.store,
     missing: l.missing,
+    ipv6Prefix: l.ipv6_prefix ?? DEFAULT_IPV6_PREFIX,
     policyItem,
     // Leasing pays off only for big buckets; small ones keep one exact decision per request.
     leases: gcra !== null && store.kind !== 'memory' && Math.floor(gcra.burst * LEASE_SHARE) >= 2
       ? new GcraLeases(Math.floor(gcra.burst * LEASE_SHARE), gcra.intervalMs)
       : null,
   }
+}
+
+const noop = (): void => {}
+
+/**
+ * A /64 is the smallest unit of IPv6 a subscriber is usually given (RFC 6177): one client can
+ * send from any address in it, so counting by whole address gives it 2^64 buckets.
+ */
+export const DEFAULT_IPV6_PREFIX = 64
+
+/**
+ * The bucket an address counts in: an IPv4 address as it is (an IPv4-mapped one arrives
+ * unmapped, see plainAddress); an IPv6 address as its first `prefix` bits, `2001:db8:0:0::/64`
+ * (`/128`: every group). Also for other policies that count by address. Something that does not
+ * parse stays as it is.
+ */
+export function addressBucket (address: string, prefix: number): string {
+  if (address.indexOf(':') === -1 || !parseIPv6(address)) return address
+  const n = Math.ceil(prefix / 16)
+  let out = ''
+  for (let i = 0; i < n; i++) {
+    let g = GROUPS[i]!
+    if (i === n - 1 && prefix % 16 !== 0) g &= (0xffff << (16 - prefix % 16)) & 0xffff
+    out += i === 0 ? g.toString(16) : ':' + g.toString(16)
+  }
+  return n === 8 ? `${out}/${prefix}` : `${out}::/${prefix}`
+}
+
+/** parseIPv6's output: one reused array, not one per request. */
+const GROUPS = new Uint16Array(8)
+
+/**
+ * Parse an IPv6 address (`::` compression, an IPv4 tail, a `%zone` ignored) into GROUPS, by
+ * char codes: this runs per request for IPv6 clients on `ip` limits. False when it is no address.
+ */
+function parseIPv6 (s: string): boolean {
+  const zone = s.indexOf('%')
+  const end = zone === -1 ? s.length : zone
+  let gi = 0
+  let gap = -1
+  let i = 0
+  if (s.charCodeAt(0) === 58) {
+    if (s.charCodeAt(1) !== 58) return false
+    gap = 0
+    i = 2
+  }
+  while (i < end) {
+    const start = i
+    let v = 0
+    for (; i < end && i - start < 5; i++) {
+      const h = hexValue(s.charCodeAt(i))
+      if (h === -1) break
+      v = v * 16 + h
+    }
+    if (i < end && s.charCodeAt(i) === 46) {
+      // a.b.c.d as the last 32 bits
+      const v4 = ipv4Value(s, start, end)
+      if (v4 === -1 || gi > 6) return false
+      GROUPS[gi++] = v4 >>> 16
+      GROUPS[gi++] = v4 & 0xffff
+      i = end
+      break
+    }
+    if (i === start || i - start > 4 || gi === 8) return false
+    GROUPS[gi++] = v
+    if (i === end) break
+    if (s.charCodeAt(i) !== 58) return false
+    i++
+    if (s.charCodeAt(i) === 58 && i < end) {
+      if (gap !== -1) return false
+      gap = gi
+      i++
+    } else if (i === end) {
+      return false
+    }
+  }
+  if (gap === -1) return gi === 8
+  if (gi === 8) return false
+  // Move the groups after `::` to the end; the gap is zeros.
+  const tail = gi - gap
+  for (let k = 0; k < tail; k++) GROUPS[7 - k] = GROUPS[gi - 1 - k]!
+  for (let k = gap; k < 8 - tail; k++) GROUPS[k] = 0
+  return true
+}
+
+function hexValue (c: number): number {
+  if (c >= 48 && c <= 57) return c - 48
+  const l = c | 0x20
+  return l >= 97 && l <= 102 ? l - 87 : -1
+}
+
+function ipv4Value (s: string, start: number, end: number): number {
+  let value = 0
+  let parts = 0
+  let i = start
+  while (parts < 4) {
+    let n = 0
+    const from = i
+    for (; i < end && i - from < 4; i++) {
+      const c = s.charCodeAt(i)
+      if (c < 48 || c > 57) break
+      n = n * 10 + c - 48
+    }
+    if (i === from || i - from > 3 || n > 255) return -1
+    value = value * 256 + n
+    parts++
+    if (parts < 4) {
+      if (i >= end || s.charCodeAt(i) !== 46) return -1
+      i++
+    }
+  }
+  return i === end ? value : -1
 }
 
 /** Most of a bucket one gateway may hold unspent: two gateways stay within 1 % of the limit. */
@@ -256,12 +378,12 @@ class GcraLeases {
 
   async #fetch (limit: CompiledLimit, key: string): Promise<LimitDecision> {
     const g = limit.gcra!
-    const d = await limit.store.gcra(key, g.intervalMs, g.burst, this.#size)
+    const d = await limit.counters.gcra(key, g.intervalMs, g.burst, this.#size)
     if (d.allowed) {
       this.#leases.set(key, { tokens: this.#size - 1, expires: Date.now() + this.#lifeMs, remaining: d.remaining, resetMs: d.resetMs })
       return d
     }
-    return await limit.store.gcra(key, g.intervalMs, g.burst, 1)
+    return await limit.counters.gcra(key, g.intervalMs, g.burst, 1)
   }
 }
 

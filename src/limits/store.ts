@@ -14,14 +14,8 @@ export interface LimitDecision {
   retryMs: number
 }
 
-/**
- * Shared counters for rate limits and quotas. Each method is one atomic decision (on Redis, one
- * Lua script and one round trip). Results may be synchronous (memory) or a Promise (network).
- * One contract test suite (test/unit/limit-store.test.ts) runs against every implementation.
- */
-export interface LimitStore {
-  readonly kind: 'memory' | 'redis'
-  readonly fingerprint: string
+/** One limit's counters: each method is one atomic decision. */
+export interface LimitCounters {
   /**
    * GCRA: `intervalMs` is the emission interval (period / rate); up to `burst` requests fit at
    * once. Charges `cost` only when allowed.
@@ -34,6 +28,23 @@ export interface LimitStore {
   quota (key: string, limit: number, windowMs: number, cost: number): LimitDecision | Promise<LimitDecision>
   /** Add `amount` to the current window unconditionally (costs known only after the response). */
   charge (key: string, windowMs: number, amount: number): void | Promise<void>
+}
+
+/**
+ * Shared counters for rate limits and quotas. Each method is one atomic decision (on Redis, one
+ * Lua script and one round trip). Results may be synchronous (memory) or a Promise (network).
+ * One contract test suite (test/unit/limit-store.test.ts) runs against every implementation.
+ */
+export interface LimitStore extends LimitCounters {
+  readonly kind: 'memory' | 'redis'
+  readonly fingerprint: string
+  /**
+   * The counters of the limit named `limit`, for its compiled policy to hold. In memory each
+   * limit has its own bounded map, so one limit's keys can never push out another's;
+   * `onEvict` is called for each bucket dropped for room while it still counted (the latest
+   * `onEvict` given for a name is the one called).
+   */
+  counters (limit: string, onEvict: () => void): LimitCounters
   start (): Promise<void>
   close (): Promise<void>
   /** A cached response (see src/cache), or null. */
@@ -59,17 +70,18 @@ export function gcraStep (tat: number, now: number, intervalMs: number, burst: n
 }
 
 /**
- * In-process counters: exact for one gateway, bounded by `max_keys` (least recently used keys go
- * first; an evicted key starts afresh, which errs on the side of letting a request through).
+ * In-process counters: exact for one gateway, bounded by `max_keys` per limit (least recently
+ * used keys go first; an evicted key starts afresh, which errs on the side of letting a request
+ * through). One map per limit: a flood of fresh keys on one route cannot evict the buckets of
+ * another route's limits.
  */
 export class MemoryLimitStore implements LimitStore {
   readonly kind = 'memory' as const
   readonly fingerprint: string
   readonly #maxKeys: number
-  // Made on first use: lru-cache allocates its max_keys-sized arrays up front (~13 ms and ~1.6 MB
-  // per 100,000 keys here), and the default store exists whether or not any route limits.
-  #tatCache: LRUCache<string, number> | null = null
-  #usedCache: LRUCache<string, number> | null = null
+  readonly #limits = new Map<string, MemoryCounters>()
+  /** For callers that name no limit (the contract tests): one more partition. */
+  #anonymous: MemoryCounters | null = null
   /** Cached responses, bounded by bytes (no up-front allocation without `max`). */
   readonly #responses: LRUCache<string, Buffer>
 
@@ -79,12 +91,16 @@ export class MemoryLimitStore implements LimitStore {
     this.#responses = new LRUCache({ maxSize: cfg.max_bytes, sizeCalculation: (v) => v.length + 64 })
   }
 
-  get #tat (): LRUCache<string, number> {
-    return (this.#tatCache ??= new LRUCache({ max: this.#maxKeys }))
-  }
-
-  get #used (): LRUCache<string, number> {
-    return (this.#usedCache ??= new LRUCache({ max: this.#maxKeys }))
+  counters (limit: string, onEvict: () => void): LimitCounters {
+    let c = this.#limits.get(limit)
+    if (c === undefined) {
+      c = new MemoryCounters(this.#maxKeys, onEvict)
+      this.#limits.set(limit, c)
+    } else {
+      // A reload compiles the limit again: its buckets stay, counted by the new table's metrics.
+      c.onEvict = onEvict
+    }
+    return c
   }
 
   cacheGet (key: string): Buffer | null {
@@ -93,6 +109,61 @@ export class MemoryLimitStore implements LimitStore {
 
   cacheSet (key: string, value: Buffer, ttlMs: number): void {
     if (value.length + 64 <= this.#responses.maxSize) this.#responses.set(key, value, { ttl: ttlMs })
+  }
+
+  gcra (key: string, intervalMs: number, burst: number, cost: number): LimitDecision {
+    return (this.#anonymous ??= new MemoryCounters(this.#maxKeys, () => {})).gcra(key, intervalMs, burst, cost)
+  }
+
+  quota (key: string, limit: number, windowMs: number, cost: number): LimitDecision {
+    return (this.#anonymous ??= new MemoryCounters(this.#maxKeys, () => {})).quota(key, limit, windowMs, cost)
+  }
+
+  charge (key: string, windowMs: number, amount: number): void {
+    (this.#anonymous ??= new MemoryCounters(this.#maxKeys, () => {})).charge(key, windowMs, amount)
+  }
+
+  async start (): Promise<void> {}
+  async close (): Promise<void> {}
+  status (): { status: 'ok', kind: string } {
+    return { status: 'ok', kind: 'memory' }
+  }
+}
+
+/** One limit's buckets in memory: GCRA arrival times and quota windows, each up to maxKeys. */
+class MemoryCounters implements LimitCounters {
+  onEvict: () => void
+  readonly #maxKeys: number
+  // Made on first use: lru-cache allocates its max_keys-sized arrays up front (~13 ms and ~1.6 MB
+  // per 100,000 keys here), and a limit uses one of the two.
+  #tatCache: LRUCache<string, number> | null = null
+  #usedCache: LRUCache<string, number> | null = null
+  /** The quota's window, for telling a past window (harmless to drop) from the current one. */
+  #windowMs = 0
+
+  constructor (maxKeys: number, onEvict: () => void) {
+    this.#maxKeys = maxKeys
+    this.onEvict = onEvict
+  }
+
+  get #tat (): LRUCache<string, number> {
+    // dispose runs on eviction only (noDisposeOnSet: not on the per-request update). A bucket
+    // whose arrival time has passed is full, as a new one would be: dropping it loses nothing.
+    return (this.#tatCache ??= new LRUCache({
+      max: this.#maxKeys,
+      noDisposeOnSet: true,
+      dispose: (tat, _key, reason) => { if (reason === 'evict' && tat > Date.now()) this.onEvict() },
+    }))
+  }
+
+  get #used (): LRUCache<string, number> {
+    return (this.#usedCache ??= new LRUCache({
+      max: this.#maxKeys,
+      noDisposeOnSet: true,
+      dispose: (_used, key, reason) => {
+        if (reason === 'evict' && Number(key.slice(key.lastIndexOf(':') + 1)) >= Math.floor(Date.now() / this.#windowMs)) this.onEvict()
+      },
+    }))
   }
 
   gcra (key: string, intervalMs: number, burst: number, cost: number): LimitDecision {
@@ -107,6 +178,7 @@ export class MemoryLimitStore implements LimitStore {
 
   quota (key: string, limit: number, windowMs: number, cost: number): LimitDecision {
     const now = Date.now()
+    this.#windowMs = windowMs
     const index = Math.floor(now / windowMs)
     const k = `${key}:${index}`
     const used = this.#used.get(k) ?? 0
@@ -122,15 +194,10 @@ export class MemoryLimitStore implements LimitStore {
 
   charge (key: string, windowMs: number, amount: number): void {
     const now = Date.now()
+    this.#windowMs = windowMs
     const index = Math.floor(now / windowMs)
     const k = `${key}:${index}`
     this.#used.set(k, (this.#used.get(k) ?? 0) + amount)
-  }
-
-  async start (): Promise<void> {}
-  async close (): Promise<void> {}
-  status (): { status: 'ok', kind: string } {
-    return { status: 'ok', kind: 'memory' }
   }
 }
 
@@ -260,6 +327,11 @@ export class RedisLimitStore implements LimitStore {
   #redis (): RedisScripts {
     if (this.#client === null) throw new Error('the Redis store is not started')
     return this.#client
+  }
+
+  /** Redis keys are shared by every gateway, and evicted by Redis itself: one keyspace. */
+  counters (_limit: string, _onEvict: () => void): LimitCounters {
+    return this
   }
 
   async gcra (key: string, intervalMs: number, burst: number, cost: number): Promise<LimitDecision> {
