@@ -84,7 +84,7 @@ describe('ipv6_prefix in config', () => {
     try {
       validateConfig({
         upstreams: { up: { targets: [{ url: 'http://127.0.0.1:1' }] } },
-        routes: limits.map((rate_limit, i) => ({ name: `r${i}`, match: {}, upstream: 'up', rate_limit })),
+        routes: limits.map((rateLimit, i) => ({ name: `r${i}`, match: {}, upstream: 'up', rate_limit: rateLimit })),
       } as ConfigInput)
     } catch (err) {
       if (err instanceof ConfigError) return err.issues.map((i) => `${i.path}: ${i.message}`)
