@@ -5,7 +5,8 @@ import { parseArgs } from 'node:util'
 import { compile, describeTable } from '../compile/index.js'
 import { loadConfigFile, suggest } from '../config/load.js'
 import { ConfigError } from '../errors/index.js'
-import { createGateway } from '../server/gateway.js'
+import { createGateway, type Gateway } from '../server/gateway.js'
+import { pluginOf } from '../plugins/loader.js'
 import { TargetRegistry } from '../upstream/target.js'
 import { IdentityRegistry } from '../identity/registry.js'
 import { StoreRegistry } from '../limits/registry.js'
@@ -75,7 +76,8 @@ const COMMANDS: Record<string, CommandSpec> = {
 
 Run the gateway. SIGHUP, or a change to FILE, reloads it (an invalid file is logged and the
 running configuration kept); SIGTERM or SIGINT drains in-flight requests and exits 0. A listener
-that cannot bind (a port in use) is one line on stderr and exit status 1.
+that cannot bind (a port in use) is one line on stderr and exit status 1. Errors no code caught
+are logged and counted; an uncaught exception outside a plugin drains and exits 1.
 
 Options:
 ${CONFIG_OPTION}${HELP_OPTION}`,
@@ -358,18 +360,82 @@ async function start (file: string): Promise<number> {
   const watcher = watchFile(file, () => { reload('change').catch(() => {}) })
   process.on('SIGHUP', () => { reload('signal').catch(() => {}) })
 
-  await new Promise<void>((resolve) => {
-    const stop = (signal: string): void => {
-      gateway.logger.info({ msg: 'signal', signal })
-      process.off('SIGTERM', stop)
-      process.off('SIGINT', stop)
+  return await new Promise<number>((resolve) => {
+    let stopping = false
+    const stop = (code: number): void => {
+      if (stopping) return
+      stopping = true
+      process.off('SIGTERM', onSignal)
+      process.off('SIGINT', onSignal)
       watcher?.close()
-      gateway.close().then(resolve, resolve)
+      gateway.close().then(() => {
+        unguard()
+        resolve(code)
+      }, () => resolve(code))
     }
-    process.on('SIGTERM', stop)
-    process.on('SIGINT', stop)
+    const onSignal = (signal: string): void => {
+      gateway.logger.info({ msg: 'signal', signal })
+      stop(0)
+    }
+    const unguard = guardProcess(gateway, () => {
+      // Draining may itself hang on whatever broke: the grace period, then a little, is all it gets.
+      setTimeout(() => process.exit(1), gateway.table.config.shutdown.grace + 5_000).unref()
+      stop(1)
+    })
+    process.on('SIGTERM', onSignal)
+    process.on('SIGINT', onSignal)
   })
-  return 0
+}
+
+/**
+ * Errors no code handled. By default Node ends the process on either, so one plugin's
+ * fire-and-forget `Promise.reject()`, or a throw in its `setTimeout` callback, would take every
+ * request down with it. Here:
+ * - a promise rejected with no handler is logged and counted, and the gateway keeps serving:
+ *   nothing was unwound, no state is half-changed;
+ * - an exception thrown from a callback is logged and counted; Node's documentation warns that
+ *   the process is in an undefined state after one, so the gateway keeps serving only when the
+ *   stack shows the exception came from a plugin's file (what unwound was the plugin's own
+ *   callback). Any other (a gateway bug, a library's) drains in-flight requests, as on SIGTERM,
+ *   and exits 1 for the supervisor to restart it.
+ * Installed by `gatehouse start` only: a process that embeds the gateway owns its own handlers.
+ */
+function guardProcess (gateway: Gateway, fatal: () => void): () => void {
+  const count = gateway.metrics.uncaughtErrors
+  // Both series exist from the start, at 0, for rate() and alerts.
+  count.inc({ kind: 'rejection' }, 0)
+  count.inc({ kind: 'exception' }, 0)
+  const onRejection = (reason: unknown): void => {
+    count.inc({ kind: 'rejection' })
+    try {
+      const plugin = pluginOf(reason)
+      gateway.logger.error({ msg: 'unhandled promise rejection; still serving', kind: 'rejection', ...(plugin === null ? {} : { plugin }), err: describeError(reason) })
+    } catch {}
+  }
+  const onException = (err: unknown): void => {
+    count.inc({ kind: 'exception' })
+    const plugin = pluginOf(err)
+    try {
+      if (plugin !== null) gateway.logger.error({ msg: 'uncaught exception in a plugin; still serving', kind: 'exception', plugin, err: describeError(err) })
+      else gateway.logger.fatal({ msg: 'uncaught exception; draining and exiting', kind: 'exception', err: describeError(err) })
+    } catch {}
+    if (plugin === null) fatal()
+  }
+  process.on('unhandledRejection', onRejection)
+  process.on('uncaughtException', onException)
+  return () => {
+    process.off('unhandledRejection', onRejection)
+    process.off('uncaughtException', onException)
+  }
+}
+
+function describeError (err: unknown): string {
+  if (err instanceof Error) return err.stack ?? `${err.name}: ${err.message}`
+  try {
+    return `non-error value: ${JSON.stringify(err) ?? String(err)}`
+  } catch {
+    return `non-error value: ${String(err)}`
+  }
 }
 
 const EMPTY = 'empty'

@@ -74,7 +74,37 @@ export async function loadPlugin (path: string): Promise<PluginDefinition> {
     if (plugin[hook] !== undefined && typeof plugin[hook] !== 'function') throw new Error(`plugin ${plugin.name} (${path}): ${hook} must be a function`)
   }
   if (plugin.onRequest === undefined && plugin.onResponse === undefined) throw new Error(`plugin ${plugin.name} (${path}) has neither onRequest nor onResponse`)
+  loaded.set(path, { name: plugin.name, url: pathToFileURL(path).href })
   return plugin as PluginDefinition
+}
+
+/**
+ * Every plugin file loaded so far, never forgotten: a plugin dropped by a reload may still have
+ * timers and promises of its own running.
+ */
+const loaded = new Map<string, { name: string, url: string }>()
+
+/**
+ * The name of the plugin whose file appears in `err`'s stack, or null (no stack, or no frame
+ * in a plugin file). Frames show the file's URL (ES modules, with `?v=` on a reloaded .js) or
+ * its path (CommonJS); tsx maps a .ts plugin's frames back to the .ts file.
+ */
+export function pluginOf (err: unknown): string | null {
+  const stack = (err as { stack?: unknown } | null)?.stack
+  if (typeof stack !== 'string' || loaded.size === 0) return null
+  for (const [path, { name, url }] of loaded) {
+    if (mentions(stack, url) || mentions(stack, path)) return name
+  }
+  return null
+}
+
+/** `file` occurs in `stack` as a whole name: followed by `:line`, `?query` or `)`, not `/a.ts` in `/a.tsx`. */
+function mentions (stack: string, file: string): boolean {
+  for (let i = stack.indexOf(file); i !== -1; i = stack.indexOf(file, i + 1)) {
+    const next = stack.charCodeAt(i + file.length)
+    if (next === 58 /* : */ || next === 63 /* ? */ || next === 41 /* ) */) return true
+  }
+  return false
 }
 
 /** In the CommonJS CLI bundle import.meta.url is empty; any file URL in the package will do as parent. */
