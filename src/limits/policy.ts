@@ -171,7 +171,12 @@ function keyValue (limit: CompiledLimit, s: LimitSubject): string | null {
     case 'claim': v = s.identity === null ? undefined : claimAt(s.identity.claims, limit.claimPath); break
   }
   if (typeof v === 'number' || typeof v === 'boolean') v = String(v)
-  if (typeof v === 'string' && v !== '') return `${limit.keyKind}:${v}`
+  if (typeof v === 'string' && v !== '') {
+    // A subject (an API key's id) is unique only within its provider: `alice` of one IdP is not
+    // `alice` of another. Provider names have no ':', so the pair cannot be forged by a subject.
+    if (limit.keyKind === 'subject' || limit.keyKind === 'api_key') return `${limit.keyKind}:${s.identity!.provider}:${v}`
+    return `${limit.keyKind}:${v}`
+  }
   return limit.missing === 'ip' ? `ip:${addressBucket(limitAddress(s), limit.ipv6Prefix)}` : null
 }
 

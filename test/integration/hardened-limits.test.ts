@@ -1,6 +1,7 @@
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import http from 'node:http'
+import { createHash } from 'node:crypto'
 import ipaddr from 'ipaddr.js'
 import { validateConfig } from '../../src/config/load.js'
 import type { ConfigInput } from '../../src/config/schema.js'
@@ -181,5 +182,42 @@ describe('a flood of fresh keys on a memory store', () => {
     const text = await metricsText(gw.adminPort!)
     // 1 + 1,200 + the victim again: 1,202 buckets for 1,000 places.
     assert.match(text, /^gatehouse_limit_evictions_total\{store="small",limit="users"\} 202$/m)
+  })
+})
+
+describe('subject limits are per identity provider', () => {
+  let up: Echo
+  let gw: TestGateway
+  const sha = (k: string): string => createHash('sha256').update(k).digest('hex')
+  before(async () => {
+    up = await startEchoUpstream()
+    gw = await startGateway({
+      identity: {
+        providers: {
+          partners: { kind: 'api_key', header: 'x-partner-key', keys: [{ id: 'alice', sha256: sha('partner-alice-key') }] },
+          staff: { kind: 'api_key', header: 'x-staff-key', keys: [{ id: 'alice', sha256: sha('staff-alice-key') }] },
+        },
+      },
+      upstreams: { up: { targets: [{ url: up.url }] } },
+      routes: [
+        { name: 's', match: { path_prefix: '/s' }, upstream: 'up', auth: { any_of: ['partners', 'staff'] }, rate_limit: [{ name: 'per-caller', key: 'subject', rate: '1/min', burst: 1 }] },
+        { name: 'k', match: { path_prefix: '/k' }, upstream: 'up', auth: { any_of: ['partners', 'staff'] }, rate_limit: [{ name: 'per-key', key: 'api_key', rate: '1/min', burst: 1 }] },
+      ],
+    })
+  })
+  after(async () => {
+    await gw.close()
+    await up.close()
+  })
+
+  it('alice of one provider exhausting her bucket leaves alice of another untouched', async () => {
+    for (const [path, limit] of [['/s', 'per-caller'], ['/k', 'per-key']] as const) {
+      assert.equal((await call(gw, path, { 'x-partner-key': 'partner-alice-key' })).status, 200)
+      assert.deepEqual((await call(gw, path, { 'x-partner-key': 'partner-alice-key' })).problem, RATE_LIMITED(limit))
+      const staff = await call(gw, path, { 'x-staff-key': 'staff-alice-key' })
+      assert.equal(staff.status, 200)
+      assert.equal(staff.ratelimit, `"${limit}";r=0;t=60`)
+      assert.deepEqual((await call(gw, path, { 'x-staff-key': 'staff-alice-key' })).problem, RATE_LIMITED(limit))
+    }
   })
 })
