@@ -30,8 +30,8 @@ import { KNOWN_REQUEST_FAILURES } from './known.js'
 
 const DEFAULT_RUNS = 2000
 const HANG_MS = 2000
-const SETTLE_MS = 1000
-const RESTART_MS = 2000
+const SETTLE_MS = 500
+const RESTART_MS = 1000
 const VERBOSE = process.env.GATEHOUSE_FUZZ_VERBOSE === '1'
 const settings = fuzzSettings(DEFAULT_RUNS)
 
@@ -99,7 +99,8 @@ class RequestFuzz {
   }
 
   async stop (): Promise<void> {
-    await this.gateway.close()
+    // A gateway left with a connection it never closes never finishes close().
+    await Promise.race([this.gateway.close(), new Promise((resolve) => setTimeout(resolve, RESTART_MS).unref())])
     await this.upstream.close()
     await this.introspection.close()
     this.watch.close()
@@ -205,7 +206,10 @@ class RequestFuzz {
     const unknown = this.ledger.triage(failures, report, settings.strict)
     const message = unknown.length > 0 ? describeFailures(unknown, report()) : null
     if (message !== null) this.firstFailure ??= message
-    await this.restart()
+    // A known bug that leaves an upstream request hanging costs only those connections; any
+    // other failure gets the next case a new gateway.
+    if (message === null && !failures.some((f) => f.property === 'no-crash')) this.upstream.dropBusy()
+    else await this.restart()
     if (message !== null) throw new Error(message)
   }
 

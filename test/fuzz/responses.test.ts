@@ -29,8 +29,8 @@ import { KNOWN_RESPONSE_FAILURES } from './known.js'
 
 const DEFAULT_RUNS = 600
 const HANG_MS = 2500
-const SETTLE_MS = 1000
-const RESTART_MS = 2000
+const SETTLE_MS = 500
+const RESTART_MS = 1000
 /** Response heads up to this size must be relayed (undici's default maxHeaderSize is 16 KiB). */
 const MAX_UPSTREAM_HEAD = 16 * 1024 - 512
 const VERBOSE = process.env.GATEHOUSE_FUZZ_VERBOSE === '1'
@@ -101,7 +101,8 @@ class ResponseFuzz {
   }
 
   async stop (): Promise<void> {
-    await this.gateway.close()
+    // A gateway left with a connection it never closes never finishes close().
+    await Promise.race([this.gateway.close(), new Promise((resolve) => setTimeout(resolve, RESTART_MS).unref())])
     await this.upstream.close()
     this.watch.close()
   }
@@ -238,7 +239,10 @@ class ResponseFuzz {
     const unknown = this.ledger.triage(failures, report, settings.strict)
     const message = unknown.length > 0 ? describeFailures(unknown, report()) : null
     if (message !== null) this.firstFailure ??= message
-    await this.restart()
+    // A known bug that leaves an upstream request hanging costs only those connections; any
+    // other failure gets the next case a new gateway.
+    if (message === null && !failures.some((f) => f.property === 'no-crash')) this.upstream.dropBusy()
+    else await this.restart()
     if (message !== null) throw new Error(message)
   }
 }

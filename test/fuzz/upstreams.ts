@@ -78,6 +78,11 @@ export class RawUpstream {
     return out
   }
 
+  /** Drop the connections that hold part of a request (the gateway sees them reset). */
+  dropBusy (): void {
+    for (const c of this.conns.values()) if (c.pending.length > 0 || c.writing) c.socket.destroy()
+  }
+
   async close (): Promise<void> {
     for (const c of this.conns.values()) c.socket.destroy()
     await new Promise<void>((resolve) => this.#server.close(() => resolve()))
