@@ -119,11 +119,12 @@ describe('cache key (v2 layout)', () => {
     assert.equal(c('{"user":"u1","input":"hi","nested":{"user":"kept"}}', ['user']), '{"input":"hi","nested":{"user":"kept"}}')
     assert.equal(c('"\\ud800"'), '"\\ud800"')
     assert.equal(c('"\\uD800"'), '"\\ud800"')
+    assert.equal(c('["é\u2028", "\\u00e9\\u2028"]'), '["é\u2028","é\u2028"]')
     assert.equal(c('[]'), '[]')
     assert.equal(c('{}'), '{}')
     assert.equal(c('12'), '12')
     // Not JSON at all.
-    for (const s of ['', '{', '{"a":1,}', '[1,]', '01', '1.', '.5', '-', '1e', '"a\tb"', '"\\x"', 'tru', '{"a" 1}', '[1 2]', '\ufeff{}', 'NaN', '{"a":1}x']) {
+    for (const s of ['', '{', '{"a":1,}', '[1,]', '01', '1.', '.5', '-', '1e', '"a\tb"', '"\\x"', '"\\u12"', '"\\u12G4"', '"ab', 'tru', '{"a" 1}', '[1 2]', '\ufeff{}', 'NaN', '{"a":1}x']) {
       assert.equal(c(s), null, JSON.stringify(s))
     }
   })
