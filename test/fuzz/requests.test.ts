@@ -252,7 +252,10 @@ class RequestFuzz {
       if (r.close) closedAt = k
       k++
     }
-    if (k > begun) failures.push({ property: 'well-formed', detail: `${k} final responses (${parsed.responses.filter((r) => r.status >= 200).map((r) => r.status).join(', ')}) to ${begun} request(s) begun` })
+    if (k > begun) {
+      const closer = close === -1 ? '' : `; request ${close} closes the connection (${oracle.requests[close]!.version === '1.0' && fieldValue(oracle.requests[close]!.fields, 'transfer-encoding') !== null ? 'HTTP/1.0 with Transfer-Encoding' : 'Connection: close or HTTP/1.0'})`
+      failures.push({ property: 'well-formed', detail: `${k} final responses (${parsed.responses.filter((r) => r.status >= 200).map((r) => r.status).join(', ')}) to ${begun} request(s) begun${closer}` })
+    }
     return parsed.responses.map((r) => `${r.status}${problemCode(r)}`).join(', ') || 'nothing'
   }
 

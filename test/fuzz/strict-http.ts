@@ -336,6 +336,11 @@ export function parseResponses (buf: Buffer, opts: ResponseOptions): ResponsePar
           // §6.3 (4)); refusing it is as fair.
           lenient.push({ why: 'Transfer-Encoding without chunked: body to the close', response: { ...base, body: buf.subarray(afterHead), trailers: [], framing: 'close', end: buf.length, close: true } })
         }
+        if (codings.length > 0 && codings.some((c) => !TCHAR.test(c)) && codings[codings.length - 1] === 'chunked' && cl.length === 0) {
+          // The coding that is no token is not understood, but chunked last still frames it.
+          const reading = tryRead(() => readChunked(buf, afterHead, false))
+          if (reading !== null) lenient.push({ why: 'chunked last after a coding that is no token', response: { ...base, body: reading[0], trailers: reading[1], framing: 'chunked', end: reading[2] } })
+        }
         if (codings.length === 0 || codings.some((c) => !TCHAR.test(c))) error(start, 'bad Transfer-Encoding')
         if (codings.filter((c) => c === 'chunked').length > 1) error(start, 'chunked applied twice')
         if (codings[codings.length - 1] === 'chunked') {
