@@ -390,6 +390,11 @@ export function readHead (ex: Exchange, table: RouteTable): GatewayError | null 
   if (req.httpVersionMajor !== 1 || req.httpVersionMinor > 1) {
     return gatewayError('GH_HTTP_VERSION_NOT_SUPPORTED', `HTTP/${req.httpVersion} is not supported; use HTTP/1.1`)
   }
+  // RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing (a 1.0 hop
+  // reads the body to the close); refused, and the connection closed after the answer.
+  if (ex.transferEncoding !== null && req.httpVersionMinor === 0) {
+    return gatewayError('GH_AMBIGUOUS_LENGTH', 'An HTTP/1.0 request cannot use Transfer-Encoding')
+  }
   if (url.charCodeAt(0) !== 47 /* / */) {
     // Absolute-form (a forward-proxy request) and asterisk-form are not for a gateway; taking
     // the authority from the target instead of Host would be a second source of truth.

@@ -108,7 +108,8 @@ export interface RawResponse {
 
 /**
  * Send bytes exactly as given (for malformed requests that no HTTP client would produce) and
- * read until the server closes the connection or `idleMs` passes without data.
+ * read until the server closes the connection or `idleMs` passes without data once data came
+ * (the first byte may take up to 5 s: a loaded test machine is not a silent server).
  */
 export async function rawRequest (port: number, data: string | Buffer, idleMs = 1000): Promise<RawResponse> {
   const socket = net.connect(port, '127.0.0.1')
@@ -116,7 +117,7 @@ export async function rawRequest (port: number, data: string | Buffer, idleMs = 
   socket.write(data)
   const chunks: Buffer[] = []
   await new Promise<void>((resolve) => {
-    let timer = setTimeout(done, idleMs)
+    let timer = setTimeout(done, Math.max(idleMs, 5000))
     function done (): void {
       clearTimeout(timer)
       socket.destroy()

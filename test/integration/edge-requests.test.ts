@@ -150,6 +150,11 @@ describe('requests that must not slip past the gateway', () => {
     await refused('POST /h2 HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: h2c\r\nContent-Length: 5\r\n\r\nhello', 400, 'GH_UPGRADE_NOT_ALLOWED')
   })
 
+  test('HTTP/1.0 with Transfer-Encoding → 400 and close', async () => {
+    const headers = await refused('POST / HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /next HTTP/1.1\r\nHost: a\r\n\r\n', 400, 'GH_AMBIGUOUS_LENGTH')
+    assert.equal(headers.connection, 'close')
+  })
+
   test('HTTP versions other than 1.0 and 1.1 → 505', async () => {
     await refused('GET / HTTP/2.0\r\nHost: a\r\n\r\n', 505, 'GH_HTTP_VERSION_NOT_SUPPORTED')
     await refused('GET / HTTP/0.9\r\nHost: a\r\n\r\n', 505, 'GH_HTTP_VERSION_NOT_SUPPORTED')
