@@ -762,8 +762,10 @@ export class NatsDeliveryStore implements DeliveryStore {
         ...base.rec,
         attempts: base.rec.attempts + (countAttempt ? 1 : 0),
         updatedAt: outcome.at,
+        // A delivered request's headers go with its body (acked out of the queue): what the
+        // status keeps of it is what status lookups and idempotency need.
         ...(outcome.kind === 'delivered'
-          ? { state: 'delivered', nextAttemptAt: outcome.at, lastError: null, lastStatus: outcome.status }
+          ? { state: 'delivered', nextAttemptAt: outcome.at, lastError: null, lastStatus: outcome.status, headers: [] }
           : outcome.kind === 'retry'
             ? { state: 'pending', nextAttemptAt: outcome.nextAttemptAt, lastError: outcome.error, lastStatus: outcome.status }
             : { state: 'dead', nextAttemptAt: outcome.at, lastError: outcome.error, lastStatus: outcome.status, deadSeq }),
@@ -1004,6 +1006,9 @@ export class NatsDeliveryStore implements DeliveryStore {
     })
     const expired = [...statuses.values()].filter((st) => st.rec.state !== 'pending' && st.rec.updatedAt < before)
     const dropped = await mapLimit(expired, (st) => this.#drop(st, false))
+    // Delivered before their headers were dropped at delivery (an older Gatehouse): dropped now.
+    const stale = [...statuses.values()].filter((st) => st.rec.state === 'delivered' && st.rec.updatedAt >= before && st.rec.headers.length > 0)
+    await mapLimit(stale, (st) => this.#putStatus({ ...st.rec, headers: [] }, st.seq).catch(() => 0))
     for (const st of expired) statuses.delete(st.rec.id)
     const gone = new Set(expired.map((st) => st.rec.id))
     // A key goes with its delivery, or when it is old and points at nothing (a failed enqueue).

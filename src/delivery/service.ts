@@ -242,6 +242,13 @@ function view (r: DeliveryRecord, admin: boolean): DeliveryStatusView {
   }
 }
 
+/** Kept short: an error message must not grow a record much after it was accepted (the store's reserve). */
+const MAX_ERROR = 200
+
+function clip (text: string): string {
+  return text.length <= MAX_ERROR ? text : text.slice(0, MAX_ERROR - 1) + '…'
+}
+
 async function openStore (cfg: DeliveryStoreConfig, logger: Logger): Promise<DeliveryStore> {
   if (cfg.kind === 'sqlite') {
     // On its own thread: the commits' fsyncs must not stop the gateway's event loop.
@@ -358,7 +365,7 @@ class RouteWorker {
     if ('status' in result && result.status < 400) {
       return this.#settle(rec, { kind: 'delivered', status: result.status, at })
     }
-    const error = 'status' in result ? `status ${result.status}` : result.message
+    const error = 'status' in result ? `status ${result.status}` : clip(result.message)
     const status = 'status' in result ? result.status : null
     const retryable = 'status' in result ? cfg.retry_on.includes(result.status) : cfg.retry_on.includes(result.error)
     if (!retryable) return this.#settle(rec, { kind: 'dead', at, error: `${error} (not retried)`, status })

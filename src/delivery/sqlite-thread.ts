@@ -31,7 +31,7 @@ export type Reply = { id: number, ok: true, value: unknown } | { id: number, ok:
 /** Cancels come after the calls of the same message: a claim aborted in the turn it was made is still cancelled. */
 export interface ToWorker { calls: Call[], cancels: number[] }
 export type StoreStatus = { status: 'ok' | 'unavailable', kind: string, [key: string]: unknown }
-export type ToMain = { replies: Reply[], status?: StoreStatus } | { log: Record<string, unknown> }
+export type ToMain = { replies: Reply[], status?: StoreStatus } | { log: Record<string, unknown>, level?: 'info' }
 
 interface Pending { resolve: (v: unknown) => void, reject: (e: unknown) => void }
 
@@ -225,7 +225,8 @@ export class ThreadedSqliteDeliveryStore implements DeliveryStore {
 
   #onMessage (msg: ToMain): void {
     if ('log' in msg) {
-      this.#logger.error(msg.log)
+      if (msg.level === 'info') this.#logger.info(msg.log)
+      else this.#logger.error(msg.log)
       return
     }
     if (msg.status !== undefined) this.#status = msg.status

@@ -13,7 +13,7 @@ import type { Call, Reply, SerializedError, ToMain, ToWorker } from './sqlite-th
 
 const port = parentPort!
 const cfg = (workerData as { cfg: SqliteConfig }).cfg
-const store = new SqliteDeliveryStore(cfg, { error: (obj) => post({ log: obj }) })
+const store = new SqliteDeliveryStore(cfg, { error: (obj) => post({ log: obj }), info: (obj) => post({ log: obj, level: 'info' }) })
 
 let replies: Reply[] = []
 let flushing = false

@@ -10,7 +10,7 @@ import type {
 // The subset of better-sqlite3 used here. The package ships no types (and @types/better-sqlite3
 // is not a dependency), so the module is loaded through a specifier TypeScript does not resolve
 // and typed by these interfaces.
-interface RunResult { changes: number }
+interface RunResult { changes: number, lastInsertRowid: number | bigint }
 interface Statement<Row = unknown> {
   run (...params: unknown[]): RunResult
   get (...params: unknown[]): Row | undefined
@@ -49,9 +49,23 @@ interface Row {
 export type SqliteConfig = Extract<DeliveryStoreConfig, { kind: 'sqlite' }>
 
 /** What the store logs through: the gateway's logger, or (in the store's worker thread) a relay to it. */
-export interface StoreLogger { error (obj: Record<string, unknown>): void }
+export interface StoreLogger { error (obj: Record<string, unknown>): void, info (obj: Record<string, unknown>): void }
 
-const SCHEMA_VERSION = 1
+/*
+ * Version 2 keeps each request's headers and body in a table of their own, delivery_payloads.
+ * In version 1 they were columns of the deliveries row, and that row is rewritten by every
+ * settle: SQLite writes the new row (overflow pages for the body included) before it frees the
+ * old, so recording the outcome of a large request needed as much free space as the request,
+ * and a full store could not record the outcomes that would have emptied it. Now a state change
+ * rewrites a small row, and a delivered request's payload is deleted (its body and headers are
+ * not needed again, and its credentials should not outlive it). The columns stay, empty, so
+ * that files of both versions have one shape; version 1 files are migrated when opened.
+ *
+ * A payload's key is an INTEGER PRIMARY KEY (the rowid, which VACUUM keeps), held by its
+ * record's payload_id: appending to a rowid table costs about what the old single INSERT did,
+ * where a second random-UUID index measured 25-30% less enqueue throughput.
+ */
+const SCHEMA_VERSION = 2
 
 const SCHEMA = `
 CREATE TABLE deliveries (
@@ -70,7 +84,8 @@ CREATE TABLE deliveries (
   lease_until INTEGER NOT NULL DEFAULT 0,
   last_error TEXT,
   last_status INTEGER,
-  updated_at INTEGER NOT NULL
+  updated_at INTEGER NOT NULL,
+  payload_id INTEGER
 );
 -- Claiming: the due pending messages of one route, in the order they are attempted.
 CREATE INDEX deliveries_claim ON deliveries (route, state, next_attempt_at, created_at);
@@ -80,6 +95,33 @@ CREATE UNIQUE INDEX deliveries_idempotency ON deliveries (route, idempotency_key
 CREATE INDEX deliveries_created ON deliveries (created_at);
 CREATE INDEX deliveries_state ON deliveries (state, updated_at);
 `
+
+/** Version 2's additions (see SCHEMA_VERSION). */
+const PAYLOADS = `
+CREATE TABLE IF NOT EXISTS delivery_payloads (
+  id INTEGER PRIMARY KEY,
+  headers TEXT NOT NULL,
+  body BLOB NOT NULL
+);
+-- Whatever deletes a record (purge, retention) or lets go of its payload (delivered) deletes
+-- the payload: a rowid can be handed out again, so no record may keep pointing at one.
+CREATE TRIGGER IF NOT EXISTS delivery_payloads_gone AFTER DELETE ON deliveries WHEN OLD.payload_id IS NOT NULL
+BEGIN
+  DELETE FROM delivery_payloads WHERE id = OLD.payload_id;
+END;
+CREATE TRIGGER IF NOT EXISTS delivery_payloads_released AFTER UPDATE OF payload_id ON deliveries
+  WHEN OLD.payload_id IS NOT NULL AND OLD.payload_id IS NOT NEW.payload_id
+BEGIN
+  DELETE FROM delivery_payloads WHERE id = OLD.payload_id;
+END;
+`
+/** A record with its payload; a delivered one has none (its columns in deliveries are empty). */
+const RECORD = `SELECT d.id, d.route, d.method, d.target, COALESCE(p.headers, d.headers) AS headers, COALESCE(p.body, d.body) AS body,
+  d.idempotency_key, d.fingerprint, d.created_at, d.state, d.attempts, d.next_attempt_at, d.lease_until, d.last_error, d.last_status, d.updated_at
+  FROM deliveries d LEFT JOIN delivery_payloads p ON p.id = d.payload_id`
+/** Rows moved per transaction by the version 1 migration, and at most this many payload bytes. */
+const MIGRATE_ROWS = 4096
+const MIGRATE_BYTES = 16 * 1024 * 1024
 
 /** Most operations written in one transaction; more wait for the next flush (a turn later). */
 const MAX_BATCH = 1000
@@ -108,6 +150,14 @@ const WAL_CHECKPOINT_PAGES = 200
  */
 const RESERVE_FRACTION = 0.05
 const RESERVE_MIN_PAGES = 8
+/**
+ * Bytes each pending message is allowed to grow by before it leaves the pending state: a retry
+ * or dead-letter writes last_error (at most ~200 characters, see service.ts), last_status and a
+ * longer state into its row and index entries, and a page split can double that. Enqueues keep
+ * this much room per pending message on top of the reserve, so that a store of many small
+ * messages can record every outcome even when full.
+ */
+const GROWTH_BYTES = 512
 
 /**
  * Per operation of a batch: an enqueue's answer, the route of a retry settle (null for other
@@ -124,6 +174,9 @@ interface Statements {
   syncNormal: Statement
   syncFull: Statement
   insert: Statement
+  insertPayload: Statement
+  dropPayload: Statement
+  pendingCount: Statement<{ n: number }>
   byKey: Statement<{ id: string, fingerprint: string, created_at: number }>
   clearKey: Statement
   settle: Statement<{ route: string }>
@@ -153,7 +206,7 @@ export class SqliteDeliveryStore implements DeliveryStore {
   readonly #logger: StoreLogger
   #db: Database | null = null
   #stmts: Statements | null = null
-  #writeBatch: ((batch: Op[], results: Result[]) => void) | null = null
+  #writeBatch: ((batch: Op[], results: Result[]) => number) | null = null
   #claimTx: ((route: string, max: number, now: number, leaseUntil: number) => DeliveryRecord[]) | null = null
   /** list, purge and expire statements, prepared on first use. */
   readonly #cached = new Map<string, Statement<Row>>()
@@ -166,6 +219,8 @@ export class SqliteDeliveryStore implements DeliveryStore {
   /** The last write error (cleared by a successful write), for status(). */
   #writeError: { code: string, message: string } | null = null
   #lastErrorLog = 0
+  /** Pending messages, counted at start and kept up to date (for the growth reserve). */
+  #pending = 0
 
   constructor (cfg: SqliteConfig, logger: StoreLogger) {
     this.#cfg = cfg
@@ -196,30 +251,42 @@ export class SqliteDeliveryStore implements DeliveryStore {
       // keeps it at the current page count if the file is already larger).
       const pageSize = Number(db.pragma('page_size', { simple: true }))
       const maxPages = Math.max(32, Math.floor(this.#cfg.max_size / pageSize))
+      // Before the limit is set: a migration may need room for one chunk more than the file has.
+      migrate(db, (obj) => this.#logger.info({ ...obj, path }))
       db.pragma(`max_page_count = ${maxPages}`)
       const enqueueLimit = maxPages - Math.max(RESERVE_MIN_PAGES, Math.ceil(maxPages * RESERVE_FRACTION))
-      migrate(db)
       const s = prepare(db)
       this.#stmts = s
+      this.#pending = s.pendingCount.get()?.n ?? 0
       const conn = db
-      const writeBatch = db.transaction((batch: Op[], results: Result[]) => {
+      // Returns how many messages became pending (enqueues) less those that stopped being (settled).
+      const writeBatch = db.transaction((batch: Op[], results: Result[]): number => {
         // Pages in use: read once, then estimated (generously) until near the limit.
         let used = -1
+        let pendingDelta = 0
         for (let i = 0; i < batch.length; i++) {
           const op = batch[i]!
           // Refused before SQLite runs out of pages: an INSERT that hits max_page_count rolls
           // back the whole transaction, not just itself.
           if (op.kind === 'enqueue') {
-            const need = pagesFor(op.msg, pageSize)
+            const need = pagesFor(op.msg, pageSize) + Math.ceil((this.#pending + pendingDelta + 1) * GROWTH_BYTES / pageSize)
             if (used < 0 || used + need > enqueueLimit) used = s.used.get()?.used ?? 0
             if (used + need > enqueueLimit) {
               results[i] = { sqlite: Object.assign(new Error('the database reached max_size'), { code: 'SQLITE_FULL' }) }
               continue
             }
-            used += need
+            used += pagesFor(op.msg, pageSize)
           }
           try {
-            results[i] = op.kind === 'enqueue' ? insertOne(s, op.msg, op.windowMs) : settleOne(s, op.id, op.outcome)
+            if (op.kind === 'enqueue') {
+              const r = insertOne(s, op.msg, op.windowMs)
+              if ('duplicate' in r && !r.duplicate) pendingDelta++
+              results[i] = r
+            } else {
+              const r = settleOne(s, op.id, op.outcome)
+              if (r.final) pendingDelta--
+              results[i] = r.wake
+            }
           } catch (err) {
             // SQLite undid just this statement and the transaction goes on: this operation
             // fails alone. If it rolled the whole transaction back, so does the batch.
@@ -227,6 +294,7 @@ export class SqliteDeliveryStore implements DeliveryStore {
             results[i] = { sqlite: err }
           }
         }
+        return pendingDelta
       })
       // IMMEDIATE: take the write lock up front rather than fail to upgrade a read lock (BUSY).
       this.#writeBatch = writeBatch.immediate
@@ -293,7 +361,7 @@ export class SqliteDeliveryStore implements DeliveryStore {
     }
     const results: Result[] = new Array(batch.length).fill(null)
     try {
-      writeBatch(batch, results)
+      this.#pending += writeBatch(batch, results)
     } catch (err) {
       // Nothing of the batch was committed (SQLite rolled back, or better-sqlite3 did).
       const e = this.#writeFailed(err)
@@ -422,9 +490,9 @@ export class SqliteDeliveryStore implements DeliveryStore {
     const { db } = this.#open()
     const where: string[] = []
     const params: unknown[] = []
-    if (filter.state !== undefined) { where.push('state = ?'); params.push(filter.state) }
-    if (filter.route !== undefined) { where.push('route = ?'); params.push(filter.route) }
-    const sql = `SELECT * FROM deliveries ${where.length === 0 ? '' : `WHERE ${where.join(' AND ')}`} ORDER BY created_at DESC, rowid DESC LIMIT ?`
+    if (filter.state !== undefined) { where.push('d.state = ?'); params.push(filter.state) }
+    if (filter.route !== undefined) { where.push('d.route = ?'); params.push(filter.route) }
+    const sql = `${RECORD} ${where.length === 0 ? '' : `WHERE ${where.join(' AND ')}`} ORDER BY d.created_at DESC, d.rowid DESC LIMIT ?`
     let stmt = this.#cached.get(sql)
     if (stmt === undefined) this.#cached.set(sql, stmt = db.prepare<Row>(sql))
     return stmt.all(...params, Math.max(0, filter.limit)).map(toRecord)
@@ -435,12 +503,13 @@ export class SqliteDeliveryStore implements DeliveryStore {
     let routes: Array<{ route: string }>
     try {
       routes = db.transaction(() => {
-        if ('ids' in which) return which.ids.flatMap((id) => s.replayId.all(now, now, id))
-        return which.route === undefined ? s.replayDead.all(now, now) : s.replayDeadRoute.all(now, now, which.route)
+        if ('ids' in which) return which.ids.flatMap((id) => s.replayId.all({ now, id }))
+        return which.route === undefined ? s.replayDead.all({ now }) : s.replayDeadRoute.all({ now, route: which.route })
       }).immediate()
     } catch (err) {
       throw this.#writeFailed(err)
     }
+    this.#pending += routes.length
     for (const route of new Set(routes.map((r) => r.route))) this.#wake(route)
     return routes.length
   }
@@ -526,39 +595,97 @@ function isOwnFailure (err: unknown): boolean {
   return typeof code === 'string' && (code === 'SQLITE_FULL' || code.startsWith('SQLITE_CONSTRAINT'))
 }
 
-function migrate (db: Database): void {
+function migrate (db: Database, log: (obj: Record<string, unknown>) => void): void {
   const version = Number(db.pragma('user_version', { simple: true }))
   if (version > SCHEMA_VERSION) throw new Error(`the database has schema version ${version}; this Gatehouse knows up to ${SCHEMA_VERSION} (written by a newer version?)`)
   if (version === SCHEMA_VERSION) return
-  db.transaction(() => {
-    db.exec(SCHEMA)
-    db.pragma(`user_version = ${SCHEMA_VERSION}`)
-  }).immediate()
+  if (version === 0) {
+    db.transaction(() => {
+      db.exec(SCHEMA + PAYLOADS)
+      db.pragma(`user_version = ${SCHEMA_VERSION}`)
+    }).immediate()
+    return
+  }
+  const t0 = performance.now()
+  const rows = db.prepare<{ n: number }>('SELECT COUNT(*) AS n FROM deliveries').get()?.n ?? 0
+  log({ msg: 'delivery store migrating to schema version 2', records: rows })
+  migratePayloads(db)
+  log({ msg: 'delivery store migrated to schema version 2', records: rows, ms: Math.round(performance.now() - t0) })
+}
+
+/**
+ * Version 1 → 2: each record's headers and body move to delivery_payloads, except a delivered
+ * record's, which are dropped. In chunks, each its own transaction, so that neither the WAL nor
+ * the file grows by more than a chunk; a migration cut short (a crash) resumes where it was: a
+ * row already moved has its payload_id. Each lease_until of 0 becomes a time in the past (free),
+ * so that later leases rewrite it in place (see prepare, `insert`). The chunks skip the fsync:
+ * redoing one after a power loss is harmless.
+ */
+function migratePayloads (db: Database): void {
+  const columns = db.prepare<{ name: string }>("SELECT name FROM pragma_table_info('deliveries')").all().map((c) => c.name)
+  if (!columns.includes('payload_id')) db.exec('ALTER TABLE deliveries ADD COLUMN payload_id INTEGER')
+  db.exec(PAYLOADS)
+  const chunk = db.prepare<{ r: number, state: DeliveryState, moved: number, size: number }>(`SELECT rowid AS r, state, payload_id IS NOT NULL AS moved,
+    length(headers) + length(body) AS size FROM deliveries WHERE rowid > ? ORDER BY rowid LIMIT ?`)
+  const move = db.prepare('INSERT INTO delivery_payloads (headers, body) SELECT headers, body FROM deliveries WHERE rowid = ?')
+  const clear = db.prepare(`UPDATE deliveries SET headers = '[]', body = x'', payload_id = ?,
+    lease_until = CASE WHEN lease_until = 0 THEN MIN(created_at, next_attempt_at) ELSE lease_until END WHERE rowid = ?`)
+  const clearMoved = db.prepare("UPDATE deliveries SET headers = '[]', body = x'' WHERE rowid = ?")
+  db.pragma('synchronous = NORMAL')
+  // A checkpoint per chunk rather than several (each syncs the file).
+  db.pragma(`wal_autocheckpoint = ${2 * MIGRATE_BYTES / 4096}`)
+  let last = 0
+  for (;;) {
+    const rows = chunk.all(last, MIGRATE_ROWS)
+    if (rows.length === 0) break
+    db.transaction(() => {
+      let bytes = 0
+      for (const row of rows) {
+        if (row.moved === 1) clearMoved.run(row.r)
+        else clear.run(row.state === 'delivered' ? null : move.run(row.r).lastInsertRowid, row.r)
+        last = row.r
+        bytes += row.size
+        if (bytes >= MIGRATE_BYTES) break
+      }
+    }).immediate()
+  }
+  db.pragma(`user_version = ${SCHEMA_VERSION}`)
+  db.pragma('synchronous = FULL')
+  db.pragma(`wal_autocheckpoint = ${WAL_CHECKPOINT_PAGES}`)
 }
 
 function prepare (db: Database): Statements {
   return {
     syncNormal: db.prepare('PRAGMA synchronous = NORMAL'),
     syncFull: db.prepare('PRAGMA synchronous = FULL'),
-    insert: db.prepare(`INSERT INTO deliveries (id, route, method, target, headers, body, idempotency_key, fingerprint, created_at, state, attempts, next_attempt_at, lease_until, updated_at)
-      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, 0, ?)`),
+    // lease_until starts at a time (in the past: free), not 0, so that a lease overwrites it with
+    // a number of the same size: the row keeps its size and SQLite rewrites it in place, so a
+    // claim never needs a free page, however full the store is.
+    insert: db.prepare(`INSERT INTO deliveries (id, route, method, target, headers, body, idempotency_key, fingerprint, created_at, state, attempts, next_attempt_at, lease_until, updated_at, payload_id)
+      VALUES (?, ?, ?, ?, '[]', x'', ?, ?, ?, 'pending', 0, ?, ?, ?, ?)`),
+    insertPayload: db.prepare('INSERT INTO delivery_payloads (headers, body) VALUES (?, ?)'),
+    dropPayload: db.prepare('DELETE FROM delivery_payloads WHERE id = ?'),
+    pendingCount: db.prepare("SELECT COUNT(*) AS n FROM deliveries WHERE state = 'pending'"),
     byKey: db.prepare('SELECT id, fingerprint, created_at FROM deliveries WHERE route = ? AND idempotency_key = ?'),
     clearKey: db.prepare('UPDATE deliveries SET idempotency_key = NULL WHERE id = ?'),
     // Only a pending message is settled: a late settle from an attempt whose lease expired (and
     // which another worker already finished) must not turn a delivered message back to pending.
-    settle: db.prepare(`UPDATE deliveries SET state = ?, attempts = attempts + 1, next_attempt_at = ?, lease_until = 0,
-      last_error = ?, last_status = ?, updated_at = ? WHERE id = ? AND state = 'pending' RETURNING route`),
-    get: db.prepare('SELECT * FROM deliveries WHERE id = ?'),
-    due: db.prepare(`SELECT * FROM deliveries WHERE route = ? AND state = 'pending' AND next_attempt_at <= ? AND lease_until <= ?
-      ORDER BY next_attempt_at, created_at LIMIT ?`),
+    // lease_until = the time of the outcome: free, and a number the size of a lease (see insert).
+    // Delivered: payload_id goes NULL, and the trigger deletes the payload (body and headers).
+    settle: db.prepare(`UPDATE deliveries SET state = @state, attempts = attempts + 1, next_attempt_at = @next, lease_until = @at,
+      last_error = @error, last_status = @status, updated_at = @at, payload_id = CASE WHEN @state = 'delivered' THEN NULL ELSE payload_id END
+      WHERE id = @id AND state = 'pending' RETURNING route`),
+    get: db.prepare(`${RECORD} WHERE d.id = ?`),
+    due: db.prepare(`${RECORD} WHERE d.route = ? AND d.state = 'pending' AND d.next_attempt_at <= ? AND d.lease_until <= ?
+      ORDER BY d.next_attempt_at, d.created_at LIMIT ?`),
     lease: db.prepare('UPDATE deliveries SET lease_until = ? WHERE id = ?'),
     nextDue: db.prepare("SELECT MIN(MAX(next_attempt_at, lease_until)) AS at FROM deliveries WHERE route = ? AND state = 'pending'"),
-    replayId: db.prepare(`UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?, lease_until = 0, updated_at = ?
-      WHERE id = ? AND state = 'dead' RETURNING route`),
-    replayDead: db.prepare(`UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?, lease_until = 0, updated_at = ?
+    replayId: db.prepare(`UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = @now, lease_until = @now, updated_at = @now
+      WHERE id = @id AND state = 'dead' RETURNING route`),
+    replayDead: db.prepare(`UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = @now, lease_until = @now, updated_at = @now
       WHERE state = 'dead' RETURNING route`),
-    replayDeadRoute: db.prepare(`UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?, lease_until = 0, updated_at = ?
-      WHERE state = 'dead' AND route = ? RETURNING route`),
+    replayDeadRoute: db.prepare(`UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = @now, lease_until = @now, updated_at = @now
+      WHERE state = 'dead' AND route = @route RETURNING route`),
     stats: db.prepare(`SELECT route, SUM(state = 'pending') AS pending, SUM(state = 'dead') AS dead,
       MIN(CASE WHEN state = 'pending' THEN created_at END) AS oldest
       FROM deliveries WHERE state IN ('pending', 'dead') GROUP BY route`),
@@ -583,24 +710,37 @@ function insertOne (s: Statements, msg: NewDelivery, windowMs: number): EnqueueR
   }
   // Due at once, ordered by createdAt among the due (one ahead of this clock must not hold it back).
   const now = Date.now()
-  s.insert.run(msg.id, msg.route, msg.method, msg.target, JSON.stringify(msg.headers), msg.body, msg.idempotencyKey,
-    msg.fingerprint, msg.createdAt, Math.min(msg.createdAt, now), msg.createdAt)
+  const due = Math.min(msg.createdAt, now)
+  // The payload first (the record holds its key). Should the record's INSERT fail alone (the
+  // batch goes on), its payload is taken back here; a savepoint would do the same at half the
+  // batch's throughput (measured: 1 KiB bodies, 50 callers).
+  const payload = s.insertPayload.run(JSON.stringify(msg.headers), msg.body).lastInsertRowid
+  try {
+    s.insert.run(msg.id, msg.route, msg.method, msg.target, msg.idempotencyKey, msg.fingerprint, msg.createdAt, due, due, msg.createdAt, payload)
+  } catch (err) {
+    try { s.dropPayload.run(payload) } catch {}
+    throw err
+  }
   return { id: msg.id, duplicate: false }
 }
 
-/** One settle inside the batch transaction; for a retry, the route (its claims may wake sooner). */
-function settleOne (s: Statements, id: string, o: Settlement): string | null {
+/**
+ * One settle inside the batch transaction. `wake`: for a retry, the route (its claims may wake
+ * sooner); `final`: the message stopped being pending.
+ */
+function settleOne (s: Statements, id: string, o: Settlement): { wake: string | null, final: boolean } {
   switch (o.kind) {
     case 'delivered':
-      s.settle.get('delivered', o.at, null, o.status, o.at, id)
-      return null
+      // Neither the body nor the headers are needed again (the payload goes): the status keeps the rest.
+      return s.settle.get({ state: 'delivered', next: o.at, at: o.at, error: null, status: o.status, id }) === undefined ? NOT_SETTLED : FINAL
     case 'retry':
-      return s.settle.get('pending', o.nextAttemptAt, o.error, o.status, o.at, id)?.route ?? null
+      return { wake: s.settle.get({ state: 'pending', next: o.nextAttemptAt, at: o.at, error: o.error, status: o.status, id })?.route ?? null, final: false }
     case 'dead':
-      s.settle.get('dead', o.at, o.error, o.status, o.at, id)
-      return null
+      return s.settle.get({ state: 'dead', next: o.at, at: o.at, error: o.error, status: o.status, id }) === undefined ? NOT_SETTLED : FINAL
   }
 }
+const NOT_SETTLED = { wake: null, final: false }
+const FINAL = { wake: null, final: true }
 
 function toRecord (r: Row): DeliveryRecord {
   return {

@@ -18,8 +18,12 @@ export interface NewDelivery {
   readonly method: string
   /** Upstream path and query (after strip_prefix, rewrites and plugins), as sent at each attempt. */
   readonly target: string
-  /** Header fields to forward, flat [name, value, …], hop-by-hop and credentials already removed. */
+  /**
+   * Header fields to forward, flat [name, value, …], hop-by-hop and credentials already removed.
+   * Empty in a delivered record: its headers go with its body.
+   */
   readonly headers: readonly string[]
+  /** Empty in a delivered record (deleted at delivery). */
   readonly body: Buffer
   /** The client's Idempotency-Key, or null. */
   readonly idempotencyKey: string | null

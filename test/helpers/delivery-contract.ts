@@ -112,6 +112,46 @@ export function deliveryStoreContract (name: string, make: () => Promise<Deliver
       assert.deepEqual(await s.claim(route, 10, 50, never()), [])
     })
 
+    it('a delivered record keeps its status and Idempotency-Key, not its headers or body; a dead one keeps both', async (s) => {
+      const route = await openRoute(s)
+      const headers = ['content-type', 'application/json', ':enc:cookie', 'k.iv.sealed', 'x-request-id', 'r-1']
+      const key = `k-${randomUUID()}`
+      const done = message(route, { headers, idempotencyKey: key, body: Buffer.from('{"card":"4111 1111 1111 1111"}') })
+      const failed = message(route, { headers, body: randomBytes(100) })
+      for (const m of [done, failed]) await s.enqueue(m, DAY)
+      assert.equal((await claimN(s, route, 2)).length, 2)
+      const at = Date.now()
+      await s.settle(done.id, { kind: 'delivered', status: 202, at })
+      await s.settle(failed.id, { kind: 'dead', at, error: 'status 400 (not retried)', status: 400 })
+
+      const d = await s.get(done.id)
+      assert.ok(d !== null)
+      assert.equal(d.state, 'delivered')
+      assert.equal(d.body.length, 0, 'the body is gone once delivered')
+      assert.deepEqual(d.headers, [], 'the headers (credentials among them) are gone once delivered')
+      assert.equal(d.method, done.method)
+      assert.equal(d.target, done.target)
+      assert.equal(d.fingerprint, done.fingerprint)
+      assert.equal(d.idempotencyKey, key)
+      assert.equal(d.createdAt, done.createdAt)
+      assert.equal(d.updatedAt, at)
+      assert.equal(d.lastStatus, 202)
+      assert.equal(d.attempts, 1)
+      const listed = (await s.list({ route, state: 'delivered', limit: 10 }))[0]
+      assert.equal(listed?.id, done.id)
+      assert.equal(listed?.body.length, 0)
+      assert.deepEqual(listed?.headers, [])
+      // The key still answers with the first delivery, and still tells another request apart.
+      const repeat = message(route, { idempotencyKey: key, body: done.body, target: done.target })
+      assert.deepEqual(await s.enqueue(repeat, DAY), { id: done.id, duplicate: true })
+      await assert.rejects(s.enqueue(message(route, { idempotencyKey: key }), DAY), (err) => isGatewayError(err) && err.code === 'GH_IDEMPOTENCY_CONFLICT')
+
+      // A dead letter can be replayed: it keeps what it is sent with.
+      const f = await s.get(failed.id)
+      assert.deepEqual(f?.headers, headers)
+      assert.deepEqual(f?.body, failed.body)
+    })
+
     it('a retry is not claimable before nextAttemptAt; a waiting claim gets it once due', async (s) => {
       const route = await openRoute(s)
       const msg = message(route)

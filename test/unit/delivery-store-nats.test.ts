@@ -165,6 +165,31 @@ describe('NATS delivery store: recovery', { skip: available ? false : SKIP }, ()
     assert.equal((await store.get(msg.id))?.state, 'dead')
   })
 
+  test('a delivered status written with its headers (by an older Gatehouse) loses them at the next retention sweep, and nothing else', async () => {
+    const route = `scrub-${randomUUID()}`
+    await store.openRoute(route, { leaseMs: 5000, maxAttempts: 3 })
+    const msg = message(route, { headers: ['cookie', 'session=old-secret', 'x-seq', '1'], idempotencyKey: `k-${randomUUID()}` })
+    await store.enqueue(msg, 86_400_000)
+    await store.claim(route, 1, 0, never())
+    await store.settle(msg.id, { kind: 'delivered', status: 200, at: Date.now() })
+    // The status record as the previous version wrote it: the headers kept after delivery.
+    const subject = `${name}_STATE.s.${encodeToken(msg.id)}`
+    const st = await nc.jsm.streams.getMessage(`${name}_STATE`, { last_by_subj: subject })
+    const rec = st!.json<Record<string, unknown>>()
+    assert.deepEqual(rec.headers, [], 'delivered now drops them itself')
+    await nc.js.publish(subject, JSON.stringify({ ...rec, headers: msg.headers }), { expect: { lastSubjectSequence: st!.seq } })
+    assert.deepEqual((await store.get(msg.id))?.headers, msg.headers)
+
+    assert.equal(await store.expire(Date.now() - 86_400_000), 0)
+    const after = await store.get(msg.id)
+    assert.deepEqual(after?.headers, [])
+    assert.equal(after?.state, 'delivered')
+    assert.equal(after?.idempotencyKey, msg.idempotencyKey)
+    assert.equal(after?.fingerprint, msg.fingerprint)
+    const repeat = message(route, { idempotencyKey: msg.idempotencyKey, body: msg.body, target: msg.target })
+    assert.deepEqual(await store.enqueue(repeat, 86_400_000), { id: msg.id, duplicate: true })
+  })
+
   test('route names with ".", "_" and more are kept apart in subjects and come back intact in stats', async () => {
     const routes = ['orders.v1', 'orders_2Ev1', 'orders-v1', 'ünï.cødé']
     assert.equal(new Set(routes.map(encodeToken)).size, routes.length)

@@ -7,8 +7,7 @@ import { randomBytes, randomUUID } from 'node:crypto'
 import type { Worker } from 'node:worker_threads'
 import { SqliteDeliveryStore } from '../../src/delivery/sqlite.js'
 import { ThreadedSqliteDeliveryStore } from '../../src/delivery/sqlite-thread.js'
-import type { DeliveryStore } from '../../src/delivery/store.js'
-import type { NewDelivery } from '../../src/delivery/store.js'
+import type { DeliveryRecord, DeliveryStore, NewDelivery } from '../../src/delivery/store.js'
 import { isGatewayError } from '../../src/errors/index.js'
 import { createLogger } from '../../src/observability/logger.js'
 import { deliveryStoreContract, message } from '../helpers/delivery-contract.js'
@@ -124,6 +123,67 @@ for (const [variant, make] of Object.entries(variants)) {
       }
     })
 
+    test('a full store stays deliverable: claims and settles of large messages need no free page, and delivering frees the space', async () => {
+      // The report: max_size 1MiB, ten 90 KiB requests accepted, then a 503 for every request even
+      // after all were delivered, and one accepted request stuck pending, its lease update failing
+      // with "store is full" every second.
+      const s = sqliteStore(join(dir, `${randomUUID()}.db`), 1024 * 1024)
+      await s.start()
+      try {
+        const route = `r-${randomUUID()}`
+        await s.openRoute(route, { leaseMs: 30_000, maxAttempts: 5 })
+        const accepted = await fill(s, route, 90 * 1024)
+        assert.ok(accepted.length >= 5, `accepted ${accepted.length}`)
+        assert.equal(s.status().full, true)
+
+        // Every accepted message can be leased, retried, leased again and delivered.
+        const claimed = await s.claim(route, 100, 0, never())
+        assert.deepEqual(claimed.map((r) => r.id).sort(), accepted.map((m) => m.id).sort())
+        for (const r of claimed) assert.deepEqual(r.body, accepted.find((m) => m.id === r.id)!.body)
+        const now = Date.now()
+        for (const r of claimed) await s.settle(r.id, { kind: 'retry', at: now, nextAttemptAt: now, error: 'x'.repeat(200), status: 503 })
+        const again = await s.claim(route, 100, 0, never())
+        assert.equal(again.length, accepted.length)
+        for (const r of again) await s.settle(r.id, { kind: 'delivered', status: 200, at: Date.now() })
+
+        // No purge: delivering freed the bodies, so the store takes as much again.
+        const second = await fill(s, route, 90 * 1024)
+        assert.ok(second.length >= accepted.length - 1, `accepted ${second.length} after delivering ${accepted.length}`)
+        for (const m of accepted) {
+          const rec = await s.get(m.id)
+          assert.equal(rec?.state, 'delivered')
+          assert.equal(rec?.body.length, 0)
+        }
+      } finally {
+        await s.close()
+      }
+    })
+
+    test('a store full of small messages can record a long error for each of them, retried and then dead', async () => {
+      const s = sqliteStore(join(dir, `${randomUUID()}.db`), 256 * 1024)
+      await s.start()
+      try {
+        const route = `r-${randomUUID()}`
+        await s.openRoute(route, { leaseMs: 30_000, maxAttempts: 5 })
+        const accepted = await fill(s, route, 16)
+        assert.ok(accepted.length > 50, `accepted ${accepted.length}`)
+        const error = 'connect_error: ' + 'e'.repeat(185)
+        let now = Date.now()
+        const first = await claimAll(s, route, accepted.length)
+        await Promise.all(first.map((r) => s.settle(r.id, { kind: 'retry', at: now, nextAttemptAt: now, error, status: null })))
+        const second = await claimAll(s, route, accepted.length)
+        now = Date.now()
+        await Promise.all(second.map((r) => s.settle(r.id, { kind: 'dead', at: now, error: error + ' (after 2 attempts)', status: null })))
+        const dead = await s.list({ route, state: 'dead', limit: 10_000 })
+        assert.equal(dead.length, accepted.length)
+        assert.ok(dead.every((r) => r.attempts === 2 && r.lastError === error + ' (after 2 attempts)'))
+        // And replayed, every one of them.
+        assert.equal(await s.replay({ dead: true, route }, Date.now()), accepted.length)
+      } finally {
+        await s.close()
+      }
+    })
+
     test('an unwritable path: start rejects and says where', async () => {
       const file = join(dir, `${randomUUID()}.txt`)
       writeFileSync(file, 'not a directory')
@@ -138,6 +198,85 @@ for (const [variant, make] of Object.entries(variants)) {
       await s.close()
     })
 
+    test('a version 1 file (request in the record row) is migrated when opened: pending and dead keep their requests, delivered ones lose theirs', async () => {
+      const path = join(dir, `${randomUUID()}.db`)
+      const route = `r-${randomUUID()}`
+      const now = Date.now()
+      const rows = {
+        pending: v1Row(route, 'pending', now - 5000),
+        leased: { ...v1Row(route, 'pending', now - 4000), lease_until: now + 60_000 },
+        delivered: { ...v1Row(route, 'delivered', now - 3000), idempotency_key: 'k-delivered', attempts: 1, last_status: 200 },
+        dead: { ...v1Row(route, 'dead', now - 2000), attempts: 3, last_error: 'status 500 (after 3 attempts)', last_status: 500 },
+      }
+      await writeV1(path, Object.values(rows))
+
+      const s = sqliteStore(path)
+      await s.start()
+      try {
+        await s.openRoute(route, { leaseMs: 30_000, maxAttempts: 5 })
+        for (const key of ['pending', 'leased', 'dead'] as const) {
+          const rec = await s.get(rows[key].id)
+          assert.deepEqual(rec?.body, rows[key].body, key)
+          assert.deepEqual(rec?.headers, JSON.parse(rows[key].headers), key)
+          assert.equal(rec?.state, rows[key].state, key)
+        }
+        const delivered = await s.get(rows.delivered.id)
+        assert.equal(delivered?.state, 'delivered')
+        assert.equal(delivered?.lastStatus, 200)
+        assert.equal(delivered?.body.length, 0)
+        assert.deepEqual(delivered?.headers, [])
+        // Its key still answers.
+        const repeat = message(route, { idempotencyKey: 'k-delivered', body: rows.delivered.body, target: rows.delivered.target, fingerprint: rows.delivered.fingerprint })
+        assert.deepEqual(await s.enqueue(repeat, DAY), { id: rows.delivered.id, duplicate: true })
+        // The free one is claimed (the leased one's lease is still running), delivered, and its payload goes.
+        const claimed = await s.claim(route, 10, 0, never())
+        assert.deepEqual(claimed.map((r) => r.id), [rows.pending.id])
+        assert.deepEqual(claimed[0]!.body, rows.pending.body)
+        await s.settle(rows.pending.id, { kind: 'delivered', status: 204, at: Date.now() })
+        assert.equal((await s.get(rows.pending.id))?.body.length, 0)
+        // The dead one is replayed with its request.
+        assert.equal(await s.replay({ ids: [rows.dead.id] }, Date.now()), 1)
+        const replayed = await s.claim(route, 10, 0, never())
+        assert.deepEqual(replayed.map((r) => [r.id, r.body]), [[rows.dead.id, rows.dead.body]])
+      } finally {
+        await s.close()
+      }
+      const db = await openRaw(path)
+      try {
+        assert.equal(db.pragma('user_version', { simple: true }), 2)
+        assert.deepEqual(db.prepare("SELECT COUNT(*) AS n FROM deliveries WHERE headers != '[]' OR length(body) > 0").get(), { n: 0 })
+        assert.deepEqual(db.prepare('SELECT COUNT(*) AS n FROM deliveries WHERE lease_until = 0').get(), { n: 0 })
+        const holders = (db.prepare('SELECT d.id FROM deliveries d JOIN delivery_payloads p ON p.id = d.payload_id').all() as Array<{ id: string }>).map((r) => r.id).sort()
+        assert.deepEqual(holders, [rows.leased.id, rows.dead.id].sort())
+        assert.deepEqual(db.prepare('SELECT COUNT(*) AS n FROM delivery_payloads').get(), { n: 2 }, 'no payload is left without its record')
+      } finally {
+        db.close()
+      }
+    })
+
+    test('a version 1 migration cut short resumes where it stopped', async () => {
+      const path = join(dir, `${randomUUID()}.db`)
+      const route = `r-${randomUUID()}`
+      const [moved, left] = [v1Row(route, 'pending', Date.now() - 2000), v1Row(route, 'pending', Date.now() - 1000)]
+      await writeV1(path, [moved, left])
+      // As the migration leaves a file after its first chunk: one row moved, user_version still 1.
+      const db = await openRaw(path)
+      db.exec('ALTER TABLE deliveries ADD COLUMN payload_id INTEGER')
+      db.exec('CREATE TABLE delivery_payloads (id INTEGER PRIMARY KEY, headers TEXT NOT NULL, body BLOB NOT NULL)')
+      db.prepare('INSERT INTO delivery_payloads (headers, body) SELECT headers, body FROM deliveries WHERE id = ?').run(moved.id)
+      db.prepare("UPDATE deliveries SET headers = '[]', body = x'', payload_id = last_insert_rowid() WHERE id = ?").run(moved.id)
+      db.close()
+      const s = sqliteStore(path)
+      await s.start()
+      try {
+        await s.openRoute(route, { leaseMs: 30_000, maxAttempts: 5 })
+        const claimed = await s.claim(route, 10, 0, never())
+        assert.deepEqual(claimed.map((r) => [r.id, r.body, r.headers]), [moved, left].map((r) => [r.id, r.body, JSON.parse(r.headers)]))
+      } finally {
+        await s.close()
+      }
+    })
+
     test('a database from a newer schema version is refused, not written', async () => {
       const path = join(dir, `${randomUUID()}.db`)
       const { default: Database } = await import('better-sqlite3' as string) as { default: new (p: string) => { pragma (s: string): unknown, close (): void } }
@@ -147,6 +286,87 @@ for (const [variant, make] of Object.entries(variants)) {
       await assert.rejects(sqliteStore(path).start(), /schema version 99/)
     })
   })
+}
+
+interface RawDb { pragma (s: string, o?: { simple: boolean }): unknown, exec (sql: string): void, prepare (sql: string): { run (...a: unknown[]): unknown, get (...a: unknown[]): unknown, all (...a: unknown[]): unknown[] }, close (): void }
+
+async function openRaw (path: string): Promise<RawDb> {
+  const { default: Database } = await import('better-sqlite3' as string) as { default: new (p: string) => RawDb }
+  return new Database(path)
+}
+
+/** The schema Gatehouse wrote before version 2 (user_version 1), as it was. */
+const V1_SCHEMA = `
+CREATE TABLE deliveries (
+  id TEXT PRIMARY KEY,
+  route TEXT NOT NULL,
+  method TEXT NOT NULL,
+  target TEXT NOT NULL,
+  headers TEXT NOT NULL,
+  body BLOB NOT NULL,
+  idempotency_key TEXT,
+  fingerprint TEXT NOT NULL,
+  created_at INTEGER NOT NULL,
+  state TEXT NOT NULL,
+  attempts INTEGER NOT NULL DEFAULT 0,
+  next_attempt_at INTEGER NOT NULL,
+  lease_until INTEGER NOT NULL DEFAULT 0,
+  last_error TEXT,
+  last_status INTEGER,
+  updated_at INTEGER NOT NULL
+);
+CREATE INDEX deliveries_claim ON deliveries (route, state, next_attempt_at, created_at);
+CREATE UNIQUE INDEX deliveries_idempotency ON deliveries (route, idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE INDEX deliveries_created ON deliveries (created_at);
+CREATE INDEX deliveries_state ON deliveries (state, updated_at);
+`
+
+/** A row as version 1 wrote it: headers (a credential among them) and body in the row, lease_until 0. */
+function v1Row (route: string, state: 'pending' | 'delivered' | 'dead', at: number) {
+  const m = message(route, { createdAt: at, body: randomBytes(6000) })
+  const headers = JSON.stringify(['cookie', `session=${randomUUID()}`, 'x-seq', '1'])
+  const row = { id: m.id, route, method: m.method, target: m.target, headers, body: m.body, fingerprint: m.fingerprint, state }
+  const times = { created_at: at, next_attempt_at: at, updated_at: at, lease_until: 0 }
+  return { ...row, ...times, idempotency_key: null as string | null, attempts: 0, last_error: null as string | null, last_status: null as number | null }
+}
+
+async function writeV1 (path: string, rows: Array<ReturnType<typeof v1Row>>): Promise<void> {
+  const db = await openRaw(path)
+  db.pragma('journal_mode = WAL')
+  db.exec(V1_SCHEMA)
+  db.pragma('user_version = 1')
+  const insert = db.prepare(`INSERT INTO deliveries VALUES (@id, @route, @method, @target, @headers, @body, @idempotency_key, @fingerprint,
+    @created_at, @state, @attempts, @next_attempt_at, @lease_until, @last_error, @last_status, @updated_at)`)
+  for (const r of rows) insert.run(r)
+  db.close()
+}
+
+/** Enqueues `size`-byte messages until the store refuses one (with the full store's 503). */
+async function fill (s: DeliveryStore, route: string, size: number): Promise<NewDelivery[]> {
+  const accepted: NewDelivery[] = []
+  for (let i = 0; i < 100_000; i++) {
+    const m = message(route, { body: randomBytes(size) })
+    try {
+      await s.enqueue(m, DAY)
+      accepted.push(m)
+    } catch (err) {
+      assert.ok(isGatewayError(err), String(err))
+      assert.equal(err.code, 'GH_DELIVERY_STORE_UNAVAILABLE')
+      assert.equal(err.detail, 'The delivery store is full; try again later')
+      return accepted
+    }
+  }
+  return assert.fail('the store never filled up')
+}
+
+async function claimAll (s: DeliveryStore, route: string, n: number): Promise<DeliveryRecord[]> {
+  const got: DeliveryRecord[] = []
+  while (got.length < n) {
+    const batch = await s.claim(route, n - got.length, 1000, never())
+    assert.ok(batch.length > 0, `claimed ${got.length} of ${n}`)
+    got.push(...batch)
+  }
+  return got
 }
 
 describe('sqlite store thread', () => {
