@@ -559,6 +559,9 @@ const DeliveryStoreSchema = discriminatedUnion('kind', [
   }),
 ])
 
+/** 32 bytes as base64 (`openssl rand -base64 32`) or 64 hex digits; the message never repeats the value. */
+const aesKey = string().regex(/^(?:[0-9a-fA-F]{64}|[A-Za-z0-9+/]{43}=?|[A-Za-z0-9_-]{43})$/, 'must be 32 bytes as base64 (openssl rand -base64 32) or 64 hex digits')
+
 const DeliverySchema = strictObject({
   store: DeliveryStoreSchema.prefault({ kind: 'sqlite' }),
   /** Delivered and dead records are kept this long for status lookups and replay. */
@@ -567,6 +570,16 @@ const DeliverySchema = strictObject({
   idempotency_window: duration().default(86_400_000),
   /** Where clients read a delivery's status (on the proxy port): `<status_path>/<id>`, the 202's Location. */
   status_path: string().regex(/^\/[A-Za-z0-9._~/-]*[^/]$/, 'must start with "/" and not end with "/"').default('/_gatehouse/deliveries'),
+  /**
+   * AES-256-GCM key for the credentials an async request carries to its upstream (Cookie, an
+   * Authorization the route does not check, ...): they are stored encrypted under it, and not
+   * stored at all without it.
+   */
+  encryption_key: aesKey.optional(),
+  /** Keys of before a rotation: records encrypted under them are still read, never written. */
+  previous_encryption_keys: array(aesKey).optional(),
+  /** Header names holding credentials besides Authorization, Cookie, X-Api-Key and api_key providers' headers. */
+  secret_headers: array(headerName).optional(),
 }).prefault({})
 
 const MatchSchema = strictObject({

@@ -9,7 +9,7 @@ import { dropHeaders, isLengthField } from '../pipeline/headers.js'
 import { releaseSlot } from '../upstream/target.js'
 import { isConnectFailure } from '../upstream/errors.js'
 import dispatcherRequest from 'undici/lib/api/api-request.js'
-import type { PhantomSigner } from '../identity/phantom.js'
+import { DeliveryKeys, openHeaders, sealHeaders, storagePlan, type StoragePlan } from './secrets.js'
 import type { DeliveryRecord, DeliveryStore, Settlement } from './store.js'
 
 /*
@@ -44,6 +44,9 @@ export class DeliveryService {
   #statusPrefix = ''
   #expireTimer: NodeJS.Timeout | null = null
   #closed = false
+  #keys = new DeliveryKeys({})
+  /** Credential header names already logged as not stored, by route (once per process). */
+  readonly #warnedUnkept = new Map<string, Set<string>>()
 
   constructor (logger: Logger, metrics: Metrics) {
     this.#logger = logger
@@ -96,6 +99,8 @@ export class DeliveryService {
     }
     this.#table = table
     this.#statusPrefix = this.#store === null ? '' : table.config.delivery.status_path + '/'
+    const keys = new DeliveryKeys(table.config.delivery)
+    if (keys.fingerprint !== this.#keys.fingerprint) this.#keys = keys
     const async = new Map(table.routes.filter((r) => r.delivery !== null).map((r) => [r.name, r]))
     for (const [name, w] of this.#workers) {
       if (!async.has(name)) {
@@ -107,9 +112,9 @@ export class DeliveryService {
     for (const [name, route] of async) {
       const w = this.#workers.get(name)
       if (w !== undefined) {
-        w.update(route)
+        w.update(route, planFor(route, table))
       } else {
-        const worker = new RouteWorker(route, this.#store, this.#logger, this.#metrics)
+        const worker = new RouteWorker(route, planFor(route, table), this.#store, this.#logger, this.#metrics, () => this.#keys)
         this.#workers.set(name, worker)
         worker.start()
       }
@@ -140,14 +145,17 @@ export class DeliveryService {
       return gatewayError('GH_BAD_REQUEST', 'Idempotency-Key must be 1 to 255 printable characters')
     }
     finishHeaders(ex, route, encrypted)
-    const headers = ex.outHeaders
-    // undici sets the length of the stored body itself; the credentials the route strips are gone already.
-    dropHeaders(headers, isLengthField)
+    // undici sets the length of the stored body itself.
+    dropHeaders(ex.outHeaders, isLengthField)
+    const id = randomUUID()
+    // No credential is stored in the clear (see secrets.ts).
+    const { headers, unkept } = sealHeaders(ex.outHeaders, planFor(route, ex.table), id, ex.phantomToken, this.#keys)
+    if (unkept !== null) this.#warnUnkept(route.name, unkept)
     const method = ex.upstreamMethod ?? ex.method
     const target = (ex.upstreamPathOverride ?? upstreamPath(route, ex.path)) + ex.query
     const body = ex.bodyBuffer ?? EMPTY
     const fingerprint = hash('sha256', Buffer.concat([Buffer.from(`${method}\0${target}\0`), body]), 'base64')
-    const msg = { id: randomUUID(), route: route.name, method, target, headers, body, idempotencyKey: key, fingerprint, createdAt: Date.now() }
+    const msg = { id, route: route.name, method, target, headers, body, idempotencyKey: key, fingerprint, createdAt: Date.now() }
     let result
     try {
       result = await store.enqueue(msg, table.config.delivery.idempotency_window)
@@ -170,6 +178,17 @@ export class DeliveryService {
     res.writeHead(status, out as unknown as string[])
     res.end(text)
     return null
+  }
+
+  /** Once per route and header name: a caller's credential this route cannot store, so does not forward. */
+  #warnUnkept (route: string, names: readonly string[]): void {
+    let seen = this.#warnedUnkept.get(route)
+    if (seen === undefined) this.#warnedUnkept.set(route, seen = new Set())
+    for (const name of names) {
+      if (seen.has(name)) continue
+      seen.add(name)
+      this.#logger.warn({ msg: 'async request stored without a credential header: set delivery.encryption_key to forward it', route, header: name })
+    }
   }
 
   /** GET <status_path>/<id> on the proxy port: the delivery's state, never its body or headers. */
@@ -242,6 +261,15 @@ function view (r: DeliveryRecord, admin: boolean): DeliveryStatusView {
   }
 }
 
+const plans = new WeakMap<CompiledRoute, StoragePlan>()
+
+/** The route's storage plan, built on first use (a compiled route never changes). */
+function planFor (route: CompiledRoute, table: RouteTable): StoragePlan {
+  let plan = plans.get(route)
+  if (plan === undefined) plans.set(route, plan = storagePlan(route, table))
+  return plan
+}
+
 /** Kept short: an error message must not grow a record much after it was accepted (the store's reserve). */
 const MAX_ERROR = 200
 
@@ -268,7 +296,9 @@ type Attempt = { status: number, retryAfter: number | null } | { error: 'connect
  */
 class RouteWorker {
   #route: CompiledRoute
+  #plan: StoragePlan
   #cfg: RouteDeliveryConfig
+  readonly #keys: () => DeliveryKeys
   readonly #store: DeliveryStore
   readonly #logger: Logger
   readonly #metrics: Metrics
@@ -278,17 +308,20 @@ class RouteWorker {
   #idle: (() => void) | null = null
   #loop: Promise<void> | null = null
 
-  constructor (route: CompiledRoute, store: DeliveryStore, logger: Logger, metrics: Metrics) {
+  constructor (route: CompiledRoute, plan: StoragePlan, store: DeliveryStore, logger: Logger, metrics: Metrics, keys: () => DeliveryKeys) {
     this.#route = route
+    this.#plan = plan
     this.#cfg = route.delivery!
+    this.#keys = keys
     this.#store = store
     this.#logger = logger
     this.#metrics = metrics
   }
 
-  update (route: CompiledRoute): void {
+  update (route: CompiledRoute, plan: StoragePlan): void {
     const changed = this.#cfg.max_attempts !== route.delivery!.max_attempts || leaseFor(this.#cfg) !== leaseFor(route.delivery!)
     this.#route = route
+    this.#plan = plan
     this.#cfg = route.delivery!
     if (changed) this.#store.openRoute(route.name, { leaseMs: leaseFor(this.#cfg), maxAttempts: this.#cfg.max_attempts }).catch(() => {})
     this.#wake?.()
@@ -360,7 +393,12 @@ class RouteWorker {
     if (now - rec.createdAt > cfg.max_age) {
       return this.#settle(rec, { kind: 'dead', at: now, error: `older than max_age (${cfg.max_age} ms) before delivery`, status: rec.lastStatus })
     }
-    const result = await send(route, rec, attempt, cfg.timeout)
+    const headers = await openHeaders(rec.headers, { id: rec.id, keys: this.#keys(), plan: this.#plan, now })
+    if (!Array.isArray(headers)) {
+      // Sent without it, the request would not be the one accepted; replay once the key is back.
+      return this.#settle(rec, { kind: 'dead', at: now, error: clip(headers.error) + ' (not retried)', status: rec.lastStatus })
+    }
+    const result = await send(route, rec, headers, attempt, cfg.timeout)
     const at = Date.now()
     if ('status' in result && result.status < 400) {
       return this.#settle(rec, { kind: 'delivered', status: result.status, at })
@@ -407,17 +445,17 @@ export function backoff (cfg: RouteDeliveryConfig, attempt: number): number {
   return Math.max(0, Math.round(base * (1 + b.jitter * (2 * Math.random() - 1))))
 }
 
-/** One attempt: the stored request to a target of the route's upstream, the answer read and dropped. */
-async function send (route: CompiledRoute, rec: DeliveryRecord, attempt: number, timeout: number): Promise<Attempt> {
+/**
+ * One attempt: the stored request (with `headers`, as opened from the stored ones) to a target of
+ * the route's upstream, the answer read and dropped.
+ */
+async function send (route: CompiledRoute, rec: DeliveryRecord, headers: string[], attempt: number, timeout: number): Promise<Attempt> {
   const upstream = route.upstream
   const target = upstream.pick(Date.now())
   if (target === null) return { error: 'connect_error', message: `no target of upstream "${upstream.name}" is available` }
-  const headers = rec.headers.slice()
   // Host is the last field (see finishRequestHeaders); the target's own unless preserve_host.
   if (!route.preserveHost && headers.length >= 2 && headers[headers.length - 2]!.toLowerCase() === 'host') headers[headers.length - 1] = target.authority
   headers.push('x-gatehouse-delivery-id', rec.id, 'x-gatehouse-delivery-attempt', String(attempt))
-  const phantom = route.auth?.phantom ?? null
-  if (phantom !== null) await refreshPhantom(phantom, headers)
   target.inFlight++
   try {
     // undici's request API, unbound (the pools come from a deep import without it; see target.ts).
@@ -445,22 +483,6 @@ async function send (route: CompiledRoute, rec: DeliveryRecord, attempt: number,
     return { error: 'timeout', message: `${e.code ?? e.name ?? 'error'} ${e.message ?? ''}`.trim() }
   } finally {
     releaseSlot(target)
-  }
-}
-
-/**
- * The stored phantom token, replaced by a fresh one when it has run (half) out: a retry or a
- * replay can come long after the token's lifetime (60 s by default) and would be refused.
- */
-async function refreshPhantom (phantom: PhantomSigner, headers: string[]): Promise<void> {
-  const name = phantom.header.toLowerCase()
-  const bearer = name === 'authorization'
-  for (let i = 0; i < headers.length; i += 2) {
-    if (headers[i]!.toLowerCase() !== name) continue
-    const value = headers[i + 1]!
-    if (bearer && !/^bearer /i.test(value)) continue
-    const fresh = await phantom.reissue(bearer ? value.slice(7) : value, Date.now())
-    if (fresh !== null) headers[i + 1] = bearer ? 'Bearer ' + fresh : fresh
   }
 }
 

@@ -19,8 +19,8 @@ export interface NewDelivery {
   /** Upstream path and query (after strip_prefix, rewrites and plugins), as sent at each attempt. */
   readonly target: string
   /**
-   * Header fields to forward, flat [name, value, …], hop-by-hop and credentials already removed.
-   * Empty in a delivered record: its headers go with its body.
+   * Header fields to forward, flat [name, value, …], hop-by-hop fields removed and credentials
+   * sealed (see secrets.ts). Empty in a delivered record: its headers go with its body.
    */
   readonly headers: readonly string[]
   /** Empty in a delivered record (deleted at delivery). */
