@@ -254,7 +254,8 @@ function view (r: DeliveryRecord, admin: boolean): DeliveryStatusView {
     attempts: r.attempts,
     next_attempt_at: r.state === 'pending' ? new Date(r.nextAttemptAt).toISOString() : null,
     last_status: r.lastStatus,
-    last_error: r.lastError,
+    // The detail (addresses, upstream names) is the operator's: callers get the kind of failure.
+    last_error: admin ? r.lastError : publicError(r.lastError),
     created_at: new Date(r.createdAt).toISOString(),
     updated_at: new Date(r.updatedAt).toISOString(),
     ...(admin ? { method: r.method, target: r.target, body_bytes: r.body.length } : {}),
@@ -275,6 +276,31 @@ const MAX_ERROR = 200
 
 function clip (text: string): string {
   return text.length <= MAX_ERROR ? text : text.slice(0, MAX_ERROR - 1) + '…'
+}
+
+/** Prefixes of last_error for a failure without an answer: the retry_on names. */
+const CONNECT_ERROR = 'connect_error: '
+const TIMEOUT = 'timeout: '
+/** What an outcome adds to the error: `(not retried)`, `(after N attempts)`, `(next attempt would pass max_age)`. */
+const SUFFIX = / \((?:not retried|after \d+ attempts|next attempt would pass max_age)\)$/
+
+/**
+ * last_error as callers see it. An answer's status and what the gateway decided are theirs to
+ * know; a transport error's text names the upstream's address ("connect ECONNREFUSED
+ * 10.0.3.7:8000", "no target of upstream \"ranker\""), which is not: only its kind is shown.
+ */
+export function publicError (error: string | null): string | null {
+  if (error === null) return null
+  const suffix = SUFFIX.exec(error)?.[0] ?? ''
+  const base = suffix === '' ? error : error.slice(0, -suffix.length)
+  if (/^status \d{3}$/.test(base) || /^older than max_age \(\d+ ms\) before delivery$/.test(base) || /^claimed \d+ times without an outcome \(lease \d+ ms\)/.test(base)) return error
+  if (base.startsWith(CONNECT_ERROR)) return 'connect_error' + suffix
+  if (base.startsWith(TIMEOUT)) return 'timeout' + suffix
+  // Records written before errors carried their kind, and anything else (stored credentials
+  // that no key opens: the key ids are the operator's business too).
+  if (/^(?:no target of upstream|(?:ECONNREFUSED|ENOTFOUND|EAI_AGAIN|EHOSTUNREACH|ENETUNREACH|UND_ERR_CONNECT_TIMEOUT)\b)/.test(base)) return 'connect_error' + suffix
+  if (/^(?:UND_ERR_|ECONNRESET|EPIPE|AbortError|TimeoutError)/.test(base)) return 'timeout' + suffix
+  return 'the delivery failed' + suffix
 }
 
 async function openStore (cfg: DeliveryStoreConfig, logger: Logger): Promise<DeliveryStore> {
@@ -403,7 +429,7 @@ class RouteWorker {
     if ('status' in result && result.status < 400) {
       return this.#settle(rec, { kind: 'delivered', status: result.status, at })
     }
-    const error = 'status' in result ? `status ${result.status}` : clip(result.message)
+    const error = 'status' in result ? `status ${result.status}` : clip(`${result.error}: ${result.message}`)
     const status = 'status' in result ? result.status : null
     const retryable = 'status' in result ? cfg.retry_on.includes(result.status) : cfg.retry_on.includes(result.error)
     if (!retryable) return this.#settle(rec, { kind: 'dead', at, error: `${error} (not retried)`, status })

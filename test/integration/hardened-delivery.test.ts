@@ -1,6 +1,8 @@
 import { after, before, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
 import http from 'node:http'
+import net, { type AddressInfo } from 'node:net'
+import { once } from 'node:events'
 import { createHash, generateKeyPairSync, randomBytes } from 'node:crypto'
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -8,10 +10,11 @@ import { join } from 'node:path'
 import { createRemoteJWKSet, jwtVerify } from 'jose'
 import { deleteNatsStreams, request, serviceAvailable, startGateway, startUpstream, waitUntil, waitUntilAsync, type TestGateway, type Upstream } from '../helpers/index.js'
 import { configError, issueAt } from '../helpers/config.js'
+import { publicError } from '../../src/delivery/service.js'
 
 /*
- * The delivery store under abuse: what it keeps of callers' credentials, and whether a full
- * store drains.
+ * The delivery store under abuse: what it keeps of callers' credentials, whether a full store
+ * drains, and what the public status tells a caller about the inside.
  */
 
 const NATS_SKIP = 'NATS is not answering on 127.0.0.1:4222'
@@ -304,6 +307,7 @@ describe('hardened delivery: key rotation', () => {
       const sent = attempts(id2).length
       const kidB = createHash('sha256').update(Buffer.from(keyB, 'hex')).digest('hex').slice(0, 8)
       assert.equal((await adminRecord(gw, id2)).last_error, `the stored cookie header cannot be decrypted: it was encrypted under key ${kidB}, which is not in delivery.encryption_key or previous_encryption_keys (not retried)`)
+      assert.equal((await status(gw, id2)).last_error, 'the delivery failed (not retried)')
 
       await gw.gateway.reload(config({ encryption_key: keyA, previous_encryption_keys: [keyB] }))
       failing = false
@@ -317,5 +321,70 @@ describe('hardened delivery: key rotation', () => {
       await up.close()
       await cleanup(made)
     }
+  })
+})
+describe('hardened delivery: the public status', () => {
+  test('last_error says what kind of failure it was, not where the upstream is; the admin API keeps the detail', async () => {
+    const made = await storeFor('sqlite') as { store: Record<string, unknown>, dir: string, stream: null }
+    // A port with nothing listening: connections are refused.
+    const hole = net.createServer()
+    hole.listen(0, '127.0.0.1')
+    await once(hole, 'listening')
+    const closedPort = (hole.address() as AddressInfo).port
+    await new Promise<void>((resolve) => hole.close(() => resolve()))
+    // An upstream that never answers.
+    const silent = await startUpstream(() => {})
+    const gw = await startGateway({
+      delivery: { store: made.store as never },
+      upstreams: {
+        'billing-internal': { targets: [{ url: `http://127.0.0.1:${closedPort}` }] },
+        'ledger-internal': { targets: [{ url: silent.url }] },
+      },
+      routes: [
+        { name: 'refused', match: { path: '/refused' }, upstream: 'billing-internal', delivery: { mode: 'async', max_attempts: 3, backoff: { initial: '10ms', factor: 1, max: '10ms', jitter: '0%' } } },
+        { name: 'slow', match: { path: '/slow' }, upstream: 'ledger-internal', delivery: { mode: 'async', timeout: '200ms', retry_on: [503] } },
+      ],
+    } as never)
+    try {
+      const refused = JSON.parse((await post(gw, '/refused')).body).delivery_id as string
+      const slow = JSON.parse((await post(gw, '/slow')).body).delivery_id as string
+      await waitUntilAsync(async () => (await status(gw, refused)).state === 'dead' && (await status(gw, slow)).state === 'dead', 10_000)
+
+      const r = await request(`${gw.url}/_gatehouse/deliveries/${refused}`)
+      assert.equal(r.status, 200)
+      assert.equal(JSON.parse(r.body).last_error, 'connect_error (after 3 attempts)')
+      const s = await request(`${gw.url}/_gatehouse/deliveries/${slow}`)
+      assert.equal(JSON.parse(s.body).last_error, 'timeout (not retried)')
+      for (const body of [r.body, s.body]) {
+        for (const inside of ['127.0.0.1', String(closedPort), String(silent.port), 'billing-internal', 'ledger-internal', 'ECONNREFUSED', 'UND_ERR']) {
+          assert.equal(body.includes(inside), false, `the public status shows ${inside}: ${body}`)
+        }
+      }
+      // The operator's view keeps what happened.
+      assert.match((await adminRecord(gw, refused)).last_error, /^connect_error: .*(ECONNREFUSED .*127\.0\.0\.1:\d+|no target of upstream "billing-internal").* \(after 3 attempts\)$/)
+      assert.match((await adminRecord(gw, slow)).last_error, /^timeout: .* \(not retried\)$/)
+    } finally {
+      await gw.close()
+      await silent.close()
+      await cleanup(made)
+    }
+  })
+})
+
+describe('hardened delivery: last_error for callers', () => {
+  test('records written before errors carried their kind are shown by kind too', () => {
+    const cases: Array<[string | null, string | null]> = [
+      [null, null],
+      ['status 503', 'status 503'],
+      ['status 422 (not retried)', 'status 422 (not retried)'],
+      ['older than max_age (86400000 ms) before delivery', 'older than max_age (86400000 ms) before delivery'],
+      ['ECONNREFUSED connect ECONNREFUSED 10.0.3.7:8000 (after 8 attempts)', 'connect_error (after 8 attempts)'],
+      ['no target of upstream "ranker" is available (next attempt would pass max_age)', 'connect_error (next attempt would pass max_age)'],
+      ['UND_ERR_HEADERS_TIMEOUT Headers Timeout Error (not retried)', 'timeout (not retried)'],
+      ['connect_error: ENOTFOUND getaddrinfo ENOTFOUND ranker.internal', 'connect_error'],
+      ['timeout: UND_ERR_SOCKET other side closed (after 3 attempts)', 'timeout (after 3 attempts)'],
+      ['the stored cookie header cannot be decrypted: it was encrypted under key 1a2b3c4d, which is not in delivery.encryption_key or previous_encryption_keys (not retried)', 'the delivery failed (not retried)'],
+    ]
+    for (const [stored, shown] of cases) assert.equal(publicError(stored), shown, String(stored))
   })
 })
