@@ -781,9 +781,12 @@ export class NatsDeliveryStore implements DeliveryStore {
       }
       this.#writeError = null
       if (claim.reply !== null) {
-        if (outcome.kind === 'delivered') io.nc.publish(claim.reply, '+ACK')
-        else if (outcome.kind === 'retry') nak(claim.reply, outcome.nextAttemptAt - Date.now(), io.nc)
-        else io.nc.publish(claim.reply, '+TERM')
+        const verdict = outcome.kind === 'delivered' ? '+ACK' : outcome.kind === 'retry' ? nakText(outcome.nextAttemptAt - Date.now()) : '+TERM'
+        // Sent as a request, the server confirms it (JetStream's "ack ack"): settle resolves once
+        // the consumer has counted it, so stats() read just after agrees (with a plain publish a
+        // dead message could still count as pending). Best effort: a lost verdict only means the
+        // message comes back after its lease, and claim() settles it from the status written above.
+        await io.nc.request(claim.reply, verdict, { timeout: this.#cfg.timeout }).catch(() => {})
       }
       return
     }
@@ -1314,8 +1317,12 @@ function deliveryCount (reply: string): number {
 
 function nak (reply: string | undefined, delayMs: number, nc: NatsConnection | undefined): void {
   if (reply === undefined || nc === undefined || nc.isClosed()) return
+  nc.publish(reply, nakText(delayMs))
+}
+
+function nakText (delayMs: number): string {
   const delay = Math.max(0, Math.round(delayMs))
-  nc.publish(reply, delay === 0 ? '-NAK' : `-NAK ${JSON.stringify({ delay: delay * 1_000_000 })}`)
+  return delay === 0 ? '-NAK' : `-NAK ${JSON.stringify({ delay: delay * 1_000_000 })}`
 }
 
 async function ensureStream (jsm: JetStreamManager, cfg: Parameters<JetStreamManager['streams']['add']>[0]): Promise<void> {
