@@ -118,12 +118,13 @@ export function problemBody (err: GatewayError, requestId: string | null): strin
  * A complete HTTP/1.1 error response, for answers written straight on a socket (parser errors,
  * upgrade refusals) where there is no ServerResponse. The connection is closed after it.
  */
-export function rawProblemResponse (err: GatewayError, requestId: string | null, statusText: string | undefined): string {
+export function rawProblemResponse (err: GatewayError, requestId: string | null, statusText: string | undefined, headRequest = false): string {
   const body = problemBody(err, requestId)
   let head = `HTTP/1.1 ${err.status} ${statusText ?? ''}\r\ncontent-type: application/problem+json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n`
   if (requestId !== null) head += `x-request-id: ${requestId}\r\n`
   if (err.headers !== null) for (const [k, v] of Object.entries(err.headers)) head += `${k}: ${v}\r\n`
-  return `${head}connection: close\r\n\r\n${body}`
+  // An answer to HEAD has no body (RFC 9110 §9.3.2): the client would read one as the next response.
+  return `${head}connection: close\r\n\r\n${headRequest ? '' : body}`
 }
 
 /** A configuration problem, located at a YAML path (and line, when the source is known). */

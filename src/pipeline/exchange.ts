@@ -140,7 +140,10 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, 
 
   onConnect (abort: (err?: Error) => void): void {
     this.abortUpstream = abort
+    // Over before undici got to it: the client left, or the gateway answered already (the
+    // body turned out malformed or too slow while the request waited for a connection).
     if (this.clientGone) abort(clientClosedError())
+    else if (this.error !== null) abort(this.error)
   }
 
   onHeaders (statusCode: number, rawHeaders: Buffer[], resume: () => void): boolean {
@@ -160,6 +163,10 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, 
     const res = this.res
     if (this.rt.closing) res.shouldKeepAlive = false
     const headers = filterResponseHeaders(rawHeaders, this.requestId)
+    if (headers === null) {
+      this.abortUpstream?.(gatewayError('GH_UPSTREAM_BAD_RESPONSE', 'The upstream sent an invalid response', { reason: `${this.route!.upstream.name}: a Transfer-Encoding other than chunked` }))
+      return false
+    }
     const transform = this.route!.responseTransform
     const bodiless = statusCode === 204 || statusCode === 304 || this.req.method === 'HEAD'
     if (this.captureLimit > 0 && !bodiless && !isEventStream(headers)) {

@@ -208,8 +208,9 @@ export function finishRequestHeaders (ex: Exchange, route: CompiledRoute, encryp
 /**
  * Response head from undici's raw Buffers to Node's flat [name, value, …] array, hop-by-hop
  * fields removed, Via and X-Request-Id added. latin1 keeps header bytes exactly as sent.
+ * null when its framing is one the gateway cannot relay (see Transfer-Encoding below).
  */
-export function filterResponseHeaders (raw: Buffer[], requestId: string): string[] {
+export function filterResponseHeaders (raw: Buffer[], requestId: string): string[] | null {
   const out: string[] = []
   let via: string | null = null
   let connection: string | null = null
@@ -219,7 +220,14 @@ export function filterResponseHeaders (raw: Buffer[], requestId: string): string
     if (maybeSpecial(name.charCodeAt(0), 0)) {
       switch (name.toLowerCase()) {
         case 'connection': connection = connection === null ? value : `${connection}, ${value}`; continue
-        case 'keep-alive': case 'transfer-encoding': case 'te': case 'trailer': case 'upgrade':
+        case 'transfer-encoding':
+          // undici decodes "chunked" and nothing else: "gzip, chunked" would reach the client
+          // still gzipped and unlabelled, and a list with empty items (", chunked,") is not
+          // read as chunked at all, so the chunk framing would reach it as content. null: the
+          // response cannot be relayed faithfully (502).
+          if (value.length !== 7 && value.trim().toLowerCase() !== 'chunked') return null
+          continue
+        case 'keep-alive': case 'te': case 'trailer': case 'upgrade':
         case 'x-request-id':
           continue
         case 'via': via = via === null ? value : `${via}, ${value}`; continue

@@ -569,7 +569,11 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     }
     // After requests still being answered, this answer waits for their responses (writing now
     // would put it before theirs).
-    this.#lastAnswer(socket, gone ? null : rawProblemResponse(gerr, null, http.STATUS_CODES[gerr.status]))
+    // The request the parser failed on is unknown to the server; its method is known only when
+    // it starts the bytes Node was parsing (the usual case: a request in one packet).
+    const rawPacket = (err as { rawPacket?: Buffer }).rawPacket
+    const head = rawPacket !== undefined && rawPacket.length > 5 && rawPacket.toString('latin1', 0, 5) === 'HEAD '
+    this.#lastAnswer(socket, gone ? null : rawProblemResponse(gerr, null, http.STATUS_CODES[gerr.status], head))
   }
 
   /** Called once per exchange when its response is over. */

@@ -209,7 +209,7 @@ class UpgradeHandler implements Dispatcher.DispatchHandler {
   onHeaders (statusCode: number, rawHeaders: Buffer[]): boolean {
     if (statusCode < 200) return true
     this.#responded = true
-    const headers = filterResponseHeaders(rawHeaders, this.#requestId)
+    const headers = filterResponseHeaders(rawHeaders, this.#requestId) ?? []
     let head = `HTTP/1.1 ${statusCode} ${http.STATUS_CODES[statusCode] ?? ''}\r\n`
     for (let i = 0; i < headers.length; i += 2) head += `${headers[i]}: ${headers[i + 1]}\r\n`
     this.#client.write(head + 'connection: close\r\n\r\n')

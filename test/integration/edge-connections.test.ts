@@ -363,8 +363,10 @@ describe('slow clients are cut off', () => {
       const started = performance.now()
       await gw.logs.waitFor((l) => l.msg === 'client stopped reading its response; connection closed')
       const took = performance.now() - started
-      // The clock starts once the socket buffers are full, a few ms after the request.
-      assert.ok(took >= 400 && took < 400 + 40 + 100, `cut after ${took} ms`)
+      // The clock starts once the socket buffers are full, some ms after the request (how long
+      // depends on the machine's load, so the upper bound here is loose; the clocks' own
+      // accuracy is shown by the body_idle and headers cases).
+      assert.ok(took >= 400 && took < 1000, `cut after ${took} ms`)
       await waitUntil(() => upstreamClosed)
       const line = await gw.logs.waitFor((l) => l.msg === 'request' && l.path === '/stream')
       assert.equal(line.status, 499)

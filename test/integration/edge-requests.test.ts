@@ -150,6 +150,13 @@ describe('requests that must not slip past the gateway', () => {
     await refused('POST /h2 HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: h2c\r\nContent-Length: 5\r\n\r\nhello', 400, 'GH_UPGRADE_NOT_ALLOWED')
   })
 
+  test('a malformed HEAD request gets a 400 without a body', async () => {
+    const res = await rawRequest(gw.port, 'HEAD / HTTP/1.1\r\nHost: a\r\nBad Header: x\r\n\r\n')
+    assert.equal(res.status, 400)
+    assert.ok(Number(res.headers['content-length']) > 0)
+    assert.equal(res.body, '')
+  })
+
   test('HTTP/1.0 with Transfer-Encoding → 400 and close', async () => {
     const headers = await refused('POST / HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /next HTTP/1.1\r\nHost: a\r\n\r\n', 400, 'GH_AMBIGUOUS_LENGTH')
     assert.equal(headers.connection, 'close')
@@ -264,6 +271,26 @@ describe('bodiless upstream answers', () => {
       assert.doesNotMatch(answers[1]!, /content-length/i)
       assert.match(answers[2]!, /^HTTP\/1\.1 200 [^]*content-length: 99\r\n[^]*\r\n\r\n$/i)
       assert.match(answers[3]!, /^HTTP\/1\.1 200 [^]*\r\n\r\nok$/)
+    } finally {
+      await gw.close()
+      up.close()
+    }
+  })
+})
+
+describe('upstream framing the gateway cannot relay', () => {
+  test('a Transfer-Encoding other than chunked → 502, never the raw framing as content', async () => {
+    const up = net.createServer((s) => {
+      s.on('error', () => {})
+      s.once('data', () => s.end('HTTP/1.1 200 OK\r\nTransfer-Encoding: , chunked,\r\n\r\n3\r\nabc\r\n0\r\n\r\n'))
+    })
+    up.listen(0, '127.0.0.1')
+    await once(up, 'listening')
+    const gw = await startGateway(simpleConfig(`http://127.0.0.1:${(up.address() as net.AddressInfo).port}`))
+    try {
+      const res = await request(gw.url)
+      assert.equal(res.status, 502)
+      assert.equal(JSON.parse(res.body).code, 'GH_UPSTREAM_BAD_RESPONSE')
     } finally {
       await gw.close()
       up.close()
