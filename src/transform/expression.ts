@@ -102,6 +102,7 @@ interface Frame {
 
 interface Focus {
   readonly environment: Frame
+  readonly input: unknown
   createSequence (...items: unknown[]): unknown[] & { sequence?: boolean, keepSingleton?: boolean }
 }
 
@@ -198,19 +199,25 @@ interface Node {
 /**
  * Order-by (`path^(term, >term)`) is a step JSONata sorts with the quadratic merge sort, and no
  * function stands in for it. Each path with an order-by step is rewritten, in the parsed
- * expression, into the same path whose first step calls our sort instead:
+ * expression, so that our sort does it:
  *
- *   s0.s1^(t1, >t2)[f].rest  →  $order(s0.s1.$keys($, function(){t1}, function(){t2}))[f].rest
+ *   s0.s1^(t1, >t2)[f].rest  →  $order(s0.s1.$keys(function(){t1}, function(){t2}))[f].rest
  *
- * `$keys` pairs each item with its terms, evaluated (once, when first compared) with the item
- * as context, as JSONata does; `$order` sorts with JSONata's comparisons and the same
- * splits, so results are identical. The names cannot be written in an expression (a colon
- * ends a name), so a user's variable can never shadow them. Order-by in a path that binds
- * `@`, `#` or `%` sorts a tuple stream, which this cannot reproduce: such an expression is
- * refused (`$sort` does the same job).
+ * `$keys` pairs each item (its context) with its terms, evaluated (once, when first compared)
+ * with the item as context, as JSONata does; `$order` sorts with JSONata's comparisons and the
+ * same splits, so results are identical. The prefix path runs as it did, one step per step;
+ * `$order` is evaluated once with the whole input, like a leading array constructor, and where
+ * the order-by ended the path it replaces the path. The names cannot be written in an
+ * expression (a colon ends a name), so a user's variable never shadows them. Order-by in a
+ * path that binds `@`, `#` or `%` sorts a tuple stream, which this cannot reproduce: such an
+ * expression is refused (`$sort` does the same job).
  */
 function rewriteOrderBy (expr: jsonata.Expression): void {
   let sites = 0
+  const fn = (name: string, impl: (this: Focus, ...args: any[]) => unknown, args: Node[], position: number | undefined): Node => {
+    register(expr, name, impl)
+    return { type: 'function', value: '(', position, procedure: { type: 'variable', value: name, position }, arguments: args }
+  }
   const seen = new Set<object>()
   const visit = (node: unknown): void => {
     if (node === null || typeof node !== 'object' || seen.has(node)) return
@@ -222,63 +229,63 @@ function rewriteOrderBy (expr: jsonata.Expression): void {
       throw Object.assign(new Error('order-by (^) in a path that also binds @, # or % cannot be bounded (JSONata sorts it in quadratic time and memory); sort with $sort() instead'), { position: n.steps.find((s) => s.type === 'sort')!.position })
     }
     const keepSingletonArray = n.keepSingletonArray === true
-    const group = n.group
     let steps = n.steps
+    let last: Node | null = null
     for (let k = steps.findIndex((s) => s.type === 'sort'); k !== -1; k = steps.findIndex((s) => s.type === 'sort')) {
       if (k === 0) throw new Error('order-by (^) without a sequence to sort')
       const site = sites++
       const step = steps[k]!
       const pos = step.position
       const terms = step.terms!
-      const keysName = `gatehouse:keys:${site}`
-      const orderName = `gatehouse:order:${site}`
-      register(expr, keysName, keysOf)
-      register(expr, orderName, orderBy(terms.map((t) => t.descending), pos))
-      const keyStep: Node = {
-        type: 'function',
-        value: '(',
-        position: pos,
-        procedure: { type: 'variable', value: keysName, position: pos },
-        arguments: [{ type: 'variable', value: '', position: pos }, ...terms.map((t): Node => ({ type: 'lambda', value: 'function', position: pos, arguments: [], body: t.expression }))],
-      }
-      const rest = steps.slice(k + 1)
-      const order: Node = {
-        type: 'function',
-        value: '(',
-        position: pos,
-        procedure: { type: 'variable', value: orderName, position: pos },
-        arguments: [{ type: 'path', steps: [...steps.slice(0, k), keyStep] }],
-        // Evaluated once with the whole input sequence, like JSONata's own first-step arrays.
-        consarray: true,
-      }
-      // A one-item result must stay a sequence where the path goes on (a later step iterates
-      // it) or was asked to keep arrays; evaluate() would otherwise unwrap it.
-      if (rest.length > 0 || n.keepArray === true || keepSingletonArray) order.keepArray = true
+      const direct = terms.map((t) => directKey(t.expression))
+      const keyStep = fn(`gatehouse:keys:${site}`, keysOf(direct),
+        terms.filter((_t, i) => direct[i] === null).map((t): Node => ({ type: 'lambda', value: 'function', position: pos, arguments: [], body: t.expression })), pos)
+      const order = fn(`gatehouse:order:${site}`, orderBy(terms.map((t) => t.descending), pos), [{ type: 'path', steps: [...steps.slice(0, k), keyStep] }], pos)
       const filters = step.stages?.map((st) => ({ type: 'filter', expr: st.expr, position: st.position }))
       if (filters !== undefined && filters.length > 0) order.predicate = filters
+      const rest = steps.slice(k + 1)
+      if (rest.length === 0) {
+        last = order
+        break
+      }
+      // Evaluated once with the whole input sequence, like JSONata's own first-step arrays;
+      // a one-item result must stay a sequence, for the next step to iterate.
+      order.consarray = true
+      order.keepArray = true
       steps = [order, ...rest]
     }
-    if (!keepSingletonArray) {
-      n.steps = steps
-      return
+    // The path without its order-by: the steps after the last one, or that last one alone
+    // (then with the path's own group and array marking).
+    const group = n.group
+    const replacement: Node = last ?? { ...n, steps }
+    if (last !== null) {
+      if (n.keepArray === true) last.keepArray = true
+      if (group !== undefined) last.group = group
     }
-    // `a.b[]^(c)`: JSONata marks the path to keep a one-item result as an array. Its marking
-    // step cannot take the `undefined` our first step yields for an empty sequence, so the
-    // path runs without it, inside a function that does the same marking.
-    const inner: Node = { type: 'path', steps, keepArray: true }
-    const keepName = `gatehouse:keep:${sites++}`
-    register(expr, keepName, keepSingleton)
-    for (const key of Object.keys(n)) delete n[key]
-    Object.assign(n, {
-      type: 'function',
-      value: '(',
-      procedure: { type: 'variable', value: keepName },
-      arguments: [inner],
-      keepArray: true,
-      ...(group === undefined ? {} : { group }),
-    })
+    if (keepSingletonArray) {
+      // `a.b[]^(c)`: JSONata marks the path to keep a one-item result as an array; a function
+      // does the same marking, around the path (or sort) run without it.
+      delete replacement.keepSingletonArray
+      delete replacement.group
+      replacement.keepArray = true
+      const keep = fn(`gatehouse:keep:${sites++}`, keepSingleton, [replacement], undefined)
+      keep.keepArray = true
+      if (group !== undefined) keep.group = group
+      replace(n, keep)
+    } else if (last !== null) {
+      replace(n, last)
+    } else {
+      n.steps = steps
+    }
   }
   visit(expr.ast())
+}
+
+/** Make `node` (referenced by its parent) into `by`. */
+function replace (node: Node, by: Node): void {
+  const copy = { ...by }
+  for (const key of Object.keys(node)) delete node[key]
+  Object.assign(node, copy)
 }
 
 /** JSONata's end-of-path marking for `[]` paths, for the wrapper above. */
@@ -318,30 +325,116 @@ function variablesRead (ast: unknown): Set<string> | null {
 /** One item of a sequence being ordered, with its sort terms (evaluated when first needed). */
 class SortEntry {
   readonly item: unknown
-  readonly terms: ReadonlyArray<() => Promise<unknown>>
+  /** Per term: a thunk evaluating it with the item as context, or null for a term read directly. */
+  readonly terms: ReadonlyArray<(() => Promise<unknown>) | null>
   readonly keys: unknown[]
-  constructor (item: unknown, terms: Array<() => Promise<unknown>>) {
+  constructor (item: unknown, terms: Array<(() => Promise<unknown>) | null>, keys: unknown[]) {
     this.item = item
     this.terms = terms
-    this.keys = new Array(terms.length).fill(NOT_YET)
+    this.keys = keys
   }
 }
 
 const NOT_YET = Symbol('not evaluated')
 
-function keysOf (item: unknown, ...terms: Array<() => Promise<unknown>>): SortEntry {
-  return new SortEntry(item, terms)
+/** Our `$keys` for one order-by step: `direct` per term, null for those JSONata must evaluate (passed as thunks). */
+function keysOf (direct: ReadonlyArray<DirectKey | null>) {
+  // The item is the call's context, not an argument: JSONata would wrap an argument that looks
+  // like a function (an object with `_jsonata_lambda: true`, which any body can send).
+  return function keys (this: Focus, ...thunks: Array<() => Promise<unknown>>): SortEntry {
+    const item = this.input
+    const terms = new Array<(() => Promise<unknown>) | null>(direct.length)
+    const values = new Array<unknown>(direct.length)
+    for (let t = 0, j = 0; t < direct.length; t++) {
+      const d = direct[t]!
+      terms[t] = d === null ? thunks[j++]! : null
+      values[t] = d === null ? NOT_YET : d(item)
+    }
+    return new SortEntry(item, terms, values)
+  }
+}
+
+/** A term's value for an item, read the way JSONata's evaluator would, without it. */
+type DirectKey = (item: unknown) => unknown
+
+/**
+ * The two terms almost every order-by uses, `^(field)` and `^($)`, are read directly: for a
+ * large array, evaluating a term per item through JSONata is most of the cost of the sort.
+ * Null for any other term.
+ */
+function directKey (term: Node): DirectKey | null {
+  const plain = (n: Node, keys: string[]): boolean => Object.keys(n).every((k) => keys.includes(k))
+  if (term.type === 'variable' && term.value === '' && plain(term, ['type', 'value', 'position'])) return collapse
+  const step = term.steps?.[0]
+  if (term.type === 'path' && term.steps!.length === 1 && plain(term, ['type', 'steps', 'position']) &&
+    step!.type === 'name' && typeof step!.value === 'string' && plain(step!, ['type', 'value', 'position'])) {
+    const name = step!.value
+    return (item) => Array.isArray(item) ? namePathOnArray(item, name) : lookup(item, name)
+  }
+  return null
+}
+
+/** Sequences this module builds, as JSONata's evaluator would have (it marks its own with `sequence`). */
+const SEQUENCES = new WeakSet<unknown[]>()
+
+function isSequence (v: unknown): v is unknown[] {
+  return Array.isArray(v) && ((v as { sequence?: boolean }).sequence === true || SEQUENCES.has(v))
+}
+
+/** What evaluate() returns for a node whose value is `v`: a sequence of one is its item, of none nothing. */
+function collapse (v: unknown): unknown {
+  if (!isSequence(v)) return v
+  return v.length === 0 ? undefined : v.length === 1 ? v[0] : v
+}
+
+/** JSONata's lookup of a field: own properties only, nothing from an object that claims to be a function; over arrays, a sequence. */
+function lookup (input: unknown, key: string): unknown {
+  if (Array.isArray(input)) {
+    const out: unknown[] = []
+    SEQUENCES.add(out)
+    for (const el of input) {
+      const res = lookup(el, key)
+      if (res === undefined) continue
+      if (Array.isArray(res)) out.push(...res)
+      else out.push(res)
+    }
+    return out
+  }
+  if (input === null || typeof input !== 'object') return undefined
+  const o = input as Record<string, unknown>
+  if (o._jsonata_function === true || o._jsonata_lambda === true || !Object.hasOwn(o, key)) return undefined
+  return o[key]
+}
+
+/** The path `name` with an array as context, step by step as JSONata evaluates it (the path's last step). */
+function namePathOnArray (arr: unknown[], name: string): unknown {
+  const results: unknown[] = []
+  for (const el of arr) {
+    const res = collapse(lookup(el, name))
+    if (res !== undefined) results.push(res)
+  }
+  // A last step with one result that is an array (not a sequence) yields that array itself.
+  if (results.length === 1 && Array.isArray(results[0]) && !isSequence(results[0])) return results[0]
+  const out: unknown[] = []
+  SEQUENCES.add(out)
+  for (const res of results) {
+    if (!Array.isArray(res) || (res as { cons?: boolean }).cons === true) out.push(res)
+    else out.push(...res)
+  }
+  return collapse(out)
 }
 
 /** Our `$order` for one order-by step: `descending` per term, `position` for errors. */
 function orderBy (descending: boolean[], position: number | undefined) {
   return async function order (this: Focus, entries: unknown): Promise<unknown> {
-    if (entries === undefined) return undefined
+    // An empty sequence, not undefined: filters after the order-by then see nothing, as they
+    // would have (JSONata stops a path at its first empty step).
+    if (entries === undefined) return this.createSequence()
     const list = (Array.isArray(entries) ? entries : [entries]) as SortEntry[]
     if (list.length <= 1) return this.createSequence(list[0]!.item)
     // Every item is compared at least once, on its first term at least: evaluate those now.
     for (const e of list) {
-      e.keys[0] = await e.terms[0]!()
+      if (e.keys[0] === NOT_YET) e.keys[0] = await e.terms[0]!()
     }
     const env = this.environment
     const compare = (a: SortEntry, b: SortEntry): boolean | Promise<boolean> => {
