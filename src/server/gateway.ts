@@ -569,11 +569,7 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     }
     // After requests still being answered, this answer waits for their responses (writing now
     // would put it before theirs).
-    // The request the parser failed on is unknown to the server; its method is known only when
-    // it starts the bytes Node was parsing (the usual case: a request in one packet).
-    const rawPacket = (err as { rawPacket?: Buffer }).rawPacket
-    const head = rawPacket !== undefined && rawPacket.length > 5 && rawPacket.toString('latin1', 0, 5) === 'HEAD '
-    this.#lastAnswer(socket, gone ? null : rawProblemResponse(gerr, null, http.STATUS_CODES[gerr.status], head))
+    this.#lastAnswer(socket, gone ? null : rawProblemResponse(gerr, null, http.STATUS_CODES[gerr.status], failedOnHead(err)))
   }
 
   /** Called once per exchange when its response is over. */
@@ -757,6 +753,24 @@ const IDENTITY_START_TIMEOUT = 10_000
 function checkingInterval (headers: number, request: number): number {
   const shortest = request > 0 ? Math.min(headers, request) : headers
   return Math.max(5, Math.min(1000, Math.floor(shortest / 20)))
+}
+
+/**
+ * Whether the request the parser failed on is a HEAD (its answer then has no body). The
+ * server never saw that request; its head starts after the last blank line before the error
+ * in the bytes Node was parsing (a failure inside a body belongs to a request in progress and
+ * is answered through its own response).
+ */
+function failedOnHead (err: Error): boolean {
+  const raw = (err as { rawPacket?: Buffer }).rawPacket
+  if (raw === undefined) return false
+  const at = Math.min(raw.length, (err as { bytesParsed?: number }).bytesParsed ?? raw.length)
+  const end = raw.lastIndexOf('\r\n\r\n', at - 1)
+  let start = end === -1 ? 0 : end + 4
+  // Blank lines before a request line are allowed (RFC 9112 §2.2).
+  while (raw[start] === 13 || raw[start] === 10) start++
+  // A tab after the method is what some senders write (and RFC 9112 §3 lets a reader accept).
+  return raw.length >= start + 5 && raw.toString('latin1', start, start + 4) === 'HEAD' && (raw[start + 4] === 32 || raw[start + 4] === 9)
 }
 
 /** Whether a head Node found too large was too large because of its request line (→ 414, not 431). */

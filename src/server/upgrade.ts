@@ -44,7 +44,7 @@ export function handleUpgrade (host: UpgradeHost, req: IncomingMessage, socket: 
   const refuse = (err: GatewayError): void => {
     host.metrics.refused.labels(err.code).inc()
     host.logger.info({ msg: 'upgrade refused', id: requestId, code: err.code, reason: err.reason ?? err.detail, path: url.split('?')[0] })
-    writeProblem(socket, err, requestId, table.config.listen.timeouts.linger)
+    writeProblem(socket, err, requestId, table.config.listen.timeouts.linger, req.method === 'HEAD')
   }
   if (host.closing) {
     refuse(gatewayError('GH_SHUTTING_DOWN'))
@@ -58,7 +58,8 @@ export function handleUpgrade (host: UpgradeHost, req: IncomingMessage, socket: 
   const route = ex.route
   const protocol = err === null && route !== null && req.method === 'GET' ? chosenProtocol(route, req.headers.upgrade) : null
   if (protocol === null || route === null) {
-    if (ex.contentLength !== null || ex.transferEncoding !== null || req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined) {
+    const length = req.headers['content-length']
+    if ((length !== undefined && length !== '0') || req.headers['transfer-encoding'] !== undefined) {
       return refuse(gatewayError('GH_UPGRADE_NOT_ALLOWED', 'A request asking for a protocol upgrade this gateway does not perform cannot carry a body'))
     }
     // Refusals (a bad path, no route, …) and plain answers alike come from the ordinary path.
@@ -245,8 +246,8 @@ class UpgradeHandler implements Dispatcher.DispatchHandler {
   }
 }
 
-function writeProblem (socket: Socket, err: GatewayError, requestId: string | null, linger: number): void {
-  endAndLinger(socket, rawProblemResponse(err, requestId, http.STATUS_CODES[err.status]), linger)
+function writeProblem (socket: Socket, err: GatewayError, requestId: string | null, linger: number, head = false): void {
+  endAndLinger(socket, rawProblemResponse(err, requestId, http.STATUS_CODES[err.status], head), linger)
 }
 
 function onSocketError (this: Duplex): void {

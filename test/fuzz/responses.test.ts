@@ -262,6 +262,10 @@ function expectation (bytes: Buffer, method: string, closed: boolean): Expectati
     const r = parsed.responses[finalAt]!
     // undici refuses a head over its maxHeaderSize (16 KiB): a 502 is then a fair answer too.
     if (parsed.responses.slice(0, finalAt + 1).some((x) => x.head > MAX_UPSTREAM_HEAD)) return { valid: null, lenient: [r], why: `a head over ${MAX_UPSTREAM_HEAD} bytes` }
+    // A transfer coding other than chunked (gzip, read to the close) is valid HTTP, but the
+    // gateway decodes none and will not relay coded bytes unlabelled: a 502 is its answer.
+    const te = fieldValue(r.fields, 'transfer-encoding')
+    if (te !== null && te.trim().toLowerCase() !== 'chunked') return { valid: null, lenient: [r], why: `Transfer-Encoding "${te}" (the gateway decodes no coding but chunked)` }
     const interim = parsed.responses.slice(0, finalAt).map((i) => i.status)
     return { valid: r, lenient: [], why: `valid: ${interim.length === 0 ? 'no interim' : `interim ${[...new Set(interim)].join('/')} (${interim.length})`}, ${r.status} ${r.framing} with ${r.body.length} body bytes${parsed.responses.length > finalAt + 1 || parsed.rest.kind !== 'none' ? ', followed by more bytes' : ''}` }
   }
