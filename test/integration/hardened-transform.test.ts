@@ -52,6 +52,13 @@ describe('hardened transforms: every evaluation is bounded', () => {
         // Quadratic by design (every item looks at every item): the deadline ends it.
         { name: 'cross', match: { path: '/cross' }, upstream: 'up', transform: { request: { body: '{ "pairs": items.($$.items.id) }', timeout: '1s' } } },
         { name: 'range', match: { path: '/range' }, upstream: 'up', transform: { request: { body: '{ "count": $count([1..n]) }' } } },
+        { name: 'product', match: { path: '/product' }, upstream: 'up', transform: { request: { body: '( $n := n; { "count": $count([1..$n].([1..$n])) } )', timeout: '30s' } } },
+        {
+          name: 'doubling',
+          match: { path: '/doubling' },
+          upstream: 'up',
+          transform: { request: { body: '( $double := function($a, $k) { $k = 0 ? $a : $double($append($a, $a), $k - 1) }; { "count": $count($double([1], k)) } )', timeout: '30s' } },
+        },
         { name: 'pad', match: { path: '/pad' }, upstream: 'up', transform: { request: { body: '{ "padded": $pad("x", width) }' } } },
         { name: 'hits', match: { path: '/hits' }, upstream: 'up', transform: { response: { body: '{ "ids": hits.($$.hits.id) }', timeout: '300ms' } } },
         { name: 'plain', match: {}, upstream: 'up' },
@@ -132,6 +139,18 @@ describe('hardened transforms: every evaluation is bounded', () => {
       assert.equal(p.code, 'GH_TRANSFORM_LIMIT')
       assert.equal(p.detail, 'The request body transform was stopped: the expression built a sequence of more than 10000000 items')
     }
+  })
+
+  test('a cross product or an $append doubling the body asks for stops at 10,000,000 items', async () => {
+    const detail = 'The request body transform was stopped: the expression built a sequence of more than 10000000 items'
+    assert.deepEqual(JSON.parse((await post(gw.url + '/product', { n: 100 })).body), { count: 10_000 })
+    const product = await post(gw.url + '/product', { n: 3300 })
+    assert.equal(product.status, 502)
+    assert.equal(JSON.parse(product.body).detail, detail)
+    assert.deepEqual(JSON.parse((await post(gw.url + '/doubling', { k: 10 })).body), { count: 1024 })
+    const doubling = await post(gw.url + '/doubling', { k: 64 })
+    assert.equal(doubling.status, 502)
+    assert.equal(JSON.parse(doubling.body).detail, detail)
   })
 
   test('$pad with a width from the body is capped', async () => {
