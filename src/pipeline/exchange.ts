@@ -264,11 +264,19 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, 
     }
     if (trailers !== null && trailers.length > 0) {
       const pairs: Array<[string, string]> = []
+      // latin1 keeps the bytes as sent (obs-text included), as for the head.
       for (let i = 0; i < trailers.length; i += 2) {
-        const name = trailers[i]!.toString()
-        if (!isForbiddenTrailer(name.toLowerCase())) pairs.push([name, trailers[i + 1]!.toString()])
+        const name = trailers[i]!.toString('latin1')
+        if (!isForbiddenTrailer(name.toLowerCase())) pairs.push([name, trailers[i + 1]!.toString('latin1')])
       }
-      if (pairs.length > 0) this.res.addTrailers(pairs)
+      if (pairs.length > 0) {
+        try {
+          this.res.addTrailers(pairs)
+        } catch {
+          // A field Node will not write (a name that is no token): the body is complete
+          // without it.
+        }
+      }
     }
     this.res.end()
   }

@@ -302,7 +302,7 @@ function isValidRequestId (v: string): boolean {
  * gateway matched the unresolved path, and a route's checks could be skipped.
  */
 export function hasDotSegment (path: string): boolean {
-  if (path.indexOf('/.') === -1 && path.indexOf('%') === -1 && path.indexOf('\\') === -1) return false
+  if (!hasSlashDot(path) && path.indexOf('%') === -1 && path.indexOf('\\') === -1) return false
   const decoded = path.replace(/%2e/gi, '.').replace(/%2f/gi, '/').replace(/%5c/gi, '/').replace(/\\/g, '/')
   for (const seg of decoded.split('/')) {
     if (seg === '.' || seg === '..') return true
@@ -311,6 +311,18 @@ export function hasDotSegment (path: string): boolean {
       const name = seg.slice(0, seg.indexOf(';'))
       if (name === '.' || name === '..') return true
     }
+  }
+  return false
+}
+
+/**
+ * Whether "/." occurs, found from the dots, which most paths have few of: V8's two-character
+ * indexOf restarts its scan at every '/' (5 µs for an 8 KiB path of 16-byte segments, 65 µs
+ * for "/a/a/a…"), a one-character one runs at memchr speed.
+ */
+function hasSlashDot (path: string): boolean {
+  for (let i = path.indexOf('.'); i !== -1; i = path.indexOf('.', i + 1)) {
+    if (i > 0 && path.charCodeAt(i - 1) === 47 /* / */) return true
   }
   return false
 }

@@ -414,8 +414,28 @@ function lingeringClose (this: Socket): void {
   socket.once('close', () => clearInterval(timer))
   // The client read the answer and closed its side: nothing left to protect.
   socket.once('end', () => socket.destroy())
+  discardInput(socket)
+}
+
+/**
+ * Read and drop whatever the client still sends. A 'data' listener, not only resume(): Node
+ * resets a socket's flowing state when it hands it over (CONNECT, upgrades), which would leave
+ * bytes sitting unread and the client's close unseen.
+ */
+export function discardInput (socket: Socket): void {
+  // Node's HTTP server pauses a connection (its own socket._paused, and the parser) while too
+  // much of its output is queued, and resumes it only as that output drains; a connection
+  // being closed queues nothing more, so its reading must not wait for that.
+  const s = socket as Socket & { _paused?: boolean, parser?: { resume (): void } | null }
+  if (s._paused === true) {
+    s._paused = false
+    s.parser?.resume()
+  }
+  if (socket.listenerCount('data') === 0) socket.on('data', discard)
   socket.resume()
 }
+
+function discard (): void {}
 
 const kAnswered = Symbol('gatehouse.answered')
 
@@ -440,7 +460,7 @@ export function endAndLinger (socket: Socket, answer: string | null, linger: num
   timer.unref()
   socket.once('close', () => clearTimeout(timer))
   socket.once('end', () => socket.destroy())
-  socket.resume()
+  discardInput(socket)
 }
 
 /** Whether endAndLinger already answered on this socket. */

@@ -29,7 +29,7 @@ import type { ProviderStatus } from '../identity/types.js'
 import { createAdminServer } from '../admin/server.js'
 import { handleUpgrade } from './upgrade.js'
 import { DeliveryService } from '../delivery/service.js'
-import { answered, Connections, connectionSettings, endAndLinger } from './connections.js'
+import { answered, Connections, connectionSettings, discardInput, endAndLinger } from './connections.js'
 
 export interface GatewayOptions {
   /** A pino logger to use instead of the one built from `log` in the config. */
@@ -471,6 +471,12 @@ class GatewayImpl implements Gateway, GatewayRuntime {
    */
   #lastAnswer (socket: Socket, answer: string | null): void {
     const conn = this.#conns.peek(socket)
+    // Closing already (an earlier answer said Connection: close): nothing more is written,
+    // and the lingering close must go on reading to see the client leave.
+    if (!socket.writable || conn?.lingering === true) {
+      discardInput(socket)
+      return
+    }
     if (conn !== undefined && conn.active.length > 0) {
       conn.afterPending = answer
       socket.pause()

@@ -61,7 +61,7 @@ class RequestFuzz {
   async startGateway (): Promise<void> {
     const limits = { max_body: '64KiB' }
     const config: ConfigInput = {
-      listen: { host: '127.0.0.1', port: 0, timeouts: { headers: '1s', keep_alive: '2s' } },
+      listen: { host: '127.0.0.1', port: 0, timeouts: { headers: '1s', keep_alive: '2s', linger: '200ms' } },
       admin: { enabled: false },
       log: { level: 'warn', access: false },
       identity: {

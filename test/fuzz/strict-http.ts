@@ -200,8 +200,13 @@ export function parseRequests (buf: Buffer): RequestParse {
   let closed = false
   try {
     for (;;) {
-      // RFC 9112 §2.2: empty lines before a request-line are ignored.
-      while (buf[pos] === CR && buf[pos + 1] === LF) pos += 2
+      // RFC 9112 §2.2: empty lines before a request-line are ignored. Node's parser skips any
+      // run of CR and LF there (bare ones included); before a request-line they frame nothing,
+      // so that reading cannot hide or invent a request, and it is accepted here too.
+      while (buf[pos] === CR || buf[pos] === LF) {
+        if (buf[pos] === CR && pos + 1 === buf.length) break
+        pos++
+      }
       if (pos >= buf.length) return { requests, rest: { kind: 'none' } }
       if (buf[pos] === CR && pos + 1 === buf.length) incomplete(pos, 'cut after CR')
       const start = pos
