@@ -215,7 +215,13 @@ describe('cache key (v2 layout)', () => {
     assert.equal(p.lead('k'), null, 'one leader per key')
     const waiting = p.follower('k')!
     const started = performance.now()
-    assert.equal(await waiting, null)
+    // The coalescing timer is unref'd (it never holds a process up): keep this one alive.
+    const alive = setInterval(() => {}, 1000)
+    try {
+      assert.equal(await waiting, null)
+    } finally {
+      clearInterval(alive)
+    }
     assert.ok(performance.now() - started >= 15)
     // Released: the key has no leader; a released follower may lead it.
     assert.equal(p.follower('k'), null)
