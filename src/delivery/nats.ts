@@ -3,6 +3,7 @@ import { importModule } from '../util/import.js'
 import type { JetStreamClient, JetStreamManager, PubAck, StoredMsg } from '@nats-io/jetstream'
 import type { Msg, MsgHdrs, NatsConnection } from '@nats-io/transport-node'
 import type { DeliveryStoreConfig } from '../config/schema.js'
+import { redactUrl } from '../config/refs.js'
 import { gatewayError, type GatewayError } from '../errors/index.js'
 import type { Logger } from '../observability/logger.js'
 import type {
@@ -1406,9 +1407,13 @@ function errText (err: unknown): string {
   return err instanceof Error ? err.message : String(err)
 }
 
-/** Credentials in the URL stay out of logs and status. */
+/**
+ * Credentials in the URL stay out of logs and status. Parsed (redactUrl), not matched: a
+ * password may hold '@' or '/'. NATS server addresses are often written without a scheme.
+ */
 function redact (url: string): string {
-  return url.replace(/\/\/[^@/]*@/, '//***@')
+  if (url.indexOf('@') === -1) return url
+  return redactUrl(url.includes('://') ? url : `nats://${url}`)
 }
 
 function unavailable (reason: string): GatewayError {

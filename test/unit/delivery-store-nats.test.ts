@@ -359,3 +359,19 @@ describe('NATS delivery store: failures', { skip: available ? false : SKIP }, ()
     }
   })
 })
+
+describe('nats delivery store: credentials in its URL', () => {
+  test('a password holding "@" never reaches the status or the log, in any part', async () => {
+    const lines: string[] = []
+    const logger = createLogger('warn', { write (line: string) { lines.push(line) } } as never)
+    // Nothing listens there: the store reports itself unavailable, naming its URL.
+    const store = new NatsDeliveryStore({ kind: 'nats', url: 'nats://gatehouse:s3cr3t@pa$$@127.0.0.1:1', stream: streamName(), max_bytes: 1024 * 1024, timeout: 200, replicas: 1 }, logger)
+    await store.start().catch(() => {})
+    const status = JSON.stringify(store.status())
+    assert.match(status, /nats:\/\/\*\*\*@127\.0\.0\.1:1/)
+    for (const text of [status, ...lines]) {
+      assert.doesNotMatch(text, /s3cr3t|pa\$\$/)
+    }
+    await store.close().catch(() => {})
+  })
+})
