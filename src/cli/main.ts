@@ -1,9 +1,10 @@
-import { readFileSync, watch, type FSWatcher } from 'node:fs'
+import { watch, type FSWatcher } from 'node:fs'
 import { basename, dirname, resolve } from 'node:path'
 import { createHash } from 'node:crypto'
 import { parseArgs } from 'node:util'
 import { compile, describeTable } from '../compile/index.js'
 import { loadConfigFile, suggest } from '../config/load.js'
+import { readRefFile } from '../config/refs.js'
 import { ConfigError } from '../errors/index.js'
 import { createGateway, type Gateway } from '../server/gateway.js'
 import { pluginOf } from '../plugins/loader.js'
@@ -443,7 +444,10 @@ const EMPTY = 'empty'
 /** Content hash of the file; EMPTY for a missing, unreadable, blank or comments-only file. */
 function hashFile (file: string): string {
   try {
-    const data = readFileSync(file)
+    // Regular files only (readRefFile): the watcher must not block on a path swapped for a FIFO.
+    const text = readRefFile(file, 16 * 1024 * 1024)
+    if (typeof text !== 'string') return EMPTY
+    const data = Buffer.from(text)
     // Comments alone count as empty too: a half-written file may end after its header comment.
     if (data.toString('utf8').replace(/^\s*#.*$/gm, '').trim() === '') return EMPTY
     return createHash('sha256').update(data).digest('hex')

@@ -1,12 +1,12 @@
 import { createPrivateKey } from 'node:crypto'
-import { existsSync, readFileSync } from 'node:fs'
+import { existsSync } from 'node:fs'
 import { dirname, resolve } from 'node:path'
 import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Document, type Node as YamlNode } from 'yaml'
 import type { z } from 'zod'
 import { ConfigError, type ConfigIssue } from '../errors/index.js'
 import { cidrProblem } from '../net/cidr.js'
 import { isGatewayOwned } from '../net/owned-headers.js'
-import { pathToString, redactUrl, resolveRefs, type PathKey, type RefFills } from './refs.js'
+import { pathToString, readRefFile, redactUrl, resolveRefs, type PathKey, type RefFills } from './refs.js'
 import { ConfigSchema, DURATIONS, type Config } from './schema.js'
 import { expressionProblem } from '../transform/expression.js'
 
@@ -16,15 +16,16 @@ export interface LoadOptions {
   baseDir?: string
 }
 
+/** The largest config file read (a config of thousands of routes and keys is well under it). */
+const MAX_CONFIG_FILE = 16 * 1024 * 1024
+
 /** Read, resolve and validate a YAML config file. Throws ConfigError listing every problem. */
 export function loadConfigFile (file: string, options: LoadOptions = {}): Config {
   const path = resolve(file)
-  let text: string
-  try {
-    text = readFileSync(path, 'utf8')
-  } catch (err) {
-    throw new ConfigError([{ path: '', message: `cannot read config file: ${(err as NodeJS.ErrnoException).code ?? String(err)}` }], file)
-  }
+  // A regular file of bounded size only: a config path swapped for a FIFO would block this
+  // (synchronous) read, on a reload the whole gateway, and a device would never end.
+  const text = readRefFile(path, MAX_CONFIG_FILE)
+  if (typeof text !== 'string') throw new ConfigError([{ path: '', message: text.problem.replace(`cannot read ${path}`, 'cannot read config file') }], file)
   return parseConfig(text, { ...options, baseDir: options.baseDir ?? dirname(path) }, file)
 }
 
@@ -506,12 +507,12 @@ function resolveFiles (config: Config, baseDir: string): LocatedIssue[] {
     const value = tls[key]
     if (value === undefined || value.includes('-----BEGIN')) continue
     const path = resolve(baseDir, value)
-    try {
-      tls[key] = readFileSync(path, 'utf8')
-    } catch (err) {
-      issues.push(issueAt(['listen', 'tls', key], `cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`))
+    const text = readRefFile(path)
+    if (typeof text !== 'string') {
+      issues.push(issueAt(['listen', 'tls', key], text.problem))
       continue
     }
+    tls[key] = text
     if (!tls[key]!.includes('-----BEGIN')) issues.push(issueAt(['listen', 'tls', key], `${path} is not a PEM file`))
   }
   // A cipher list OpenSSL cannot use would otherwise fail only when the listener is made.

@@ -16,7 +16,7 @@ const REF_RE = /\$?\$\{(env|file):([^}]*)\}/g
  * path that points at a huge or endless file.
  */
 export const MAX_REF_FILE = 1024 * 1024
-const TOO_LARGE = (file: string): string => `cannot read ${file}: larger than 1 MiB`
+const TOO_LARGE = (file: string, cap: number): string => `cannot read ${file}: larger than ${cap >= 1024 * 1024 ? `${cap / 1024 / 1024} MiB` : `${cap} bytes`}`
 
 export interface RefContext {
   env: NodeJS.ProcessEnv
@@ -89,7 +89,7 @@ function resolveString (s: string, ctx: RefContext, issues: Array<ConfigIssue & 
  * checked before opening, and again on the open descriptor, which O_NONBLOCK keeps from waiting
  * for a writer should the path have been swapped for a FIFO in between.
  */
-export function readRefFile (file: string): string | { problem: string } {
+export function readRefFile (file: string, cap = MAX_REF_FILE): string | { problem: string } {
   let st: Stats
   try {
     st = statSync(file)
@@ -98,7 +98,7 @@ export function readRefFile (file: string): string | { problem: string } {
   }
   const kind = notRegular(st)
   if (kind !== null) return { problem: `cannot read ${file}: ${kind}, not a regular file` }
-  if (st.size > MAX_REF_FILE) return { problem: TOO_LARGE(file) }
+  if (st.size > cap) return { problem: TOO_LARGE(file, cap) }
   let fd: number
   try {
     fd = openSync(file, constants.O_RDONLY | (constants.O_NONBLOCK ?? 0))
@@ -110,12 +110,12 @@ export function readRefFile (file: string): string | { problem: string } {
     if (again !== null) return { problem: `cannot read ${file}: ${again}, not a regular file` }
     // The size may have changed since stat (or be 0, as for files in /proc): read up to the cap
     // plus one byte, which tells "exactly at the cap" from "over it".
-    let buf = Buffer.allocUnsafe(Math.min(MAX_REF_FILE + 1, Math.max(st.size + 1, 4096)))
+    let buf = Buffer.allocUnsafe(Math.min(cap + 1, Math.max(st.size + 1, 4096)))
     let length = 0
     for (;;) {
       if (length === buf.length) {
-        if (length > MAX_REF_FILE) return { problem: TOO_LARGE(file) }
-        const bigger = Buffer.allocUnsafe(Math.min(MAX_REF_FILE + 1, length * 2))
+        if (length > cap) return { problem: TOO_LARGE(file, cap) }
+        const bigger = Buffer.allocUnsafe(Math.min(cap + 1, length * 2))
         buf.copy(bigger, 0, 0, length)
         buf = bigger
       }

@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { BIN } from '../helpers/cli.js'
 import { request, startGateway, startUpstream, waitUntil, type Upstream } from '../helpers/index.js'
-import { parseConfig } from '../../src/config/load.js'
+import { loadConfigFile, parseConfig } from '../../src/config/load.js'
 import { ConfigError } from '../../src/errors/index.js'
 
 /*
@@ -207,5 +207,23 @@ describe('values from references never appear in messages or logs', () => {
     } finally {
       await gw.close()
     }
+  })
+})
+
+describe('the config file and TLS files are read like ${file:} references', () => {
+  it('a config path that is a FIFO or a device is a config error, never a blocked read', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'gh-configfifo-'))
+    try {
+      execFileSync('mkfifo', [join(dir, 'gatehouse.yaml')])
+      assert.throws(() => loadConfigFile(join(dir, 'gatehouse.yaml')), /cannot read config file: a FIFO, not a regular file/)
+      assert.throws(() => loadConfigFile('/dev/zero'), /cannot read config file: a character device, not a regular file/)
+    } finally {
+      rmSync(dir, { recursive: true, force: true })
+    }
+  })
+
+  it('a TLS key path that is a device is an error at listen.tls.key', () => {
+    const issues = issuesOf(() => parseConfig('listen: { tls: { cert: /dev/zero, key: /dev/zero } }\nupstreams: { u: { targets: [{ url: "http://127.0.0.1:1" }] } }\nroutes: [{ name: r, upstream: u }]\n'))
+    assert.ok(issues.some((i) => i.path === 'listen.tls.key' && /a character device, not a regular file/.test(i.message)), JSON.stringify(issues))
   })
 })
