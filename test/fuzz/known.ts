@@ -10,11 +10,6 @@ import type { KnownFailure } from './harness.js'
  */
 
 export const KNOWN_REQUEST_FAILURES: readonly KnownFailure[] = [
-  {
-    id: 'queued-request-after-close-leaks',
-    bug: 'a request pipelined behind one answered with Connection: close (seen with 431 GH_HEADERS_TOO_LARGE for over 100 fields, then a request with a 196 KB body) has started and waits for its turn; the gateway half-closes after the answer but the queued request keeps the socket paused, so the client\'s close is never read: its exchange and the socket stay open',
-    match: (f) => f.property === 'settles' && /\(request incomplete, response not started\)\); the gateway's socket still open \(destroyed false, readable true, writable false/.test(f.detail),
-  },
 ]
 
 export const KNOWN_RESPONSE_FAILURES: readonly KnownFailure[] = [
