@@ -491,6 +491,26 @@ class GatewayImpl implements Gateway, GatewayRuntime {
    * a response made here: Node has handed the socket over, so the connection closes after it.
    */
   serveWithoutUpgrade (req: IncomingMessage, socket: Socket): void {
+    // The response before it may be all written yet not flushed: Node lets go of the socket
+    // (detachSocket) only on that response's 'finish', and a second response cannot take it
+    // before then.
+    const previous = (socket as Socket & { _httpMessage?: http.ServerResponse | null })._httpMessage
+    if (previous != null) {
+      let once = false
+      const next = (): void => {
+        if (once) return
+        once = true
+        this.serveWithoutUpgrade(req, socket)
+      }
+      previous.once('finish', next)
+      previous.once('close', next)
+      return
+    }
+    if (socket.destroyed) return
+    if (!socket.writable) {
+      discardInput(socket)
+      return
+    }
     const res = new http.ServerResponse(req)
     res.shouldKeepAlive = false
     res.assignSocket(socket)

@@ -192,6 +192,18 @@ describe('requests that must not slip past the gateway', () => {
     assert.match(answers[1]!, /"path":"\/p\/2"/)
   })
 
+  test('an upgrade right behind answers still being flushed is served after them (fuzz seed 1722785157)', async () => {
+    // Found by the fuzz suite: the upgrade arrived while the response before it was written but
+    // not yet flushed, and taking over the socket then threw ERR_HTTP_SOCKET_ASSIGNED.
+    const res = await rawRequest(gw.port, '\r\nGET /p/0 HTTP/1.1\r\nContent-Length: 1\r\n\r\n GET /p/1 HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\nGET //p///2 HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: fuzzproto\r\n\r\n')
+    // The first request has no Host: 400 and Connection: close, so nothing after it is answered.
+    assert.equal(res.status, 400, res.raw)
+    assert.equal(res.headers.connection, 'close')
+    assert.equal(res.raw.match(/(?:^|\r\n)HTTP\/1\.1 \d{3} /g)?.length, 1, res.raw)
+    const again = await rawRequest(gw.port, 'GET /p/3 HTTP/1.1\r\nHost: a\r\n\r\n')
+    assert.equal(again.status, 200, 'the gateway still serves')
+  })
+
   test('garbage after a HEAD is answered after the HEAD\'s own answer', async () => {
     const res = await rawRequest(gw.port, 'HEAD /h HTTP/1.1\r\nHost: a\r\n\r\n\x00garbage\r\n\r\n')
     const answers = res.raw.split(/(?=HTTP\/1\.1 )/)
