@@ -8,7 +8,7 @@ import { cidrProblem } from '../net/cidr.js'
 import { isGatewayOwned } from '../net/owned-headers.js'
 import { pathToString, readRefFile, redactUrl, resolveRefs, type PathKey, type RefFills } from './refs.js'
 import { ConfigSchema, DURATIONS, type Config } from './schema.js'
-import { expressionProblem } from '../transform/expression.js'
+import { expressionProblem } from '../policies/transform/expression.js'
 
 export interface LoadOptions {
   env?: NodeJS.ProcessEnv

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import type { CompiledRoute, RouteTable } from '../compile/index.js'
 import { gatewayError, type GatewayError } from '../errors/index.js'
-import { headerValue } from '../identity/policy.js'
+import { headerValue } from '../policies/auth/policy.js'
 import { clientAddress } from '../net/client-ip.js'
 import type { Exchange } from './exchange.js'
 

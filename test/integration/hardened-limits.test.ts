@@ -6,7 +6,7 @@ import ipaddr from 'ipaddr.js'
 import { validateConfig } from '../../src/config/load.js'
 import type { ConfigInput } from '../../src/config/schema.js'
 import { ConfigError } from '../../src/errors/index.js'
-import { addressBucket } from '../../src/limits/policy.js'
+import { addressBucket } from '../../src/policies/limits/policy.js'
 import { metricsText, request, startEchoUpstream, startGateway, type TestGateway } from '../helpers/index.js'
 
 /*

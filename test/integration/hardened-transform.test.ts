@@ -4,7 +4,7 @@ import jsonata from 'jsonata'
 import { startGateway, startUpstream, request, type TestGateway, type Upstream } from '../helpers/index.js'
 import { validateConfig } from '../../src/config/load.js'
 import { ConfigError } from '../../src/errors/index.js'
-import { Expression } from '../../src/transform/expression.js'
+import { Expression } from '../../src/policies/transform/expression.js'
 
 /*
  * A transform's input is the caller's body (or the upstream's), so one request must not be able

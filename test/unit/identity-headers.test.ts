@@ -7,7 +7,7 @@ import { generateKeyPairSync } from 'node:crypto'
 import { decodeJwt, exportJWK, generateKeyPair, SignJWT, type CryptoKey } from 'jose'
 import { validateConfig } from '../../src/config/load.js'
 import { ConfigError } from '../../src/errors/index.js'
-import { headerValue } from '../../src/identity/policy.js'
+import { headerValue } from '../../src/policies/auth/policy.js'
 import { request, startEchoUpstream, startGateway, type TestGateway } from '../helpers/index.js'
 
 /*

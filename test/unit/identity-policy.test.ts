@@ -2,7 +2,7 @@ import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { clientAddress } from '../../src/net/client-ip.js'
 import { CidrSet } from '../../src/net/cidr.js'
-import { headerValue, IpPolicy } from '../../src/identity/policy.js'
+import { headerValue, IpPolicy } from '../../src/policies/auth/policy.js'
 import { normalizePath } from '../../src/pipeline/headers.js'
 import { peekPayload, scopesOf } from '../../src/identity/common.js'
 

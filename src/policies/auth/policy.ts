@@ -1,11 +1,11 @@
 import { hash } from 'node:crypto'
 import { isIP } from 'node:net'
-import type { RouteConfig } from '../config/schema.js'
-import { gatewayError, type GatewayError } from '../errors/index.js'
-import { CidrSet } from '../net/cidr.js'
-import type { PhantomSigner } from './phantom.js'
-import type { IdentitySet } from './registry.js'
-import { isIdentity, type AuthResult, type Identity, type IdentityProvider } from './types.js'
+import type { RouteConfig } from '../../config/schema.js'
+import { gatewayError, type GatewayError } from '../../errors/index.js'
+import { CidrSet } from '../../net/cidr.js'
+import type { PhantomSigner } from '../../identity/phantom.js'
+import type { IdentitySet } from '../../identity/registry.js'
+import { isIdentity, type AuthResult, type Identity, type IdentityProvider } from '../../identity/types.js'
 
 /** What the policy reads from a request: filled in by the header scan. */
 export interface CredentialCarrier {

@@ -1,13 +1,13 @@
 import { hash } from 'node:crypto'
 import { isIP } from 'node:net'
-import type { RateLimitConfig, RouteConfig } from '../config/schema.js'
-import { gatewayError, type GatewayError } from '../errors/index.js'
-import { claimAt } from '../identity/policy.js'
-import type { Identity } from '../identity/types.js'
-import type { Metrics } from '../observability/metrics.js'
-import { plainAddress } from '../net/client-ip.js'
+import type { RateLimitConfig, RouteConfig } from '../../config/schema.js'
+import { gatewayError, type GatewayError } from '../../errors/index.js'
+import { claimAt } from '../auth/policy.js'
+import type { Identity } from '../../identity/types.js'
+import type { Metrics } from '../../observability/metrics.js'
+import { plainAddress } from '../../net/client-ip.js'
 import { LRUCache } from 'lru-cache'
-import type { LimitCounters, LimitDecision, LimitStore } from './store.js'
+import type { LimitCounters, LimitDecision, LimitStore } from '../../limits/store.js'
 
 type Outcome = GatewayError | null
 

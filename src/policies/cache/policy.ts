@@ -1,7 +1,7 @@
 import { createHash, hash } from 'node:crypto'
-import type { CacheConfig } from '../config/schema.js'
-import type { Identity } from '../identity/types.js'
-import type { LimitStore } from '../limits/store.js'
+import type { CacheConfig } from '../../config/schema.js'
+import type { Identity } from '../../identity/types.js'
+import type { LimitStore } from '../../limits/store.js'
 import { canonicalJson } from './canonical-json.js'
 
 /** A stored response: status, the header fields to replay, the body, and when it was stored. */

@@ -1,4 +1,4 @@
-import type { HeaderEditsConfig } from '../config/schema.js'
+import type { HeaderEditsConfig } from '../../config/schema.js'
 
 /**
  * A header-edit block, compiled: remove, rename, set, add, in that order, on a flat
