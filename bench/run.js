@@ -20,6 +20,15 @@
 //   BENCH_QUIET_PCT=10, BENCH_QUIET_BUDGET=60   wait for other processes to use < 10% of a core
 //                                     before each measurement, at most 60 s in total per bench run
 //   BENCH_GATEHOUSE_NODE_ARGS='--cpu-prof --cpu-prof-dir=/tmp/prof'   extra node flags for the gateway
+//   BENCH_BASELINE=/path/to/other/checkout   A/B mode: a built checkout of another commit (it must
+//                                     hold bin/gatehouse.cjs and its dist/). Its gateway, started
+//                                     with the same generated YAML (and the same node flags), joins
+//                                     as target `baseline`: the wrk phase's rows (not streaming),
+//                                     the c=50 rounds (plus c=1 rounds of the two gateways), and in
+//                                     the auth and intercept phases its routes (`base:<route>`)
+//                                     run in the same rounds, each back to back with the current
+//                                     build's. Reported: the median of the per-round ratios
+//                                     gatehouse/baseline of req/s and of proxy CPU us/req.
 //
 // Prints a table and writes the raw results to bench/results/latest.json.
 import { spawn, spawnSync } from 'node:child_process'
@@ -35,6 +44,13 @@ import { exportJWK, generateKeyPair, SignJWT } from 'jose'
 
 const here = path.dirname(fileURLToPath(import.meta.url))
 const root = path.join(here, '..')
+/** The other build of the A/B mode (BENCH_BASELINE), or null. */
+const BASELINE = process.env.BENCH_BASELINE ? path.resolve(process.env.BENCH_BASELINE) : null
+if (BASELINE !== null && !fs.existsSync(path.join(BASELINE, 'bin', 'gatehouse.cjs'))) {
+  process.stderr.write(`bench: BENCH_BASELINE=${process.env.BENCH_BASELINE}: there is no bin/gatehouse.cjs in ${BASELINE} ` +
+    '(it must be a checkout of Gatehouse, built there with npm ci && npm run build)\n')
+  process.exit(2)
+}
 const NGINX = '/usr/sbin/nginx'
 
 const DURATION = Math.max(1, Math.round(Number(process.env.BENCH_DURATION ?? 10)))
@@ -50,8 +66,12 @@ const SKIP = new Set((process.env.BENCH_SKIP ?? '').split(',').filter(Boolean))
 const ONLY = new Set((process.env.BENCH_ONLY ?? '').split(',').filter(Boolean))
 const skipped = (part) => SKIP.has(part) || (ONLY.size > 0 && !ONLY.has(part))
 const GH_NODE_ARGS = (process.env.BENCH_GATEHOUSE_NODE_ARGS ?? '').split(' ').filter(Boolean)
-const ALL_TARGETS = ['direct', 'gatehouse', 'nginx', 'fastify', 'bare']
-const TARGETS = (process.env.BENCH_TARGETS ?? ALL_TARGETS.join(',')).split(',').filter((t) => ALL_TARGETS.includes(t))
+// `baseline` (A/B mode only) comes last, so the positions of the others stay as they were.
+const ALL_TARGETS = ['direct', 'gatehouse', 'nginx', 'fastify', 'bare', ...(BASELINE === null ? [] : ['baseline'])]
+const TARGETS = (process.env.BENCH_TARGETS ?? ALL_TARGETS.join(',')).split(',').filter((t) => ALL_TARGETS.includes(t) && t !== 'baseline')
+// With BENCH_BASELINE the baseline runs whatever BENCH_TARGETS says, right after Gatehouse (so
+// that the two are next to each other in the rotating c=50 rounds).
+if (BASELINE !== null) TARGETS.splice(TARGETS.includes('gatehouse') ? TARGETS.indexOf('gatehouse') + 1 : TARGETS.length, 0, 'baseline')
 const AUTH_ROUNDS = Math.max(1, Math.round(Number(process.env.BENCH_AUTH_ROUNDS ?? 15)))
 const AUTH_DURATION = Math.max(1, Math.round(Number(process.env.BENCH_AUTH_DURATION ?? 2)))
 const C50_ROUNDS = Math.max(0, Math.round(Number(process.env.BENCH_C50_ROUNDS ?? 9)))
@@ -59,9 +79,9 @@ const C50_DURATION = Math.max(1, Math.round(Number(process.env.BENCH_C50_DURATIO
 const HEADS_ROUNDS = Math.max(1, Math.round(Number(process.env.BENCH_HEADS_ROUNDS ?? 9)))
 const HEADS_DURATION = Math.max(1, Math.round(Number(process.env.BENCH_HEADS_DURATION ?? 3)))
 const HEADS_CONNECTIONS = Math.max(1, Math.round(Number(process.env.BENCH_HEADS_CONNECTIONS ?? 50)))
-const TARGET_LABEL = { direct: 'direct', gatehouse: 'gatehouse', nginx: 'nginx', fastify: 'fastify-http-proxy', bare: 'bare node+undici' }
+const TARGET_LABEL = { direct: 'direct', gatehouse: 'gatehouse', nginx: 'nginx', fastify: 'fastify-http-proxy', bare: 'bare node+undici', baseline: 'gatehouse (baseline)' }
 /** Reference rows measured in the wrk phase only (the streaming lines compare Gatehouse with nginx). */
-const WRK_ONLY = new Set(['bare'])
+const WRK_ONLY = new Set(['bare', 'baseline'])
 
 const CHUNK = Buffer.alloc(64 * 1024, 'b')
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'gatehouse-bench-'))
@@ -423,8 +443,11 @@ routes:
 `
 }
 
-/** Spawns `node bin/gatehouse.cjs start --config <tmp yaml>`; stdout (the access log) goes to a file. */
-async function spawnGatehouse (upstreamPort, tag, extraNodeArgs = [], yaml = gatehouseYaml) {
+/**
+ * Spawns `node bin/gatehouse.cjs start --config <tmp yaml>`; stdout (the access log) goes to a file.
+ * `from` is the checkout whose bin/gatehouse.cjs runs: this one, or BASELINE (give it a tag of its own).
+ */
+async function spawnGatehouse (upstreamPort, tag, extraNodeArgs = [], yaml = gatehouseYaml, from = root) {
   const port = await freePort()
   const adminPort = await freePort()
   // The config gets a directory of its own: Gatehouse watches the config file's directory for
@@ -436,12 +459,29 @@ async function spawnGatehouse (upstreamPort, tag, extraNodeArgs = [], yaml = gat
   const logFile = path.join(tmp, `gatehouse-${tag}.log`)
   const fd = fs.openSync(logFile, 'w')
   const t0 = performance.now()
-  const proc = track(spawn(process.execPath, [...extraNodeArgs, path.join(root, 'bin', 'gatehouse.cjs'), 'start', '--config', config], {
+  const name = from === root ? 'gatehouse' : 'gatehouse (baseline)'
+  const proc = track(spawn(process.execPath, [...extraNodeArgs, path.join(from, 'bin', 'gatehouse.cjs'), 'start', '--config', config], {
     cwd: tmp,
     stdio: ['ignore', fd, fd],
-  }), 'gatehouse')
+  }), name)
   fs.closeSync(fd)
-  return { proc, port, adminPort, t0, logFile, config, base: `http://127.0.0.1:${port}` }
+  return { proc, port, adminPort, t0, logFile, config, name, from, base: `http://127.0.0.1:${port}` }
+}
+
+/**
+ * Waits for a spawned gateway to proxy GET /small. If it does not (an older baseline build may
+ * refuse a config key the current generators emit), the error names the build and carries the
+ * end of its log, where its config error is.
+ */
+async function gatehouseReady (gh) {
+  try {
+    await waitReady(`${gh.base}/small`, 15_000, gh.proc)
+  } catch (err) {
+    let tail = ''
+    try { tail = fs.readFileSync(gh.logFile, 'utf8').slice(-3000).trim() } catch {}
+    throw new Error(`${gh.name} from ${gh.from} did not start with ${gh.config}: ${err.message}` +
+      (tail === '' ? '' : `\n--- end of ${gh.logFile} ---\n${tail}\n---`))
+  }
 }
 
 function nginxConf (prefix, port, upstreamPort) {
@@ -490,9 +530,9 @@ function nginxCacheConf (prefix, port, upstreamPort) {
 
 async function startTarget (name, upstream) {
   if (name === 'direct') return { name, base: upstream.base, pid: null, proc: null }
-  if (name === 'gatehouse') {
-    const gh = await spawnGatehouse(upstream.port, 'bench', GH_NODE_ARGS)
-    await waitReady(`${gh.base}/small`, 15_000, gh.proc)
+  if (name === 'gatehouse' || name === 'baseline') {
+    const gh = name === 'gatehouse' ? await spawnGatehouse(upstream.port, 'bench', GH_NODE_ARGS) : await spawnGatehouse(upstream.port, 'bench-baseline', GH_NODE_ARGS, gatehouseYaml, BASELINE)
+    await gatehouseReady(gh)
     return { name, base: gh.base, pid: gh.proc.pid, proc: gh.proc, logFile: gh.logFile, config: fs.readFileSync(gh.config, 'utf8') }
   }
   if (name === 'nginx') {
@@ -585,49 +625,107 @@ async function wrkScenario (t, s, r, upstream) {
 }
 
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor((xs.length - 1) / 2)]
+const spread = (xs) => ({ median: median(xs), min: Math.min(...xs), max: Math.max(...xs) })
+
+/**
+ * A/B: runs `a` and `b` of the same rounds (keys of each round's object), compared round by
+ * round. Values are medians over the rounds; the ratios (a/b) are the median, min and max of the
+ * per-round ratios, of req/s (higher is better) and of proxy CPU us/req (lower is better).
+ */
+function abStats (rounds, a, b) {
+  const rr = rounds.filter((r) => r[a] !== undefined && r[b] !== undefined)
+  if (rr.length === 0) return null
+  const side = (k) => ({ rps: median(rr.map((r) => r[k].rps)), proxyUsPerReq: median(rr.map((r) => r[k].proxyUsPerReq)) })
+  return {
+    rounds: rr.length,
+    gatehouse: side(a),
+    baseline: side(b),
+    rpsRatio: spread(rr.map((r) => r[a].rps / r[b].rps)),
+    usRatio: spread(rr.map((r) => r[a].proxyUsPerReq / r[b].proxyUsPerReq)),
+  }
+}
+
+/**
+ * The order of one round's runs: the groups rotate by one each round, so no group is always
+ * first (or last); the runs of a group (a route on the current build and on the baseline) run
+ * back to back, which of the two goes first alternating round by round. Without a baseline every
+ * group is one run and this is the plain rotation.
+ */
+function roundOrder (groups, round) {
+  const out = []
+  for (let k = 0; k < groups.length; k++) {
+    const g = groups[(round + k) % groups.length]
+    out.push(...(round % 2 === 0 ? g : [...g].reverse()))
+  }
+  return out
+}
 
 /**
  * The small GET at c=50 again, in short rounds over every proxy, the order rotating each round.
  * This machine's speed drifts by up to 2x within tens of seconds (BENCHMARKS.md), and a single
  * 10 s run per proxy lets one proxy's run fall in a fast stretch and another's in a slow one.
  * A ratio of two runs measured seconds apart, taken in every round, and the median of those,
- * is what the c=50 ratio lines use.
+ * is what the c=50 ratio lines use. With a baseline, each round also runs the small GET at c=1
+ * through the two gateways (back to back, alternating which goes first).
  */
 async function c50Rounds (running, upstream) {
   const ts = running.filter((t) => t.pid !== null)
   if (C50_ROUNDS === 0 || ts.length < 2) return null
+  const ab = ts.some((t) => t.name === 'gatehouse') && ts.some((t) => t.name === 'baseline')
+  const one = async (t, connections, threads, what) => {
+    const cpu0 = cpuMsOf(t.pid)
+    const up0 = cpuMsOf(upstream.proc.pid)
+    const w = await measured(`${t.name} ${what}`, () => runWrk({ url: t.base + '/small', connections, threads, seconds: C50_DURATION, script: 'report.lua' }))
+    return {
+      rps: w.rps,
+      p50Ms: w.lat_p50_us / 1000,
+      p99Ms: w.lat_p99_us / 1000,
+      proxyUsPerReq: Math.round((cpuMsOf(t.pid) - cpu0) * 1000 / w.requests * 10) / 10,
+      upstreamUsPerReq: Math.round((cpuMsOf(upstream.proc.pid) - up0) * 1000 / w.requests * 10) / 10,
+      foreignCpuPct: w.foreignCpuPct,
+    }
+  }
   const rounds = []
+  const c1Rounds = []
   for (let round = 0; round < C50_ROUNDS; round++) {
     const r = {}
     for (let k = 0; k < ts.length; k++) {
       const t = ts[(round + k) % ts.length]
-      const cpu0 = cpuMsOf(t.pid)
-      const up0 = cpuMsOf(upstream.proc.pid)
-      const w = await measured(`${t.name} c=50 round ${round + 1}`, () => runWrk({ url: t.base + '/small', connections: 50, threads: WRK_THREADS, seconds: C50_DURATION, script: 'report.lua' }))
-      r[t.name] = {
-        rps: w.rps,
-        p50Ms: w.lat_p50_us / 1000,
-        p99Ms: w.lat_p99_us / 1000,
-        proxyUsPerReq: Math.round((cpuMsOf(t.pid) - cpu0) * 1000 / w.requests * 10) / 10,
-        upstreamUsPerReq: Math.round((cpuMsOf(upstream.proc.pid) - up0) * 1000 / w.requests * 10) / 10,
-        foreignCpuPct: w.foreignCpuPct,
-      }
-      log(`c=50 round ${round + 1} ${t.name.padEnd(9)} ${w.rps.toFixed(0).padStart(7)} req/s  proxy ${r[t.name].proxyUsPerReq} us/req`)
+      r[t.name] = await one(t, 50, WRK_THREADS, `c=50 round ${round + 1}`)
+      log(`c=50 round ${round + 1} ${t.name.padEnd(9)} ${r[t.name].rps.toFixed(0).padStart(7)} req/s  proxy ${r[t.name].proxyUsPerReq} us/req`)
     }
     rounds.push(r)
+    if (ab) {
+      log(`c=50 round ${round + 1} gatehouse/baseline: ${(r.gatehouse.rps / r.baseline.rps).toFixed(3)}x req/s, ${(r.gatehouse.proxyUsPerReq / r.baseline.proxyUsPerReq).toFixed(3)}x us/req`)
+      const c1 = {}
+      for (const t of roundOrder([ts.filter((t) => t.name === 'gatehouse' || t.name === 'baseline')], round)) {
+        c1[t.name] = await one(t, 1, 1, `c=1 round ${round + 1}`)
+        log(`c=1 round ${round + 1} ${t.name.padEnd(9)} ${c1[t.name].rps.toFixed(0).padStart(7)} req/s  p50 ${c1[t.name].p50Ms.toFixed(3)} ms  proxy ${c1[t.name].proxyUsPerReq} us/req`)
+      }
+      c1Rounds.push(c1)
+    }
   }
-  const out = { rounds, durationS: C50_DURATION, targets: {}, ratios: {} }
+  const out = { rounds, durationS: C50_DURATION, targets: {}, ratios: {}, cpuRatios: {} }
   for (const t of ts) {
     out.targets[t.name] = {
       rps: median(rounds.map((r) => r[t.name].rps)),
       proxyUsPerReq: median(rounds.map((r) => r[t.name].proxyUsPerReq)),
     }
   }
-  const pairs = [['gatehouse', 'nginx'], ['gatehouse', 'fastify'], ['gatehouse', 'bare'], ['bare', 'fastify'], ['bare', 'nginx'], ['fastify', 'nginx']]
+  const pairs = [['gatehouse', 'nginx'], ['gatehouse', 'fastify'], ['gatehouse', 'bare'], ['bare', 'fastify'], ['bare', 'nginx'], ['fastify', 'nginx'], ['gatehouse', 'baseline']]
   for (const [a, b] of pairs) {
     if (out.targets[a] === undefined || out.targets[b] === undefined) continue
-    const xs = rounds.map((r) => r[a].rps / r[b].rps)
-    out.ratios[`${a}/${b}`] = { median: median(xs), min: Math.min(...xs), max: Math.max(...xs) }
+    out.ratios[`${a}/${b}`] = spread(rounds.map((r) => r[a].rps / r[b].rps))
+    out.cpuRatios[`${a}/${b}`] = spread(rounds.map((r) => r[a].proxyUsPerReq / r[b].proxyUsPerReq))
+  }
+  if (ab) {
+    out.ab = abStats(rounds, 'gatehouse', 'baseline')
+    out.c1Rounds = c1Rounds
+    out.c1Ab = abStats(c1Rounds, 'gatehouse', 'baseline')
+    for (const [label, x] of [['c=50', out.ab], ['c=1', out.c1Ab]]) {
+      log(`A/B small GET ${label}: gatehouse/baseline ${x.rpsRatio.median.toFixed(3)}x req/s (${x.rpsRatio.min.toFixed(2)}-${x.rpsRatio.max.toFixed(2)}), ` +
+        `${x.usRatio.median.toFixed(3)}x us/req (${x.usRatio.min.toFixed(2)}-${x.usRatio.max.toFixed(2)}); ${x.gatehouse.proxyUsPerReq} vs ${x.baseline.proxyUsPerReq} us/req`)
+    }
   }
   return out
 }
@@ -745,7 +843,7 @@ async function coldStart (upstream) {
 // --- report ------------------------------------------------------------------------------------
 
 /** Which code was measured: the tree may change between runs, so hash src/ and the built files. */
-function fingerprint () {
+function fingerprint (root) {
   const hash = (dir) => {
     const h = createHash('sha256')
     const walk = (d) => {
@@ -786,14 +884,16 @@ const ratio = (a, b) => (typeof a === 'number' && typeof b === 'number' && b > 0
 
 function table (results) {
   const T = results.targets
-  const rows = [['scenario', 'metric', ...ALL_TARGETS.map((t) => TARGET_LABEL[t]), 'GH/direct', 'GH/nginx', 'GH/fastify', 'GH/bare', 'bare/fastify']]
+  const pairs = [['gatehouse', 'direct'], ['gatehouse', 'nginx'], ['gatehouse', 'fastify'], ['gatehouse', 'bare'], ['bare', 'fastify'], ...(BASELINE === null ? [] : [['gatehouse', 'baseline']])]
+  const short = { gatehouse: 'GH', baseline: 'base' }
+  const rows = [['scenario', 'metric', ...ALL_TARGETS.map((t) => TARGET_LABEL[t]), ...pairs.map(([a, b]) => `${short[a] ?? a}/${short[b] ?? b}`)]]
   // '*' marks a value measured while other processes used >= QUIET_PCT % of a core.
   const add = (scenario, id, metric, pick, digits) => {
     const vals = ALL_TARGETS.map((t) => pick(T[t]?.scenarios?.[id]))
     const noisy = ALL_TARGETS.map((t) => (T[t]?.scenarios?.[id]?.foreignCpuPct ?? 0) >= QUIET_PCT)
-    const gh = vals[1]
+    const v = (t) => vals[ALL_TARGETS.indexOf(t)]
     rows.push([scenario, metric, ...vals.map((v, i) => num(v, digits) + (noisy[i] && typeof v === 'number' ? '*' : '')),
-      ratio(gh, vals[0]), ratio(gh, vals[2]), ratio(gh, vals[3]), ratio(gh, vals[4]), ratio(vals[4], vals[3])])
+      ...pairs.map(([a, b]) => ratio(v(a), v(b)))])
   }
   for (const s of WRK_SCENARIOS) {
     add(s.label, s.id, 'req/s', (x) => x?.rps, 0)
@@ -828,7 +928,7 @@ function checklist (results) {
   // runs are shown beside it); without them, the single runs decide.
   const c50 = results.c50
   const c50Line = (a, b, min, label) => {
-    const single = { gatehouse: gh50, nginx: ng50, fastify: fa50, bare: ba50 }
+    const single = { gatehouse: gh50, nginx: ng50, fastify: fa50, bare: ba50, baseline: get('baseline', 'get_small_c50')?.rps }
     const sa = single[a]
     const sb = single[b]
     const singleText = have(sa, sb) ? `single 10 s runs ${(sa / sb).toFixed(2)}x (${sa.toFixed(0)} vs ${sb.toFixed(0)} req/s)` : null
@@ -845,6 +945,7 @@ function checklist (results) {
   // (bench/bare-proxy.js) measured against fastify in the same run.
   c50Line('bare', 'fastify', null, 'reference, no target: bare node:http + undici proxy vs @fastify/http-proxy (small GET c=50)')
   c50Line('gatehouse', 'bare', null, 'reference, no target: Gatehouse vs the bare node:http + undici proxy (small GET c=50)')
+  if (BASELINE !== null) c50Line('gatehouse', 'baseline', null, 'A/B, no target: Gatehouse vs the baseline build (small GET c=50)')
   const ghp50 = get('gatehouse', 'get_small_c1')?.lat_p50_us
   const dp50 = get('direct', 'get_small_c1')?.lat_p50_us
   const added = have(ghp50, dp50) ? (ghp50 - dp50) / 1000 : null
@@ -886,6 +987,50 @@ function checklist (results) {
   const cold = results.coldStart?.medianMs
   check('cold start (median of 5) <= 300 ms', have(cold) ? cold <= 300 : null, have(cold) ? `${cold.toFixed(1)} ms` : 'n/a')
   return items
+}
+
+/** `git rev-parse --short HEAD` of a checkout (null when it is not a git checkout). */
+function commitOf (dir) {
+  const r = spawnSync('git', ['-C', dir, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })
+  return r.status === 0 ? r.stdout.trim() : null
+}
+
+/**
+ * The A/B rows: every line measured on both builds, the current one first. Interleaved rows
+ * carry the median over the rounds of each side and the median (min, max) of the per-round
+ * ratios; a single-run row (the wrk phase's 10 s runs) has one ratio.
+ */
+function abRows (results) {
+  const rows = []
+  const add = (row, x) => { if (x !== null && x !== undefined) rows.push({ row, ...x }) }
+  add('GET /small c=50, interleaved rounds', results.c50?.ab)
+  add('GET /small c=1, interleaved rounds', results.c50?.c1Ab)
+  for (const s of WRK_SCENARIOS) {
+    const g = results.targets.gatehouse?.scenarios?.[s.id]
+    const b = results.targets.baseline?.scenarios?.[s.id]
+    if (g === undefined || b === undefined) continue
+    const one = (v) => ({ median: v, min: v, max: v })
+    add(`${s.label}, single ${DURATION} s run`, {
+      rounds: 1,
+      gatehouse: { rps: g.rps, proxyUsPerReq: g.cpu.proxyUsPerReq },
+      baseline: { rps: b.rps, proxyUsPerReq: b.cpu.proxyUsPerReq },
+      rpsRatio: one(g.rps / b.rps),
+      usRatio: one(g.cpu.proxyUsPerReq / b.cpu.proxyUsPerReq),
+    })
+  }
+  for (const [name, x] of Object.entries(results.auth?.ab ?? {})) add(`auth ${name} (GET /small c=50)`, x)
+  for (const [name, x] of Object.entries(results.intercept?.ab ?? {})) add(`intercept ${name} (POST 1 KiB JSON c=50)`, x)
+  return rows
+}
+
+function abTable (rows) {
+  const r = (x) => `${x.median.toFixed(3)}x` + (x.min === x.max ? '' : ` (${x.min.toFixed(2)}-${x.max.toFixed(2)})`)
+  const cells = [['row', 'rounds', 'GH req/s', 'base req/s', 'req/s GH/base', 'GH us/req', 'base us/req', 'us/req GH/base'],
+    ...rows.map((x) => [x.row, String(x.rounds), num(x.gatehouse.rps, 0), num(x.baseline.rps, 0), r(x.rpsRatio), num(x.gatehouse.proxyUsPerReq, 1), num(x.baseline.proxyUsPerReq, 1), r(x.usRatio)])]
+  const widths = cells[0].map((_, c) => Math.max(...cells.map((row) => row[c].length)))
+  const line = (row) => '| ' + row.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]) : cell.padStart(widths[c]))).join(' | ') + ' |'
+  const sep = '|' + widths.map((w, c) => (c === 0 ? '-'.repeat(w + 2) : '-'.repeat(w + 1) + ':')).join('|') + '|'
+  return [line(cells[0]), sep, ...cells.slice(1).map(line)].join('\n')
 }
 
 // --- auth: the same small GET through routes with and without credential checks --------------
@@ -957,6 +1102,9 @@ async function authPhase (upstream) {
   })
   if (!redis) log('auth phase: Redis is not answering on 127.0.0.1:6379; the Redis rate-limit route is skipped')
   const gh = await spawnGatehouse(upstream.port, 'auth', GH_NODE_ARGS, authYaml(idp.issuer, redis))
+  // A/B: the baseline build with the same YAML (the same Redis prefix: the limits never refuse,
+  // and the two never run at the same time).
+  const base = BASELINE === null ? null : await spawnGatehouse(upstream.port, 'auth-baseline', GH_NODE_ARGS, authYaml(idp.issuer, redis), BASELINE)
   let nginx = null
   if (fs.existsSync(NGINX)) {
     const prefix = path.join(tmp, 'nginx-cache')
@@ -980,46 +1128,64 @@ async function authPhase (upstream) {
   const scriptFor = (name) => name === 'cached' || name === 'nginx_cached' ? anonymous : script
   const out = { rounds: [], idpCalls: null }
   try {
-    await waitReady(`${gh.base}/small`, 15_000, gh.proc)
-    const routes = [['none', gh.base + '/small'], ['jwt', gh.base + '/jwt/small'], ['introspection', gh.base + '/intro/small'], ['limit_memory', gh.base + '/rlmem/small'],
-      ...(redis ? [['limit_redis', gh.base + '/rlredis/small']] : []), ['cached', gh.base + '/cache/small'], ...(nginx ? [['nginx_cached', nginx.base + '/small']] : [])]
-    for (const [name, p] of routes) {
-      const res = await fetch(p, { headers: { authorization: `Bearer ${idp.token}` } })
-      if (res.status !== 200) throw new Error(`auth bench: ${p} answered ${res.status}: ${await res.text()}`)
+    await gatehouseReady(gh)
+    if (base !== null) await gatehouseReady(base)
+    const ghRoutes = [['none', '/small'], ['jwt', '/jwt/small'], ['introspection', '/intro/small'], ['limit_memory', '/rlmem/small'],
+      ...(redis ? [['limit_redis', '/rlredis/small']] : []), ['cached', '/cache/small']]
+    // { name, url, pid (whose CPU counts; null for nginx), none (the route its ratioToNone is against) }
+    const route = (g, prefix, name, p) => ({ name: prefix + name, url: g.base + p, pid: g.proc.pid, none: prefix + 'none' })
+    const groups = ghRoutes.map(([name, p]) => [route(gh, '', name, p), ...(base === null ? [] : [route(base, 'base:', name, p)])])
+    if (nginx) groups.push([{ name: 'nginx_cached', url: nginx.base + '/small', pid: null, none: 'none' }])
+    const routes = groups.flat()
+    const scriptOf = (rt) => scriptFor(rt.name.replace(/^base:/, ''))
+    for (const { name, url } of routes) {
+      const res = await fetch(url, { headers: { authorization: `Bearer ${idp.token}` } })
+      if (res.status !== 200) throw new Error(`auth bench: ${name} (${url}) answered ${res.status}: ${await res.text()}`)
       await res.arrayBuffer()
       log(`auth: route ${name} answers 200`)
     }
     // One warm-up per route; then short runs, route after route, so that each round's three
     // runs fall within seconds of each other (this machine's speed drifts over tens of seconds).
-    if (WARMUP > 0) for (const [name, p] of routes) await runWrk({ url: p, connections: 50, threads: WRK_THREADS, seconds: WARMUP, script: scriptFor(name) })
+    if (WARMUP > 0) for (const rt of routes) await runWrk({ url: rt.url, connections: 50, threads: WRK_THREADS, seconds: WARMUP, script: scriptOf(rt) })
     const callsBefore = { ...idp.calls }
     for (let round = 0; round < AUTH_ROUNDS; round++) {
       const r = {}
-      // The order rotates, so no route is always first (or last) in a round.
-      for (let k = 0; k < routes.length; k++) {
-        const [name, url] = routes[(round + k) % routes.length]
-        const cpu0 = cpuMsOf(gh.proc.pid)
-        const w = await measured(`auth ${name} round ${round + 1}`, () => runWrk({ url, connections: 50, threads: WRK_THREADS, seconds: AUTH_DURATION, script: scriptFor(name) }))
-        w.proxyUsPerReq = Math.round((cpuMsOf(gh.proc.pid) - cpu0) * 1000 / w.requests * 10) / 10
+      // The order rotates, so no route is always first (or last) in a round; a route's baseline
+      // twin runs right before or after it.
+      for (const rt of roundOrder(groups, round)) {
+        const name = rt.name
+        const cpu0 = rt.pid === null ? 0 : cpuMsOf(rt.pid)
+        const w = await measured(`auth ${name} round ${round + 1}`, () => runWrk({ url: rt.url, connections: 50, threads: WRK_THREADS, seconds: AUTH_DURATION, script: scriptOf(rt) }))
+        w.proxyUsPerReq = rt.pid === null ? null : Math.round((cpuMsOf(rt.pid) - cpu0) * 1000 / w.requests * 10) / 10
         r[name] = w
-        log(`auth round ${round + 1} ${name.padEnd(13)} ${w.rps.toFixed(0).padStart(7)} req/s  p50 ${(w.lat_p50_us / 1000).toFixed(3)} ms  p99 ${(w.lat_p99_us / 1000).toFixed(3)} ms  proxy ${w.proxyUsPerReq} us/req  non-2xx ${w.non2xx}`)
+        log(`auth round ${round + 1} ${name.padEnd(18)} ${w.rps.toFixed(0).padStart(7)} req/s  p50 ${(w.lat_p50_us / 1000).toFixed(3)} ms  p99 ${(w.lat_p99_us / 1000).toFixed(3)} ms  proxy ${w.proxyUsPerReq} us/req  non-2xx ${w.non2xx}`)
       }
       out.rounds.push(r)
     }
     out.idpCalls = { jwks: idp.calls.jwks - callsBefore.jwks, introspect: idp.calls.introspect - callsBefore.introspect }
-    for (const [name] of routes) {
+    for (const rt of routes) {
+      const name = rt.name
       out[name] = {
         rps: median(out.rounds.map((r) => r[name].rps)),
         // Each round measures the three routes seconds apart, so its ratio is less exposed to
         // the machine's drift than a ratio of medians.
-        ratioToNone: median(out.rounds.map((r) => r[name].rps / r.none.rps)),
+        ratioToNone: median(out.rounds.map((r) => r[name].rps / r[rt.none].rps)),
         p50Ms: median(out.rounds.map((r) => r[name].lat_p50_us / 1000)),
-        proxyUsPerReq: median(out.rounds.map((r) => r[name].proxyUsPerReq)),
+        proxyUsPerReq: rt.pid === null ? null : median(out.rounds.map((r) => r[name].proxyUsPerReq)),
         non2xx: out.rounds.reduce((a, r) => a + Number(r[name].non2xx), 0),
+      }
+    }
+    if (base !== null) {
+      out.ab = {}
+      for (const [name] of ghRoutes) {
+        out.ab[name] = abStats(out.rounds, name, `base:${name}`)
+        const x = out.ab[name]
+        log(`A/B auth ${name.padEnd(13)} gatehouse/baseline ${x.rpsRatio.median.toFixed(3)}x req/s, ${x.usRatio.median.toFixed(3)}x us/req (${x.gatehouse.proxyUsPerReq} vs ${x.baseline.proxyUsPerReq})`)
       }
     }
   } finally {
     await stop(gh.proc)
+    if (base !== null) await stop(base.proc)
     if (nginx !== null) await stop(nginx.proc)
     await idp.close()
   }
@@ -1053,50 +1219,77 @@ async function interceptPhase (upstream) {
     s.once('error', () => resolve(false))
   })
   const stream = `GHBENCH_${process.pid}`
-  const a = await spawnGatehouse(upstream.port, 'intercept-sqlite', GH_NODE_ARGS, interceptYaml(`{ kind: sqlite, path: ${path.join(tmp, 'delivery.db')} }`))
-  const b = nats ? await spawnGatehouse(upstream.port, 'intercept-nats', GH_NODE_ARGS, interceptYaml(`{ kind: nats, url: "nats://127.0.0.1:4222", stream: ${stream} }`)) : null
+  const baseStream = `GHBENCHBASE_${process.pid}`
+  const sqliteYaml = (db) => interceptYaml(`{ kind: sqlite, path: ${path.join(tmp, db)} }`)
+  const natsYaml = (name) => interceptYaml(`{ kind: nats, url: "nats://127.0.0.1:4222", stream: ${name} }`)
+  const a = await spawnGatehouse(upstream.port, 'intercept-sqlite', GH_NODE_ARGS, sqliteYaml('delivery.db'))
+  const b = nats ? await spawnGatehouse(upstream.port, 'intercept-nats', GH_NODE_ARGS, natsYaml(stream)) : null
+  // A/B: the baseline build with the same YAML, but a database file and a NATS stream of its own.
+  const baseA = BASELINE === null ? null : await spawnGatehouse(upstream.port, 'intercept-sqlite-baseline', GH_NODE_ARGS, sqliteYaml('delivery-baseline.db'), BASELINE)
+  const baseB = BASELINE === null || !nats ? null : await spawnGatehouse(upstream.port, 'intercept-nats-baseline', GH_NODE_ARGS, natsYaml(baseStream), BASELINE)
   if (!nats) log('intercept phase: NATS is not answering on 127.0.0.1:4222; the NATS async route is skipped')
   const out = { rounds: [] }
   try {
-    const routes = [['plain', a.base + '/echo16k'], ['transform', a.base + '/t/echo16k'], ['async_sqlite', a.base + '/a/echo16k'], ...(b ? [['async_nats', b.base + '/a/echo16k']] : [])]
-    for (const [, p] of routes) {
-      await waitReady(p.replace('/echo16k', '/small').replace('/t/', '/').replace('/a/', '/'), 15_000)
-      const res = await fetch(p, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"q":"x","n":1}' })
-      if (res.status !== 200 && res.status !== 202) throw new Error(`intercept bench: ${p} answered ${res.status}: ${await res.text()}`)
+    for (const g of [a, b, baseA, baseB]) if (g !== null) await gatehouseReady(g)
+    const icRoutes = [['plain', '/echo16k', 'sqlite'], ['transform', '/t/echo16k', 'sqlite'], ['async_sqlite', '/a/echo16k', 'sqlite'], ...(nats ? [['async_nats', '/a/echo16k', 'nats']] : [])]
+    // { name, url, pid (the gateway whose CPU counts), plain (the route its ratioToPlain is against) }
+    const route = (prefix, name, p, g) => ({ name: prefix + name, url: g.base + p, pid: g.proc.pid, plain: prefix + 'plain' })
+    const groups = icRoutes.map(([name, p, store]) => [route('', name, p, store === 'nats' ? b : a), ...(baseA === null ? [] : [route('base:', name, p, store === 'nats' ? baseB : baseA)])])
+    const routes = groups.flat()
+    for (const { name, url } of routes) {
+      const res = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"q":"x","n":1}' })
+      if (res.status !== 200 && res.status !== 202) throw new Error(`intercept bench: ${name} (${url}) answered ${res.status}: ${await res.text()}`)
       await res.arrayBuffer()
     }
-    if (WARMUP > 0) for (const [, p] of routes) await runWrk({ url: p, connections: 50, threads: WRK_THREADS, seconds: WARMUP, script: 'post1k-json.lua' })
+    if (WARMUP > 0) for (const { url } of routes) await runWrk({ url, connections: 50, threads: WRK_THREADS, seconds: WARMUP, script: 'post1k-json.lua' })
     for (let round = 0; round < AUTH_ROUNDS; round++) {
       const r = {}
-      for (let k = 0; k < routes.length; k++) {
-        const [name, url] = routes[(round + k) % routes.length]
-        const w = await measured(`intercept ${name} round ${round + 1}`, () => runWrk({ url, connections: 50, threads: WRK_THREADS, seconds: AUTH_DURATION, script: 'post1k-json.lua' }))
+      for (const rt of roundOrder(groups, round)) {
+        const name = rt.name
+        // The gateway's CPU over the run: for an async route, whatever delivery it did meanwhile too.
+        const cpu0 = cpuMsOf(rt.pid)
+        const w = await measured(`intercept ${name} round ${round + 1}`, () => runWrk({ url: rt.url, connections: 50, threads: WRK_THREADS, seconds: AUTH_DURATION, script: 'post1k-json.lua' }))
+        w.proxyUsPerReq = Math.round((cpuMsOf(rt.pid) - cpu0) * 1000 / w.requests * 10) / 10
         r[name] = w
-        log(`intercept round ${round + 1} ${name.padEnd(13)} ${w.rps.toFixed(0).padStart(7)} req/s  p50 ${(w.lat_p50_us / 1000).toFixed(3)} ms  p99 ${(w.lat_p99_us / 1000).toFixed(3)} ms  non-2xx ${w.non2xx}`)
+        log(`intercept round ${round + 1} ${name.padEnd(18)} ${w.rps.toFixed(0).padStart(7)} req/s  p50 ${(w.lat_p50_us / 1000).toFixed(3)} ms  p99 ${(w.lat_p99_us / 1000).toFixed(3)} ms  proxy ${w.proxyUsPerReq} us/req  non-2xx ${w.non2xx}`)
       }
       out.rounds.push(r)
     }
-    for (const [name] of routes) {
+    for (const rt of routes) {
+      const name = rt.name
       out[name] = {
         rps: median(out.rounds.map((r) => r[name].rps)),
-        ratioToPlain: median(out.rounds.map((r) => r[name].rps / r.plain.rps)),
+        ratioToPlain: median(out.rounds.map((r) => r[name].rps / r[rt.plain].rps)),
         p50Ms: median(out.rounds.map((r) => r[name].lat_p50_us / 1000)),
         p99Ms: median(out.rounds.map((r) => r[name].lat_p99_us / 1000)),
+        proxyUsPerReq: median(out.rounds.map((r) => r[name].proxyUsPerReq)),
         non2xx: out.rounds.reduce((acc, r) => acc + Number(r[name].non2xx), 0),
       }
-      log(`intercept ${name}: ${out[name].rps.toFixed(0)} req/s (${out[name].ratioToPlain.toFixed(2)}x plain), p50 ${out[name].p50Ms.toFixed(2)} ms, p99 ${out[name].p99Ms.toFixed(2)} ms`)
+      log(`intercept ${name}: ${out[name].rps.toFixed(0)} req/s (${out[name].ratioToPlain.toFixed(2)}x plain), p50 ${out[name].p50Ms.toFixed(2)} ms, p99 ${out[name].p99Ms.toFixed(2)} ms, proxy ${out[name].proxyUsPerReq} us/req`)
     }
+    if (baseA !== null) {
+      out.ab = {}
+      for (const [name] of icRoutes) {
+        out.ab[name] = abStats(out.rounds, name, `base:${name}`)
+        const x = out.ab[name]
+        log(`A/B intercept ${name.padEnd(12)} gatehouse/baseline ${x.rpsRatio.median.toFixed(3)}x req/s, ${x.usRatio.median.toFixed(3)}x us/req (${x.gatehouse.proxyUsPerReq} vs ${x.baseline.proxyUsPerReq})`)
+      }
+    }
+    // The neighbour rounds are the current build's alone, as without a baseline.
+    for (const g of [baseA, baseB]) if (g !== null) await stop(g.proc)
     out.neighbour = await neighbourRounds(a)
   } finally {
-    await stop(a.proc)
-    if (b !== null) {
-      await stop(b.proc)
+    for (const g of [a, baseA]) if (g !== null) await stop(g.proc)
+    if (b !== null || baseB !== null) {
+      for (const g of [b, baseB]) if (g !== null) await stop(g.proc)
       // The NATS store's streams are the bench's own: delete them.
       const { connect } = await import('@nats-io/transport-node')
       const { jetstreamManager } = await import('@nats-io/jetstream')
       const nc = await connect({ servers: '127.0.0.1:4222' })
       const jsm = await jetstreamManager(nc)
-      for (const n of [stream, `${stream}_DEAD`, `${stream}_STATE`]) await jsm.streams.delete(n).catch(() => {})
+      for (const s of [stream, ...(baseB === null ? [] : [baseStream])]) {
+        for (const n of [s, `${s}_DEAD`, `${s}_STATE`]) await jsm.streams.delete(n).catch(() => {})
+      }
       await nc.close()
     }
   }
@@ -1281,10 +1474,15 @@ async function main () {
   const results = {
     date: new Date().toISOString(),
     machine: machine(),
-    code: fingerprint(),
+    code: fingerprint(root),
     settings: { durationS: DURATION, warmupS: WARMUP, wrkThreadsC50: WRK_THREADS, bigStreamBytes: BIG, bigStreamReps: BIG_REPS, smallStreamBytes: SMALL_STREAM, smallStreamReps: SMALL_REPS, streamWarmupBytes: STREAM_WARMUP, coldRuns: COLD_RUNS, gatehouseNodeArgs: GH_NODE_ARGS },
     targets: {},
     configs: {},
+  }
+  if (BASELINE !== null) {
+    results.code.commit = commitOf(root)
+    results.baseline = { root: BASELINE, commit: commitOf(BASELINE), code: fingerprint(BASELINE) }
+    log(`A/B mode: baseline ${BASELINE} (commit ${results.baseline.commit ?? 'unknown'}, dist ${results.baseline.code.dist}) against this checkout (commit ${results.code.commit ?? 'unknown'}, dist ${results.code.dist})`)
   }
   log(`tmp dir ${tmp}; ${DURATION}s per wrk run (+${WARMUP}s warm-up), c=50 with ${WRK_THREADS} wrk thread(s)`)
   const upstream = await startUpstream()
@@ -1332,7 +1530,7 @@ async function main () {
     for (const t of running) {
       if (phase !== 'wrk' || t.logFile === undefined) continue
       const lines = fs.readFileSync(t.logFile, 'utf8').split('\n')
-      results.targets[t.name].accessLogLines = t.name === 'gatehouse' ? lines.filter((l) => l.includes('"msg":"request"')).length : lines.filter(Boolean).length
+      results.targets[t.name].accessLogLines = t.name === 'gatehouse' || t.name === 'baseline' ? lines.filter((l) => l.includes('"msg":"request"')).length : lines.filter(Boolean).length
     }
   }
 
@@ -1349,6 +1547,7 @@ async function main () {
   await stop(upstream.proc)
 
   results.checklist = checklist(results)
+  if (BASELINE !== null) results.ab = abRows(results)
   results.elapsedS = Math.round((Date.now() - started) / 100) / 10
 
   const out = path.join(here, 'results', 'latest.json')
@@ -1377,6 +1576,12 @@ async function main () {
     process.stdout.write(`transform $sort over a ${b.bodyBytes}-byte JSON array, c=1: median ${b.medianMs} ms, p99 ${b.p99Ms} ms per request; gateway RSS every 25 requests: ${b.rssMB.join(', ')} MB\n`)
   }
   if (results.coldStart) process.stdout.write(`cold start, spawn to first proxied 200 (median of ${COLD_RUNS}): ${num(results.coldStart.medianMs, 1)} ms  [${results.coldStart.runs.map((r) => num(r.ms, 1)).join(', ')}]\n`)
+  if (results.ab) {
+    const bl = results.baseline
+    process.stdout.write(`\nA/B against baseline ${bl.root} (commit ${bl.commit ?? '?'}, dist ${bl.code.dist}); this build: commit ${results.code.commit ?? '?'}, dist ${results.code.dist}.\n` +
+      'Same YAML, same rounds; ratios GH/base = median of the per-round ratios (min-max over the rounds). req/s: higher is better; us/req (gateway process CPU per request): lower is better.\n')
+    process.stdout.write(results.ab.length === 0 ? '(no row was measured on both builds)\n' : abTable(results.ab) + '\n')
+  }
   process.stdout.write('\nTargets:\n')
   for (const c of results.checklist) process.stdout.write(`  [${c.status}] ${c.name}: ${c.measured}\n`)
   process.stdout.write(`\nraw results: ${path.relative(process.cwd(), out)} (${results.elapsedS} s)\n`)
