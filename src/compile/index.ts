@@ -2,15 +2,24 @@ import { basename } from 'node:path'
 import type { Config, RouteConfig, RouteDeliveryConfig } from '../config/schema.js'
 import { formatSize } from '../config/units.js'
 import { CidrSet } from '../net/cidr.js'
-import { AuthPolicy, compileIdentityHeaders, IpPolicy, type IdentityHeader } from '../policies/auth/policy.js'
+import { compileIdentityHeaders, type IdentityHeader } from '../policies/auth/policy.js'
 import type { IdentitySet } from '../identity/registry.js'
-import { RateLimitPolicy } from '../policies/limits/policy.js'
-import { CachePolicy } from '../policies/cache/policy.js'
 import type { StoreSet } from '../limits/registry.js'
 import type { Metrics } from '../observability/metrics.js'
 import { Upstream } from '../upstream/balancer.js'
-import { RequestTransform, ResponseTransform } from '../policies/transform/policy.js'
-import { PluginRef } from '../plugins/loader.js'
+import type { RequestTransform, ResponseTransform } from '../policies/transform/policy.js'
+import type { PluginRef } from '../plugins/loader.js'
+import { authPolicy, type AuthPolicy } from '../policies/auth/index.js'
+import { ipPolicy } from '../policies/ip/index.js'
+import { rateLimitPolicy, type RateLimitPolicy } from '../policies/limits/index.js'
+import { cachePolicy, type CachePolicy } from '../policies/cache/index.js'
+import { requestBodyStep, requestTransform, responseTransform } from '../policies/transform/index.js'
+import { pluginPolicy } from '../policies/plugin/index.js'
+import type { PolicyDeps } from '../policies/deps.js'
+import type { Step } from '../pipeline/step.js'
+import { ReadBody } from '../pipeline/body.js'
+import { proxy } from '../pipeline/proxy.js'
+import { accept } from '../pipeline/accept.js'
 import { poolOptions, type TargetRegistry } from '../upstream/target.js'
 
 /**
@@ -37,8 +46,16 @@ export interface CompiledRoute {
   readonly upgrade: readonly string[]
   /** Bytes; 0 = unlimited. */
   readonly maxBody: number
+  /**
+   * What runs for a request, in order: ip → (body, when a signature needs it) → auth →
+   * rate limits → (body) → transform → plugin → cache → terminal (proxy, or accept on async
+   * routes). Built once; the runner (pipeline/run.ts) walks it.
+   */
+  readonly steps: readonly Step[]
+  /** The checks a WebSocket (or other upgrade) handshake passes before its tunnel opens. */
+  readonly tunnelSteps: readonly Step[]
+  /** Read by the response side and the outgoing head (credentials to strip, identity headers). */
   readonly auth: AuthPolicy | null
-  readonly ip: IpPolicy | null
   /** Headers set from the caller's identity (only on routes with `auth`). */
   readonly identityHeaders: readonly IdentityHeader[] | null
   readonly rateLimit: RateLimitPolicy | null
@@ -190,12 +207,29 @@ function compileRoute (r: RouteConfig, index: number, upstream: Upstream, identi
     pathKind === 'exact' ? `= ${path}` : pathKind === 'prefix' ? `${path}*` : pathKind === 'regex' ? `~ ${m.path_regex}` : '*',
     headers === null ? '' : headers.map(([k, v]) => `[${k}=${showHeaderValue(v)}]`).join(''),
   ].filter(Boolean).join(' ')
-  const auth = r.auth === undefined ? null : new AuthPolicy(r.auth, identity)
-  const requestTransform = r.transform?.request === undefined ? null : new RequestTransform(r.transform.request)
-  const plugin = r.plugin === undefined ? null : new PluginRef(r.plugin)
+  const deps: PolicyDeps = { identity, stores: limits.stores, metrics: limits.metrics }
+  const ip = ipPolicy(r)
+  const auth = authPolicy(r, deps)
+  const rateLimit = rateLimitPolicy(r, deps)
+  const cache = cachePolicy(r, deps)
+  const reqTransform = requestTransform(r)
+  const plugin = pluginPolicy(r)
+  const delivery = r.delivery?.mode === 'async' ? r.delivery : null
   // A plugin gets the body whole whether or not it has onRequest: which hooks it has is known
   // only once it is loaded, and a plugin route is an intercepted route anyway.
-  const needsBody = auth?.needsBody === true || requestTransform?.needsBody === true || plugin !== null || r.delivery?.mode === 'async'
+  const bodyStep = requestBodyStep(reqTransform)
+  const needsBody = auth?.needsBody === true || bodyStep !== null || plugin !== null || delivery !== null
+  const tunnelSteps = present([ip, auth, rateLimit])
+  let steps: Step[]
+  if (!needsBody) {
+    steps = present([ip, auth, rateLimit, cache, proxy])
+  } else {
+    const body = new ReadBody(bufferCap(r))
+    // A signature over the body is the credential: the body is read first (the address is
+    // checked before it, so a refused address never gets to upload).
+    const admission = auth?.needsBody === true ? [ip, body, auth, rateLimit] : [ip, auth, rateLimit, body]
+    steps = present([...admission, bodyStep, plugin, ...(delivery !== null ? [accept] : [cache, proxy])])
+  }
   return Object.freeze({
     index,
     name: r.name,
@@ -211,15 +245,16 @@ function compileRoute (r: RouteConfig, index: number, upstream: Upstream, identi
     websocket: r.websocket,
     upgrade: r.websocket ? r.upgrade : [],
     maxBody: r.limits.max_body,
+    steps: Object.freeze(steps),
+    tunnelSteps: Object.freeze(tunnelSteps),
     auth,
-    ip: r.ip === undefined ? null : new IpPolicy(r.ip),
     identityHeaders: r.auth === undefined ? null : compileIdentityHeaders(r.identity_headers),
-    rateLimit: r.rate_limit === undefined || r.rate_limit.length === 0 ? null : new RateLimitPolicy(r, limits.stores.stores, limits.metrics),
-    cache: r.cache === undefined ? null : new CachePolicy(r.name, r.cache, limits.stores.stores.get(r.cache.store)!, r.cache.store, r.auth === undefined),
-    requestTransform,
-    responseTransform: r.transform?.response === undefined ? null : new ResponseTransform(r.transform.response),
-    plugin,
-    delivery: r.delivery?.mode === 'async' ? r.delivery : null,
+    rateLimit,
+    cache: cache === null ? null : cache.policy,
+    requestTransform: reqTransform,
+    responseTransform: responseTransform(r),
+    plugin: plugin === null ? null : plugin.ref,
+    delivery,
     buffer: needsBody ? { authFirst: auth === null || !auth.needsBody, cap: bufferCap(r) } : null,
     describe,
   })
@@ -258,6 +293,10 @@ function hasTopLevelAlternation (source: string): boolean {
     }
   }
   return false
+}
+
+function present (steps: ReadonlyArray<Step | null>): Step[] {
+  return steps.filter((s): s is Step => s !== null)
 }
 
 /** The most of a request body a buffering route reads (async routes have their own limit). */

@@ -1,7 +1,10 @@
 import type { IncomingMessage } from 'node:http'
 import { Transform, type TransformCallback } from 'node:stream'
 import { formatSize } from '../config/units.js'
-import { gatewayError } from '../errors/index.js'
+import { gatewayError, isGatewayError, type GatewayError } from '../errors/index.js'
+import type { Exchange } from './exchange.js'
+import { dropHeaders } from './headers.js'
+import { HANDLED, type Step, type Verdict } from './step.js'
 
 /**
  * Sits between a request of unknown length (chunked) and the upstream: counts bytes and fails
@@ -46,4 +49,74 @@ function onRequestClose (this: IncomingMessage): void {
     ;(err as Error & { code: string }).code = 'GH_CLIENT_CLOSED'
     limit.destroy(err)
   }
+}
+
+/**
+ * Routes that need the request body whole (webhook signatures, body transforms, plugins, async
+ * delivery) read it here, at most `cap` bytes (413 as soon as it is passed; a declared length
+ * over it is refused unread). Afterwards the body is `ex.bodyBuffer`, framed by length.
+ */
+export class ReadBody implements Step {
+  readonly name = 'body'
+  readonly cap: number
+
+  constructor (cap: number) {
+    this.cap = cap
+  }
+
+  async run (ex: Exchange): Promise<Verdict> {
+    const cap = this.cap
+    if (ex.contentLength !== null && Number(ex.contentLength) > cap) return tooLarge(cap, Number(ex.contentLength))
+    let body: Buffer = EMPTY
+    const source = ex.body
+    if (source !== null) {
+      // RFC 9110 §10.1.1: ask for the body only once the route wants it.
+      if (ex.expectContinue) ex.sendContinue()
+      ex.expectContinue = false
+      ex.rt.watchBody(ex)
+      const chunks: Buffer[] = []
+      let bytes = 0
+      try {
+        for await (const chunk of source) {
+          bytes += (chunk as Buffer).length
+          if (bytes > cap) return tooLarge(cap, null)
+          chunks.push(chunk as Buffer)
+        }
+      } catch (err) {
+        // The client went away (its exchange is logged already), or the body was malformed.
+        return isGatewayError(err) ? err : HANDLED
+      }
+      if (ex.finished || !ex.req.complete) return HANDLED
+      body = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, bytes)
+    }
+    ex.body = null
+    ex.bodyType = ex.header('content-type')
+    setBody(ex, body)
+    return null
+  }
+}
+
+/** The body sent on (read whole, maybe transformed): framed by its length from here on. */
+export function setBody (ex: Exchange, body: Buffer): void {
+  ex.bodyBuffer = body
+  ex.transferEncoding = null
+  ex.contentLength = body.length > 0 || ex.contentLength !== null ? String(body.length) : null
+}
+
+/** A step changed the body's media type: the outgoing Content-Type follows. */
+export function setBodyType (ex: Exchange, type: string | null): void {
+  ex.bodyType = type
+  if (type === null) return
+  dropHeaders(ex.outHeaders, isContentType)
+  ex.outHeaders.push('content-type', type)
+}
+
+function isContentType (lower: string): boolean {
+  return lower === 'content-type'
+}
+
+const EMPTY = Buffer.alloc(0)
+
+function tooLarge (cap: number, declared: number | null): GatewayError {
+  return gatewayError('GH_BODY_TOO_LARGE', `The request body${declared === null ? '' : ` (${declared} bytes)`} exceeds the ${cap} bytes this route reads`)
 }

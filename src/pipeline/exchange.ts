@@ -17,6 +17,7 @@ import { SseEventTransform } from '../policies/transform/sse.js'
 import { requestBindings } from '../policies/transform/policy.js'
 import type { PluginContext } from '../plugins/api.js'
 import type { Conn } from '../server/connections.js'
+import { clientAddress } from '../net/client-ip.js'
 
 /** An upstream answer read whole, for a response transform or a plugin's onResponse. */
 export interface CapturedResponse {
@@ -86,6 +87,8 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, 
   cacheStatus: string | null = null
   /** The whole request body, when it was read for a cache key (then `body` is null). */
   bodyBuffer: Buffer | null = null
+  /** The media type of `bodyBuffer` (the client's Content-Type, or what a transform made it). */
+  bodyType: string | null = null
   /** Set on routes that read the upstream's answer whole before answering (see CapturedResponse). */
   captured: CapturedResponse | null = null
   /** Read the upstream answer whole (response body transform, plugin onResponse). */
@@ -468,6 +471,17 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, 
     this.fail(err)
     if (!this.upstreamDone && this.abortUpstream !== null) this.abortUpstream(err)
     this.cacheCapture?.abort()
+  }
+
+  /** The client's address as ip rules and limits see it (after trusted_proxies), once. */
+  resolveClientIp (): string {
+    if (this.clientIp === '') this.clientIp = clientAddress(this.req.socket.remoteAddress ?? '', this.xForwardedFor, this.table.trustedProxies)
+    return this.clientIp
+  }
+
+  /** The path sent upstream (strip_prefix and the request transform applied). */
+  upstreamPath (): string {
+    return upstreamPath(this.route!, this.path)
   }
 
   get peerIp (): string {

@@ -1,3 +1,4 @@
+import type { DeliveryService } from '../delivery/service.js'
 import type { Logger } from '../observability/logger.js'
 import type { Metrics } from '../observability/metrics.js'
 import type { Exchange } from './exchange.js'
@@ -8,6 +9,10 @@ export interface GatewayRuntime {
   readonly metrics: Metrics
   /** True once shutdown began: responses close their connections. */
   readonly closing: boolean
+  /** Whether the listener is TLS (X-Forwarded-Proto). */
+  readonly encrypted: boolean
+  /** Where async routes' requests go (the accept terminal). */
+  readonly delivery: DeliveryService
   /** Called once per exchange when its response is over. */
   finish (ex: Exchange): void
   /** The upstream's answer was read whole (ex.captured): transform it and answer. */

@@ -13,16 +13,12 @@ import { Metrics } from '../observability/metrics.js'
 import { AccessLog } from '../observability/access-log.js'
 import { BodyLimit } from '../pipeline/body.js'
 import { CLIENT_CLOSED, Exchange, kExchange, onResponseClose } from '../pipeline/exchange.js'
-import { finishRequestHeaders, readHead } from '../pipeline/headers.js'
-import { admit } from '../pipeline/admit.js'
-import { clientAddress } from '../net/client-ip.js'
-import { fromPluginResponse, interceptRequest, interceptResponse, readBody, sendWhole } from '../pipeline/intercept.js'
-import type { CompiledRoute } from '../compile/index.js'
-import { CacheCapture, parseCacheControl, type CacheEntry, type CachePolicy } from '../policies/cache/policy.js'
-import type { Readable } from 'node:stream'
+import { readHead } from '../pipeline/headers.js'
+import { interceptResponse } from '../pipeline/intercept.js'
+import { sendWhole } from '../pipeline/respond.js'
+import { internalError, refuse, run } from '../pipeline/run.js'
 import type { GatewayRuntime } from '../pipeline/runtime.js'
 import { TargetRegistry } from '../upstream/target.js'
-import { upstreamBusy } from '../upstream/errors.js'
 import { IdentityRegistry, type IdentitySet } from '../identity/registry.js'
 import { StoreRegistry, type StoreSet } from '../limits/registry.js'
 import type { ProviderStatus } from '../identity/types.js'
@@ -221,72 +217,19 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     res.on('close', onResponseClose)
     this.#inFlight++
 
+    ex.expectContinue = expectContinue
     try {
       const prefix = this.#delivery.statusPrefix
       if (prefix !== '' && req.url!.startsWith(prefix)) return this.#deliveryStatus(ex, req.url!.slice(prefix.length))
       const err = this.#prepare(ex)
-      if (err !== null) return this.#refuse(ex, err)
+      if (err !== null) return refuse(ex, err)
       if ((req as unknown as Record<symbol, boolean | undefined>)[kBadExpectation] === true) {
-        return this.#refuse(ex, gatewayError('GH_EXPECTATION_FAILED', 'The only expectation this gateway meets is Expect: 100-continue'))
+        return refuse(ex, gatewayError('GH_EXPECTATION_FAILED', 'The only expectation this gateway meets is Expect: 100-continue'))
       }
-      if (ex.route!.buffer !== null) {
-        this.#intercepted(ex, expectContinue).catch((e: unknown) => this.#internalError(ex, e))
-        return
-      }
-      const checked = admit(ex, ex.route!)
-      if (checked === null) return this.#forward(ex, expectContinue)
-      if (!(checked instanceof Promise)) return this.#refuse(ex, checked)
-      checked.then((e) => {
-        // The client may have left while a provider was asked; the exchange is logged already.
-        if (ex.finished) return
-        if (e !== null) this.#refuse(ex, e)
-        else this.#forward(ex, expectContinue)
-      }).catch((e: unknown) => this.#internalError(ex, e))
     } catch (err) {
-      this.#internalError(ex, err)
+      return internalError(ex, err)
     }
-  }
-
-  /**
-   * Routes that read the body whole: credentials (before the body, unless a signature over it
-   * is the credential), the body, the request transform and plugin, then on as usual.
-   */
-  async #intercepted (ex: Exchange, expectContinue: boolean): Promise<void> {
-    const route = ex.route!
-    const buffer = route.buffer!
-    if (!buffer.authFirst && route.ip !== null) {
-      // A signature needs the body before the credentials can be checked, but the client
-      // address does not: a refused address never gets to upload.
-      ex.clientIp = clientAddress(ex.req.socket.remoteAddress ?? '', ex.xForwardedFor, ex.table.trustedProxies)
-      const e = route.ip.check(ex.clientIp)
-      if (e !== null) return this.#refuse(ex, e)
-    }
-    if (buffer.authFirst) {
-      const e = await admit(ex, route)
-      if (ex.finished) return
-      if (e !== null) return this.#refuse(ex, e)
-    }
-    const body = await readBody(ex, buffer.cap, expectContinue)
-    if (body === null || ex.finished) return
-    if (isGatewayError(body)) return this.#refuse(ex, body)
-    ex.bodyBuffer = body
-    if (!buffer.authFirst) {
-      const e = await admit(ex, route)
-      if (ex.finished) return
-      if (e !== null) return this.#refuse(ex, e)
-    }
-    const r = await interceptRequest(ex, body)
-    if (ex.finished) return
-    if (r !== null) {
-      if (isGatewayError(r)) return this.#refuse(ex, r)
-      return sendWhole(ex, fromPluginResponse(ex, r))
-    }
-    if (route.delivery !== null) {
-      const e = await this.#delivery.accept(ex, this.#encrypted, finishRequestHeaders)
-      if (e !== null && !ex.finished) this.#refuse(ex, e)
-      return
-    }
-    this.#forward(ex, false)
+    run(ex, ex.route!.steps)
   }
 
   /** GET <status_path>/<id>: an async request's state (the 202's Location). */
@@ -294,16 +237,16 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     ex.requestId = ex.header('x-request-id') ?? randomUUID()
     const method = ex.req.method
     if (method !== 'GET' && method !== 'HEAD') {
-      return this.#refuse(ex, gatewayError('GH_BAD_REQUEST', 'Delivery status is read with GET'))
+      return refuse(ex, gatewayError('GH_BAD_REQUEST', 'Delivery status is read with GET'))
     }
     this.#delivery.publicStatus(id).then((view) => {
       if (ex.finished) return
-      if (view === null) return this.#refuse(ex, gatewayError('GH_DELIVERY_NOT_FOUND', 'No delivery with this id (it may have expired)'))
+      if (view === null) return refuse(ex, gatewayError('GH_DELIVERY_NOT_FOUND', 'No delivery with this id (it may have expired)'))
       const text = JSON.stringify(view)
       ex.status = 200
       ex.res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), 'cache-control': 'no-store', 'x-request-id': ex.requestId })
       ex.res.end(method === 'HEAD' ? undefined : text)
-    }).catch((err: unknown) => this.#internalError(ex, err))
+    }).catch((err: unknown) => internalError(ex, err))
   }
 
   finishCaptured (ex: Exchange): void {
@@ -311,127 +254,10 @@ class GatewayImpl implements Gateway, GatewayRuntime {
       if (ex.finished) return
       if (isGatewayError(r)) {
         this.logger.warn({ msg: 'response interception failed', id: ex.requestId, code: r.code, reason: r.reason })
-        return this.#refuse(ex, r)
+        return refuse(ex, r)
       }
       sendWhole(ex, r)
-    }).catch((err: unknown) => this.#internalError(ex, err))
-  }
-
-  /** Admitted: through the cache when the route has one, else straight upstream. */
-  #forward (ex: Exchange, expectContinue: boolean): void {
-    const cache = ex.route!.cache
-    if (cache === null) return this.#dispatch(ex, expectContinue)
-    this.#viaCache(ex, cache, expectContinue).catch((err: unknown) => this.#internalError(ex, err))
-  }
-
-  /**
-   * Look the request up; serve a hit, wait for a concurrent miss of the same key, or go upstream
-   * as the leader of a miss (its response is captured while it streams). Requests the cache
-   * cannot key (a method not listed, Cache-Control: no-store, a body over key.body.max_size or
-   * sent chunked) go straight upstream with X-Cache: BYPASS.
-   */
-  async #viaCache (ex: Exchange, cache: CachePolicy, expectContinue: boolean): Promise<void> {
-    const req = ex.req
-    const method = req.method!
-    const route = ex.route!
-    const rm = this.metrics.forRoute(route, route.name, route.upstream.name)
-    const cc = ex.header('cache-control')
-    const directives = cc === null ? null : parseCacheControl(cc)
-    let bypass = !cache.methods.has(method) || directives?.has('no-store') === true
-    // An intercepted route has read (and maybe transformed) the body already.
-    let body: Buffer | null = ex.bodyBuffer
-    if (!bypass && ex.body !== null) {
-      const declared = ex.contentLength === null ? NaN : Number(ex.contentLength)
-      if (!(declared <= cache.bodyMax)) {
-        bypass = true
-      } else {
-        if (expectContinue) {
-          ex.sendContinue()
-          expectContinue = false
-        }
-        body = await readAll(ex.body)
-        if (ex.finished) return
-        ex.bodyBuffer = body
-        ex.body = null
-      }
-    }
-    if (bypass) {
-      rm.countCache('bypass')
-      ex.cacheStatus = 'BYPASS'
-      return this.#dispatch(ex, expectContinue)
-    }
-    const key = cache.key(ex, body)
-    // Cache-Control: no-cache from the client: skip the lookup, but the fresh answer may be stored.
-    if (directives?.has('no-cache') !== true) {
-      let hit: CacheEntry | null = null
-      try {
-        // A memory store answers at once: no await, no turn of the event loop.
-        const r = cache.lookup(key)
-        hit = r instanceof Promise ? await r : r
-      } catch (err) {
-        this.metrics.limitStoreErrors.labels(cache.storeName, 'cache').inc()
-        this.logger.debug({ msg: 'cache lookup failed', id: ex.requestId, err: (err as Error).message })
-      }
-      if (ex.finished) return
-      if (hit !== null) {
-        rm.countCache('hit')
-        return this.#serveCached(ex, hit, 'HIT')
-      }
-      const leader = cache.follower(key)
-      if (leader !== null) {
-        // null: the leader's answer is not stored, failed, or took longer than coalesce_timeout.
-        const entry = await leader
-        if (ex.finished) return
-        if (entry !== null) {
-          rm.countCache('coalesced')
-          return this.#serveCached(ex, entry, 'HIT')
-        }
-      }
-    }
-    rm.countCache('miss')
-    ex.cacheStatus = 'MISS'
-    // HEAD answers have no body: they may be served from a GET entry but never make one.
-    if (method !== 'HEAD') {
-      const done = cache.lead(key)
-      if (done !== null) ex.cacheCapture = new CacheCapture(cache, key, done, cache.shared(ex))
-    }
-    this.#dispatch(ex, expectContinue)
-  }
-
-  #serveCached (ex: Exchange, entry: CacheEntry, status: string): void {
-    const res = ex.res
-    const headers = [...entry.headers, 'age', String(Math.max(0, Math.floor((Date.now() - entry.storedAt) / 1000))), 'x-cache', status, 'x-request-id', ex.requestId]
-    ex.pushRateLimitFields(headers)
-    if (this.closing) res.shouldKeepAlive = false
-    ex.status = entry.status
-    const head = ex.req.method === 'HEAD'
-    ex.bytesOut = head ? 0 : entry.body.length
-    res.writeHead(entry.status, headers as unknown as string[])
-    res.end(head ? undefined : entry.body)
-  }
-
-  /** Finish the head, pick a target (or wait for a slot), and send. */
-  #dispatch (ex: Exchange, expectContinue: boolean): void {
-    const route = ex.route!
-    if (route.responseTransform !== null || route.plugin !== null) ex.captureLimit = captureLimit(route, ex.method)
-    finishRequestHeaders(ex, route, this.#encrypted)
-    const upstream = route.upstream
-    const now = Date.now()
-    const target = upstream.pick(now)
-    if (target === null) {
-      if (upstream.maxInFlight > 0 && upstream.anyHealthy(now)) {
-        // Every target is at max_in_flight: wait for a slot (Exchange.granted / timedOut).
-        ex.expectContinue = expectContinue
-        if (upstream.enqueue(ex)) return
-        this.metrics.queued.labels(upstream.name, 'full').inc()
-        return this.#refuse(ex, upstreamBusy(upstream.name, `queue full (${upstream.queueSize} waiting, max_in_flight ${upstream.maxInFlight})`))
-      }
-      return this.#refuse(ex, gatewayError('GH_NO_HEALTHY_UPSTREAM', `Every target of upstream "${upstream.name}" is failing; try again shortly`, { headers: { 'retry-after': String(Math.ceil(upstream.ejectFor / 1000)) } }))
-    }
-    // RFC 9110 §10.1.1: ask for the body only once we know we want it.
-    if (expectContinue) ex.sendContinue()
-    if (ex.body !== null) this.#conns.watchBody(ex)
-    ex.dispatchTo(target)
+    }).catch((err: unknown) => internalError(ex, err))
   }
 
   watchBody (ex: Exchange): void {
@@ -516,17 +342,6 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     res.assignSocket(socket)
     res.once('finish', () => socket.destroySoon())
     this.#handle(req, res, false)
-  }
-
-  /** A bug must cost one request, never the process. */
-  #internalError (ex: Exchange, err: unknown): void {
-    this.logger.error({ msg: 'internal error', id: ex.requestId, err: (err as Error).stack ?? String(err) })
-    if (!ex.finished) ex.fail(gatewayError('GH_INTERNAL', 'The gateway failed to handle this request', { reason: (err as Error).message }))
-  }
-
-  #refuse (ex: Exchange, err: GatewayError): void {
-    this.metrics.refused.labels(err.code).inc()
-    ex.fail(err)
   }
 
   /** Validate the request line and head, pick the route, set up the body. */
@@ -785,7 +600,10 @@ function checkingInterval (headers: number, request: number): number {
  * Whether the request the parser failed on is a HEAD (its answer then has no body). The
  * server never saw that request; its head starts after the last blank line before the error
  * in the bytes Node was parsing (a failure inside a body belongs to a request in progress and
- * is answered through its own response).
+ * is answered through its own response). The body of the request before it may sit between
+ * that blank line and the request line ("…x\0HEAD /p HTTP/1.1"), so HEAD counts wherever it
+ * directly precedes a space or tab on the request line: a client that pipelined a HEAD would
+ * read a body as the start of the next response.
  */
 function failedOnHead (err: Error): boolean {
   const raw = (err as { rawPacket?: Buffer }).rawPacket
@@ -795,8 +613,22 @@ function failedOnHead (err: Error): boolean {
   let start = end === -1 ? 0 : end + 4
   // Blank lines before a request line are allowed (RFC 9112 §2.2).
   while (raw[start] === 13 || raw[start] === 10) start++
-  // A tab after the method is what some senders write (and RFC 9112 §3 lets a reader accept).
-  return raw.length >= start + 5 && raw.toString('latin1', start, start + 4) === 'HEAD' && (raw[start + 4] === 32 || raw[start + 4] === 9)
+  // The request line is the first line with a space or tab in it (lines of the body before
+  // it have been seen to hold none: "\0\r\nHEAD\t/p HTTP/1.1").
+  const limit = Math.min(raw.length, at + 1)
+  let found = false
+  for (let i = start; i < limit; i++) {
+    const c = raw[i]
+    if (c === 10) {
+      if (found) return false
+      continue
+    }
+    if (c !== 32 && c !== 9) continue
+    found = true
+    // A tab after the method is what some senders write (and RFC 9112 §3 lets a reader accept).
+    if (i - 4 >= start && raw[i - 4] === 72 && raw[i - 3] === 69 && raw[i - 2] === 65 && raw[i - 1] === 68) return true
+  }
+  return false
 }
 
 /** Whether a head Node found too large was too large because of its request line (→ 414, not 431). */
@@ -828,27 +660,9 @@ function listening (server: http.Server, what: 'listen' | 'admin', host: string,
   })
 }
 
-/** A bounded body (its declared length was checked against the cap) as one Buffer. */
-async function readAll (body: Readable): Promise<Buffer> {
-  const chunks: Buffer[] = []
-  for await (const c of body) chunks.push(c as Buffer)
-  return Buffer.concat(chunks)
-}
-
 /** Load every plugin a table names (each route its own instance), before the table serves. */
 async function loadPlugins (table: RouteTable): Promise<void> {
   await Promise.all(table.routes.map((r) => r.plugin?.load()))
-}
-
-/** How much of the upstream's answer to read whole before answering (0: stream it). */
-function captureLimit (route: CompiledRoute, method: string): number {
-  if (method === 'HEAD') return 0
-  let cap = 0
-  const t = route.responseTransform
-  if (t !== null && t.body !== null) cap = t.maxBody
-  const p = route.plugin
-  if (p !== null && p.plugin.onResponse !== undefined) cap = cap === 0 ? p.maxResponseBody : Math.min(cap, p.maxResponseBody)
-  return cap
 }
 
 function round (ms: number): number {

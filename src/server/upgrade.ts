@@ -8,7 +8,8 @@ import type { Logger } from '../observability/logger.js'
 import type { Metrics } from '../observability/metrics.js'
 import { filterResponseHeaders, finishRequestHeaders, readHead } from '../pipeline/headers.js'
 import { Exchange } from '../pipeline/exchange.js'
-import { admit } from '../pipeline/admit.js'
+import { runSteps } from '../pipeline/run.js'
+import { HANDLED } from '../pipeline/step.js'
 import { isConnectFailure, upstreamError } from '../upstream/errors.js'
 import { releaseSlot, type Target } from '../upstream/target.js'
 import { endAndLinger } from './connections.js'
@@ -83,11 +84,18 @@ export function handleUpgrade (host: UpgradeHost, req: IncomingMessage, socket: 
     }
     new UpgradeHandler(host, route, socket, head, target, ex.requestId, ex.identity?.expiresAt ?? Infinity).dispatch(ex, protocol)
   }
-  const checked = admit(ex, route)
+  // The same runner as every request, over the route's checks (no body, no cache, no terminal).
+  let checked
+  try {
+    checked = runSteps(ex, route.tunnelSteps)
+  } catch (e) {
+    host.logger.error({ msg: 'internal error', id: requestId, err: (e as Error).stack ?? String(e) })
+    return refuse(gatewayError('GH_INTERNAL'))
+  }
   if (checked === null) return proceed()
-  if (!(checked instanceof Promise)) return refuse(checked)
+  if (!(checked instanceof Promise)) return checked === HANDLED ? undefined : refuse(checked)
   checked.then((e) => {
-    if (socket.destroyed) return
+    if (socket.destroyed || e === HANDLED) return
     if (e !== null) refuse(e)
     else proceed()
   }).catch((e: unknown) => {

@@ -211,6 +211,16 @@ describe('requests that must not slip past the gateway', () => {
     assert.match(answers[1]!, /^HTTP\/1\.1 400 /)
   })
 
+  test('a malformed HEAD right behind a body is answered without a body (fuzz seeds 890171683, 2075205598)', async () => {
+    // The body of the request before it sits between the last blank line and the HEAD's line.
+    for (const body of ['\x00', '\x00\r\n', 'K']) {
+      const res = await rawRequest(gw.port, `GET /p/1 HTTP/1.1\r\nHost: a\r\nContent-Length: ${body.length}\r\n\r\n${body}HEAD\t/p/2\tHTTP/1.1\r\nHost: a\r\n\r\n`)
+      const at = res.raw.indexOf('HTTP/1.1 400 ')
+      assert.ok(at > 0, res.raw)
+      assert.ok(res.raw.endsWith('\r\n\r\n'), `no body after the 400: ${JSON.stringify(res.raw.slice(at))}`)
+    }
+  })
+
   test('a request target over max_uri → 414, also when it overflows the head', async () => {
     await refused(`GET /${'a'.repeat(9000)} HTTP/1.1\r\nHost: a\r\n\r\n`, 414, 'GH_URI_TOO_LONG')
     await refused(`GET /${'a'.repeat(20_000)} HTTP/1.1\r\nHost: a\r\n\r\n`, 414, 'GH_URI_TOO_LONG')

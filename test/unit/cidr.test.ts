@@ -2,7 +2,7 @@ import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { cidrProblem, CidrSet, parseCidr } from '../../src/net/cidr.js'
 import { clientAddress, plainAddress } from '../../src/net/client-ip.js'
-import { IpPolicy } from '../../src/policies/auth/policy.js'
+import { IpPolicy } from '../../src/policies/ip/policy.js'
 import { configError, issueAt } from '../helpers/config.js'
 
 describe('CIDRs in a config are parsed strictly', () => {

@@ -1,10 +1,10 @@
 import { hash } from 'node:crypto'
-import { isIP } from 'node:net'
 import type { RouteConfig } from '../../config/schema.js'
 import { gatewayError, type GatewayError } from '../../errors/index.js'
-import { CidrSet } from '../../net/cidr.js'
 import type { PhantomSigner } from '../../identity/phantom.js'
 import type { IdentitySet } from '../../identity/registry.js'
+import type { Exchange } from '../../pipeline/exchange.js'
+import type { Step } from '../../pipeline/step.js'
 import { isIdentity, type AuthResult, type Identity, type IdentityProvider } from '../../identity/types.js'
 
 /** What the policy reads from a request: filled in by the header scan. */
@@ -48,7 +48,8 @@ interface ClaimRule {
  * provider's cache (the common case) and returns a Promise only when a provider must do I/O or
  * a signature check.
  */
-export class AuthPolicy {
+export class AuthPolicy implements Step {
+  readonly name = 'auth'
   readonly providers: readonly IdentityProvider[]
   readonly hasBearer: boolean
   /** A provider checks a signature over the body: the body must be read before `check`. */
@@ -86,6 +87,10 @@ export class AuthPolicy {
     for (const h of signatures) challenges.push(`Signature realm="${this.#realm}", headers="${h}"`)
     this.#missing = gatewayError('GH_AUTH_REQUIRED', 'This route requires credentials', { reason: 'no credentials', headers: { 'www-authenticate': challenges.join(', ') } })
     this.#scopeHint = [...(this.scopesAll ?? []), ...(this.scopesAny ?? [])].join(' ')
+  }
+
+  run (ex: Exchange): Outcome | Promise<Outcome> {
+    return this.check(ex, Date.now())
   }
 
   /** Authenticate and authorize; sets `ex.identity` (and `ex.phantomToken`) on success. */
@@ -301,26 +306,6 @@ function claimTest (m: Matcher): (v: unknown) => boolean {
     return (v) => typeof v === 'string' && re.test(v)
   }
   return (v) => v === m
-}
-
-/** A route's `ip` block: deny wins, then allow (when given) must match. */
-export class IpPolicy {
-  readonly #allow: CidrSet | null
-  readonly #deny: CidrSet
-
-  constructor (ip: NonNullable<RouteConfig['ip']>) {
-    this.#allow = ip.allow === undefined ? null : new CidrSet(ip.allow)
-    this.#deny = new CidrSet(ip.deny)
-  }
-
-  check (address: string): Outcome {
-    // Not an address at all (an odd X-Forwarded-For entry from a trusted proxy): it cannot be
-    // shown to be outside the deny list, so it is refused too.
-    if (isIP(address) === 0 || this.#deny.has(address) || (this.#allow !== null && !this.#allow.has(address))) {
-      return gatewayError('GH_IP_FORBIDDEN', 'Requests from this address are not allowed on this route', { reason: `client address ${address}` })
-    }
-    return null
-  }
 }
 
 /** Identity headers a route sets, compiled to (header, value getter) pairs; see headerValue. */

@@ -7,6 +7,8 @@ import type { Identity } from '../../identity/types.js'
 import type { Metrics } from '../../observability/metrics.js'
 import { plainAddress } from '../../net/client-ip.js'
 import { LRUCache } from 'lru-cache'
+import type { Exchange } from '../../pipeline/exchange.js'
+import type { Step } from '../../pipeline/step.js'
 import type { LimitCounters, LimitDecision, LimitStore } from '../../limits/store.js'
 
 type Outcome = GatewayError | null
@@ -54,7 +56,8 @@ export interface CompiledLimit {
  * answers 429 (limits before it have already counted the request). Synchronous with memory
  * stores, a Promise as soon as one store is remote.
  */
-export class RateLimitPolicy {
+export class RateLimitPolicy implements Step {
+  readonly name = 'rate_limit'
   readonly limits: readonly CompiledLimit[]
   /** RateLimit-Policy field value, sent with every response of the route. */
   readonly policyHeader: string
@@ -70,6 +73,12 @@ export class RateLimitPolicy {
     this.limits = route.rate_limit!.map((l) => compileLimit(route.name, l, stores.get(l.store)!, metrics))
     this.policyHeader = this.limits.map((l) => l.policyItem).join(', ')
     this.needsResponse = this.limits.some((l) => typeof l.cost !== 'number')
+  }
+
+  run (ex: Exchange): Outcome | Promise<Outcome> {
+    // Limits may count by client address (after trusted_proxies).
+    ex.resolveClientIp()
+    return this.check(ex)
   }
 
   check (s: LimitSubject): Outcome | Promise<Outcome> {
