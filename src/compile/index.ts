@@ -11,6 +11,7 @@ import type { RequestTransform, ResponseTransform } from '../policies/transform/
 import type { PluginRef } from '../plugins/loader.js'
 import { authPolicy, type AuthPolicy } from '../policies/auth/index.js'
 import { ipPolicy } from '../policies/ip/index.js'
+import { corsPolicy } from '../policies/cors/index.js'
 import { rateLimitPolicy, type RateLimitPolicy } from '../policies/limits/index.js'
 import { cachePolicy, type CachePolicy } from '../policies/cache/index.js'
 import { requestBodyStep, requestTransform, responseTransform } from '../policies/transform/index.js'
@@ -47,7 +48,7 @@ export interface CompiledRoute {
   /** Bytes; 0 = unlimited. */
   readonly maxBody: number
   /**
-   * What runs for a request, in order: ip → (body, when a signature needs it) → auth →
+   * What runs for a request, in order: ip → cors → (body, when a signature needs it) → auth →
    * rate limits → (body) → transform → plugin → cache → terminal (proxy, or accept on async
    * routes). Built once; the runner (pipeline/run.ts) walks it.
    */
@@ -194,6 +195,8 @@ function compileRoute (r: RouteConfig, index: number, upstream: Upstream, identi
   if (r.match.methods !== undefined) {
     methods = new Set(r.match.methods)
     if (methods.has('GET')) methods.add('HEAD')
+    // Browsers ask before a cross-origin call with an OPTIONS preflight (the cors step answers it).
+    if (r.cors !== undefined) methods.add('OPTIONS')
   }
   const m = r.match
   const pathKind = m.path !== undefined ? 'exact' : m.path_prefix !== undefined ? 'prefix' : m.path_regex !== undefined ? 'regex' : 'any'
@@ -209,6 +212,7 @@ function compileRoute (r: RouteConfig, index: number, upstream: Upstream, identi
   ].filter(Boolean).join(' ')
   const deps: PolicyDeps = { identity, stores: limits.stores, metrics: limits.metrics }
   const ip = ipPolicy(r)
+  const cors = corsPolicy(r)
   const auth = authPolicy(r, deps)
   const rateLimit = rateLimitPolicy(r, deps)
   const cache = cachePolicy(r, deps)
@@ -222,12 +226,12 @@ function compileRoute (r: RouteConfig, index: number, upstream: Upstream, identi
   const tunnelSteps = present([ip, auth, rateLimit])
   let steps: Step[]
   if (!needsBody) {
-    steps = present([ip, auth, rateLimit, cache, proxy])
+    steps = present([ip, cors, auth, rateLimit, cache, proxy])
   } else {
     const body = new ReadBody(bufferCap(r))
     // A signature over the body is the credential: the body is read first (the address is
     // checked before it, so a refused address never gets to upload).
-    const admission = auth?.needsBody === true ? [ip, body, auth, rateLimit] : [ip, auth, rateLimit, body]
+    const admission = auth?.needsBody === true ? [ip, cors, body, auth, rateLimit] : [ip, cors, auth, rateLimit, body]
     steps = present([...admission, bodyStep, plugin, ...(delivery !== null ? [accept] : [cache, proxy])])
   }
   return Object.freeze({

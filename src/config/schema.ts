@@ -591,6 +591,32 @@ const MatchSchema = strictObject({
   headers: record(string(), string()).optional(),
 }).prefault({})
 
+/**
+ * An origin as browsers send it (RFC 6454 §6.2): scheme "://" host [":" port], lower-case, no
+ * path. Compared exactly; "*" alone means any origin (answered with `*`, never reflected).
+ */
+const OriginSchema = string().transform((o) => o.toLowerCase()).refine(
+  (o) => o === '*' || /^[a-z][a-z0-9+.-]*:\/\/(?:\[[0-9a-f:.]+\]|[a-z0-9.-]+)(?::\d{1,5})?$/.test(o),
+  'use an origin such as https://app.example.com (scheme, host and port only; no path, no trailing "/") or "*"')
+
+const CorsSchema = strictObject({
+  /** Origins allowed to call this route from a browser, matched exactly; "*": any. */
+  origins: array(OriginSchema).min(1),
+  /** Methods a preflight may ask for; default: the route's match.methods, else the usual six. */
+  methods: array(string().transform((m) => m.toUpperCase()).pipe(zenum(HTTP_METHODS))).min(1).optional(),
+  /** Request headers a preflight may ask for (case-insensitive); "*": any. */
+  headers: array(string().regex(/^(?:\*|[!#$%&'*+.^_`|~0-9A-Za-z-]+)$/, 'use a header name').transform((h) => h.toLowerCase())).default(['authorization', 'content-type']),
+  /** Response headers scripts may read besides the CORS-safelisted ones. */
+  expose_headers: array(string().regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, 'use a header name').transform((h) => h.toLowerCase())).default(['x-request-id', 'retry-after', 'ratelimit', 'ratelimit-policy']),
+  /** Let browsers send cookies and Authorization cross-origin (Access-Control-Allow-Credentials). */
+  credentials: bool().default(false),
+  /** How long a browser may reuse a preflight's answer (Access-Control-Max-Age). */
+  max_age: duration().default(600_000),
+}).refine((c) => !(c.credentials && c.origins.includes('*')), {
+  message: 'credentials: true needs explicit origins: browsers refuse "*" with credentials (Fetch §3.2.5)',
+  path: ['origins'],
+})
+
 const RouteSchema = strictObject({
   name: nonEmpty.regex(/^[A-Za-z0-9_.-]+$/, 'use letters, digits, "_", "-" and "." only'),
   match: MatchSchema,
@@ -622,6 +648,8 @@ const RouteSchema = strictObject({
   on_store_error: zenum(['allow', 'deny']).default('allow'),
   /** Client-address rules, checked before authentication (deny wins over allow). */
   ip: IpSchema.optional(),
+  /** Cross-origin browser calls: preflights answered here, allowed origins marked on answers. */
+  cors: CorsSchema.optional(),
   identity_headers: IdentityHeadersSchema.optional(),
   transform: TransformSchema.optional(),
   plugin: PluginSchema.optional(),
@@ -654,6 +682,7 @@ export type Config = output<typeof ConfigSchema>
 /** What a user may write (the YAML's shape). */
 export type ConfigInput = input<typeof ConfigSchema>
 export type UpstreamConfig = Config['upstreams'][string]
+export type CorsConfig = output<typeof CorsSchema>
 export type RouteConfig = Config['routes'][number]
 export type IdentityConfig = Config['identity']
 export type ProviderConfig = IdentityConfig['providers'][string]

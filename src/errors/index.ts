@@ -35,6 +35,7 @@ export const ERRORS = {
   GH_INSUFFICIENT_SCOPE: { status: 403, title: 'Insufficient scope' },
   GH_FORBIDDEN: { status: 403, title: 'Access denied' },
   GH_IP_FORBIDDEN: { status: 403, title: 'Client address not allowed' },
+  GH_CORS_REJECTED: { status: 403, title: 'Cross-origin request not allowed' },
   GH_AUTH_UNAVAILABLE: { status: 503, title: 'Authentication service unavailable' },
   GH_RATE_LIMITED: { status: 429, title: 'Too many requests' },
   GH_LIMIT_KEY_MISSING: { status: 403, title: 'Request cannot be counted' },
@@ -52,6 +53,8 @@ export const ERRORS = {
   GH_DELIVERY_NOT_FOUND: { status: 404, title: 'No such delivery' },
   GH_UPGRADE_NOT_ALLOWED: { status: 400, title: 'Protocol upgrade not allowed' },
   GH_INTERNAL: { status: 500, title: 'Internal gateway error' },
+  /** Never sent (the client is gone): the access log's status and code for a request it abandoned. */
+  GH_CLIENT_CLOSED: { status: 499, title: 'Client closed the request' },
 } as const satisfies Record<string, { status: number, title: string }>
 
 export type ErrorCode = keyof typeof ERRORS

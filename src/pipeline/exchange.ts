@@ -10,7 +10,7 @@ import type { Identity } from '../identity/types.js'
 import type { SlotWaiter } from '../upstream/balancer.js'
 import { releaseSlot, type Target } from '../upstream/target.js'
 import { isConnectFailure, upstreamBusy, upstreamError } from '../upstream/errors.js'
-import { dropHeaders, filterResponseHeaders, isLengthField } from './headers.js'
+import { addFields, dropHeaders, filterResponseHeaders, isLengthField } from './headers.js'
 import type { GatewayRuntime } from './runtime.js'
 import type { RequestView } from '../policies/transform/policy.js'
 import { SseEventTransform } from '../policies/transform/sse.js'
@@ -83,6 +83,12 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, 
   costTap: CostTap | null = null
   /** The copy kept for the cache while this (leading) miss streams. */
   cacheCapture: CacheCapture | null = null
+  /**
+   * Fields a step adds to whatever answers this request (the upstream, the cache, a plugin or a
+   * refusal): flat [lower-case name, value, …], replacing the upstream's fields of those names
+   * (Vary is added to). CORS marks answers for an allowed origin this way.
+   */
+  responseFields: readonly string[] | null = null
   /** X-Cache for upstream responses on a cached route ('MISS' or 'BYPASS'), or null. */
   cacheStatus: string | null = null
   /** The whole request body, when it was read for a cache key (then `body` is null). */
@@ -194,6 +200,7 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, 
     }
     if (this.cacheCapture !== null) this.cacheCapture.head(statusCode, headers)
     if (this.cacheStatus !== null) headers.push('x-cache', this.cacheStatus)
+    if (this.responseFields !== null) addFields(headers, this.responseFields)
     if (bodiless) {
       // No body, whatever length fields say (RFC 9110 §6.4.1, §15.4.5): the answer is complete
       // with its head. A 304 keeps Content-Length (the selected representation's); a 204 may
@@ -426,6 +433,7 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, 
     ]
     if (this.requestId !== '') headers.push('x-request-id', this.requestId)
     if (err.headers !== null) for (const [k, v] of Object.entries(err.headers)) headers.push(k, v)
+    if (this.responseFields !== null) addFields(headers, this.responseFields)
     // A body we did not read cannot be skipped cheaply (it may be gigabytes): close instead.
     const hasBody = (this.contentLength !== null && this.contentLength !== '0') || this.transferEncoding !== null
     const unread = hasBody && !this.req.complete

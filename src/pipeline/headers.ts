@@ -253,6 +253,34 @@ export function dropHeaders (out: string[], drop: (lowerName: string) => boolean
   out.length = w
 }
 
+/**
+ * Add a step's response fields (Exchange.responseFields) to an answer's flat header list: a
+ * field of the same name already there is replaced, except Vary, which lists what the answer
+ * varies on and is added to. A field given with an empty value is only removed.
+ */
+export function addFields (out: string[], fields: readonly string[]): void {
+  let w = 0
+  for (let r = 0; r < out.length; r += 2) {
+    const name = out[r]!.toLowerCase()
+    let replaced = false
+    if (name !== 'vary') {
+      for (let i = 0; i < fields.length; i += 2) {
+        if (fields[i] === name) {
+          replaced = true
+          break
+        }
+      }
+    }
+    if (replaced) continue
+    out[w++] = out[r]!
+    out[w++] = out[r + 1]!
+  }
+  out.length = w
+  for (let i = 0; i < fields.length; i += 2) {
+    if (fields[i + 1] !== '') out.push(fields[i]!, fields[i + 1]!)
+  }
+}
+
 /** Framing fields: dropped wherever the gateway sends a body it holds whole (it sets the length). */
 export function isLengthField (lower: string): boolean {
   return lower === 'content-length' || lower === 'transfer-encoding'

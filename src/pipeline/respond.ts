@@ -1,5 +1,5 @@
 import type { Exchange } from './exchange.js'
-import { dropHeaders, isLengthField } from './headers.js'
+import { addFields, dropHeaders, isLengthField } from './headers.js'
 import type { PluginResponse } from '../plugins/api.js'
 
 /*
@@ -46,6 +46,7 @@ export function sendWhole (ex: Exchange, r: FinalResponse): void {
   const headers = r.headers
   dropHeaders(headers, isLengthField)
   ex.pushRateLimitFields(headers)
+  if (ex.responseFields !== null) addFields(headers, ex.responseFields)
   const head = ex.method === 'HEAD'
   // 1xx, 204 and 304 carry no body (RFC 9110 §6.4.1).
   const bodiless = r.status === 204 || r.status === 304

@@ -1,5 +1,6 @@
 import type { Readable } from 'node:stream'
 import type { Exchange } from '../../pipeline/exchange.js'
+import { addFields } from '../../pipeline/headers.js'
 import { HANDLED, type Step, type Verdict } from '../../pipeline/step.js'
 import { CacheCapture, parseCacheControl, type CacheEntry, type CachePolicy } from './policy.js'
 
@@ -94,6 +95,7 @@ function serveCached (ex: Exchange, entry: CacheEntry, status: string): void {
   const res = ex.res
   const headers = [...entry.headers, 'age', String(Math.max(0, Math.floor((Date.now() - entry.storedAt) / 1000))), 'x-cache', status, 'x-request-id', ex.requestId]
   ex.pushRateLimitFields(headers)
+  if (ex.responseFields !== null) addFields(headers, ex.responseFields)
   if (ex.rt.closing) res.shouldKeepAlive = false
   ex.status = entry.status
   const head = ex.req.method === 'HEAD'
