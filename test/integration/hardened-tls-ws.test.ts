@@ -118,7 +118,9 @@ describe('WebSocket tunnels under abuse', () => {
 
   test('a tunnel with no traffic for the upstream\'s idle timeout is closed; one with traffic stays', async () => {
     const { wss, url } = await wsUpstream()
-    const gw = await startGateway(simpleConfig(url, {}, { timeouts: { idle: '300ms' } }))
+    // Bounds loose enough for a loaded 2-core machine: the point is "closed near its idle
+    // timeout, while the busy tunnel (traffic every 100 ms) stays".
+    const gw = await startGateway(simpleConfig(url, {}, { timeouts: { idle: '500ms' } }))
     try {
       const quiet = new WebSocket(`ws://127.0.0.1:${gw.port}/`)
       await once(quiet, 'open')
@@ -128,7 +130,7 @@ describe('WebSocket tunnels under abuse', () => {
       const timer = setInterval(() => busy.send('ping'), 100)
       await once(quiet, 'close')
       const took = performance.now() - started
-      assert.ok(took >= 280 && took < 1000, `closed after ${took} ms`)
+      assert.ok(took >= 450 && took < 3000, `closed after ${took} ms`)
       assert.equal(busy.readyState, WebSocket.OPEN)
       clearInterval(timer)
       busy.close()
