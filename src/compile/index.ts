@@ -6,7 +6,7 @@ import { AuthPolicy, compileIdentityHeaders, IpPolicy, type IdentityHeader } fro
 import type { IdentitySet } from '../identity/registry.js'
 import { RateLimitPolicy } from '../limits/policy.js'
 import { CachePolicy } from '../cache/policy.js'
-import type { StoreSet } from '../limits/registry.js'
+import type { StoreSet } from '../stores/registry.js'
 import type { Metrics } from '../observability/metrics.js'
 import { Upstream } from '../upstream/balancer.js'
 import { RequestTransform, ResponseTransform } from '../transform/policy.js'
@@ -214,8 +214,8 @@ function compileRoute (r: RouteConfig, index: number, upstream: Upstream, identi
     auth,
     ip: r.ip === undefined ? null : new IpPolicy(r.ip),
     identityHeaders: r.auth === undefined ? null : compileIdentityHeaders(r.identity_headers),
-    rateLimit: r.rate_limit === undefined || r.rate_limit.length === 0 ? null : new RateLimitPolicy(r, limits.stores.stores, limits.metrics),
-    cache: r.cache === undefined ? null : new CachePolicy(r.name, r.cache, limits.stores.stores.get(r.cache.store)!, r.cache.store, r.auth === undefined),
+    rateLimit: r.rate_limit === undefined || r.rate_limit.length === 0 ? null : new RateLimitPolicy(r, limits.stores.counterStores, limits.metrics),
+    cache: r.cache === undefined ? null : new CachePolicy(r.name, r.cache, limits.stores.cacheStores.get(r.cache.store)!, r.cache.store, r.auth === undefined),
     requestTransform,
     responseTransform: r.transform?.response === undefined ? null : new ResponseTransform(r.transform.response),
     plugin,
