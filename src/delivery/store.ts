@@ -5,7 +5,7 @@ import type { GatewayError } from '../errors/index.js'
  * (enqueue), answers 202 only once the store says it is durable, and delivery workers claim,
  * attempt and settle messages. Two backends implement this one interface (sqlite for one
  * machine, NATS JetStream for a fleet), and one contract suite
- * (test/helpers/delivery-contract.ts) runs against both.
+ * (test/contract/delivery-store.test.ts) runs against both.
  */
 
 export type DeliveryState = 'pending' | 'delivered' | 'dead'

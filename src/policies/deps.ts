@@ -1,5 +1,5 @@
 import type { IdentitySet } from '../identity/registry.js'
-import type { StoreSet } from '../limits/registry.js'
+import type { StoreSet } from '../stores/registry.js'
 import type { Metrics } from '../observability/metrics.js'
 
 /**

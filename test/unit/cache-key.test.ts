@@ -4,7 +4,7 @@ import { createHash } from 'node:crypto'
 import { parseConfig } from '../../src/index.js'
 import { CachePolicy, type CacheEntry, type CacheRequest } from '../../src/policies/cache/policy.js'
 import { canonicalJson, MAX_DEPTH } from '../../src/policies/cache/canonical-json.js'
-import { MemoryLimitStore } from '../../src/limits/store.js'
+import { MemoryCacheStore } from '../../src/stores/memory/cache.js'
 import type { Identity } from '../../src/identity/types.js'
 
 function cacheConfig (cache: Record<string, unknown>) {
@@ -15,7 +15,7 @@ function cacheConfig (cache: Record<string, unknown>) {
   return config.routes[0]!.cache!
 }
 
-const memory = (): MemoryLimitStore => new MemoryLimitStore({ kind: 'memory', max_keys: 1000, max_bytes: 1024 * 1024 })
+const memory = (): MemoryCacheStore => new MemoryCacheStore(1024 * 1024)
 
 function policy (cache: Record<string, unknown> = {}, anonymous = true): CachePolicy {
   return new CachePolicy('infer', cacheConfig(cache), memory(), 'default', anonymous)

@@ -3,7 +3,8 @@ import assert from 'node:assert/strict'
 import { randomUUID } from 'node:crypto'
 import { parseConfig } from '../../src/index.js'
 import { CachePolicy, type CacheEntry } from '../../src/policies/cache/policy.js'
-import { MemoryLimitStore, RedisLimitStore, type LimitStore } from '../../src/limits/store.js'
+import { MemoryCacheStore } from '../../src/stores/memory/cache.js'
+import { RedisStore } from '../../src/stores/redis/index.js'
 import { createLogger } from '../../src/observability/logger.js'
 import { serviceAvailable } from '../helpers/index.js'
 
@@ -15,7 +16,7 @@ function cacheConfig (cache: Record<string, unknown>) {
   return config.routes[0]!.cache!
 }
 
-const memory = (): MemoryLimitStore => new MemoryLimitStore({ kind: 'memory', max_keys: 1000, max_bytes: 1024 * 1024 })
+const memory = (): MemoryCacheStore => new MemoryCacheStore(1024 * 1024)
 const entry: CacheEntry = { status: 200, headers: ['content-type', 'application/json'], body: Buffer.from('{"a":1}'), storedAt: 1_700_000_000_000 }
 
 describe('cache policy', () => {
@@ -36,10 +37,10 @@ describe('cache policy', () => {
   test('a Redis store is answered with a promise of a fresh entry', async (t) => {
     // Without Redis this skips, with its reason; under GATEHOUSE_REQUIRE_SERVICES=1 (CI) it fails.
     if (!await serviceAvailable(6379)) return t.skip('Redis is not answering on 127.0.0.1:6379')
-    const store: LimitStore = new RedisLimitStore({ kind: 'redis', url: 'redis://127.0.0.1:6379', prefix: `gh-test-${randomUUID()}:`, timeout: 1000 }, createLogger('silent'))
+    const store = new RedisStore({ kind: 'redis', url: 'redis://127.0.0.1:6379', prefix: `gh-test-${randomUUID()}:`, timeout: 1000 }, createLogger('silent'))
     await store.start()
     try {
-      const policy = new CachePolicy('infer', cacheConfig({}), store, 'shared', true)
+      const policy = new CachePolicy('infer', cacheConfig({}), store.cacheStore, 'shared', true)
       await policy.save('c:k', entry, 60_000)
       const r = policy.lookup('c:k')
       assert.ok(r instanceof Promise)

@@ -7,7 +7,7 @@ import { encodeToken, NatsDeliveryStore } from '../../src/delivery/nats.js'
 import type { DeliveryStore, NewDelivery } from '../../src/delivery/store.js'
 import { isGatewayError } from '../../src/errors/index.js'
 import { createLogger } from '../../src/observability/logger.js'
-import { deliveryStoreContract, message } from '../helpers/delivery-contract.js'
+import { message } from '../helpers/delivery.js'
 import { serviceAvailable } from '../helpers/index.js'
 
 const NATS_URL = 'nats://127.0.0.1:4222'
@@ -25,10 +25,6 @@ function natsStore (stream: string, overrides: { url?: string, max_bytes?: numbe
 function streamName (): string {
   return `GHTEST_${randomBytes(6).toString('hex')}`
 }
-
-// One stream for the contract's stores (it makes more than one: they share it, as a fleet would).
-const contractStream = streamName()
-deliveryStoreContract('nats', async () => available ? natsStore(contractStream) : SKIP)
 
 after(async () => {
   if (streams.size === 0 || !available) return

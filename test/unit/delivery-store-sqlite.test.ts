@@ -10,7 +10,7 @@ import { ThreadedSqliteDeliveryStore } from '../../src/delivery/sqlite-thread.js
 import type { DeliveryRecord, DeliveryStore, NewDelivery } from '../../src/delivery/store.js'
 import { isGatewayError } from '../../src/errors/index.js'
 import { createLogger } from '../../src/observability/logger.js'
-import { deliveryStoreContract, message } from '../helpers/delivery-contract.js'
+import { message } from '../helpers/delivery.js'
 
 const dir = mkdtempSync(join(tmpdir(), 'gh-dl-'))
 after(() => rmSync(dir, { recursive: true, force: true }))
@@ -19,7 +19,7 @@ const logger = createLogger('silent')
 const DAY = 86_400_000
 
 // The store on the caller's thread, and as the gateway runs it: in a worker thread, driven by
-// messages (sqlite-thread.ts). Both keep the same contract.
+// messages (sqlite-thread.ts). Both keep the same contract (test/contract/delivery-store.test.ts).
 const variants = {
   sqlite: (path: string, maxSize: number): DeliveryStore => new SqliteDeliveryStore({ kind: 'sqlite', path, max_size: maxSize }, logger),
   'sqlite in a worker thread': (path: string, maxSize: number): DeliveryStore => new ThreadedSqliteDeliveryStore({ kind: 'sqlite', path, max_size: maxSize }, logger),
@@ -31,8 +31,6 @@ function never (): AbortSignal {
 
 for (const [variant, make] of Object.entries(variants)) {
   const sqliteStore = (path = join(dir, `${randomUUID()}.db`), maxSize = 64 * 1024 * 1024): DeliveryStore => make(path, maxSize)
-
-  deliveryStoreContract(variant, async () => sqliteStore())
 
   describe(`${variant} delivery store`, () => {
     test('what was acknowledged survives close and reopen; a lease held by the old instance runs out', async () => {

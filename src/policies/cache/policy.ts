@@ -1,7 +1,7 @@
 import { createHash, hash } from 'node:crypto'
 import type { CacheConfig } from '../../config/schema.js'
 import type { Identity } from '../../identity/types.js'
-import type { LimitStore } from '../../limits/store.js'
+import type { CacheStore } from '../../stores/cache.js'
 import { canonicalJson } from './canonical-json.js'
 
 /** A stored response: status, the header fields to replay, the body, and when it was stored. */
@@ -55,7 +55,7 @@ const KEY_VERSION = 'cache2'
  */
 export class CachePolicy {
   readonly methods: ReadonlySet<string>
-  readonly store: LimitStore
+  readonly store: CacheStore
   readonly storeName: string
   readonly ttlMs: number
   readonly maxEntry: number
@@ -74,7 +74,7 @@ export class CachePolicy {
   /** Entries decoded from a synchronous store's values, keyed by the stored Buffer itself. */
   readonly #decoded = new WeakMap<Buffer, CacheEntry | null>()
 
-  constructor (route: string, cfg: CacheConfig, store: LimitStore, storeName: string, anonymous: boolean) {
+  constructor (route: string, cfg: CacheConfig, store: CacheStore, storeName: string, anonymous: boolean) {
     this.#cfg = cfg
     this.methods = new Set(cfg.methods)
     this.store = store
@@ -169,7 +169,7 @@ export class CachePolicy {
    * it (entries are never modified) instead of parsing the head's JSON on every hit.
    */
   lookup (key: string): CacheEntry | null | Promise<CacheEntry | null> {
-    const r = this.store.cacheGet(key)
+    const r = this.store.get(key)
     if (r instanceof Promise) return r.then(decode)
     if (r === null) return null
     let e = this.#decoded.get(r)
@@ -262,7 +262,7 @@ export class CachePolicy {
 
   save (key: string, entry: CacheEntry, ttlMs: number): Promise<void> {
     try {
-      const r = this.store.cacheSet(key, encode(entry), ttlMs)
+      const r = this.store.set(key, encode(entry), ttlMs)
       return r instanceof Promise ? r : Promise.resolve()
     } catch (err) {
       return Promise.reject(err)

@@ -6,5 +6,5 @@ export { RateLimitPolicy }
 
 /** `rate_limit: [...]` → every limit checked in order, after the caller is known. */
 export function rateLimitPolicy (route: RouteConfig, deps: PolicyDeps): RateLimitPolicy | null {
-  return route.rate_limit === undefined || route.rate_limit.length === 0 ? null : new RateLimitPolicy(route, deps.stores.stores, deps.metrics)
+  return route.rate_limit === undefined || route.rate_limit.length === 0 ? null : new RateLimitPolicy(route, deps.stores.counterStores, deps.metrics)
 }

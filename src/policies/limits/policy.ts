@@ -9,7 +9,7 @@ import { plainAddress } from '../../net/client-ip.js'
 import { LRUCache } from 'lru-cache'
 import type { Exchange } from '../../pipeline/exchange.js'
 import type { Step } from '../../pipeline/step.js'
-import type { LimitCounters, LimitDecision, LimitStore } from '../../limits/store.js'
+import type { Counters, CounterStore, LimitDecision } from '../../stores/counter.js'
 
 type Outcome = GatewayError | null
 
@@ -38,9 +38,9 @@ export interface CompiledLimit {
   readonly quota: { limit: number, windowMs: number } | null
   /** A fixed cost, or the JSON path (after `response.`) to read the cost from. */
   readonly cost: number | readonly string[]
-  readonly store: LimitStore
-  /** This limit's own counters in the store (see LimitStore.counters). */
-  readonly counters: LimitCounters
+  readonly store: CounterStore
+  /** This limit's own counters in the store (see CounterStore.counters). */
+  readonly counters: Counters
   readonly storeName: string
   readonly missing: 'deny' | 'ip'
   /** IPv6 addresses count by this many leading bits (see addressBucket). */
@@ -66,7 +66,7 @@ export class RateLimitPolicy implements Step {
   readonly #metrics: Metrics
   readonly #route: string
 
-  constructor (route: RouteConfig, stores: ReadonlyMap<string, LimitStore>, metrics: Metrics) {
+  constructor (route: RouteConfig, stores: ReadonlyMap<string, CounterStore>, metrics: Metrics) {
     this.#route = route.name
     this.#metrics = metrics
     this.onStoreError = route.on_store_error
@@ -198,7 +198,7 @@ function limitAddress (s: LimitSubject): string {
   return isIP(s.clientIp) !== 0 ? s.clientIp : plainAddress(s.peerIp)
 }
 
-function compileLimit (route: string, l: RateLimitConfig, store: LimitStore, metrics: Metrics): CompiledLimit {
+function compileLimit (route: string, l: RateLimitConfig, store: CounterStore, metrics: Metrics): CompiledLimit {
   const colon = l.key.indexOf(':')
   const keyKind = (colon === -1 ? l.key : l.key.slice(0, colon)) as CompiledLimit['keyKind']
   const keyArg = colon === -1 ? '' : (keyKind === 'header' ? l.key.slice(colon + 1).toLowerCase() : l.key.slice(colon + 1))

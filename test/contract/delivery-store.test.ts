@@ -1,13 +1,24 @@
+import { after } from 'node:test'
 import assert from 'node:assert/strict'
-import { createHash, randomBytes, randomUUID } from 'node:crypto'
+import { randomBytes, randomUUID } from 'node:crypto'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { NatsDeliveryStore } from '../../src/delivery/nats.js'
+import { SqliteDeliveryStore } from '../../src/delivery/sqlite.js'
+import { ThreadedSqliteDeliveryStore } from '../../src/delivery/sqlite-thread.js'
 import type { DeliveryRecord, DeliveryStore, NewDelivery } from '../../src/delivery/store.js'
 import { isGatewayError } from '../../src/errors/index.js'
-import { contractSuite } from './contract.js'
+import { createLogger } from '../../src/observability/logger.js'
+import { contractSuite } from '../helpers/contract.js'
+import { message } from '../helpers/delivery.js'
+import { deleteNatsStreams, serviceAvailable } from '../helpers/index.js'
 
 /*
- * The behaviour every DeliveryStore backend promises (src/delivery/store.ts), run by each
- * backend's test file. The tests share one store, so each works on routes of its own (random
- * names) and assumes nothing about what other tests left behind; none sleeps to synchronise.
+ * The behaviour every DeliveryStore backend promises (src/delivery/store.ts), run against each
+ * backend. The tests share one store, so each works on routes of its own (random names) and
+ * assumes nothing about what other tests left behind; none sleeps to synchronise. What only one
+ * backend promises is tested beside it (test/unit/delivery-store-*.test.ts).
  */
 
 const DAY = 86_400_000
@@ -18,7 +29,7 @@ const WAIT = 3000
  * Registers the contract for one backend. `make` returns a new store (each call its own, not
  * started, or started if its start() is idempotent), or a reason to skip every test.
  */
-export function deliveryStoreContract (name: string, make: () => Promise<DeliveryStore | string>): void {
+function deliveryStoreContract (name: string, make: () => Promise<DeliveryStore | string>): void {
   contractSuite(`delivery store contract: ${name}`, make, (it) => {
     it('enqueue keeps the request as given: get returns it pending, byte for byte', async (s) => {
       const route = await openRoute(s)
@@ -450,28 +461,6 @@ async function openRoute (s: DeliveryStore, leaseMs = 30_000): Promise<string> {
   return route
 }
 
-let seq = 0
-/** A new request; the fingerprint follows method, target and body as the gateway computes it. */
-export function message (route: string, extra: Partial<NewDelivery> = {}): NewDelivery {
-  const n = ++seq
-  const method = extra.method ?? 'POST'
-  const target = extra.target ?? `/hook?n=${n}`
-  const body = extra.body ?? randomBytes(64)
-  const fingerprint = createHash('sha256').update(`${method} ${target}\n`).update(body).digest('base64')
-  return {
-    id: randomUUID(),
-    route,
-    method,
-    target,
-    headers: ['content-type', 'application/octet-stream', 'x-seq', String(n)],
-    body,
-    idempotencyKey: null,
-    fingerprint,
-    createdAt: Date.now(),
-    ...extra,
-  }
-}
-
 function never (): AbortSignal {
   return new AbortController().signal
 }
@@ -491,3 +480,26 @@ async function claimN (s: DeliveryStore, route: string, n: number, max = n): Pro
   }
   return got
 }
+
+const dir = mkdtempSync(join(tmpdir(), 'gh-dl-'))
+after(() => rmSync(dir, { recursive: true, force: true }))
+const logger = createLogger('silent')
+const sqlite = { kind: 'sqlite' as const, max_size: 64 * 1024 * 1024 }
+// One stream for the NATS stores (the contract makes more than one: they share it, as a fleet would).
+const stream = `GHTEST_${randomBytes(6).toString('hex')}`
+let natsUsed = false
+after(async () => { if (natsUsed) await deleteNatsStreams([stream]) })
+
+// sqlite on the caller's thread, and as the gateway runs it: in a worker thread, driven by
+// messages (sqlite-thread.ts). All keep the same contract.
+const backends: Array<[string, () => Promise<DeliveryStore | string>]> = [
+  ['sqlite', async () => new SqliteDeliveryStore({ ...sqlite, path: join(dir, `${randomUUID()}.db`) }, logger)],
+  ['sqlite in a worker thread', async () => new ThreadedSqliteDeliveryStore({ ...sqlite, path: join(dir, `${randomUUID()}.db`) }, logger)],
+  ['nats', async () => {
+    if (!await serviceAvailable(4222)) return 'NATS is not answering on 127.0.0.1:4222'
+    natsUsed = true
+    return new NatsDeliveryStore({ kind: 'nats', url: 'nats://127.0.0.1:4222', stream, max_bytes: 64 * 1024 * 1024, timeout: 2000, replicas: 1 }, logger)
+  }],
+]
+
+for (const [name, make] of backends) deliveryStoreContract(name, make)
