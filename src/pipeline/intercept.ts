@@ -4,7 +4,8 @@ import { isJsonType, mediaType } from '../policies/transform/policy.js'
 import { CostTap } from '../policies/limits/policy.js'
 import type { Exchange } from './exchange.js'
 import { dropHeaders } from './headers.js'
-import { fromPluginResponse, type FinalResponse } from './respond.js'
+import { fromPluginResponse, sendWhole, type FinalResponse } from './respond.js'
+import { internalError, refuse } from './run.js'
 
 /*
  * The intercepted side of a route: what runs only on routes that read a body whole (webhook
@@ -90,4 +91,16 @@ function headerOf (headers: string[], name: string): string | null {
     if (headers[i]!.length === name.length && headers[i]!.toLowerCase() === name) return headers[i + 1]!
   }
   return null
+}
+
+/** The upstream's answer was read whole (ex.captured): its plugin and transform, then the answer. */
+export function finishCaptured (ex: Exchange): void {
+  interceptResponse(ex).then((r) => {
+    if (ex.finished) return
+    if (isGatewayError(r)) {
+      ex.rt.logger.warn({ msg: 'response interception failed', id: ex.requestId, code: r.code, reason: r.reason })
+      return refuse(ex, r)
+    }
+    sendWhole(ex, r)
+  }).catch((err: unknown) => internalError(ex, err))
 }

@@ -1,5 +1,4 @@
 import http, { type IncomingMessage, type ServerResponse } from 'node:http'
-import { randomUUID } from 'node:crypto'
 import https from 'node:https'
 import type { AddressInfo, Socket } from 'node:net'
 import type { DestinationStream } from 'pino'
@@ -7,15 +6,14 @@ import { compile, type RouteTable } from '../compile/index.js'
 import { validateConfig } from '../config/load.js'
 import type { Config, ConfigInput } from '../config/schema.js'
 import { formatDuration } from '../config/units.js'
-import { gatewayError, isGatewayError, rawProblemResponse, type GatewayError } from '../errors/index.js'
+import { gatewayError } from '../errors/index.js'
 import { createLogger, flushLogger, type Logger } from '../observability/logger.js'
 import { Metrics } from '../observability/metrics.js'
 import { AccessLog } from '../observability/access-log.js'
-import { BodyLimit } from '../pipeline/body.js'
-import { CLIENT_CLOSED, Exchange, kExchange, onResponseClose } from '../pipeline/exchange.js'
-import { readHead } from '../pipeline/headers.js'
-import { interceptResponse } from '../pipeline/intercept.js'
-import { sendWhole } from '../pipeline/respond.js'
+import { Exchange, kExchange, onResponseClose } from '../pipeline/exchange.js'
+import { finishCaptured } from '../pipeline/intercept.js'
+import { record } from '../pipeline/finish.js'
+import { deliveryStatus, prepare } from '../pipeline/request.js'
 import { internalError, refuse, run } from '../pipeline/run.js'
 import type { GatewayRuntime } from '../pipeline/runtime.js'
 import { TargetRegistry } from '../upstream/target.js'
@@ -24,8 +22,9 @@ import { StoreRegistry, type StoreSet } from '../stores/registry.js'
 import type { ProviderStatus } from '../identity/types.js'
 import { createAdminServer } from '../admin/server.js'
 import { handleUpgrade } from './upgrade.js'
+import { ClientErrors } from './client-errors.js'
 import { DeliveryService } from '../delivery/service.js'
-import { answered, Connections, connectionSettings, discardInput, endAndLinger } from './connections.js'
+import { Connections, connectionSettings, discardInput } from './connections.js'
 
 export interface GatewayOptions {
   /** A pino logger to use instead of the one built from `log` in the config. */
@@ -90,6 +89,7 @@ class GatewayImpl implements Gateway, GatewayRuntime {
   readonly #access: AccessLog
   readonly #delivery: DeliveryService
   readonly #conns: Connections
+  readonly #clientErrors: ClientErrors
 
   constructor (config: Config, options: GatewayOptions) {
     this.logger = options.logger ?? createLogger(config.log.level, options.logDestination)
@@ -143,6 +143,7 @@ class GatewayImpl implements Gateway, GatewayRuntime {
         handshakeTimeout: l.timeouts.headers,
       })
     this.#conns = new Connections(connectionSettings(config), this.metrics, this.logger, (req, res, expectContinue) => this.#handle(req, res, expectContinue))
+    this.#clientErrors = new ClientErrors(this.#conns, this.metrics, this.logger, () => this.table)
     this.#applyServerSettings(config)
     this.#onRequest = (req, res) => this.#handle(req, res, false)
     this.#onContinue = (req, res) => this.#handle(req, res, true)
@@ -159,8 +160,8 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     })
     this.#server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => this.#upgrade(req, socket, head))
     // A gateway is no tunnel (Node would otherwise drop the connection without a word).
-    this.#server.on('connect', (req: IncomingMessage, socket: Socket) => this.#refuseConnect(req, socket))
-    this.#server.on('clientError', (err: Error & { code?: string }, socket: Socket) => this.#clientError(err, socket))
+    this.#server.on('connect', (_req: IncomingMessage, socket: Socket) => this.#clientErrors.refuseConnect(socket))
+    this.#server.on('clientError', (err: Error & { code?: string }, socket: Socket) => this.#clientErrors.clientError(err, socket))
   }
 
   /** Listener settings Node lets us change on a live server (also on reload). */
@@ -220,8 +221,8 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     ex.expectContinue = expectContinue
     try {
       const prefix = this.#delivery.statusPrefix
-      if (prefix !== '' && req.url!.startsWith(prefix)) return this.#deliveryStatus(ex, req.url!.slice(prefix.length))
-      const err = this.#prepare(ex)
+      if (prefix !== '' && req.url!.startsWith(prefix)) return deliveryStatus(ex, this.#delivery, req.url!.slice(prefix.length))
+      const err = prepare(ex, this.table)
       if (err !== null) return refuse(ex, err)
       if ((req as unknown as Record<symbol, boolean | undefined>)[kBadExpectation] === true) {
         return refuse(ex, gatewayError('GH_EXPECTATION_FAILED', 'The only expectation this gateway meets is Expect: 100-continue'))
@@ -232,32 +233,8 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     run(ex, ex.route!.steps)
   }
 
-  /** GET <status_path>/<id>: an async request's state (the 202's Location). */
-  #deliveryStatus (ex: Exchange, id: string): void {
-    ex.requestId = ex.header('x-request-id') ?? randomUUID()
-    const method = ex.req.method
-    if (method !== 'GET' && method !== 'HEAD') {
-      return refuse(ex, gatewayError('GH_BAD_REQUEST', 'Delivery status is read with GET'))
-    }
-    this.#delivery.publicStatus(id).then((view) => {
-      if (ex.finished) return
-      if (view === null) return refuse(ex, gatewayError('GH_DELIVERY_NOT_FOUND', 'No delivery with this id (it may have expired)'))
-      const text = JSON.stringify(view)
-      ex.status = 200
-      ex.res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), 'cache-control': 'no-store', 'x-request-id': ex.requestId })
-      ex.res.end(method === 'HEAD' ? undefined : text)
-    }).catch((err: unknown) => internalError(ex, err))
-  }
-
   finishCaptured (ex: Exchange): void {
-    interceptResponse(ex).then((r) => {
-      if (ex.finished) return
-      if (isGatewayError(r)) {
-        this.logger.warn({ msg: 'response interception failed', id: ex.requestId, code: r.code, reason: r.reason })
-        return refuse(ex, r)
-      }
-      sendWhole(ex, r)
-    }).catch((err: unknown) => internalError(ex, err))
+    finishCaptured(ex)
   }
 
   watchBody (ex: Exchange): void {
@@ -281,34 +258,6 @@ class GatewayImpl implements Gateway, GatewayRuntime {
       return
     }
     handleUpgrade(this, req, socket, head)
-  }
-
-  /** CONNECT asks for a tunnel: 405, as nginx answers, and the connection is closed. */
-  #refuseConnect (_req: IncomingMessage, socket: Socket): void {
-    socket.on('error', destroyOnError)
-    const err = gatewayError('GH_METHOD_NOT_ALLOWED', 'CONNECT is not allowed: this is a gateway, not a tunnel', { headers: { allow: 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS' } })
-    this.metrics.refused.labels(err.code).inc()
-    this.#lastAnswer(socket, rawProblemResponse(err, null, http.STATUS_CODES[err.status]))
-  }
-
-  /**
-   * The last answer on a connection the HTTP server let go of: at once, or, when requests
-   * pipelined before it are still being answered, after their responses (in order).
-   */
-  #lastAnswer (socket: Socket, answer: string | null): void {
-    const conn = this.#conns.peek(socket)
-    // Closing already (an earlier answer said Connection: close): nothing more is written,
-    // and the lingering close must go on reading to see the client leave.
-    if (!socket.writable || conn?.lingering === true) {
-      discardInput(socket)
-      return
-    }
-    if (conn !== undefined && conn.active.length > 0) {
-      conn.afterPending = answer
-      socket.pause()
-      return
-    }
-    endAndLinger(socket, answer, this.table.config.listen.timeouts.linger)
   }
 
   /**
@@ -344,112 +293,9 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     this.#handle(req, res, false)
   }
 
-  /** Validate the request line and head, pick the route, set up the body. */
-  #prepare (ex: Exchange): GatewayError | null {
-    const headErr = readHead(ex, this.table)
-    if (headErr !== null) return headErr
-    const req = ex.req
-    const route = ex.route!
-
-    const te = ex.transferEncoding !== null
-    if (ex.contentLength !== null) {
-      const declared = Number(ex.contentLength)
-      if (route.maxBody > 0 && declared > route.maxBody) {
-        return gatewayError('GH_BODY_TOO_LARGE', `The request body (${declared} bytes) exceeds this route's limit of ${route.maxBody} bytes`)
-      }
-      if (declared > 0) ex.body = req
-    } else if (te) {
-      ex.body = new BodyLimit(req, route.maxBody)
-    }
-    return null
-  }
-
-  /** Malformed requests Node's parser refused (and header/request timeouts): answer, then close. */
-  #clientError (err: Error & { code?: string }, socket: Socket): void {
-    const code = err.code ?? ''
-    if (code === 'ECONNRESET' || socket.destroyed) {
-      socket.destroy()
-      return
-    }
-    // A TLS connection that never finished its handshake cannot carry an HTTP answer: a
-    // plaintext write on it would wait forever to be flushed.
-    if ((socket as unknown as { encrypted?: boolean }).encrypted === true && (socket as unknown as { _secureEstablished?: boolean })._secureEstablished !== true) {
-      socket.destroy()
-      return
-    }
-    const conn = this.#conns.peek(socket)
-    // Answered already: what follows a parser error is noise (the parser stays failed).
-    if (answered(socket) || conn?.afterPending !== undefined) return
-    const reason = (err as { reason?: string }).reason
-    const maxUri = this.table.config.listen.limits.max_uri
-    const gerr = code === 'HPE_HEADER_OVERFLOW'
-      ? requestLineTooLong(err, maxUri)
-        ? gatewayError('GH_URI_TOO_LONG', `The request target is longer than the ${maxUri} bytes this gateway accepts`)
-        : gatewayError('GH_HEADERS_TOO_LARGE', 'The request head is larger than this gateway accepts')
-      : code === 'ERR_HTTP_REQUEST_TIMEOUT'
-        ? gatewayError('GH_REQUEST_TIMEOUT', 'The request was not received in time')
-        : code === 'HPE_INVALID_TRANSFER_ENCODING' || code === 'HPE_UNEXPECTED_CONTENT_LENGTH' || code === 'HPE_INVALID_CONTENT_LENGTH'
-          ? gatewayError('GH_AMBIGUOUS_LENGTH', `The request's message length is ambiguous: ${reason ?? code}`)
-          : gatewayError('GH_BAD_REQUEST', `Malformed request: ${reason ?? code}`)
-    // The connection ended in the middle of a request: the client went away (a 499 for a
-    // request in progress), nobody is left to answer.
-    const gone = code === 'HPE_INVALID_EOF_STATE'
-    if (!gone) {
-      this.metrics.refused.labels(gerr.code).inc()
-      this.logger.info({ msg: 'client error', code: gerr.code, reason: `${code} ${reason ?? err.message}`, peer: socket.remoteAddress })
-    }
-    const last = conn?.active[conn.active.length - 1]
-    if (last !== undefined && !last.finished) {
-      if (!last.req.complete) {
-        // The bytes that failed are this request's body (a malformed chunk, a request timeout):
-        // its own response answers it, in order.
-        if (gone || last.res.headersSent) socket.destroy()
-        else last.bodyFailed(gerr)
-        return
-      }
-    }
-    // After requests still being answered, this answer waits for their responses (writing now
-    // would put it before theirs).
-    this.#lastAnswer(socket, gone ? null : rawProblemResponse(gerr, null, http.STATUS_CODES[gerr.status], failedOnHead(err)))
-  }
-
   /** Called once per exchange when its response is over. */
   finish (ex: Exchange): void {
-    const now = performance.now()
-    const route = ex.route
-    // 499 only when the client left on its own; when the gateway cut the connection (upstream
-    // fault mid-body) the log keeps the status that was sent, plus the error code.
-    const status = ex.clientGone && ex.error === null && !ex.res.writableFinished ? CLIENT_CLOSED : ex.status
-    const routeName = route === null ? '(none)' : route.name
-    const upstreamName = route === null ? '(none)' : route.upstream.name
-    if (ex.body instanceof BodyLimit) ex.bytesIn = ex.body.bytes
-    else if (ex.body !== null && ex.req.complete) ex.bytesIn = Number(ex.contentLength)
-    else if (ex.bodyBuffer !== null) ex.bytesIn = ex.bodyBuffer.length
-    const rm = this.metrics.forRoute(route, routeName, upstreamName)
-    rm.countRequest(ex.req.method ?? '', status)
-    rm.duration.observe((now - ex.startedAt) / 1000)
-    if (ex.upstreamHeadersAt !== 0) rm.upstreamDuration.observe((ex.upstreamHeadersAt - ex.upstreamStartedAt) / 1000)
-    if (ex.bytesIn > 0) rm.bytesIn.inc(ex.bytesIn)
-    if (ex.bytesOut > 0) rm.bytesOut.inc(ex.bytesOut)
-    if (this.#accessLog) {
-      this.#access.write({
-        id: ex.requestId,
-        route: routeName,
-        method: ex.req.method ?? '',
-        path: ex.path,
-        status,
-        target: ex.target === null ? null : ex.target.origin,
-        attempts: ex.attempts,
-        bytesIn: ex.bytesIn,
-        bytesOut: ex.bytesOut,
-        ms: round(now - ex.startedAt),
-        upstreamMs: ex.upstreamHeadersAt === 0 ? null : round(ex.upstreamHeadersAt - ex.upstreamStartedAt),
-        code: ex.error === null ? null : ex.error.code,
-        reason: ex.error === null ? null : (ex.error.reason ?? ex.error.detail),
-        provider: ex.identity === null ? null : ex.identity.provider,
-        subject: ex.identity === null ? null : ex.identity.subject,
-      })
-    }
+    record(ex, this.metrics, this.#accessLog ? this.#access : null)
     if (ex.conn !== null) this.#conns.done(ex.conn, ex)
     if (--this.#inFlight === 0 && this.#upgraded.size === 0 && this.#drained !== null) this.#drained()
   }
@@ -597,53 +443,6 @@ function checkingInterval (headers: number, request: number): number {
 }
 
 /**
- * Whether the request the parser failed on is a HEAD (its answer then has no body). The
- * server never saw that request; its head starts after the last blank line before the error
- * in the bytes Node was parsing (a failure inside a body belongs to a request in progress and
- * is answered through its own response). The body of the request before it may sit between
- * that blank line and the request line ("…x\0HEAD /p HTTP/1.1"), so HEAD counts wherever it
- * directly precedes a space or tab on the request line: a client that pipelined a HEAD would
- * read a body as the start of the next response.
- */
-function failedOnHead (err: Error): boolean {
-  const raw = (err as { rawPacket?: Buffer }).rawPacket
-  if (raw === undefined) return false
-  const at = Math.min(raw.length, (err as { bytesParsed?: number }).bytesParsed ?? raw.length)
-  const end = raw.lastIndexOf('\r\n\r\n', at - 1)
-  let start = end === -1 ? 0 : end + 4
-  // Blank lines before a request line are allowed (RFC 9112 §2.2).
-  while (raw[start] === 13 || raw[start] === 10) start++
-  // The request line is the first line with a space or tab in it (lines of the body before
-  // it have been seen to hold none: "\0\r\nHEAD\t/p HTTP/1.1").
-  const limit = Math.min(raw.length, at + 1)
-  let found = false
-  for (let i = start; i < limit; i++) {
-    const c = raw[i]
-    if (c === 10) {
-      if (found) return false
-      continue
-    }
-    if (c !== 32 && c !== 9) continue
-    found = true
-    // A tab after the method is what some senders write (and RFC 9112 §3 lets a reader accept).
-    if (i - 4 >= start && raw[i - 4] === 72 && raw[i - 3] === 69 && raw[i - 2] === 65 && raw[i - 1] === 68) return true
-  }
-  return false
-}
-
-/** Whether a head Node found too large was too large because of its request line (→ 414, not 431). */
-function requestLineTooLong (err: Error, maxUri: number): boolean {
-  const raw = (err as { rawPacket?: Buffer }).rawPacket
-  if (raw === undefined) return false
-  const end = raw.indexOf('\r\n')
-  return end === -1 ? raw.length > maxUri : end > maxUri + 16
-}
-
-function destroyOnError (this: Socket): void {
-  this.destroy()
-}
-
-/**
  * Resolves once `server` listens. A bind error rejects with one line that names the listener
  * and its address, `listen 0.0.0.0:8080: address already in use`, with code GH_LISTEN_FAILED
  * and the system error as its cause.
@@ -663,10 +462,6 @@ function listening (server: http.Server, what: 'listen' | 'admin', host: string,
 /** Load every plugin a table names (each route its own instance), before the table serves. */
 async function loadPlugins (table: RouteTable): Promise<void> {
   await Promise.all(table.routes.map((r) => r.plugin?.load()))
-}
-
-function round (ms: number): number {
-  return Math.round(ms * 1000) / 1000
 }
 
 export type { GatewayImpl }
