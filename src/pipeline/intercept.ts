@@ -3,7 +3,7 @@ import { runHook } from '../plugins/loader.js'
 import { isJsonType, mediaType } from '../policies/transform/policy.js'
 import { CostTap } from '../policies/limits/policy.js'
 import type { Exchange } from './exchange.js'
-import { dropHeaders } from './headers.js'
+import { dropHeaders, headerOf } from './fields.js'
 import { fromPluginResponse, sendWhole, type FinalResponse } from './respond.js'
 import { internalError, refuse } from './run.js'
 
@@ -84,13 +84,6 @@ export async function interceptResponse (ex: Exchange): Promise<FinalResponse | 
 
 function isEntityField (lower: string): boolean {
   return lower === 'content-type' || lower === 'content-length' || lower === 'etag' || lower === 'content-md5' || lower === 'digest' || lower === 'content-digest'
-}
-
-function headerOf (headers: string[], name: string): string | null {
-  for (let i = 0; i < headers.length; i += 2) {
-    if (headers[i]!.length === name.length && headers[i]!.toLowerCase() === name) return headers[i + 1]!
-  }
-  return null
 }
 
 /** The upstream's answer was read whole (ex.captured): its plugin and transform, then the answer. */
