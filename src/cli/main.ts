@@ -3,8 +3,10 @@ import { basename, dirname, resolve } from 'node:path'
 import { createHash } from 'node:crypto'
 import { parseArgs } from 'node:util'
 import { compile, describeTable } from '../compile/index.js'
+import { compileChecks } from '../compile/checks.js'
 import { loadConfigFile, suggest } from '../config/load.js'
 import { readRefFile } from '../config/refs.js'
+import type { Config } from '../config/schema.js'
 import { ConfigError } from '../errors/index.js'
 import { createGateway, type Gateway } from '../server/gateway.js'
 import { pluginOf } from '../plugins/loader.js'
@@ -215,9 +217,14 @@ function help (text: string): number {
   return 0
 }
 
+/** The config file, checked as the gateway would compile it (JSONata expressions included). */
+function loadChecked (file: string): Config {
+  return loadConfigFile(file, { checks: compileChecks })
+}
+
 function load (file: string) {
   try {
-    return loadConfigFile(file)
+    return loadChecked(file)
   } catch (err) {
     if (err instanceof ConfigError) {
       process.stderr.write(`${err.message}\n${err.issues.length} problem${err.issues.length === 1 ? '' : 's'} in ${file}\n`)
@@ -356,7 +363,7 @@ async function start (file: string): Promise<number> {
     lastHash = hash
     // reload() reads the file through the thunk, so a file that fails to load is logged and
     // counted like any invalid config, and the running table stays.
-    await gateway.reload(() => loadConfigFile(file)).catch(() => {})
+    await gateway.reload(() => loadChecked(file)).catch(() => {})
   }
   const watcher = watchFile(file, () => { reload('change').catch(() => {}) })
   process.on('SIGHUP', () => { reload('signal').catch(() => {}) })

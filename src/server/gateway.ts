@@ -4,6 +4,7 @@ import https from 'node:https'
 import type { AddressInfo, Socket } from 'node:net'
 import type { DestinationStream } from 'pino'
 import { compile, type RouteTable } from '../compile/index.js'
+import { compileChecks } from '../compile/checks.js'
 import { validateConfig } from '../config/load.js'
 import type { Config, ConfigInput } from '../config/schema.js'
 import { formatDuration } from '../config/units.js'
@@ -67,7 +68,7 @@ export interface Gateway {
 
 /** Build a gateway from a config object (raw YAML shape or an already-validated Config). */
 export function createGateway (input: ConfigInput | Config, options: GatewayOptions = {}): Gateway {
-  const config = validateConfig(input)
+  const config = validateConfig(input, { checks: compileChecks })
   return new GatewayImpl(config, options)
 }
 
@@ -696,7 +697,7 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     let stores: StoreSet | null = null
     let delivery: Awaited<ReturnType<DeliveryService['prepare']>> | null = null
     try {
-      const config = validateConfig(typeof input === 'function' ? input() : input)
+      const config = validateConfig(typeof input === 'function' ? input() : input, { checks: compileChecks })
       identity = this.#identity.prepare(config.identity)
       stores = this.#stores.prepare(config)
       next = compile(config, this.#registry, identity, { stores, metrics: this.metrics })

@@ -246,6 +246,21 @@ routes:
     ])
   })
 
+  it('reports a transform expression that does not compile at its path and line, beside other problems', async (t) => {
+    const dir = tempDir(t)
+    writeFileSync(join(dir, 'gatehouse.yaml'), VALID_CONFIG.replace('    strip_prefix: /v1\n', `    strip_prefix: /v1
+    limits: { max_body: lots }
+    transform: { response: { body: '{ "a": b ' } }
+`))
+    const result = await runCli(['check'], dir)
+    assert.equal(result.code, 1)
+    assert.deepEqual(result.stderr.trimEnd().split('\n'), [
+      'gatehouse.yaml:12:25: routes[0].limits.max_body: invalid size "lots" (use e.g. 512KiB, 10MiB, 1GiB)',
+      'gatehouse.yaml:13:36: routes[0].transform.response.body: invalid JSONata expression: Expected "}" before end of expression (at character 9)',
+      '2 problems in gatehouse.yaml',
+    ])
+  })
+
   it('reports an unknown upstream with its line and a "did you mean"', async (t) => {
     const dir = tempDir(t)
     writeFileSync(join(dir, 'gatehouse.yaml'), VALID_CONFIG.replace('    upstream: ranker\n    strip_prefix', '    upstream: rankr\n    strip_prefix'))
