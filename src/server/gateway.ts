@@ -105,7 +105,7 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     this.#delivery = new DeliveryService(this.logger, this.metrics)
     this.#stores = new StoreRegistry(this.logger)
     const stores = this.#stores.prepare(config)
-    this.table = compile(config, this.#registry, identity, { stores, metrics: this.metrics })
+    this.table = compile(config, { targets: this.#registry.prepare(config.upstreams), identity, stores, metrics: this.metrics })
     this.#identity.commit(identity)
     this.#stores.commit(stores)
     this.#storesStarting = this.#stores.start(stores)
@@ -700,7 +700,7 @@ class GatewayImpl implements Gateway, GatewayRuntime {
       const config = validateConfig(typeof input === 'function' ? input() : input, { checks: compileChecks })
       identity = this.#identity.prepare(config.identity)
       stores = this.#stores.prepare(config)
-      next = compile(config, this.#registry, identity, { stores, metrics: this.metrics })
+      next = compile(config, { targets: this.#registry.prepare(config.upstreams), identity, stores, metrics: this.metrics })
       const started = await Promise.allSettled([this.#identity.start(identity, IDENTITY_START_TIMEOUT), this.#stores.start(stores), loadPlugins(next), this.#delivery.prepare(config)])
       if (started[3].status === 'fulfilled') delivery = started[3].value
       for (const r of started) if (r.status === 'rejected') throw r.reason

@@ -374,6 +374,33 @@ routes:
     assert.deepEqual(policies, ['transform(request,response+events)', 'plugin(rerank.ts)', 'async(5 attempts, 4 workers)'])
   })
 
+  it('connects to nothing: not the targets, nor an identity provider, nor a store', async (t) => {
+    // One listener stands in for all three; routes must print without a single connection to it.
+    let connections = 0
+    const server = net.createServer((socket) => {
+      connections++
+      socket.destroy()
+    })
+    server.listen(0, '127.0.0.1')
+    await once(server, 'listening')
+    t.after(() => new Promise<void>((resolve) => server.close(() => resolve())))
+    const at = `127.0.0.1:${(server.address() as AddressInfo).port}`
+    const dir = tempDir(t)
+    writeFileSync(join(dir, 'gatehouse.yaml'), `identity:
+  providers:
+    sso: { kind: jwt, issuer: "http://${at}", audiences: [models] }
+stores:
+  shared: { kind: redis, url: "redis://${at}" }
+upstreams: { up: { targets: [{ url: "http://${at}" }] } }
+routes:
+  - { name: r, upstream: up, auth: { any_of: [sso] }, rate_limit: [{ key: subject, rate: 10/s, store: shared }] }
+`)
+    const result = await runCli(['routes'], dir)
+    assert.equal(result.code, 0, result.stderr)
+    assert.match(result.stdout.split('\n')[1]!, /^0 +r +\* \* \* +up \(least_request: http:\/\/127\.0\.0\.1:\d+\) +auth=sso rate_limit\(r\.subject@shared\)$/)
+    assert.equal(connections, 0)
+  })
+
   it('exits 1 and prints the problems for an invalid config', async (t) => {
     const dir = tempDir(t)
     writeFileSync(join(dir, 'gatehouse.yaml'), 'routes: [{ name: a, upstream: nowhere }]\n')
