@@ -1,10 +1,11 @@
 import { createPrivateKey, type KeyObject } from 'node:crypto'
-import { safeParse, ZodArray, ZodDefault, ZodDiscriminatedUnion, ZodObject, ZodOptional, ZodPrefault, ZodRecord, type core } from 'zod'
+import { safeParse, ZodArray, ZodDiscriminatedUnion, ZodObject, ZodRecord, type core } from 'zod'
 import { cidrProblem } from '../net/cidr.js'
 import { isGatewayOwned } from '../net/owned-headers.js'
 import type { PathKey } from './refs.js'
 import { ConfigSchema, type Config, type PhantomTokenConfig, type RouteConfig } from './schema.js'
 import { didYouMean } from './suggest.js'
+import { bare, isMapping, optionFor } from './walk.js'
 
 /** A problem at a config path, given as keys so that validateConfig can find its YAML node. */
 export interface CheckIssue {
@@ -55,13 +56,10 @@ function salvage (schema: core.$ZodType, value: unknown): unknown {
   const parsed = safeParse(schema, value)
   if (parsed.success) return parsed.data
   if (value === undefined) return undefined
-  let s = schema
-  while (s instanceof ZodOptional || s instanceof ZodDefault || s instanceof ZodPrefault) s = s.unwrap()
+  let s = bare(schema)
   if (s instanceof ZodDiscriminatedUnion) {
-    // Read as the option the input names (identity providers and stores by `kind`).
-    const key = s._zod.def.discriminator
-    const named = isMapping(value) ? value[key] : undefined
-    const option = s.options.find((o) => o instanceof ZodObject && o.shape[key] !== undefined && safeParse(o.shape[key], named).success)
+    // Read as the option the input names; naming none is a refused value.
+    const option = optionFor(s, value)
     if (option === undefined) return INVALID
     s = option
   }
@@ -82,10 +80,6 @@ function salvage (schema: core.$ZodType, value: unknown): unknown {
     return value.map((v) => salvage(element, v))
   }
   return INVALID
-}
-
-function isMapping (v: unknown): v is Record<string, unknown> {
-  return v !== null && typeof v === 'object' && !Array.isArray(v)
 }
 
 function at (path: PathKey[], message: string): CheckIssue {

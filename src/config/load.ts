@@ -1,12 +1,13 @@
 import { existsSync } from 'node:fs'
 import { dirname, resolve } from 'node:path'
 import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Document, type Node as YamlNode } from 'yaml'
-import type { z } from 'zod'
+import { ZodArray, ZodDiscriminatedUnion, ZodObject, ZodPipe, ZodRecord, ZodTransform, type z } from 'zod'
 import { ConfigError, type ConfigIssue } from '../errors/index.js'
 import { crossCheck, partsOf, type CheckIssue, type ConfigCheck } from './checks.js'
 import { pathToString, readRefFile, redactUrl, resolveRefs, type PathKey, type RefFills } from './refs.js'
 import { ConfigSchema, DURATIONS, type Config } from './schema.js'
 import { suggest } from './suggest.js'
+import { bare, optionFor } from './walk.js'
 
 export { suggest } from './suggest.js'
 export type { CheckIssue, ConfigCheck } from './checks.js'
@@ -129,7 +130,6 @@ function withUnits (value: unknown, schema: z.core.$ZodType | undefined, inValid
   if (DURATIONS.has(s)) return inValidatedPart && typeof value === 'number' ? `${value}ms` : value
   if (value === null || typeof value !== 'object') return value
   const ours = validatedParts.has(value)
-  const def: any = s._zod.def
   const from = value as Record<string, unknown>
   let out = from
   const visit = (key: string, child: z.core.$ZodType | undefined): void => {
@@ -140,9 +140,11 @@ function withUnits (value: unknown, schema: z.core.$ZodType | undefined, inValid
     out[key] = v
   }
   if (Array.isArray(from)) {
-    if (def.type === 'array') for (let i = 0; i < from.length; i++) visit(String(i), def.element)
-  } else if (def.type === 'object' || def.type === 'record') {
-    for (const key of Object.keys(from)) visit(key, def.type === 'object' ? def.shape[key] : def.valueType)
+    if (s instanceof ZodArray) for (let i = 0; i < from.length; i++) visit(String(i), s.element)
+  } else if (s instanceof ZodObject) {
+    for (const key of Object.keys(from)) visit(key, s.shape[key])
+  } else if (s instanceof ZodRecord) {
+    for (const key of Object.keys(from)) visit(key, s.valueType)
   }
   return out
 }
@@ -151,13 +153,12 @@ function withUnits (value: unknown, schema: z.core.$ZodType | undefined, inValid
 function unwrap (schema: z.core.$ZodType | undefined, value: unknown): z.core.$ZodType | undefined {
   let s = schema
   for (let guard = 0; s !== undefined && guard < 10 && !DURATIONS.has(s); guard++) {
-    const def: any = s._zod.def
-    if (def.type === 'optional' || def.type === 'default' || def.type === 'prefault' || def.type === 'nullable') s = def.innerType
+    const inner: z.core.$ZodType = bare(s)
+    if (inner !== s) s = inner
     // preprocess() is a pipe from a transform; .pipe() and .transform() read with their input side.
-    else if (def.type === 'pipe') s = def.in._zod.def.type === 'transform' ? def.out : def.in
-    else if (def.type === 'union' && typeof def.discriminator === 'string') {
-      s = def.options.find((o: any) => o._zod.def.shape?.[def.discriminator]?._zod.def.values?.includes((value as any)?.[def.discriminator]))
-    } else break
+    else if (s instanceof ZodPipe) s = s.in instanceof ZodTransform ? s.out : s.in
+    else if (s instanceof ZodDiscriminatedUnion) s = optionFor(s, value)
+    else break
   }
   return s
 }
@@ -249,37 +250,33 @@ function resolveFiles (config: Config, baseDir: string): LocatedIssue[] {
 /** The keys an object schema at `path` accepts, for "did you mean" hints. */
 function knownKeys (schema: z.core.$ZodType, path: readonly PathKey[], input: unknown): string[] {
   let s: z.core.$ZodType | undefined = schema
-  let here: any = input
+  let here = input
   for (const key of [...path, null]) {
     // A discriminated union (identity providers by `kind`): follow the option the input chose.
-    const u: any = s?._zod.def
-    if (u?.type === 'union' && typeof u.discriminator === 'string') {
-      s = u.options.find((o: any) => o._zod.def.shape?.[u.discriminator]?._zod.def.values?.includes(here?.[u.discriminator]))
-    }
+    if (s instanceof ZodDiscriminatedUnion) s = optionFor(s, here)
     // Unwrap wrappers until we reach something that has structure.
     for (let guard = 0; s !== undefined && guard < 10; guard++) {
-      const def: any = s._zod.def
-      if (def.type === 'optional' || def.type === 'default' || def.type === 'prefault' || def.type === 'nullable') s = def.innerType
-      else if (def.type === 'pipe') s = def.in
+      const inner: z.core.$ZodType = bare(s)
+      if (inner !== s) s = inner
+      else if (s instanceof ZodPipe) s = s.in
       else break
     }
     if (s === undefined) return []
-    const def: any = s._zod.def
-    if (key === null) return def.type === 'object' ? Object.keys(def.shape) : []
-    here = here?.[key]
-    if (def.type === 'object') s = def.shape[key]
-    else if (def.type === 'array') s = def.element
-    else if (def.type === 'record') s = def.valueType
+    if (key === null) return s instanceof ZodObject ? Object.keys(s.shape) : []
+    here = valueAt(here, [key])
+    if (s instanceof ZodObject) s = s.shape[key]
+    else if (s instanceof ZodArray) s = s.element
+    else if (s instanceof ZodRecord) s = s.valueType
     else return []
   }
   return []
 }
 
 function valueAt (value: unknown, path: readonly PathKey[]): unknown {
-  let v: any = value
+  let v = value
   for (const k of path) {
     if (v === null || typeof v !== 'object') return undefined
-    v = v[k]
+    v = (v as Record<PathKey, unknown>)[k]
   }
   return v
 }
