@@ -2,15 +2,18 @@ import { watch, type FSWatcher } from 'node:fs'
 import { basename, dirname, resolve } from 'node:path'
 import { createHash } from 'node:crypto'
 import { parseArgs } from 'node:util'
-import { compile, describeTable } from '../compile/index.js'
+import { compile, describeTable, type CompileDeps } from '../compile/index.js'
+import { compileChecks } from '../compile/checks.js'
 import { loadConfigFile, suggest } from '../config/load.js'
 import { readRefFile } from '../config/refs.js'
+import type { Config } from '../config/schema.js'
 import { ConfigError } from '../errors/index.js'
 import { createGateway, type Gateway } from '../server/gateway.js'
 import { pluginOf } from '../plugins/loader.js'
-import { TargetRegistry } from '../upstream/target.js'
-import { IdentityRegistry } from '../identity/registry.js'
-import { StoreRegistry } from '../stores/registry.js'
+import { createProvider } from '../identity/registry.js'
+import { PhantomSigner } from '../identity/phantom.js'
+import { createBackend, type StoreSet } from '../stores/registry.js'
+import type { StoreBackend } from '../stores/backend.js'
 import { createLogger } from '../observability/logger.js'
 import { Metrics } from '../observability/metrics.js'
 import { VERSION } from '../version.js'
@@ -215,9 +218,14 @@ function help (text: string): number {
   return 0
 }
 
+/** The config file, checked as the gateway would compile it (JSONata expressions included). */
+function loadChecked (file: string): Config {
+  return loadConfigFile(file, { checks: compileChecks })
+}
+
 function load (file: string) {
   try {
-    return loadConfigFile(file)
+    return loadChecked(file)
   } catch (err) {
     if (err instanceof ConfigError) {
       process.stderr.write(`${err.message}\n${err.issues.length} problem${err.issues.length === 1 ? '' : 's'} in ${file}\n`)
@@ -314,18 +322,38 @@ function usage (msg: string, text = USAGE): number {
   return 2
 }
 
-async function routes (file: string): Promise<number> {
+function routes (file: string): number {
   const config = load(file)
   if (config === null) return 1
-  const registry = new TargetRegistry()
-  // Providers are built (the table needs them) but never started: no key fetches here.
+  process.stdout.write(describeTable(compile(config, describeOnly(config))) + '\n')
+  return 0
+}
+
+/**
+ * Collaborators for a table that is printed, never served: no targets (describeTable names them
+ * from config), so no pool and no connection; providers and stores made from config but never
+ * started, so no key fetch and no store connection; and no registries to keep any of them.
+ */
+function describeOnly (config: Config): CompileDeps {
   const logger = createLogger('silent')
   const metrics = new Metrics(false)
-  const identity = new IdentityRegistry({ logger, metrics }).prepare(config.identity)
-  const stores = new StoreRegistry(logger).prepare(config)
-  process.stdout.write(describeTable(compile(config, registry, identity, { stores, metrics })) + '\n')
-  await registry.closeAll(true)
-  return 0
+  const identity = config.identity
+  const providers = new Map(Object.entries(identity.providers).map(([name, p]) => [name, createProvider(name, p, { logger, metrics })]))
+  // `default` is an in-process memory store unless the config defines its own; its size does
+  // not matter in a table that counts nothing.
+  const storeConfigs = { default: { kind: 'memory' as const, max_keys: 1, max_bytes: 1 }, ...config.stores }
+  return {
+    targets: new Map(Object.keys(config.upstreams).map((name) => [name, []])),
+    identity: { realm: identity.realm, providers, phantom: identity.phantom_token === undefined ? null : new PhantomSigner(identity.phantom_token), created: [] },
+    stores: storeSet(new Map(Object.entries(storeConfigs).map(([name, s]) => [name, createBackend(s, logger)]))),
+    metrics,
+  }
+}
+
+function storeSet (backends: Map<string, StoreBackend>): StoreSet {
+  const counterStores = new Map([...backends].map(([name, b]) => [name, b.counterStore]))
+  const cacheStores = new Map([...backends].map(([name, b]) => [name, b.cacheStore]))
+  return { counterStores, cacheStores, backends, created: [] }
 }
 
 async function start (file: string): Promise<number> {
@@ -356,7 +384,7 @@ async function start (file: string): Promise<number> {
     lastHash = hash
     // reload() reads the file through the thunk, so a file that fails to load is logged and
     // counted like any invalid config, and the running table stays.
-    await gateway.reload(() => loadConfigFile(file)).catch(() => {})
+    await gateway.reload(() => loadChecked(file)).catch(() => {})
   }
   const watcher = watchFile(file, () => { reload('change').catch(() => {}) })
   process.on('SIGHUP', () => { reload('signal').catch(() => {}) })

@@ -1,6 +1,8 @@
 import { basename } from 'node:path'
+import { pathToString } from '../config/refs.js'
 import type { Config, RouteConfig, RouteDeliveryConfig } from '../config/schema.js'
 import { formatSize } from '../config/units.js'
+import { ConfigError } from '../errors/index.js'
 import { CidrSet } from '../net/cidr.js'
 import { compileIdentityHeaders, type IdentityHeader } from '../policies/auth/policy.js'
 import type { IdentitySet } from '../identity/registry.js'
@@ -21,7 +23,8 @@ import type { Step } from '../pipeline/step.js'
 import { ReadBody } from '../pipeline/body.js'
 import { proxy } from '../pipeline/proxy.js'
 import { accept } from '../pipeline/accept.js'
-import { poolOptions, type TargetRegistry } from '../upstream/target.js'
+import type { Target } from '../upstream/target.js'
+import { compileChecks } from './checks.js'
 
 /**
  * A route as the request path reads it: every decision that can be made from config alone is
@@ -174,20 +177,43 @@ function headersMatch (conditions: ReadonlyArray<readonly [string, string]>, raw
 }
 
 /**
- * config → RouteTable. Pure apart from acquiring (shared, long-lived) targets from the
- * registry; `identity` is the provider set prepared for this config (IdentityRegistry.prepare).
+ * What compile() builds on, prepared by its caller (the gateway from its registries, `gatehouse
+ * routes` from config alone): compile itself opens no connection, creates no pool and starts
+ * nothing, so compiling a config has no effect beyond the table it returns.
  */
-export function compile (config: Config, registry: TargetRegistry, identity: IdentitySet, limits: { stores: StoreSet, metrics: Metrics }): RouteTable {
+export interface CompileDeps {
+  /**
+   * Each upstream's targets, in the order its config lists them (TargetRegistry.prepare). An
+   * empty list describes an upstream without serving it (`gatehouse routes`).
+   */
+  readonly targets: ReadonlyMap<string, Target[]>
+  /** The providers prepared for this config (IdentityRegistry.prepare). */
+  readonly identity: IdentitySet
+  readonly stores: StoreSet
+  readonly metrics: Metrics
+}
+
+/** config → RouteTable, from collaborators the caller prepared (see CompileDeps). */
+export function compile (config: Config, deps: CompileDeps): RouteTable {
   const upstreams = new Map<string, Upstream>()
   const targetKeys = new Set<string>()
   for (const [name, u] of Object.entries(config.upstreams)) {
-    const opts = poolOptions(u)
-    const targets = u.targets.map((t) => registry.acquire(t.url, opts))
+    const targets = deps.targets.get(name)
+    if (targets === undefined) throw new Error(`compile: no targets were prepared for upstream "${name}"`)
     for (const t of targets) targetKeys.add(t.key)
     upstreams.set(name, new Upstream(name, u, targets))
   }
-  const routes = config.routes.map((r, index) => compileRoute(r, index, upstreams.get(r.upstream)!, identity, limits))
-  return new RouteTable(config, routes, upstreams, targetKeys, identity)
+  let routes: CompiledRoute[]
+  try {
+    routes = config.routes.map((r, index) => compileRoute(r, index, upstreams.get(r.upstream)!, deps.identity, deps))
+  } catch (err) {
+    // A policy refused its options. A config validated with compileChecks never gets here (its
+    // problems were reported with their lines); one that skipped them still learns the path.
+    const issues = compileChecks(config)
+    if (issues.length === 0) throw err
+    throw new ConfigError(issues.map((i) => ({ path: pathToString(i.path), message: i.message })))
+  }
+  return new RouteTable(config, routes, upstreams, targetKeys, deps.identity)
 }
 
 function compileRoute (r: RouteConfig, index: number, upstream: Upstream, identity: IdentitySet, limits: { stores: StoreSet, metrics: Metrics }): CompiledRoute {
@@ -358,7 +384,9 @@ export function describeTable (table: RouteTable): string {
     }
     if (r.plugin !== null) policies.push(`plugin(${basename(r.plugin.path)})`)
     if (r.delivery !== null) policies.push(`async(${r.delivery.max_attempts} attempts, ${r.delivery.concurrency} workers)`)
-    const targets = r.upstream.targets.map((t) => t.origin + t.basePath).join(' ')
+    // From config, which names each target as its Target does (origin and base path): a table
+    // compiled only to be described has no Targets.
+    const targets = table.config.upstreams[r.upstream.name]!.targets.map((t) => t.url).join(' ')
     rows.push([String(r.index), r.name, r.describe, `${r.upstream.name} (${r.upstream.balance}: ${targets})`, policies.join(' ') || '-'])
   }
   const widths = rows[0]!.map((_, c) => Math.max(...rows.map((row) => row[c]!.length)))

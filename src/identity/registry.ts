@@ -92,7 +92,8 @@ export class IdentityRegistry {
   }
 }
 
-function createProvider (name: string, cfg: ProviderConfig, deps: ProviderDeps): IdentityProvider {
+/** A provider for one config entry; it does nothing (no key fetch, no request) until started. */
+export function createProvider (name: string, cfg: ProviderConfig, deps: ProviderDeps): IdentityProvider {
   switch (cfg.kind) {
     case 'jwt': return new JwtProvider(name, cfg, deps)
     case 'introspection': return new IntrospectionProvider(name, cfg, deps)

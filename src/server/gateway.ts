@@ -3,6 +3,7 @@ import https from 'node:https'
 import type { AddressInfo, Socket } from 'node:net'
 import type { DestinationStream } from 'pino'
 import { compile, type RouteTable } from '../compile/index.js'
+import { compileChecks } from '../compile/checks.js'
 import { validateConfig } from '../config/load.js'
 import type { Config, ConfigInput } from '../config/schema.js'
 import { formatDuration } from '../config/units.js'
@@ -62,7 +63,7 @@ export interface Gateway {
 
 /** Build a gateway from a config object (raw YAML shape or an already-validated Config). */
 export function createGateway (input: ConfigInput | Config, options: GatewayOptions = {}): Gateway {
-  const config = validateConfig(input)
+  const config = validateConfig(input, { checks: compileChecks })
   return new GatewayImpl(config, options)
 }
 
@@ -100,7 +101,7 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     this.#delivery = new DeliveryService(this.logger, this.metrics)
     this.#stores = new StoreRegistry(this.logger)
     const stores = this.#stores.prepare(config)
-    this.table = compile(config, this.#registry, identity, { stores, metrics: this.metrics })
+    this.table = compile(config, { targets: this.#registry.prepare(config.upstreams), identity, stores, metrics: this.metrics })
     this.#identity.commit(identity)
     this.#stores.commit(stores)
     this.#storesStarting = this.#stores.start(stores)
@@ -357,10 +358,10 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     let stores: StoreSet | null = null
     let delivery: Awaited<ReturnType<DeliveryService['prepare']>> | null = null
     try {
-      const config = validateConfig(typeof input === 'function' ? input() : input)
+      const config = validateConfig(typeof input === 'function' ? input() : input, { checks: compileChecks })
       identity = this.#identity.prepare(config.identity)
       stores = this.#stores.prepare(config)
-      next = compile(config, this.#registry, identity, { stores, metrics: this.metrics })
+      next = compile(config, { targets: this.#registry.prepare(config.upstreams), identity, stores, metrics: this.metrics })
       const started = await Promise.allSettled([this.#identity.start(identity, IDENTITY_START_TIMEOUT), this.#stores.start(stores), loadPlugins(next), this.#delivery.prepare(config)])
       if (started[3].status === 'fulfilled') delivery = started[3].value
       for (const r of started) if (r.status === 'rejected') throw r.reason

@@ -18,7 +18,7 @@ export interface StoreSet {
   readonly created: readonly StoreBackend[]
 }
 
-function createBackend (cfg: StoreConfig, logger: Logger): StoreBackend {
+export function createBackend (cfg: StoreConfig, logger: Logger): StoreBackend {
   return cfg.kind === 'memory' ? new MemoryStore(cfg) : new RedisStore(cfg, logger)
 }
 

@@ -89,6 +89,19 @@ export class TargetRegistry {
     return t
   }
 
+  /**
+   * The targets of each upstream of a config, in config order, for compile(). Targets already
+   * held (same URL and pool options) are reused with their connections and counts.
+   */
+  prepare (upstreams: Readonly<Record<string, UpstreamConfig>>): Map<string, Target[]> {
+    const out = new Map<string, Target[]>()
+    for (const [name, u] of Object.entries(upstreams)) {
+      const opts = poolOptions(u)
+      out.set(name, u.targets.map((t) => this.acquire(t.url, opts)))
+    }
+    return out
+  }
+
   /** Close every target whose key is not in `keep`. Pool.close() lets in-flight requests finish. */
   async retain (keep: ReadonlySet<string>): Promise<void> {
     const closing: Promise<void>[] = []

@@ -246,6 +246,21 @@ routes:
     ])
   })
 
+  it('reports a transform expression that does not compile at its path and line, beside other problems', async (t) => {
+    const dir = tempDir(t)
+    writeFileSync(join(dir, 'gatehouse.yaml'), VALID_CONFIG.replace('    strip_prefix: /v1\n', `    strip_prefix: /v1
+    limits: { max_body: lots }
+    transform: { response: { body: '{ "a": b ' } }
+`))
+    const result = await runCli(['check'], dir)
+    assert.equal(result.code, 1)
+    assert.deepEqual(result.stderr.trimEnd().split('\n'), [
+      'gatehouse.yaml:12:25: routes[0].limits.max_body: invalid size "lots" (use e.g. 512KiB, 10MiB, 1GiB)',
+      'gatehouse.yaml:13:36: routes[0].transform.response.body: invalid JSONata expression: Expected "}" before end of expression (at character 9)',
+      '2 problems in gatehouse.yaml',
+    ])
+  })
+
   it('reports an unknown upstream with its line and a "did you mean"', async (t) => {
     const dir = tempDir(t)
     writeFileSync(join(dir, 'gatehouse.yaml'), VALID_CONFIG.replace('    upstream: ranker\n    strip_prefix', '    upstream: rankr\n    strip_prefix'))
@@ -357,6 +372,33 @@ routes:
     assert.equal(result.code, 0, result.stderr)
     const policies = result.stdout.trimEnd().split('\n').slice(1).map((line) => line.split(/ {2,}/).at(-1))
     assert.deepEqual(policies, ['transform(request,response+events)', 'plugin(rerank.ts)', 'async(5 attempts, 4 workers)'])
+  })
+
+  it('connects to nothing: not the targets, nor an identity provider, nor a store', async (t) => {
+    // One listener stands in for all three; routes must print without a single connection to it.
+    let connections = 0
+    const server = net.createServer((socket) => {
+      connections++
+      socket.destroy()
+    })
+    server.listen(0, '127.0.0.1')
+    await once(server, 'listening')
+    t.after(() => new Promise<void>((resolve) => server.close(() => resolve())))
+    const at = `127.0.0.1:${(server.address() as AddressInfo).port}`
+    const dir = tempDir(t)
+    writeFileSync(join(dir, 'gatehouse.yaml'), `identity:
+  providers:
+    sso: { kind: jwt, issuer: "http://${at}", audiences: [models] }
+stores:
+  shared: { kind: redis, url: "redis://${at}" }
+upstreams: { up: { targets: [{ url: "http://${at}" }] } }
+routes:
+  - { name: r, upstream: up, auth: { any_of: [sso] }, rate_limit: [{ key: subject, rate: 10/s, store: shared }] }
+`)
+    const result = await runCli(['routes'], dir)
+    assert.equal(result.code, 0, result.stderr)
+    assert.match(result.stdout.split('\n')[1]!, /^0 +r +\* \* \* +up \(least_request: http:\/\/127\.0\.0\.1:\d+\) +auth=sso rate_limit\(r\.subject@shared\)$/)
+    assert.equal(connections, 0)
   })
 
   it('exits 1 and prints the problems for an invalid config', async (t) => {

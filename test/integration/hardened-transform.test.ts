@@ -2,7 +2,7 @@ import { after, before, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
 import jsonata from 'jsonata'
 import { startGateway, startUpstream, request, type TestGateway, type Upstream } from '../helpers/index.js'
-import { validateConfig } from '../../src/config/load.js'
+import { validateConfig } from '../../src/index.js'
 import { ConfigError } from '../../src/errors/index.js'
 import { Expression } from '../../src/policies/transform/expression.js'
 

@@ -605,6 +605,36 @@ routes:
 `)
     assert.deepEqual(err.issues.map((i) => i.path).sort(), ['listen.port', 'routes[0].upstream'])
   })
+
+  it('checks the cross-references of a route the schema refused part of', () => {
+    const err = configError(UPSTREAMS + `routes:
+  - name: a
+    upstream: rankr
+    limits: { max_body: lots }
+    rate_limit: [{ key: subject, rate: 1/s }]
+`)
+    assert.deepEqual(err.issues.map((i) => [i.path, i.line]), [
+      ['routes[0].limits.max_body', 7],
+      ['routes[0].upstream', 6],
+      ['routes[0].rate_limit[0].key', 8],
+    ])
+  })
+
+  it('counts a value the schema refused as given: an invalid rate is not also "give either rate or quota"', () => {
+    const err = configError(UPSTREAMS + `routes:
+  - { name: a, upstream: ranker, rate_limit: [{ key: ip, rate: 10/fortnight, burst: 5 }] }
+`)
+    assert.deepEqual(err.issues.map((i) => i.path), ['routes[0].rate_limit[0].rate'])
+  })
+
+  it('reports a transform expression that does not compile beside a schema problem', () => {
+    const err = configError(UPSTREAMS + `listen: { port: 70000 }
+routes:
+  - { name: a, upstream: ranker, transform: { request: { body: "(" } } }
+`)
+    assert.deepEqual(err.issues.map((i) => [i.path, i.line]), [['listen.port', 4], ['routes[0].transform.request.body', 6]])
+    assert.match(issueAt(err, 'routes[0].transform.request.body').message, /^invalid JSONata expression: /)
+  })
 })
 
 describe('validateConfig', () => {

@@ -59,7 +59,7 @@ describe('RouteTable.match', () => {
     const metrics = new Metrics(false)
     const identity = new IdentityRegistry({ logger, metrics }).prepare(config.identity)
     const stores = new StoreRegistry(logger).prepare(config)
-    return compile(config, registry, identity, { stores, metrics })
+    return compile(config, { targets: registry.prepare(config.upstreams), identity, stores, metrics })
   }
 
   test('a path regex runs only once method, host and headers hold', () => {
