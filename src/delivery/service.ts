@@ -5,7 +5,7 @@ import { gatewayError, isGatewayError, type GatewayError } from '../errors/index
 import type { Logger } from '../observability/logger.js'
 import type { Metrics } from '../observability/metrics.js'
 import type { Exchange } from '../pipeline/exchange.js'
-import { dropHeaders, isLengthField } from '../pipeline/fields.js'
+import { dropHeaders, isLengthField } from '../net/fields.js'
 import { releaseSlot } from '../upstream/target.js'
 import { isConnectFailure } from '../upstream/errors.js'
 import dispatcherRequest from 'undici/lib/api/api-request.js'

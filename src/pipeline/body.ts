@@ -3,7 +3,7 @@ import { Transform, type TransformCallback } from 'node:stream'
 import { formatSize } from '../config/units.js'
 import { gatewayError, isGatewayError, type GatewayError } from '../errors/index.js'
 import type { Exchange } from './exchange.js'
-import { dropHeaders } from './fields.js'
+import { dropHeaders } from '../net/fields.js'
 import { HANDLED, type Step, type Verdict } from './step.js'
 
 /**

@@ -4,7 +4,7 @@ import { gatewayError, type GatewayError } from '../errors/index.js'
 import { headerValue } from '../policies/auth/policy.js'
 import { clientAddress } from '../net/client-ip.js'
 import type { Exchange } from './exchange.js'
-import { dropHeaders, maybeSpecial, removeConnectionTokens } from './fields.js'
+import { dropHeaders, maybeSpecial, removeConnectionTokens } from '../net/fields.js'
 
 /*
  * Header rewriting for both directions. RFC 9110 §7.6.1: Connection and the fields it names

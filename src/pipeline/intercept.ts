@@ -3,7 +3,7 @@ import { runHook } from '../plugins/loader.js'
 import { isJsonType, mediaType } from '../policies/transform/policy.js'
 import { CostTap } from '../policies/limits/policy.js'
 import type { Exchange } from './exchange.js'
-import { dropHeaders, headerOf } from './fields.js'
+import { dropHeaders, headerOf } from '../net/fields.js'
 import { fromPluginResponse, sendWhole, type FinalResponse } from './respond.js'
 import { internalError, refuse } from './run.js'
 

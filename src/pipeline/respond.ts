@@ -1,5 +1,5 @@
 import type { Exchange } from './exchange.js'
-import { addFields, dropHeaders, isLengthField } from './fields.js'
+import { addFields, dropHeaders, isLengthField } from '../net/fields.js'
 import type { PluginResponse } from '../plugins/api.js'
 
 /*

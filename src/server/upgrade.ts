@@ -7,7 +7,7 @@ import { gatewayError, rawProblemResponse, type GatewayError } from '../errors/i
 import type { Logger } from '../observability/logger.js'
 import type { Metrics } from '../observability/metrics.js'
 import { finishRequestHeaders, readHead } from '../pipeline/headers.js'
-import { filterResponseHeaders } from '../pipeline/fields.js'
+import { filterResponseHeaders } from '../net/fields.js'
 import { Exchange } from '../pipeline/exchange.js'
 import { runSteps } from '../pipeline/run.js'
 import { HANDLED } from '../pipeline/step.js'

@@ -1,6 +1,6 @@
 import type { Readable } from 'node:stream'
 import type { Exchange } from '../../pipeline/exchange.js'
-import { addFields } from '../../pipeline/fields.js'
+import { addFields } from '../../net/fields.js'
 import { HANDLED, type Step, type Verdict } from '../../pipeline/step.js'
 import { CacheCapture, parseCacheControl, type CacheEntry, type CachePolicy } from './policy.js'
 
