@@ -1,5 +1,5 @@
 import { createCipheriv, createDecipheriv, hash, randomBytes } from 'node:crypto'
-import type { CompiledRoute, RouteTable } from '../compile/index.js'
+import type { CompiledRoute, RouteTable } from '../compile/table.js'
 import type { DeliveryConfig } from '../config/schema.js'
 import type { PhantomSigner } from '../identity/phantom.js'
 

@@ -1,5 +1,5 @@
 import { hash, randomUUID } from 'node:crypto'
-import { upstreamPath, type CompiledRoute, type RouteTable } from '../compile/index.js'
+import { upstreamPath, type CompiledRoute, type RouteTable } from '../compile/table.js'
 import type { Config, DeliveryStoreConfig, RouteDeliveryConfig } from '../config/schema.js'
 import { gatewayError, isGatewayError, type GatewayError } from '../errors/index.js'
 import type { Logger } from '../observability/logger.js'

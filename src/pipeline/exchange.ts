@@ -1,7 +1,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { Readable } from 'node:stream'
 import type { Dispatcher } from 'undici'
-import { upstreamPath, type CompiledRoute, type RouteTable } from '../compile/index.js'
+import { upstreamPath, type CompiledRoute, type RouteTable } from '../compile/table.js'
 import { gatewayError, isGatewayError, problemBody, type GatewayError } from '../errors/index.js'
 import type { CredentialCarrier } from '../policies/auth/policy.js'
 import { CostTap, type CompiledLimit, type LimitSubject } from '../policies/limits/policy.js'

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto'
-import type { CompiledRoute, RouteTable } from '../compile/index.js'
+import type { CompiledRoute, RouteTable } from '../compile/table.js'
 import { gatewayError, type GatewayError } from '../errors/index.js'
 import { headerValue } from '../policies/auth/policy.js'
 import { clientAddress } from '../net/client-ip.js'

@@ -1,4 +1,4 @@
-import type { CompiledRoute } from '../compile/index.js'
+import type { CompiledRoute } from '../compile/table.js'
 import { gatewayError } from '../errors/index.js'
 import { upstreamBusy } from '../upstream/errors.js'
 import type { Exchange } from './exchange.js'

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto'
-import type { RouteTable } from '../compile/index.js'
+import type { RouteTable } from '../compile/table.js'
 import type { DeliveryService } from '../delivery/service.js'
 import { gatewayError, type GatewayError } from '../errors/index.js'
 import { BodyLimit } from './body.js'
