@@ -2,7 +2,7 @@ import type { Config, RouteDeliveryConfig } from '../config/schema.js'
 import { CidrSet } from '../net/cidr.js'
 import type { IdentitySet } from '../identity/registry.js'
 import type { Upstream } from '../upstream/balancer.js'
-import type { Step } from '../pipeline/step.js'
+import type { Exchange, Step } from '../pipeline/exchange.js'
 import type { AuthPolicy, IdentityHeader } from '../policies/auth/policy.js'
 import type { RateLimitPolicy } from '../policies/limits/policy.js'
 import type { CachePolicy } from '../policies/cache/policy.js'
@@ -199,17 +199,7 @@ function hasTopLevelAlternation (source: string): boolean {
   return false
 }
 
-/**
- * The path sent upstream: `strip_prefix` removed when it covers whole segments (so
- * strip_prefix /v1 turns /v1/x into /x and /v1 into /, but leaves /v1x alone).
- */
-export function upstreamPath (route: CompiledRoute, path: string): string {
-  const prefix = route.stripPrefix
-  const t = route.requestTransform
-  if (prefix === null || !path.startsWith(prefix)) return t === null ? path : t.rewritePath(path)
-  let out: string
-  if (path.length === prefix.length) out = '/'
-  else if (prefix.charCodeAt(prefix.length - 1) === 47) out = path.slice(prefix.length - 1)
-  else out = path.charCodeAt(prefix.length) === 47 ? path.slice(prefix.length) : path
-  return t === null ? out : t.rewritePath(out)
-}
+export { upstreamPath } from '../pipeline/exchange.js'
+
+/** An exchange on a compiled route: what the request path above the policies works with. */
+export type RouteExchange = Exchange<CompiledRoute>

@@ -1,10 +1,9 @@
 import { hash, randomUUID } from 'node:crypto'
-import { upstreamPath, type CompiledRoute, type RouteTable } from '../compile/table.js'
+import { upstreamPath, type CompiledRoute, type RouteTable, type RouteExchange } from '../compile/table.js'
 import type { Config, DeliveryStoreConfig, RouteDeliveryConfig } from '../config/schema.js'
 import { gatewayError, isGatewayError, type GatewayError } from '../errors/index.js'
 import type { Logger } from '../observability/logger.js'
 import type { Metrics } from '../observability/metrics.js'
-import type { Exchange } from '../pipeline/exchange.js'
 import { dropHeaders, isLengthField } from '../net/fields.js'
 import { releaseSlot } from '../upstream/target.js'
 import { isConnectFailure } from '../upstream/errors.js'
@@ -135,7 +134,7 @@ export class DeliveryService {
    * keep it, 422 for a reused Idempotency-Key). The 202 is written only after the store said
    * the message is durable.
    */
-  async accept (ex: Exchange, encrypted: boolean, finishHeaders: (ex: Exchange, route: CompiledRoute, encrypted: boolean) => void): Promise<GatewayError | null> {
+  async accept (ex: RouteExchange, encrypted: boolean, finishHeaders: (ex: RouteExchange, route: CompiledRoute, encrypted: boolean) => void): Promise<GatewayError | null> {
     const store = this.#store
     const route = ex.route!
     const table = this.#table!
@@ -149,7 +148,7 @@ export class DeliveryService {
     dropHeaders(ex.outHeaders, isLengthField)
     const id = randomUUID()
     // No credential is stored in the clear (see secrets.ts).
-    const { headers, unkept } = sealHeaders(ex.outHeaders, planFor(route, ex.table), id, ex.phantomToken, this.#keys)
+    const { headers, unkept } = sealHeaders(ex.outHeaders, planFor(route, ex.table as RouteTable), id, ex.phantomToken, this.#keys)
     if (unkept !== null) this.#warnUnkept(route.name, unkept)
     const method = ex.upstreamMethod ?? ex.method
     const target = (ex.upstreamPathOverride ?? upstreamPath(route, ex.path)) + ex.query

@@ -1,23 +1,127 @@
 import type { IncomingMessage, ServerResponse } from 'node:http'
+import type { Socket } from 'node:net'
 import type { Readable } from 'node:stream'
 import type { Dispatcher } from 'undici'
-import { upstreamPath, type CompiledRoute, type RouteTable } from '../compile/table.js'
+import type { CidrSet } from '../net/cidr.js'
+import type { DeliveryService } from '../delivery/service.js'
 import { gatewayError, isGatewayError, problemBody, type GatewayError } from '../errors/index.js'
-import type { CredentialCarrier } from '../policies/auth/policy.js'
-import { CostTap, type CompiledLimit, type LimitSubject } from '../policies/limits/policy.js'
-import type { CacheCapture } from '../policies/cache/policy.js'
 import type { Identity } from '../identity/types.js'
-import type { SlotWaiter } from '../upstream/balancer.js'
+import type { Logger } from '../observability/logger.js'
+import type { Metrics } from '../observability/metrics.js'
+import type { Upstream, SlotWaiter } from '../upstream/balancer.js'
 import { releaseSlot, type Target } from '../upstream/target.js'
 import { isConnectFailure, upstreamBusy, upstreamError } from '../upstream/errors.js'
 import { addFields, dropHeaders, filterResponseHeaders, isLengthField } from '../net/fields.js'
-import type { GatewayRuntime } from './runtime.js'
-import type { RequestView } from '../policies/transform/policy.js'
-import { SseEventTransform } from '../policies/transform/sse.js'
-import { requestBindings } from '../policies/transform/policy.js'
 import type { PluginContext } from '../plugins/api.js'
-import type { Conn } from '../server/connections.js'
 import { clientAddress } from '../net/client-ip.js'
+
+/*
+ * The per-request state, and the shapes it meets: the steps that run over it (Step), the
+ * route and table as a request reads them (RouteView, TableView), what the gateway gives it
+ * (GatewayRuntime), and the response-side hooks policies hand it (ResponseTap,
+ * ResponseCapture, EventStream). Everything here is below the policies: they import it, it
+ * imports none of them.
+ */
+
+/**
+ * What a step decides about a request: go on to the next step (null), refuse it with a
+ * GatewayError (the runner answers it as problem+json), or HANDLED: the step answered the
+ * request itself (a cache hit, a plugin's own response) or took it over (a terminal: the
+ * request is on its way upstream or into the delivery log).
+ */
+export type Verdict = GatewayError | null | typeof HANDLED
+
+export const HANDLED = 1
+
+/**
+ * One link of a route's compiled chain (ip → cors → auth → limits → body → transform → plugin
+ * → cache → terminal). Steps are built once per route by their policy's factory (`compile/`)
+ * and shared by every request on it; per-request state lives on the Exchange. `run` returns
+ * a Promise only when it must wait (a provider's I/O, a remote store, reading the body), so a
+ * route whose steps all answer at once runs without a turn of the event loop.
+ */
+export interface Step {
+  /** For logs, `gatehouse routes` and tests. */
+  readonly name: string
+  run (ex: Exchange): Verdict | Promise<Verdict>
+}
+
+/** Sees a response body go by (a quota's cost read from it). */
+export interface ResponseTap {
+  push (chunk: Buffer): void
+}
+
+/** Keeps a copy of a response as it streams (the cache's leading miss). */
+export interface ResponseCapture {
+  head (status: number, headers: readonly string[]): void
+  push (chunk: Buffer): void
+  complete (): void
+  abort (): void
+}
+
+/** Server-sent events transformed one by one as they stream. */
+export interface EventStream {
+  push (chunk: Buffer): Promise<string>
+  end (): string
+}
+
+/** A quota to charge once the response is known (what it is charged by is the policy's). */
+export interface Charge {
+  readonly key: string
+}
+
+/** The route as the request path reads it (compile/table.ts CompiledRoute is one). */
+export interface RouteView {
+  readonly name: string
+  readonly upstream: Upstream
+  readonly stripPrefix: string | null
+  readonly preserveHost: boolean
+  readonly requestTransform: { rewritePath (path: string): string } | null
+  readonly responseTransform: {
+    readonly headers: { apply (headers: string[]): void } | null
+    readonly status: unknown
+    mapStatus (status: number): number
+    /** An event-by-event transform for this request's event stream; null when the route has none. */
+    eventStream (ex: Exchange): EventStream | null
+  } | null
+  readonly rateLimit: {
+    /** RateLimit-Policy field value, sent with every response of the route. */
+    readonly policyHeader: string
+    /** What watches a response for the cost of its quotas. */
+    tap (eventStream: boolean): ResponseTap
+    charge (charges: readonly Charge[], tap: ResponseTap | null): void
+  } | null
+}
+
+/** The route table as a request reads it (compile/table.ts RouteTable is one). */
+export interface TableView {
+  readonly trustedProxies: CidrSet
+}
+
+/** What an Exchange needs from the gateway that owns it. */
+export interface GatewayRuntime {
+  readonly logger: Logger
+  readonly metrics: Metrics
+  /** True once shutdown began: responses close their connections. */
+  readonly closing: boolean
+  /** Whether the listener is TLS (X-Forwarded-Proto). */
+  readonly encrypted: boolean
+  /** Where async routes' requests go (the accept terminal). */
+  readonly delivery: DeliveryService
+  /** Called once per exchange when its response is over. */
+  finish (ex: Exchange): void
+  /** The upstream's answer was read whole (ex.captured): transform it and answer. */
+  finishCaptured (ex: Exchange): void
+  /** An early answer went out while the client still sends its body: close gracefully. */
+  linger (ex: Exchange): void
+  /** The request body is being read from now on (body_idle, body_min_rate). */
+  watchBody (ex: Exchange): void
+}
+
+/** The client connection as the server tracks it (server/connections.ts Conn is one). */
+export interface ClientConnection {
+  readonly socket: Socket
+}
 
 /** An upstream answer read whole, for a response transform or a plugin's onResponse. */
 export interface CapturedResponse {
@@ -42,13 +146,13 @@ export const CLIENT_CLOSED = 499
  * undici 7 calls those on every request itself, and the newer controller-style API is
  * adapted onto them with an extra header parse per response.
  */
-export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, LimitSubject, SlotWaiter, RequestView {
+export class Exchange<R extends RouteView = RouteView> implements Dispatcher.DispatchHandler, SlotWaiter {
   readonly req: IncomingMessage
   readonly res: ServerResponse
   readonly rt: GatewayRuntime
-  readonly table: RouteTable
+  readonly table: TableView
   readonly startedAt: number
-  route: CompiledRoute | null = null
+  route: R | null = null
   requestId = ''
   /** Path without query, as received. */
   path = ''
@@ -79,10 +183,10 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, 
   clientIp = ''
   /** RateLimit field for the response, and quotas to charge from it (see RateLimitPolicy). */
   rateLimit: string | null = null
-  charges: Array<{ limit: CompiledLimit, key: string }> | null = null
-  costTap: CostTap | null = null
+  charges: Charge[] | null = null
+  costTap: ResponseTap | null = null
   /** The copy kept for the cache while this (leading) miss streams. */
-  cacheCapture: CacheCapture | null = null
+  cacheCapture: ResponseCapture | null = null
   /**
    * Fields a step adds to whatever answers this request (the upstream, the cache, a plugin or a
    * refusal): flat [lower-case name, value, …], replacing the upstream's fields of those names
@@ -100,7 +204,7 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, 
   /** Read the upstream answer whole (response body transform, plugin onResponse). */
   captureLimit = 0
   /** Server-sent events being transformed as they pass, and the chain that keeps them in order. */
-  sse: SseEventTransform | null = null
+  sse: EventStream | null = null
   sseChain: Promise<void> | null = null
   ssePending = 0
   /** The plugin's view of this request, on plugin routes. */
@@ -135,9 +239,9 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, 
   upstreamDone = false
   finished = false
   /** The client connection (pipelining, slow-client clocks); null for upgrade handshakes. */
-  conn: Conn | null = null
+  conn: ClientConnection | null = null
 
-  constructor (req: IncomingMessage, res: ServerResponse, rt: GatewayRuntime, table: RouteTable) {
+  constructor (req: IncomingMessage, res: ServerResponse, rt: GatewayRuntime, table: TableView) {
     this.req = req
     this.res = res
     this.rt = rt
@@ -186,8 +290,7 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, 
     if (transform !== null) {
       if (transform.headers !== null) transform.headers.apply(headers)
       if (transform.status !== null) this.status = statusCode = transform.mapStatus(statusCode)
-      if (transform.events !== null && isEventStream(headers)) {
-        this.sse = new SseEventTransform(transform.events, requestBindings(this), MAX_EVENT)
+      if (isEventStream(headers) && (this.sse = transform.eventStream(this)) !== null) {
         // The events change length; the stream is chunked from here.
         dropHeaders(headers, isContentLength)
       }
@@ -218,7 +321,7 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, 
     // model's first token many seconds away.
     const sse = isEventStream(headers)
     if (sse) res.flushHeaders()
-    if (this.charges !== null) this.costTap = new CostTap(sse)
+    if (this.charges !== null) this.costTap = this.route!.rateLimit!.tap(sse)
     return true
   }
 
@@ -600,13 +703,26 @@ function isContentLength (lowerName: string): boolean {
   return lowerName === 'content-length'
 }
 
-/** The most of one server-sent event held while it is transformed (characters). */
-const MAX_EVENT = 1024 * 1024
-
 export function isEventStream (headers: string[]): boolean {
   for (let i = 0; i < headers.length; i += 2) {
     const name = headers[i]!
     if (name.length === 12 && name.toLowerCase() === 'content-type') return headers[i + 1]!.startsWith('text/event-stream')
   }
   return false
+}
+
+/**
+ * The path sent upstream: `strip_prefix` removed when it covers whole segments (so
+ * strip_prefix /v1 turns /v1/x into /x and /v1 into /, but leaves /v1x alone), then the
+ * request transform's path rewrite.
+ */
+export function upstreamPath (route: RouteView, path: string): string {
+  const prefix = route.stripPrefix
+  const t = route.requestTransform
+  if (prefix === null || !path.startsWith(prefix)) return t === null ? path : t.rewritePath(path)
+  let out: string
+  if (path.length === prefix.length) out = '/'
+  else if (prefix.charCodeAt(prefix.length - 1) === 47) out = path.slice(prefix.length - 1)
+  else out = path.charCodeAt(prefix.length) === 47 ? path.slice(prefix.length) : path
+  return t === null ? out : t.rewritePath(out)
 }

@@ -1,9 +1,8 @@
 import { randomUUID } from 'node:crypto'
-import type { CompiledRoute, RouteTable } from '../compile/table.js'
+import type { CompiledRoute, RouteTable, RouteExchange } from '../compile/table.js'
 import { gatewayError, type GatewayError } from '../errors/index.js'
 import { headerValue } from '../policies/auth/policy.js'
 import { clientAddress } from '../net/client-ip.js'
-import type { Exchange } from './exchange.js'
 import { dropHeaders, maybeSpecial, removeConnectionTokens } from '../net/fields.js'
 
 /*
@@ -59,7 +58,7 @@ function isGatehouseHeader (lower: string): boolean {
  * One pass over the client's header fields: note the ones the gateway rewrites, copy the rest
  * to `ex.outHeaders`. Returns an error for requests that must be refused.
  */
-export function scanRequestHeaders (ex: Exchange, raw: readonly string[], table: RouteTable): GatewayError | null {
+export function scanRequestHeaders (ex: RouteExchange, raw: readonly string[], table: RouteTable): GatewayError | null {
   const out = ex.outHeaders
   const roles = table.headerRoles
   const initials = table.headerRoleInitials
@@ -137,7 +136,7 @@ export function scanRequestHeaders (ex: Exchange, raw: readonly string[], table:
  * Add the headers that depend on the route, on who the peer is and on who the caller turned
  * out to be. Host goes last (see dispatchTo).
  */
-export function finishRequestHeaders (ex: Exchange, route: CompiledRoute, encrypted: boolean): void {
+export function finishRequestHeaders (ex: RouteExchange, route: CompiledRoute, encrypted: boolean): void {
   const out = ex.outHeaders
   const auth = route.auth
   if (auth !== null) {
@@ -309,7 +308,7 @@ function isHex (c: number): boolean {
  * `ex.host`, `ex.route` and the scanned header fields. The scan comes first so that every
  * answer, refusals included, carries a request id.
  */
-export function readHead (ex: Exchange, table: RouteTable): GatewayError | null {
+export function readHead (ex: RouteExchange, table: RouteTable): GatewayError | null {
   const req = ex.req
   const url = req.url ?? ''
   const q = url.indexOf('?')

@@ -1,8 +1,8 @@
 import { gatewayError, isGatewayError, type GatewayError } from '../errors/index.js'
+import type { RouteExchange } from '../compile/table.js'
 import { runHook } from '../plugins/loader.js'
 import { isJsonType, mediaType } from '../policies/transform/policy.js'
 import { CostTap } from '../policies/limits/policy.js'
-import type { Exchange } from './exchange.js'
 import { dropHeaders, headerOf } from '../net/fields.js'
 import { fromPluginResponse, sendWhole, type FinalResponse } from './respond.js'
 import { internalError, refuse } from './run.js'
@@ -17,7 +17,7 @@ import { internalError, refuse } from './run.js'
  * The upstream answered whole (ex.captured): the plugin's onResponse, then the response
  * transform. Returns what to send, or an error (502) to answer instead.
  */
-export async function interceptResponse (ex: Exchange): Promise<FinalResponse | GatewayError> {
+export async function interceptResponse (ex: RouteExchange): Promise<FinalResponse | GatewayError> {
   const route = ex.route!
   const c = ex.captured!
   let status = c.status
@@ -87,7 +87,7 @@ function isEntityField (lower: string): boolean {
 }
 
 /** The upstream's answer was read whole (ex.captured): its plugin and transform, then the answer. */
-export function finishCaptured (ex: Exchange): void {
+export function finishCaptured (ex: RouteExchange): void {
   interceptResponse(ex).then((r) => {
     if (ex.finished) return
     if (isGatewayError(r)) {

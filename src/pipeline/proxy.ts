@@ -1,7 +1,6 @@
-import type { CompiledRoute } from '../compile/table.js'
+import type { CompiledRoute, RouteExchange } from '../compile/table.js'
 import { gatewayError } from '../errors/index.js'
 import { upstreamBusy } from '../upstream/errors.js'
-import type { Exchange } from './exchange.js'
 import { finishRequestHeaders } from './headers.js'
 import { HANDLED, type Step, type Verdict } from './step.js'
 
@@ -11,7 +10,7 @@ import { HANDLED, type Step, type Verdict } from './step.js'
  */
 export const proxy: Step = {
   name: 'proxy',
-  run (ex: Exchange): Verdict {
+  run (ex: RouteExchange): Verdict {
     const route = ex.route!
     if (route.responseTransform !== null || route.plugin !== null) ex.captureLimit = captureLimit(route, ex.method)
     finishRequestHeaders(ex, route, ex.rt.encrypted)

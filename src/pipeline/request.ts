@@ -1,14 +1,13 @@
 import { randomUUID } from 'node:crypto'
-import type { RouteTable } from '../compile/table.js'
+import type { RouteTable, RouteExchange } from '../compile/table.js'
 import type { DeliveryService } from '../delivery/service.js'
 import { gatewayError, type GatewayError } from '../errors/index.js'
 import { BodyLimit } from './body.js'
-import type { Exchange } from './exchange.js'
 import { readHead } from './headers.js'
 import { internalError, refuse } from './run.js'
 
 /** Validate the request line and head, pick the route, set up the body. */
-export function prepare (ex: Exchange, table: RouteTable): GatewayError | null {
+export function prepare (ex: RouteExchange, table: RouteTable): GatewayError | null {
   const headErr = readHead(ex, table)
   if (headErr !== null) return headErr
   const req = ex.req
@@ -28,7 +27,7 @@ export function prepare (ex: Exchange, table: RouteTable): GatewayError | null {
 }
 
 /** GET <status_path>/<id>: an async request's state (the 202's Location). */
-export function deliveryStatus (ex: Exchange, delivery: DeliveryService, id: string): void {
+export function deliveryStatus (ex: RouteExchange, delivery: DeliveryService, id: string): void {
   ex.requestId = ex.header('x-request-id') ?? randomUUID()
   const method = ex.req.method
   if (method !== 'GET' && method !== 'HEAD') {

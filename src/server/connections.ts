@@ -238,7 +238,7 @@ export class Connections {
 
   /** The request's body is being read from now on: its clocks start. */
   watchBody (ex: Exchange): void {
-    const conn = ex.conn
+    const conn = ex.conn as Conn | null
     if (conn === null || ex.req.complete) return
     const now = performance.now()
     const read = conn.socket.bytesRead
@@ -256,7 +256,7 @@ export class Connections {
    * kernel does not answer our close with a reset that destroys the answer unread.
    */
   linger (ex: Exchange): void {
-    const conn = ex.conn
+    const conn = ex.conn as Conn | null
     if (conn === null || conn.lingering) return
     conn.lingering = true
     const req = ex.req

@@ -1,4 +1,5 @@
 import http, { type IncomingMessage, type ServerResponse } from 'node:http'
+import type { CompiledRoute, RouteExchange } from '../compile/table.js'
 import https from 'node:https'
 import type { AddressInfo, Socket } from 'node:net'
 import type { DestinationStream } from 'pino'
@@ -16,7 +17,7 @@ import { finishCaptured } from '../pipeline/intercept.js'
 import { record } from '../pipeline/finish.js'
 import { deliveryStatus, prepare } from '../pipeline/request.js'
 import { internalError, refuse, run } from '../pipeline/run.js'
-import type { GatewayRuntime } from '../pipeline/runtime.js'
+import type { GatewayRuntime } from '../pipeline/exchange.js'
 import { TargetRegistry } from '../upstream/target.js'
 import { IdentityRegistry, type IdentitySet } from '../identity/registry.js'
 import { StoreRegistry, type StoreSet } from '../stores/registry.js'
@@ -25,7 +26,7 @@ import { createAdminServer } from '../admin/server.js'
 import { handleUpgrade } from './upgrade.js'
 import { ClientErrors } from './client-errors.js'
 import { DeliveryService } from '../delivery/service.js'
-import { Connections, connectionSettings, discardInput } from './connections.js'
+import { Connections, connectionSettings, discardInput, type Conn } from './connections.js'
 
 export interface GatewayOptions {
   /** A pino logger to use instead of the one built from `log` in the config. */
@@ -212,7 +213,7 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     // After an early answer the rest of what the client sends is read and dropped, unanswered.
     if (conn.lingering) return
     if (!this.#conns.admit(conn, req, res, expectContinue)) return
-    const ex = new Exchange(req, res, this, this.table)
+    const ex = new Exchange<CompiledRoute>(req, res, this, this.table)
     ex.conn = conn
     conn.active.push(ex)
     ;(res as unknown as Record<symbol, Exchange>)[kExchange] = ex
@@ -234,15 +235,15 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     run(ex, ex.route!.steps)
   }
 
-  finishCaptured (ex: Exchange): void {
+  finishCaptured (ex: RouteExchange): void {
     finishCaptured(ex)
   }
 
-  watchBody (ex: Exchange): void {
+  watchBody (ex: RouteExchange): void {
     this.#conns.watchBody(ex)
   }
 
-  linger (ex: Exchange): void {
+  linger (ex: RouteExchange): void {
     this.#conns.linger(ex)
   }
 
@@ -295,9 +296,9 @@ class GatewayImpl implements Gateway, GatewayRuntime {
   }
 
   /** Called once per exchange when its response is over. */
-  finish (ex: Exchange): void {
+  finish (ex: RouteExchange): void {
     record(ex, this.metrics, this.#accessLog ? this.#access : null)
-    if (ex.conn !== null) this.#conns.done(ex.conn, ex)
+    if (ex.conn !== null) this.#conns.done(ex.conn as Conn, ex)
     if (--this.#inFlight === 0 && this.#upgraded.size === 0 && this.#drained !== null) this.#drained()
   }
 

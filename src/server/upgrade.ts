@@ -2,7 +2,7 @@ import http, { type IncomingMessage } from 'node:http'
 import type { Duplex } from 'node:stream'
 import type { Socket } from 'node:net'
 import type { Dispatcher } from 'undici'
-import { upstreamPath, type CompiledRoute, type RouteTable } from '../compile/table.js'
+import { upstreamPath, type CompiledRoute, type RouteTable, type RouteExchange } from '../compile/table.js'
 import { gatewayError, rawProblemResponse, type GatewayError } from '../errors/index.js'
 import type { Logger } from '../observability/logger.js'
 import type { Metrics } from '../observability/metrics.js'
@@ -22,7 +22,7 @@ interface UpgradeHost {
   readonly closing: boolean
   readonly encrypted: boolean
   trackUpgrade (socket: Socket): void
-  finish (ex: Exchange): void
+  finish (ex: RouteExchange): void
   /** Answer the request as a plain one on this socket (the upgrade is not performed). */
   serveWithoutUpgrade (req: IncomingMessage, socket: Socket): void
 }
@@ -53,7 +53,7 @@ export function handleUpgrade (host: UpgradeHost, req: IncomingMessage, socket: 
     return
   }
   // The Exchange carries the parsed head; its response object is never used here.
-  const ex = new Exchange(req, null as unknown as http.ServerResponse, host as never, table)
+  const ex = new Exchange<CompiledRoute>(req, null as unknown as http.ServerResponse, host as never, table)
   // RFC 6455 §4.1: the opening handshake is a GET.
   const err = req.method === 'GET' ? readHead(ex, table) : null
   requestId = ex.requestId === '' ? null : ex.requestId
@@ -146,7 +146,7 @@ class UpgradeHandler implements Dispatcher.DispatchHandler {
     this.#requestId = requestId
   }
 
-  dispatch (ex: Exchange, upgrade: string): void {
+  dispatch (ex: RouteExchange, upgrade: string): void {
     const path = upstreamPath(this.#route, ex.path)
     const headers = ex.outHeaders
     if (!this.#route.preserveHost) headers[headers.length - 1] = this.#target.authority

@@ -7,11 +7,16 @@ import type { Identity } from '../../identity/types.js'
 import type { Metrics } from '../../observability/metrics.js'
 import { plainAddress } from '../../net/client-ip.js'
 import { LRUCache } from 'lru-cache'
-import type { Exchange } from '../../pipeline/exchange.js'
+import type { Charge, Exchange, ResponseTap } from '../../pipeline/exchange.js'
 import type { Step } from '../../pipeline/step.js'
 import type { Counters, CounterStore, LimitDecision } from '../../stores/counter.js'
 
 type Outcome = GatewayError | null
+
+/** A quota charged from the response: which limit, which bucket. */
+interface LimitCharge extends Charge {
+  readonly limit: CompiledLimit
+}
 
 /** What a limit reads from a request (filled in by the pipeline before the check). */
 export interface LimitSubject {
@@ -25,7 +30,7 @@ export interface LimitSubject {
   /** Set by the check: the RateLimit field value to send with the response. */
   rateLimit: string | null
   /** Set by the check: quotas to charge from the response, with their bucket keys. */
-  charges: Array<{ limit: CompiledLimit, key: string }> | null
+  charges: Charge[] | null
 }
 
 export interface CompiledLimit {
@@ -119,7 +124,10 @@ export class RateLimitPolicy implements Step {
       })
     }
     items.push(item)
-    if (typeof limit.cost !== 'number') (s.charges ??= []).push({ limit, key })
+    if (typeof limit.cost !== 'number') {
+      const c: LimitCharge = { limit, key }
+      ;(s.charges ??= []).push(c)
+    }
     if (i + 1 === this.limits.length) {
       s.rateLimit = items.join(', ')
       return null
@@ -144,10 +152,17 @@ export class RateLimitPolicy implements Step {
   }
 
   /** After the response: charge quotas whose cost the response carries (`tap` saw its body). */
-  charge (charges: ReadonlyArray<{ limit: CompiledLimit, key: string }>, tap: CostTap | null): void {
-    for (const { limit, key } of charges) {
+  /** What watches a response for the cost its quotas are charged. */
+  tap (eventStream: boolean): CostTap {
+    return new CostTap(eventStream)
+  }
+
+  charge (charges: readonly Charge[], tap: ResponseTap | null): void {
+    // Both were made here: the charges by #after (LimitCharge), the tap by tap().
+    const costs = tap as CostTap | null
+    for (const { limit, key } of charges as readonly LimitCharge[]) {
       const path = limit.cost as readonly string[]
-      const v = tap === null ? undefined : tap.find(path)
+      const v = costs === null ? undefined : costs.find(path)
       // No usable number in the response: the call still counts, as 1.
       const amount = typeof v === 'number' && Number.isFinite(v) && v >= 0 ? Math.ceil(v) : 1
       if (amount === 0) continue

@@ -4,6 +4,7 @@ import type { Identity } from '../../identity/types.js'
 import { Expression, limitOf, type TransformLimitError } from './expression.js'
 import { formToJson } from './form.js'
 import { HeaderEdits } from './headers.js'
+import { SseEventTransform } from './sse.js'
 
 /** What a request transform reads besides the body. */
 export interface RequestView {
@@ -89,6 +90,9 @@ export class RequestTransform {
 }
 
 /** A route's `transform.response`, compiled. */
+/** The most of one server-sent event held while it is transformed (characters). */
+const MAX_EVENT = 1024 * 1024
+
 export class ResponseTransform {
   readonly body: Expression | null
   readonly events: Expression | null
@@ -109,6 +113,11 @@ export class ResponseTransform {
 
   mapStatus (status: number): number {
     return this.status?.get(status) ?? status
+  }
+
+  /** The `events` expression over this request's server-sent events, or null without one. */
+  eventStream (view: RequestView): SseEventTransform | null {
+    return this.events === null ? null : new SseEventTransform(this.events, requestBindings(view), MAX_EVENT)
   }
 
   /**
