@@ -116,7 +116,9 @@ function failedOnHead (err: Error): boolean {
   const raw = (err as { rawPacket?: Buffer }).rawPacket
   if (raw === undefined) return false
   const at = Math.min(raw.length, (err as { bytesParsed?: number }).bytesParsed ?? raw.length)
-  const end = raw.lastIndexOf('\r\n\r\n', at - 1)
+  // The blank line must end before the error: Node reports a bad Content-Length at the failing
+  // head's own blank line, which does not end a head before it.
+  const end = raw.lastIndexOf('\r\n\r\n', at - 4)
   let start = end === -1 ? 0 : end + 4
   // Blank lines before a request line are allowed (RFC 9112 §2.2).
   while (raw[start] === 13 || raw[start] === 10) start++

@@ -21,9 +21,13 @@ export interface Field {
 export type Rest =
   | { kind: 'none' }
   /** The bytes end inside a message (more bytes would be needed). */
-  | { kind: 'incomplete', at: number, reason: string }
-  /** A message that must be refused; nothing after it can be framed. */
-  | { kind: 'error', at: number, reason: string }
+  | { kind: 'incomplete', at: number, reason: string, method?: string }
+  /**
+   * A message that must be refused; nothing after it can be framed. `method`: the refused
+   * request's, when its request-line was read (its answer is framed as an answer to it: none
+   * to a HEAD carries a body).
+   */
+  | { kind: 'error', at: number, reason: string, method?: string }
 
 export interface ParsedRequest {
   method: string
@@ -198,6 +202,7 @@ export function parseRequests (buf: Buffer): RequestParse {
   const requests: ParsedRequest[] = []
   let pos = 0
   let closed = false
+  let current: string | undefined
   try {
     for (;;) {
       // RFC 9112 §2.2: empty lines before a request-line are ignored. Node's parser skips any
@@ -216,6 +221,7 @@ export function parseRequests (buf: Buffer): RequestParse {
       const m = /^([!#$%&'*+.^_`|~0-9A-Za-z-]+)[ \t]+([\x21-\x7e]+)[ \t]+HTTP\/([0-9])\.([0-9])$/.exec(line)
       if (m === null) error(start, `bad request-line ${JSON.stringify(line.slice(0, 80))}`)
       const [, method, target, major, version] = m as unknown as [string, string, string, string, string]
+      current = method
       // RFC 9110 §6.2: a higher minor version is processed as the highest one implemented.
       const minor = major === '1' && version === '0' ? '0' : '1'
       const [fields, afterHead] = readFields(buf, next, 'header field')
@@ -253,10 +259,12 @@ export function parseRequests (buf: Buffer): RequestParse {
       // after the message.
       const close = connectionClose(fields, Number(minor)) || (minor === '0' && te.length > 0)
       requests.push({ method, target, version: `1.${minor}`, fields, body, trailers, start, end: pos, close, invalid })
+      current = undefined
       closed ||= close
     }
   } catch (err) {
     if (!(err instanceof Fail)) throw err
+    if (current !== undefined) return { requests, rest: { kind: err.kind, at: err.at, reason: err.message, method: current } }
     return { requests, rest: { kind: err.kind, at: err.at, reason: err.message } }
   }
 }
