@@ -145,7 +145,7 @@ export function scanRequestHeaders (ex: Exchange, raw: readonly string[], table:
 
 /**
  * Add the headers that depend on the route, on who the peer is and on who the caller turned
- * out to be. Host goes last (see dispatchTo).
+ * out to be. Host is not one of them (see the end).
  */
 export function finishRequestHeaders (ex: Exchange, route: CompiledRoute, encrypted: boolean): void {
   const out = ex.outHeaders
@@ -189,8 +189,7 @@ export function finishRequestHeaders (ex: Exchange, route: CompiledRoute, encryp
   // extended: a client must not be able to choose the address or scheme the upstream believes.
   out.push('x-forwarded-for', trusted && ex.xForwardedFor !== null ? `${ex.xForwardedFor}, ${peer}` : peer)
   out.push('x-forwarded-proto', trusted && ex.xForwardedProto !== null ? ex.xForwardedProto : (encrypted ? 'https' : 'http'))
-  const host = ex.hostHeader ?? route.upstream.targets[0]!.authority
-  out.push('x-forwarded-host', trusted && ex.xForwardedHost !== null ? ex.xForwardedHost : host)
+  out.push('x-forwarded-host', trusted && ex.xForwardedHost !== null ? ex.xForwardedHost : requestHost(ex, route))
   out.push('x-forwarded-port', trusted && ex.xForwardedPort !== null ? ex.xForwardedPort : String(socket.localPort ?? ''))
   if (ex.clientIp === '') ex.clientIp = trusted ? clientAddress(peer, ex.xForwardedFor, trustedProxies) : peer
   out.push('x-real-ip', ex.clientIp)
@@ -202,7 +201,13 @@ export function finishRequestHeaders (ex: Exchange, route: CompiledRoute, encryp
   const via = `${ex.req.httpVersion} gatehouse`
   out.push('via', ex.via === null ? via : `${ex.via}, ${via}`)
   out.push('x-request-id', ex.requestId)
-  out.push('host', host)
+  // Host is not among them: it is dispatch's `host` option (upstream/dispatch.ts), the
+  // client's with preserve_host (requestHost), else that of the target each attempt goes to.
+}
+
+/** The Host the client sent, or the first target's authority for a client that sent none (HTTP/1.0). */
+export function requestHost (ex: Exchange, route: CompiledRoute): string {
+  return ex.hostHeader ?? route.upstream.targets[0]!.authority
 }
 
 /**

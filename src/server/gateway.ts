@@ -15,6 +15,7 @@ import { BodyLimit } from '../pipeline/body.js'
 import { CLIENT_CLOSED, Exchange, kExchange, onResponseClose } from '../pipeline/exchange.js'
 import { finishRequestHeaders, readHead } from '../pipeline/headers.js'
 import { admit } from '../pipeline/admit.js'
+import { accept } from '../pipeline/accept.js'
 import { clientAddress } from '../net/client-ip.js'
 import { fromPluginResponse, interceptRequest, interceptResponse, readBody, sendWhole } from '../pipeline/intercept.js'
 import type { CompiledRoute } from '../compile/index.js'
@@ -22,7 +23,8 @@ import { CacheCapture, parseCacheControl, type CacheEntry, type CachePolicy } fr
 import type { Readable } from 'node:stream'
 import type { GatewayRuntime } from '../pipeline/runtime.js'
 import { TargetRegistry } from '../upstream/target.js'
-import { upstreamBusy } from '../upstream/errors.js'
+import { pickTarget, unavailable } from '../upstream/dispatch.js'
+import { noHealthyTarget, upstreamBusy } from '../upstream/errors.js'
 import { IdentityRegistry, type IdentitySet } from '../identity/registry.js'
 import { StoreRegistry, type StoreSet } from '../limits/registry.js'
 import type { ProviderStatus } from '../identity/types.js'
@@ -282,7 +284,7 @@ class GatewayImpl implements Gateway, GatewayRuntime {
       return sendWhole(ex, fromPluginResponse(ex, r))
     }
     if (route.delivery !== null) {
-      const e = await this.#delivery.accept(ex, this.#encrypted, finishRequestHeaders)
+      const e = await accept(ex, this.#delivery, this.#encrypted)
       if (e !== null && !ex.finished) this.#refuse(ex, e)
       return
     }
@@ -417,16 +419,16 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     finishRequestHeaders(ex, route, this.#encrypted)
     const upstream = route.upstream
     const now = Date.now()
-    const target = upstream.pick(now)
+    const target = pickTarget(upstream, now)
     if (target === null) {
-      if (upstream.maxInFlight > 0 && upstream.anyHealthy(now)) {
+      if (unavailable(upstream, now) === 'busy') {
         // Every target is at max_in_flight: wait for a slot (Exchange.granted / timedOut).
         ex.expectContinue = expectContinue
         if (upstream.enqueue(ex)) return
         this.metrics.queued.labels(upstream.name, 'full').inc()
         return this.#refuse(ex, upstreamBusy(upstream.name, `queue full (${upstream.queueSize} waiting, max_in_flight ${upstream.maxInFlight})`))
       }
-      return this.#refuse(ex, gatewayError('GH_NO_HEALTHY_UPSTREAM', `Every target of upstream "${upstream.name}" is failing; try again shortly`, { headers: { 'retry-after': String(Math.ceil(upstream.ejectFor / 1000)) } }))
+      return this.#refuse(ex, noHealthyTarget(upstream))
     }
     // RFC 9110 §10.1.1: ask for the body only once we know we want it.
     if (expectContinue) ex.sendContinue()
