@@ -7,7 +7,7 @@ import type { Logger } from '../observability/logger.js'
 import type { DeliveryRouteStats, Metrics } from '../observability/metrics.js'
 import type { Upstream } from '../upstream/balancer.js'
 import { answered, dispatch, failed, pickTarget, release, upstreamRequest } from '../upstream/dispatch.js'
-import { neverSent, upstreamError } from '../upstream/errors.js'
+import { neverSent } from '../upstream/errors.js'
 import type { Target } from '../upstream/target.js'
 import { upstreamTimeouts } from '../upstream/timeouts.js'
 import { DeliveryKeys, openHeaders, sealHeaders, storagePlan, type StoragePlan } from './secrets.js'
@@ -573,9 +573,8 @@ class DeliveryAttempt implements Dispatcher.DispatchHandler {
     release(this.#target)
     // An answer whose body failed or was cut (DRAIN_LIMIT) is still an answer.
     if (this.#status !== 0) return this.#answer()
-    // Health only: an attempt is not retried on another target (the schedule retries).
-    failed(this.#upstream, this.#target, err, 1, false)
-    this.#resolve(upstreamError(err, this.#upstream.name))
+    // Not replayable: an attempt is not retried on another target (the schedule retries).
+    this.#resolve(failed(this.#upstream, this.#target, err, 1, false))
   }
 
   #answer (): void {

@@ -10,7 +10,7 @@ import type { Identity } from '../identity/types.js'
 import type { SlotWaiter } from '../upstream/balancer.js'
 import type { Target } from '../upstream/target.js'
 import { answered, dispatch, failed, release, upstreamRequest, type UpstreamRequest } from '../upstream/dispatch.js'
-import { upstreamBusy, upstreamError } from '../upstream/errors.js'
+import { upstreamBusy } from '../upstream/errors.js'
 import { dropHeaders, filterResponseHeaders, isLengthField, requestHost } from './headers.js'
 import type { GatewayRuntime } from './runtime.js'
 import type { RequestView } from '../transform/policy.js'
@@ -294,19 +294,17 @@ export class Exchange implements Dispatcher.DispatchHandler, CredentialCarrier, 
       return
     }
     const upstream = this.route!.upstream
-    if (target !== null) {
-      // A failed connect may go to another target, as long as not a byte of the body was read.
-      const next = failed(upstream, target, err, this.attempts, this.status === 0 && (this.body === null || !this.body.readableDidRead))
-      if (next !== null) {
-        this.rt.logger.debug({ id: this.requestId, target: target.origin, err: (err as { code?: string }).code }, 'connect failed, retrying on another target')
-        // In flight again: a client leaving now cancels this attempt (complete(), bodyFailed()).
-        this.upstreamDone = false
-        this.dispatchTo(next)
-        return
-      }
+    // A failed connect may go to another target, as long as not a byte of the body was read.
+    const next = failed(upstream, target!, err, this.attempts, this.status === 0 && (this.body === null || !this.body.readableDidRead))
+    if (!isGatewayError(next)) {
+      this.rt.logger.debug({ id: this.requestId, target: target!.origin, err: (err as { code?: string }).code }, 'connect failed, retrying on another target')
+      // In flight again: a client leaving now cancels this attempt (complete(), bodyFailed()).
+      this.upstreamDone = false
+      this.dispatchTo(next)
+      return
     }
     this.cacheCapture?.abort()
-    const gerr = upstreamError(err, upstream.name)
+    const gerr = next
     if (!isGatewayError(err)) this.rt.metrics.upstreamErrors.labels(upstream.name, gerr.code).inc()
     if (this.res.headersSent) {
       // Reset mid-body: abort the client connection so the truncation is visible (no final

@@ -10,7 +10,7 @@ import { filterResponseHeaders, finishRequestHeaders, readHead, requestHost } fr
 import { Exchange } from '../pipeline/exchange.js'
 import { admit } from '../pipeline/admit.js'
 import { answered, dispatch, failed, pickTarget, release, unavailable, upstreamRequest } from '../upstream/dispatch.js'
-import { noHealthyTarget, upstreamBusy, upstreamError } from '../upstream/errors.js'
+import { noHealthyTarget, upstreamBusy } from '../upstream/errors.js'
 import type { Target } from '../upstream/target.js'
 import { endAndLinger } from './connections.js'
 
@@ -232,9 +232,8 @@ class UpgradeHandler implements Dispatcher.DispatchHandler {
       return
     }
     const upstream = this.#route.upstream
-    // Health only: an upgrade is not retried on another target.
-    failed(upstream, this.#target, err, 1, false)
-    const gerr = upstreamError(err, upstream.name)
+    // Not replayable: an upgrade is not retried on another target.
+    const gerr = failed(upstream, this.#target, err, 1, false)
     this.#host.metrics.upstreamErrors.labels(upstream.name, gerr.code).inc()
     this.#host.logger.info({ msg: 'upgrade failed', id: this.#requestId, route: this.#route.name, code: gerr.code, reason: gerr.reason })
     writeProblem(this.#client, gerr, this.#requestId, this.#host.table.config.listen.timeouts.linger)

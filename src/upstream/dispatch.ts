@@ -1,7 +1,8 @@
 import type { Readable } from 'node:stream'
 import type { Dispatcher } from 'undici'
+import type { GatewayError } from '../errors/index.js'
 import type { Upstream } from './balancer.js'
-import { isConnectFailure } from './errors.js'
+import { isConnectFailure, upstreamError } from './errors.js'
 import { releaseSlot, type Target } from './target.js'
 import { PreciseTimeouts, type UpstreamTimeouts } from './timeouts.js'
 
@@ -13,7 +14,7 @@ import { PreciseTimeouts, type UpstreamTimeouts } from './timeouts.js'
  *   const req = upstreamRequest(method, path, headers, host, body, upstream.timeouts)
  *   dispatch(target, req, handler)                      // takes a slot on target
  *   // handler: answered() on the response head, release() once it is over, and on an
- *   // error failed(): a target to try next (a connect that failed), or null → upstreamError()
+ *   // error failed(): a target to try next (after a failed connect), or the answer to give
  *
  * The handler is the caller's own undici handler (the Exchange, on the proxy path), so a
  * request that needs nothing more goes to the pool as it is: no wrapper, no closure. Only a
@@ -100,16 +101,20 @@ export function answered (upstream: Upstream, target: Target): void {
 }
 
 /**
- * The attempt on `target` failed before an answer began. A failed connect counts against the
- * target's health (ejection), and since nothing reached the upstream, the request may go to
- * another target: the one returned, when `replayable` (no byte of the body consumed), the
- * request has not tried as many targets as there are, and one is free. null: answer with
- * upstreamError(err) (errors.ts).
+ * The attempt on `target` failed before an answer began: what now. A failed connect counts
+ * against the target's health (ejection), and since nothing reached the upstream, the request
+ * may go to another target: the Target returned, when `replayable` (no byte of the body
+ * consumed), the request has not tried as many targets as there are, and one is free.
+ * Otherwise the answer to give, mapped in one place (errors.ts).
  */
-export function failed (upstream: Upstream, target: Target, err: unknown, attempts: number, replayable: boolean): Target | null {
-  if (!isConnectFailure(err)) return null
-  const now = Date.now()
-  upstream.recordConnectFailure(target, now)
-  if (!replayable || attempts >= upstream.size) return null
-  return upstream.pick(now, target)
+export function failed (upstream: Upstream, target: Target, err: unknown, attempts: number, replayable: false): GatewayError
+export function failed (upstream: Upstream, target: Target, err: unknown, attempts: number, replayable: boolean): Target | GatewayError
+export function failed (upstream: Upstream, target: Target, err: unknown, attempts: number, replayable: boolean): Target | GatewayError {
+  if (isConnectFailure(err)) {
+    const now = Date.now()
+    upstream.recordConnectFailure(target, now)
+    const next = replayable && attempts < upstream.size ? upstream.pick(now, target) : null
+    if (next !== null) return next
+  }
+  return upstreamError(err, upstream.name)
 }
