@@ -37,13 +37,12 @@ test('a short first_byte fires once its delay has passed, with undici\'s error',
   h.onRequestSent()
   // The timers are unref'd (as undici's own): something else keeps the loop running meanwhile.
   const keepAlive = setInterval(() => {}, 1000)
-  await sleep(200)
+  while (failure() === null) await sleep(5)
   clearInterval(keepAlive)
-  const f = failure()
-  assert.ok(f !== null)
+  const f = failure()!
   assert.ok(f.err instanceof errors.HeadersTimeoutError)
   assert.ok(f.after >= 29, `fired after ${f.after.toFixed(1)} ms`)
-  assert.ok(f.after < 150, `fired after ${f.after.toFixed(1)} ms`)
+  assert.ok(f.after < 400, `fired after ${f.after.toFixed(1)} ms (undici's own clock has a ~500 ms grid)`)
 })
 
 test('first_byte does not fire while the request body keeps moving, and does when undici paused it', async () => {
@@ -63,15 +62,15 @@ test('first_byte does not fire while the request body keeps moving, and does whe
 })
 
 test('idle restarts with each chunk, waits while the response is paused, and fires after', async () => {
-  const { h, failure } = timed(upstreamTimeouts(0, 40))
+  const { h, failure } = timed(upstreamTimeouts(0, 200))
   h.onRequestSent()
   let resume = (): void => {}
   h.onHeaders(200, [], () => {}, 'OK')
-  for (let i = 0; i < 4; i++) {
-    await sleep(25)
+  for (let i = 0; i < 8; i++) {
+    await sleep(40)
     h.onData(Buffer.from('x'))
   }
-  assert.equal(failure(), null)
+  assert.equal(failure(), null, 'each chunk restarts idle')
   // The client reads slowly: the handler holds the upstream paused.
   const paused = new PreciseTimeouts({ onHeaders: (_s, _h, r) => { resume = r; return true }, onData: () => false, onComplete: () => {}, onError: () => {} }, upstreamTimeouts(0, 40), null)
   let err: Error | null = null
