@@ -21,6 +21,20 @@ const lazyBuiltins = {
   },
 }
 
+// src/ imports undici by its public name; its entry point would bundle (and run at every start)
+// fetch, WebSocket, the cache stores and the mocks. The stand-in gives the same objects from
+// the modules behind them (see scripts/shims/undici.cjs). Only Gatehouse's own modules are
+// redirected: a dependency asking for undici gets the package.
+const undiciParts = {
+  name: 'undici-parts',
+  setup (b) {
+    b.onResolve({ filter: /^undici$/ }, (args) =>
+      /[\\/]node_modules[\\/]/.test(args.importer)
+        ? undefined
+        : { path: path.join(here, 'shims', 'undici.cjs') })
+  },
+}
+
 await build({
   entryPoints: ['dist/cli/main.js'],
   outfile: 'dist/gatehouse.cjs',
@@ -40,5 +54,5 @@ await build({
   // Loaded only by the routes that use them, from node_modules: a native addon (its .node file
   // cannot be bundled), the NATS client, and tsx (which spawns esbuild to compile plugins).
   external: ['better-sqlite3', '@nats-io/*', 'tsx', 'tsx/*'],
-  plugins: [lazyBuiltins],
+  plugins: [lazyBuiltins, undiciParts],
 })

@@ -1,22 +1,52 @@
 import { hash, randomUUID } from 'node:crypto'
-import { upstreamPath, type CompiledRoute, type RouteTable, type RouteExchange } from '../compile/table.js'
+import type { Dispatcher } from 'undici'
+import type { CompiledRoute, RouteTable } from '../compile/table.js'
 import type { Config, DeliveryStoreConfig, RouteDeliveryConfig } from '../config/schema.js'
 import { gatewayError, isGatewayError, type GatewayError } from '../errors/index.js'
 import type { Logger } from '../observability/logger.js'
-import type { Metrics } from '../observability/metrics.js'
-import { dropHeaders, isLengthField } from '../net/fields.js'
-import { releaseSlot } from '../upstream/target.js'
-import { isConnectFailure } from '../upstream/errors.js'
-import dispatcherRequest from 'undici/lib/api/api-request.js'
+import type { DeliveryRouteStats, Metrics } from '../observability/metrics.js'
+import type { Upstream } from '../upstream/balancer.js'
+import { answered, dispatch, failed, pickTarget, release, upstreamRequest } from '../upstream/dispatch.js'
+import { neverSent } from '../upstream/errors.js'
+import type { Target } from '../upstream/target.js'
+import { upstreamTimeouts } from '../upstream/timeouts.js'
 import { DeliveryKeys, openHeaders, sealHeaders, storagePlan, type StoragePlan } from './secrets.js'
 import type { DeliveryRecord, DeliveryStore, Settlement } from './store.js'
 
 /*
- * Async routes: accept (persist, then 202) and deliver (workers per route, at least once).
- * The store is opened only when some route is async, and kept across reloads while its
- * config is unchanged; workers follow the route table (a reload changes a route's upstream
- * or schedule for the next attempt; a removed route's messages wait in the store).
+ * Async routes: persist what the pipeline accepted (pipeline/accept.ts answers 202 once it is
+ * durable) and deliver it (workers per route, at least once). The store is opened only when
+ * some route is async, and kept across reloads while its config is unchanged; workers follow
+ * the route table (a reload changes a route's upstream or schedule for the next attempt; a
+ * removed route's messages wait in the store).
  */
+
+/** An admitted async request, as the pipeline hands it over: plain data. */
+export interface AsyncRequest {
+  readonly route: CompiledRoute
+  /** The table the request was routed on: its credentials are stored by that table's rules. */
+  readonly table: RouteTable
+  readonly method: string
+  /** Path and query for the upstream (after strip_prefix and rewrites), without a target's base path. */
+  readonly target: string
+  /** The forwarded header fields, flat [name, value, …], without Host and framing. */
+  readonly headers: readonly string[]
+  /** The Host the client sent (or the first target's, for a client that sent none). */
+  readonly host: string
+  readonly body: Buffer
+  /** The Idempotency-Key field as sent, or null. */
+  readonly idempotencyKey: string | null
+  /** The token minted for the caller, on a route that mints phantom tokens (see secrets.ts). */
+  readonly phantomToken: string | null
+}
+
+/** A persisted request (or the earlier one its Idempotency-Key names). */
+export interface Accepted {
+  readonly id: string
+  readonly duplicate: boolean
+  /** Where the caller reads its state: `<status_path>/<id>`. */
+  readonly statusUrl: string
+}
 
 export interface DeliveryStatusView {
   id: string
@@ -50,7 +80,12 @@ export class DeliveryService {
   constructor (logger: Logger, metrics: Metrics) {
     this.#logger = logger
     this.#metrics = metrics
-    metrics.deliveryStats = async () => this.#store === null ? {} : await this.#store.stats(Date.now())
+    metrics.readDeliveriesFrom(this)
+  }
+
+  /** The store's per-route counts, for the delivery gauges (read at scrape time). */
+  async deliveryStats (): Promise<Record<string, DeliveryRouteStats>> {
+    return this.#store === null ? {} : await this.#store.stats(Date.now())
   }
 
   get store (): DeliveryStore | null {
@@ -130,31 +165,28 @@ export class DeliveryService {
   }
 
   /**
-   * Persist the admitted request, then answer 202 (or the error: 503 when the store cannot
-   * keep it, 422 for a reused Idempotency-Key). The 202 is written only after the store said
-   * the message is durable.
+   * Persist an admitted request. The caller answers only once this resolved: the message is
+   * durable then. A GatewayError: 503 when the store cannot keep it, 400 for a malformed
+   * Idempotency-Key, 422 for one reused with another request.
    */
-  async accept (ex: RouteExchange, encrypted: boolean, finishHeaders: (ex: RouteExchange, route: CompiledRoute, encrypted: boolean) => void): Promise<GatewayError | null> {
+  async enqueue (req: AsyncRequest): Promise<Accepted | GatewayError> {
     const store = this.#store
-    const route = ex.route!
     const table = this.#table!
     if (store === null) return gatewayError('GH_DELIVERY_STORE_UNAVAILABLE', 'The delivery store is not open', { headers: { 'retry-after': '5' } })
-    const key = ex.header('idempotency-key')
+    const key = req.idempotencyKey
     if (key !== null && (key.length === 0 || key.length > 255 || !PRINTABLE.test(key))) {
       return gatewayError('GH_BAD_REQUEST', 'Idempotency-Key must be 1 to 255 printable characters')
     }
-    finishHeaders(ex, route, encrypted)
-    // undici sets the length of the stored body itself.
-    dropHeaders(ex.outHeaders, isLengthField)
+    const route = req.route
     const id = randomUUID()
     // No credential is stored in the clear (see secrets.ts).
-    const { headers, unkept } = sealHeaders(ex.outHeaders, planFor(route, ex.table as RouteTable), id, ex.phantomToken, this.#keys)
+    const { headers, unkept } = sealHeaders(req.headers, planFor(route, req.table), id, req.phantomToken, this.#keys)
     if (unkept !== null) this.#warnUnkept(route.name, unkept)
-    const method = ex.upstreamMethod ?? ex.method
-    const target = (ex.upstreamPathOverride ?? upstreamPath(route, ex.path)) + ex.query
-    const body = ex.bodyBuffer ?? EMPTY
-    const fingerprint = hash('sha256', Buffer.concat([Buffer.from(`${method}\0${target}\0`), body]), 'base64')
-    const msg = { id, route: route.name, method, target, headers, body, idempotencyKey: key, fingerprint, createdAt: Date.now() }
+    // Stored last, as records have always kept it; each attempt decides whether it is sent (send()).
+    headers.push('host', req.host)
+    const body = req.body
+    const fingerprint = hash('sha256', Buffer.concat([Buffer.from(`${req.method}\0${req.target}\0`), body]), 'base64')
+    const msg = { id, route: route.name, method: req.method, target: req.target, headers, body, idempotencyKey: key, fingerprint, createdAt: Date.now() }
     let result
     try {
       result = await store.enqueue(msg, table.config.delivery.idempotency_window)
@@ -162,21 +194,7 @@ export class DeliveryService {
       if (isGatewayError(err)) return err
       return gatewayError('GH_DELIVERY_STORE_UNAVAILABLE', 'The delivery store cannot accept requests now; try again shortly', { reason: (err as Error).message, headers: { 'retry-after': '5' } })
     }
-    if (ex.finished) return null
-    if (!result.duplicate) this.#metrics.deliveryEnqueued.labels(route.name).inc()
-    const location = table.config.delivery.status_path + '/' + result.id
-    const text = JSON.stringify({ delivery_id: result.id, status_url: location })
-    const res = ex.res
-    const out = ['content-type', 'application/json', 'content-length', String(Buffer.byteLength(text)), 'location', location, 'x-request-id', ex.requestId, 'cache-control', 'no-store']
-    if (result.duplicate) out.push('idempotent-replayed', 'true')
-    ex.pushRateLimitFields(out)
-    const status = route.delivery!.ack_status
-    ex.status = status
-    ex.bytesOut = Buffer.byteLength(text)
-    if (this.#closed) res.shouldKeepAlive = false
-    res.writeHead(status, out as unknown as string[])
-    res.end(text)
-    return null
+    return { id: result.id, duplicate: result.duplicate, statusUrl: table.config.delivery.status_path + '/' + result.id }
   }
 
   /** Once per route and header name: a caller's credential this route cannot store, so does not forward. */
@@ -241,7 +259,6 @@ export class DeliveryService {
   }
 }
 
-const EMPTY = Buffer.alloc(0)
 const PRINTABLE = /^[\x20-\x7e]+$/
 const ID = /^[0-9a-f-]{36}$/
 
@@ -476,38 +493,92 @@ export function backoff (cfg: RouteDeliveryConfig, attempt: number): number {
  */
 async function send (route: CompiledRoute, rec: DeliveryRecord, headers: string[], attempt: number, timeout: number): Promise<Attempt> {
   const upstream = route.upstream
-  const target = upstream.pick(Date.now())
+  const target = pickTarget(upstream, Date.now())
   if (target === null) return { error: 'connect_error', message: `no target of upstream "${upstream.name}" is available` }
-  // Host is the last field (see finishRequestHeaders); the target's own unless preserve_host.
-  if (!route.preserveHost && headers.length >= 2 && headers[headers.length - 2]!.toLowerCase() === 'host') headers[headers.length - 1] = target.authority
+  // The Host the request came with: sent again with preserve_host, else the target's own.
+  const host = takeHost(headers)
   headers.push('x-gatehouse-delivery-id', rec.id, 'x-gatehouse-delivery-attempt', String(attempt))
-  target.inFlight++
-  try {
-    // undici's request API, unbound (the pools come from a deep import without it; see target.ts).
-    const res = await dispatcherRequest.call(target.pool, {
-      origin: target.origin,
-      path: target.basePath + rec.target,
-      method: rec.method as 'POST',
-      headers,
-      body: rec.body.length === 0 && (rec.method === 'GET' || rec.method === 'HEAD') ? null : rec.body,
-      headersTimeout: timeout,
-      bodyTimeout: timeout,
-      signal: AbortSignal.timeout(timeout),
-    })
-    await res.body.dump({ limit: 1024 * 1024 }).catch(() => {})
-    upstream.recordSuccess(target)
-    const ra = res.headers['retry-after']
-    return { status: res.statusCode, retryAfter: parseRetryAfter(Array.isArray(ra) ? ra[0] : ra) }
-  } catch (err) {
-    const e = err as { code?: string, message?: string, name?: string }
-    if (isConnectFailure(err)) {
-      upstream.recordConnectFailure(target, Date.now())
-      return { error: 'connect_error', message: `${e.code} ${e.message ?? ''}`.trim() }
+  const body = rec.body.length === 0 && (rec.method === 'GET' || rec.method === 'HEAD') ? null : rec.body
+  // `timeout` bounds the whole attempt: connect, send and the whole response.
+  const req = upstreamRequest(rec.method, rec.target, headers, route.preserveHost ? host : null, body, upstreamTimeouts(0, 0, timeout))
+  const outcome = await new Promise<Attempt | GatewayError>((resolve) => dispatch(target, req, new DeliveryAttempt(upstream, target, resolve)))
+  if (!isGatewayError(outcome)) return outcome
+  // Mapped in one place (upstream/errors.ts); retry_on names the two kinds.
+  return { error: neverSent(outcome) ? 'connect_error' : 'timeout', message: outcome.reason ?? outcome.detail }
+}
+
+/** Remove the Host field from stored headers; its value, or null for a record without one. */
+function takeHost (headers: string[]): string | null {
+  for (let i = headers.length - 2; i >= 0; i -= 2) {
+    if (headers[i]!.length === 4 && headers[i]!.toLowerCase() === 'host') return headers.splice(i, 2)[1]!
+  }
+  return null
+}
+
+/** The most of an answer read (and dropped) before the connection is cut instead. */
+const DRAIN_LIMIT = 1024 * 1024
+
+/**
+ * The handler of one delivery attempt: the status and Retry-After are kept, the body is read
+ * and dropped (up to DRAIN_LIMIT). Resolves with them, or with the mapped failure when no
+ * answer came.
+ */
+class DeliveryAttempt implements Dispatcher.DispatchHandler {
+  readonly #upstream: Upstream
+  readonly #target: Target
+  readonly #resolve: (outcome: Attempt | GatewayError) => void
+  #abort: ((err?: Error) => void) | null = null
+  #status = 0
+  #retryAfter: string | undefined = undefined
+  #bytes = 0
+
+  constructor (upstream: Upstream, target: Target, resolve: (outcome: Attempt | GatewayError) => void) {
+    this.#upstream = upstream
+    this.#target = target
+    this.#resolve = resolve
+  }
+
+  onConnect (abort: (err?: Error) => void): void {
+    this.#abort = abort
+  }
+
+  onHeaders (statusCode: number, rawHeaders: Buffer[]): boolean {
+    if (statusCode < 200) return true
+    this.#status = statusCode
+    answered(this.#upstream, this.#target)
+    for (let i = 0; i < rawHeaders.length; i += 2) {
+      const name = rawHeaders[i]!
+      if (name.length === 11 && name.toString('latin1').toLowerCase() === 'retry-after') {
+        this.#retryAfter = rawHeaders[i + 1]!.toString('latin1')
+        break
+      }
     }
-    // Timeouts, resets and aborted sends: the upstream may or may not have acted (at least once).
-    return { error: 'timeout', message: `${e.code ?? e.name ?? 'error'} ${e.message ?? ''}`.trim() }
-  } finally {
-    releaseSlot(target)
+    return true
+  }
+
+  onData (chunk: Buffer): boolean {
+    this.#bytes += chunk.length
+    if (this.#bytes <= DRAIN_LIMIT) return true
+    // Not worth reading on: the status is what counts.
+    this.#abort?.()
+    return false
+  }
+
+  onComplete (): void {
+    release(this.#target)
+    this.#answer()
+  }
+
+  onError (err: Error): void {
+    release(this.#target)
+    // An answer whose body failed or was cut (DRAIN_LIMIT) is still an answer.
+    if (this.#status !== 0) return this.#answer()
+    // Not replayable: an attempt is not retried on another target (the schedule retries).
+    this.#resolve(failed(this.#upstream, this.#target, err, 1, false))
+  }
+
+  #answer (): void {
+    this.#resolve({ status: this.#status, retryAfter: parseRetryAfter(this.#retryAfter) })
   }
 }
 

@@ -1,14 +1,12 @@
-import Agent from 'undici/lib/dispatcher/agent.js'
-import dispatcherRequest from 'undici/lib/api/api-request.js'
+import { Agent } from 'undici'
+import { preciseConnector } from '../upstream/timeouts.js'
 
 /*
- * Deep imports, as for the upstream pools (src/types/undici-pool.d.ts): undici's entry point
- * would add fetch, WebSocket and the cache stores to every start-up.
- *
  * Calls to identity services (discovery, JWKS, introspection) go through their own agent,
  * never through an upstream's pool: an IdP is not a model server and must not share its limits.
+ * Its connect timeout is precise, as the upstreams' are.
  */
-const agent = new Agent({ keepAliveTimeout: 10_000, connections: 32, connect: { timeout: 5_000 } })
+const agent = new Agent({ keepAliveTimeout: 10_000, connections: 32, connect: preciseConnector(5_000) })
 
 export interface JsonRequest {
   method?: 'GET' | 'POST'
@@ -37,15 +35,18 @@ export async function fetchJson (url: string, opts: JsonRequest): Promise<unknow
   const u = new URL(url)
   let res
   try {
-    res = await dispatcherRequest.call(agent, {
+    res = await agent.request({
       origin: u.origin,
       path: u.pathname + u.search,
       method: opts.method ?? 'GET',
       headers: { accept: 'application/json', ...opts.headers },
       body: opts.body,
+      // `signal` bounds the whole exchange on a precise timer. undici's own head and body
+      // timers run on a ~0.5 s grid (see upstream/timeouts.ts) and could fire before it,
+      // turning a timeout into 'unreachable'.
       signal,
-      headersTimeout: opts.timeout,
-      bodyTimeout: opts.timeout,
+      headersTimeout: 0,
+      bodyTimeout: 0,
     })
   } catch (err) {
     throw signal.aborted

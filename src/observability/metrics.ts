@@ -104,6 +104,18 @@ function hotHistogram (registry: Registry, name: string, help: string, labelName
 
 export type CacheResult = 'hit' | 'miss' | 'coalesced' | 'bypass'
 
+/** One async route's messages in the delivery store. */
+export interface DeliveryRouteStats {
+  pending: number
+  dead: number
+  oldestPendingAt: number | null
+}
+
+/** What the delivery gauges read at scrape time: the store's counts, by route name. */
+export interface DeliveryStatsSource {
+  deliveryStats (): Promise<Record<string, DeliveryRouteStats>>
+}
+
 /** The per-request metrics of one route, made once per route. */
 export class RouteMetrics {
   readonly duration: HistogramCell
@@ -177,8 +189,8 @@ export class Metrics {
   readonly deliveryRetried = hotCounter(this.registry, 'gatehouse_delivery_retried_total', 'Delivery attempts that failed and were scheduled again, by route', ['route'])
   readonly deliveryDead = hotCounter(this.registry, 'gatehouse_delivery_dead_total', 'Async requests dead-lettered (final 4xx, max_attempts or max_age), by route', ['route'])
   readonly deliveryLatency = hotHistogram(this.registry, 'gatehouse_delivery_latency_seconds', 'Time from accepting an async request to its delivery', ['route'], [0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 1800, 3600])
-  /** Set by the delivery service: the store's per-route counts, read at scrape time. */
-  deliveryStats: (() => Promise<Record<string, { pending: number, dead: number, oldestPendingAt: number | null }>>) | null = null
+  /** Where the delivery gauges read the store's per-route counts (the delivery service). */
+  #deliveries: DeliveryStatsSource | null = null
   readonly #routeCache = new WeakMap<object, RouteMetrics>()
   readonly #byName = new Map<string, RouteMetrics>()
 
@@ -186,9 +198,9 @@ export class Metrics {
    * @param inFlight read when /metrics is scraped, so the request path never touches the gauge.
    */
   constructor (defaults = true, inFlight: () => number = () => 0, queues: () => Iterable<[string, number]> = () => []) {
-    const stats = async (): Promise<Record<string, { pending: number, dead: number, oldestPendingAt: number | null }>> => {
+    const stats = async (): Promise<Record<string, DeliveryRouteStats>> => {
       try {
-        return this.deliveryStats === null ? {} : await this.deliveryStats()
+        return this.#deliveries === null ? {} : await this.#deliveries.deliveryStats()
       } catch {
         return {}
       }
@@ -239,6 +251,11 @@ export class Metrics {
       // sum(gatehouse_nodejs_active_handles) is the same number.
       for (const what of ['handles', 'requests', 'resources']) this.registry.removeSingleMetric(`gatehouse_nodejs_active_${what}_total`)
     }
+  }
+
+  /** The delivery gauges (pending, oldest pending) read `source` when /metrics is scraped. */
+  readDeliveriesFrom (source: DeliveryStatsSource): void {
+    this.#deliveries = source
   }
 
   /** Bound metrics for a route object; keyed by identity, so a lookup builds no strings. */

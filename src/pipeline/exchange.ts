@@ -9,8 +9,9 @@ import type { Identity } from '../identity/types.js'
 import type { Logger } from '../observability/logger.js'
 import type { Metrics } from '../observability/metrics.js'
 import type { Upstream, SlotWaiter } from '../upstream/balancer.js'
-import { releaseSlot, type Target } from '../upstream/target.js'
-import { isConnectFailure, upstreamBusy, upstreamError } from '../upstream/errors.js'
+import type { Target } from '../upstream/target.js'
+import { answered, dispatch, failed, release, upstreamRequest, type UpstreamRequest } from '../upstream/dispatch.js'
+import { upstreamBusy } from '../upstream/errors.js'
 import { addFields, dropHeaders, filterResponseHeaders, isLengthField } from '../net/fields.js'
 import type { PluginContext } from '../plugins/api.js'
 import { clientAddress } from '../net/client-ip.js'
@@ -221,6 +222,8 @@ export class Exchange<R extends RouteView = RouteView> implements Dispatcher.Dis
   /** Header fields forwarded as they are, flat [name, value, …]. */
   outHeaders: string[] = []
   body: Readable | null = null
+  /** The request as dispatch sends it (upstream/dispatch.ts), made on the first attempt. */
+  upstreamRequest: UpstreamRequest | null = null
   target: Target | null = null
   targetHeld = false
   attempts = 0
@@ -268,9 +271,8 @@ export class Exchange<R extends RouteView = RouteView> implements Dispatcher.Dis
       this.abortUpstream?.(gatewayError('GH_UPSTREAM_BAD_RESPONSE', 'The upstream sent an invalid response', { reason: `${this.route!.upstream.name}: status ${statusCode} is outside 100-599` }))
       return false
     }
-    const target = this.target!
     this.upstreamHeadersAt = performance.now()
-    this.route!.upstream.recordSuccess(target)
+    answered(this.route!.upstream, this.target!)
     this.resumeUpstream = resume
     this.status = statusCode
     const res = this.res
@@ -405,21 +407,17 @@ export class Exchange<R extends RouteView = RouteView> implements Dispatcher.Dis
       return
     }
     const upstream = this.route!.upstream
-    if (target !== null && isConnectFailure(err)) {
-      upstream.recordConnectFailure(target, Date.now())
-      // Nothing reached the upstream, so any request may go to another target, as long as
-      // not a byte of its body has been read yet.
-      if (this.status === 0 && (this.body === null || !this.body.readableDidRead) && this.attempts < upstream.targets.length) {
-        const next = upstream.pick(Date.now(), target)
-        if (next !== null) {
-          this.rt.logger.debug({ id: this.requestId, target: target.origin, err: (err as { code?: string }).code }, 'connect failed, retrying on another target')
-          this.dispatchTo(next)
-          return
-        }
-      }
+    // A failed connect may go to another target, as long as not a byte of the body was read.
+    const next = failed(upstream, target!, err, this.attempts, this.status === 0 && (this.body === null || !this.body.readableDidRead))
+    if (!isGatewayError(next)) {
+      this.rt.logger.debug({ id: this.requestId, target: target!.origin, err: (err as { code?: string }).code }, 'connect failed, retrying on another target')
+      // In flight again: a client leaving now cancels this attempt (complete(), bodyFailed()).
+      this.upstreamDone = false
+      this.dispatchTo(next)
+      return
     }
     this.cacheCapture?.abort()
-    const gerr = upstreamError(err, upstream.name)
+    const gerr = next
     if (!isGatewayError(err)) this.rt.metrics.upstreamErrors.labels(upstream.name, gerr.code).inc()
     if (this.res.headersSent) {
       // Reset mid-body: abort the client connection so the truncation is visible (no final
@@ -470,36 +468,30 @@ export class Exchange<R extends RouteView = RouteView> implements Dispatcher.Dis
 
   // --- request side ----------------------------------------------------------------------------
 
-  /** Send the request to `target`. The outgoing headers and body were prepared by the caller. */
+  /**
+   * Send the request to `target` (this Exchange is the undici handler). The outgoing headers
+   * and body were prepared by the caller; the request is made once and reused by a retry.
+   */
   dispatchTo (target: Target): void {
-    const route = this.route!
     this.target = target
     this.targetHeld = true
     this.attempts++
-    target.inFlight++
     if (this.upstreamStartedAt === 0) this.upstreamStartedAt = performance.now()
-    const path = this.upstreamPathOverride ?? upstreamPath(route, this.path)
-    const headers = this.outHeaders
-    if (!route.preserveHost) {
-      // The Host header is the last field the caller pushed when preserve_host is off.
-      headers[headers.length - 1] = target.authority
+    let req = this.upstreamRequest
+    if (req === null) {
+      const route = this.route!
+      const path = (this.upstreamPathOverride ?? upstreamPath(route, this.path)) + this.query
+      const host = route.preserveHost ? requestHost(this) : null
+      req = this.upstreamRequest = upstreamRequest(this.upstreamMethod ?? this.req.method!, path, this.outHeaders, host, this.bodyBuffer ?? this.body, route.upstream.timeouts)
     }
-    target.pool.dispatch({
-      origin: target.origin,
-      path: target.basePath + path + this.query,
-      method: (this.upstreamMethod ?? this.req.method) as Dispatcher.HttpMethod,
-      headers,
-      body: this.bodyBuffer ?? this.body,
-      headersTimeout: route.upstream.firstByteTimeout,
-      bodyTimeout: route.upstream.idleTimeout,
-    }, this)
+    dispatch(target, req, this)
   }
 
   /** Give back the target's in-flight slot, once; `target` stays set for the access log. */
   releaseTarget (): void {
     if (this.targetHeld) {
       this.targetHeld = false
-      releaseSlot(this.target!)
+      release(this.target!)
     }
   }
 
@@ -725,4 +717,9 @@ export function upstreamPath (route: RouteView, path: string): string {
   else if (prefix.charCodeAt(prefix.length - 1) === 47) out = path.slice(prefix.length - 1)
   else out = path.charCodeAt(prefix.length) === 47 ? path.slice(prefix.length) : path
   return t === null ? out : t.rewritePath(out)
+}
+
+/** The Host the client sent, or the first target's authority for a client that sent none (HTTP/1.0). */
+export function requestHost (ex: Exchange): string {
+  return ex.hostHeader ?? ex.route!.upstream.targets[0]!.authority
 }

@@ -4,6 +4,7 @@ import { gatewayError, type GatewayError } from '../errors/index.js'
 import { headerValue } from '../policies/auth/policy.js'
 import { clientAddress } from '../net/client-ip.js'
 import { dropHeaders, maybeSpecial, removeConnectionTokens } from '../net/fields.js'
+import { requestHost } from './exchange.js'
 
 /*
  * Header rewriting for both directions. RFC 9110 §7.6.1: Connection and the fields it names
@@ -134,7 +135,7 @@ export function scanRequestHeaders (ex: RouteExchange, raw: readonly string[], t
 
 /**
  * Add the headers that depend on the route, on who the peer is and on who the caller turned
- * out to be. Host goes last (see dispatchTo).
+ * out to be. Host is not one of them (see the end).
  */
 export function finishRequestHeaders (ex: RouteExchange, route: CompiledRoute, encrypted: boolean): void {
   const out = ex.outHeaders
@@ -178,8 +179,7 @@ export function finishRequestHeaders (ex: RouteExchange, route: CompiledRoute, e
   // extended: a client must not be able to choose the address or scheme the upstream believes.
   out.push('x-forwarded-for', trusted && ex.xForwardedFor !== null ? `${ex.xForwardedFor}, ${peer}` : peer)
   out.push('x-forwarded-proto', trusted && ex.xForwardedProto !== null ? ex.xForwardedProto : (encrypted ? 'https' : 'http'))
-  const host = ex.hostHeader ?? route.upstream.targets[0]!.authority
-  out.push('x-forwarded-host', trusted && ex.xForwardedHost !== null ? ex.xForwardedHost : host)
+  out.push('x-forwarded-host', trusted && ex.xForwardedHost !== null ? ex.xForwardedHost : requestHost(ex))
   out.push('x-forwarded-port', trusted && ex.xForwardedPort !== null ? ex.xForwardedPort : String(socket.localPort ?? ''))
   if (ex.clientIp === '') ex.clientIp = trusted ? clientAddress(peer, ex.xForwardedFor, trustedProxies) : peer
   out.push('x-real-ip', ex.clientIp)
@@ -191,7 +191,8 @@ export function finishRequestHeaders (ex: RouteExchange, route: CompiledRoute, e
   const via = `${ex.req.httpVersion} gatehouse`
   out.push('via', ex.via === null ? via : `${ex.via}, ${via}`)
   out.push('x-request-id', ex.requestId)
-  out.push('host', host)
+  // Host is not among them: it is dispatch's `host` option (upstream/dispatch.ts), the
+  // client's with preserve_host (requestHost), else that of the target each attempt goes to.
 }
 
 function isAcceptEncoding (lower: string): boolean {

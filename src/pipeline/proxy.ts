@@ -1,6 +1,6 @@
 import type { CompiledRoute, RouteExchange } from '../compile/table.js'
-import { gatewayError } from '../errors/index.js'
-import { upstreamBusy } from '../upstream/errors.js'
+import { noHealthyTarget, upstreamBusy } from '../upstream/errors.js'
+import { pickTarget, unavailable } from '../upstream/dispatch.js'
 import { finishRequestHeaders } from './headers.js'
 import { HANDLED, type Step, type Verdict } from './step.js'
 
@@ -16,15 +16,15 @@ export const proxy: Step = {
     finishRequestHeaders(ex, route, ex.rt.encrypted)
     const upstream = route.upstream
     const now = Date.now()
-    const target = upstream.pick(now)
+    const target = pickTarget(upstream, now)
     if (target === null) {
-      if (upstream.maxInFlight > 0 && upstream.anyHealthy(now)) {
+      if (unavailable(upstream, now) === 'busy') {
         // Every target is at max_in_flight: wait for a slot (Exchange.granted / timedOut).
         if (upstream.enqueue(ex)) return HANDLED
         ex.rt.metrics.queued.labels(upstream.name, 'full').inc()
         return upstreamBusy(upstream.name, `queue full (${upstream.queueSize} waiting, max_in_flight ${upstream.maxInFlight})`)
       }
-      return gatewayError('GH_NO_HEALTHY_UPSTREAM', `Every target of upstream "${upstream.name}" is failing; try again shortly`, { headers: { 'retry-after': String(Math.ceil(upstream.ejectFor / 1000)) } })
+      return noHealthyTarget(upstream)
     }
     // RFC 9110 §10.1.1: ask for the body only once we know we want it.
     if (ex.expectContinue) ex.sendContinue()

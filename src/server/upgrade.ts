@@ -8,11 +8,12 @@ import type { Logger } from '../observability/logger.js'
 import type { Metrics } from '../observability/metrics.js'
 import { finishRequestHeaders, readHead } from '../pipeline/headers.js'
 import { filterResponseHeaders } from '../net/fields.js'
-import { Exchange } from '../pipeline/exchange.js'
+import { Exchange, requestHost } from '../pipeline/exchange.js'
 import { runSteps } from '../pipeline/run.js'
 import { HANDLED } from '../pipeline/step.js'
-import { isConnectFailure, upstreamError } from '../upstream/errors.js'
-import { releaseSlot, type Target } from '../upstream/target.js'
+import { answered, dispatch, failed, pickTarget, release, unavailable, upstreamRequest } from '../upstream/dispatch.js'
+import { noHealthyTarget, upstreamBusy } from '../upstream/errors.js'
+import type { Target } from '../upstream/target.js'
 import { endAndLinger } from './connections.js'
 
 interface UpgradeHost {
@@ -77,11 +78,11 @@ export function handleUpgrade (host: UpgradeHost, req: IncomingMessage, socket: 
   const proceed = (): void => {
     finishRequestHeaders(ex, route, host.encrypted)
     const now = Date.now()
-    const target = route.upstream.pick(now)
+    const target = pickTarget(route.upstream, now)
     if (target === null) {
       // Upgrades do not wait for a slot: a long-lived socket would hold the queue for its life.
-      if (route.upstream.maxInFlight > 0 && route.upstream.anyHealthy(now)) return refuse(gatewayError('GH_UPSTREAM_BUSY', undefined, { headers: { 'retry-after': '1' } }))
-      return refuse(gatewayError('GH_NO_HEALTHY_UPSTREAM', undefined, { headers: { 'retry-after': String(Math.ceil(route.upstream.ejectFor / 1000)) } }))
+      if (unavailable(route.upstream, now) === 'busy') return refuse(upstreamBusy(route.upstream.name, 'every target is at max_in_flight (upgrades do not wait for a slot)'))
+      return refuse(noHealthyTarget(route.upstream))
     }
     new UpgradeHandler(host, route, socket, head, target, ex.requestId, ex.identity?.expiresAt ?? Infinity).dispatch(ex, protocol)
   }
@@ -147,20 +148,12 @@ class UpgradeHandler implements Dispatcher.DispatchHandler {
   }
 
   dispatch (ex: RouteExchange, upgrade: string): void {
-    const path = upstreamPath(this.#route, ex.path)
-    const headers = ex.outHeaders
-    if (!this.#route.preserveHost) headers[headers.length - 1] = this.#target.authority
-    this.#target.inFlight++
+    const route = this.#route
+    const host = route.preserveHost ? requestHost(ex) : null
+    const req = upstreamRequest('GET', upstreamPath(route, ex.path) + ex.query, ex.outHeaders, host, null, route.upstream.timeouts, upgrade)
     this.#holding = true
     this.#client.once('close', () => this.#release())
-    this.#target.pool.dispatch({
-      origin: this.#target.origin,
-      path: this.#target.basePath + path + ex.query,
-      method: 'GET',
-      headers,
-      upgrade,
-      headersTimeout: this.#route.upstream.firstByteTimeout,
-    }, this)
+    dispatch(this.#target, req, this)
   }
 
   onConnect (abort: (err?: Error) => void): void {
@@ -185,7 +178,7 @@ class UpgradeHandler implements Dispatcher.DispatchHandler {
     client.write(head)
     if (this.#head.length > 0) upstream.write(this.#head)
     upstream.on('error', onSocketError)
-    this.#route.upstream.recordSuccess(this.#target)
+    answered(this.#route.upstream, this.#target)
     // A tunnel with no byte either way for the upstream's idle timeout is closed, like a
     // response body that stalls. Socket timers are refreshed by reads and writes alike.
     const idle = this.#route.upstream.idleTimeout
@@ -219,6 +212,7 @@ class UpgradeHandler implements Dispatcher.DispatchHandler {
   onHeaders (statusCode: number, rawHeaders: Buffer[]): boolean {
     if (statusCode < 200) return true
     this.#responded = true
+    answered(this.#route.upstream, this.#target)
     const headers = filterResponseHeaders(rawHeaders, this.#requestId) ?? []
     let head = `HTTP/1.1 ${statusCode} ${http.STATUS_CODES[statusCode] ?? ''}\r\n`
     for (let i = 0; i < headers.length; i += 2) head += `${headers[i]}: ${headers[i + 1]}\r\n`
@@ -237,7 +231,7 @@ class UpgradeHandler implements Dispatcher.DispatchHandler {
   #release (): void {
     if (!this.#holding) return
     this.#holding = false
-    releaseSlot(this.#target)
+    release(this.#target)
   }
 
   onError (err: Error): void {
@@ -247,8 +241,8 @@ class UpgradeHandler implements Dispatcher.DispatchHandler {
       return
     }
     const upstream = this.#route.upstream
-    if (isConnectFailure(err)) upstream.recordConnectFailure(this.#target, Date.now())
-    const gerr = upstreamError(err, upstream.name)
+    // Not replayable: an upgrade is not retried on another target.
+    const gerr = failed(upstream, this.#target, err, 1, false)
     this.#host.metrics.upstreamErrors.labels(upstream.name, gerr.code).inc()
     this.#host.logger.info({ msg: 'upgrade failed', id: this.#requestId, route: this.#route.name, code: gerr.code, reason: gerr.reason })
     writeProblem(this.#client, gerr, this.#requestId, this.#host.table.config.listen.timeouts.linger)

@@ -1,5 +1,6 @@
 import type { UpstreamConfig } from '../config/schema.js'
 import type { Target } from './target.js'
+import { upstreamTimeouts, type UpstreamTimeouts } from './timeouts.js'
 
 /** A request waiting for a slot (the Exchange). */
 export interface SlotWaiter {
@@ -32,6 +33,8 @@ export class Upstream {
   readonly maxInFlight: number
   readonly queueSize: number
   readonly queueTimeout: number
+  /** first_byte and idle as every request to this upstream is timed (see timeouts.ts). */
+  readonly timeouts: UpstreamTimeouts
   readonly #entries: Entry[]
   #cursor = 0
   /** FIFO of requests waiting for a slot (max_in_flight). */
@@ -47,11 +50,17 @@ export class Upstream {
     this.maxInFlight = config.max_in_flight
     this.queueSize = config.queue.size
     this.queueTimeout = config.queue.timeout
+    this.timeouts = upstreamTimeouts(this.firstByteTimeout, this.idleTimeout)
     this.#entries = targets.map((target, i) => ({ target, weight: config.targets[i]!.weight, current: 0 }))
   }
 
   get targets (): Target[] {
     return this.#entries.map((e) => e.target)
+  }
+
+  /** How many targets (without building the array `targets` returns). */
+  get size (): number {
+    return this.#entries.length
   }
 
   /**

@@ -1,4 +1,5 @@
 import { gatewayError, isGatewayError, type GatewayError } from '../errors/index.js'
+import type { Upstream } from './balancer.js'
 
 /*
  * The one place where upstream failures become HTTP statuses (Traefik's ComputeStatusCode,
@@ -39,7 +40,21 @@ export function upstreamError (err: unknown, upstream: string): GatewayError {
   return gatewayError('GH_UPSTREAM_BAD_RESPONSE', 'The upstream request failed', { reason })
 }
 
+/**
+ * Whether a mapped failure left the upstream untouched (no connection, so nothing was sent):
+ * async delivery's `connect_error`, as opposed to a `timeout` after which the upstream may
+ * have acted.
+ */
+export function neverSent (err: GatewayError): boolean {
+  return err.code === 'GH_UPSTREAM_UNREACHABLE' || err.code === 'GH_UPSTREAM_CONNECT_TIMEOUT'
+}
+
 /** Every target is at max_in_flight and no slot came (queue full, or the wait timed out). */
 export function upstreamBusy (upstream: string, reason: string): GatewayError {
   return gatewayError('GH_UPSTREAM_BUSY', `Upstream "${upstream}" is at capacity; try again shortly`, { reason, headers: { 'retry-after': '1' } })
+}
+
+/** Every target is ejected: come back when the first ejection may have ended. */
+export function noHealthyTarget (upstream: Upstream): GatewayError {
+  return gatewayError('GH_NO_HEALTHY_UPSTREAM', `Every target of upstream "${upstream.name}" is failing; try again shortly`, { headers: { 'retry-after': String(Math.ceil(upstream.ejectFor / 1000)) } })
 }

@@ -1,10 +1,6 @@
-import type { Pool as PoolType } from 'undici'
-import Pool from 'undici/lib/dispatcher/pool.js'
+import { Pool } from 'undici'
 import type { UpstreamConfig } from '../config/schema.js'
-import { usePreciseTimers } from './timers.js'
-
-// Before any pool exists: short connect, first_byte and idle timeouts fire on time.
-usePreciseTimers()
+import { preciseConnector } from './timeouts.js'
 
 /** Pool-level options: two targets with the same URL and these share one pool. */
 export interface PoolOptions {
@@ -26,7 +22,7 @@ export class Target {
   readonly basePath: string
   /** host[:port] of the target, for routes that do not preserve the client's Host. */
   readonly authority: string
-  readonly pool: PoolType
+  readonly pool: Pool
   inFlight = 0
   consecutiveFailures = 0
   ejectedUntil = 0
@@ -52,7 +48,8 @@ export class Target {
       // undici refuses 0; `keep_alive: 0` means no idle connection is kept, and 1 ms is that.
       keepAliveTimeout: Math.max(opts.keepAlive, 1),
       keepAliveMaxTimeout: Math.max(opts.keepAlive, 1),
-      connect: { timeout: opts.connectTimeout },
+      // Short connect timeouts on a precise timer (see timeouts.ts), long ones on undici's own.
+      connect: preciseConnector(opts.connectTimeout),
       // Per-request values override these; they only matter for requests we forget to time.
       headersTimeout: 300_000,
       bodyTimeout: 300_000,
