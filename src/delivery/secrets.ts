@@ -1,5 +1,5 @@
 import { createCipheriv, createDecipheriv, hash, randomBytes } from 'node:crypto'
-import type { CompiledRoute, RouteTable } from '../compile/table.js'
+import type { DeliveryRoute, DeliveryTable } from './route.js'
 import type { DeliveryConfig } from '../config/schema.js'
 import type { PhantomSigner } from '../identity/phantom.js'
 
@@ -100,7 +100,7 @@ export interface StoragePlan {
   readonly phantom: PhantomSigner | null
 }
 
-export function storagePlan (route: CompiledRoute, table: RouteTable): StoragePlan {
+export function storagePlan (route: DeliveryRoute, table: DeliveryTable): StoragePlan {
   const drop = new Set<string>()
   const auth = route.auth
   if (auth !== null) {

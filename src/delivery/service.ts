@@ -1,6 +1,6 @@
 import { hash, randomUUID } from 'node:crypto'
 import type { Dispatcher } from 'undici'
-import type { CompiledRoute, RouteTable } from '../compile/table.js'
+import type { DeliveryRoute, DeliveryTable } from './route.js'
 import type { Config, DeliveryStoreConfig, RouteDeliveryConfig } from '../config/schema.js'
 import { gatewayError, isGatewayError, type GatewayError } from '../errors/index.js'
 import type { Logger } from '../observability/logger.js'
@@ -23,9 +23,9 @@ import type { DeliveryRecord, DeliveryStore, Settlement } from './store.js'
 
 /** An admitted async request, as the pipeline hands it over: plain data. */
 export interface AsyncRequest {
-  readonly route: CompiledRoute
+  readonly route: DeliveryRoute
   /** The table the request was routed on: its credentials are stored by that table's rules. */
-  readonly table: RouteTable
+  readonly table: DeliveryTable
   readonly method: string
   /** Path and query for the upstream (after strip_prefix and rewrites), without a target's base path. */
   readonly target: string
@@ -69,7 +69,7 @@ export class DeliveryService {
   #store: DeliveryStore | null = null
   #storeKey = ''
   readonly #workers = new Map<string, RouteWorker>()
-  #table: RouteTable | null = null
+  #table: DeliveryTable | null = null
   #statusPrefix = ''
   #expireTimer: NodeJS.Timeout | null = null
   #closed = false
@@ -120,7 +120,7 @@ export class DeliveryService {
   }
 
   /** Make `table` (and its store) the running one: start, update or stop route workers. */
-  commit (table: RouteTable, prepared: { store: DeliveryStore | null, created: boolean }): void {
+  commit (table: DeliveryTable, prepared: { store: DeliveryStore | null, created: boolean }): void {
     const old = this.#store
     if (prepared.created || prepared.store === null) {
       if (old !== null && old !== prepared.store) {
@@ -278,10 +278,10 @@ function view (r: DeliveryRecord, admin: boolean): DeliveryStatusView {
   }
 }
 
-const plans = new WeakMap<CompiledRoute, StoragePlan>()
+const plans = new WeakMap<DeliveryRoute, StoragePlan>()
 
 /** The route's storage plan, built on first use (a compiled route never changes). */
-function planFor (route: CompiledRoute, table: RouteTable): StoragePlan {
+function planFor (route: DeliveryRoute, table: DeliveryTable): StoragePlan {
   let plan = plans.get(route)
   if (plan === undefined) plans.set(route, plan = storagePlan(route, table))
   return plan
@@ -337,7 +337,7 @@ type Attempt = { status: number, retryAfter: number | null } | { error: 'connect
  * holds one slot for one attempt at a time, never the route: the others keep flowing.
  */
 class RouteWorker {
-  #route: CompiledRoute
+  #route: DeliveryRoute
   #plan: StoragePlan
   #cfg: RouteDeliveryConfig
   readonly #keys: () => DeliveryKeys
@@ -350,7 +350,7 @@ class RouteWorker {
   #idle: (() => void) | null = null
   #loop: Promise<void> | null = null
 
-  constructor (route: CompiledRoute, plan: StoragePlan, store: DeliveryStore, logger: Logger, metrics: Metrics, keys: () => DeliveryKeys) {
+  constructor (route: DeliveryRoute, plan: StoragePlan, store: DeliveryStore, logger: Logger, metrics: Metrics, keys: () => DeliveryKeys) {
     this.#route = route
     this.#plan = plan
     this.#cfg = route.delivery!
@@ -360,7 +360,7 @@ class RouteWorker {
     this.#metrics = metrics
   }
 
-  update (route: CompiledRoute, plan: StoragePlan): void {
+  update (route: DeliveryRoute, plan: StoragePlan): void {
     const changed = this.#cfg.max_attempts !== route.delivery!.max_attempts || leaseFor(this.#cfg) !== leaseFor(route.delivery!)
     this.#route = route
     this.#plan = plan
@@ -491,7 +491,7 @@ export function backoff (cfg: RouteDeliveryConfig, attempt: number): number {
  * One attempt: the stored request (with `headers`, as opened from the stored ones) to a target of
  * the route's upstream, the answer read and dropped.
  */
-async function send (route: CompiledRoute, rec: DeliveryRecord, headers: string[], attempt: number, timeout: number): Promise<Attempt> {
+async function send (route: DeliveryRoute, rec: DeliveryRecord, headers: string[], attempt: number, timeout: number): Promise<Attempt> {
   const upstream = route.upstream
   const target = pickTarget(upstream, Date.now())
   if (target === null) return { error: 'connect_error', message: `no target of upstream "${upstream.name}" is available` }
