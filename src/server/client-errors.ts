@@ -108,9 +108,8 @@ export class ClientErrors {
  * server never saw that request; its head starts after the last blank line before the error
  * in the bytes Node was parsing (a failure inside a body belongs to a request in progress and
  * is answered through its own response). The body of the request before it may sit between
- * that blank line and the request line ("…x\0HEAD /p HTTP/1.1"), so HEAD counts wherever it
- * directly precedes a space or tab on the request line: a client that pipelined a HEAD would
- * read a body as the start of the next response.
+ * that blank line and the request line: a client that pipelined a HEAD would read a body as
+ * the start of the next response.
  */
 function failedOnHead (err: Error): boolean {
   const raw = (err as { rawPacket?: Buffer }).rawPacket
@@ -122,22 +121,20 @@ function failedOnHead (err: Error): boolean {
   let start = end === -1 ? 0 : end + 4
   // Blank lines before a request line are allowed (RFC 9112 §2.2).
   while (raw[start] === 13 || raw[start] === 10) start++
-  // The request line is the first line with a space or tab in it (lines of the body before
-  // it have been seen to hold none: "\0\r\nHEAD\t/p HTTP/1.1").
-  const limit = Math.min(raw.length, at + 1)
-  let found = false
-  for (let i = start; i < limit; i++) {
-    const c = raw[i]
-    if (c === 10) {
-      if (found) return false
-      continue
-    }
-    if (c !== 32 && c !== 9) continue
-    found = true
-    // A tab after the method is what some senders write (and RFC 9112 §3 lets a reader accept).
-    if (i - 4 >= start && raw[i - 4] === 72 && raw[i - 3] === 69 && raw[i - 2] === 65 && raw[i - 1] === 68) return true
-  }
-  return false
+  // The request line is the last "<method> <target> HTTP/" before the end of the line that
+  // failed. Body bytes of the request before it may precede it on the same line or on lines of
+  // their own ("\0HEAD\t/p HTTP/1.1", " \r\nHEAD /p HTTP/1.1"), so it is found from its
+  // version backwards. SP or HTAB may separate the parts (RFC 9112 §3 lets a reader accept
+  // both).
+  const nl = raw.indexOf(10, at)
+  const stop = nl === -1 ? raw.length : nl
+  const version = raw.lastIndexOf('HTTP/', stop - 5)
+  if (version < start) return false
+  let i = version - 1
+  while (i >= start && (raw[i] === 32 || raw[i] === 9)) i--
+  while (i >= start && raw[i] !== 32 && raw[i] !== 9 && raw[i] !== 10) i--
+  while (i >= start && (raw[i] === 32 || raw[i] === 9)) i--
+  return i - 3 >= start && raw[i - 3] === 72 && raw[i - 2] === 69 && raw[i - 1] === 65 && raw[i] === 68
 }
 
 /** Whether a head Node found too large was too large because of its request line (→ 414, not 431). */
