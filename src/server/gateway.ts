@@ -1,6 +1,5 @@
 import http, { type IncomingMessage, type ServerResponse } from 'node:http'
 import type { CompiledRoute, RouteExchange } from '../compile/table.js'
-import https from 'node:https'
 import type { AddressInfo, Socket } from 'node:net'
 import type { DestinationStream } from 'pino'
 import { compile, type RouteTable } from '../compile/index.js'
@@ -25,6 +24,7 @@ import type { ProviderStatus } from '../identity/types.js'
 import { createAdminServer } from '../admin/server.js'
 import { handleUpgrade } from './upgrade.js'
 import { ClientErrors } from './client-errors.js'
+import { applyListenerSettings, createListener } from './listener.js'
 import { DeliveryService } from '../delivery/service.js'
 import { Connections, connectionSettings, discardInput, type Conn } from './connections.js'
 
@@ -107,43 +107,8 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     this.#stores.commit(stores)
     this.#storesStarting = this.#stores.start(stores)
     const l = config.listen
-    const serverOptions: http.ServerOptions = {
-      maxHeaderSize: l.max_header_size,
-      headersTimeout: l.timeouts.headers,
-      requestTimeout: l.timeouts.request,
-      keepAliveTimeout: l.timeouts.keep_alive,
-      // Node checks header/request timeouts on this interval (30 s by default), which lets a
-      // slowloris client hold a socket long past `headers`. A twentieth of the shorter one (at
-      // most a second) keeps each within 10 % of its value; the check is a walk over the
-      // open connections.
-      connectionsCheckingInterval: checkingInterval(l.timeouts.headers, l.timeouts.request),
-      noDelay: true,
-      // Node corks each response write until the next tick, so with the default 16 KiB mark
-      // every 64 KiB chunk from the upstream reported backpressure and paused the upstream
-      // socket once per chunk. 128 KiB per direction per connection keeps streams flowing.
-      highWaterMark: STREAM_HIGH_WATER_MARK,
-      insecureHTTPParser: false,
-      // A missing Host is refused by readHead as problem+json (Node's own 400 is bare).
-      requireHostHeader: false,
-      joinDuplicateHeaders: false,
-    }
     this.#encrypted = l.tls !== undefined
-    this.#server = l.tls === undefined
-      ? http.createServer(serverOptions)
-      // validateConfig has replaced TLS paths with the PEM text they name.
-      : https.createServer({
-        ...serverOptions,
-        cert: l.tls.cert,
-        key: l.tls.key,
-        ...(l.tls.ca === undefined ? {} : { ca: l.tls.ca }),
-        minVersion: l.tls.min_version,
-        ciphers: l.tls.ciphers,
-        // The client chooses among the server's preferences, strongest first.
-        honorCipherOrder: true,
-        // A connection that never completes its handshake is held no longer than a head that
-        // never completes (Node's default is 120 s).
-        handshakeTimeout: l.timeouts.headers,
-      })
+    this.#server = createListener(config)
     this.#conns = new Connections(connectionSettings(config), this.metrics, this.logger, (req, res, expectContinue) => this.#handle(req, res, expectContinue))
     this.#clientErrors = new ClientErrors(this.#conns, this.metrics, this.logger, () => this.table)
     this.#applyServerSettings(config)
@@ -166,19 +131,10 @@ class GatewayImpl implements Gateway, GatewayRuntime {
     this.#server.on('clientError', (err: Error & { code?: string }, socket: Socket) => this.#clientErrors.clientError(err, socket))
   }
 
-  /** Listener settings Node lets us change on a live server (also on reload). */
+  /** Listener settings that apply at once (also on reload). */
   #applyServerSettings (config: Config): void {
-    const server = this.#server
-    const t = config.listen.timeouts
-    server.headersTimeout = t.headers
-    server.requestTimeout = t.request
-    server.keepAliveTimeout = t.keep_alive
-    server.timeout = t.idle
-    // Node closes the connection after this many requests (Connection: close on the last).
-    server.maxRequestsPerSocket = config.listen.limits.max_requests_per_connection
+    applyListenerSettings(this.#server, config)
     this.#conns.configure(connectionSettings(config))
-    // One more than the limit, so that "too many" is visible in rawHeaders (Node truncates silently).
-    server.maxHeadersCount = config.listen.max_headers + 1
     this.#accessLog = config.log.access
     this.logger.level = config.log.level
   }
@@ -435,14 +391,8 @@ class GatewayImpl implements Gateway, GatewayRuntime {
   }
 }
 
-const STREAM_HIGH_WATER_MARK = 128 * 1024
 const kBadExpectation = Symbol('gatehouse.badExpectation')
 const IDENTITY_START_TIMEOUT = 10_000
-
-function checkingInterval (headers: number, request: number): number {
-  const shortest = request > 0 ? Math.min(headers, request) : headers
-  return Math.max(5, Math.min(1000, Math.floor(shortest / 20)))
-}
 
 /**
  * Resolves once `server` listens. A bind error rejects with one line that names the listener
