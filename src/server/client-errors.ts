@@ -126,7 +126,9 @@ function failedOnHead (err: Error): boolean {
   // their own ("\0HEAD\t/p HTTP/1.1", " \r\nHEAD /p HTTP/1.1"), so it is found from its
   // version backwards. SP or HTAB may separate the parts (RFC 9112 §3 lets a reader accept
   // both).
-  const nl = raw.indexOf(10, at)
+  // Node's bytesParsed is just past the byte that failed (a bare LF ending the head: the next
+  // request's first byte), so the failed line is the one holding at - 1.
+  const nl = raw.indexOf(10, Math.max(start, at - 1))
   const stop = nl === -1 ? raw.length : nl
   const version = raw.lastIndexOf('HTTP/', stop - 5)
   if (version < start) return false
