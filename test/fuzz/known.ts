@@ -9,10 +9,17 @@ import type { KnownFailure } from './harness.js'
  * When a bug is fixed, delete its entry: its "known:" test will have started passing.
  */
 
+const NODE_MAJOR = Number(process.versions.node.split('.')[0])
+
 export const KNOWN_REQUEST_FAILURES: readonly KnownFailure[] = [
 ]
 
 export const KNOWN_RESPONSE_FAILURES: readonly KnownFailure[] = [
+  {
+    id: 'node24-no-close-after-upstream-reset',
+    bug: 'on Node 24 only (Node 20 passes the same seeds, 1384896431 and 219007899): after a 502 GH_UPSTREAM_RESET on a kept-alive client connection (the upstream sent "H" and closed), the next request, whose upstream answer is malformed (a chunk or trailer ending in a bare LF, which undici refuses at once on both versions), gets neither its answer nor a close within 2.5 s. Not understood yet; matched on Node 24 only, so it cannot hide a hang on Node 20',
+    match: (f) => NODE_MAJOR >= 22 && f.property === 'no-hang' && /answers and no close within/.test(f.detail),
+  },
   {
     id: 'unsolicited-100-continue',
     bug: 'an upstream that sends 100 Continue before its final response (RFC 9110 §15.2: a client must parse 1xx it did not ask for) gets the client a 502 GH_UPSTREAM_RESET: undici 7 destroys the socket on any 100 it did not expect ("bad response", client-h1.js); 102 and 103 pass',
