@@ -12,7 +12,7 @@ import type { Upstream, SlotWaiter } from '../upstream/balancer.js'
 import type { Target } from '../upstream/target.js'
 import { answered, dispatch, failed, release, upstreamRequest, type UpstreamRequest } from '../upstream/dispatch.js'
 import { upstreamBusy } from '../upstream/errors.js'
-import { addFields, dropHeaders, filterResponseHeaders, isLengthField } from '../net/fields.js'
+import { addFields, dropHeaders, filterResponseHeaders, headerOf, isLengthField } from '../net/fields.js'
 import type { PluginContext } from '../plugins/api.js'
 import { clientAddress } from '../net/client-ip.js'
 
@@ -626,11 +626,7 @@ export class Exchange<R extends RouteView = RouteView> implements Dispatcher.Dis
 
   /** First value of a request header (lower-case name), for limits keyed on a header. */
   header (name: string): string | null {
-    const raw = this.req.rawHeaders
-    for (let i = 0; i < raw.length; i += 2) {
-      if (raw[i]!.length === name.length && raw[i]!.toLowerCase() === name) return raw[i + 1]!
-    }
-    return null
+    return headerOf(this.req.rawHeaders, name)
   }
 
   /** The response is over (finished, or the client went away): log and count, once. */
