@@ -16,7 +16,7 @@ const LAYERS = [
   ['stores/', 'identity/', 'upstream/', 'plugins/'],
   ['delivery/'],
   // The per-request state and what steps build on: below the policies.
-  ['pipeline/exchange.ts', 'pipeline/step.ts', 'pipeline/body.ts', 'pipeline/respond.ts', 'pipeline/run.ts'],
+  ['pipeline/exchange.ts', 'pipeline/step.ts', 'pipeline/body.ts', 'pipeline/respond.ts', 'pipeline/run.ts', 'pipeline/response.ts'],
   ['policies/'],
   // The route table: matchers and each route's compiled policies.
   ['compile/table.ts'],

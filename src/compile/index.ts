@@ -11,15 +11,17 @@ import { Upstream } from '../upstream/balancer.js'
 import { authPolicy } from '../policies/auth/index.js'
 import { ipPolicy } from '../policies/ip/index.js'
 import { corsPolicy } from '../policies/cors/index.js'
-import { rateLimitPolicy } from '../policies/limits/index.js'
-import { cachePolicy } from '../policies/cache/index.js'
-import { requestBodyStep, requestTransform, responseTransform } from '../policies/transform/index.js'
+import { costTap, rateLimitPolicy } from '../policies/limits/index.js'
+import { cachePolicy, cacheTee } from '../policies/cache/index.js'
+import { requestBodyStep, requestTransform, responseTransform, transformResponse } from '../policies/transform/index.js'
 import { pluginPolicy } from '../policies/plugin/index.js'
 import type { PolicyDeps } from '../policies/deps.js'
 import type { Step } from '../pipeline/step.js'
 import { ReadBody } from '../pipeline/body.js'
 import { proxy } from '../pipeline/proxy.js'
 import { accept } from '../pipeline/accept.js'
+import { captureResponse } from '../pipeline/intercept.js'
+import { composeResponse } from '../pipeline/response.js'
 import type { Target } from '../upstream/target.js'
 import { compileChecks } from './checks.js'
 import { pathRegex, RouteTable, type CompiledRoute } from './table.js'
@@ -110,6 +112,14 @@ function compileRoute (r: RouteConfig, index: number, upstream: Upstream, identi
     const admission = auth?.needsBody === true ? [ip, cors, body, auth, rateLimit] : [ip, cors, auth, rateLimit, body]
     steps = present([...admission, bodyStep, plugin, ...(delivery !== null ? [accept] : [cache, proxy])])
   }
+  const resTransform = responseTransform(r)
+  // The answer's way back, outermost first (pipeline/response.ts); null when none applies.
+  const responseChain = composeResponse([
+    (resTransform !== null && resTransform.body !== null) || plugin !== null ? captureResponse : null,
+    costTap(rateLimit),
+    transformResponse(resTransform),
+    cacheTee(cache),
+  ])
   return Object.freeze({
     index,
     name: r.name,
@@ -132,7 +142,8 @@ function compileRoute (r: RouteConfig, index: number, upstream: Upstream, identi
     rateLimit,
     cache: cache === null ? null : cache.policy,
     requestTransform: reqTransform,
-    responseTransform: responseTransform(r),
+    responseTransform: resTransform,
+    responseChain,
     plugin: plugin === null ? null : plugin.ref,
     delivery,
     buffer: needsBody ? { authFirst: auth === null || !auth.needsBody, cap: bufferCap(r) } : null,

@@ -2,7 +2,7 @@ import type { Config, RouteDeliveryConfig } from '../config/schema.js'
 import { CidrSet } from '../net/cidr.js'
 import type { IdentitySet } from '../identity/registry.js'
 import type { Upstream } from '../upstream/balancer.js'
-import type { Exchange, Step } from '../pipeline/exchange.js'
+import type { Exchange, ResponseHandler, Step } from '../pipeline/exchange.js'
 import type { AuthPolicy, IdentityHeader } from '../policies/auth/policy.js'
 import type { RateLimitPolicy } from '../policies/limits/policy.js'
 import type { CachePolicy } from '../policies/cache/policy.js'
@@ -54,6 +54,8 @@ export interface CompiledRoute {
   readonly cache: CachePolicy | null
   readonly requestTransform: RequestTransform | null
   readonly responseTransform: ResponseTransform | null
+  /** The answer's way back: the route's response wrappers composed (pipeline/response.ts), or null. */
+  readonly responseChain: ((ex: Exchange) => ResponseHandler) | null
   readonly plugin: PluginRef | null
   /** Set on async routes: persist, answer 202, deliver in the background. */
   readonly delivery: RouteDeliveryConfig | null

@@ -574,7 +574,7 @@ class DeliveryAttempt implements Dispatcher.DispatchHandler {
     // An answer whose body failed or was cut (DRAIN_LIMIT) is still an answer.
     if (this.#status !== 0) return this.#answer()
     // Not replayable: an attempt is not retried on another target (the schedule retries).
-    this.#resolve(failed(this.#upstream, this.#target, err, 1, false))
+    this.#resolve(failed(this.#upstream, this.#target, err))
   }
 
   #answer (): void {

@@ -11,6 +11,7 @@ import type { Metrics } from '../observability/metrics.js'
 import type { Upstream, SlotWaiter } from '../upstream/balancer.js'
 import type { Target } from '../upstream/target.js'
 import { answered, dispatch, failed, release, upstreamRequest, type UpstreamRequest } from '../upstream/dispatch.js'
+import type { RetryOwner } from '../upstream/retry-connect.js'
 import { upstreamBusy } from '../upstream/errors.js'
 import { addFields, dropHeaders, filterResponseHeaders, headerOf, isLengthField } from '../net/fields.js'
 import type { PluginContext } from '../plugins/api.js'
@@ -19,8 +20,8 @@ import { clientAddress } from '../net/client-ip.js'
 /*
  * The per-request state, and the shapes it meets: the steps that run over it (Step), the
  * route and table as a request reads them (RouteView, TableView), what the gateway gives it
- * (GatewayRuntime), and the response-side hooks policies hand it (ResponseTap,
- * ResponseCapture, EventStream). Everything here is below the policies: they import it, it
+ * (GatewayRuntime), and the response side policies hand it (ResponseHandler wrappers,
+ * ResponseTap, ResponseCapture). Everything here is below the policies: they import it, it
  * imports none of them.
  */
 
@@ -60,11 +61,25 @@ export interface ResponseCapture {
   abort (): void
 }
 
-/** Server-sent events transformed one by one as they stream. */
-export interface EventStream {
-  push (chunk: Buffer): Promise<string>
-  end (): string
+/**
+ * The upstream's answer, once the Exchange (the undici handler) has checked its status and
+ * filtered its head. A route's response behaviours (read whole, cost tap, transform, cache
+ * tee) are handlers that wrap the next one, composed per route at compile time as undici's
+ * interceptors are; the last is the Exchange itself, which writes to the client. A route
+ * with none of them has no chain: the Exchange is its handler.
+ */
+export interface ResponseHandler {
+  /** `headers` (flat, filtered) may be changed in place; `bodiless`: no body follows (HEAD, 204, 304). */
+  onHead (status: number, headers: string[], bodiless: boolean): void
+  /** false: pause the upstream until the Exchange resumes it (the client's socket drained). */
+  onBody (chunk: Buffer): boolean
+  onEnd (trailers: Buffer[] | null): void
+  /** The answer failed or was cut short (upstream error, client gone, the gateway answered itself). */
+  onAbort (): void
 }
+
+/** One response behaviour: wraps `next` for one request, or returns it when the request needs none. */
+export type ResponseWrapper = (ex: Exchange, next: ResponseHandler) => ResponseHandler
 
 /** A quota to charge once the response is known (what it is charged by is the policy's). */
 export interface Charge {
@@ -78,18 +93,11 @@ export interface RouteView {
   readonly stripPrefix: string | null
   readonly preserveHost: boolean
   readonly requestTransform: { rewritePath (path: string): string } | null
-  readonly responseTransform: {
-    readonly headers: { apply (headers: string[]): void } | null
-    readonly status: unknown
-    mapStatus (status: number): number
-    /** An event-by-event transform for this request's event stream; null when the route has none. */
-    eventStream (ex: Exchange): EventStream | null
-  } | null
+  /** The route's response behaviours, composed (null: none, the Exchange handles the answer). */
+  readonly responseChain: ((ex: Exchange) => ResponseHandler) | null
   readonly rateLimit: {
     /** RateLimit-Policy field value, sent with every response of the route. */
     readonly policyHeader: string
-    /** What watches a response for the cost of its quotas. */
-    tap (eventStream: boolean): ResponseTap
     charge (charges: readonly Charge[], tap: ResponseTap | null): void
   } | null
 }
@@ -147,7 +155,7 @@ export const CLIENT_CLOSED = 499
  * undici 7 calls those on every request itself, and the newer controller-style API is
  * adapted onto them with an extra header parse per response.
  */
-export class Exchange<R extends RouteView = RouteView> implements Dispatcher.DispatchHandler, SlotWaiter {
+export class Exchange<R extends RouteView = RouteView> implements Dispatcher.DispatchHandler, ResponseHandler, SlotWaiter, RetryOwner {
   readonly req: IncomingMessage
   readonly res: ServerResponse
   readonly rt: GatewayRuntime
@@ -186,7 +194,7 @@ export class Exchange<R extends RouteView = RouteView> implements Dispatcher.Dis
   rateLimit: string | null = null
   charges: Charge[] | null = null
   costTap: ResponseTap | null = null
-  /** The copy kept for the cache while this (leading) miss streams. */
+  /** The copy the cache keeps of this (leading) miss's answer: set by the cache step, fed by its cache tee. */
   cacheCapture: ResponseCapture | null = null
   /**
    * Fields a step adds to whatever answers this request (the upstream, the cache, a plugin or a
@@ -204,10 +212,13 @@ export class Exchange<R extends RouteView = RouteView> implements Dispatcher.Dis
   captured: CapturedResponse | null = null
   /** Read the upstream answer whole (response body transform, plugin onResponse). */
   captureLimit = 0
-  /** Server-sent events being transformed as they pass, and the chain that keeps them in order. */
-  sse: EventStream | null = null
-  sseChain: Promise<void> | null = null
-  ssePending = 0
+  /** Where the upstream's answer goes: the route's response chain, or this Exchange. */
+  response: ResponseHandler
+  /**
+   * Chunks a response handler is still working on (an event being transformed): the upstream
+   * stays paused until they are done, even when the client's socket drains first.
+   */
+  held = 0
   /** The plugin's view of this request, on plugin routes. */
   pluginCtx: PluginContext | null = null
   /** Aborts the plugin's work (ctx.signal) at its time limit or when the client leaves. */
@@ -236,8 +247,6 @@ export class Exchange<R extends RouteView = RouteView> implements Dispatcher.Dis
   abortUpstream: ((err?: Error) => void) | null = null
   resumeUpstream: (() => void) | null = null
   drainHooked = false
-  /** Transformed output is waiting for the client's socket to drain. */
-  drainPending = false
   clientGone = false
   upstreamDone = false
   finished = false
@@ -250,6 +259,7 @@ export class Exchange<R extends RouteView = RouteView> implements Dispatcher.Dis
     this.rt = rt
     this.table = table
     this.startedAt = performance.now()
+    this.response = this
   }
 
   // --- undici handler ------------------------------------------------------------------------
@@ -275,149 +285,38 @@ export class Exchange<R extends RouteView = RouteView> implements Dispatcher.Dis
     answered(this.route!.upstream, this.target!)
     this.resumeUpstream = resume
     this.status = statusCode
-    const res = this.res
-    if (this.rt.closing) res.shouldKeepAlive = false
+    if (this.rt.closing) this.res.shouldKeepAlive = false
     const headers = filterResponseHeaders(rawHeaders, this.requestId)
     if (headers === null) {
       this.abortUpstream?.(gatewayError('GH_UPSTREAM_BAD_RESPONSE', 'The upstream sent an invalid response', { reason: `${this.route!.upstream.name}: a Transfer-Encoding other than chunked` }))
       return false
     }
-    const transform = this.route!.responseTransform
-    const bodiless = statusCode === 204 || statusCode === 304 || this.req.method === 'HEAD'
-    if (this.captureLimit > 0 && !bodiless && !isEventStream(headers)) {
-      // Read whole; the gateway answers once it has (Gateway.finishCaptured).
-      this.captured = { status: statusCode, headers, chunks: [], bytes: 0, cap: this.captureLimit }
-      return true
-    }
-    if (transform !== null) {
-      if (transform.headers !== null) transform.headers.apply(headers)
-      if (transform.status !== null) this.status = statusCode = transform.mapStatus(statusCode)
-      if (isEventStream(headers) && (this.sse = transform.eventStream(this)) !== null) {
-        // The events change length; the stream is chunked from here.
-        dropHeaders(headers, isContentLength)
-      }
-    }
-    if (this.route!.rateLimit !== null) {
-      // The gateway's limits are the ones the client meets; an upstream's own fields would
-      // contradict them.
-      dropHeaders(headers, isRateLimitField)
-      this.pushRateLimitFields(headers)
-    }
-    if (this.cacheCapture !== null) this.cacheCapture.head(statusCode, headers)
-    if (this.cacheStatus !== null) headers.push('x-cache', this.cacheStatus)
-    if (this.responseFields !== null) addFields(headers, this.responseFields)
-    if (bodiless) {
-      // No body, whatever length fields say (RFC 9110 §6.4.1, §15.4.5): the answer is complete
-      // with its head. A 304 keeps Content-Length (the selected representation's); a 204 may
-      // not carry one (§8.6). undici then reports a length mismatch for 204/304, which is moot.
-      if (statusCode === 204) dropHeaders(headers, isLengthField)
-      // Complete as it stands (a cacheable 204 is stored with its empty body).
-      this.cacheCapture?.complete()
-      this.cacheCapture = null
-      res.writeHead(statusCode, headers as unknown as string[])
-      res.end()
-      return true
-    }
-    res.writeHead(statusCode, headers as unknown as string[])
-    // Server-sent events: send the head now rather than with the first event, which may be a
-    // model's first token many seconds away.
-    const sse = isEventStream(headers)
-    if (sse) res.flushHeaders()
-    if (this.charges !== null) this.costTap = this.route!.rateLimit!.tap(sse)
+    this.response.onHead(statusCode, headers, statusCode === 204 || statusCode === 304 || this.req.method === 'HEAD')
     return true
   }
 
   onData (chunk: Buffer): boolean {
-    const n = chunk.length
     // undici hands over an empty chunk after each resume; writing it costs a syscall.
-    if (n === 0) return true
-    if (this.res.writableEnded) return this.captured !== null ? this.#capture(chunk) : true
-    if (this.captured !== null) return this.#capture(chunk)
-    if (this.sse !== null) return this.#pushEvents(chunk)
-    this.bytesOut += n
-    if (this.costTap !== null) this.costTap.push(chunk)
-    if (this.cacheCapture !== null) this.cacheCapture.push(chunk)
-    if (this.res.write(chunk)) return true
-    // The client reads slower than the upstream sends: pause the upstream socket until the
-    // client's socket drains (backpressure end to end, memory stays bounded).
-    if (!this.drainHooked) {
-      this.drainHooked = true
-      this.res.on('drain', onResponseDrain)
-    }
-    return false
-  }
-
-  #capture (chunk: Buffer): boolean {
-    const captured = this.captured!
-    captured.bytes += chunk.length
-    if (captured.bytes > captured.cap) {
-      this.abortUpstream?.(gatewayError('GH_RESPONSE_TOO_LARGE', 'The upstream response is larger than this route reads whole', { reason: `response body over ${captured.cap} bytes` }))
-      return false
-    }
-    captured.chunks.push(chunk)
-    return true
+    if (chunk.length === 0) return true
+    return this.response.onBody(chunk)
   }
 
   onComplete (trailers: string[] | Buffer[] | null): void {
     this.upstreamDone = true
-    this.cacheCapture?.complete()
     this.releaseTarget()
-    // Answered already (a bodiless status, or the gateway's own answer such as a 408).
-    if (this.res.writableEnded && this.captured === null) return
-    if (this.captured !== null) {
-      this.rt.finishCaptured(this)
-      return
-    }
-    if (this.sseChain !== null) {
-      // Events still being transformed go out first.
-      this.sseChain.then(() => {
-        const rest = this.sse!.end()
-        if (rest !== '') this.#write(Buffer.from(rest))
-        this.res.end()
-      }, () => {})
-      return
-    }
-    if (trailers !== null && trailers.length > 0) {
-      const pairs: Array<[string, string]> = []
-      // latin1 keeps the bytes as sent (obs-text included), as for the head.
-      for (let i = 0; i < trailers.length; i += 2) {
-        const name = trailers[i]!.toString('latin1')
-        if (!isForbiddenTrailer(name.toLowerCase())) pairs.push([name, trailers[i + 1]!.toString('latin1')])
-      }
-      if (pairs.length > 0) {
-        try {
-          this.res.addTrailers(pairs)
-        } catch {
-          // A field Node will not write (a name that is no token): the body is complete
-          // without it.
-        }
-      }
-    }
-    this.res.end()
+    this.response.onEnd(trailers as Buffer[] | null)
   }
 
   onError (err: Error): void {
     this.upstreamDone = true
-    const target = this.target
+    const target = this.target!
     this.releaseTarget()
+    this.response.onAbort()
     // The client's answer is complete (a bodiless status, whose length fields undici then
     // holds against it; or the gateway answered itself, e.g. 408): nothing left to tell it.
-    if (this.clientGone || (this.res.writableEnded && this.captured === null)) {
-      this.cacheCapture?.abort()
-      return
-    }
+    if (this.clientGone || (this.res.writableEnded && this.captured === null)) return
     const upstream = this.route!.upstream
-    // A failed connect may go to another target, as long as not a byte of the body was read.
-    const next = failed(upstream, target!, err, this.attempts, this.status === 0 && (this.body === null || !this.body.readableDidRead))
-    if (!isGatewayError(next)) {
-      this.rt.logger.debug({ id: this.requestId, target: target!.origin, err: (err as { code?: string }).code }, 'connect failed, retrying on another target')
-      // In flight again: a client leaving now cancels this attempt (complete(), bodyFailed()).
-      this.upstreamDone = false
-      this.dispatchTo(next)
-      return
-    }
-    this.cacheCapture?.abort()
-    const gerr = next
+    const gerr = failed(upstream, target, err)
     if (!isGatewayError(err)) this.rt.metrics.upstreamErrors.labels(upstream.name, gerr.code).inc()
     if (this.res.headersSent) {
       // Reset mid-body: abort the client connection so the truncation is visible (no final
@@ -429,41 +328,75 @@ export class Exchange<R extends RouteView = RouteView> implements Dispatcher.Dis
     this.fail(gerr)
   }
 
-  /**
-   * Server-sent events through the route's `events` expression, in order: each chunk waits for
-   * the one before it, and the upstream stays paused while a chunk is being transformed.
-   */
-  #pushEvents (chunk: Buffer): boolean {
-    const sse = this.sse!
-    const prev = this.sseChain ?? Promise.resolve()
-    this.ssePending++
-    const chain = prev.then(() => sse.push(chunk)).then((out) => {
-      this.ssePending--
-      if (out !== '' && !this.clientGone) this.#write(Buffer.from(out))
-    })
-    this.sseChain = chain
-    chain.then(() => {
-      // Resume only when no chunk is queued behind this one and the client keeps up.
-      if (this.ssePending === 0 && !this.drainPending) this.resumeUpstream?.()
-    }, (err: Error) => {
-      if (this.sseChain !== chain) return
-      this.rt.logger.warn({ msg: 'event transform failed; closing the stream', id: this.requestId, err: err.message })
-      this.error = gatewayError('GH_TRANSFORM_FAILED', 'A server-sent event could not be transformed', { reason: err.message })
-      this.abortUpstream?.(this.error)
-      this.res.destroy()
-    })
-    return false
+  // --- the end of the response chain: the client ---------------------------------------------
+
+  onHead (status: number, headers: string[], bodiless: boolean): void {
+    const res = this.res
+    this.status = status
+    if (this.route!.rateLimit !== null) {
+      // The gateway's limits are the ones the client meets; an upstream's own fields would
+      // contradict them.
+      dropHeaders(headers, isRateLimitField)
+      this.pushRateLimitFields(headers)
+    }
+    if (this.cacheStatus !== null) headers.push('x-cache', this.cacheStatus)
+    if (this.responseFields !== null) addFields(headers, this.responseFields)
+    if (bodiless) {
+      // No body, whatever length fields say (RFC 9110 §6.4.1, §15.4.5): the answer is complete
+      // with its head. A 304 keeps Content-Length (the selected representation's); a 204 may
+      // not carry one (§8.6). undici then reports a length mismatch for 204/304, which is moot.
+      if (status === 204) dropHeaders(headers, isLengthField)
+      res.writeHead(status, headers as unknown as string[])
+      res.end()
+      return
+    }
+    res.writeHead(status, headers as unknown as string[])
+    // Server-sent events: send the head now rather than with the first event, which may be a
+    // model's first token many seconds away.
+    if (isEventStream(headers)) res.flushHeaders()
   }
 
-  /** Write transformed output; under backpressure the upstream resumes on 'drain'. */
-  #write (buf: Buffer): void {
-    this.bytesOut += buf.length
-    if (this.res.write(buf)) return
-    this.drainPending = true
+  onBody (chunk: Buffer): boolean {
+    // Answered already (a bodiless status, or the gateway's own answer such as a 408).
+    if (this.res.writableEnded) return true
+    this.bytesOut += chunk.length
+    if (this.res.write(chunk)) return true
+    // The client reads slower than the upstream sends: pause the upstream socket until the
+    // client's socket drains (backpressure end to end, memory stays bounded).
     if (!this.drainHooked) {
       this.drainHooked = true
       this.res.on('drain', onResponseDrain)
     }
+    return false
+  }
+
+  onEnd (trailers: Buffer[] | null): void {
+    const res = this.res
+    if (res.writableEnded) return
+    if (trailers !== null && trailers.length > 0) {
+      const pairs: Array<[string, string]> = []
+      // latin1 keeps the bytes as sent (obs-text included), as for the head.
+      for (let i = 0; i < trailers.length; i += 2) {
+        const name = trailers[i]!.toString('latin1')
+        if (!isForbiddenTrailer(name.toLowerCase())) pairs.push([name, trailers[i + 1]!.toString('latin1')])
+      }
+      if (pairs.length > 0) {
+        try {
+          res.addTrailers(pairs)
+        } catch {
+          // A field Node will not write (a name that is no token): the body is complete
+          // without it.
+        }
+      }
+    }
+    res.end()
+  }
+
+  onAbort (): void {}
+
+  /** Resume the upstream unless a response handler holds it (see `held`) or the client is behind. */
+  resume (): void {
+    if (this.held === 0 && !this.res.writableNeedDrain) this.resumeUpstream?.()
   }
 
   // --- request side ----------------------------------------------------------------------------
@@ -484,7 +417,19 @@ export class Exchange<R extends RouteView = RouteView> implements Dispatcher.Dis
       const host = route.preserveHost ? requestHost(this) : null
       req = this.upstreamRequest = upstreamRequest(this.upstreamMethod ?? this.req.method!, path, this.outHeaders, host, this.bodyBuffer ?? this.body, route.upstream.timeouts)
     }
-    dispatch(target, req, this)
+    dispatch(target, req, this, this.route!.upstream, this)
+  }
+
+  /** The request may go to another target after a failed connect (upstream/retry-connect.ts). */
+  replayable (): boolean {
+    if (this.clientGone || (this.res.writableEnded && this.captured === null)) return false
+    return this.status === 0 && (this.body === null || !this.body.readableDidRead)
+  }
+
+  retry (target: Target): void {
+    this.rt.logger.debug({ id: this.requestId, target: this.target!.origin }, 'connect failed, retrying on another target')
+    this.releaseTarget()
+    this.dispatchTo(target)
   }
 
   /** Give back the target's in-flight slot, once; `target` stays set for the access log. */
@@ -573,7 +518,7 @@ export class Exchange<R extends RouteView = RouteView> implements Dispatcher.Dis
     }
     this.fail(err)
     if (!this.upstreamDone && this.abortUpstream !== null) this.abortUpstream(err)
-    this.cacheCapture?.abort()
+    this.response.onAbort()
   }
 
   /** The client's address as ip rules and limits see it (after trusted_proxies), once. */
@@ -637,7 +582,8 @@ export class Exchange<R extends RouteView = RouteView> implements Dispatcher.Dis
     if (this.charges !== null && this.status !== 0 && this.error === null) this.route!.rateLimit!.charge(this.charges, this.costTap)
     const res = this.res
     if (this.queueTimer !== null) this.route!.upstream.cancel(this)
-    this.cacheCapture?.abort()
+    // A response chain that completed ignores it; one cut short lets go of what it kept.
+    this.response.onAbort()
     if (!res.writableFinished) {
       this.clientGone = true
       this.pluginAbort?.abort(clientClosedError())
@@ -650,10 +596,8 @@ export class Exchange<R extends RouteView = RouteView> implements Dispatcher.Dis
 
 function onResponseDrain (this: ServerResponse): void {
   const ex = (this as unknown as Record<symbol, Exchange>)[kExchange]
-  if (ex === undefined) return
-  ex.drainPending = false
-  // While events are being transformed, the chain resumes the upstream when it is done.
-  if (ex.ssePending === 0) ex.resumeUpstream?.()
+  // While a response handler holds the upstream (an event being transformed), it resumes it.
+  if (ex !== undefined && ex.held === 0) ex.resumeUpstream?.()
 }
 
 /** Registered on every response: runs when the response ends or its connection dies. */
@@ -687,16 +631,9 @@ function isRateLimitField (lowerName: string): boolean {
   return lowerName === 'ratelimit' || lowerName === 'ratelimit-policy'
 }
 
-function isContentLength (lowerName: string): boolean {
-  return lowerName === 'content-length'
-}
-
-export function isEventStream (headers: string[]): boolean {
-  for (let i = 0; i < headers.length; i += 2) {
-    const name = headers[i]!
-    if (name.length === 12 && name.toLowerCase() === 'content-type') return headers[i + 1]!.startsWith('text/event-stream')
-  }
-  return false
+export function isEventStream (headers: readonly string[]): boolean {
+  const type = headerOf(headers, 'content-type')
+  return type !== null && type.startsWith('text/event-stream')
 }
 
 /**

@@ -6,6 +6,8 @@ import { CostTap } from '../policies/limits/policy.js'
 import { dropHeaders, headerOf } from '../net/fields.js'
 import { fromPluginResponse, sendWhole, type FinalResponse } from './respond.js'
 import { internalError, refuse } from './run.js'
+import { isEventStream, type Exchange, type ResponseHandler } from './exchange.js'
+import { PassThrough } from './response.js'
 
 /*
  * The intercepted side of a route: what runs only on routes that read a body whole (webhook
@@ -96,4 +98,47 @@ export function finishCaptured (ex: RouteExchange): void {
     }
     sendWhole(ex, r)
   }).catch((err: unknown) => internalError(ex, err))
+}
+
+/**
+ * The capture wrapper, outermost on routes that read the upstream's answer whole (a response
+ * body transform, a plugin's onResponse): the answer is kept, up to the route's cap, and
+ * handed to finishCaptured once complete. Answers without a body and event streams pass
+ * through (they are transformed event by event, if at all).
+ */
+export function captureResponse (ex: Exchange, next: ResponseHandler): ResponseHandler {
+  return ex.captureLimit > 0 ? new Capture(ex, next) : next
+}
+
+class Capture extends PassThrough {
+  readonly #ex: Exchange
+
+  constructor (ex: Exchange, next: ResponseHandler) {
+    super(next)
+    this.#ex = ex
+  }
+
+  override onHead (status: number, headers: string[], bodiless: boolean): void {
+    const ex = this.#ex
+    if (bodiless || isEventStream(headers)) return this.next.onHead(status, headers, bodiless)
+    ex.captured = { status, headers, chunks: [], bytes: 0, cap: ex.captureLimit }
+  }
+
+  override onBody (chunk: Buffer): boolean {
+    const ex = this.#ex
+    const captured = ex.captured
+    if (captured === null) return this.next.onBody(chunk)
+    captured.bytes += chunk.length
+    if (captured.bytes > captured.cap) {
+      ex.abortUpstream?.(gatewayError('GH_RESPONSE_TOO_LARGE', 'The upstream response is larger than this route reads whole', { reason: `response body over ${captured.cap} bytes` }))
+      return false
+    }
+    captured.chunks.push(chunk)
+    return true
+  }
+
+  override onEnd (trailers: Buffer[] | null): void {
+    if (this.#ex.captured === null) return this.next.onEnd(trailers)
+    this.#ex.rt.finishCaptured(this.#ex)
+  }
 }

@@ -13,6 +13,9 @@ export const proxy: Step = {
   run (ex: RouteExchange): Verdict {
     const route = ex.route!
     if (route.responseTransform !== null || route.plugin !== null) ex.captureLimit = captureLimit(route, ex.method)
+    // The answer's way back, built before anything can fail: a leading cache miss refused
+    // here still lets its followers go (through its cache tee's onAbort).
+    if (route.responseChain !== null) ex.response = route.responseChain(ex)
     finishRequestHeaders(ex, route, ex.rt.encrypted)
     const upstream = route.upstream
     const now = Date.now()

@@ -242,7 +242,7 @@ class UpgradeHandler implements Dispatcher.DispatchHandler {
     }
     const upstream = this.#route.upstream
     // Not replayable: an upgrade is not retried on another target.
-    const gerr = failed(upstream, this.#target, err, 1, false)
+    const gerr = failed(upstream, this.#target, err)
     this.#host.metrics.upstreamErrors.labels(upstream.name, gerr.code).inc()
     this.#host.logger.info({ msg: 'upgrade failed', id: this.#requestId, route: this.#route.name, code: gerr.code, reason: gerr.reason })
     writeProblem(this.#client, gerr, this.#requestId, this.#host.table.config.listen.timeouts.linger)

@@ -4,6 +4,7 @@ import type { GatewayError } from '../errors/index.js'
 import type { Upstream } from './balancer.js'
 import { isConnectFailure, upstreamError } from './errors.js'
 import { releaseSlot, type Target } from './target.js'
+import { RetryConnect, type RetryOwner } from './retry-connect.js'
 import { PreciseTimeouts, type UpstreamTimeouts } from './timeouts.js'
 
 /*
@@ -12,13 +13,15 @@ import { PreciseTimeouts, type UpstreamTimeouts } from './timeouts.js'
  *
  *   const target = pickTarget(upstream, now)            // null: see unavailable()
  *   const req = upstreamRequest(method, path, headers, host, body, upstream.timeouts)
- *   dispatch(target, req, handler)                      // takes a slot on target
+ *   dispatch(target, req, handler, upstream, owner)     // takes a slot on target
  *   // handler: answered() on the response head, release() once it is over, and on an
- *   // error failed(): a target to try next (after a failed connect), or the answer to give
+ *   // error failed(): the answer to give. A failed connect with a retry owner goes to another
+ *   // target first (retry-connect.ts), and reaches the handler only when none is left.
  *
  * The handler is the caller's own undici handler (the Exchange, on the proxy path), so a
  * request that needs nothing more goes to the pool as it is: no wrapper, no closure. Only a
- * request with a short timeout (timeouts.ts) gets a wrapper. What wraps nothing is done by
+ * request with a short timeout (timeouts.ts), or one that may retry on another target, gets
+ * a wrapper. What wraps nothing is done by
  * the plain functions below, which the handler calls at the points it already has.
  */
 
@@ -80,14 +83,19 @@ export function unavailable (upstream: Upstream, now: number): 'busy' | 'down' {
 }
 
 /**
- * Send one attempt of `req` to `target` (from pickTarget(), failed() or a slot the balancer's
- * queue granted), holding one of the target's slots until release().
+ * Send one attempt of `req` to `target` (from pickTarget(), a retry or a slot the balancer's
+ * queue granted), holding one of the target's slots until release(). With a `retry` owner, a failed
+ * connect goes to another target (retry-connect.ts) when the upstream has one; without, or on
+ * a single-target upstream, the handler goes to the pool as it is.
  */
-export function dispatch (target: Target, req: UpstreamRequest, handler: Dispatcher.DispatchHandler): void {
+export function dispatch (target: Target, req: UpstreamRequest, handler: Dispatcher.DispatchHandler, upstream: Upstream | null = null, retry: RetryOwner | null = null): void {
   target.inFlight++
   req.origin = target.origin
   req.path = target.basePath + req.routedPath
-  target.pool.dispatch(req, req.timeouts.precise ? new PreciseTimeouts(handler, req.timeouts, req.body) : handler)
+  let h = handler
+  if (retry !== null && upstream !== null && upstream.size > 1) h = new RetryConnect(h, upstream, target, retry)
+  if (req.timeouts.precise) h = new PreciseTimeouts(h, req.timeouts, req.body)
+  target.pool.dispatch(req, h)
 }
 
 /** The attempt on `target` is over (answered, failed or abandoned): its slot goes back, and to a queued request if one waits. */
@@ -101,20 +109,10 @@ export function answered (upstream: Upstream, target: Target): void {
 }
 
 /**
- * The attempt on `target` failed before an answer began: what now. A failed connect counts
- * against the target's health (ejection), and since nothing reached the upstream, the request
- * may go to another target: the Target returned, when `replayable` (no byte of the body
- * consumed), the request has not tried as many targets as there are, and one is free.
- * Otherwise the answer to give, mapped in one place (errors.ts).
+ * The attempt on `target` failed and will not be retried: the answer to give, mapped in one
+ * place (errors.ts). A failed connect counts against the target's health (ejection).
  */
-export function failed (upstream: Upstream, target: Target, err: unknown, attempts: number, replayable: false): GatewayError
-export function failed (upstream: Upstream, target: Target, err: unknown, attempts: number, replayable: boolean): Target | GatewayError
-export function failed (upstream: Upstream, target: Target, err: unknown, attempts: number, replayable: boolean): Target | GatewayError {
-  if (isConnectFailure(err)) {
-    const now = Date.now()
-    upstream.recordConnectFailure(target, now)
-    const next = replayable && attempts < upstream.size ? upstream.pick(now, target) : null
-    if (next !== null) return next
-  }
+export function failed (upstream: Upstream, target: Target, err: unknown): GatewayError {
+  if (isConnectFailure(err)) upstream.recordConnectFailure(target, Date.now())
   return upstreamError(err, upstream.name)
 }

@@ -4,6 +4,7 @@ import { CachePolicy } from './policy.js'
 import { CacheStep } from './step.js'
 
 export { CachePolicy, CacheStep }
+export { cacheTee } from './response.js'
 
 /** `cache: { ttl, key, ... }` → lookups before the terminal, misses captured as they stream. */
 export function cachePolicy (route: RouteConfig, deps: PolicyDeps): CacheStep | null {

@@ -3,6 +3,7 @@ import type { PolicyDeps } from '../deps.js'
 import { RateLimitPolicy } from './policy.js'
 
 export { RateLimitPolicy }
+export { costTap } from './response.js'
 
 /** `rate_limit: [...]` → every limit checked in order, after the caller is known. */
 export function rateLimitPolicy (route: RouteConfig, deps: PolicyDeps): RateLimitPolicy | null {

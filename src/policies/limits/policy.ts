@@ -152,13 +152,8 @@ export class RateLimitPolicy implements Step {
   }
 
   /** After the response: charge quotas whose cost the response carries (`tap` saw its body). */
-  /** What watches a response for the cost its quotas are charged. */
-  tap (eventStream: boolean): CostTap {
-    return new CostTap(eventStream)
-  }
-
   charge (charges: readonly Charge[], tap: ResponseTap | null): void {
-    // Both were made here: the charges by #after (LimitCharge), the tap by tap().
+    // Both were made here: the charges by #after (LimitCharge), the tap by costTap (response.ts).
     const costs = tap as CostTap | null
     for (const { limit, key } of charges as readonly LimitCharge[]) {
       const path = limit.cost as readonly string[]

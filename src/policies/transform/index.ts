@@ -3,6 +3,7 @@ import { RequestTransform, ResponseTransform } from './policy.js'
 import { RequestBodyStep } from './step.js'
 
 export { RequestTransform, ResponseTransform, RequestBodyStep }
+export { transformResponse } from './response.js'
 
 /** `transform.request` → header, path and query rewrites, and the body step when it has one. */
 export function requestTransform (route: RouteConfig): RequestTransform | null {
