@@ -968,6 +968,9 @@ function checklist (results) {
     check(`small GET c=50 with ${label} >= ${min}x the same route without`, ok ? a[name].ratioToNone >= min : null,
       ok ? `${a[name].ratioToNone.toFixed(2)}x (median of ${a.rounds.length} per-round ratios; median req/s ${a[name].rps.toFixed(0)} vs ${a.none.rps.toFixed(0)})` : 'n/a')
   }
+  const jb = a?.jwtLimitVsBare
+  check('JWT + rate limit + metrics on one route >= 0.85x the bare node:http + undici proxy (small GET c=50, same rounds)', have(jb?.rpsRatio) && a.jwt_limit.non2xx === 0 ? jb.rpsRatio >= 0.85 : null,
+    have(jb?.rpsRatio) ? `${jb.rpsRatio.toFixed(2)}x req/s (median of ${a.rounds.length} per-round ratios; ${a.jwt_limit.rps.toFixed(0)} vs ${a.bare.rps.toFixed(0)} req/s), CPU ${jb.usRatio.toFixed(2)}x (${a.jwt_limit.proxyUsPerReq} vs ${a.bare.proxyUsPerReq} us/req)` : 'n/a')
   const ic = results.intercept
   check('small JSON request transform >= 0.7x the same route untransformed (POST 1 KiB c=50)', have(ic?.transform?.ratioToPlain) ? ic.transform.ratioToPlain >= 0.7 : null, have(ic?.transform?.ratioToPlain) ? `${ic.transform.ratioToPlain.toFixed(2)}x (${ic.transform.rps.toFixed(0)} vs ${ic.plain.rps.toFixed(0)} req/s)` : 'n/a')
   check('async sqlite >= 5000 acked req/s, p99 ack <= 10 ms (1 KiB, c=50)', have(ic?.async_sqlite?.rps) ? ic.async_sqlite.rps >= 5000 && ic.async_sqlite.p99Ms <= 10 : null, have(ic?.async_sqlite?.rps) ? `${ic.async_sqlite.rps.toFixed(0)} req/s, p50 ${ic.async_sqlite.p50Ms.toFixed(2)} ms, p99 ${ic.async_sqlite.p99Ms.toFixed(2)} ms` : 'n/a')
@@ -1084,6 +1087,8 @@ routes:
   # Limits high enough never to refuse: the cost of the check, not of refusing.
   - { name: limit_memory, match: { path_prefix: /rlmem }, strip_prefix: /rlmem, upstream: bench, rate_limit: [{ key: ip, rate: 10000000/s }] }
   - { name: cached, match: { path_prefix: /cache }, strip_prefix: /cache, upstream: bench, cache: { ttl: 10m } }
+  # What a production model route carries: a JWT, a per-subject limit, and (as every route) metrics.
+  - { name: jwt_limit, match: { path_prefix: /jwtrl }, strip_prefix: /jwtrl, upstream: bench, auth: { any_of: [sso], scopes: { all: [predict] } }, rate_limit: [{ key: subject, rate: 10000000/s }] }
 ${redis ? '  - { name: limit_redis, match: { path_prefix: /rlredis }, strip_prefix: /rlredis, upstream: bench, rate_limit: [{ key: ip, rate: 10000000/s, store: shared }] }\n' : ''}  - { name: none, match: { path_prefix: / }, upstream: bench }
 `
 }
@@ -1120,6 +1125,12 @@ async function authPhase (upstream) {
     nginx = { proc, base: `http://127.0.0.1:${port}` }
     await waitReady(`${nginx.base}/small`, 15_000, proc)
   }
+  // The bare node:http + undici proxy in the same rounds: the JWT + limit route is measured
+  // against it (the Authorization header goes through it unchecked).
+  const barePort = await freePort()
+  const bareProc = track(spawn(process.execPath, [path.join(here, 'bare-proxy.js'), String(barePort), upstream.base], { stdio: ['ignore', 'ignore', 'inherit'] }), 'bare')
+  const bare = { proc: bareProc, base: `http://127.0.0.1:${barePort}` }
+  await waitReady(`${bare.base}/small`, 15_000, bareProc)
   const script = path.join(tmp, 'auth.lua')
   fs.writeFileSync(script, `wrk.headers["Authorization"] = "Bearer ${idp.token}"\ndofile("${path.join(here, 'wrk', 'report.lua')}")\n`)
   // The cached route has no auth: a request carrying Authorization there is (rightly) never
@@ -1131,11 +1142,12 @@ async function authPhase (upstream) {
     await gatehouseReady(gh)
     if (base !== null) await gatehouseReady(base)
     const ghRoutes = [['none', '/small'], ['jwt', '/jwt/small'], ['introspection', '/intro/small'], ['limit_memory', '/rlmem/small'],
-      ...(redis ? [['limit_redis', '/rlredis/small']] : []), ['cached', '/cache/small']]
+      ...(redis ? [['limit_redis', '/rlredis/small']] : []), ['cached', '/cache/small'], ['jwt_limit', '/jwtrl/small']]
     // { name, url, pid (whose CPU counts; null for nginx), none (the route its ratioToNone is against) }
     const route = (g, prefix, name, p) => ({ name: prefix + name, url: g.base + p, pid: g.proc.pid, none: prefix + 'none' })
     const groups = ghRoutes.map(([name, p]) => [route(gh, '', name, p), ...(base === null ? [] : [route(base, 'base:', name, p)])])
     if (nginx) groups.push([{ name: 'nginx_cached', url: nginx.base + '/small', pid: null, none: 'none' }])
+    groups.push([{ name: 'bare', url: bare.base + '/small', pid: bare.proc.pid, none: 'none' }])
     const routes = groups.flat()
     const scriptOf = (rt) => scriptFor(rt.name.replace(/^base:/, ''))
     for (const { name, url } of routes) {
@@ -1163,6 +1175,10 @@ async function authPhase (upstream) {
       out.rounds.push(r)
     }
     out.idpCalls = { jwks: idp.calls.jwks - callsBefore.jwks, introspect: idp.calls.introspect - callsBefore.introspect }
+    out.jwtLimitVsBare = {
+      rpsRatio: median(out.rounds.map((r) => r.jwt_limit.rps / r.bare.rps)),
+      usRatio: median(out.rounds.map((r) => r.jwt_limit.proxyUsPerReq / r.bare.proxyUsPerReq)),
+    }
     for (const rt of routes) {
       const name = rt.name
       out[name] = {
@@ -1187,6 +1203,7 @@ async function authPhase (upstream) {
     await stop(gh.proc)
     if (base !== null) await stop(base.proc)
     if (nginx !== null) await stop(nginx.proc)
+    await stop(bare.proc)
     await idp.close()
   }
   return out
@@ -1567,7 +1584,7 @@ async function main () {
       `JWT ${a.jwt.rps.toFixed(0)} (${a.jwt.proxyUsPerReq} us/req), introspection ${a.introspection.rps.toFixed(0)} (${a.introspection.proxyUsPerReq} us/req), ` +
       `rate limit memory ${a.limit_memory.rps.toFixed(0)} (${a.limit_memory.proxyUsPerReq} us/req)` +
       (a.limit_redis ? `, rate limit Redis ${a.limit_redis.rps.toFixed(0)} (${a.limit_redis.proxyUsPerReq} us/req)` : '') +
-      `, cache hits ${a.cached.rps.toFixed(0)} (${a.cached.proxyUsPerReq} us/req)` + (a.nginx_cached ? `, nginx proxy_cache hits ${a.nginx_cached.rps.toFixed(0)}` : '') + '; ' +
+      `, cache hits ${a.cached.rps.toFixed(0)} (${a.cached.proxyUsPerReq} us/req), JWT + limit ${a.jwt_limit.rps.toFixed(0)} (${a.jwt_limit.proxyUsPerReq} us/req), bare proxy ${a.bare.rps.toFixed(0)} (${a.bare.proxyUsPerReq} us/req)` + (a.nginx_cached ? `, nginx proxy_cache hits ${a.nginx_cached.rps.toFixed(0)}` : '') + '; ' +
       `IdP calls during the runs: ${a.idpCalls.jwks} JWKS, ${a.idpCalls.introspect} introspection\n`)
     if (a.cost) process.stdout.write(`auth, in-process CPU of the cached JWT check plus identity headers: ${a.cost.jwtCachedNsPerRequest} ns per request (median of ${a.cost.reps.length})\n`)
   }
