@@ -4,10 +4,15 @@ import type { ProviderStatus } from '../identity/types.js'
 import type { Metrics } from '../observability/metrics.js'
 import type { DeliveryService } from '../delivery/service.js'
 
+/** The gateway as the admin listener reads it. */
 interface AdminHost {
   readonly table: RouteTable
   readonly metrics: Metrics
   readonly ready: boolean
+}
+
+/** What outlives one table: providers, stores, the delivery log (server/reload.ts Reloader). */
+interface AdminRegistries {
   identityStatus (): Record<string, ProviderStatus>
   storeStatus (): Record<string, { status: string, kind: string }>
   readonly delivery: DeliveryService
@@ -17,11 +22,11 @@ interface AdminHost {
  * The admin listener (127.0.0.1 by default): health, readiness, Prometheus metrics and the
  * compiled route table. It is separate from the proxy port so it is never exposed by a route.
  */
-export function createAdminServer (host: AdminHost): http.Server {
+export function createAdminServer (host: AdminHost, registries: AdminRegistries): http.Server {
   return http.createServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0]!
     if (path === '/deliveries' || path.startsWith('/deliveries/')) {
-      deliveries(host.delivery, req, path, new URL(req.url ?? '/', 'http://admin').searchParams).then(
+      deliveries(registries.delivery, req, path, new URL(req.url ?? '/', 'http://admin').searchParams).then(
         ([status, body]) => send(res, status, body),
         (err: Error) => send(res, 503, { error: `delivery store: ${err.message}` }))
       return
@@ -36,8 +41,8 @@ export function createAdminServer (host: AdminHost): http.Server {
         const ready = host.ready
         // A limit store that cannot answer also degrades (routes apply on_store_error), but
         // never makes the gateway unready: taking it out of the load balancer would not help.
-        const identity = host.identityStatus()
-        const stores = host.storeStatus()
+        const identity = registries.identityStatus()
+        const stores = registries.storeStatus()
         const degraded = [...Object.values(identity), ...Object.values(stores)].some((s) => s.status !== 'ok')
         return send(res, ready ? 200 : 503, {
           status: !ready ? 'not ready' : degraded ? 'degraded' : 'ready',

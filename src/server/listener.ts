@@ -63,3 +63,28 @@ function checkingInterval (headers: number, request: number): number {
   const shortest = request > 0 ? Math.min(headers, request) : headers
   return Math.max(5, Math.min(1000, Math.floor(shortest / 20)))
 }
+
+const BIND_ERRORS: Readonly<Record<string, string>> = {
+  EADDRINUSE: 'address already in use',
+  EACCES: 'permission denied',
+  EADDRNOTAVAIL: 'address not available',
+  ENOTFOUND: 'host not found',
+}
+
+/**
+ * Resolves once `server` listens. A bind error rejects with one line that names the listener
+ * and its address, `listen 0.0.0.0:8080: address already in use`, with code GH_LISTEN_FAILED
+ * and the system error as its cause.
+ */
+export function listening (server: http.Server, what: 'listen' | 'admin', host: string,
+  port: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once('listening', resolve)
+    server.once('error', (err: NodeJS.ErrnoException) => {
+      const reason = BIND_ERRORS[err.code ?? ''] ?? err.code ?? err.message
+      const address = `${host.includes(':') ? `[${host}]` : host}:${port}`
+      const failure = new Error(`${what} ${address}: ${reason}`, { cause: err })
+      reject(Object.assign(failure, { code: 'GH_LISTEN_FAILED' }))
+    })
+  })
+}

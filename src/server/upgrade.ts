@@ -14,7 +14,7 @@ import { HANDLED } from '../pipeline/step.js'
 import { answered, dispatch, failed, pickTarget, release, unavailable, upstreamRequest } from '../upstream/dispatch.js'
 import { noHealthyTarget, upstreamBusy } from '../upstream/errors.js'
 import type { Target } from '../upstream/target.js'
-import { endAndLinger } from './connections.js'
+import { discardInput, endAndLinger, type Conn } from './connections.js'
 
 interface UpgradeHost {
   readonly table: RouteTable
@@ -24,8 +24,23 @@ interface UpgradeHost {
   readonly encrypted: boolean
   trackUpgrade (socket: Socket): void
   finish (ex: RouteExchange): void
-  /** Answer the request as a plain one on this socket (the upgrade is not performed). */
-  serveWithoutUpgrade (req: IncomingMessage, socket: Socket): void
+  /** Answer a request through the ordinary request path, on the response given. */
+  serve (req: IncomingMessage, res: http.ServerResponse): void
+}
+
+/**
+ * The listener's 'upgrade' event. Node hands over an upgrade's socket at once, even when
+ * requests pipelined before it are still being answered on it: whatever the upgrade writes
+ * (a 101, a refusal, a plain answer) must wait for their responses.
+ */
+export function onUpgrade (host: UpgradeHost, conn: Conn | undefined, req: IncomingMessage,
+  socket: Socket, head: Buffer): void {
+  if (conn !== undefined && conn.active.length > 0) {
+    conn.afterPending = () => handleUpgrade(host, req, socket, head)
+    socket.pause()
+    return
+  }
+  handleUpgrade(host, req, socket, head)
 }
 
 /**
@@ -39,7 +54,7 @@ interface UpgradeHost {
  * `curl --http2 http://…` still works. Such a request cannot carry a body: Node's parser has let
  * go of the connection, so the body could not be framed.
  */
-export function handleUpgrade (host: UpgradeHost, req: IncomingMessage, socket: Socket, head: Buffer): void {
+function handleUpgrade (host: UpgradeHost, req: IncomingMessage, socket: Socket, head: Buffer): void {
   socket.on('error', onSocketError)
   const table = host.table
   const url = req.url ?? ''
@@ -66,7 +81,7 @@ export function handleUpgrade (host: UpgradeHost, req: IncomingMessage, socket: 
       return refuse(gatewayError('GH_UPGRADE_NOT_ALLOWED', 'A request asking for a protocol upgrade this gateway does not perform cannot carry a body'))
     }
     // Refusals (a bad path, no route, …) and plain answers alike come from the ordinary path.
-    host.serveWithoutUpgrade(req, socket)
+    serveWithoutUpgrade(host, req, socket)
     return
   }
   // An intercepted route (signatures over the body, transforms, a plugin, async delivery) must
@@ -104,6 +119,39 @@ export function handleUpgrade (host: UpgradeHost, req: IncomingMessage, socket: 
     host.logger.error({ msg: 'internal error', id: requestId, err: (e as Error).stack ?? String(e) })
     refuse(gatewayError('GH_INTERNAL'))
   })
+}
+
+/**
+ * An Upgrade this gateway does not perform (h2c, a protocol the route does not name) is
+ * answered as the plain request it also is (RFC 9110 §7.8 lets a server ignore Upgrade), on
+ * a response made here: Node has handed the socket over, so the connection closes after it.
+ */
+function serveWithoutUpgrade (host: UpgradeHost, req: IncomingMessage, socket: Socket): void {
+  // The response before it may be all written yet not flushed: Node lets go of the socket
+  // (detachSocket) only on that response's 'finish', and a second response cannot take it
+  // before then.
+  const previous = (socket as Socket & { _httpMessage?: http.ServerResponse | null })._httpMessage
+  if (previous != null) {
+    let once = false
+    const next = (): void => {
+      if (once) return
+      once = true
+      serveWithoutUpgrade(host, req, socket)
+    }
+    previous.once('finish', next)
+    previous.once('close', next)
+    return
+  }
+  if (socket.destroyed) return
+  if (!socket.writable) {
+    discardInput(socket)
+    return
+  }
+  const res = new http.ServerResponse(req)
+  res.shouldKeepAlive = false
+  res.assignSocket(socket)
+  res.once('finish', () => socket.destroySoon())
+  host.serve(req, res)
 }
 
 /**
