@@ -17,6 +17,7 @@ import type { StoreBackend } from '../stores/backend.js'
 import { createLogger } from '../observability/logger.js'
 import { Metrics } from '../observability/metrics.js'
 import { VERSION } from '../version.js'
+import { settleMallocThresholds } from '../util/malloc.js'
 
 const USAGE = `Usage: gatehouse <command> [--config FILE]
 
@@ -359,6 +360,8 @@ function storeSet (backends: Map<string, StoreBackend>): StoreSet {
 async function start (file: string): Promise<number> {
   const config = load(file)
   if (config === null) return 1
+  // Before any traffic: streamed bodies must not make the C heap shrink and regrow.
+  settleMallocThresholds()
   const gateway = createGateway(config)
   try {
     await gateway.listen()
