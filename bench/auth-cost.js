@@ -17,15 +17,29 @@ const iss = `http://127.0.0.1:${idp.address().port}`
 const now = Math.floor(Date.now() / 1000)
 const token = await new SignJWT({ sub: 'c', client_id: 'c', scope: 'predict' })
   .setProtectedHeader({ alg: 'RS256', kid: 'k', typ: 'at+jwt' })
-  .setIssuer(iss).setAudience('ml-api').setIssuedAt(now).setExpirationTime(now + 3600).sign(privateKey)
-const gw = createGateway({
-  listen: { port: 0 },
-  admin: { enabled: false },
-  log: { level: 'silent' },
-  identity: { providers: { sso: { kind: 'jwt', issuer: iss, jwks_uri: `${iss}/jwks`, audiences: ['ml-api'] } } },
-  upstreams: { b: { targets: [{ url: 'http://127.0.0.1:1' }] } },
-  routes: [{ name: 'jwt', match: {}, upstream: 'b', auth: { any_of: ['sso'], scopes: { all: ['predict'] } } }],
-}, { processMetrics: false })
+  .setIssuer(iss).setAudience('ml-api').setIssuedAt(now).setExpirationTime(now + 3600).sign(
+    privateKey,
+  )
+const gw = createGateway(
+  {
+    listen: { port: 0 },
+    admin: { enabled: false },
+    log: { level: 'silent' },
+    identity: {
+      providers: {
+        sso: { kind: 'jwt', issuer: iss, jwks_uri: `${iss}/jwks`, audiences: ['ml-api'] },
+      },
+    },
+    upstreams: { b: { targets: [{ url: 'http://127.0.0.1:1' }] } },
+    routes: [{
+      name: 'jwt',
+      match: {},
+      upstream: 'b',
+      auth: { any_of: ['sso'], scopes: { all: ['predict'] } },
+    }],
+  },
+  { processMetrics: false },
+)
 await gw.listen()
 const route = gw.table.routes[0]
 const open = { ...route, auth: null }
@@ -67,6 +81,10 @@ for (let rep = 0; rep < 5; rep++) {
   results.push(withAuth - without)
 }
 results.sort((a, b) => a - b)
-process.stdout.write(`AUTHCOST ${JSON.stringify({ jwtCachedNsPerRequest: Math.round(results[2]), reps: results.map(Math.round) })}\n`)
+process.stdout.write(
+  `AUTHCOST ${
+    JSON.stringify({ jwtCachedNsPerRequest: Math.round(results[2]), reps: results.map(Math.round) })
+  }\n`,
+)
 await gw.close()
 idp.close()

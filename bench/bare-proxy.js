@@ -9,7 +9,8 @@ import { Pool } from 'undici'
 const port = Number(process.argv[2] ?? 0)
 const pool = new Pool(process.argv[3], { connections: 128 })
 // undici refuses the hop-by-hop fields a client sends; everything else goes as is.
-const HOP = new Set(['connection', 'keep-alive', 'transfer-encoding', 'upgrade', 'expect', 'te', 'trailer', 'proxy-connection'])
+const HOP = new Set(['connection', 'keep-alive', 'transfer-encoding', 'upgrade', 'expect', 'te',
+  'trailer', 'proxy-connection'])
 
 const server = http.createServer((req, res) => {
   const headers = {}

@@ -19,7 +19,11 @@ const CHUNK = Buffer.alloc(64 * 1024, 97)
 function ready (proc) {
   return new Promise((resolve, reject) => {
     let buf = ''
-    proc.stdout.on('data', (d) => { buf += d; const m = /READY (\d+)/.exec(buf); if (m) resolve(Number(m[1])) })
+    proc.stdout.on('data', (d) => {
+      buf += d
+      const m = /READY (\d+)/.exec(buf)
+      if (m) resolve(Number(m[1]))
+    })
     proc.on('exit', (c) => reject(new Error('exit ' + c)))
   })
 }
@@ -27,19 +31,30 @@ function cpuMs (pid) {
   const f = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ')
   return (Number(f[11]) + Number(f[12])) * 10
 }
-const up = spawn(process.execPath, [path.join(root, 'bench/upstream.js'), '0'], { stdio: ['ignore', 'pipe', 'inherit'] })
+const up = spawn(process.execPath, [path.join(root, 'bench/upstream.js'), '0'], {
+  stdio: ['ignore', 'pipe', 'inherit'],
+})
 const upPort = await ready(up)
 const procs = [up]
 async function startProxy (name) {
   if (name === 'gatehouse') {
     const dir = fs.mkdtempSync('/tmp/upl-')
     const port = 20000 + Math.floor(Math.random() * 20000)
-    fs.writeFileSync(path.join(dir, 'g.yaml'), `listen: { host: 127.0.0.1, port: ${port} }\nupstreams:\n  bench:\n    targets: [{ url: http://127.0.0.1:${upPort} }]\nroutes:\n  - name: bench\n    match: { path_prefix: / }\n    upstream: bench\n`)
-    const p = spawn(process.execPath, [...extra, path.join(root, 'bin/gatehouse.cjs'), 'start', '--config', path.join(dir, 'g.yaml')], { stdio: ['ignore', 'ignore', 'inherit'] })
+    fs.writeFileSync(
+      path.join(dir, 'g.yaml'),
+      `listen: { host: 127.0.0.1, port: ${port} }\nupstreams:\n  bench:\n    targets: [{ url: http://127.0.0.1:${upPort} }]\nroutes:\n  - name: bench\n    match: { path_prefix: / }\n    upstream: bench\n`,
+    )
+    const p = spawn(process.execPath, [...extra, path.join(root, 'bin/gatehouse.cjs'), 'start',
+      '--config', path.join(dir, 'g.yaml')], { stdio: ['ignore', 'ignore', 'inherit'] })
     procs.push(p)
     for (let i = 0; i < 100; i++) {
       try {
-        await new Promise((resolve, reject) => http.get(`http://127.0.0.1:${port}/small`, (r) => { r.resume(); r.on('end', resolve) }).on('error', reject))
+        await new Promise((resolve, reject) =>
+          http.get(`http://127.0.0.1:${port}/small`, (r) => {
+            r.resume()
+            r.on('end', resolve)
+          }).on('error', reject)
+        )
         break
       } catch {
         await new Promise((resolve) => setTimeout(resolve, 100))
@@ -47,7 +62,8 @@ async function startProxy (name) {
     }
     return { name, pid: p.pid, base: `http://127.0.0.1:${port}` }
   }
-  const p = spawn(process.execPath, [path.join(root, `bench/${name}-proxy.js`), '0', `http://127.0.0.1:${upPort}`], { stdio: ['ignore', 'pipe', 'inherit'] })
+  const p = spawn(process.execPath, [path.join(root, `bench/${name}-proxy.js`), '0',
+    `http://127.0.0.1:${upPort}`], { stdio: ['ignore', 'pipe', 'inherit'] })
   procs.push(p)
   const port = await ready(p)
   return { name, pid: p.pid, base: `http://127.0.0.1:${port}` }
@@ -55,17 +71,34 @@ async function startProxy (name) {
 function upload (base, bytes) {
   return new Promise((resolve, reject) => {
     const t0 = performance.now()
-    const req = http.request(`${base}/upload`, { method: 'POST', agent: false, headers: { 'content-type': 'application/octet-stream', 'content-length': bytes } }, (res) => {
-      res.resume(); res.on('end', () => resolve(performance.now() - t0))
+    const req = http.request(`${base}/upload`, {
+      method: 'POST',
+      agent: false,
+      headers: { 'content-type': 'application/octet-stream', 'content-length': bytes },
+    }, (res) => {
+      res.resume()
+      res.on('end', () => resolve(performance.now() - t0))
     })
     req.on('error', reject)
     let left = bytes
-    const pump = () => { while (left > 0) { const n = Math.min(left, CHUNK.length); left -= n; if (!req.write(n === CHUNK.length ? CHUNK : CHUNK.subarray(0, n))) { req.once('drain', pump); return } } req.end() }
+    const pump = () => {
+      while (left > 0) {
+        const n = Math.min(left, CHUNK.length)
+        left -= n
+        if (!req.write(n === CHUNK.length ? CHUNK : CHUNK.subarray(0, n))) {
+          req.once('drain', pump)
+          return
+        }
+      }
+      req.end()
+    }
     pump()
   })
 }
 const targets = []
-for (const n of (process.env.TARGETS ?? 'gatehouse,fastify,bare').split(',')) targets.push(await startProxy(n))
+for (const n of (process.env.TARGETS ?? 'gatehouse,fastify,bare').split(',')) {
+  targets.push(await startProxy(n))
+}
 for (const t of targets) await upload(t.base, 256 * 1024 * 1024)
 const res = new Map(targets.map((t) => [t.name, []]))
 for (let i = 0; i < REPS; i++) {
@@ -79,7 +112,15 @@ for (let i = 0; i < REPS; i++) {
 for (const [n, r] of res) {
   const m = r.map((x) => x.mbps).sort((a, b) => a - b)
   const c = r.map((x) => x.cpuPerGB).sort((a, b) => a - b)
-  console.log(n.padEnd(10), 'MB/s', m.map((x) => x.toFixed(0)).join(' '), ' median', m[m.length >> 1].toFixed(0), ' proxy cpu ms/GB', c[c.length >> 1].toFixed(0))
+  console.log(
+    n.padEnd(10),
+    'MB/s',
+    m.map((x) => x.toFixed(0)).join(' '),
+    ' median',
+    m[m.length >> 1].toFixed(0),
+    ' proxy cpu ms/GB',
+    c[c.length >> 1].toFixed(0),
+  )
 }
 for (const p of procs) p.kill()
 process.exit(0)

@@ -17,10 +17,15 @@ const server = http.createServer({ keepAliveTimeout: 60_000 }, (req, res) => {
     res.end(SMALL)
   } else if (req.method === 'POST' && (path === '/echo16k' || path === '/upload')) {
     let n = 0
-    req.on('data', (chunk) => { n += chunk.length })
+    req.on('data', (chunk) => {
+      n += chunk.length
+    })
     req.on('end', () => {
       const body = path === '/upload' ? String(n) : `{"received":${n}}`
-      res.writeHead(200, { 'content-type': path === '/upload' ? 'text/plain' : 'application/json', 'content-length': Buffer.byteLength(body) })
+      res.writeHead(200, {
+        'content-type': path === '/upload' ? 'text/plain' : 'application/json',
+        'content-length': Buffer.byteLength(body),
+      })
       res.end(body)
     })
   } else if (req.method === 'GET' && path === '/download') {
@@ -39,7 +44,9 @@ const server = http.createServer({ keepAliveTimeout: 60_000 }, (req, res) => {
       }
       res.end()
     }
-    res.on('close', () => { left = 0 })
+    res.on('close', () => {
+      left = 0
+    })
     pump()
   } else {
     res.writeHead(404, { 'content-length': 0 })

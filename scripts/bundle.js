@@ -14,10 +14,13 @@ const here = path.dirname(fileURLToPath(import.meta.url))
 const lazyBuiltins = {
   name: 'lazy-builtins',
   setup (b) {
-    b.onResolve({ filter: /^(node:)?http2$/ }, (args) =>
-      /[\\/]undici[\\/]lib[\\/]dispatcher[\\/]client-h2\.js$/.test(args.importer)
-        ? { path: path.join(here, 'shims', 'http2.cjs') }
-        : undefined)
+    b.onResolve(
+      { filter: /^(node:)?http2$/ },
+      (args) =>
+        /[\\/]undici[\\/]lib[\\/]dispatcher[\\/]client-h2\.js$/.test(args.importer)
+          ? { path: path.join(here, 'shims', 'http2.cjs') }
+          : undefined,
+    )
   },
 }
 

@@ -16,7 +16,8 @@ const LAYERS = [
   ['stores/', 'identity/', 'upstream/', 'plugins/'],
   ['delivery/'],
   // The per-request state and what steps build on: below the policies.
-  ['pipeline/exchange.ts', 'pipeline/step.ts', 'pipeline/body.ts', 'pipeline/respond.ts', 'pipeline/run.ts', 'pipeline/response.ts'],
+  ['pipeline/exchange.ts', 'pipeline/step.ts', 'pipeline/body.ts', 'pipeline/respond.ts',
+    'pipeline/run.ts', 'pipeline/response.ts'],
   ['policies/'],
   // The route table: matchers and each route's compiled policies.
   ['compile/table.ts'],
@@ -61,24 +62,39 @@ for (const [from, deps] of graph) {
   if (lf === -1) problems.push(`${rel(from)}: in no layer (add it to scripts/check-imports.mjs)`)
   for (const to of deps) {
     const lt = layerOf(rel(to))
-    if (lf !== -1 && lt > lf) problems.push(`${rel(from)} imports ${rel(to)}: a lower layer may not import a higher one`)
+    if (lf !== -1 && lt > lf) {
+      problems.push(`${rel(from)} imports ${rel(to)}: a lower layer may not import a higher one`)
+    }
   }
 }
 
 // Tarjan's strongly connected components: every component of more than one module is a cycle.
 let index = 0
-const idx = new Map(); const low = new Map(); const stack = []; const on = new Set()
+const idx = new Map()
+const low = new Map()
+const stack = []
+const on = new Set()
 function connect (v) {
-  idx.set(v, index); low.set(v, index); index++
-  stack.push(v); on.add(v)
+  idx.set(v, index)
+  low.set(v, index)
+  index++
+  stack.push(v)
+  on.add(v)
   for (const w of graph.get(v) ?? []) {
     if (!graph.has(w)) continue
-    if (!idx.has(w)) { connect(w); low.set(v, Math.min(low.get(v), low.get(w))) } else if (on.has(w)) low.set(v, Math.min(low.get(v), idx.get(w)))
+    if (!idx.has(w)) {
+      connect(w)
+      low.set(v, Math.min(low.get(v), low.get(w)))
+    } else if (on.has(w)) low.set(v, Math.min(low.get(v), idx.get(w)))
   }
   if (low.get(v) === idx.get(v)) {
     const c = []
     let w
-    do { w = stack.pop(); on.delete(w); c.push(w) } while (w !== v)
+    do {
+      w = stack.pop()
+      on.delete(w)
+      c.push(w)
+    } while (w !== v)
     if (c.length > 1) problems.push(`import cycle: ${c.map(rel).sort().join(', ')}`)
   }
 }

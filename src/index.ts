@@ -20,7 +20,14 @@ export type { CompiledRoute, CompileDeps } from './compile/index.js'
 export { ConfigError, GatewayError, ERRORS, isGatewayError } from './errors/index.js'
 export type { ConfigIssue, ErrorCode } from './errors/index.js'
 export { definePlugin } from './plugins/api.js'
-export type { PluginContext, PluginDefinition, PluginRequest, PluginResponse, PluginUpstreamResponse, PluginLogger } from './plugins/api.js'
+export type {
+  PluginContext,
+  PluginDefinition,
+  PluginRequest,
+  PluginResponse,
+  PluginUpstreamResponse,
+  PluginLogger,
+} from './plugins/api.js'
 export type { Identity } from './identity/types.js'
 export { VERSION } from './version.js'
 
@@ -38,11 +45,19 @@ export function loadConfigFile (file: string, options: LoadOptions = {}): Config
 }
 
 /** Parse and validate YAML text. `file` only labels error messages. */
-export function parseConfig (text: string, options: LoadOptions = {}, file: string | null = null): Config {
+export function parseConfig (
+  text: string,
+  options: LoadOptions = {},
+  file: string | null = null,
+): Config {
   return configLoad.parseConfig(text, { checks: compileChecks, ...options }, file)
 }
 
 /** Validate an already-parsed config object. A Config that came out of these is returned as it is. */
-export function validateConfig (raw: unknown, options: ValidateOptions = {}, file: string | null = null): Config {
+export function validateConfig (
+  raw: unknown,
+  options: ValidateOptions = {},
+  file: string | null = null,
+): Config {
   return configLoad.validateConfig(raw, { checks: compileChecks, ...options }, file)
 }

@@ -9,7 +9,10 @@ const port = Number(process.env.DEMO_MODEL_PORT ?? 8000)
 
 function json (res, status, body) {
   const text = JSON.stringify(body)
-  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) })
+  res.writeHead(status, {
+    'content-type': 'application/json',
+    'content-length': Buffer.byteLength(text),
+  })
   res.end(text)
 }
 
@@ -28,7 +31,11 @@ function readJson (req, cb) {
 const server = http.createServer((req, res) => {
   const path = req.url.split('?')[0]
   if (req.method === 'GET' && path === '/healthz') return json(res, 200, { status: 'ok' })
-  if (req.method === 'GET' && path === '/v1/models') return json(res, 200, { models: [{ id: 'sentiment-mini', kind: 'classifier' }, { id: 'echo-lm', kind: 'generator' }] })
+  if (req.method === 'GET' && path === '/v1/models') {
+    return json(res, 200, {
+      models: [{ id: 'sentiment-mini', kind: 'classifier' }, { id: 'echo-lm', kind: 'generator' }],
+    })
+  }
   if (req.method === 'POST' && path === '/v1/predict') {
     return readJson(req, (err, body) => {
       if (err) return json(res, 400, { error: 'invalid JSON' })
@@ -36,7 +43,12 @@ const server = http.createServer((req, res) => {
       const positive = (text.match(/\b(good|great|love|fast|excellent)\b/gi) ?? []).length
       const negative = (text.match(/\b(bad|slow|hate|broken|awful)\b/gi) ?? []).length
       const score = (positive + 1) / (positive + negative + 2)
-      json(res, 200, { model: 'sentiment-mini', label: score >= 0.5 ? 'positive' : 'negative', score: Number(score.toFixed(3)), request_id: req.headers['x-request-id'] })
+      json(res, 200, {
+        model: 'sentiment-mini',
+        label: score >= 0.5 ? 'positive' : 'negative',
+        score: Number(score.toFixed(3)),
+        request_id: req.headers['x-request-id'],
+      })
     })
   }
   if (req.method === 'POST' && path === '/v1/generate') {
@@ -59,6 +71,10 @@ const server = http.createServer((req, res) => {
   json(res, 404, { error: 'not found' })
 })
 
-server.listen(port, '127.0.0.1', () => console.log(JSON.stringify({ msg: 'demo model listening', port })))
+server.listen(
+  port,
+  '127.0.0.1',
+  () => console.log(JSON.stringify({ msg: 'demo model listening', port })),
+)
 process.on('SIGTERM', () => server.close(() => process.exit(0)))
 process.on('SIGINT', () => server.close(() => process.exit(0)))

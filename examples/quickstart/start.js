@@ -7,7 +7,8 @@ const here = dirname(fileURLToPath(import.meta.url))
 const root = join(here, '..', '..')
 const children = [
   spawn(process.execPath, [join(here, 'demo-model.js')], { stdio: 'inherit' }),
-  spawn(process.execPath, [join(root, 'bin', 'gatehouse.cjs'), 'start', '--config', join(here, 'gatehouse.yaml')], { stdio: 'inherit' }),
+  spawn(process.execPath, [join(root, 'bin', 'gatehouse.cjs'), 'start', '--config',
+    join(here, 'gatehouse.yaml')], { stdio: 'inherit' }),
 ]
 process.stdout.write(`
 Gatehouse is starting on http://127.0.0.1:8080 (admin on http://127.0.0.1:9901). Try:

@@ -57,15 +57,33 @@ function settings (options: RerankOptions): Settings {
   if (cached !== undefined) return cached
   const factor = options.factor ?? 3
   const maxWindow = options.max_window ?? 100
-  if (!Number.isInteger(factor) || factor < 1) throw new Error(`rerank: factor must be a whole number ≥ 1, got ${JSON.stringify(options.factor)}`)
-  if (!Number.isInteger(maxWindow) || maxWindow < 1) throw new Error(`rerank: max_window must be a whole number ≥ 1, got ${JSON.stringify(options.max_window)}`)
+  if (!Number.isInteger(factor) || factor < 1) {
+    throw new Error(
+      `rerank: factor must be a whole number ≥ 1, got ${JSON.stringify(options.factor)}`,
+    )
+  }
+  if (!Number.isInteger(maxWindow) || maxWindow < 1) {
+    throw new Error(
+      `rerank: max_window must be a whole number ≥ 1, got ${JSON.stringify(options.max_window)}`,
+    )
+  }
   const textFields = options.text_fields ?? ['title']
-  if (!Array.isArray(textFields) || textFields.some((f) => typeof f !== 'string' || f === '')) throw new Error('rerank: text_fields must be a list of field names')
+  if (!Array.isArray(textFields) || textFields.some((f) => typeof f !== 'string' || f === '')) {
+    throw new Error('rerank: text_fields must be a list of field names')
+  }
   const w = options.weights ?? {}
   const weights = { score: w.score ?? 1, boost: w.boost ?? 1, terms: w.terms ?? 0.5 }
-  if (Object.values(weights).some((v) => typeof v !== 'number' || !Number.isFinite(v))) throw new Error('rerank: weights must be numbers')
+  if (Object.values(weights).some((v) => typeof v !== 'number' || !Number.isFinite(v))) {
+    throw new Error('rerank: weights must be numbers')
+  }
   const onModelError = options.on_model_error ?? 'fail'
-  if (onModelError !== 'fail' && onModelError !== 'upstream_order') throw new Error(`rerank: on_model_error must be "fail" or "upstream_order", got ${JSON.stringify(onModelError)}`)
+  if (onModelError !== 'fail' && onModelError !== 'upstream_order') {
+    throw new Error(
+      `rerank: on_model_error must be "fail" or "upstream_order", got ${
+        JSON.stringify(onModelError)
+      }`,
+    )
+  }
   const s: Settings = {
     factor,
     maxWindow,
@@ -136,7 +154,9 @@ export default definePlugin<RerankOptions>({
     const body = r.body
     if (!isObject(body) || !isObject(body.hits) || !Array.isArray(body.hits.hits)) {
       // We asked for more hits than the caller did: passing this on could hand them the whole window.
-      throw new Error(`rerank: the upstream's 200 answer to ${ctx.request.path} is not a search response`)
+      throw new Error(
+        `rerank: the upstream's 200 answer to ${ctx.request.path} is not a search response`,
+      )
     }
     const hits = body.hits.hits as Hit[]
     const s = settings(ctx.options)
@@ -146,7 +166,10 @@ export default definePlugin<RerankOptions>({
         scores = await modelScores(ctx, s, s.modelUrl, plan.text, hits)
       } catch (err) {
         if (s.onModelError === 'fail' || ctx.signal.aborted) throw err
-        ctx.log.warn({ err: (err as Error).message }, 'rerank model unavailable; answering in the upstream order')
+        ctx.log.warn(
+          { err: (err as Error).message },
+          'rerank model unavailable; answering in the upstream order',
+        )
         body.hits.hits = hits.slice(plan.from, plan.from + plan.size)
         r.headers['x-gatehouse-reranked'] = 'false'
         return
@@ -155,7 +178,9 @@ export default definePlugin<RerankOptions>({
       scores = localScores(s, plan.text, hits)
     }
     // Ties keep the upstream's order, so equal scores never shuffle between requests.
-    const ranked = hits.map((hit, i) => ({ hit, score: scores[i]!, i })).sort((a, b) => b.score - a.score || a.i - b.i)
+    const ranked = hits.map((hit, i) => ({ hit, score: scores[i]!, i })).sort((a, b) =>
+      b.score - a.score || a.i - b.i
+    )
     const page = ranked.slice(plan.from, plan.from + plan.size)
     for (const { hit, score } of page) hit._score = score
     body.hits.hits = page.map((p) => p.hit)
@@ -189,7 +214,13 @@ function localScores (s: Settings, text: string, hits: Hit[]): number[] {
 }
 
 /** Ask the scoring model; its answer must be one finite number per document. */
-async function modelScores (ctx: PluginContext<RerankOptions>, s: Settings, url: string, text: string, hits: Hit[]): Promise<number[]> {
+async function modelScores (
+  ctx: PluginContext<RerankOptions>,
+  s: Settings,
+  url: string,
+  text: string,
+  hits: Hit[],
+): Promise<number[]> {
   const documents = hits.map((h) => documentText(s, h))
   // ctx.signal ends the call when the plugin's timeout passes or the client goes away.
   const res = await fetch(url, {
@@ -204,7 +235,10 @@ async function modelScores (ctx: PluginContext<RerankOptions>, s: Settings, url:
   }
   const answer = await res.json() as { scores?: unknown }
   const scores = answer?.scores
-  if (!Array.isArray(scores) || scores.length !== documents.length || scores.some((v) => typeof v !== 'number' || !Number.isFinite(v))) {
+  if (
+    !Array.isArray(scores) || scores.length !== documents.length ||
+    scores.some((v) => typeof v !== 'number' || !Number.isFinite(v))
+  ) {
     throw new Error(`rerank model ${url} did not answer { scores: [${documents.length} numbers] }`)
   }
   return scores as number[]
@@ -220,13 +254,19 @@ function queryText (query: unknown): string | null {
       return
     }
     for (const [key, value] of Object.entries(node)) {
-      if ((key === 'match' || key === 'match_phrase' || key === 'match_bool_prefix') && isObject(value)) {
+      if (
+        (key === 'match' || key === 'match_phrase' || key === 'match_bool_prefix') &&
+        isObject(value)
+      ) {
         // { match: { field: "text" } } or { match: { field: { query: "text" } } }
         for (const v of Object.values(value)) {
           if (typeof v === 'string') found.push(v)
           else if (isObject(v) && typeof v.query === 'string') found.push(v.query)
         }
-      } else if ((key === 'multi_match' || key === 'query_string' || key === 'simple_query_string') && isObject(value) && typeof value.query === 'string') {
+      } else if (
+        (key === 'multi_match' || key === 'query_string' || key === 'simple_query_string') &&
+        isObject(value) && typeof value.query === 'string'
+      ) {
         found.push(value.query)
       } else {
         walk(value, depth + 1)

@@ -13,8 +13,8 @@ interface AdminHost {
 
 /** What outlives one table: providers, stores, the delivery log (server/reload.ts Reloader). */
 interface AdminRegistries {
-  identityStatus (): Record<string, ProviderStatus>
-  storeStatus (): Record<string, { status: string, kind: string }>
+  identityStatus(): Record<string, ProviderStatus>
+  storeStatus(): Record<string, { status: string, kind: string }>
   readonly delivery: DeliveryService
 }
 
@@ -26,12 +26,20 @@ export function createAdminServer (host: AdminHost, registries: AdminRegistries)
   return http.createServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0]!
     if (path === '/deliveries' || path.startsWith('/deliveries/')) {
-      deliveries(registries.delivery, req, path, new URL(req.url ?? '/', 'http://admin').searchParams).then(
+      deliveries(
+        registries.delivery,
+        req,
+        path,
+        new URL(req.url ?? '/', 'http://admin').searchParams,
+      ).then(
         ([status, body]) => send(res, status, body),
-        (err: Error) => send(res, 503, { error: `delivery store: ${err.message}` }))
+        (err: Error) => send(res, 503, { error: `delivery store: ${err.message}` }),
+      )
       return
     }
-    if (req.method !== 'GET' && req.method !== 'HEAD') return send(res, 405, { error: 'method not allowed' }, { allow: 'GET, HEAD' })
+    if (req.method !== 'GET' && req.method !== 'HEAD') {
+      return send(res, 405, { error: 'method not allowed' }, { allow: 'GET, HEAD' })
+    }
     switch (path) {
       case '/healthz':
         return send(res, 200, { status: 'ok' })
@@ -43,7 +51,9 @@ export function createAdminServer (host: AdminHost, registries: AdminRegistries)
         // never makes the gateway unready: taking it out of the load balancer would not help.
         const identity = registries.identityStatus()
         const stores = registries.storeStatus()
-        const degraded = [...Object.values(identity), ...Object.values(stores)].some((s) => s.status !== 'ok')
+        const degraded = [...Object.values(identity), ...Object.values(stores)].some((s) =>
+          s.status !== 'ok'
+        )
         return send(res, ready ? 200 : 503, {
           status: !ready ? 'not ready' : degraded ? 'degraded' : 'ready',
           routes: host.table.routes.length,
@@ -55,7 +65,10 @@ export function createAdminServer (host: AdminHost, registries: AdminRegistries)
         // The phantom-token signer's public key, for upstreams that verify the gateway's tokens.
         const phantom = host.table.identity.phantom
         if (phantom === null) return send(res, 404, { error: 'no phantom_token key is configured' })
-        phantom.jwks().then((jwks) => send(res, 200, jwks, { 'cache-control': 'max-age=300' }), (err: Error) => send(res, 500, { error: err.message }))
+        phantom.jwks().then(
+          (jwks) => send(res, 200, jwks, { 'cache-control': 'max-age=300' }),
+          (err: Error) => send(res, 500, { error: err.message }),
+        )
         return
       }
       case '/metrics':
@@ -71,7 +84,11 @@ export function createAdminServer (host: AdminHost, registries: AdminRegistries)
             name: r.name,
             match: r.describe,
             upstream: r.upstream.name,
-            targets: r.upstream.targets.map((t) => ({ url: t.origin + t.basePath, in_flight: t.inFlight, ejected: !t.isHealthy(Date.now()) })),
+            targets: r.upstream.targets.map((t) => ({
+              url: t.origin + t.basePath,
+              in_flight: t.inFlight,
+              ejected: !t.isHealthy(Date.now()),
+            })),
           })),
         })
       default:
@@ -85,7 +102,12 @@ export function createAdminServer (host: AdminHost, registries: AdminRegistries)
  * POST /deliveries/{id}/replay, POST /deliveries/replay?route= (every dead letter),
  * DELETE /deliveries?state=dead|delivered&route=.
  */
-async function deliveries (d: DeliveryService, req: http.IncomingMessage, path: string, q: URLSearchParams): Promise<[number, unknown]> {
+async function deliveries (
+  d: DeliveryService,
+  req: http.IncomingMessage,
+  path: string,
+  q: URLSearchParams,
+): Promise<[number, unknown]> {
   req.resume()
   const method = req.method ?? 'GET'
   const route = q.get('route') ?? undefined
@@ -93,21 +115,29 @@ async function deliveries (d: DeliveryService, req: http.IncomingMessage, path: 
   if (d.store === null) return [404, { error: 'no route is async: there is no delivery store' }]
   if (parts.length === 1) {
     const state = q.get('state') ?? undefined
-    if (state !== undefined && state !== 'pending' && state !== 'delivered' && state !== 'dead') return [400, { error: 'state must be pending, delivered or dead' }]
+    if (state !== undefined && state !== 'pending' && state !== 'delivered' && state !== 'dead') {
+      return [400, { error: 'state must be pending, delivered or dead' }]
+    }
     if (method === 'GET') {
       const limit = Number(q.get('limit') ?? 100)
-      if (!Number.isInteger(limit) || limit < 1 || limit > 10_000) return [400, { error: 'limit must be 1 to 10000' }]
+      if (!Number.isInteger(limit) || limit < 1 || limit > 10_000) {
+        return [400, { error: 'limit must be 1 to 10000' }]
+      }
       return [200, { deliveries: await d.list(state, route, limit) }]
     }
     if (method === 'DELETE') {
-      if (state !== 'dead' && state !== 'delivered') return [400, { error: 'purge needs state=dead or state=delivered' }]
+      if (state !== 'dead' && state !== 'delivered') {
+        return [400, { error: 'purge needs state=dead or state=delivered' }]
+      }
       return [200, { purged: await d.purge(state, route) }]
     }
     return [405, { error: 'use GET or DELETE' }]
   }
   if (parts.length === 2 && parts[1] === 'replay') {
     if (method !== 'POST') return [405, { error: 'use POST' }]
-    return [200, { replayed: await d.replay(route === undefined ? { dead: true } : { dead: true, route }) }]
+    return [200, {
+      replayed: await d.replay(route === undefined ? { dead: true } : { dead: true, route }),
+    }]
   }
   const id = decodeURIComponent(parts[1]!)
   if (parts.length === 2 && method === 'GET') {
@@ -118,15 +148,27 @@ async function deliveries (d: DeliveryService, req: http.IncomingMessage, path: 
     const n = await d.replay({ ids: [id] })
     if (n === 0) {
       const v = await d.get(id)
-      return v === null ? [404, { error: `no delivery ${id}` }] : [409, { error: `delivery ${id} is ${v.state}; only dead deliveries are replayed` }]
+      return v === null
+        ? [404, { error: `no delivery ${id}` }]
+        : [409, { error: `delivery ${id} is ${v.state}; only dead deliveries are replayed` }]
     }
     return [200, { replayed: n }]
   }
   return [404, { error: 'not found' }]
 }
 
-function send (res: http.ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
+function send (
+  res: http.ServerResponse,
+  status: number,
+  body: unknown,
+  headers: Record<string, string> = {},
+): void {
   const text = JSON.stringify(body)
-  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), 'cache-control': 'no-store', ...headers })
+  res.writeHead(status, {
+    'content-type': 'application/json',
+    'content-length': Buffer.byteLength(text),
+    'cache-control': 'no-store',
+    ...headers,
+  })
   res.end(text)
 }

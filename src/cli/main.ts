@@ -109,10 +109,22 @@ tried. Nothing is started and no keys are fetched.
 Options:
 ${CONFIG_OPTION}${HELP_OPTION}`,
   },
-  'deliveries list': { options: ['config', 'admin', 'state', 'route', 'limit'], args: [0, 0], help: DELIVERIES_HELP },
+  'deliveries list': {
+    options: ['config', 'admin', 'state', 'route', 'limit'],
+    args: [0, 0],
+    help: DELIVERIES_HELP,
+  },
   'deliveries show': { options: ['config', 'admin'], args: [1, 1], help: DELIVERIES_HELP },
-  'deliveries replay': { options: ['config', 'admin', 'dead', 'route'], args: [0, 1], help: DELIVERIES_HELP },
-  'deliveries purge': { options: ['config', 'admin', 'state', 'route'], args: [0, 0], help: DELIVERIES_HELP },
+  'deliveries replay': {
+    options: ['config', 'admin', 'dead', 'route'],
+    args: [0, 1],
+    help: DELIVERIES_HELP,
+  },
+  'deliveries purge': {
+    options: ['config', 'admin', 'state', 'route'],
+    args: [0, 0],
+    help: DELIVERIES_HELP,
+  },
 }
 
 const OPTIONS = {
@@ -127,7 +139,9 @@ const OPTIONS = {
 } as const satisfies Record<string, { type: 'string' | 'boolean', short?: string }>
 
 type OptionName = keyof typeof OPTIONS
-type Values = { [K in OptionName]?: (typeof OPTIONS)[K]['type'] extends 'string' ? string : boolean }
+type Values = {
+  [K in OptionName]?: (typeof OPTIONS)[K]['type'] extends 'string' ? string : boolean
+}
 
 const DELIVERY_STATES = ['pending', 'delivered', 'dead']
 
@@ -137,7 +151,13 @@ export async function main (argv: string[]): Promise<number> {
   // because an option another command takes (list --dead) would otherwise be silently ignored.
   let tokens
   try {
-    tokens = parseArgs({ args: argv, options: OPTIONS, strict: false, allowPositionals: true, tokens: true }).tokens
+    tokens = parseArgs({
+      args: argv,
+      options: OPTIONS,
+      strict: false,
+      allowPositionals: true,
+      tokens: true,
+    }).tokens
   } catch (err) {
     return usage((err as Error).message)
   }
@@ -166,7 +186,9 @@ export async function main (argv: string[]): Promise<number> {
   if (spec === undefined) {
     // An option no command knows may be why the command was misread (`--confg x.yaml check`).
     const stray = tokens.find((t) => t.kind === 'option' && !Object.hasOwn(OPTIONS, t.name))
-    if (stray?.kind === 'option') return usage(unknownOption(stray.rawName, stray.name, Object.keys(OPTIONS), null))
+    if (stray?.kind === 'option') {
+      return usage(unknownOption(stray.rawName, stray.name, Object.keys(OPTIONS), null))
+    }
     if (command === 'deliveries') {
       if (asked.has('help')) return help(DELIVERIES_HELP)
       return usage(`unknown deliveries command "${sub ?? ''}"`, DELIVERIES_HELP)
@@ -176,24 +198,38 @@ export async function main (argv: string[]): Promise<number> {
   if (asked.has('help')) return help(spec.help)
   const allowed = new Set<string>([...spec.options, 'help', 'version'])
   for (const t of tokens) {
-    if (t.kind === 'option' && !allowed.has(t.name)) return usage(unknownOption(t.rawName, t.name, spec.options, key), spec.help)
+    if (t.kind === 'option' && !allowed.has(t.name)) {
+      return usage(unknownOption(t.rawName, t.name, spec.options, key), spec.help)
+    }
   }
   let values: Values
   try {
-    values = parseArgs({ args: argv, options: pick(allowed), strict: true, allowPositionals: true }).values as Values
+    values = parseArgs({ args: argv, options: pick(allowed), strict: true, allowPositionals: true })
+      .values as Values
   } catch (err) {
     // A missing value (--config at the end), or a value given to a switch (--dead=yes).
     return usage((err as Error).message, spec.help)
   }
   const args = positionals.slice(key.split(' ').length)
-  if (args.length < spec.args[0]) return usage(`${key} needs ${spec.args[0] === 1 ? 'an ID' : `${spec.args[0]} arguments`}`, spec.help)
-  if (args.length > spec.args[1]) return usage(`unexpected argument "${args[spec.args[1]]}" for "${key}"`, spec.help)
+  if (args.length < spec.args[0]) {
+    return usage(
+      `${key} needs ${spec.args[0] === 1 ? 'an ID' : `${spec.args[0]} arguments`}`,
+      spec.help,
+    )
+  }
+  if (args.length > spec.args[1]) {
+    return usage(`unexpected argument "${args[spec.args[1]]}" for "${key}"`, spec.help)
+  }
   const file = values.config ?? 'gatehouse.yaml'
   switch (command) {
-    case 'check': return check(file)
-    case 'routes': return routes(file)
-    case 'start': return start(file)
-    default: return deliveries(file, positionals.slice(1), values)
+    case 'check':
+      return check(file)
+    case 'routes':
+      return routes(file)
+    case 'start':
+      return start(file)
+    default:
+      return deliveries(file, positionals.slice(1), values)
   }
 }
 
@@ -201,12 +237,21 @@ export async function main (argv: string[]): Promise<number> {
  * "unknown option --dead (did you mean --state dead?)": the nearest of the options that apply;
  * without one, an option of another command says so.
  */
-function unknownOption (raw: string, name: string, options: readonly string[], command: string | null): string {
+function unknownOption (
+  raw: string,
+  name: string,
+  options: readonly string[],
+  command: string | null,
+): string {
   // `list --dead`: a state written as a switch.
-  if (options.includes('state') && DELIVERY_STATES.includes(name)) return `unknown option ${raw} (did you mean --state ${name}?)`
+  if (options.includes('state') && DELIVERY_STATES.includes(name)) {
+    return `unknown option ${raw} (did you mean --state ${name}?)`
+  }
   const near = name.length > 1 ? suggest(name, options) : null
   if (near !== null) return `unknown option ${raw} (did you mean --${near}?)`
-  if (command !== null && Object.hasOwn(OPTIONS, name)) return `option ${raw} does not apply to "${command}"`
+  if (command !== null && Object.hasOwn(OPTIONS, name)) {
+    return `option ${raw} does not apply to "${command}"`
+  }
   return `unknown option ${raw}`
 }
 
@@ -229,7 +274,11 @@ function load (file: string) {
     return loadChecked(file)
   } catch (err) {
     if (err instanceof ConfigError) {
-      process.stderr.write(`${err.message}\n${err.issues.length} problem${err.issues.length === 1 ? '' : 's'} in ${file}\n`)
+      process.stderr.write(
+        `${err.message}\n${err.issues.length} problem${
+          err.issues.length === 1 ? '' : 's'
+        } in ${file}\n`,
+      )
       return null
     }
     throw err
@@ -240,11 +289,15 @@ function check (file: string): number {
   const config = load(file)
   if (config === null) return 1
   const l = config.listen
-  process.stdout.write(`${file}: ok: ${config.routes.length} route${config.routes.length === 1 ? '' : 's'}, ` +
-    `${Object.keys(config.upstreams).length} upstream${Object.keys(config.upstreams).length === 1 ? '' : 's'}` +
-    `${plural(Object.keys(config.identity.providers).length, 'identity provider')}; ` +
-    `listen ${l.tls === undefined ? 'http' : 'https'}://${l.host}:${l.port}` +
-    `${config.admin.enabled ? `, admin ${config.admin.host}:${config.admin.port}` : ''}\n`)
+  process.stdout.write(
+    `${file}: ok: ${config.routes.length} route${config.routes.length === 1 ? '' : 's'}, ` +
+      `${Object.keys(config.upstreams).length} upstream${
+        Object.keys(config.upstreams).length === 1 ? '' : 's'
+      }` +
+      `${plural(Object.keys(config.identity.providers).length, 'identity provider')}; ` +
+      `listen ${l.tls === undefined ? 'http' : 'https'}://${l.host}:${l.port}` +
+      `${config.admin.enabled ? `, admin ${config.admin.host}:${config.admin.port}` : ''}\n`,
+  )
   return 0
 }
 
@@ -257,7 +310,9 @@ async function deliveries (file: string, args: string[], o: Values): Promise<num
   if (base === undefined) {
     const config = load(file)
     if (config === null) return 1
-    const host = config.admin.host === '0.0.0.0' || config.admin.host === '::' ? '127.0.0.1' : config.admin.host
+    const host = config.admin.host === '0.0.0.0' || config.admin.host === '::'
+      ? '127.0.0.1'
+      : config.admin.host
     base = `http://${host.includes(':') ? `[${host}]` : host}:${config.admin.port}`
   }
   const q = new URLSearchParams()
@@ -269,35 +324,46 @@ async function deliveries (file: string, args: string[], o: Values): Promise<num
   let method = 'GET'
   let path: string
   switch (sub) {
-    case 'list': path = '/deliveries' + qs; break
+    case 'list':
+      path = '/deliveries' + qs
+      break
     case 'show':
       if (id === undefined) return usage('deliveries show needs an ID', DELIVERIES_HELP)
       path = `/deliveries/${encodeURIComponent(id)}`
       break
     case 'replay':
       method = 'POST'
-      if (o.dead === true) path = '/deliveries/replay' + (o.route === undefined ? '' : `?route=${encodeURIComponent(o.route)}`)
-      else if (id !== undefined) path = `/deliveries/${encodeURIComponent(id)}/replay`
+      if (o.dead === true) {
+        path = '/deliveries/replay' +
+          (o.route === undefined ? '' : `?route=${encodeURIComponent(o.route)}`)
+      } else if (id !== undefined) path = `/deliveries/${encodeURIComponent(id)}/replay`
       else return usage('deliveries replay needs an ID or --dead', DELIVERIES_HELP)
       break
     case 'purge':
-      if (o.state !== 'dead' && o.state !== 'delivered') return usage('deliveries purge needs --state dead or --state delivered', DELIVERIES_HELP)
+      if (o.state !== 'dead' && o.state !== 'delivered') {
+        return usage('deliveries purge needs --state dead or --state delivered', DELIVERIES_HELP)
+      }
       method = 'DELETE'
       path = '/deliveries' + qs
       break
-    default: return usage(`unknown deliveries command "${sub ?? ''}"`, DELIVERIES_HELP)
+    default:
+      return usage(`unknown deliveries command "${sub ?? ''}"`, DELIVERIES_HELP)
   }
   let res: Response
   try {
     res = await fetch(base + path, { method })
   } catch (err) {
-    process.stderr.write(`gatehouse: cannot reach the admin API at ${base}: ${describeFetchError(err)}\n`)
+    process.stderr.write(
+      `gatehouse: cannot reach the admin API at ${base}: ${describeFetchError(err)}\n`,
+    )
     return 1
   }
   const body = await res.text()
   if (!res.ok) {
     let msg = body
-    try { msg = JSON.parse(body).error ?? body } catch {}
+    try {
+      msg = JSON.parse(body).error ?? body
+    } catch {}
     process.stderr.write(`gatehouse: ${res.status} ${msg}\n`)
     return 1
   }
@@ -305,7 +371,15 @@ async function deliveries (file: string, args: string[], o: Values): Promise<num
   if (sub === 'list') {
     const rows = data.deliveries as Array<Record<string, unknown>>
     if (rows.length === 0) process.stdout.write('no deliveries\n')
-    for (const d of rows) process.stdout.write(`${String(d.id)}  ${String(d.route)}  ${String(d.state).padEnd(9)}  attempts=${String(d.attempts)}  ${String(d.created_at)}${d.last_error === null ? '' : `  last_error=${String(d.last_error)}`}\n`)
+    for (const d of rows) {
+      process.stdout.write(
+        `${String(d.id)}  ${String(d.route)}  ${String(d.state).padEnd(9)}  attempts=${
+          String(d.attempts)
+        }  ${String(d.created_at)}${
+          d.last_error === null ? '' : `  last_error=${String(d.last_error)}`
+        }\n`,
+      )
+    }
   } else {
     process.stdout.write(JSON.stringify(data, null, 2) + '\n')
   }
@@ -339,14 +413,30 @@ function describeOnly (config: Config): CompileDeps {
   const logger = createLogger('silent')
   const metrics = new Metrics(false)
   const identity = config.identity
-  const providers = new Map(Object.entries(identity.providers).map(([name, p]) => [name, createProvider(name, p, { logger, metrics })]))
+  const providers = new Map(
+    Object.entries(identity.providers).map((
+      [name, p],
+    ) => [name, createProvider(name, p, { logger, metrics })]),
+  )
   // `default` is an in-process memory store unless the config defines its own; its size does
   // not matter in a table that counts nothing.
-  const storeConfigs = { default: { kind: 'memory' as const, max_keys: 1, max_bytes: 1 }, ...config.stores }
+  const storeConfigs = {
+    default: { kind: 'memory' as const, max_keys: 1, max_bytes: 1 },
+    ...config.stores,
+  }
   return {
     targets: new Map(Object.keys(config.upstreams).map((name) => [name, []])),
-    identity: { realm: identity.realm, providers, phantom: identity.phantom_token === undefined ? null : new PhantomSigner(identity.phantom_token), created: [] },
-    stores: storeSet(new Map(Object.entries(storeConfigs).map(([name, s]) => [name, createBackend(s, logger)]))),
+    identity: {
+      realm: identity.realm,
+      providers,
+      phantom: identity.phantom_token === undefined
+        ? null
+        : new PhantomSigner(identity.phantom_token),
+      created: [],
+    },
+    stores: storeSet(
+      new Map(Object.entries(storeConfigs).map(([name, s]) => [name, createBackend(s, logger)])),
+    ),
     metrics,
   }
 }
@@ -389,8 +479,12 @@ async function start (file: string): Promise<number> {
     // counted like any invalid config, and the running table stays.
     await gateway.reload(() => loadChecked(file)).catch(() => {})
   }
-  const watcher = watchFile(file, () => { reload('change').catch(() => {}) })
-  process.on('SIGHUP', () => { reload('signal').catch(() => {}) })
+  const watcher = watchFile(file, () => {
+    reload('change').catch(() => {})
+  })
+  process.on('SIGHUP', () => {
+    reload('signal').catch(() => {})
+  })
 
   return await new Promise<number>((resolve) => {
     let stopping = false
@@ -441,15 +535,32 @@ function guardProcess (gateway: Gateway, fatal: () => void): () => void {
     count.inc({ kind: 'rejection' })
     try {
       const plugin = pluginOf(reason)
-      gateway.logger.error({ msg: 'unhandled promise rejection; still serving', kind: 'rejection', ...(plugin === null ? {} : { plugin }), err: describeError(reason) })
+      gateway.logger.error({
+        msg: 'unhandled promise rejection; still serving',
+        kind: 'rejection',
+        ...(plugin === null ? {} : { plugin }),
+        err: describeError(reason),
+      })
     } catch {}
   }
   const onException = (err: unknown): void => {
     count.inc({ kind: 'exception' })
     const plugin = pluginOf(err)
     try {
-      if (plugin !== null) gateway.logger.error({ msg: 'uncaught exception in a plugin; still serving', kind: 'exception', plugin, err: describeError(err) })
-      else gateway.logger.fatal({ msg: 'uncaught exception; draining and exiting', kind: 'exception', err: describeError(err) })
+      if (plugin !== null) {
+        gateway.logger.error({
+          msg: 'uncaught exception in a plugin; still serving',
+          kind: 'exception',
+          plugin,
+          err: describeError(err),
+        })
+      } else {
+        gateway.logger.fatal({
+          msg: 'uncaught exception; draining and exiting',
+          kind: 'exception',
+          err: describeError(err),
+        })
+      }
     } catch {}
     if (plugin === null) fatal()
   }

@@ -15,11 +15,17 @@ export function compileChecks (config: Parts<Config>): CheckIssue[] {
     const t = got(got(route)?.transform)
     const request = got(t?.request)
     const response = got(t?.response)
-    const expressions = [['request', 'body', request?.body], ['response', 'body', response?.body], ['response', 'events', response?.events]] as const
+    const expressions = [['request', 'body', request?.body], ['response', 'body', response?.body], [
+      'response',
+      'events',
+      response?.events,
+    ]] as const
     for (const [side, key, given] of expressions) {
       const source = got(given)
       const problem = source === undefined ? null : expressionProblem(source)
-      if (problem !== null) issues.push({ path: ['routes', i, 'transform', side, key], message: problem })
+      if (problem !== null) {
+        issues.push({ path: ['routes', i, 'transform', side, key], message: problem })
+      }
     }
   })
   return issues

@@ -13,7 +13,12 @@ import { ipPolicy } from '../policies/ip/index.js'
 import { corsPolicy } from '../policies/cors/index.js'
 import { costTap, rateLimitPolicy } from '../policies/limits/index.js'
 import { cachePolicy, cacheTee } from '../policies/cache/index.js'
-import { requestBodyStep, requestTransform, responseTransform, transformResponse } from '../policies/transform/index.js'
+import {
+  requestBodyStep,
+  requestTransform,
+  responseTransform,
+  transformResponse,
+} from '../policies/transform/index.js'
 import { pluginPolicy } from '../policies/plugin/index.js'
 import type { PolicyDeps } from '../policies/deps.js'
 import type { Step } from '../pipeline/step.js'
@@ -51,13 +56,17 @@ export function compile (config: Config, deps: CompileDeps): RouteTable {
   const targetKeys = new Set<string>()
   for (const [name, u] of Object.entries(config.upstreams)) {
     const targets = deps.targets.get(name)
-    if (targets === undefined) throw new Error(`compile: no targets were prepared for upstream "${name}"`)
+    if (targets === undefined) {
+      throw new Error(`compile: no targets were prepared for upstream "${name}"`)
+    }
     for (const t of targets) targetKeys.add(t.key)
     upstreams.set(name, new Upstream(name, u, targets))
   }
   let routes: CompiledRoute[]
   try {
-    routes = config.routes.map((r, index) => compileRoute(r, index, upstreams.get(r.upstream)!, deps.identity, deps))
+    routes = config.routes.map((r, index) =>
+      compileRoute(r, index, upstreams.get(r.upstream)!, deps.identity, deps)
+    )
   } catch (err) {
     // A policy refused its options. A config validated with compileChecks never gets here (its
     // problems were reported with their lines); one that skipped them still learns the path.
@@ -68,7 +77,13 @@ export function compile (config: Config, deps: CompileDeps): RouteTable {
   return new RouteTable(config, routes, upstreams, targetKeys, deps.identity)
 }
 
-function compileRoute (r: RouteConfig, index: number, upstream: Upstream, identity: IdentitySet, limits: { stores: StoreSet, metrics: Metrics }): CompiledRoute {
+function compileRoute (
+  r: RouteConfig,
+  index: number,
+  upstream: Upstream,
+  identity: IdentitySet,
+  limits: { stores: StoreSet, metrics: Metrics },
+): CompiledRoute {
   let methods: Set<string> | null = null
   if (r.match.methods !== undefined) {
     methods = new Set(r.match.methods)
@@ -77,7 +92,13 @@ function compileRoute (r: RouteConfig, index: number, upstream: Upstream, identi
     if (r.cors !== undefined) methods.add('OPTIONS')
   }
   const m = r.match
-  const pathKind = m.path !== undefined ? 'exact' : m.path_prefix !== undefined ? 'prefix' : m.path_regex !== undefined ? 'regex' : 'any'
+  const pathKind = m.path !== undefined
+    ? 'exact'
+    : m.path_prefix !== undefined
+    ? 'prefix'
+    : m.path_regex !== undefined
+    ? 'regex'
+    : 'any'
   const path = m.path ?? m.path_prefix ?? ''
   const headers = m.headers === undefined
     ? null
@@ -85,7 +106,13 @@ function compileRoute (r: RouteConfig, index: number, upstream: Upstream, identi
   const describe = [
     methods === null ? '*' : [...r.match.methods!].join(','),
     m.host ?? '*',
-    pathKind === 'exact' ? `= ${path}` : pathKind === 'prefix' ? `${path}*` : pathKind === 'regex' ? `~ ${m.path_regex}` : '*',
+    pathKind === 'exact'
+      ? `= ${path}`
+      : pathKind === 'prefix'
+      ? `${path}*`
+      : pathKind === 'regex'
+      ? `~ ${m.path_regex}`
+      : '*',
     headers === null ? '' : headers.map(([k, v]) => `[${k}=${showHeaderValue(v)}]`).join(''),
   ].filter(Boolean).join(' ')
   const deps: PolicyDeps = { identity, stores: limits.stores, metrics: limits.metrics }
@@ -100,7 +127,8 @@ function compileRoute (r: RouteConfig, index: number, upstream: Upstream, identi
   // A plugin gets the body whole whether or not it has onRequest: which hooks it has is known
   // only once it is loaded, and a plugin route is an intercepted route anyway.
   const bodyStep = requestBodyStep(reqTransform)
-  const needsBody = auth?.needsBody === true || bodyStep !== null || plugin !== null || delivery !== null
+  const needsBody = auth?.needsBody === true || bodyStep !== null || plugin !== null ||
+    delivery !== null
   const tunnelSteps = present([ip, auth, rateLimit])
   let steps: Step[]
   if (!needsBody) {
@@ -109,13 +137,18 @@ function compileRoute (r: RouteConfig, index: number, upstream: Upstream, identi
     const body = new ReadBody(bufferCap(r))
     // A signature over the body is the credential: the body is read first (the address is
     // checked before it, so a refused address never gets to upload).
-    const admission = auth?.needsBody === true ? [ip, cors, body, auth, rateLimit] : [ip, cors, auth, rateLimit, body]
-    steps = present([...admission, bodyStep, plugin, ...(delivery !== null ? [accept] : [cache, proxy])])
+    const admission = auth?.needsBody === true
+      ? [ip, cors, body, auth, rateLimit]
+      : [ip, cors, auth, rateLimit, body]
+    steps = present([...admission, bodyStep, plugin,
+      ...(delivery !== null ? [accept] : [cache, proxy])])
   }
   const resTransform = responseTransform(r)
   // The answer's way back, outermost first (pipeline/response.ts); null when none applies.
   const responseChain = composeResponse([
-    (resTransform !== null && resTransform.body !== null) || plugin !== null ? captureResponse : null,
+    (resTransform !== null && resTransform.body !== null) || plugin !== null
+      ? captureResponse
+      : null,
     costTap(rateLimit),
     transformResponse(resTransform),
     cacheTee(cache),
@@ -175,33 +208,58 @@ export function describeTable (table: RouteTable): string {
     if (r.maxBody > 0) policies.push(`max_body=${formatSize(r.maxBody)}`)
     if (!r.preserveHost) policies.push('host=upstream')
     if (r.upgrade.length === 0) policies.push('no-upgrade')
-    else if (r.upgrade.length !== 1 || r.upgrade[0] !== 'websocket') policies.push(`upgrade=${r.upgrade.join(',')}`)
+    else if (r.upgrade.length !== 1 || r.upgrade[0] !== 'websocket') {
+      policies.push(`upgrade=${r.upgrade.join(',')}`)
+    }
     const auth = table.config.routes[r.index]!.auth
     if (auth !== undefined) {
       const scopes = [...(auth.scopes?.all ?? []), ...(auth.scopes?.any ?? []).map((s) => `${s}?`)]
-      policies.push(`auth=${auth.any_of.join('|')}${scopes.length > 0 ? `[${scopes.join(' ')}]` : ''}${auth.claims === undefined ? '' : `+claims(${Object.keys(auth.claims).join(',')})`}`)
+      policies.push(
+        `auth=${auth.any_of.join('|')}${scopes.length > 0 ? `[${scopes.join(' ')}]` : ''}${
+          auth.claims === undefined ? '' : `+claims(${Object.keys(auth.claims).join(',')})`
+        }`,
+      )
     }
-    if (r.cache !== null) policies.push(`cache(${formatDurationShort(r.cache.ttlMs)}@${r.cache.storeName})`)
-    if (r.rateLimit !== null) policies.push(`rate_limit(${r.rateLimit.limits.map((l) => `${l.name}@${l.storeName}`).join(',')})`)
+    if (r.cache !== null) {
+      policies.push(`cache(${formatDurationShort(r.cache.ttlMs)}@${r.cache.storeName})`)
+    }
+    if (r.rateLimit !== null) {
+      policies.push(
+        `rate_limit(${r.rateLimit.limits.map((l) => `${l.name}@${l.storeName}`).join(',')})`,
+      )
+    }
     const ip = table.config.routes[r.index]!.ip
-    if (ip !== undefined) policies.push(`ip(${ip.allow === undefined ? '' : `allow ${ip.allow.length}`}${ip.allow !== undefined && ip.deny.length > 0 ? ', ' : ''}${ip.deny.length > 0 ? `deny ${ip.deny.length}` : ''})`)
+    if (ip !== undefined) {
+      policies.push(
+        `ip(${ip.allow === undefined ? '' : `allow ${ip.allow.length}`}${
+          ip.allow !== undefined && ip.deny.length > 0 ? ', ' : ''
+        }${ip.deny.length > 0 ? `deny ${ip.deny.length}` : ''})`,
+      )
+    }
     const transform = table.config.routes[r.index]!.transform
     if (transform !== undefined) {
       const parts = [
         ...(transform.request === undefined ? [] : ['request']),
-        ...(transform.response === undefined ? [] : [transform.response.events === undefined ? 'response' : 'response+events']),
+        ...(transform.response === undefined
+          ? []
+          : [transform.response.events === undefined ? 'response' : 'response+events']),
       ]
       policies.push(`transform(${parts.join(',')})`)
     }
     if (r.plugin !== null) policies.push(`plugin(${basename(r.plugin.path)})`)
-    if (r.delivery !== null) policies.push(`async(${r.delivery.max_attempts} attempts, ${r.delivery.concurrency} workers)`)
+    if (r.delivery !== null) {
+      policies.push(`async(${r.delivery.max_attempts} attempts, ${r.delivery.concurrency} workers)`)
+    }
     // From config, which names each target as its Target does (origin and base path): a table
     // compiled only to be described has no Targets.
     const targets = table.config.upstreams[r.upstream.name]!.targets.map((t) => t.url).join(' ')
-    rows.push([String(r.index), r.name, r.describe, `${r.upstream.name} (${r.upstream.balance}: ${targets})`, policies.join(' ') || '-'])
+    rows.push([String(r.index), r.name, r.describe,
+      `${r.upstream.name} (${r.upstream.balance}: ${targets})`, policies.join(' ') || '-'])
   }
   const widths = rows[0]!.map((_, c) => Math.max(...rows.map((row) => row[c]!.length)))
-  return rows.map((row) => row.map((cell, c) => cell.padEnd(widths[c]!)).join('  ').trimEnd()).join('\n')
+  return rows.map((row) => row.map((cell, c) => cell.padEnd(widths[c]!)).join('  ').trimEnd()).join(
+    '\n',
+  )
 }
 
 function formatDurationShort (ms: number): string {

@@ -86,7 +86,13 @@ export class RouteTable {
   /** headerRoles' first letters (lower-case char codes), so most names skip the lookup. */
   readonly headerRoleInitials: Uint8Array
 
-  constructor (config: Config, routes: CompiledRoute[], upstreams: Map<string, Upstream>, targetKeys: Set<string>, identity: IdentitySet) {
+  constructor (
+    config: Config,
+    routes: CompiledRoute[],
+    upstreams: Map<string, Upstream>,
+    targetKeys: Set<string>,
+    identity: IdentitySet,
+  ) {
     this.config = config
     this.routes = routes
     this.upstreams = upstreams
@@ -100,9 +106,13 @@ export class RouteTable {
       for (const [name] of r.identityHeaders ?? []) roles.set(name.replaceAll('_', '-'), 'strip')
     }
     const phantom = identity.phantom
-    if (phantom !== null && phantom.header !== 'authorization') roles.set(phantom.header.replaceAll('_', '-'), 'strip')
+    if (phantom !== null && phantom.header !== 'authorization') {
+      roles.set(phantom.header.replaceAll('_', '-'), 'strip')
+    }
     for (const p of identity.providers.values()) {
-      if (p.source.kind === 'header' && !roles.has(p.source.name)) roles.set(p.source.name, 'credential')
+      if (p.source.kind === 'header' && !roles.has(p.source.name)) {
+        roles.set(p.source.name, 'credential')
+      }
     }
     this.headerRoles = roles
     this.headerRoleInitials = new Uint8Array(128)
@@ -119,7 +129,12 @@ export class RouteTable {
    * `host` is the Host header without port, lower-cased; `rawHeaders` is Node's flat array,
    * searched only when a route has header conditions.
    */
-  match (method: string, host: string, path: string, rawHeaders: readonly string[]): CompiledRoute | null {
+  match (
+    method: string,
+    host: string,
+    path: string,
+    rawHeaders: readonly string[],
+  ): CompiledRoute | null {
     const routes = this.routes
     for (let i = 0; i < routes.length; i++) {
       const r = routes[i]!
@@ -130,8 +145,11 @@ export class RouteTable {
           break
         case 'prefix':
           // Whole segments only: /v1/search matches /v1/search and /v1/search/x, not /v1/searchx.
-          if (!path.startsWith(r.path) ||
-              (path.length > r.path.length && r.path.charCodeAt(r.path.length - 1) !== 47 && path.charCodeAt(r.path.length) !== 47)) continue
+          if (
+            !path.startsWith(r.path) ||
+            (path.length > r.path.length && r.path.charCodeAt(r.path.length - 1) !== 47 &&
+              path.charCodeAt(r.path.length) !== 47)
+          ) continue
           break
       }
       if (r.host !== null && !hostMatches(r.host, host)) continue
@@ -152,11 +170,16 @@ function hostMatches (pattern: string, host: string): boolean {
   return pattern === host
 }
 
-function headersMatch (conditions: ReadonlyArray<readonly [string, string]>, raw: readonly string[]): boolean {
+function headersMatch (
+  conditions: ReadonlyArray<readonly [string, string]>,
+  raw: readonly string[],
+): boolean {
   for (const [name, value] of conditions) {
     let found = false
     for (let i = 0; i < raw.length; i += 2) {
-      if (raw[i]!.length === name.length && raw[i]!.toLowerCase() === name && raw[i + 1] === value) {
+      if (
+        raw[i]!.length === name.length && raw[i]!.toLowerCase() === name && raw[i + 1] === value
+      ) {
         found = true
         break
       }
@@ -176,7 +199,8 @@ function headersMatch (conditions: ReadonlyArray<readonly [string, string]>, raw
  * `|` would put the anchor on the first alternative only; such patterns are left as written.
  */
 export function pathRegex (source: string): RegExp {
-  const dotRun = source.charCodeAt(0) === 46 /* . */ && (source.charCodeAt(1) === 42 /* * */ || source.charCodeAt(1) === 43 /* + */)
+  const dotRun = source.charCodeAt(0) === 46 /* . */ &&
+    (source.charCodeAt(1) === 42 /* * */ || source.charCodeAt(1) === 43 /* + */)
   return new RegExp(dotRun && !hasTopLevelAlternation(source) ? `^(?:${source})` : source)
 }
 

@@ -32,9 +32,9 @@ export type Invalid = typeof INVALID
  * a refused value is INVALID rather than absent, so that a rate given wrongly is still a rate
  * given ("give either rate or quota" must not follow "invalid rate").
  */
-export type Parts<T> = T extends readonly (infer E)[] ? ReadonlyArray<Parts<E>> | Invalid
-  : T extends object ? { readonly [K in keyof T]?: Parts<T[K]> } | Invalid
-    : T | Invalid
+export type Parts<T> = T extends readonly (infer E)[] ? ReadonlyArray<Parts<E>> | Invalid :
+  T extends object ? { readonly [K in keyof T]?: Parts<T[K]> } | Invalid :
+  T | Invalid
 
 /** The value to read: undefined when it is absent or the schema refused it. */
 export function got<T> (value: T | Invalid | undefined): T | undefined {
@@ -112,30 +112,57 @@ export function crossCheck (config: Checked): CheckIssue[] {
     const name = got(route.name)
     if (name !== undefined) {
       const first = seen.get(name)
-      if (first !== undefined) issues.push(at(['routes', i, 'name'], `duplicate route name "${name}" (first used by routes[${first}])`))
-      else seen.set(name, i)
+      if (first !== undefined) {
+        issues.push(
+          at(
+            ['routes', i, 'name'],
+            `duplicate route name "${name}" (first used by routes[${first}])`,
+          ),
+        )
+      } else seen.set(name, i)
     }
     const upstream = got(route.upstream)
     if (upstream !== undefined && !Object.hasOwn(upstreams, upstream)) {
-      issues.push(at(['routes', i, 'upstream'], `unknown upstream "${upstream}"${didYouMean(upstream, upstreamNames)}`))
+      issues.push(
+        at(
+          ['routes', i, 'upstream'],
+          `unknown upstream "${upstream}"${didYouMean(upstream, upstreamNames)}`,
+        ),
+      )
     }
     const match = got(route.match) ?? {}
     const kinds = MATCH_KINDS.filter((k) => match[k] !== undefined)
-    if (kinds.length > 1) issues.push(at(['routes', i, 'match'], `use only one of path, path_prefix and path_regex (got ${kinds.join(', ')})`))
+    if (kinds.length > 1) {
+      issues.push(
+        at(
+          ['routes', i, 'match'],
+          `use only one of path, path_prefix and path_regex (got ${kinds.join(', ')})`,
+        ),
+      )
+    }
     const regex = got(match.path_regex)
     if (regex !== undefined) {
       const problem = regexProblem(regex)
       if (problem !== null) issues.push(at(['routes', i, 'match', 'path_regex'], problem))
     }
     for (const header of Object.keys(got(match.headers) ?? {})) {
-      if (!HEADER_NAME.test(header)) issues.push(at(['routes', i, 'match', 'headers', header], 'not a valid header name'))
+      if (!HEADER_NAME.test(header)) {
+        issues.push(at(['routes', i, 'match', 'headers', header], 'not a valid header name'))
+      }
     }
     const strip = got(route.strip_prefix)
     const prefix = got(match.path_prefix)
     // Whole segments, as upstreamPath() strips them: /api is a prefix of /api/v1, not of /apiv1.
-    if (strip !== undefined && prefix !== undefined &&
-        !(prefix === strip || prefix.startsWith(strip.endsWith('/') ? strip : strip + '/'))) {
-      issues.push(at(['routes', i, 'strip_prefix'], `"${strip}" is not a prefix of match.path_prefix "${prefix}"`))
+    if (
+      strip !== undefined && prefix !== undefined &&
+      !(prefix === strip || prefix.startsWith(strip.endsWith('/') ? strip : strip + '/'))
+    ) {
+      issues.push(
+        at(
+          ['routes', i, 'strip_prefix'],
+          `"${strip}" is not a prefix of match.path_prefix "${prefix}"`,
+        ),
+      )
     }
   })
   issues.push(...checkIdentity(c, routes))
@@ -146,7 +173,9 @@ export function crossCheck (config: Checked): CheckIssue[] {
   const headers = got(timeouts?.headers)
   if (request !== undefined && headers !== undefined && request > 0 && request < headers) {
     // Node refuses to start a server with requestTimeout < headersTimeout.
-    issues.push(at(['listen', 'timeouts', 'request'], 'must be 0 (off) or at least listen.timeouts.headers'))
+    issues.push(
+      at(['listen', 'timeouts', 'request'], 'must be 0 (off) or at least listen.timeouts.headers'),
+    )
   }
   ;(got(c.trusted_proxies) ?? []).forEach((entry, i) => {
     const cidr = got(entry)
@@ -165,7 +194,10 @@ function regexProblem (source: string): string | null {
   }
 }
 
-function checkLimits (config: ConfigParts, routes: ReadonlyArray<RouteParts | undefined>): CheckIssue[] {
+function checkLimits (
+  config: ConfigParts,
+  routes: ReadonlyArray<RouteParts | undefined>,
+): CheckIssue[] {
   const issues: CheckIssue[] = []
   const stores = ['default', ...Object.keys(got(config.stores) ?? {})]
   // A limit `name` is one bucket wherever it is used, so every use must define it the same way.
@@ -173,7 +205,12 @@ function checkLimits (config: ConfigParts, routes: ReadonlyArray<RouteParts | un
   routes.forEach((route, i) => {
     const cacheStore = got(got(route?.cache)?.store)
     if (cacheStore !== undefined && !stores.includes(cacheStore)) {
-      issues.push(at(['routes', i, 'cache', 'store'], `unknown store "${cacheStore}"${didYouMean(cacheStore, stores)}`))
+      issues.push(
+        at(
+          ['routes', i, 'cache', 'store'],
+          `unknown store "${cacheStore}"${didYouMean(cacheStore, stores)}`,
+        ),
+      )
     }
   })
   routes.forEach((route, i) => {
@@ -186,27 +223,67 @@ function checkLimits (config: ConfigParts, routes: ReadonlyArray<RouteParts | un
       const path = (...k: PathKey[]): PathKey[] => ['routes', i, 'rate_limit', j, ...k]
       const name = got(l.name)
       if (name !== undefined) {
-        if (onRoute.has(name)) issues.push(at(path('name'), `limit "${name}" is listed twice on this route (each request would count twice)`))
+        if (onRoute.has(name)) {
+          issues.push(
+            at(
+              path('name'),
+              `limit "${name}" is listed twice on this route (each request would count twice)`,
+            ),
+          )
+        }
         onRoute.add(name)
-        const def = JSON.stringify([l.key, l.rate, l.burst, l.quota, l.cost, l.store ?? 'default', l.ipv6_prefix ?? 64])
+        const def = JSON.stringify([l.key, l.rate, l.burst, l.quota, l.cost, l.store ?? 'default',
+          l.ipv6_prefix ?? 64])
         const first = named.get(name)
         if (first === undefined) named.set(name, { at: `routes[${i}].rate_limit[${j}]`, def })
-        else if (first.def !== def) issues.push(at(path('name'), `limit "${name}" is defined differently at ${first.at}; a shared name means one bucket, so key, rate, burst, quota, cost, store and ipv6_prefix must match`))
+        else if (first.def !== def) {
+          issues.push(
+            at(
+              path('name'),
+              `limit "${name}" is defined differently at ${first.at}; a shared name means one bucket, so key, rate, burst, quota, cost, store and ipv6_prefix must match`,
+            ),
+          )
+        }
       }
       const quota = got(l.quota)
-      if (quota !== undefined && !Number.isInteger(quota.count)) issues.push(at(path('quota'), 'a quota counts whole requests or units: use a whole number'))
+      if (quota !== undefined && !Number.isInteger(quota.count)) {
+        issues.push(at(path('quota'), 'a quota counts whole requests or units: use a whole number'))
+      }
       const store = got(l.store)
-      if (store !== undefined && !stores.includes(store)) issues.push(at(path('store'), `unknown store "${store}"${didYouMean(store, stores)}`))
+      if (store !== undefined && !stores.includes(store)) {
+        issues.push(at(path('store'), `unknown store "${store}"${didYouMean(store, stores)}`))
+      }
       // Given, even if wrongly: the schema reports what is wrong with the value itself.
       const hasRate = l.rate !== undefined
       const hasQuota = l.quota !== undefined
-      if (hasRate === hasQuota) issues.push(at(path(), 'give either rate (with an optional burst) or quota'))
-      if (l.burst !== undefined && !hasRate) issues.push(at(path('burst'), 'burst goes with rate, not quota'))
-      if (hasRate && l.cost !== undefined && l.cost !== 1) issues.push(at(path('cost'), 'a cost other than 1 goes with quota (rates count requests)'))
-      if (l.ipv6_prefix !== undefined && l.key !== 'ip' && l.missing !== 'ip') issues.push(at(path('ipv6_prefix'), 'only for key: ip or missing: ip (it says how addresses are counted)'))
+      if (hasRate === hasQuota) {
+        issues.push(at(path(), 'give either rate (with an optional burst) or quota'))
+      }
+      if (l.burst !== undefined && !hasRate) {
+        issues.push(at(path('burst'), 'burst goes with rate, not quota'))
+      }
+      if (hasRate && l.cost !== undefined && l.cost !== 1) {
+        issues.push(at(path('cost'), 'a cost other than 1 goes with quota (rates count requests)'))
+      }
+      if (l.ipv6_prefix !== undefined && l.key !== 'ip' && l.missing !== 'ip') {
+        issues.push(
+          at(
+            path('ipv6_prefix'),
+            'only for key: ip or missing: ip (it says how addresses are counted)',
+          ),
+        )
+      }
       const key = got(l.key)
-      if (key !== undefined && /^(subject|client_id|api_key|claim:)/.test(key) && got(route.auth) === undefined) {
-        issues.push(at(path('key'), `"${key}" needs an auth block on the route (there is no caller identity without one)`))
+      if (
+        key !== undefined && /^(subject|client_id|api_key|claim:)/.test(key) &&
+        got(route.auth) === undefined
+      ) {
+        issues.push(
+          at(
+            path('key'),
+            `"${key}" needs an auth block on the route (there is no caller identity without one)`,
+          ),
+        )
       }
     })
   })
@@ -227,14 +304,20 @@ function checkIntercepts (routes: ReadonlyArray<RouteParts | undefined>): CheckI
       for (const op of HEADER_EDITS) {
         const names = op === 'remove'
           ? got(edits.remove) ?? []
-          : [...Object.keys(got(edits[op]) ?? {}), ...(op === 'rename' ? Object.values(got(edits.rename) ?? {}) : [])]
+          : [...Object.keys(got(edits[op]) ?? {}),
+            ...(op === 'rename' ? Object.values(got(edits.rename) ?? {}) : [])]
         for (const entry of names) {
           const name = got(entry)
           if (name === undefined) continue
           const lower = name.toLowerCase()
           if (lower === 'content-type' && side === 'request') continue
           if (isReservedHeader(lower) && lower !== 'authorization' && lower !== 'cookie') {
-            issues.push(at(['routes', i, 'transform', side, 'headers', op], `"${name}" is a header the gateway sets or rewrites itself`))
+            issues.push(
+              at(
+                ['routes', i, 'transform', side, 'headers', op],
+                `"${name}" is a header the gateway sets or rewrites itself`,
+              ),
+            )
           }
         }
       }
@@ -242,20 +325,39 @@ function checkIntercepts (routes: ReadonlyArray<RouteParts | undefined>): CheckI
     const pattern = got(got(got(t?.request)?.path)?.pattern)
     if (pattern !== undefined) {
       const problem = regexProblem(pattern)
-      if (problem !== null) issues.push(at(['routes', i, 'transform', 'request', 'path', 'pattern'], problem))
+      if (problem !== null) {
+        issues.push(at(['routes', i, 'transform', 'request', 'path', 'pattern'], problem))
+      }
     }
     const response = got(t?.response)
     const cached = got(route.cache) !== undefined
     const readsResponse = got(response?.body) !== undefined || got(route.plugin) !== undefined
     if (cached && readsResponse) {
       // The cache stores the upstream's answer; a hit would skip the transform or plugin.
-      issues.push(at(['routes', i, 'cache'], 'a cached route cannot also transform response bodies or run a plugin (a cache hit would skip them)'))
+      issues.push(
+        at(
+          ['routes', i, 'cache'],
+          'a cached route cannot also transform response bodies or run a plugin (a cache hit would skip them)',
+        ),
+      )
     }
     if (got(got(route.delivery)?.mode) === 'async') {
-      if (cached) issues.push(at(['routes', i, 'cache'], 'an async route answers 202 itself: it has nothing to cache'))
+      if (cached) {
+        issues.push(
+          at(['routes', i, 'cache'], 'an async route answers 202 itself: it has nothing to cache'),
+        )
+      }
       // A plugin's onRequest runs before the request is stored; its onResponse never runs.
-      if (got(response?.body) !== undefined || got(response?.events) !== undefined || got(response?.headers) !== undefined || got(response?.status) !== undefined) {
-        issues.push(at(['routes', i, 'transform', 'response'], 'an async route answers 202 itself: the upstream\'s response never reaches the client'))
+      if (
+        got(response?.body) !== undefined || got(response?.events) !== undefined ||
+        got(response?.headers) !== undefined || got(response?.status) !== undefined
+      ) {
+        issues.push(
+          at(
+            ['routes', i, 'transform', 'response'],
+            'an async route answers 202 itself: the upstream\'s response never reaches the client',
+          ),
+        )
       }
     }
   })
@@ -272,21 +374,35 @@ function isReservedHeader (name: string): boolean {
 }
 
 /** Curves WebCrypto (jose) requires for each phantom-token algorithm. */
-const ALG_CURVES: Partial<Record<PhantomTokenConfig['alg'], string>> = { ES256: 'prime256v1', ES384: 'secp384r1' }
+const ALG_CURVES: Partial<Record<PhantomTokenConfig['alg'], string>> = {
+  ES256: 'prime256v1',
+  ES384: 'secp384r1',
+}
 
 /** Phantom-token algorithms and the key types they need. */
-const ALG_KEY_TYPES: Record<PhantomTokenConfig['alg'], string> = { ES256: 'ec', ES384: 'ec', RS256: 'rsa', PS256: 'rsa', EdDSA: 'ed25519' }
+const ALG_KEY_TYPES: Record<PhantomTokenConfig['alg'], string> = {
+  ES256: 'ec',
+  ES384: 'ec',
+  RS256: 'rsa',
+  PS256: 'rsa',
+  EdDSA: 'ed25519',
+}
 
 /** Fields a webhook provider may set only with scheme: hmac (the named schemes fix them). */
-const HMAC_ONLY = ['header', 'algorithm', 'encoding', 'prefix', 'signed', 'timestamp_header', 'id_header'] as const
+const HMAC_ONLY = ['header', 'algorithm', 'encoding', 'prefix', 'signed', 'timestamp_header',
+  'id_header'] as const
 
 /** A Standard Webhooks secret: base64 key bytes after an optional whsec_ prefix. */
-const STANDARD_SECRET = /^(?:whsec_)?(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{4}|[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)$/
+const STANDARD_SECRET =
+  /^(?:whsec_)?(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{4}|[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)$/
 
 const IDENTITY_HEADERS = ['subject', 'client_id', 'scopes', 'provider'] as const
 
 /** Why the phantom-token key cannot sign `alg` (not judged when the schema refused `alg`), or null. */
-function phantomKeyProblem (pem: string, alg: PhantomTokenConfig['alg'] | undefined): string | null {
+function phantomKeyProblem (
+  pem: string,
+  alg: PhantomTokenConfig['alg'] | undefined,
+): string | null {
   let key: KeyObject
   try {
     key = createPrivateKey(pem)
@@ -296,26 +412,46 @@ function phantomKeyProblem (pem: string, alg: PhantomTokenConfig['alg'] | undefi
   const want = alg === undefined ? undefined : ALG_KEY_TYPES[alg]
   const curve = key.asymmetricKeyDetails?.namedCurve
   const wantCurve = alg === undefined ? undefined : ALG_CURVES[alg]
-  if (want !== undefined && key.asymmetricKeyType !== want) return `a ${key.asymmetricKeyType} key cannot sign ${alg} (it needs ${want})`
-  if (wantCurve !== undefined && curve !== wantCurve) return `${alg} needs a ${wantCurve} key, not ${curve}`
+  if (want !== undefined && key.asymmetricKeyType !== want) {
+    return `a ${key.asymmetricKeyType} key cannot sign ${alg} (it needs ${want})`
+  }
+  if (wantCurve !== undefined && curve !== wantCurve) {
+    return `${alg} needs a ${wantCurve} key, not ${curve}`
+  }
   // WebCrypto imports PKCS#8 only; SEC1 ("EC PRIVATE KEY") and PKCS#1 ("RSA PRIVATE KEY") would fail at start.
-  if (!pem.includes('-----BEGIN PRIVATE KEY-----')) return 'must be a PKCS#8 PEM ("-----BEGIN PRIVATE KEY-----"); convert with `openssl pkcs8 -topk8 -nocrypt`'
+  if (!pem.includes('-----BEGIN PRIVATE KEY-----')) {
+    return 'must be a PKCS#8 PEM ("-----BEGIN PRIVATE KEY-----"); convert with `openssl pkcs8 -topk8 -nocrypt`'
+  }
   return null
 }
 
-function checkIdentity (config: ConfigParts, routes: ReadonlyArray<RouteParts | undefined>): CheckIssue[] {
+function checkIdentity (
+  config: ConfigParts,
+  routes: ReadonlyArray<RouteParts | undefined>,
+): CheckIssue[] {
   const issues: CheckIssue[] = []
   const identity = got(config.identity)
-  const providers = Object.entries(got(identity?.providers) ?? {}).map(([name, p]) => [name, got(p)] as const)
+  const providers = Object.entries(got(identity?.providers) ?? {}).map(([name, p]) =>
+    [name, got(p)] as const
+  )
   const providerNames = providers.map(([name]) => name)
   // Validated header names are lower-case, and x-api-key when not given.
   const credentialHeaders = new Set<string>()
-  for (const [, p] of providers) if (p?.kind === 'api_key') credentialHeaders.add((got(p.header) ?? 'x-api-key').toLowerCase())
+  for (const [, p] of providers) {
+    if (p?.kind === 'api_key') credentialHeaders.add((got(p.header) ?? 'x-api-key').toLowerCase())
+  }
   for (const [name, p] of providers) {
     const header = p?.kind === 'api_key' ? got(p.header) : undefined
     // Authorization is allowed (keys as bearer tokens); the other reserved names are not.
-    if (header !== undefined && header.toLowerCase() !== 'authorization' && isReservedHeader(header)) {
-      issues.push(at(['identity', 'providers', name, 'header'], `"${header}" is a header the gateway sets or rewrites itself`))
+    if (
+      header !== undefined && header.toLowerCase() !== 'authorization' && isReservedHeader(header)
+    ) {
+      issues.push(
+        at(
+          ['identity', 'providers', name, 'header'],
+          `"${header}" is a header the gateway sets or rewrites itself`,
+        ),
+      )
     }
   }
   for (const [name, p] of providers) {
@@ -324,22 +460,39 @@ function checkIdentity (config: ConfigParts, routes: ReadonlyArray<RouteParts | 
     if (scheme === undefined) continue
     const path = (...k: PathKey[]): PathKey[] => ['identity', 'providers', name, ...k]
     if (scheme === 'hmac') {
-      if (p.header === undefined) issues.push(at(path('header'), 'is required for scheme: hmac (the header that carries the signature)'))
+      if (p.header === undefined) {
+        issues.push(
+          at(
+            path('header'),
+            'is required for scheme: hmac (the header that carries the signature)',
+          ),
+        )
+      }
       const signed = got(p.signed) ?? '{body}'
-      if (signed.includes('{timestamp}') && p.timestamp_header === undefined) issues.push(at(path('timestamp_header'), 'is required when signed uses {timestamp}'))
-      if (signed.includes('{id}') && p.id_header === undefined) issues.push(at(path('id_header'), 'is required when signed uses {id}'))
+      if (signed.includes('{timestamp}') && p.timestamp_header === undefined) {
+        issues.push(at(path('timestamp_header'), 'is required when signed uses {timestamp}'))
+      }
+      if (signed.includes('{id}') && p.id_header === undefined) {
+        issues.push(at(path('id_header'), 'is required when signed uses {id}'))
+      }
       // A signature that does not cover the body would let anyone replay it with any body.
       if (!signed.includes('{body}')) issues.push(at(path('signed'), 'must include {body}'))
     } else {
       // The named schemes fix their own headers and layout: a field set here would be ignored.
       for (const f of HMAC_ONLY) {
-        if (p[f] !== undefined) issues.push(at(path(f), `only for scheme: hmac (scheme ${scheme} fixes it)`))
+        if (p[f] !== undefined) {
+          issues.push(at(path(f), `only for scheme: hmac (scheme ${scheme} fixes it)`))
+        }
       }
       // Standard Webhooks secrets are base64 key bytes; the message must not echo the secret.
       if (scheme === 'standard') {
-        (got(p.secrets) ?? []).forEach((entry, j) => {
+        ;(got(p.secrets) ?? []).forEach((entry, j) => {
           const s = got(entry)
-          if (s !== undefined && !STANDARD_SECRET.test(s)) issues.push(at(path('secrets', j), 'must be base64 (after an optional "whsec_" prefix)'))
+          if (s !== undefined && !STANDARD_SECRET.test(s)) {
+            issues.push(
+              at(path('secrets', j), 'must be base64 (after an optional "whsec_" prefix)'),
+            )
+          }
         })
       }
     }
@@ -353,9 +506,19 @@ function checkIdentity (config: ConfigParts, routes: ReadonlyArray<RouteParts | 
     const header = got(phantom.header)
     const h = header?.toLowerCase()
     if (h !== undefined && h !== 'authorization' && isReservedHeader(h)) {
-      issues.push(at(['identity', 'phantom_token', 'header'], `"${header}" is a header the gateway sets or rewrites itself`))
+      issues.push(
+        at(
+          ['identity', 'phantom_token', 'header'],
+          `"${header}" is a header the gateway sets or rewrites itself`,
+        ),
+      )
     } else if (h !== undefined && credentialHeaders.has(h)) {
-      issues.push(at(['identity', 'phantom_token', 'header'], `"${header}" carries API keys (identity.providers)`))
+      issues.push(
+        at(
+          ['identity', 'phantom_token', 'header'],
+          `"${header}" carries API keys (identity.providers)`,
+        ),
+      )
     }
   }
   routes.forEach((route, i) => {
@@ -367,25 +530,39 @@ function checkIdentity (config: ConfigParts, routes: ReadonlyArray<RouteParts | 
         const name = got(entry)
         if (name === undefined) return
         if (!providerNames.includes(name)) {
-          issues.push(at(['routes', i, 'auth', 'any_of', j], `unknown identity provider "${name}"${didYouMean(name, providerNames)}`))
+          issues.push(
+            at(
+              ['routes', i, 'auth', 'any_of', j],
+              `unknown identity provider "${name}"${didYouMean(name, providerNames)}`,
+            ),
+          )
         } else if (anyOf.indexOf(name) !== j) {
           issues.push(at(['routes', i, 'auth', 'any_of', j], `provider "${name}" is listed twice`))
         }
       })
       if (auth.phantom_token === true && phantom === undefined) {
-        issues.push(at(['routes', i, 'auth', 'phantom_token'], 'needs identity.phantom_token (the key the gateway signs with)'))
+        issues.push(
+          at(
+            ['routes', i, 'auth', 'phantom_token'],
+            'needs identity.phantom_token (the key the gateway signs with)',
+          ),
+        )
       }
       for (const [claim, m] of Object.entries(got(auth.claims) ?? {})) {
         // A matcher is a value, a list of values, or { pattern }.
         const matcher = got(m)
-        const pattern = typeof matcher === 'object' && 'pattern' in matcher ? got(matcher.pattern) : undefined
+        const pattern = typeof matcher === 'object' && 'pattern' in matcher
+          ? got(matcher.pattern)
+          : undefined
         const problem = pattern === undefined ? null : regexProblem(pattern)
-        if (problem !== null) issues.push(at(['routes', i, 'auth', 'claims', claim, 'pattern'], problem))
+        if (problem !== null) {
+          issues.push(at(['routes', i, 'auth', 'claims', claim, 'pattern'], problem))
+        }
       }
     }
     const ip = got(route.ip)
     for (const key of ['allow', 'deny'] as const) {
-      (got(ip?.[key]) ?? []).forEach((entry, j) => {
+      ;(got(ip?.[key]) ?? []).forEach((entry, j) => {
         const cidr = got(entry)
         const problem = cidr === undefined ? null : cidrProblem(cidr)
         if (problem !== null) issues.push(at(['routes', i, 'ip', key, j], problem))
@@ -393,15 +570,28 @@ function checkIdentity (config: ConfigParts, routes: ReadonlyArray<RouteParts | 
     }
     const ih = got(route.identity_headers)
     if (ih !== undefined) {
-      if (auth === undefined) issues.push(at(['routes', i, 'identity_headers'], 'identity headers need an auth block on the route'))
+      if (auth === undefined) {
+        issues.push(
+          at(['routes', i, 'identity_headers'], 'identity headers need an auth block on the route'),
+        )
+      }
       const named: Array<[PathKey[], string | undefined]> = [
-        ...IDENTITY_HEADERS.map((k): [PathKey[], string | undefined] => [['routes', i, 'identity_headers', k], got(ih[k])]),
-        ...Object.entries(got(ih.claims) ?? {}).map(([k, v]): [PathKey[], string | undefined] => [['routes', i, 'identity_headers', 'claims', k], got(v)]),
+        ...IDENTITY_HEADERS.map((
+          k,
+        ): [PathKey[], string | undefined] => [['routes', i, 'identity_headers', k], got(ih[k])]),
+        ...Object.entries(got(ih.claims) ?? {}).map((
+          [k, v],
+        ): [PathKey[], string | undefined] => [['routes', i, 'identity_headers', 'claims', k],
+          got(v)]
+        ),
       ]
       for (const [path, header] of named) {
         if (header === undefined) continue
-        if (isReservedHeader(header)) issues.push(at(path, `"${header}" is a header the gateway sets or rewrites itself`))
-        else if (credentialHeaders.has(header.toLowerCase().replaceAll('_', '-'))) issues.push(at(path, `"${header}" carries API keys (identity.providers)`))
+        if (isReservedHeader(header)) {
+          issues.push(at(path, `"${header}" is a header the gateway sets or rewrites itself`))
+        } else if (credentialHeaders.has(header.toLowerCase().replaceAll('_', '-'))) {
+          issues.push(at(path, `"${header}" carries API keys (identity.providers)`))
+        }
       }
     }
   })

@@ -1,10 +1,33 @@
 import { existsSync } from 'node:fs'
 import { dirname, resolve } from 'node:path'
-import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Document, type Node as YamlNode } from 'yaml'
-import { ZodArray, ZodDiscriminatedUnion, ZodObject, ZodPipe, ZodRecord, ZodTransform, type z } from 'zod'
+import {
+  isMap,
+  isScalar,
+  isSeq,
+  LineCounter,
+  parseDocument,
+  type Document,
+  type Node as YamlNode,
+} from 'yaml'
+import {
+  ZodArray,
+  ZodDiscriminatedUnion,
+  ZodObject,
+  ZodPipe,
+  ZodRecord,
+  ZodTransform,
+  type z,
+} from 'zod'
 import { ConfigError, type ConfigIssue } from '../errors/index.js'
 import { crossCheck, partsOf, type CheckIssue, type ConfigCheck } from './checks.js'
-import { pathToString, readRefFile, redactUrl, resolveRefs, type PathKey, type RefFills } from './refs.js'
+import {
+  pathToString,
+  readRefFile,
+  redactUrl,
+  resolveRefs,
+  type PathKey,
+  type RefFills,
+} from './refs.js'
 import { ConfigSchema, DURATIONS, type Config } from './schema.js'
 import { suggest } from './suggest.js'
 import { bare, optionFor } from './walk.js'
@@ -33,22 +56,35 @@ export function loadConfigFile (file: string, options: LoadOptions = {}): Config
   // A regular file of bounded size only: a config path swapped for a FIFO would block this
   // (synchronous) read, on a reload the whole gateway, and a device would never end.
   const text = readRefFile(path, MAX_CONFIG_FILE)
-  if (typeof text !== 'string') throw new ConfigError([{ path: '', message: text.problem.replace(`cannot read ${path}`, 'cannot read config file') }], file)
+  if (typeof text !== 'string') {
+    throw new ConfigError([{
+      path: '',
+      message: text.problem.replace(`cannot read ${path}`, 'cannot read config file'),
+    }], file)
+  }
   return parseConfig(text, { ...options, baseDir: options.baseDir ?? dirname(path) }, file)
 }
 
 /** Parse and validate YAML text. `file` only labels error messages. */
-export function parseConfig (text: string, options: LoadOptions = {}, file: string | null = null): Config {
+export function parseConfig (
+  text: string,
+  options: LoadOptions = {},
+  file: string | null = null,
+): Config {
   const lineCounter = new LineCounter()
   const doc = parseDocument(text, { lineCounter, prettyErrors: false, uniqueKeys: true })
   if (doc.errors.length > 0) {
-    throw new ConfigError(doc.errors.map((e) => {
-      const pos = lineCounter.linePos(e.pos[0])
-      return { path: '', message: e.message.split('\n')[0]!, line: pos.line, column: pos.col }
-    }), file)
+    throw new ConfigError(
+      doc.errors.map((e) => {
+        const pos = lineCounter.linePos(e.pos[0])
+        return { path: '', message: e.message.split('\n')[0]!, line: pos.line, column: pos.col }
+      }),
+      file,
+    )
   }
   const raw = doc.toJS({ maxAliasCount: 100 }) ?? {}
-  const locate = (path: readonly PathKey[]): Pick<ConfigIssue, 'line' | 'column'> => locateNode(doc, lineCounter, path)
+  const locate = (path: readonly PathKey[]): Pick<ConfigIssue, 'line' | 'column'> =>
+    locateNode(doc, lineCounter, path)
   return validateConfig(raw, { ...options, locate }, file)
 }
 
@@ -68,25 +104,42 @@ export function validateConfig (raw: unknown, options: LoadOptions & {
   const locate = options.locate ?? (() => ({}))
   const refIssues: LocatedIssue[] = []
   const filled: RefFills = { paths: new Map(), values: new Set() }
-  const resolved = resolveRefs(withUnits(raw, ConfigSchema, false), { env: options.env ?? process.env, baseDir: options.baseDir ?? process.cwd(), filled }, refIssues)
+  const resolved = resolveRefs(withUnits(raw, ConfigSchema, false), {
+    env: options.env ?? process.env,
+    baseDir: options.baseDir ?? process.cwd(),
+    filled,
+  }, refIssues)
   const parsed = ConfigSchema.safeParse(resolved)
-  const schemaIssues = parsed.success ? [] : parsed.error.issues.flatMap((issue) => describeZodIssue(issue, resolved, filled))
+  const schemaIssues = parsed.success
+    ? []
+    : parsed.error.issues.flatMap((issue) => describeZodIssue(issue, resolved, filled))
   // Cross-references are checked even when the schema failed (in the parts it accepted), so one
   // run lists (nearly) every problem.
   const schemaPaths = new Set(schemaIssues.map((i) => i.path))
   const parts = parsed.success ? parsed.data : partsOf(resolved)
-  const crossIssues = [...crossCheck(parts), ...options.checks?.(parts) ?? []].map(located).filter((i) => !schemaPaths.has(i.path))
+  const crossIssues = [...crossCheck(parts), ...options.checks?.(parts) ?? []].map(located).filter((
+    i,
+  ) => !schemaPaths.has(i.path))
   // A reference that failed left '' behind; what the schema says about that '' is noise.
   const failedRefs = refIssues.map((i) => i.path)
-  const followOn = (i: LocatedIssue): boolean => failedRefs.some((p) => i.path === p || i.path.startsWith(p + '.') || i.path.startsWith(p + '['))
-  const fileIssues = parsed.success ? resolveFiles(parsed.data, options.baseDir ?? process.cwd()) : []
-  const issues = [...refIssues, ...schemaIssues.filter((i) => !followOn(i)), ...crossIssues.filter((i) => !followOn(i)), ...fileIssues]
+  const followOn = (i: LocatedIssue): boolean =>
+    failedRefs.some((p) => i.path === p || i.path.startsWith(p + '.') || i.path.startsWith(p + '['))
+  const fileIssues = parsed.success
+    ? resolveFiles(parsed.data, options.baseDir ?? process.cwd())
+    : []
+  const issues = [...refIssues, ...schemaIssues.filter((i) => !followOn(i)),
+    ...crossIssues.filter((i) => !followOn(i)), ...fileIssues]
   if (issues.length > 0) {
     // Locate after the fact: the path names the YAML node, whose position the document kept.
     for (const issue of issues) {
-      if (issue.line === undefined && issue.pathKeys !== undefined) Object.assign(issue, locate(issue.pathKeys))
+      if (issue.line === undefined && issue.pathKeys !== undefined) {
+        Object.assign(issue, locate(issue.pathKeys))
+      }
     }
-    throw new ConfigError(redactIssues(issues, filled).map(({ pathKeys: _, ...rest }) => rest), file)
+    throw new ConfigError(
+      redactIssues(issues, filled).map(({ pathKeys: _, ...rest }) => rest),
+      file,
+    )
   }
   const config = deepFreeze(parsed.data!)
   validated.add(config)
@@ -107,11 +160,17 @@ const MIN_REDACTED = 4
  */
 function redactIssues (issues: LocatedIssue[], filled: RefFills): LocatedIssue[] {
   if (filled.values.size === 0) return issues
-  const values = [...filled.values].filter((v) => v.length >= MIN_REDACTED).sort((a, b) => b.length - a.length)
+  const values = [...filled.values].filter((v) => v.length >= MIN_REDACTED).sort((a, b) =>
+    b.length - a.length
+  )
   return issues.map((issue) => {
     let message = issue.message
     for (const [path, { written, resolved }] of filled.paths) {
-      if (resolved !== '' && (issue.path === path || issue.path.startsWith(path + '.') || issue.path.startsWith(path + '['))) message = message.replaceAll(resolved, written)
+      if (
+        resolved !== '' &&
+        (issue.path === path || issue.path.startsWith(path + '.') ||
+          issue.path.startsWith(path + '['))
+      ) message = message.replaceAll(resolved, written)
     }
     for (const v of values) message = message.replaceAll(v, '***')
     return message === issue.message ? issue : { ...issue, message }
@@ -124,7 +183,11 @@ function redactIssues (issues: LocatedIssue[], filled: RefFills): LocatedIssue[]
  * numbers get their unit back. Parts are recognised by identity (this module made and froze
  * them), never by shape: a number in any other object is the user's, and must have a unit.
  */
-function withUnits (value: unknown, schema: z.core.$ZodType | undefined, inValidatedPart: boolean): unknown {
+function withUnits (
+  value: unknown,
+  schema: z.core.$ZodType | undefined,
+  inValidatedPart: boolean,
+): unknown {
   const s = unwrap(schema, value)
   if (s === undefined) return value
   if (DURATIONS.has(s)) return inValidatedPart && typeof value === 'number' ? `${value}ms` : value
@@ -136,11 +199,13 @@ function withUnits (value: unknown, schema: z.core.$ZodType | undefined, inValid
     const v = withUnits(from[key], child, ours)
     if (v === from[key]) return
     // Copy on write: validated parts are frozen, and the caller's object is not ours to change.
-    if (out === from) out = (Array.isArray(from) ? [...from] : { ...from }) as Record<string, unknown>
+    if (out === from) {
+      out = (Array.isArray(from) ? [...from] : { ...from }) as Record<string, unknown>
+    }
     out[key] = v
   }
   if (Array.isArray(from)) {
-    if (s instanceof ZodArray) for (let i = 0; i < from.length; i++) visit(String(i), s.element)
+    if (s instanceof ZodArray) { for (let i = 0; i < from.length; i++) visit(String(i), s.element) }
   } else if (s instanceof ZodObject) {
     for (const key of Object.keys(from)) visit(key, s.shape[key])
   } else if (s instanceof ZodRecord) {
@@ -171,16 +236,26 @@ function located (issue: CheckIssue): LocatedIssue {
   return issueAt([...issue.path], issue.message)
 }
 
-function describeZodIssue (issue: z.core.$ZodIssue, input: unknown, filled: RefFills): LocatedIssue[] {
+function describeZodIssue (
+  issue: z.core.$ZodIssue,
+  input: unknown,
+  filled: RefFills,
+): LocatedIssue[] {
   const path = issue.path as PathKey[]
   // A value a reference supplied is described as written in the config, never as resolved.
   const written = filled.paths.get(pathToString(path))?.written
-  const describe = (v: unknown): string => written === undefined ? describeValue(v) : `string ${JSON.stringify(written)} (its value is not shown)`
+  const describe = (v: unknown): string =>
+    written === undefined
+      ? describeValue(v)
+      : `string ${JSON.stringify(written)} (its value is not shown)`
   if (issue.code === 'unrecognized_keys') {
     const known = knownKeys(ConfigSchema, path, input)
     return issue.keys.map((key) => {
       const hint = suggest(key, known)
-      return issueAt([...path, key], `unknown key "${key}"${hint === null ? '' : ` (did you mean "${hint}"?)`}`)
+      return issueAt(
+        [...path, key],
+        `unknown key "${key}"${hint === null ? '' : ` (did you mean "${hint}"?)`}`,
+      )
     })
   }
   if (issue.code === 'invalid_type') {
@@ -189,16 +264,28 @@ function describeZodIssue (issue: z.core.$ZodIssue, input: unknown, filled: RefF
     return [issueAt(path, `expected ${issue.expected}, got ${describe(got)}`)]
   }
   if (issue.code === 'invalid_value') {
-    return [issueAt(path, `must be one of ${issue.values.map((v) => JSON.stringify(v)).join(', ')}`)]
+    return [
+      issueAt(path, `must be one of ${issue.values.map((v) => JSON.stringify(v)).join(', ')}`),
+    ]
   }
   if (issue.code === 'invalid_key') {
     // A record key that broke its rule: the rule's own message is nested one level down.
     return [issueAt(path, issue.issues[0]?.message ?? issue.message)]
   }
-  if (issue.code === 'invalid_union' && (issue as { discriminator?: string }).discriminator !== undefined) {
+  if (
+    issue.code === 'invalid_union' &&
+    (issue as { discriminator?: string }).discriminator !== undefined
+  ) {
     const options = (issue as { options?: unknown[] }).options ?? []
     const got = valueAt(input, path)
-    return [issueAt(path, `${got === undefined ? 'is required' : `unknown ${JSON.stringify(got)}`}: must be one of ${options.map((v) => JSON.stringify(v)).join(', ')}`)]
+    return [
+      issueAt(
+        path,
+        `${got === undefined ? 'is required' : `unknown ${JSON.stringify(got)}`}: must be one of ${
+          options.map((v) => JSON.stringify(v)).join(', ')
+        }`,
+      ),
+    ]
   }
   if (issue.code === 'invalid_union') {
     // Our unions are "string or number" for durations and sizes.
@@ -220,9 +307,13 @@ function resolveFiles (config: Config, baseDir: string): LocatedIssue[] {
     if (route.plugin === undefined) return
     const path = resolve(baseDir, route.plugin.path)
     ;(route.plugin as { path: string }).path = path
-    if (!existsSync(path)) issues.push(issueAt(['routes', i, 'plugin', 'path'], `cannot read ${path}: no such file`))
+    if (!existsSync(path)) {
+      issues.push(issueAt(['routes', i, 'plugin', 'path'], `cannot read ${path}: no such file`))
+    }
   })
-  if (config.delivery.store.kind === 'sqlite') (config.delivery.store as { path: string }).path = resolve(baseDir, config.delivery.store.path)
+  if (config.delivery.store.kind === 'sqlite') {
+    ;(config.delivery.store as { path: string }).path = resolve(baseDir, config.delivery.store.path)
+  }
   const tls = config.listen.tls as Record<string, string | undefined> | undefined
   if (tls === undefined) return issues
   for (const key of ['cert', 'key', 'ca'] as const) {
@@ -235,14 +326,21 @@ function resolveFiles (config: Config, baseDir: string): LocatedIssue[] {
       continue
     }
     tls[key] = text
-    if (!tls[key]!.includes('-----BEGIN')) issues.push(issueAt(['listen', 'tls', key], `${path} is not a PEM file`))
+    if (!tls[key]!.includes('-----BEGIN')) {
+      issues.push(issueAt(['listen', 'tls', key], `${path} is not a PEM file`))
+    }
   }
   // A cipher list OpenSSL cannot use would otherwise fail only when the listener is made.
   // (node:tls is loaded here, not at start-up, which most configs never need.)
   try {
     process.getBuiltinModule('node:tls').createSecureContext({ ciphers: tls.ciphers })
   } catch (err) {
-    issues.push(issueAt(['listen', 'tls', 'ciphers'], `OpenSSL accepts none of these ciphers (${(err as Error).message})`))
+    issues.push(
+      issueAt(
+        ['listen', 'tls', 'ciphers'],
+        `OpenSSL accepts none of these ciphers (${(err as Error).message})`,
+      ),
+    )
   }
   return issues
 }
@@ -293,7 +391,11 @@ function describeValue (v: unknown): string {
   return `${typeof v} ${String(v)}`
 }
 
-function locateNode (doc: Document, lineCounter: LineCounter, path: readonly PathKey[]): Pick<ConfigIssue, 'line' | 'column'> {
+function locateNode (
+  doc: Document,
+  lineCounter: LineCounter,
+  path: readonly PathKey[],
+): Pick<ConfigIssue, 'line' | 'column'> {
   // Walk as deep as the document goes: a missing key is reported at its parent.
   let node: unknown = doc.contents
   let keyNode: YamlNode | null = null

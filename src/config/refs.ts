@@ -16,7 +16,10 @@ const REF_RE = /\$?\$\{(env|file):([^}]*)\}/g
  * path that points at a huge or endless file.
  */
 export const MAX_REF_FILE = 1024 * 1024
-const TOO_LARGE = (file: string, cap: number): string => `cannot read ${file}: larger than ${cap >= 1024 * 1024 ? `${cap / 1024 / 1024} MiB` : `${cap} bytes`}`
+const TOO_LARGE = (file: string, cap: number): string =>
+  `cannot read ${file}: larger than ${
+    cap >= 1024 * 1024 ? `${cap / 1024 / 1024} MiB` : `${cap} bytes`
+  }`
 
 export interface RefContext {
   env: NodeJS.ProcessEnv
@@ -36,7 +39,12 @@ export interface RefFills {
 
 export type PathKey = string | number
 
-export function resolveRefs (value: unknown, ctx: RefContext, issues: Array<ConfigIssue & { pathKeys?: PathKey[] }>, path: PathKey[] = []): unknown {
+export function resolveRefs (
+  value: unknown,
+  ctx: RefContext,
+  issues: Array<ConfigIssue & { pathKeys?: PathKey[] }>,
+  path: PathKey[] = [],
+): unknown {
   if (typeof value === 'string') return resolveString(value, ctx, issues, path)
   if (Array.isArray(value)) return value.map((v, i) => resolveRefs(v, ctx, issues, [...path, i]))
   if (value !== null && typeof value === 'object') {
@@ -47,7 +55,12 @@ export function resolveRefs (value: unknown, ctx: RefContext, issues: Array<Conf
   return value
 }
 
-function resolveString (s: string, ctx: RefContext, issues: Array<ConfigIssue & { pathKeys?: PathKey[] }>, path: PathKey[]): string {
+function resolveString (
+  s: string,
+  ctx: RefContext,
+  issues: Array<ConfigIssue & { pathKeys?: PathKey[] }>,
+  path: PathKey[],
+): string {
   if (!s.includes('${')) return s
   let supplied = false
   const out = s.replace(REF_RE, (whole, kind: string, arg: string) => {
@@ -63,7 +76,11 @@ function resolveString (s: string, ctx: RefContext, issues: Array<ConfigIssue & 
         return v
       }
       if (fallback !== undefined) return fallback
-      issues.push({ path: pathToString(path), pathKeys: path, message: `environment variable ${name} is not set` })
+      issues.push({
+        path: pathToString(path),
+        pathKeys: path,
+        message: `environment variable ${name} is not set`,
+      })
       return ''
     }
     const file = isAbsolute(arg) ? arg : resolve(ctx.baseDir, arg)

@@ -1,5 +1,21 @@
 // Named imports (not the `z` namespace) let the CLI bundle drop zod's 250 KB of locales.
-import { NEVER, array, boolean, discriminatedUnion, enum as zenum, literal, number, preprocess, record, strictObject, string, union, unknown, type input, type output } from 'zod'
+import {
+  NEVER,
+  array,
+  boolean,
+  discriminatedUnion,
+  enum as zenum,
+  literal,
+  number,
+  preprocess,
+  record,
+  strictObject,
+  string,
+  union,
+  unknown,
+  type input,
+  type output,
+} from 'zod'
 import { isUnitlessDuration, parseDuration, parseSize } from './units.js'
 
 /*
@@ -32,7 +48,10 @@ const duration = () => {
 const size = () => union([string(), number()]).transform((v, ctx) => {
   const bytes = parseSize(v)
   if (bytes === null) {
-    ctx.addIssue({ code: 'custom', message: `invalid size ${JSON.stringify(v)} (use e.g. 512KiB, 10MiB, 1GiB)` })
+    ctx.addIssue({
+      code: 'custom',
+      message: `invalid size ${JSON.stringify(v)} (use e.g. 512KiB, 10MiB, 1GiB)`,
+    })
     return NEVER
   }
   return bytes
@@ -42,23 +61,37 @@ const size = () => union([string(), number()]).transform((v, ctx) => {
  * `${env:...}` references always produce strings, so numbers and booleans also accept their
  * string spelling ("8080", "true"); anything else is left for the schema to refuse.
  */
-const int = () => preprocess((v) => typeof v === 'string' && /^\s*-?\d+\s*$/.test(v) ? Number(v) : v, number().int())
+const int = () =>
+  preprocess(
+    (v) => typeof v === 'string' && /^\s*-?\d+\s*$/.test(v) ? Number(v) : v,
+    number().int(),
+  )
 const bool = () => preprocess((v) => v === 'true' ? true : v === 'false' ? false : v, boolean())
 
-const port = preprocess((v) => typeof v === 'string' && /^\s*\d+\s*$/.test(v) ? Number(v) : v, number().int().min(0).max(65535))
+const port = preprocess(
+  (v) => typeof v === 'string' && /^\s*\d+\s*$/.test(v) ? Number(v) : v,
+  number().int().min(0).max(65535),
+)
 const nonEmpty = string().min(1, 'must not be empty')
 
 /** CONNECT is absent: Node's server hands it to a separate event, and a gateway is no tunnel. */
-export const HTTP_METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS', 'TRACE'] as const
+export const HTTP_METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS',
+  'TRACE'] as const
 
 /**
  * Mozilla's "intermediate" TLS 1.2 suites: forward secrecy and AEAD only (no CBC, no SHA-1, no
  * RSA key exchange). TLS 1.3 suites are separate in OpenSSL and all of them are modern.
  */
 export const DEFAULT_TLS_CIPHERS = [
-  'TLS_AES_128_GCM_SHA256', 'TLS_AES_256_GCM_SHA384', 'TLS_CHACHA20_POLY1305_SHA256',
-  'ECDHE-ECDSA-AES128-GCM-SHA256', 'ECDHE-RSA-AES128-GCM-SHA256', 'ECDHE-ECDSA-AES256-GCM-SHA384',
-  'ECDHE-RSA-AES256-GCM-SHA384', 'ECDHE-ECDSA-CHACHA20-POLY1305', 'ECDHE-RSA-CHACHA20-POLY1305',
+  'TLS_AES_128_GCM_SHA256',
+  'TLS_AES_256_GCM_SHA384',
+  'TLS_CHACHA20_POLY1305_SHA256',
+  'ECDHE-ECDSA-AES128-GCM-SHA256',
+  'ECDHE-RSA-AES128-GCM-SHA256',
+  'ECDHE-ECDSA-AES256-GCM-SHA384',
+  'ECDHE-RSA-AES256-GCM-SHA384',
+  'ECDHE-ECDSA-CHACHA20-POLY1305',
+  'ECDHE-RSA-CHACHA20-POLY1305',
 ].join(':')
 
 const TlsSchema = strictObject({
@@ -157,11 +190,17 @@ const TargetSchema = strictObject({
       return NEVER
     }
     if (u.protocol !== 'http:' && u.protocol !== 'https:') {
-      ctx.addIssue({ code: 'custom', message: `target URL must be http:// or https://, got ${JSON.stringify(u.protocol)}` })
+      ctx.addIssue({
+        code: 'custom',
+        message: `target URL must be http:// or https://, got ${JSON.stringify(u.protocol)}`,
+      })
       return NEVER
     }
     if (u.search !== '' || u.hash !== '' || u.username !== '' || u.password !== '') {
-      ctx.addIssue({ code: 'custom', message: 'target URL must not carry a query, fragment or credentials' })
+      ctx.addIssue({
+        code: 'custom',
+        message: 'target URL must not carry a query, fragment or credentials',
+      })
       return NEVER
     }
     return u.origin + (u.pathname === '/' ? '' : u.pathname.replace(/\/$/, ''))
@@ -202,22 +241,25 @@ const UpstreamSchema = strictObject({
 })
 
 /** RFC 9110 token: what a header name may contain. */
-const headerName = nonEmpty.regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, 'not a valid header name').transform((h) => h.toLowerCase())
+const headerName = nonEmpty.regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, 'not a valid header name')
+  .transform((h) => h.toLowerCase())
 
-const httpUrl = (what: string) => string().refine((v) => {
-  try {
-    const u = new URL(v)
-    return u.protocol === 'http:' || u.protocol === 'https:'
-  } catch {
-    return false
-  }
-}, `${what} must be an http:// or https:// URL`)
+const httpUrl = (what: string) =>
+  string().refine((v) => {
+    try {
+      const u = new URL(v)
+      return u.protocol === 'http:' || u.protocol === 'https:'
+    } catch {
+      return false
+    }
+  }, `${what} must be an http:// or https:// URL`)
 
 /**
  * Asymmetric JWS algorithms only: keys come from a published JWKS, and an HMAC "key" taken from
  * a JWKS is public, so HS256 would let anyone mint tokens (the classic key-confusion attack).
  */
-export const JWT_ALGORITHMS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA', 'Ed25519'] as const
+export const JWT_ALGORITHMS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256',
+  'ES384', 'ES512', 'EdDSA', 'Ed25519'] as const
 
 const JwtProviderSchema = strictObject({
   kind: literal('jwt'),
@@ -267,9 +309,12 @@ const IntrospectionProviderSchema = strictObject({
 const ApiKeySchema = strictObject({
   id: nonEmpty.regex(/^[A-Za-z0-9_.:@-]+$/, 'use letters, digits and "_.:@-" only'),
   /** Hex SHA-256 of the key: the key itself never appears in config. */
-  sha256: string().regex(/^[0-9a-fA-F]{64}$/, 'must be the 64-hex-digit SHA-256 of the key').transform((h) => h.toLowerCase()),
+  sha256: string().regex(/^[0-9a-fA-F]{64}$/, 'must be the 64-hex-digit SHA-256 of the key')
+    .transform((h) => h.toLowerCase()),
   /** Scopes travel space-separated (the phantom token's `scope`, x-gatehouse-scopes). */
-  scopes: array(nonEmpty.regex(/^[^\s]+$/, 'a scope cannot contain whitespace (scopes are space-separated)')).default([]),
+  scopes: array(
+    nonEmpty.regex(/^[^\s]+$/, 'a scope cannot contain whitespace (scopes are space-separated)'),
+  ).default([]),
   /** Free-form claims for authorization and identity headers (e.g. tier, org). */
   metadata: record(string(), unknown()).default({}),
 })
@@ -312,12 +357,19 @@ const WebhookProviderSchema = strictObject({
 
 export const PHANTOM_ALGORITHMS = ['ES256', 'ES384', 'RS256', 'PS256', 'EdDSA'] as const
 
+/** A quoted-string's content without escapes: no quote, backslash or control character. */
+// eslint-disable-next-line no-control-regex
+const REALM = /^[^"\\\x00-\x1f]+$/
+
 const IdentitySchema = strictObject({
   /** `realm` in WWW-Authenticate challenges. */
-  // eslint-disable-next-line no-control-regex
-  realm: nonEmpty.regex(/^[^"\\\x00-\x1f]+$/, 'must not contain quotes, backslashes or control characters').default('gatehouse'),
-  providers: record(string().regex(/^[A-Za-z0-9_.-]+$/, 'provider names use letters, digits, "_", "-" and "."'),
-    discriminatedUnion('kind', [JwtProviderSchema, IntrospectionProviderSchema, ApiKeyProviderSchema, WebhookProviderSchema])).default({}),
+  realm: nonEmpty.regex(REALM, 'must not contain quotes, backslashes or control characters')
+    .default('gatehouse'),
+  providers: record(
+    string().regex(/^[A-Za-z0-9_.-]+$/, 'provider names use letters, digits, "_", "-" and "."'),
+    discriminatedUnion('kind', [JwtProviderSchema, IntrospectionProviderSchema,
+      ApiKeyProviderSchema, WebhookProviderSchema]),
+  ).default({}),
   /** The gateway's own short-lived JWT for upstreams (routes opt in with auth.phantom_token). */
   phantom_token: strictObject({
     /** PEM private key (PKCS#8), usually `${file:...}`. */
@@ -335,7 +387,8 @@ const IdentitySchema = strictObject({
 
 /** A claim condition: a value, a list of accepted values, or { pattern } (a regular expression). */
 const ClaimScalar = union([string(), number(), boolean()])
-const ClaimMatcher = union([ClaimScalar, array(ClaimScalar).min(1), strictObject({ pattern: nonEmpty })])
+const ClaimMatcher = union([ClaimScalar, array(ClaimScalar).min(1),
+  strictObject({ pattern: nonEmpty })])
 
 const AuthSchema = strictObject({
   /** Providers tried in order; the first that takes the credential decides. */
@@ -367,17 +420,41 @@ const IdentityHeadersSchema = strictObject({
 })
 
 /** "10/s", "100/min", "5000/h", "100000/day": a count per unit of time. */
-export const RATE_UNITS: Record<string, number> = { s: 1000, sec: 1000, second: 1000, m: 60_000, min: 60_000, minute: 60_000, h: 3_600_000, hour: 3_600_000, d: 86_400_000, day: 86_400_000 }
+export const RATE_UNITS: Record<string, number> = {
+  s: 1000,
+  sec: 1000,
+  second: 1000,
+  m: 60_000,
+  min: 60_000,
+  minute: 60_000,
+  h: 3_600_000,
+  hour: 3_600_000,
+  d: 86_400_000,
+  day: 86_400_000,
+}
 const perPeriod = (what: string, units: Record<string, number>) => string().transform((v, ctx) => {
   const m = /^\s*(\d+(?:\.\d+)?)\s*\/\s*([a-z]+)\s*$/.exec(v)
   const period = m === null ? undefined : units[m[2]!]
   if (m === null || period === undefined || Number(m[1]) <= 0) {
-    ctx.addIssue({ code: 'custom', message: `invalid ${what} ${JSON.stringify(v)} (use e.g. ${what === 'quota' ? '100000/day, 5000/h, 600/min' : '10/s, 100/min, 5000/h'})` })
+    ctx.addIssue({
+      code: 'custom',
+      message: `invalid ${what} ${JSON.stringify(v)} (use e.g. ${
+        what === 'quota' ? '100000/day, 5000/h, 600/min' : '10/s, 100/min, 5000/h'
+      })`,
+    })
     return NEVER
   }
   return { count: Number(m[1]), periodMs: period }
 })
-const QUOTA_UNITS: Record<string, number> = { m: 60_000, min: 60_000, minute: 60_000, h: 3_600_000, hour: 3_600_000, d: 86_400_000, day: 86_400_000 }
+const QUOTA_UNITS: Record<string, number> = {
+  m: 60_000,
+  min: 60_000,
+  minute: 60_000,
+  h: 3_600_000,
+  hour: 3_600_000,
+  d: 86_400_000,
+  day: 86_400_000,
+}
 
 const StoreSchema = discriminatedUnion('kind', [
   strictObject({
@@ -392,7 +469,9 @@ const StoreSchema = discriminatedUnion('kind', [
     /** Prepended to every key, so several deployments can share one Redis. */
     prefix: string().default('gatehouse:'),
     /** A command not answered within this counts as a store error (on_store_error applies). */
-    timeout: duration().pipe(number().min(10, 'must be at least 10ms (a limit check needs a bound)')).default(250),
+    timeout: duration().pipe(
+      number().min(10, 'must be at least 10ms (a limit check needs a bound)'),
+    ).default(250),
   }),
 ])
 
@@ -400,7 +479,10 @@ const StoreSchema = discriminatedUnion('kind', [
  * What a limit counts by: the caller (subject, client_id, api_key: need `auth`), the client
  * address, a request header, or a claim of the caller's identity.
  */
-const LimitKey = string().regex(/^(subject|client_id|api_key|ip|header:[!#$%&'*+.^_`|~0-9A-Za-z-]+|claim:.+)$/, 'use subject, client_id, api_key, ip, header:<name> or claim:<name>')
+const LimitKey = string().regex(
+  /^(subject|client_id|api_key|ip|header:[!#$%&'*+.^_`|~0-9A-Za-z-]+|claim:.+)$/,
+  'use subject, client_id, api_key, ip, header:<name> or claim:<name>',
+)
 
 const RateLimitSchema = strictObject({
   /** Shown in RateLimit headers and metrics; defaults to the key. */
@@ -413,7 +495,11 @@ const RateLimitSchema = strictObject({
   /** A fixed-window quota (per minute, hour or day, windows aligned to UTC). */
   quota: perPeriod('quota', QUOTA_UNITS).optional(),
   /** What a request costs against a quota: 1, or a number read from the response when it ends. */
-  cost: union([int().pipe(number().min(1)), string().regex(/^response\.[A-Za-z0-9_.]+$/, 'use a number or response.<json path>, e.g. response.usage.total_tokens')]).default(1),
+  cost: union([int().pipe(number().min(1)),
+    string().regex(
+      /^response\.[A-Za-z0-9_.]+$/,
+      'use a number or response.<json path>, e.g. response.usage.total_tokens',
+    )]).default(1),
   store: nonEmpty.default('default'),
   /** When the key is absent (no such header or claim): refuse (403), or count by client address. */
   missing: zenum(['deny', 'ip']).default('deny'),
@@ -427,7 +513,8 @@ const RateLimitSchema = strictObject({
 const CacheSchema = strictObject({
   ttl: duration(),
   /** POST is opt-in, for deterministic inference. */
-  methods: array(string().transform((m) => m.toUpperCase()).pipe(zenum(['GET', 'HEAD', 'POST']))).min(1).default(['GET', 'HEAD']),
+  methods: array(string().transform((m) => m.toUpperCase()).pipe(zenum(['GET', 'HEAD', 'POST'])))
+    .min(1).default(['GET', 'HEAD']),
   key: strictObject({
     query: bool().default(true),
     headers: array(headerName).default([]),
@@ -449,7 +536,8 @@ const CacheSchema = strictObject({
    */
   coalesce_timeout: duration().default(10_000),
   /** Statuses stored (RFC 9111 heuristically cacheable ones by default, errors not). */
-  statuses: array(int().pipe(number().min(200).max(599))).default([200, 203, 204, 300, 301, 404, 405, 410, 414, 501]),
+  statuses: array(int().pipe(number().min(200).max(599))).default([200, 203, 204, 300, 301, 404,
+    405, 410, 414, 501]),
 })
 
 /** Header edits, applied in the order remove, rename, set, add. */
@@ -491,7 +579,10 @@ const TransformSchema = strictObject({
     timeout: duration().default(5_000),
     headers: HeaderEditsSchema.optional(),
     /** Upstream status → status sent to the client, e.g. { "404": 200 }. */
-    status: record(string().regex(/^[1-5]\d\d$/, 'use a three-digit status'), int().pipe(number().min(200).max(599))).optional(),
+    status: record(
+      string().regex(/^[1-5]\d\d$/, 'use a three-digit status'),
+      int().pipe(number().min(200).max(599)),
+    ).optional(),
     /** Largest upstream body read for a body transform; larger → 502. */
     max_body: size().default(10 * 1024 * 1024),
   }).optional(),
@@ -509,7 +600,8 @@ const PluginSchema = strictObject({
 })
 
 /** `retry_on` items: a connect failure, a timeout, or a response status. */
-const RetryOn = union([literal('connect_error'), literal('timeout'), int().pipe(number().min(300).max(599))])
+const RetryOn = union([literal('connect_error'), literal('timeout'),
+  int().pipe(number().min(300).max(599))])
 
 const RouteDeliverySchema = strictObject({
   /** async: persist, answer 202, deliver in the background. sync (default): proxy as usual. */
@@ -521,7 +613,10 @@ const RouteDeliverySchema = strictObject({
     factor: number().min(1).max(100).default(2),
     max: duration().default(60_000),
     /** Each delay is moved by up to this fraction either way ("20%" or 0.2). */
-    jitter: union([number().min(0).max(1), string().regex(/^\d+(\.\d+)?%$/, 'use a percentage such as 20%').transform((v) => Number(v.slice(0, -1)) / 100).pipe(number().max(1, 'at most 100%'))]).default(0.2),
+    jitter: union([number().min(0).max(1),
+      string().regex(/^\d+(\.\d+)?%$/, 'use a percentage such as 20%').transform((v) =>
+        Number(v.slice(0, -1)) / 100
+      ).pipe(number().max(1, 'at most 100%'))]).default(0.2),
   }).prefault({}),
   retry_on: array(RetryOn).default(['connect_error', 'timeout', 408, 425, 429, 500, 502, 503, 504]),
   /** Deliveries in flight at once for this route (per gateway process). */
@@ -550,7 +645,8 @@ const DeliveryStoreSchema = discriminatedUnion('kind', [
   strictObject({
     kind: literal('nats'),
     url: string().regex(/^(nats|tls|wss?):\/\//, 'must be a nats://, tls:// or ws:// URL'),
-    stream: nonEmpty.regex(/^[A-Za-z0-9_-]+$/, 'stream names use letters, digits, "_" and "-"').default('GATEHOUSE'),
+    stream: nonEmpty.regex(/^[A-Za-z0-9_-]+$/, 'stream names use letters, digits, "_" and "-"')
+      .default('GATEHOUSE'),
     /** Stream size limit; when full, new requests get 503. */
     max_bytes: size().default(1024 * 1024 * 1024),
     /** A publish or lookup not answered within this fails (503 for new requests). */
@@ -560,7 +656,10 @@ const DeliveryStoreSchema = discriminatedUnion('kind', [
 ])
 
 /** 32 bytes as base64 (`openssl rand -base64 32`) or 64 hex digits; the message never repeats the value. */
-const aesKey = string().regex(/^(?:[0-9a-fA-F]{64}|[A-Za-z0-9+/]{43}=?|[A-Za-z0-9_-]{43})$/, 'must be 32 bytes as base64 (openssl rand -base64 32) or 64 hex digits')
+const aesKey = string().regex(
+  /^(?:[0-9a-fA-F]{64}|[A-Za-z0-9+/]{43}=?|[A-Za-z0-9_-]{43})$/,
+  'must be 32 bytes as base64 (openssl rand -base64 32) or 64 hex digits',
+)
 
 const DeliverySchema = strictObject({
   store: DeliveryStoreSchema.prefault({ kind: 'sqlite' }),
@@ -569,7 +668,10 @@ const DeliverySchema = strictObject({
   /** An Idempotency-Key seen within this returns the first delivery. */
   idempotency_window: duration().default(86_400_000),
   /** Where clients read a delivery's status (on the proxy port): `<status_path>/<id>`, the 202's Location. */
-  status_path: string().regex(/^\/[A-Za-z0-9._~/-]*[^/]$/, 'must start with "/" and not end with "/"').default('/_gatehouse/deliveries'),
+  status_path: string().regex(
+    /^\/[A-Za-z0-9._~/-]*[^/]$/,
+    'must start with "/" and not end with "/"',
+  ).default('/_gatehouse/deliveries'),
   /**
    * AES-256-GCM key for the credentials an async request carries to its upstream (Cookie, an
    * Authorization the route does not check, ...): they are stored encrypted under it, and not
@@ -586,7 +688,8 @@ const MatchSchema = strictObject({
   path: string().startsWith('/', 'must start with "/"').optional(),
   path_prefix: string().startsWith('/', 'must start with "/"').optional(),
   path_regex: string().optional(),
-  methods: array(string().transform((m) => m.toUpperCase()).pipe(zenum(HTTP_METHODS))).min(1).optional(),
+  methods: array(string().transform((m) => m.toUpperCase()).pipe(zenum(HTTP_METHODS))).min(1)
+    .optional(),
   host: string().optional(),
   headers: record(string(), string()).optional(),
 }).prefault({})
@@ -596,24 +699,36 @@ const MatchSchema = strictObject({
  * path. Compared exactly; "*" alone means any origin (answered with `*`, never reflected).
  */
 const OriginSchema = string().transform((o) => o.toLowerCase()).refine(
-  (o) => o === '*' || /^[a-z][a-z0-9+.-]*:\/\/(?:\[[0-9a-f:.]+\]|[a-z0-9.-]+)(?::\d{1,5})?$/.test(o),
-  'use an origin such as https://app.example.com (scheme, host and port only; no path, no trailing "/") or "*"')
+  (o) =>
+    o === '*' || /^[a-z][a-z0-9+.-]*:\/\/(?:\[[0-9a-f:.]+\]|[a-z0-9.-]+)(?::\d{1,5})?$/.test(o),
+  'use an origin such as https://app.example.com (scheme, host and port only; no path, no trailing "/") or "*"',
+)
 
 const CorsSchema = strictObject({
   /** Origins allowed to call this route from a browser, matched exactly; "*": any. */
   origins: array(OriginSchema).min(1),
   /** Methods a preflight may ask for; default: the route's match.methods, else the usual six. */
-  methods: array(string().transform((m) => m.toUpperCase()).pipe(zenum(HTTP_METHODS))).min(1).optional(),
+  methods: array(string().transform((m) => m.toUpperCase()).pipe(zenum(HTTP_METHODS))).min(1)
+    .optional(),
   /** Request headers a preflight may ask for (case-insensitive); "*": any. */
-  headers: array(string().regex(/^(?:\*|[!#$%&'*+.^_`|~0-9A-Za-z-]+)$/, 'use a header name').transform((h) => h.toLowerCase())).default(['authorization', 'content-type']),
+  headers: array(
+    string().regex(/^(?:\*|[!#$%&'*+.^_`|~0-9A-Za-z-]+)$/, 'use a header name').transform((h) =>
+      h.toLowerCase()
+    ),
+  ).default(['authorization', 'content-type']),
   /** Response headers scripts may read besides the CORS-safelisted ones. */
-  expose_headers: array(string().regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, 'use a header name').transform((h) => h.toLowerCase())).default(['x-request-id', 'retry-after', 'ratelimit', 'ratelimit-policy']),
+  expose_headers: array(
+    string().regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, 'use a header name').transform((h) =>
+      h.toLowerCase()
+    ),
+  ).default(['x-request-id', 'retry-after', 'ratelimit', 'ratelimit-policy']),
   /** Let browsers send cookies and Authorization cross-origin (Access-Control-Allow-Credentials). */
   credentials: bool().default(false),
   /** How long a browser may reuse a preflight's answer (Access-Control-Max-Age). */
   max_age: duration().default(600_000),
 }).refine((c) => !(c.credentials && c.origins.includes('*')), {
-  message: 'credentials: true needs explicit origins: browsers refuse "*" with credentials (Fetch §3.2.5)',
+  message:
+    'credentials: true needs explicit origins: browsers refuse "*" with credentials (Fetch §3.2.5)',
   path: ['origins'],
 })
 
@@ -630,8 +745,14 @@ const RouteSchema = strictObject({
    * Protocols this route may be upgraded to (Upgrade header tokens, compared case-insensitively
    * without their /version). h2c is never passed: it would tunnel HTTP/2 past every policy.
    */
-  upgrade: array(string().regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, 'use a protocol name such as websocket').transform((p) => p.toLowerCase())
-    .refine((p) => p !== 'h2c', 'h2c is never upgraded (RFC 9113 §3.1 deprecates it; it would tunnel HTTP/2 past every policy)')).default(['websocket']),
+  upgrade: array(
+    string().regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, 'use a protocol name such as websocket')
+      .transform((p) => p.toLowerCase())
+      .refine(
+        (p) => p !== 'h2c',
+        'h2c is never upgraded (RFC 9113 §3.1 deprecates it; it would tunnel HTTP/2 past every policy)',
+      ),
+  ).default(['websocket']),
   limits: strictObject({
     /** Largest request body; 0 means no limit (streams of any size). */
     max_body: size().default(0),
@@ -669,11 +790,17 @@ export const ConfigSchema = strictObject({
   log: LogSchema,
   identity: IdentitySchema,
   /** Shared state for limits (and, later, caches). `default` is an in-process memory store. */
-  stores: record(string().regex(/^[A-Za-z0-9_.-]+$/, 'store names use letters, digits, "_", "-" and "."'), StoreSchema).default({}),
+  stores: record(
+    string().regex(/^[A-Za-z0-9_.-]+$/, 'store names use letters, digits, "_", "-" and "."'),
+    StoreSchema,
+  ).default({}),
   /** Where async routes keep their requests until delivered. */
   delivery: DeliverySchema,
   shutdown: strictObject({ grace: duration().default(30_000) }).prefault({}),
-  upstreams: record(string().regex(/^[A-Za-z0-9_.-]+$/, 'upstream names use letters, digits, "_", "-" and "."'), UpstreamSchema).default({}),
+  upstreams: record(
+    string().regex(/^[A-Za-z0-9_.-]+$/, 'upstream names use letters, digits, "_", "-" and "."'),
+    UpstreamSchema,
+  ).default({}),
   routes: array(RouteSchema).default([]),
 })
 

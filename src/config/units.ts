@@ -4,11 +4,19 @@
  */
 
 const DURATION_RE = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)$/
-const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }
+const DURATION_UNITS: Record<string, number> = {
+  ms: 1,
+  s: 1000,
+  m: 60_000,
+  h: 3_600_000,
+  d: 86_400_000,
+}
 
 /** A number, or a numeric string, that parseDuration refuses only for its missing unit. */
 export function isUnitlessDuration (value: string | number): boolean {
-  return typeof value === 'number' ? Number.isFinite(value) && value > 0 : /^\s*\d+(?:\.\d+)?\s*$/.test(value)
+  return typeof value === 'number'
+    ? Number.isFinite(value) && value > 0
+    : /^\s*\d+(?:\.\d+)?\s*$/.test(value)
 }
 
 /** Parse `500ms`, `2s`, `5m`, `1h`, `1d` (or 0) into milliseconds; null when malformed or unit-less. */
@@ -45,7 +53,9 @@ export function parseSize (value: string | number): number | null {
 
 export function formatDuration (ms: number): string {
   if (ms === 0) return '0'
-  for (const [unit, size] of [['d', 86_400_000], ['h', 3_600_000], ['m', 60_000], ['s', 1000]] as const) {
+  for (
+    const [unit, size] of [['d', 86_400_000], ['h', 3_600_000], ['m', 60_000], ['s', 1000]] as const
+  ) {
     if (ms % size === 0) return `${ms / size}${unit}`
   }
   return `${ms}ms`

@@ -1,4 +1,13 @@
-import { safeParse, ZodDefault, ZodDiscriminatedUnion, ZodNullable, ZodObject, ZodOptional, ZodPrefault, type core } from 'zod'
+import {
+  safeParse,
+  ZodDefault,
+  ZodDiscriminatedUnion,
+  ZodNullable,
+  ZodObject,
+  ZodOptional,
+  ZodPrefault,
+  type core,
+} from 'zod'
 
 /*
  * Walking ConfigSchema alongside an input: for the units of a config the schema refused
@@ -8,7 +17,10 @@ import { safeParse, ZodDefault, ZodDiscriminatedUnion, ZodNullable, ZodObject, Z
 /** `schema` without the optional(), default(), prefault() and nullable() around it. */
 export function bare (schema: core.$ZodType): core.$ZodType {
   let s = schema
-  while (s instanceof ZodOptional || s instanceof ZodDefault || s instanceof ZodPrefault || s instanceof ZodNullable) s = s.unwrap()
+  while (
+    s instanceof ZodOptional || s instanceof ZodDefault || s instanceof ZodPrefault ||
+    s instanceof ZodNullable
+  ) s = s.unwrap()
   return s
 }
 

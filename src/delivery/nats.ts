@@ -7,7 +7,14 @@ import { redactUrl } from '../config/refs.js'
 import { gatewayError, type GatewayError } from '../errors/index.js'
 import type { Logger } from '../observability/logger.js'
 import type {
-  DeliveryFilter, DeliveryRecord, DeliveryState, DeliveryStore, EnqueueResult, NewDelivery, RouteStats, Settlement,
+  DeliveryFilter,
+  DeliveryRecord,
+  DeliveryState,
+  DeliveryStore,
+  EnqueueResult,
+  NewDelivery,
+  RouteStats,
+  Settlement,
 } from './store.js'
 
 /*
@@ -109,9 +116,16 @@ interface StatusRecord extends Omit<Envelope, 'v'> {
 }
 
 /** A status record as read, with its sequence (the compare-and-set token); seq 0: not written. */
-interface Versioned { rec: StatusRecord, seq: number }
+interface Versioned {
+  rec: StatusRecord
+  seq: number
+}
 
-interface KeyRecord { id: string, fingerprint: string, createdAt: number }
+interface KeyRecord {
+  id: string
+  fingerprint: string
+  createdAt: number
+}
 
 /** A message leased by claim() in this process, until settle(). */
 interface Claim {
@@ -184,7 +198,9 @@ export class NatsDeliveryStore implements DeliveryStore {
     if (this.#io !== null) return
     if (this.#closed) throw new Error('the NATS delivery store is closed')
     // Concurrent calls share one connection attempt; a failed one can be tried again.
-    this.#starting ??= this.#start().finally(() => { this.#starting = null })
+    this.#starting ??= this.#start().finally(() => {
+      this.#starting = null
+    })
     await this.#starting
   }
 
@@ -214,12 +230,29 @@ export class NatsDeliveryStore implements DeliveryStore {
     }
     try {
       const jsm = await jetstreamManager(nc, { timeout: this.#cfg.timeout })
-      const io: Io = { nc, js: jetstream(nc, { timeout: this.#cfg.timeout }), jsm, headers, inbox: createInbox }
+      const io: Io = {
+        nc,
+        js: jetstream(nc, { timeout: this.#cfg.timeout }),
+        jsm,
+        headers,
+        inbox: createInbox,
+      }
       const exact = versionAtLeast(nc.info?.version ?? '0.0.0', EXACT_LIMITS_SINCE)
       await this.#ensureStreams(jsm, exact)
       if (!exact) {
-        this.#logger.info({ msg: 'delivery store enforces max_bytes itself: this NATS server\'s discard-new limit can drop stored messages', server: nc.info?.version })
-        const usage = (stream: string): Usage => ({ stream, bytes: 0, at: 0, stored: 0, inFlight: 0, reading: null })
+        this.#logger.info({
+          msg:
+            'delivery store enforces max_bytes itself: this NATS server\'s discard-new limit can drop stored messages',
+          server: nc.info?.version,
+        })
+        const usage = (stream: string): Usage => ({
+          stream,
+          bytes: 0,
+          at: 0,
+          stored: 0,
+          inFlight: 0,
+          reading: null,
+        })
         this.#usage = { queue: usage(this.#names.stream), dead: usage(this.#names.dead) }
       }
       this.#io = io
@@ -227,7 +260,10 @@ export class NatsDeliveryStore implements DeliveryStore {
       this.#watch(nc).catch(() => {})
     } catch (err) {
       await nc.close().catch(() => {})
-      throw startError(`cannot set up the JetStream streams for "${this.#cfg.stream}" on ${url}: ${errText(err)}`, err)
+      throw startError(
+        `cannot set up the JetStream streams for "${this.#cfg.stream}" on ${url}: ${errText(err)}`,
+        err,
+      )
     }
   }
 
@@ -297,7 +333,8 @@ export class NatsDeliveryStore implements DeliveryStore {
 
   status (): { status: 'ok' | 'unavailable', kind: string, [key: string]: unknown } {
     // A full store is still "ok" (it answers, and delivering frees space), like the sqlite store.
-    const ok = this.#io !== null && this.#connected && (this.#writeError === null || this.#writeError.full)
+    const ok = this.#io !== null && this.#connected &&
+      (this.#writeError === null || this.#writeError.full)
     return {
       status: ok ? 'ok' : 'unavailable',
       kind: 'nats',
@@ -313,7 +350,11 @@ export class NatsDeliveryStore implements DeliveryStore {
 
   /** The connection, or a 503 at once: while disconnected the client would only buffer and time out. */
   #ready (): Io {
-    if (this.#io === null) throw unavailable(this.#closed ? 'the delivery store is closed' : 'the delivery store is not started')
+    if (this.#io === null) {
+      throw unavailable(
+        this.#closed ? 'the delivery store is closed' : 'the delivery store is not started',
+      )
+    }
     if (!this.#connected) throw unavailable(`not connected to NATS at ${redact(this.#cfg.url)}`)
     return this.#io
   }
@@ -324,23 +365,35 @@ export class NatsDeliveryStore implements DeliveryStore {
     if (isTooLarge(err)) {
       // This request only: the store is fine. (503 is what the interface allows; a retry of the
       // same request fails again, so the detail says why.)
-      return gatewayError('GH_DELIVERY_STORE_UNAVAILABLE', 'The request is too large for the delivery store', {
-        reason: `nats ${what}: ${errText(err)} (server max_payload ${this.#io?.nc.info?.max_payload ?? '?'} bytes)`,
-        headers: { 'retry-after': RETRY_AFTER_S },
-        cause: err,
-      })
+      return gatewayError(
+        'GH_DELIVERY_STORE_UNAVAILABLE',
+        'The request is too large for the delivery store',
+        {
+          reason: `nats ${what}: ${errText(err)} (server max_payload ${
+            this.#io?.nc.info?.max_payload ?? '?'
+          } bytes)`,
+          headers: { 'retry-after': RETRY_AFTER_S },
+          cause: err,
+        },
+      )
     }
     const full = isFull(err)
     const message = `${what}: ${errText(err)}`
     this.#writeError = { full, message }
-    this.#logTrouble(full ? 'delivery store full' : 'delivery store operation failed', { err: message })
-    return gatewayError('GH_DELIVERY_STORE_UNAVAILABLE', full
-      ? 'The delivery store is full; try again later'
-      : 'The delivery store cannot accept requests right now; try again later', {
-      reason: `nats ${message}`,
-      headers: { 'retry-after': RETRY_AFTER_S },
-      cause: err,
+    this.#logTrouble(full ? 'delivery store full' : 'delivery store operation failed', {
+      err: message,
     })
+    return gatewayError(
+      'GH_DELIVERY_STORE_UNAVAILABLE',
+      full
+        ? 'The delivery store is full; try again later'
+        : 'The delivery store cannot accept requests right now; try again later',
+      {
+        reason: `nats ${message}`,
+        headers: { 'retry-after': RETRY_AFTER_S },
+        cause: err,
+      },
+    )
   }
 
   // ---- enqueue ----------------------------------------------------------------------------
@@ -387,7 +440,10 @@ export class NatsDeliveryStore implements DeliveryStore {
     }
     const [m, s] = await Promise.allSettled([
       io.js.publish(subject, payload, { msgID: msg.id, timeout }),
-      io.js.publish(n.status(msg.id), JSON.stringify(status), { expect: { lastSubjectSequence: 0 }, timeout }),
+      io.js.publish(n.status(msg.id), JSON.stringify(status), {
+        expect: { lastSubjectSequence: 0 },
+        timeout,
+      }),
     ])
     written(m.status === 'fulfilled')
     if (m.status === 'rejected') {
@@ -397,7 +453,10 @@ export class NatsDeliveryStore implements DeliveryStore {
     }
     this.#writeError = null
     if (s.status === 'rejected' && !isConflict(s.reason)) {
-      this.#logTrouble('delivery status record not written (rebuilt from the message when read)', { id: msg.id, err: errText(s.reason) })
+      this.#logTrouble('delivery status record not written (rebuilt from the message when read)', {
+        id: msg.id,
+        err: errText(s.reason),
+      })
     }
     return { id: msg.id, duplicate: false }
   }
@@ -413,7 +472,10 @@ export class NatsDeliveryStore implements DeliveryStore {
     // A few turns: each lost race means another request changed the record meanwhile.
     for (let turn = 0; turn < 5; turn++) {
       try {
-        const ack = await io.js.publish(subject, JSON.stringify(record), { expect: { lastSubjectSequence: expect }, timeout: this.#cfg.timeout })
+        const ack = await io.js.publish(subject, JSON.stringify(record), {
+          expect: { lastSubjectSequence: expect },
+          timeout: this.#cfg.timeout,
+        })
         return ack.seq
       } catch (err) {
         if (!isConflict(err)) throw this.#failed(err, 'idempotency key')
@@ -433,16 +495,25 @@ export class NatsDeliveryStore implements DeliveryStore {
           kept = await this.#wasKept(p.id, msg.route, prev.time.getTime())
         }
         if (kept === 'unknown') {
-          throw gatewayError('GH_DELIVERY_STORE_UNAVAILABLE', 'A request with this Idempotency-Key is still being accepted; try again later', {
-            reason: `idempotency key on route ${msg.route} taken by ${p.id}, whose message is not written yet`,
-            headers: { 'retry-after': '1' },
-          })
+          throw gatewayError(
+            'GH_DELIVERY_STORE_UNAVAILABLE',
+            'A request with this Idempotency-Key is still being accepted; try again later',
+            {
+              reason:
+                `idempotency key on route ${msg.route} taken by ${p.id}, whose message is not written yet`,
+              headers: { 'retry-after': '1' },
+            },
+          )
         }
         if (kept) {
           if (p.fingerprint === msg.fingerprint) return { id: p.id, duplicate: true }
-          throw gatewayError('GH_IDEMPOTENCY_CONFLICT', 'This Idempotency-Key was already used with a different request', {
-            reason: `key reused on route ${msg.route} (first delivery ${p.id})`,
-          })
+          throw gatewayError(
+            'GH_IDEMPOTENCY_CONFLICT',
+            'This Idempotency-Key was already used with a different request',
+            {
+              reason: `key reused on route ${msg.route} (first delivery ${p.id})`,
+            },
+          )
         }
       }
       // Outside the window, or left by a request that was never kept: replace it.
@@ -458,7 +529,9 @@ export class NatsDeliveryStore implements DeliveryStore {
   async #wasKept (id: string, route: string, keyTakenAt: number): Promise<boolean | 'unknown'> {
     const st = await this.#readStatus(id)
     if (st !== null && st.rec.state !== 'pending') return true
-    const m = await this.#getMsg(this.#names.stream, { last_by_subj: this.#names.deliver(st?.rec.route ?? route, id) })
+    const m = await this.#getMsg(this.#names.stream, {
+      last_by_subj: this.#names.deliver(st?.rec.route ?? route, id),
+    })
     if (m !== null) return true
     return Date.now() - keyTakenAt < 2 * this.#cfg.timeout + 1000 ? 'unknown' : false
   }
@@ -487,7 +560,13 @@ export class NatsDeliveryStore implements DeliveryStore {
   #routeState (route: string): RouteState {
     let r = this.#routes.get(route)
     if (r === undefined) {
-      r = { durable: this.#names.durable(route), filter: this.#names.deliverRoute(route), leaseMs: DEFAULT_LEASE_MS, maxAttempts: DEFAULT_MAX_ATTEMPTS, declared: false }
+      r = {
+        durable: this.#names.durable(route),
+        filter: this.#names.deliverRoute(route),
+        leaseMs: DEFAULT_LEASE_MS,
+        maxAttempts: DEFAULT_MAX_ATTEMPTS,
+        declared: false,
+      }
       this.#routes.set(route, r)
     }
     return r
@@ -521,7 +600,9 @@ export class NatsDeliveryStore implements DeliveryStore {
       const info = await io.jsm.consumers.info(this.#names.stream, r.durable)
       r.leaseMs = Math.round((info.config.ack_wait ?? DEFAULT_LEASE_MS * 1_000_000) / 1_000_000)
     } catch (err) {
-      if (apiCode(err) !== CONSUMER_NOT_FOUND) throw this.#failed(err, `consumer for route ${route}`)
+      if (apiCode(err) !== CONSUMER_NOT_FOUND) {
+        throw this.#failed(err, `consumer for route ${route}`)
+      }
       await this.#putConsumer(route, r, r.leaseMs)
     }
     r.declared = true
@@ -533,13 +614,24 @@ export class NatsDeliveryStore implements DeliveryStore {
     return 2 * r.maxAttempts + 10
   }
 
-  async claim (route: string, max: number, waitMs: number, signal: AbortSignal): Promise<DeliveryRecord[]> {
+  async claim (
+    route: string,
+    max: number,
+    waitMs: number,
+    signal: AbortSignal,
+  ): Promise<DeliveryRecord[]> {
     if (signal.aborted || max <= 0) return []
     const r = await this.#ensureRoute(route)
     this.#pruneClaims()
     const deadline = Date.now() + waitMs
     for (;;) {
-      const msgs = await this.#pull(this.#names.stream, r.durable, max, deadline - Date.now(), signal)
+      const msgs = await this.#pull(
+        this.#names.stream,
+        r.durable,
+        max,
+        deadline - Date.now(),
+        signal,
+      )
       if (signal.aborted || this.#closed) {
         for (const m of msgs ?? []) nak(m.reply, 0, this.#io?.nc)
         return []
@@ -567,7 +659,14 @@ export class NatsDeliveryStore implements DeliveryStore {
    * it: the subscription stays open until the server's expiry and naks what still arrives, so
    * such messages are claimable again at once instead of after a lease.
    */
-  #pull (stream: string, consumer: string, batch: number, waitMs: number, signal?: AbortSignal, ackNone = false): Promise<Msg[] | null> {
+  #pull (
+    stream: string,
+    consumer: string,
+    batch: number,
+    waitMs: number,
+    signal?: AbortSignal,
+    ackNone = false,
+  ): Promise<Msg[] | null> {
     const io = this.#ready()
     if (signal?.aborted === true) return Promise.resolve([])
     const wait = Math.max(5, Math.floor(waitMs))
@@ -618,7 +717,13 @@ export class NatsDeliveryStore implements DeliveryStore {
           close()
           const code = m.headers?.code ?? 0
           if (code === 404 || code === 408 || settled) finish(null)
-          else finish(new Error(`pull from ${stream}/${consumer}: ${code} ${m.headers?.description ?? ''}`.trim()))
+          else {
+            finish(
+              new Error(
+                `pull from ${stream}/${consumer}: ${code} ${m.headers?.description ?? ''}`.trim(),
+              ),
+            )
+          }
         },
       })
       this.#pulls.add(cancel)
@@ -627,8 +732,11 @@ export class NatsDeliveryStore implements DeliveryStore {
       const lateTimer = setTimeout(close, wait + 2 * this.#cfg.timeout)
       const onAbort = (): void => finish(null)
       signal?.addEventListener('abort', onAbort, { once: true })
-      io.nc.publish(`${io.js.apiPrefix}.CONSUMER.MSG.NEXT.${stream}.${consumer}`,
-        JSON.stringify({ batch, no_wait: true, expires: wait * 1_000_000 }), { reply: inbox })
+      io.nc.publish(
+        `${io.js.apiPrefix}.CONSUMER.MSG.NEXT.${stream}.${consumer}`,
+        JSON.stringify({ batch, no_wait: true, expires: wait * 1_000_000 }),
+        { reply: inbox },
+      )
     })
   }
 
@@ -655,7 +763,11 @@ export class NatsDeliveryStore implements DeliveryStore {
         decoded = decodeMessage(m.data)
       } catch (err) {
         // Not written by Gatehouse: it would fail every worker forever.
-        this.#logger.error({ msg: 'undecodable message in the delivery stream, terminated', subject: m.subject, err: errText(err) })
+        this.#logger.error({
+          msg: 'undecodable message in the delivery stream, terminated',
+          subject: m.subject,
+          err: errText(err),
+        })
         io.nc.publish(reply, '+TERM')
         continue
       }
@@ -691,9 +803,22 @@ export class NatsDeliveryStore implements DeliveryStore {
       const claim: Claim = { reply, status, data: m.data, claimedAt: now }
       const deliveries = deliveryCount(reply)
       if (deliveries > this.#deliveryCap(r)) {
-        const error = `claimed ${deliveries - 1} times without an outcome (lease ${r.leaseMs} ms): the delivery worker may be failing on this message`
-        await this.#settleClaim(decoded.env.id, claim, { kind: 'dead', at: now, error, status: null }, false)
-          .catch((err) => this.#logger.error({ msg: 'cannot dead-letter a message delivered too often', id: decoded.env.id, err: errText(err) }))
+        const error = `claimed ${
+          deliveries - 1
+        } times without an outcome (lease ${r.leaseMs} ms): the delivery worker may be failing on this message`
+        await this.#settleClaim(decoded.env.id, claim, {
+          kind: 'dead',
+          at: now,
+          error,
+          status: null,
+        }, false)
+          .catch((err) =>
+            this.#logger.error({
+              msg: 'cannot dead-letter a message delivered too often',
+              id: decoded.env.id,
+              err: errText(err),
+            })
+          )
         continue
       }
       this.#claims.set(decoded.env.id, claim)
@@ -730,28 +855,40 @@ export class NatsDeliveryStore implements DeliveryStore {
       const st = await this.#readStatus(id)
       const rec = st ?? await this.#pendingFromQueue(id)
       if (rec === null || rec.rec.state !== 'pending') return
-      const m = await this.#getMsg(this.#names.stream, { last_by_subj: this.#names.deliver(rec.rec.route, id) })
+      const m = await this.#getMsg(this.#names.stream, {
+        last_by_subj: this.#names.deliver(rec.rec.route, id),
+      })
       if (m === null) return
       claim = { reply: null, status: rec, data: m.data, claimedAt: Date.now() }
     }
     await this.#settleClaim(id, claim, outcome, true)
   }
 
-  async #settleClaim (id: string, claim: Claim, outcome: Settlement, countAttempt: boolean): Promise<void> {
+  async #settleClaim (
+    id: string,
+    claim: Claim,
+    outcome: Settlement,
+    countAttempt: boolean,
+  ): Promise<void> {
     const io = this.#ready()
     let deadSeq = 0
     for (let turn = 0; turn < 4; turn++) {
       const base = claim.status
       if (base.rec.state !== 'pending') {
         // Finished meanwhile by another worker whose lease overlapped ours: drop this outcome.
-        if (claim.reply !== null) io.nc.publish(claim.reply, base.rec.state === 'delivered' ? '+ACK' : '+TERM')
+        if (claim.reply !== null) {
+          io.nc.publish(claim.reply, base.rec.state === 'delivered' ? '+ACK' : '+TERM')
+        }
         return
       }
       if (outcome.kind === 'dead' && deadSeq === 0) {
         const subject = this.#names.deadRoute(base.rec.route)
         const written = await this.#reserve('dead', subject.length + claim.data.length)
         try {
-          const ack = await io.js.publish(subject, claim.data, { msgID: `${id}:${base.seq}`, timeout: this.#cfg.timeout })
+          const ack = await io.js.publish(subject, claim.data, {
+            msgID: `${id}:${base.seq}`,
+            timeout: this.#cfg.timeout,
+          })
           deadSeq = ack.seq
           written(true)
         } catch (err) {
@@ -766,10 +903,27 @@ export class NatsDeliveryStore implements DeliveryStore {
         // A delivered request's headers go with its body (acked out of the queue): what the
         // status keeps of it is what status lookups and idempotency need.
         ...(outcome.kind === 'delivered'
-          ? { state: 'delivered', nextAttemptAt: outcome.at, lastError: null, lastStatus: outcome.status, headers: [] }
+          ? {
+            state: 'delivered',
+            nextAttemptAt: outcome.at,
+            lastError: null,
+            lastStatus: outcome.status,
+            headers: [],
+          }
           : outcome.kind === 'retry'
-            ? { state: 'pending', nextAttemptAt: outcome.nextAttemptAt, lastError: outcome.error, lastStatus: outcome.status }
-            : { state: 'dead', nextAttemptAt: outcome.at, lastError: outcome.error, lastStatus: outcome.status, deadSeq }),
+          ? {
+            state: 'pending',
+            nextAttemptAt: outcome.nextAttemptAt,
+            lastError: outcome.error,
+            lastStatus: outcome.status,
+          }
+          : {
+            state: 'dead',
+            nextAttemptAt: outcome.at,
+            lastError: outcome.error,
+            lastStatus: outcome.status,
+            deadSeq,
+          }),
       }
       try {
         await this.#putStatus(next, base.seq)
@@ -782,7 +936,11 @@ export class NatsDeliveryStore implements DeliveryStore {
       }
       this.#writeError = null
       if (claim.reply !== null) {
-        const verdict = outcome.kind === 'delivered' ? '+ACK' : outcome.kind === 'retry' ? nakText(outcome.nextAttemptAt - Date.now()) : '+TERM'
+        const verdict = outcome.kind === 'delivered'
+          ? '+ACK'
+          : outcome.kind === 'retry'
+          ? nakText(outcome.nextAttemptAt - Date.now())
+          : '+TERM'
         // Sent as a request, the server confirms it (JetStream's "ack ack"): settle resolves once
         // the consumer has counted it, so stats() read just after agrees (with a plain publish a
         // dead message could still count as pending). Best effort: a lost verdict only means the
@@ -811,7 +969,9 @@ export class NatsDeliveryStore implements DeliveryStore {
    * server a scan of the subjects, which is why it is only the fallback.
    */
   async #pendingFromQueue (id: string): Promise<Versioned | null> {
-    const m = await this.#getMsg(this.#names.stream, { last_by_subj: this.#names.deliverAnyRoute(id) })
+    const m = await this.#getMsg(this.#names.stream, {
+      last_by_subj: this.#names.deliverAnyRoute(id),
+    })
     if (m === null) return null
     return { rec: statusFromEnvelope(decodeMessage(m.data).env), seq: 0 }
   }
@@ -839,7 +999,8 @@ export class NatsDeliveryStore implements DeliveryStore {
     const limit = Math.max(0, Math.floor(filter.limit))
     if (limit === 0) return []
     const match = (rec: StatusRecord): boolean =>
-      (filter.state === undefined || rec.state === filter.state) && (filter.route === undefined || rec.route === filter.route)
+      (filter.state === undefined || rec.state === filter.state) &&
+      (filter.route === undefined || rec.route === filter.route)
     const found = await this.#scanStatuses(match, limit + 64)
     const ordered = [...found.values()].sort(newestFirst)
     const out: DeliveryRecord[] = []
@@ -854,7 +1015,10 @@ export class NatsDeliveryStore implements DeliveryStore {
   }
 
   /** Status records that match, by id (a record updated mid-scan is seen once, in its last version). */
-  async #scanStatuses (match: (rec: StatusRecord) => boolean, keep = Infinity): Promise<Map<string, Versioned>> {
+  async #scanStatuses (
+    match: (rec: StatusRecord) => boolean,
+    keep = Infinity,
+  ): Promise<Map<string, Versioned>> {
     const found = new Map<string, Versioned>()
     await this.#scan(`${this.#names.state}.s.*`, (m, seq) => {
       const rec = parseStatus(m.data)
@@ -920,7 +1084,10 @@ export class NatsDeliveryStore implements DeliveryStore {
 
   // ---- replay, purge, expire --------------------------------------------------------------
 
-  async replay (which: { ids: readonly string[] } | { dead: true, route?: string }, now: number): Promise<number> {
+  async replay (
+    which: { ids: readonly string[] } | { dead: true, route?: string },
+    now: number,
+  ): Promise<number> {
     this.#ready()
     let targets: Versioned[]
     if ('ids' in which) {
@@ -928,7 +1095,11 @@ export class NatsDeliveryStore implements DeliveryStore {
       targets = read.filter((st): st is Versioned => st !== null && st.rec.state === 'dead')
     } else {
       const route = which.route
-      targets = [...(await this.#scanStatuses((rec) => rec.state === 'dead' && (route === undefined || rec.route === route))).values()]
+      targets = [
+        ...(await this.#scanStatuses((rec) =>
+          rec.state === 'dead' && (route === undefined || rec.route === route)
+        )).values(),
+      ]
       // Oldest first, so that they are attempted in their original order.
       targets.sort((a, b) => -newestFirst(a, b))
     }
@@ -953,7 +1124,11 @@ export class NatsDeliveryStore implements DeliveryStore {
     const subject = n.deliver(st.rec.route, st.rec.id)
     const written = await this.#reserve('queue', subject.length + letter.data.length)
     try {
-      await io.js.publish(subject, letter.data, { msgID: `${st.rec.id}:replay:${st.seq}`, headers: h, timeout: this.#cfg.timeout })
+      await io.js.publish(subject, letter.data, {
+        msgID: `${st.rec.id}:replay:${st.seq}`,
+        headers: h,
+        timeout: this.#cfg.timeout,
+      })
       written(true)
     } catch (err) {
       written(false)
@@ -966,7 +1141,13 @@ export class NatsDeliveryStore implements DeliveryStore {
   /** The status half of a replay (see #replayOne); null when the record is no longer that dead one. */
   async #finishReplay (st: Versioned, now: number): Promise<Versioned | null> {
     const { deadSeq, ...rest } = st.rec
-    const rec: StatusRecord = { ...rest, state: 'pending', attempts: 0, nextAttemptAt: now, updatedAt: now }
+    const rec: StatusRecord = {
+      ...rest,
+      state: 'pending',
+      attempts: 0,
+      nextAttemptAt: now,
+      updatedAt: now,
+    }
     let seq: number
     try {
       seq = await this.#putStatus(rec, st.seq)
@@ -982,7 +1163,9 @@ export class NatsDeliveryStore implements DeliveryStore {
 
   async purge (state: 'dead' | 'delivered', route: string | undefined): Promise<number> {
     this.#ready()
-    const targets = await this.#scanStatuses((rec) => rec.state === state && (route === undefined || rec.route === route))
+    const targets = await this.#scanStatuses((rec) =>
+      rec.state === state && (route === undefined || rec.route === route)
+    )
     const dropped = await mapLimit([...targets.values()], (st) => this.#drop(st))
     return dropped.filter(Boolean).length
   }
@@ -1008,15 +1191,24 @@ export class NatsDeliveryStore implements DeliveryStore {
         } catch {}
       }
     })
-    const expired = [...statuses.values()].filter((st) => st.rec.state !== 'pending' && st.rec.updatedAt < before)
+    const expired = [...statuses.values()].filter((st) =>
+      st.rec.state !== 'pending' && st.rec.updatedAt < before
+    )
     const dropped = await mapLimit(expired, (st) => this.#drop(st, false))
     // Delivered before their headers were dropped at delivery (an older Gatehouse): dropped now.
-    const stale = [...statuses.values()].filter((st) => st.rec.state === 'delivered' && st.rec.updatedAt >= before && st.rec.headers.length > 0)
-    await mapLimit(stale, (st) => this.#putStatus({ ...st.rec, headers: [] }, st.seq).catch(() => 0))
+    const stale = [...statuses.values()].filter((st) =>
+      st.rec.state === 'delivered' && st.rec.updatedAt >= before && st.rec.headers.length > 0
+    )
+    await mapLimit(
+      stale,
+      (st) => this.#putStatus({ ...st.rec, headers: [] }, st.seq).catch(() => 0),
+    )
     for (const st of expired) statuses.delete(st.rec.id)
     const gone = new Set(expired.map((st) => st.rec.id))
     // A key goes with its delivery, or when it is old and points at nothing (a failed enqueue).
-    const staleKeys = keys.filter((k) => gone.has(k.key.id) || (k.key.createdAt < before && !statuses.has(k.key.id)))
+    const staleKeys = keys.filter((k) =>
+      gone.has(k.key.id) || (k.key.createdAt < before && !statuses.has(k.key.id))
+    )
     await mapLimit(staleKeys, (k) => this.#deleteQuietly(n.state, k.seq))
     return dropped.filter(Boolean).length
   }
@@ -1036,8 +1228,12 @@ export class NatsDeliveryStore implements DeliveryStore {
     }
     if (st.rec.deadSeq !== undefined) await this.#deleteQuietly(n.dead, st.rec.deadSeq)
     if (withKey && st.rec.idempotencyKey !== null) {
-      const k = await this.#getMsg(n.state, { last_by_subj: n.key(st.rec.route, st.rec.idempotencyKey) }).catch(() => null)
-      if (k !== null && k.json<KeyRecord>().id === st.rec.id) await this.#deleteQuietly(n.state, k.seq)
+      const k = await this.#getMsg(n.state, {
+        last_by_subj: n.key(st.rec.route, st.rec.idempotencyKey),
+      }).catch(() => null)
+      if (k !== null && k.json<KeyRecord>().id === st.rec.id) {
+        await this.#deleteQuietly(n.state, k.seq)
+      }
     }
     return true
   }
@@ -1053,21 +1249,31 @@ export class NatsDeliveryStore implements DeliveryStore {
   async stats (_now: number): Promise<Record<string, RouteStats>> {
     const io = this.#ready()
     const n = this.#names
-    const out: Record<string, { pending: number, dead: number, oldestPendingAt: number | null }> = {}
+    const out: Record<string, { pending: number, dead: number, oldestPendingAt: number | null }> =
+      {}
     try {
       const [consumers, dead] = await Promise.all([
         listAll(io.jsm.consumers.list(n.stream)),
         io.jsm.streams.info(n.dead, { subjects_filter: `${n.dead}.*` }),
       ])
       for (const [subject, count] of Object.entries(dead.state.subjects ?? {})) {
-        if (count > 0) out[decodeToken(subject.slice(n.dead.length + 1))] = { pending: 0, dead: count, oldestPendingAt: null }
+        if (count > 0) {
+          out[decodeToken(subject.slice(n.dead.length + 1))] = {
+            pending: 0,
+            dead: count,
+            oldestPendingAt: null,
+          }
+        }
       }
       await mapLimit(consumers, async (c) => {
         if (!c.name.startsWith('gh-')) return
         const route = decodeToken(c.name.slice(3))
         const pending = c.num_pending + c.num_ack_pending
         if (pending === 0) return
-        const first = await io.jsm.direct.getMessage(n.stream, { seq: c.ack_floor.stream_seq + 1, next_by_subj: n.deliverRoute(route) }).catch(() => null)
+        const first = await io.jsm.direct.getMessage(n.stream, {
+          seq: c.ack_floor.stream_seq + 1,
+          next_by_subj: n.deliverRoute(route),
+        }).catch(() => null)
         let oldest: number | null = null
         try {
           if (first !== null) oldest = decodeMessage(first.data).env.createdAt
@@ -1096,7 +1302,9 @@ export class NatsDeliveryStore implements DeliveryStore {
     let timer: NodeJS.Timeout | undefined
     await Promise.race([
       io.nc.drain().catch(() => {}),
-      new Promise<void>((resolve) => { timer = setTimeout(resolve, this.#cfg.timeout) }),
+      new Promise<void>((resolve) => {
+        timer = setTimeout(resolve, this.#cfg.timeout)
+      }),
     ])
     clearTimeout(timer)
     if (!io.nc.isClosed()) await io.nc.close().catch(() => {})
@@ -1119,7 +1327,12 @@ export class NatsDeliveryStore implements DeliveryStore {
     if (u.bytes + u.stored + u.inFlight + cost <= this.#cfg.max_bytes) return this.#count(u, cost)
     return this.#readUsage(u).then(() => {
       if (u.bytes + u.stored + u.inFlight + cost > this.#cfg.max_bytes) {
-        const err = Object.assign(new Error(`maximum bytes exceeded (${u.stream}: ${u.bytes} of ${this.#cfg.max_bytes} bytes)`), { name: 'StoreFull' })
+        const err = Object.assign(
+          new Error(
+            `maximum bytes exceeded (${u.stream}: ${u.bytes} of ${this.#cfg.max_bytes} bytes)`,
+          ),
+          { name: 'StoreFull' },
+        )
         throw this.#failed(err, which === 'queue' ? 'enqueue' : 'dead letter')
       }
       return this.#count(u, cost)
@@ -1164,15 +1377,22 @@ export class NatsDeliveryStore implements DeliveryStore {
 
   /** Compare-and-set: `expect` is the sequence read (0: must not exist). Returns the new sequence. */
   async #putStatus (rec: StatusRecord, expect: number): Promise<number> {
-    const ack: PubAck = await this.#ready().js.publish(this.#names.status(rec.id), JSON.stringify(rec), {
-      expect: { lastSubjectSequence: expect },
-      timeout: this.#cfg.timeout,
-    })
+    const ack: PubAck = await this.#ready().js.publish(
+      this.#names.status(rec.id),
+      JSON.stringify(rec),
+      {
+        expect: { lastSubjectSequence: expect },
+        timeout: this.#cfg.timeout,
+      },
+    )
     return ack.seq
   }
 
   /** STREAM.MSG.GET from the stream leader (direct gets may answer from a lagging replica). */
-  async #getMsg (stream: string, query: { seq: number } | { last_by_subj: string }): Promise<StoredMsg | null> {
+  async #getMsg (
+    stream: string,
+    query: { seq: number } | { last_by_subj: string },
+  ): Promise<StoredMsg | null> {
     try {
       return await this.#ready().jsm.streams.getMessage(stream, query)
     } catch (err) {
@@ -1197,13 +1417,15 @@ function names (stream: string) {
     stream,
     dead,
     state,
-    deliver: (route: string, id: string) => `${stream}.deliver.${encodeToken(route)}.${encodeToken(id)}`,
+    deliver: (route: string, id: string) =>
+      `${stream}.deliver.${encodeToken(route)}.${encodeToken(id)}`,
     deliverRoute: (route: string) => `${stream}.deliver.${encodeToken(route)}.*`,
     deliverAnyRoute: (id: string) => `${stream}.deliver.*.${encodeToken(id)}`,
     deadRoute: (route: string) => `${dead}.${encodeToken(route)}`,
     status: (id: string) => `${state}.s.${encodeToken(id)}`,
     // Hashed: a client's key may hold anything, and its length is the client's choice.
-    key: (route: string, key: string) => `${state}.k.${encodeToken(route)}.${createHash('sha256').update(key).digest('hex')}`,
+    key: (route: string, key: string) =>
+      `${state}.k.${encodeToken(route)}.${createHash('sha256').update(key).digest('hex')}`,
     durable: (route: string) => `gh-${encodeToken(route)}`,
   }
 }
@@ -1274,12 +1496,23 @@ function decodeMessage (data: Uint8Array): { env: Envelope, body: Buffer } {
 
 function statusFromEnvelope (env: Envelope): StatusRecord {
   const { v: _v, ...rest } = env
-  return { v: 1, ...rest, state: 'pending', attempts: 0, nextAttemptAt: env.createdAt, lastError: null, lastStatus: null, updatedAt: env.createdAt }
+  return {
+    v: 1,
+    ...rest,
+    state: 'pending',
+    attempts: 0,
+    nextAttemptAt: env.createdAt,
+    lastError: null,
+    lastStatus: null,
+    updatedAt: env.createdAt,
+  }
 }
 
 function parseStatus (data: Uint8Array): StatusRecord | null {
   try {
-    const rec = JSON.parse(Buffer.from(data.buffer, data.byteOffset, data.byteLength).toString('utf8')) as StatusRecord
+    const rec = JSON.parse(
+      Buffer.from(data.buffer, data.byteOffset, data.byteLength).toString('utf8'),
+    ) as StatusRecord
     return rec.v === 1 ? rec : null
   } catch {
     return null
@@ -1326,7 +1559,10 @@ function nakText (delayMs: number): string {
   return delay === 0 ? '-NAK' : `-NAK ${JSON.stringify({ delay: delay * 1_000_000 })}`
 }
 
-async function ensureStream (jsm: JetStreamManager, cfg: Parameters<JetStreamManager['streams']['add']>[0]): Promise<void> {
+async function ensureStream (
+  jsm: JetStreamManager,
+  cfg: Parameters<JetStreamManager['streams']['add']>[0],
+): Promise<void> {
   let info
   try {
     info = await jsm.streams.info(cfg.name)
@@ -1336,12 +1572,22 @@ async function ensureStream (jsm: JetStreamManager, cfg: Parameters<JetStreamMan
     return
   }
   if (info.config.retention !== cfg.retention) {
-    throw new Error(`stream ${cfg.name} exists with retention "${info.config.retention}", not "${cfg.retention}"`)
+    throw new Error(
+      `stream ${cfg.name} exists with retention "${info.config.retention}", not "${cfg.retention}"`,
+    )
   }
   const c = info.config
-  if (c.max_bytes !== cfg.max_bytes || c.num_replicas !== cfg.num_replicas || c.discard !== cfg.discard) {
+  if (
+    c.max_bytes !== cfg.max_bytes || c.num_replicas !== cfg.num_replicas ||
+    c.discard !== cfg.discard
+  ) {
     // A changed max_bytes or replicas in the config applies to the existing stream.
-    await jsm.streams.update(cfg.name, { ...c, max_bytes: cfg.max_bytes, num_replicas: cfg.num_replicas, discard: cfg.discard })
+    await jsm.streams.update(cfg.name, {
+      ...c,
+      max_bytes: cfg.max_bytes,
+      num_replicas: cfg.num_replicas,
+      discard: cfg.discard,
+    })
   }
 }
 
@@ -1379,7 +1625,10 @@ async function mapLimit<T, R> (items: readonly T[], fn: (item: T) => Promise<R>)
 
 function apiCode (err: unknown): number | null {
   if (err === null || typeof err !== 'object') return null
-  if ((err as Error).name !== 'JetStreamApiError' && (err as Error).name !== 'ConsumerNotFoundError' && (err as Error).name !== 'StreamNotFoundError') return null
+  if (
+    (err as Error).name !== 'JetStreamApiError' &&
+    (err as Error).name !== 'ConsumerNotFoundError' && (err as Error).name !== 'StreamNotFoundError'
+  ) return null
   const code = (err as { code?: unknown }).code
   return typeof code === 'number' ? code : null
 }
@@ -1391,7 +1640,8 @@ function isConflict (err: unknown): boolean {
 /** Limits of the stream (bytes, messages) or of the account's storage. */
 function isFull (err: unknown): boolean {
   if (err instanceof Error && err.name === 'StoreFull') return true
-  return apiCode(err) !== null && /maximum (bytes|messages)|resource|storage|exceeded/i.test(errText(err))
+  return apiCode(err) !== null &&
+    /maximum (bytes|messages)|resource|storage|exceeded/i.test(errText(err))
 }
 
 /** Bigger than the server's max_payload (refused by the client) or the stream's max_msg_size. */
@@ -1417,13 +1667,21 @@ function redact (url: string): string {
 }
 
 function unavailable (reason: string): GatewayError {
-  return gatewayError('GH_DELIVERY_STORE_UNAVAILABLE', 'The delivery store is not available; try again later', {
-    reason,
-    headers: { 'retry-after': RETRY_AFTER_S },
-  })
+  return gatewayError(
+    'GH_DELIVERY_STORE_UNAVAILABLE',
+    'The delivery store is not available; try again later',
+    {
+      reason,
+      headers: { 'retry-after': RETRY_AFTER_S },
+    },
+  )
 }
 
 /** start() runs before any client exists: its detail is for the operator, so it says what failed. */
 function startError (message: string, cause: unknown): GatewayError {
-  return gatewayError('GH_DELIVERY_STORE_UNAVAILABLE', message, { reason: message, headers: { 'retry-after': RETRY_AFTER_S }, cause })
+  return gatewayError('GH_DELIVERY_STORE_UNAVAILABLE', message, {
+    reason: message,
+    headers: { 'retry-after': RETRY_AFTER_S },
+    cause,
+  })
 }

@@ -16,7 +16,10 @@ export interface DeliveryRoute {
   readonly upstream: Upstream
   readonly preserveHost: boolean
   /** The route's credential providers (their credentials are never stored in the clear). */
-  readonly auth: { readonly providers: readonly IdentityProvider[], readonly phantom: PhantomSigner | null } | null
+  readonly auth: {
+    readonly providers: readonly IdentityProvider[]
+    readonly phantom: PhantomSigner | null
+  } | null
 }
 
 export interface DeliveryTable {

@@ -43,10 +43,14 @@ export class DeliveryKeys {
   readonly #byKid = new Map<string, Buffer>()
 
   constructor (cfg: Pick<DeliveryConfig, 'encryption_key' | 'previous_encryption_keys'>) {
-    const keys = [...(cfg.encryption_key === undefined ? [] : [cfg.encryption_key]), ...(cfg.previous_encryption_keys ?? [])].map(keyBytes)
+    const keys = [...(cfg.encryption_key === undefined ? [] : [cfg.encryption_key]),
+      ...(cfg.previous_encryption_keys ?? [])].map(keyBytes)
     for (const key of keys) this.#byKid.set(kidOf(key), key)
-    this.#current = cfg.encryption_key === undefined ? null : { kid: kidOf(keys[0]!), key: keys[0]! }
-    this.fingerprint = [...this.#byKid.keys()].join(',') + (this.#current === null ? '' : `:${this.#current.kid}`)
+    this.#current = cfg.encryption_key === undefined
+      ? null
+      : { kid: kidOf(keys[0]!), key: keys[0]! }
+    this.fingerprint = [...this.#byKid.keys()].join(',') +
+      (this.#current === null ? '' : `:${this.#current.kid}`)
   }
 
   get canEncrypt (): boolean {
@@ -66,15 +70,25 @@ export class DeliveryKeys {
   decrypt (stored: string, aad: string): { value: string } | { error: string } {
     const [kid = '', iv = '', body = ''] = stored.split('.')
     const key = this.#byKid.get(kid)
-    if (key === undefined) return { error: `it was encrypted under key ${kid}, which is not in delivery.encryption_key or previous_encryption_keys` }
+    if (key === undefined) {
+      return {
+        error:
+          `it was encrypted under key ${kid}, which is not in delivery.encryption_key or previous_encryption_keys`,
+      }
+    }
     try {
       const data = Buffer.from(body, 'base64url')
       const d = createDecipheriv('aes-256-gcm', key, Buffer.from(iv, 'base64url'))
       d.setAAD(Buffer.from(aad))
       d.setAuthTag(data.subarray(data.length - TAG_BYTES))
-      return { value: Buffer.concat([d.update(data.subarray(0, data.length - TAG_BYTES)), d.final()]).toString('utf8') }
+      return {
+        value: Buffer.concat([d.update(data.subarray(0, data.length - TAG_BYTES)), d.final()])
+          .toString('utf8'),
+      }
     } catch {
-      return { error: `it does not decrypt under key ${kid} (altered, or moved from another record)` }
+      return {
+        error: `it does not decrypt under key ${kid} (altered, or moved from another record)`,
+      }
     }
   }
 }
@@ -113,8 +127,14 @@ export function storagePlan (route: DeliveryRoute, table: DeliveryTable): Storag
   for (const [name, role] of table.headerRoles) if (role === 'credential') secret.add(name)
   const edits = table.config.routes.find((r) => r.name === route.name)?.transform?.request?.headers
   const configured = new Map<string, { set?: string, add?: string }>()
-  for (const [name, value] of Object.entries(edits?.set ?? {})) if (secret.has(name) || drop.has(name)) configured.set(name, { set: value })
-  for (const [name, value] of Object.entries(edits?.add ?? {})) if (secret.has(name) || drop.has(name)) configured.set(name, { ...configured.get(name), add: value })
+  for (const [name, value] of Object.entries(edits?.set ?? {})) {
+    if (secret.has(name) || drop.has(name)) configured.set(name, { set: value })
+  }
+  for (const [name, value] of Object.entries(edits?.add ?? {})) {
+    if (secret.has(name) || drop.has(name)) {
+      configured.set(name, { ...configured.get(name), add: value })
+    }
+  }
   return { drop, secret, configured, phantom: auth?.phantom ?? null }
 }
 
@@ -122,7 +142,13 @@ export function storagePlan (route: DeliveryRoute, table: DeliveryTable): Storag
  * The forwarded headers (flat [name, value, …]) as they are stored, per the plan above.
  * `unkept`: credential header names left out for want of an encryption key.
  */
-export function sealHeaders (headers: readonly string[], plan: StoragePlan, id: string, phantomToken: string | null, keys: DeliveryKeys): { headers: string[], unkept: string[] | null } {
+export function sealHeaders (
+  headers: readonly string[],
+  plan: StoragePlan,
+  id: string,
+  phantomToken: string | null,
+  keys: DeliveryKeys,
+): { headers: string[], unkept: string[] | null } {
   const out: string[] = []
   let unkept: string[] | null = null
   const phantomName = plan.phantom?.header ?? null
@@ -130,7 +156,10 @@ export function sealHeaders (headers: readonly string[], plan: StoragePlan, id: 
     const name = headers[i]!
     const value = headers[i + 1]!
     const lower = name.toLowerCase()
-    if (lower === phantomName && phantomToken !== null && (value === phantomToken || value === 'Bearer ' + phantomToken)) {
+    if (
+      lower === phantomName && phantomToken !== null &&
+      (value === phantomToken || value === 'Bearer ' + phantomToken)
+    ) {
       const claims = unsignedClaims(phantomToken)
       if (claims !== null) out.push(PHANTOM + name, claims)
       continue
@@ -164,7 +193,10 @@ export interface OpenContext {
  * configured values taken from the current config. An error (a value that cannot be decrypted)
  * means the request cannot be sent as it was accepted.
  */
-export async function openHeaders (stored: readonly string[], ctx: OpenContext): Promise<string[] | { error: string }> {
+export async function openHeaders (
+  stored: readonly string[],
+  ctx: OpenContext,
+): Promise<string[] | { error: string }> {
   const out: string[] = []
   for (let i = 0; i < stored.length; i += 2) {
     const name = stored[i]!
@@ -173,7 +205,10 @@ export async function openHeaders (stored: readonly string[], ctx: OpenContext):
       // A token stored whole (by a version before tokens were stored unsigned): a new one once
       // it has used half its lifetime (the signer answers null before that).
       const signer = ctx.plan.phantom
-      if (signer !== null && name.length === signer.header.length && name.toLowerCase() === signer.header) {
+      if (
+        signer !== null && name.length === signer.header.length &&
+        name.toLowerCase() === signer.header
+      ) {
         const bearer = signer.header === 'authorization'
         if (!bearer || /^bearer /i.test(value)) {
           const fresh = await signer.reissue(bearer ? value.slice(7) : value, ctx.now)
@@ -189,7 +224,9 @@ export async function openHeaders (stored: readonly string[], ctx: OpenContext):
     if (name.startsWith(ENCRYPTED)) {
       const real = name.slice(ENCRYPTED.length)
       const r = ctx.keys.decrypt(value, `${ctx.id}\n${real.toLowerCase()}`)
-      if ('error' in r) return { error: `the stored ${real.toLowerCase()} header cannot be decrypted: ${r.error}` }
+      if ('error' in r) {
+        return { error: `the stored ${real.toLowerCase()} header cannot be decrypted: ${r.error}` }
+      }
       out.push(real, r.value)
     } else if (name.startsWith(PHANTOM)) {
       // Signed for this attempt; gone when the route no longer signs phantom tokens, or with
@@ -198,7 +235,9 @@ export async function openHeaders (stored: readonly string[], ctx: OpenContext):
       const signer = ctx.plan.phantom
       if (signer === null || signer.header !== real.toLowerCase()) continue
       const token = await signer.reissue(`e30.${value}.`, ctx.now)
-      if (token !== null) out.push(real, real.toLowerCase() === 'authorization' ? 'Bearer ' + token : token)
+      if (token !== null) {
+        out.push(real, real.toLowerCase() === 'authorization' ? 'Bearer ' + token : token)
+      }
     } else if (name.startsWith(CONFIGURED)) {
       const real = name.slice(CONFIGURED.length)
       const edit = ctx.plan.configured.get(real.toLowerCase())
@@ -214,7 +253,10 @@ function unsignedClaims (token: string): string | null {
   const payload = token.split('.')[1]
   if (payload === undefined) return null
   try {
-    const claims = JSON.parse(Buffer.from(payload, 'base64url').toString('utf8')) as Record<string, unknown>
+    const claims = JSON.parse(Buffer.from(payload, 'base64url').toString('utf8')) as Record<
+      string,
+      unknown
+    >
     delete claims.exp
     return Buffer.from(JSON.stringify(claims)).toString('base64url')
   } catch {

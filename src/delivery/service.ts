@@ -6,7 +6,14 @@ import { gatewayError, isGatewayError, type GatewayError } from '../errors/index
 import type { Logger } from '../observability/logger.js'
 import type { DeliveryRouteStats, Metrics } from '../observability/metrics.js'
 import type { Upstream } from '../upstream/balancer.js'
-import { answered, dispatch, failed, pickTarget, release, upstreamRequest } from '../upstream/dispatch.js'
+import {
+  answered,
+  dispatch,
+  failed,
+  pickTarget,
+  release,
+  upstreamRequest,
+} from '../upstream/dispatch.js'
 import { neverSent } from '../upstream/errors.js'
 import type { Target } from '../upstream/target.js'
 import { upstreamTimeouts } from '../upstream/timeouts.js'
@@ -102,9 +109,13 @@ export class DeliveryService {
    * is unchanged. A new store is started here; the caller commits or discards it.
    */
   async prepare (config: Config): Promise<{ store: DeliveryStore | null, created: boolean }> {
-    if (!config.routes.some((r) => r.delivery?.mode === 'async')) return { store: null, created: false }
+    if (!config.routes.some((r) => r.delivery?.mode === 'async')) {
+      return { store: null, created: false }
+    }
     const key = JSON.stringify(config.delivery.store)
-    if (this.#store !== null && key === this.#storeKey) return { store: this.#store, created: false }
+    if (this.#store !== null && key === this.#storeKey) {
+      return { store: this.#store, created: false }
+    }
     const store = await openStore(config.delivery.store, this.#logger)
     try {
       await store.start()
@@ -126,7 +137,9 @@ export class DeliveryService {
       if (old !== null && old !== prepared.store) {
         for (const w of this.#workers.values()) w.stop()
         this.#workers.clear()
-        old.close().catch((err: Error) => this.#logger.warn({ msg: 'closing the old delivery store failed', err: err.message }))
+        old.close().catch((err: Error) =>
+          this.#logger.warn({ msg: 'closing the old delivery store failed', err: err.message })
+        )
       }
       this.#store = prepared.store
       this.#storeKey = prepared.store === null ? '' : JSON.stringify(table.config.delivery.store)
@@ -148,7 +161,14 @@ export class DeliveryService {
       if (w !== undefined) {
         w.update(route, planFor(route, table))
       } else {
-        const worker = new RouteWorker(route, planFor(route, table), this.#store, this.#logger, this.#metrics, () => this.#keys)
+        const worker = new RouteWorker(
+          route,
+          planFor(route, table),
+          this.#store,
+          this.#logger,
+          this.#metrics,
+          () => this.#keys,
+        )
         this.#workers.set(name, worker)
         worker.start()
       }
@@ -158,7 +178,9 @@ export class DeliveryService {
       this.#expireTimer = setInterval(() => {
         const t = this.#table
         if (t === null || this.#store === null) return
-        this.#store.expire(Date.now() - t.config.delivery.retention).catch((err: Error) => this.#logger.warn({ msg: 'delivery retention sweep failed', err: err.message }))
+        this.#store.expire(Date.now() - t.config.delivery.retention).catch((err: Error) =>
+          this.#logger.warn({ msg: 'delivery retention sweep failed', err: err.message })
+        )
       }, 60_000)
       this.#expireTimer.unref()
     }
@@ -172,7 +194,11 @@ export class DeliveryService {
   async enqueue (req: AsyncRequest): Promise<Accepted | GatewayError> {
     const store = this.#store
     const table = this.#table!
-    if (store === null) return gatewayError('GH_DELIVERY_STORE_UNAVAILABLE', 'The delivery store is not open', { headers: { 'retry-after': '5' } })
+    if (store === null) {
+      return gatewayError('GH_DELIVERY_STORE_UNAVAILABLE', 'The delivery store is not open', {
+        headers: { 'retry-after': '5' },
+      })
+    }
     const key = req.idempotencyKey
     if (key !== null && (key.length === 0 || key.length > 255 || !PRINTABLE.test(key))) {
       return gatewayError('GH_BAD_REQUEST', 'Idempotency-Key must be 1 to 255 printable characters')
@@ -180,21 +206,49 @@ export class DeliveryService {
     const route = req.route
     const id = randomUUID()
     // No credential is stored in the clear (see secrets.ts).
-    const { headers, unkept } = sealHeaders(req.headers, planFor(route, req.table), id, req.phantomToken, this.#keys)
+    const { headers, unkept } = sealHeaders(
+      req.headers,
+      planFor(route, req.table),
+      id,
+      req.phantomToken,
+      this.#keys,
+    )
     if (unkept !== null) this.#warnUnkept(route.name, unkept)
     // Stored last, as records have always kept it; each attempt decides whether it is sent (send()).
     headers.push('host', req.host)
     const body = req.body
-    const fingerprint = hash('sha256', Buffer.concat([Buffer.from(`${req.method}\0${req.target}\0`), body]), 'base64')
-    const msg = { id, route: route.name, method: req.method, target: req.target, headers, body, idempotencyKey: key, fingerprint, createdAt: Date.now() }
+    const fingerprint = hash(
+      'sha256',
+      Buffer.concat([Buffer.from(`${req.method}\0${req.target}\0`), body]),
+      'base64',
+    )
+    const msg = {
+      id,
+      route: route.name,
+      method: req.method,
+      target: req.target,
+      headers,
+      body,
+      idempotencyKey: key,
+      fingerprint,
+      createdAt: Date.now(),
+    }
     let result
     try {
       result = await store.enqueue(msg, table.config.delivery.idempotency_window)
     } catch (err) {
       if (isGatewayError(err)) return err
-      return gatewayError('GH_DELIVERY_STORE_UNAVAILABLE', 'The delivery store cannot accept requests now; try again shortly', { reason: (err as Error).message, headers: { 'retry-after': '5' } })
+      return gatewayError(
+        'GH_DELIVERY_STORE_UNAVAILABLE',
+        'The delivery store cannot accept requests now; try again shortly',
+        { reason: (err as Error).message, headers: { 'retry-after': '5' } },
+      )
     }
-    return { id: result.id, duplicate: result.duplicate, statusUrl: table.config.delivery.status_path + '/' + result.id }
+    return {
+      id: result.id,
+      duplicate: result.duplicate,
+      statusUrl: table.config.delivery.status_path + '/' + result.id,
+    }
   }
 
   /** Once per route and header name: a caller's credential this route cannot store, so does not forward. */
@@ -204,7 +258,12 @@ export class DeliveryService {
     for (const name of names) {
       if (seen.has(name)) continue
       seen.add(name)
-      this.#logger.warn({ msg: 'async request stored without a credential header: set delivery.encryption_key to forward it', route, header: name })
+      this.#logger.warn({
+        msg:
+          'async request stored without a credential header: set delivery.encryption_key to forward it',
+        route,
+        header: name,
+      })
     }
   }
 
@@ -222,9 +281,17 @@ export class DeliveryService {
     return rec === null ? null : view(rec, true)
   }
 
-  async list (state: string | undefined, route: string | undefined, limit: number): Promise<DeliveryStatusView[]> {
+  async list (
+    state: string | undefined,
+    route: string | undefined,
+    limit: number,
+  ): Promise<DeliveryStatusView[]> {
     if (this.#store === null) return []
-    const filter = { limit, ...(state === undefined ? {} : { state: state as DeliveryRecord['state'] }), ...(route === undefined ? {} : { route }) }
+    const filter = {
+      limit,
+      ...(state === undefined ? {} : { state: state as DeliveryRecord['state'] }),
+      ...(route === undefined ? {} : { route }),
+    }
     return (await this.#store.list(filter)).map((r) => view(r, true))
   }
 
@@ -249,7 +316,9 @@ export class DeliveryService {
     let timer: NodeJS.Timeout | undefined
     await Promise.race([
       Promise.all(workers.map((w) => w.idle())),
-      new Promise<void>((resolve) => { timer = setTimeout(resolve, grace) }),
+      new Promise<void>((resolve) => {
+        timer = setTimeout(resolve, grace)
+      }),
     ])
     clearTimeout(timer)
     this.#workers.clear()
@@ -309,12 +378,18 @@ export function publicError (error: string | null): string | null {
   if (error === null) return null
   const suffix = SUFFIX.exec(error)?.[0] ?? ''
   const base = suffix === '' ? error : error.slice(0, -suffix.length)
-  if (/^status \d{3}$/.test(base) || /^older than max_age \(\d+ ms\) before delivery$/.test(base) || /^claimed \d+ times without an outcome \(lease \d+ ms\)/.test(base)) return error
+  if (
+    /^status \d{3}$/.test(base) || /^older than max_age \(\d+ ms\) before delivery$/.test(base) ||
+    /^claimed \d+ times without an outcome \(lease \d+ ms\)/.test(base)
+  ) return error
   if (base.startsWith(CONNECT_ERROR)) return 'connect_error' + suffix
   if (base.startsWith(TIMEOUT)) return 'timeout' + suffix
   // Records written before errors carried their kind, and anything else (stored credentials
   // that no key opens: the key ids are the operator's business too).
-  if (/^(?:no target of upstream|(?:ECONNREFUSED|ENOTFOUND|EAI_AGAIN|EHOSTUNREACH|ENETUNREACH|UND_ERR_CONNECT_TIMEOUT)\b)/.test(base)) return 'connect_error' + suffix
+  if (
+    /^(?:no target of upstream|(?:ECONNREFUSED|ENOTFOUND|EAI_AGAIN|EHOSTUNREACH|ENETUNREACH|UND_ERR_CONNECT_TIMEOUT)\b)/
+      .test(base)
+  ) return 'connect_error' + suffix
   if (/^(?:UND_ERR_|ECONNRESET|EPIPE|AbortError|TimeoutError)/.test(base)) return 'timeout' + suffix
   return 'the delivery failed' + suffix
 }
@@ -330,7 +405,10 @@ async function openStore (cfg: DeliveryStoreConfig, logger: Logger): Promise<Del
 }
 
 /** The outcome of one attempt, before the schedule is applied. */
-type Attempt = { status: number, retryAfter: number | null } | { error: 'connect_error' | 'timeout', message: string }
+type Attempt = { status: number, retryAfter: number | null } | {
+  error: 'connect_error' | 'timeout'
+  message: string
+}
 
 /**
  * Claims and delivers one route's messages, at most `concurrency` at once. A poison message
@@ -350,7 +428,14 @@ class RouteWorker {
   #idle: (() => void) | null = null
   #loop: Promise<void> | null = null
 
-  constructor (route: DeliveryRoute, plan: StoragePlan, store: DeliveryStore, logger: Logger, metrics: Metrics, keys: () => DeliveryKeys) {
+  constructor (
+    route: DeliveryRoute,
+    plan: StoragePlan,
+    store: DeliveryStore,
+    logger: Logger,
+    metrics: Metrics,
+    keys: () => DeliveryKeys,
+  ) {
     this.#route = route
     this.#plan = plan
     this.#cfg = route.delivery!
@@ -361,16 +446,28 @@ class RouteWorker {
   }
 
   update (route: DeliveryRoute, plan: StoragePlan): void {
-    const changed = this.#cfg.max_attempts !== route.delivery!.max_attempts || leaseFor(this.#cfg) !== leaseFor(route.delivery!)
+    const changed = this.#cfg.max_attempts !== route.delivery!.max_attempts ||
+      leaseFor(this.#cfg) !== leaseFor(route.delivery!)
     this.#route = route
     this.#plan = plan
     this.#cfg = route.delivery!
-    if (changed) this.#store.openRoute(route.name, { leaseMs: leaseFor(this.#cfg), maxAttempts: this.#cfg.max_attempts }).catch(() => {})
+    if (changed) {
+      this.#store.openRoute(route.name, {
+        leaseMs: leaseFor(this.#cfg),
+        maxAttempts: this.#cfg.max_attempts,
+      }).catch(() => {})
+    }
     this.#wake?.()
   }
 
   start (): void {
-    this.#loop = this.#run().catch((err: Error) => this.#logger.error({ msg: 'delivery worker stopped', route: this.#route.name, err: err.stack }))
+    this.#loop = this.#run().catch((err: Error) =>
+      this.#logger.error({
+        msg: 'delivery worker stopped',
+        route: this.#route.name,
+        err: err.stack,
+      })
+    )
   }
 
   stop (): void {
@@ -382,7 +479,9 @@ class RouteWorker {
   async idle (): Promise<void> {
     await this.#loop
     if (this.#running === 0) return
-    await new Promise<void>((resolve) => { this.#idle = resolve })
+    await new Promise<void>((resolve) => {
+      this.#idle = resolve
+    })
   }
 
   async #run (): Promise<void> {
@@ -390,17 +489,26 @@ class RouteWorker {
     const name = this.#route.name
     while (!signal.aborted) {
       try {
-        await this.#store.openRoute(name, { leaseMs: leaseFor(this.#cfg), maxAttempts: this.#cfg.max_attempts })
+        await this.#store.openRoute(name, {
+          leaseMs: leaseFor(this.#cfg),
+          maxAttempts: this.#cfg.max_attempts,
+        })
         break
       } catch (err) {
-        this.#logger.warn({ msg: 'delivery store not ready; retrying', route: name, err: (err as Error).message })
+        this.#logger.warn({
+          msg: 'delivery store not ready; retrying',
+          route: name,
+          err: (err as Error).message,
+        })
         await pause(1000, signal)
       }
     }
     while (!signal.aborted) {
       const free = this.#cfg.concurrency - this.#running
       if (free <= 0) {
-        await new Promise<void>((resolve) => { this.#wake = resolve })
+        await new Promise<void>((resolve) => {
+          this.#wake = resolve
+        })
         this.#wake = null
         continue
       }
@@ -409,7 +517,11 @@ class RouteWorker {
         batch = await this.#store.claim(name, free, 1000, signal)
       } catch (err) {
         if (signal.aborted) break
-        this.#logger.warn({ msg: 'claiming deliveries failed; retrying', route: name, err: (err as Error).message })
+        this.#logger.warn({
+          msg: 'claiming deliveries failed; retrying',
+          route: name,
+          err: (err as Error).message,
+        })
         await pause(1000, signal)
         continue
       }
@@ -417,7 +529,12 @@ class RouteWorker {
         this.#running++
         this.#deliver(rec).catch((err: Error) => {
           // The lease expires and the message comes back: nothing is lost.
-          this.#logger.error({ msg: 'delivery attempt failed unexpectedly', route: name, id: rec.id, err: err.stack })
+          this.#logger.error({
+            msg: 'delivery attempt failed unexpectedly',
+            route: name,
+            id: rec.id,
+            err: err.stack,
+          })
         }).finally(() => {
           this.#running--
           this.#wake?.()
@@ -433,27 +550,62 @@ class RouteWorker {
     const now = Date.now()
     const attempt = rec.attempts + 1
     if (now - rec.createdAt > cfg.max_age) {
-      return this.#settle(rec, { kind: 'dead', at: now, error: `older than max_age (${cfg.max_age} ms) before delivery`, status: rec.lastStatus })
+      return this.#settle(rec, {
+        kind: 'dead',
+        at: now,
+        error: `older than max_age (${cfg.max_age} ms) before delivery`,
+        status: rec.lastStatus,
+      })
     }
-    const headers = await openHeaders(rec.headers, { id: rec.id, keys: this.#keys(), plan: this.#plan, now })
+    const headers = await openHeaders(rec.headers, {
+      id: rec.id,
+      keys: this.#keys(),
+      plan: this.#plan,
+      now,
+    })
     if (!Array.isArray(headers)) {
       // Sent without it, the request would not be the one accepted; replay once the key is back.
-      return this.#settle(rec, { kind: 'dead', at: now, error: clip(headers.error) + ' (not retried)', status: rec.lastStatus })
+      return this.#settle(rec, {
+        kind: 'dead',
+        at: now,
+        error: clip(headers.error) + ' (not retried)',
+        status: rec.lastStatus,
+      })
     }
     const result = await send(route, rec, headers, attempt, cfg.timeout)
     const at = Date.now()
     if ('status' in result && result.status < 400) {
       return this.#settle(rec, { kind: 'delivered', status: result.status, at })
     }
-    const error = 'status' in result ? `status ${result.status}` : clip(`${result.error}: ${result.message}`)
+    const error = 'status' in result
+      ? `status ${result.status}`
+      : clip(`${result.error}: ${result.message}`)
     const status = 'status' in result ? result.status : null
-    const retryable = 'status' in result ? cfg.retry_on.includes(result.status) : cfg.retry_on.includes(result.error)
-    if (!retryable) return this.#settle(rec, { kind: 'dead', at, error: `${error} (not retried)`, status })
-    if (attempt >= cfg.max_attempts) return this.#settle(rec, { kind: 'dead', at, error: `${error} (after ${attempt} attempts)`, status })
+    const retryable = 'status' in result
+      ? cfg.retry_on.includes(result.status)
+      : cfg.retry_on.includes(result.error)
+    if (!retryable) {
+      return this.#settle(rec, { kind: 'dead', at, error: `${error} (not retried)`, status })
+    }
+    if (attempt >= cfg.max_attempts) {
+      return this.#settle(rec, {
+        kind: 'dead',
+        at,
+        error: `${error} (after ${attempt} attempts)`,
+        status,
+      })
+    }
     let delay = backoff(cfg, attempt)
     // Retry-After from a 429 or 503 says when the upstream wants us back: never earlier.
     if ('status' in result && result.retryAfter !== null) delay = Math.max(delay, result.retryAfter)
-    if (at + delay - rec.createdAt > cfg.max_age) return this.#settle(rec, { kind: 'dead', at, error: `${error} (next attempt would pass max_age)`, status })
+    if (at + delay - rec.createdAt > cfg.max_age) {
+      return this.#settle(rec, {
+        kind: 'dead',
+        at,
+        error: `${error} (next attempt would pass max_age)`,
+        status,
+      })
+    }
     return this.#settle(rec, { kind: 'retry', at, nextAttemptAt: at + delay, error, status })
   }
 
@@ -467,7 +619,13 @@ class RouteWorker {
       this.#metrics.deliveryRetried.labels(route).inc()
     } else {
       this.#metrics.deliveryDead.labels(route).inc()
-      this.#logger.warn({ msg: 'delivery dead-lettered', route, id: rec.id, attempts: rec.attempts + 1, error: outcome.error })
+      this.#logger.warn({
+        msg: 'delivery dead-lettered',
+        route,
+        id: rec.id,
+        attempts: rec.attempts + 1,
+        error: outcome.error,
+      })
     }
   }
 }
@@ -491,26 +649,53 @@ export function backoff (cfg: RouteDeliveryConfig, attempt: number): number {
  * One attempt: the stored request (with `headers`, as opened from the stored ones) to a target of
  * the route's upstream, the answer read and dropped.
  */
-async function send (route: DeliveryRoute, rec: DeliveryRecord, headers: string[], attempt: number, timeout: number): Promise<Attempt> {
+async function send (
+  route: DeliveryRoute,
+  rec: DeliveryRecord,
+  headers: string[],
+  attempt: number,
+  timeout: number,
+): Promise<Attempt> {
   const upstream = route.upstream
   const target = pickTarget(upstream, Date.now())
-  if (target === null) return { error: 'connect_error', message: `no target of upstream "${upstream.name}" is available` }
+  if (target === null) {
+    return {
+      error: 'connect_error',
+      message: `no target of upstream "${upstream.name}" is available`,
+    }
+  }
   // The Host the request came with: sent again with preserve_host, else the target's own.
   const host = takeHost(headers)
   headers.push('x-gatehouse-delivery-id', rec.id, 'x-gatehouse-delivery-attempt', String(attempt))
-  const body = rec.body.length === 0 && (rec.method === 'GET' || rec.method === 'HEAD') ? null : rec.body
+  const body = rec.body.length === 0 && (rec.method === 'GET' || rec.method === 'HEAD')
+    ? null
+    : rec.body
   // `timeout` bounds the whole attempt: connect, send and the whole response.
-  const req = upstreamRequest(rec.method, rec.target, headers, route.preserveHost ? host : null, body, upstreamTimeouts(0, 0, timeout))
-  const outcome = await new Promise<Attempt | GatewayError>((resolve) => dispatch(target, req, new DeliveryAttempt(upstream, target, resolve)))
+  const req = upstreamRequest(
+    rec.method,
+    rec.target,
+    headers,
+    route.preserveHost ? host : null,
+    body,
+    upstreamTimeouts(0, 0, timeout),
+  )
+  const outcome = await new Promise<Attempt | GatewayError>((resolve) =>
+    dispatch(target, req, new DeliveryAttempt(upstream, target, resolve))
+  )
   if (!isGatewayError(outcome)) return outcome
   // Mapped in one place (upstream/errors.ts); retry_on names the two kinds.
-  return { error: neverSent(outcome) ? 'connect_error' : 'timeout', message: outcome.reason ?? outcome.detail }
+  return {
+    error: neverSent(outcome) ? 'connect_error' : 'timeout',
+    message: outcome.reason ?? outcome.detail,
+  }
 }
 
 /** Remove the Host field from stored headers; its value, or null for a record without one. */
 function takeHost (headers: string[]): string | null {
   for (let i = headers.length - 2; i >= 0; i -= 2) {
-    if (headers[i]!.length === 4 && headers[i]!.toLowerCase() === 'host') return headers.splice(i, 2)[1]!
+    if (headers[i]!.length === 4 && headers[i]!.toLowerCase() === 'host') {
+      return headers.splice(i, 2)[1]!
+    }
   }
   return null
 }
@@ -532,7 +717,11 @@ class DeliveryAttempt implements Dispatcher.DispatchHandler {
   #retryAfter: string | undefined = undefined
   #bytes = 0
 
-  constructor (upstream: Upstream, target: Target, resolve: (outcome: Attempt | GatewayError) => void) {
+  constructor (
+    upstream: Upstream,
+    target: Target,
+    resolve: (outcome: Attempt | GatewayError) => void,
+  ) {
     this.#upstream = upstream
     this.#target = target
     this.#resolve = resolve

@@ -5,7 +5,13 @@ import { gatewayError, type ErrorCode, type GatewayError } from '../errors/index
 import type { Logger } from '../observability/logger.js'
 import { unavailable, type SqliteConfig } from './sqlite.js'
 import type {
-  DeliveryFilter, DeliveryRecord, DeliveryStore, EnqueueResult, NewDelivery, RouteStats, Settlement,
+  DeliveryFilter,
+  DeliveryRecord,
+  DeliveryStore,
+  EnqueueResult,
+  NewDelivery,
+  RouteStats,
+  Settlement,
 } from './store.js'
 
 /*
@@ -22,18 +28,54 @@ import type {
  * come back batched the same way, so a burst of 50 enqueues costs two messages, not 100.
  */
 
-export type Op = 'start' | 'enqueue' | 'settle' | 'openRoute' | 'claim' | 'get' | 'list' | 'replay' | 'purge' | 'expire' | 'stats' | 'close'
-export interface Call { id: number, op: Op, args: unknown[] }
+export type Op =
+  'start' |
+  'enqueue' |
+  'settle' |
+  'openRoute' |
+  'claim' |
+  'get' |
+  'list' |
+  'replay' |
+  'purge' |
+  'expire' |
+  'stats' |
+  'close'
+export interface Call {
+  id: number
+  op: Op
+  args: unknown[]
+}
 export type SerializedError =
-  | { gateway: { code: ErrorCode, detail: string, reason: string | null, headers: Record<string, string> | null } }
-  | { message: string, code: string | null }
-export type Reply = { id: number, ok: true, value: unknown } | { id: number, ok: false, error: SerializedError }
+  {
+    gateway: {
+      code: ErrorCode
+      detail: string
+      reason: string | null
+      headers: Record<string, string> | null
+    }
+  } |
+  { message: string, code: string | null }
+export type Reply = { id: number, ok: true, value: unknown } | {
+  id: number
+  ok: false
+  error: SerializedError
+}
 /** Cancels come after the calls of the same message: a claim aborted in the turn it was made is still cancelled. */
-export interface ToWorker { calls: Call[], cancels: number[] }
+export interface ToWorker {
+  calls: Call[]
+  cancels: number[]
+}
 export type StoreStatus = { status: 'ok' | 'unavailable', kind: string, [key: string]: unknown }
-export type ToMain = { replies: Reply[], status?: StoreStatus } | { log: Record<string, unknown>, level?: 'info' }
+export type ToMain = { replies: Reply[], status?: StoreStatus } | {
+  log: Record<string, unknown>
+  level?: 'info'
+}
 
-interface Pending { resolve: (v: unknown) => void, reject: (e: unknown) => void }
+interface Pending {
+  resolve: (v: unknown) => void
+  reject: (e: unknown) => void
+}
 
 const RESPAWN_MIN_MS = 1000
 const RESPAWN_MAX_MS = 30_000
@@ -69,7 +111,11 @@ export class ThreadedSqliteDeliveryStore implements DeliveryStore {
   readonly #onWorker: ((worker: Worker) => void) | undefined
 
   /** `onWorker` sees each thread started (a test stops one to check what a crash does). */
-  constructor (cfg: SqliteConfig, logger: Logger, options: { onWorker?: (worker: Worker) => void } = {}) {
+  constructor (
+    cfg: SqliteConfig,
+    logger: Logger,
+    options: { onWorker?: (worker: Worker) => void } = {},
+  ) {
     this.#cfg = cfg
     this.#logger = logger
     this.#onWorker = options.onWorker
@@ -77,8 +123,12 @@ export class ThreadedSqliteDeliveryStore implements DeliveryStore {
   }
 
   start (): Promise<void> {
-    if (this.#closed || this.#closing !== null) return Promise.reject(new Error('the sqlite delivery store is closed'))
-    this.#starting ??= this.#spawn().then(() => { this.#up = true }, async (err: unknown) => {
+    if (this.#closed || this.#closing !== null) {
+      return Promise.reject(new Error('the sqlite delivery store is closed'))
+    }
+    this.#starting ??= this.#spawn().then(() => {
+      this.#up = true
+    }, async (err: unknown) => {
       await this.close()
       throw err
     })
@@ -92,9 +142,17 @@ export class ThreadedSqliteDeliveryStore implements DeliveryStore {
     // Kept referenced only while a call is outstanding: an idle store does not hold the process open.
     worker.unref()
     // A thread that was replaced may still say something on its way out: only the current one counts.
-    worker.on('message', (msg: ToMain) => { if (this.#worker === worker) this.#onMessage(msg) })
-    worker.on('error', (err) => this.#gone(worker, `the delivery store's thread failed: ${err.message}`))
-    worker.on('exit', (code) => this.#gone(worker, `the delivery store's thread exited (code ${code})`))
+    worker.on('message', (msg: ToMain) => {
+      if (this.#worker === worker) this.#onMessage(msg)
+    })
+    worker.on(
+      'error',
+      (err) => this.#gone(worker, `the delivery store's thread failed: ${err.message}`),
+    )
+    worker.on(
+      'exit',
+      (code) => this.#gone(worker, `the delivery store's thread exited (code ${code})`),
+    )
     // These go to the new thread even while the store refuses other calls (#dead).
     await this.#call('start', [], true)
     for (const [route, opts] of this.#routes) await this.#call('openRoute', [route, opts], true)
@@ -102,7 +160,9 @@ export class ThreadedSqliteDeliveryStore implements DeliveryStore {
   }
 
   status (): StoreStatus {
-    if (this.#dead !== null && !this.#closed) return { ...this.#status, status: 'unavailable', error: this.#dead }
+    if (this.#dead !== null && !this.#closed) {
+      return { ...this.#status, status: 'unavailable', error: this.#dead }
+    }
     return this.#status
   }
 
@@ -119,7 +179,12 @@ export class ThreadedSqliteDeliveryStore implements DeliveryStore {
     return this.#call('openRoute', [route, opts]) as Promise<void>
   }
 
-  async claim (route: string, max: number, waitMs: number, signal: AbortSignal): Promise<DeliveryRecord[]> {
+  async claim (
+    route: string,
+    max: number,
+    waitMs: number,
+    signal: AbortSignal,
+  ): Promise<DeliveryRecord[]> {
     if (signal.aborted) return []
     // The id #call is about to give this claim (it is assigned synchronously below).
     const id = this.#nextId
@@ -144,7 +209,10 @@ export class ThreadedSqliteDeliveryStore implements DeliveryStore {
     return (await this.#call('list', [filter]) as DeliveryRecord[]).map(record)
   }
 
-  replay (which: { ids: readonly string[] } | { dead: true, route?: string }, now: number): Promise<number> {
+  replay (
+    which: { ids: readonly string[] } | { dead: true, route?: string },
+    now: number,
+  ): Promise<number> {
     return this.#call('replay', [which, now]) as Promise<number>
   }
 
@@ -183,9 +251,17 @@ export class ThreadedSqliteDeliveryStore implements DeliveryStore {
 
   #call (op: Op, args: unknown[], internal = false): Promise<unknown> {
     return new Promise((resolve, reject) => {
-      if (this.#closed || this.#worker === null) return reject(unavailable(this.#closed ? 'the delivery store is closed' : 'the delivery store is not started'))
+      if (this.#closed || this.#worker === null) {
+        return reject(
+          unavailable(
+            this.#closed ? 'the delivery store is closed' : 'the delivery store is not started',
+          ),
+        )
+      }
       if (this.#dead !== null && !internal) return reject(unavailable(this.#dead))
-      if (this.#goneWorkers.has(this.#worker)) return reject(unavailable(this.#dead ?? 'the delivery store\'s thread stopped'))
+      if (this.#goneWorkers.has(this.#worker)) {
+        return reject(unavailable(this.#dead ?? 'the delivery store\'s thread stopped'))
+      }
       const id = this.#nextId++
       this.#pending.set(id, { resolve, reject })
       if (this.#pending.size === 1) this.#worker.ref()
@@ -209,7 +285,10 @@ export class ThreadedSqliteDeliveryStore implements DeliveryStore {
     const cancels = this.#cancels
     this.#outbox = []
     this.#cancels = []
-    if ((calls.length === 0 && cancels.length === 0) || this.#worker === null || this.#goneWorkers.has(this.#worker)) return
+    if (
+      (calls.length === 0 && cancels.length === 0) || this.#worker === null ||
+      this.#goneWorkers.has(this.#worker)
+    ) return
     try {
       this.#worker.postMessage({ calls, cancels } satisfies ToWorker)
     } catch (err) {
@@ -217,7 +296,11 @@ export class ThreadedSqliteDeliveryStore implements DeliveryStore {
       for (const c of calls) {
         const p = this.#pending.get(c.id)
         this.#pending.delete(c.id)
-        p?.reject(unavailable(`the delivery store's thread could not be given the call: ${(err as Error).message}`))
+        p?.reject(
+          unavailable(
+            `the delivery store's thread could not be given the call: ${(err as Error).message}`,
+          ),
+        )
       }
       if (this.#pending.size === 0) this.#worker.unref()
     }
@@ -252,8 +335,15 @@ export class ThreadedSqliteDeliveryStore implements DeliveryStore {
     this.#dead = why
     this.#fail(unavailable(why))
     if (this.#closed || this.#closing !== null || !this.#up) return
-    this.#logger.error({ msg: 'delivery store thread stopped', path: this.#cfg.path, err: why, restart_in_ms: this.#respawnDelay })
-    this.#respawnTimer = setTimeout(() => { this.#respawn().catch(() => {}) }, this.#respawnDelay)
+    this.#logger.error({
+      msg: 'delivery store thread stopped',
+      path: this.#cfg.path,
+      err: why,
+      restart_in_ms: this.#respawnDelay,
+    })
+    this.#respawnTimer = setTimeout(() => {
+      this.#respawn().catch(() => {})
+    }, this.#respawnDelay)
     this.#respawnDelay = Math.min(this.#respawnDelay * 2, RESPAWN_MAX_MS)
   }
 
@@ -265,7 +355,10 @@ export class ThreadedSqliteDeliveryStore implements DeliveryStore {
     } catch (err) {
       // The thread is up but could not open the file (or died again): count it as gone.
       const worker = this.#worker!
-      this.#gone(worker, `the delivery store's thread could not start again: ${(err as Error).message}`)
+      this.#gone(
+        worker,
+        `the delivery store's thread could not start again: ${(err as Error).message}`,
+      )
       await worker.terminate()
       return
     }
@@ -292,11 +385,18 @@ export class ThreadedSqliteDeliveryStore implements DeliveryStore {
 function spawnWorker (workerData: unknown): Worker {
   const options = { workerData, name: 'gatehouse-delivery-store' }
   const here = import.meta.url as string | undefined
-  if (typeof here !== 'string' || here === '') return new Worker(pathToFileURL(join(__dirname, 'delivery', 'sqlite-worker.js')), options)
-  if (extname(fileURLToPath(here)) !== '.ts') return new Worker(new URL('./sqlite-worker.js', here), options)
+  if (typeof here !== 'string' || here === '') {
+    return new Worker(pathToFileURL(join(__dirname, 'delivery', 'sqlite-worker.js')), options)
+  }
+  if (extname(fileURLToPath(here)) !== '.ts') {
+    return new Worker(new URL('./sqlite-worker.js', here), options)
+  }
   const file = JSON.stringify(new URL('./sqlite-worker.ts', here).href)
   const tsx = JSON.stringify(import.meta.resolve('tsx/esm/api'))
-  return new Worker(`import(${tsx}).then((tsx) => tsx.tsImport(${file}, ${file}))`, { ...options, eval: true })
+  return new Worker(`import(${tsx}).then((tsx) => tsx.tsImport(${file}, ${file}))`, {
+    ...options,
+    eval: true,
+  })
 }
 
 /** Structured cloning turns a Buffer into a plain Uint8Array: a Buffer view again, no copy. */
@@ -308,7 +408,10 @@ function record (r: DeliveryRecord): DeliveryRecord {
 function deserialize (e: SerializedError): Error {
   if ('gateway' in e) {
     const g = e.gateway
-    return gatewayError(g.code, g.detail, { ...(g.reason === null ? {} : { reason: g.reason }), ...(g.headers === null ? {} : { headers: g.headers }) })
+    return gatewayError(g.code, g.detail, {
+      ...(g.reason === null ? {} : { reason: g.reason }),
+      ...(g.headers === null ? {} : { headers: g.headers }),
+    })
   }
   return Object.assign(new Error(e.message), e.code === null ? {} : { code: e.code })
 }

@@ -13,7 +13,10 @@ import type { Call, Reply, SerializedError, ToMain, ToWorker } from './sqlite-th
 
 const port = parentPort!
 const cfg = (workerData as { cfg: SqliteConfig }).cfg
-const store = new SqliteDeliveryStore(cfg, { error: (obj) => post({ log: obj }), info: (obj) => post({ log: obj, level: 'info' }) })
+const store = new SqliteDeliveryStore(cfg, {
+  error: (obj) => post({ log: obj }),
+  info: (obj) => post({ log: obj, level: 'info' }),
+})
 
 let replies: Reply[] = []
 let flushing = false
@@ -46,7 +49,16 @@ function reply (r: Reply): void {
         try {
           post({ replies: [r] })
         } catch (err) {
-          post({ replies: [{ id: r.id, ok: false, error: { message: `the reply could not be sent: ${(err as Error).message}`, code: null } }] })
+          post({
+            replies: [{
+              id: r.id,
+              ok: false,
+              error: {
+                message: `the reply could not be sent: ${(err as Error).message}`,
+                code: null,
+              },
+            }],
+          })
         }
       }
       if (changed) post({ replies: [], status: store.status() })
@@ -56,10 +68,15 @@ function reply (r: Reply): void {
 
 function serialize (err: unknown): SerializedError {
   if (isGatewayError(err)) {
-    return { gateway: { code: err.code, detail: err.detail, reason: err.reason, headers: err.headers } }
+    return {
+      gateway: { code: err.code, detail: err.detail, reason: err.reason, headers: err.headers },
+    }
   }
   const e = err as { message?: unknown, code?: unknown }
-  return { message: typeof e?.message === 'string' ? e.message : String(err), code: typeof e?.code === 'string' ? e.code : null }
+  return {
+    message: typeof e?.message === 'string' ? e.message : String(err),
+    code: typeof e?.code === 'string' ? e.code : null,
+  }
 }
 
 /** A Buffer over the bytes structured cloning delivered as a plain Uint8Array (no copy). */
@@ -69,26 +86,50 @@ function buffer (u8: Uint8Array): Buffer {
 
 function run (call: Call): Promise<unknown> {
   switch (call.op) {
-    case 'start': return store.start()
+    case 'start':
+      return store.start()
     case 'enqueue': {
       const msg = call.args[0] as NewDelivery
       return store.enqueue({ ...msg, body: buffer(msg.body) }, call.args[1] as number)
     }
-    case 'settle': return store.settle(call.args[0] as string, call.args[1] as Parameters<SqliteDeliveryStore['settle']>[1])
-    case 'openRoute': return store.openRoute(call.args[0] as string, call.args[1] as Parameters<SqliteDeliveryStore['openRoute']>[1])
+    case 'settle':
+      return store.settle(
+        call.args[0] as string,
+        call.args[1] as Parameters<SqliteDeliveryStore['settle']>[1],
+      )
+    case 'openRoute':
+      return store.openRoute(
+        call.args[0] as string,
+        call.args[1] as Parameters<SqliteDeliveryStore['openRoute']>[1],
+      )
     case 'claim': {
       const ac = new AbortController()
       claims.set(call.id, ac)
-      return store.claim(call.args[0] as string, call.args[1] as number, call.args[2] as number, ac.signal)
+      return store.claim(
+        call.args[0] as string,
+        call.args[1] as number,
+        call.args[2] as number,
+        ac.signal,
+      )
         .finally(() => claims.delete(call.id))
     }
-    case 'get': return store.get(call.args[0] as string)
-    case 'list': return store.list(call.args[0] as Parameters<SqliteDeliveryStore['list']>[0])
-    case 'replay': return store.replay(call.args[0] as Parameters<SqliteDeliveryStore['replay']>[0], call.args[1] as number)
-    case 'purge': return store.purge(call.args[0] as 'dead' | 'delivered', call.args[1] as string | undefined)
-    case 'expire': return store.expire(call.args[0] as number)
-    case 'stats': return store.stats(call.args[0] as number)
-    case 'close': return store.close()
+    case 'get':
+      return store.get(call.args[0] as string)
+    case 'list':
+      return store.list(call.args[0] as Parameters<SqliteDeliveryStore['list']>[0])
+    case 'replay':
+      return store.replay(
+        call.args[0] as Parameters<SqliteDeliveryStore['replay']>[0],
+        call.args[1] as number,
+      )
+    case 'purge':
+      return store.purge(call.args[0] as 'dead' | 'delivered', call.args[1] as string | undefined)
+    case 'expire':
+      return store.expire(call.args[0] as number)
+    case 'stats':
+      return store.stats(call.args[0] as number)
+    case 'close':
+      return store.close()
   }
 }
 
@@ -102,7 +143,7 @@ port.on('message', (msg: ToWorker) => {
     }
     p.then(
       (value) => reply({ id: call.id, ok: true, value }),
-      (err: unknown) => reply({ id: call.id, ok: false, error: serialize(err) })
+      (err: unknown) => reply({ id: call.id, ok: false, error: serialize(err) }),
     )
   }
   for (const id of msg.cancels) claims.get(id)?.abort()

@@ -4,27 +4,39 @@ import { importModule } from '../util/import.js'
 import type { DeliveryStoreConfig } from '../config/schema.js'
 import { gatewayError, type GatewayError } from '../errors/index.js'
 import type {
-  DeliveryFilter, DeliveryRecord, DeliveryState, DeliveryStore, EnqueueResult, NewDelivery, RouteStats, Settlement,
+  DeliveryFilter,
+  DeliveryRecord,
+  DeliveryState,
+  DeliveryStore,
+  EnqueueResult,
+  NewDelivery,
+  RouteStats,
+  Settlement,
 } from './store.js'
 
 // The subset of better-sqlite3 used here. The package ships no types (and @types/better-sqlite3
 // is not a dependency), so the module is loaded through a specifier TypeScript does not resolve
 // and typed by these interfaces.
-interface RunResult { changes: number, lastInsertRowid: number | bigint }
+interface RunResult {
+  changes: number
+  lastInsertRowid: number | bigint
+}
 interface Statement<Row = unknown> {
-  run (...params: unknown[]): RunResult
-  get (...params: unknown[]): Row | undefined
-  all (...params: unknown[]): Row[]
+  run(...params: unknown[]): RunResult
+  get(...params: unknown[]): Row | undefined
+  all(...params: unknown[]): Row[]
 }
 interface Database {
-  prepare<Row = unknown> (sql: string): Statement<Row>
-  pragma (source: string, options?: { simple?: boolean }): unknown
-  exec (sql: string): void
-  transaction<A extends unknown[], R> (fn: (...args: A) => R): ((...args: A) => R) & { immediate: (...args: A) => R }
-  close (): void
+  prepare<Row = unknown>(sql: string): Statement<Row>
+  pragma(source: string, options?: { simple?: boolean }): unknown
+  exec(sql: string): void
+  transaction<A extends unknown[], R>(
+    fn: (...args: A) => R,
+  ): ((...args: A) => R) & { immediate: (...args: A) => R }
+  close(): void
   readonly inTransaction: boolean
 }
-type DatabaseConstructor = new (filename: string, options?: { timeout?: number }) => Database
+type DatabaseConstructor = new(filename: string, options?: { timeout?: number }) => Database
 const SQLITE_MODULE = 'better-sqlite3'
 
 interface Row {
@@ -49,7 +61,10 @@ interface Row {
 export type SqliteConfig = Extract<DeliveryStoreConfig, { kind: 'sqlite' }>
 
 /** What the store logs through: the gateway's logger, or (in the store's worker thread) a relay to it. */
-export interface StoreLogger { error (obj: Record<string, unknown>): void, info (obj: Record<string, unknown>): void }
+export interface StoreLogger {
+  error(obj: Record<string, unknown>): void
+  info(obj: Record<string, unknown>): void
+}
 
 /*
  * Version 2 keeps each request's headers and body in a table of their own, delivery_payloads.
@@ -116,7 +131,8 @@ BEGIN
 END;
 `
 /** A record with its payload; a delivered one has none (its columns in deliveries are empty). */
-const RECORD = `SELECT d.id, d.route, d.method, d.target, COALESCE(p.headers, d.headers) AS headers, COALESCE(p.body, d.body) AS body,
+const RECORD =
+  `SELECT d.id, d.route, d.method, d.target, COALESCE(p.headers, d.headers) AS headers, COALESCE(p.body, d.body) AS body,
   d.idempotency_key, d.fingerprint, d.created_at, d.state, d.attempts, d.next_attempt_at, d.lease_until, d.last_error, d.last_status, d.updated_at
   FROM deliveries d LEFT JOIN delivery_payloads p ON p.id = d.payload_id`
 /** Rows moved per transaction by the version 1 migration, and at most this many payload bytes. */
@@ -167,8 +183,21 @@ const GROWTH_BYTES = 512
 type Result = EnqueueResult | GatewayError | string | null | { sqlite: unknown }
 
 type Op =
-  | { kind: 'enqueue', msg: NewDelivery, windowMs: number, resolve: (r: EnqueueResult) => void, reject: (e: unknown) => void }
-  | { kind: 'settle', id: string, outcome: Settlement, resolve: () => void, reject: (e: unknown) => void, retried?: true }
+  {
+    kind: 'enqueue'
+    msg: NewDelivery
+    windowMs: number
+    resolve: (r: EnqueueResult) => void
+    reject: (e: unknown) => void
+  } |
+  {
+    kind: 'settle'
+    id: string
+    outcome: Settlement
+    resolve: () => void
+    reject: (e: unknown) => void
+    retried?: true
+  }
 
 interface Statements {
   syncNormal: Statement
@@ -207,7 +236,9 @@ export class SqliteDeliveryStore implements DeliveryStore {
   #db: Database | null = null
   #stmts: Statements | null = null
   #writeBatch: ((batch: Op[], results: Result[]) => number) | null = null
-  #claimTx: ((route: string, max: number, now: number, leaseUntil: number) => DeliveryRecord[]) | null = null
+  #claimTx:
+    ((route: string, max: number, now: number, leaseUntil: number) => DeliveryRecord[]) |
+    null = null
   /** list, purge and expire statements, prepared on first use. */
   readonly #cached = new Map<string, Statement<Row>>()
   #closed = false
@@ -254,7 +285,8 @@ export class SqliteDeliveryStore implements DeliveryStore {
       // Before the limit is set: a migration may need room for one chunk more than the file has.
       migrate(db, (obj) => this.#logger.info({ ...obj, path }))
       db.pragma(`max_page_count = ${maxPages}`)
-      const enqueueLimit = maxPages - Math.max(RESERVE_MIN_PAGES, Math.ceil(maxPages * RESERVE_FRACTION))
+      const enqueueLimit = maxPages -
+        Math.max(RESERVE_MIN_PAGES, Math.ceil(maxPages * RESERVE_FRACTION))
       const s = prepare(db)
       this.#stmts = s
       this.#pending = s.pendingCount.get()?.n ?? 0
@@ -269,10 +301,15 @@ export class SqliteDeliveryStore implements DeliveryStore {
           // Refused before SQLite runs out of pages: an INSERT that hits max_page_count rolls
           // back the whole transaction, not just itself.
           if (op.kind === 'enqueue') {
-            const need = pagesFor(op.msg, pageSize) + Math.ceil((this.#pending + pendingDelta + 1) * GROWTH_BYTES / pageSize)
+            const need = pagesFor(op.msg, pageSize) +
+              Math.ceil((this.#pending + pendingDelta + 1) * GROWTH_BYTES / pageSize)
             if (used < 0 || used + need > enqueueLimit) used = s.used.get()?.used ?? 0
             if (used + need > enqueueLimit) {
-              results[i] = { sqlite: Object.assign(new Error('the database reached max_size'), { code: 'SQLITE_FULL' }) }
+              results[i] = {
+                sqlite: Object.assign(new Error('the database reached max_size'), {
+                  code: 'SQLITE_FULL',
+                }),
+              }
               continue
             }
             used += pagesFor(op.msg, pageSize)
@@ -298,23 +335,29 @@ export class SqliteDeliveryStore implements DeliveryStore {
       })
       // IMMEDIATE: take the write lock up front rather than fail to upgrade a read lock (BUSY).
       this.#writeBatch = writeBatch.immediate
-      this.#claimTx = db.transaction((route: string, max: number, now: number, leaseUntil: number) => {
-        const rows = s.due.all(route, now, now, max)
-        for (const r of rows) {
-          s.lease.run(leaseUntil, r.id)
-          r.lease_until = leaseUntil
-        }
-        return rows.map(toRecord)
-      }).immediate
+      this.#claimTx =
+        db.transaction((route: string, max: number, now: number, leaseUntil: number) => {
+          const rows = s.due.all(route, now, now, max)
+          for (const r of rows) {
+            s.lease.run(leaseUntil, r.id)
+            r.lease_until = leaseUntil
+          }
+          return rows.map(toRecord)
+        }).immediate
     } catch (err) {
-      try { db?.close() } catch {}
-      throw new Error(`cannot open the delivery store at ${path}: ${(err as Error).message}`, { cause: err })
+      try {
+        db?.close()
+      } catch {}
+      throw new Error(`cannot open the delivery store at ${path}: ${(err as Error).message}`, {
+        cause: err,
+      })
     }
     this.#db = db
   }
 
   status (): { status: 'ok' | 'unavailable', kind: string, [key: string]: unknown } {
-    const ok = this.#db !== null && (this.#writeError === null || this.#writeError.code === 'SQLITE_FULL')
+    const ok = this.#db !== null &&
+      (this.#writeError === null || this.#writeError.code === 'SQLITE_FULL')
     return {
       status: ok ? 'ok' : 'unavailable',
       kind: 'sqlite',
@@ -326,7 +369,13 @@ export class SqliteDeliveryStore implements DeliveryStore {
 
   enqueue (msg: NewDelivery, idempotencyWindowMs: number): Promise<EnqueueResult> {
     return new Promise((resolve, reject) => {
-      if (this.#db === null) return reject(unavailable(this.#closed ? 'the delivery store is closed' : 'the delivery store is not started'))
+      if (this.#db === null) {
+        return reject(
+          unavailable(
+            this.#closed ? 'the delivery store is closed' : 'the delivery store is not started',
+          ),
+        )
+      }
       this.#queue.push({ kind: 'enqueue', msg, windowMs: idempotencyWindowMs, resolve, reject })
       this.#scheduleFlush()
     })
@@ -334,7 +383,13 @@ export class SqliteDeliveryStore implements DeliveryStore {
 
   settle (id: string, outcome: Settlement): Promise<void> {
     return new Promise((resolve, reject) => {
-      if (this.#db === null) return reject(unavailable(this.#closed ? 'the delivery store is closed' : 'the delivery store is not started'))
+      if (this.#db === null) {
+        return reject(
+          unavailable(
+            this.#closed ? 'the delivery store is closed' : 'the delivery store is not started',
+          ),
+        )
+      }
       this.#queue.push({ kind: 'settle', id, outcome, resolve, reject })
       this.#scheduleFlush()
     })
@@ -401,28 +456,44 @@ export class SqliteDeliveryStore implements DeliveryStore {
 
   /** A failed write as the 503 clients see; logged (at most every 10 s) with the SQLite error. */
   #writeFailed (err: unknown): GatewayError {
-    const code = typeof (err as { code?: unknown }).code === 'string' ? (err as { code: string }).code : 'UNKNOWN'
+    const code = typeof (err as { code?: unknown }).code === 'string'
+      ? (err as { code: string }).code
+      : 'UNKNOWN'
     const message = (err as Error).message ?? String(err)
     this.#writeError = { code, message }
     const full = code === 'SQLITE_FULL'
     const now = Date.now()
     if (now - this.#lastErrorLog >= 10_000) {
       this.#lastErrorLog = now
-      this.#logger.error({ msg: full ? 'delivery store full' : 'delivery store write failed', path: this.#cfg.path, code, err: message })
+      this.#logger.error({
+        msg: full ? 'delivery store full' : 'delivery store write failed',
+        path: this.#cfg.path,
+        code,
+        err: message,
+      })
     }
-    return gatewayError('GH_DELIVERY_STORE_UNAVAILABLE', full
-      ? 'The delivery store is full; try again later'
-      : 'The delivery store cannot accept requests right now; try again later', {
-      reason: `sqlite ${code}: ${message}`,
-      headers: { 'retry-after': RETRY_AFTER_S },
-    })
+    return gatewayError(
+      'GH_DELIVERY_STORE_UNAVAILABLE',
+      full
+        ? 'The delivery store is full; try again later'
+        : 'The delivery store cannot accept requests right now; try again later',
+      {
+        reason: `sqlite ${code}: ${message}`,
+        headers: { 'retry-after': RETRY_AFTER_S },
+      },
+    )
   }
 
   async openRoute (route: string, opts: { leaseMs: number, maxAttempts: number }): Promise<void> {
     this.#leases.set(route, opts.leaseMs)
   }
 
-  async claim (route: string, max: number, waitMs: number, signal: AbortSignal): Promise<DeliveryRecord[]> {
+  async claim (
+    route: string,
+    max: number,
+    waitMs: number,
+    signal: AbortSignal,
+  ): Promise<DeliveryRecord[]> {
     const deadline = Date.now() + waitMs
     for (;;) {
       if (signal.aborted) return []
@@ -490,21 +561,34 @@ export class SqliteDeliveryStore implements DeliveryStore {
     const { db } = this.#open()
     const where: string[] = []
     const params: unknown[] = []
-    if (filter.state !== undefined) { where.push('d.state = ?'); params.push(filter.state) }
-    if (filter.route !== undefined) { where.push('d.route = ?'); params.push(filter.route) }
-    const sql = `${RECORD} ${where.length === 0 ? '' : `WHERE ${where.join(' AND ')}`} ORDER BY d.created_at DESC, d.rowid DESC LIMIT ?`
+    if (filter.state !== undefined) {
+      where.push('d.state = ?')
+      params.push(filter.state)
+    }
+    if (filter.route !== undefined) {
+      where.push('d.route = ?')
+      params.push(filter.route)
+    }
+    const sql = `${RECORD} ${
+      where.length === 0 ? '' : `WHERE ${where.join(' AND ')}`
+    } ORDER BY d.created_at DESC, d.rowid DESC LIMIT ?`
     let stmt = this.#cached.get(sql)
     if (stmt === undefined) this.#cached.set(sql, stmt = db.prepare<Row>(sql))
     return stmt.all(...params, Math.max(0, filter.limit)).map(toRecord)
   }
 
-  async replay (which: { ids: readonly string[] } | { dead: true, route?: string }, now: number): Promise<number> {
+  async replay (
+    which: { ids: readonly string[] } | { dead: true, route?: string },
+    now: number,
+  ): Promise<number> {
     const { db, s } = this.#open()
     let routes: Array<{ route: string }>
     try {
       routes = db.transaction(() => {
         if ('ids' in which) return which.ids.flatMap((id) => s.replayId.all({ now, id }))
-        return which.route === undefined ? s.replayDead.all({ now }) : s.replayDeadRoute.all({ now, route: which.route })
+        return which.route === undefined
+          ? s.replayDead.all({ now })
+          : s.replayDeadRoute.all({ now, route: which.route })
       }).immediate()
     } catch (err) {
       throw this.#writeFailed(err)
@@ -521,7 +605,9 @@ export class SqliteDeliveryStore implements DeliveryStore {
   }
 
   async expire (before: number): Promise<number> {
-    return await this.#deleteChunked("state IN ('delivered', 'dead') AND updated_at < ?", [before])
+    return await this.#deleteChunked('state IN (\'delivered\', \'dead\') AND updated_at < ?', [
+      before,
+    ])
   }
 
   /** Deletes in chunks, yielding between them: a large purge must not stall the gateway. */
@@ -530,7 +616,14 @@ export class SqliteDeliveryStore implements DeliveryStore {
     for (;;) {
       const { db } = this.#open()
       let stmt = this.#cached.get(where)
-      if (stmt === undefined) this.#cached.set(where, stmt = db.prepare(`DELETE FROM deliveries WHERE rowid IN (SELECT rowid FROM deliveries WHERE ${where} LIMIT ${DELETE_CHUNK})`))
+      if (stmt === undefined) {
+        this.#cached.set(
+          where,
+          stmt = db.prepare(
+            `DELETE FROM deliveries WHERE rowid IN (SELECT rowid FROM deliveries WHERE ${where} LIMIT ${DELETE_CHUNK})`,
+          ),
+        )
+      }
       let n: number
       try {
         n = stmt.run(...params).changes
@@ -567,16 +660,24 @@ export class SqliteDeliveryStore implements DeliveryStore {
   }
 
   #open (): { db: Database, s: Statements } {
-    if (this.#db === null || this.#stmts === null) throw unavailable(this.#closed ? 'the delivery store is closed' : 'the delivery store is not started')
+    if (this.#db === null || this.#stmts === null) {
+      throw unavailable(
+        this.#closed ? 'the delivery store is closed' : 'the delivery store is not started',
+      )
+    }
     return { db: this.#db, s: this.#stmts }
   }
 }
 
 export function unavailable (reason: string): GatewayError {
-  return gatewayError('GH_DELIVERY_STORE_UNAVAILABLE', 'The delivery store is not available; try again later', {
-    reason,
-    headers: { 'retry-after': RETRY_AFTER_S },
-  })
+  return gatewayError(
+    'GH_DELIVERY_STORE_UNAVAILABLE',
+    'The delivery store is not available; try again later',
+    {
+      reason,
+      headers: { 'retry-after': RETRY_AFTER_S },
+    },
+  )
 }
 
 /**
@@ -584,7 +685,8 @@ export function unavailable (reason: string): GatewayError {
  * index page split for each index.
  */
 function pagesFor (msg: NewDelivery, pageSize: number): number {
-  let bytes = 256 + msg.body.length + msg.target.length + msg.method.length + msg.fingerprint.length + (msg.idempotencyKey?.length ?? 0)
+  let bytes = 256 + msg.body.length + msg.target.length + msg.method.length +
+    msg.fingerprint.length + (msg.idempotencyKey?.length ?? 0)
   for (const h of msg.headers) bytes += h.length + 4
   return Math.ceil(bytes / (pageSize - 64)) + 5
 }
@@ -592,12 +694,17 @@ function pagesFor (msg: NewDelivery, pageSize: number): number {
 /** Errors that concern one operation of a batch (no room for it, its id taken), not the file. */
 function isOwnFailure (err: unknown): boolean {
   const code = (err as { code?: unknown }).code
-  return typeof code === 'string' && (code === 'SQLITE_FULL' || code.startsWith('SQLITE_CONSTRAINT'))
+  return typeof code === 'string' &&
+    (code === 'SQLITE_FULL' || code.startsWith('SQLITE_CONSTRAINT'))
 }
 
 function migrate (db: Database, log: (obj: Record<string, unknown>) => void): void {
   const version = Number(db.pragma('user_version', { simple: true }))
-  if (version > SCHEMA_VERSION) throw new Error(`the database has schema version ${version}; this Gatehouse knows up to ${SCHEMA_VERSION} (written by a newer version?)`)
+  if (version > SCHEMA_VERSION) {
+    throw new Error(
+      `the database has schema version ${version}; this Gatehouse knows up to ${SCHEMA_VERSION} (written by a newer version?)`,
+    )
+  }
   if (version === SCHEMA_VERSION) return
   if (version === 0) {
     db.transaction(() => {
@@ -610,7 +717,11 @@ function migrate (db: Database, log: (obj: Record<string, unknown>) => void): vo
   const rows = db.prepare<{ n: number }>('SELECT COUNT(*) AS n FROM deliveries').get()?.n ?? 0
   log({ msg: 'delivery store migrating to schema version 2', records: rows })
   migratePayloads(db)
-  log({ msg: 'delivery store migrated to schema version 2', records: rows, ms: Math.round(performance.now() - t0) })
+  log({
+    msg: 'delivery store migrated to schema version 2',
+    records: rows,
+    ms: Math.round(performance.now() - t0),
+  })
 }
 
 /**
@@ -622,15 +733,24 @@ function migrate (db: Database, log: (obj: Record<string, unknown>) => void): vo
  * redoing one after a power loss is harmless.
  */
 function migratePayloads (db: Database): void {
-  const columns = db.prepare<{ name: string }>("SELECT name FROM pragma_table_info('deliveries')").all().map((c) => c.name)
-  if (!columns.includes('payload_id')) db.exec('ALTER TABLE deliveries ADD COLUMN payload_id INTEGER')
+  const columns = db.prepare<{ name: string }>('SELECT name FROM pragma_table_info(\'deliveries\')')
+    .all().map((c) => c.name)
+  if (!columns.includes('payload_id')) {
+    db.exec('ALTER TABLE deliveries ADD COLUMN payload_id INTEGER')
+  }
   db.exec(PAYLOADS)
-  const chunk = db.prepare<{ r: number, state: DeliveryState, moved: number, size: number }>(`SELECT rowid AS r, state, payload_id IS NOT NULL AS moved,
-    length(headers) + length(body) AS size FROM deliveries WHERE rowid > ? ORDER BY rowid LIMIT ?`)
-  const move = db.prepare('INSERT INTO delivery_payloads (headers, body) SELECT headers, body FROM deliveries WHERE rowid = ?')
+  const chunk = db.prepare<{ r: number, state: DeliveryState, moved: number, size: number }>(
+    `SELECT rowid AS r, state, payload_id IS NOT NULL AS moved,
+    length(headers) + length(body) AS size FROM deliveries WHERE rowid > ? ORDER BY rowid LIMIT ?`,
+  )
+  const move = db.prepare(
+    'INSERT INTO delivery_payloads (headers, body) SELECT headers, body FROM deliveries WHERE rowid = ?',
+  )
   const clear = db.prepare(`UPDATE deliveries SET headers = '[]', body = x'', payload_id = ?,
     lease_until = CASE WHEN lease_until = 0 THEN MIN(created_at, next_attempt_at) ELSE lease_until END WHERE rowid = ?`)
-  const clearMoved = db.prepare("UPDATE deliveries SET headers = '[]', body = x'' WHERE rowid = ?")
+  const clearMoved = db.prepare(
+    'UPDATE deliveries SET headers = \'[]\', body = x\'\' WHERE rowid = ?',
+  )
   db.pragma('synchronous = NORMAL')
   // A checkpoint per chunk rather than several (each syncs the file).
   db.pragma(`wal_autocheckpoint = ${2 * MIGRATE_BYTES / 4096}`)
@@ -661,48 +781,74 @@ function prepare (db: Database): Statements {
     // lease_until starts at a time (in the past: free), not 0, so that a lease overwrites it with
     // a number of the same size: the row keeps its size and SQLite rewrites it in place, so a
     // claim never needs a free page, however full the store is.
-    insert: db.prepare(`INSERT INTO deliveries (id, route, method, target, headers, body, idempotency_key, fingerprint, created_at, state, attempts, next_attempt_at, lease_until, updated_at, payload_id)
-      VALUES (?, ?, ?, ?, '[]', x'', ?, ?, ?, 'pending', 0, ?, ?, ?, ?)`),
+    insert: db.prepare(
+      `INSERT INTO deliveries (id, route, method, target, headers, body, idempotency_key, fingerprint, created_at, state, attempts, next_attempt_at, lease_until, updated_at, payload_id)
+      VALUES (?, ?, ?, ?, '[]', x'', ?, ?, ?, 'pending', 0, ?, ?, ?, ?)`,
+    ),
     insertPayload: db.prepare('INSERT INTO delivery_payloads (headers, body) VALUES (?, ?)'),
     dropPayload: db.prepare('DELETE FROM delivery_payloads WHERE id = ?'),
-    pendingCount: db.prepare("SELECT COUNT(*) AS n FROM deliveries WHERE state = 'pending'"),
-    byKey: db.prepare('SELECT id, fingerprint, created_at FROM deliveries WHERE route = ? AND idempotency_key = ?'),
+    pendingCount: db.prepare('SELECT COUNT(*) AS n FROM deliveries WHERE state = \'pending\''),
+    byKey: db.prepare(
+      'SELECT id, fingerprint, created_at FROM deliveries WHERE route = ? AND idempotency_key = ?',
+    ),
     clearKey: db.prepare('UPDATE deliveries SET idempotency_key = NULL WHERE id = ?'),
     // Only a pending message is settled: a late settle from an attempt whose lease expired (and
     // which another worker already finished) must not turn a delivered message back to pending.
     // lease_until = the time of the outcome: free, and a number the size of a lease (see insert).
     // Delivered: payload_id goes NULL, and the trigger deletes the payload (body and headers).
-    settle: db.prepare(`UPDATE deliveries SET state = @state, attempts = attempts + 1, next_attempt_at = @next, lease_until = @at,
+    settle: db.prepare(
+      `UPDATE deliveries SET state = @state, attempts = attempts + 1, next_attempt_at = @next, lease_until = @at,
       last_error = @error, last_status = @status, updated_at = @at, payload_id = CASE WHEN @state = 'delivered' THEN NULL ELSE payload_id END
-      WHERE id = @id AND state = 'pending' RETURNING route`),
+      WHERE id = @id AND state = 'pending' RETURNING route`,
+    ),
     get: db.prepare(`${RECORD} WHERE d.id = ?`),
-    due: db.prepare(`${RECORD} WHERE d.route = ? AND d.state = 'pending' AND d.next_attempt_at <= ? AND d.lease_until <= ?
-      ORDER BY d.next_attempt_at, d.created_at LIMIT ?`),
+    due: db.prepare(
+      `${RECORD} WHERE d.route = ? AND d.state = 'pending' AND d.next_attempt_at <= ? AND d.lease_until <= ?
+      ORDER BY d.next_attempt_at, d.created_at LIMIT ?`,
+    ),
     lease: db.prepare('UPDATE deliveries SET lease_until = ? WHERE id = ?'),
-    nextDue: db.prepare("SELECT MIN(MAX(next_attempt_at, lease_until)) AS at FROM deliveries WHERE route = ? AND state = 'pending'"),
-    replayId: db.prepare(`UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = @now, lease_until = @now, updated_at = @now
-      WHERE id = @id AND state = 'dead' RETURNING route`),
-    replayDead: db.prepare(`UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = @now, lease_until = @now, updated_at = @now
-      WHERE state = 'dead' RETURNING route`),
-    replayDeadRoute: db.prepare(`UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = @now, lease_until = @now, updated_at = @now
-      WHERE state = 'dead' AND route = @route RETURNING route`),
+    nextDue: db.prepare(
+      'SELECT MIN(MAX(next_attempt_at, lease_until)) AS at FROM deliveries WHERE route = ? AND state = \'pending\'',
+    ),
+    replayId: db.prepare(
+      `UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = @now, lease_until = @now, updated_at = @now
+      WHERE id = @id AND state = 'dead' RETURNING route`,
+    ),
+    replayDead: db.prepare(
+      `UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = @now, lease_until = @now, updated_at = @now
+      WHERE state = 'dead' RETURNING route`,
+    ),
+    replayDeadRoute: db.prepare(
+      `UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = @now, lease_until = @now, updated_at = @now
+      WHERE state = 'dead' AND route = @route RETURNING route`,
+    ),
     stats: db.prepare(`SELECT route, SUM(state = 'pending') AS pending, SUM(state = 'dead') AS dead,
       MIN(CASE WHEN state = 'pending' THEN created_at END) AS oldest
       FROM deliveries WHERE state IN ('pending', 'dead') GROUP BY route`),
-    used: db.prepare('SELECT (SELECT page_count FROM pragma_page_count()) - (SELECT freelist_count FROM pragma_freelist_count()) AS used'),
+    used: db.prepare(
+      'SELECT (SELECT page_count FROM pragma_page_count()) - (SELECT freelist_count FROM pragma_freelist_count()) AS used',
+    ),
   }
 }
 
 /** One enqueue inside the batch transaction: the idempotency check sees earlier rows of the same batch. */
-function insertOne (s: Statements, msg: NewDelivery, windowMs: number): EnqueueResult | GatewayError {
+function insertOne (
+  s: Statements,
+  msg: NewDelivery,
+  windowMs: number,
+): EnqueueResult | GatewayError {
   if (msg.idempotencyKey !== null) {
     const prev = s.byKey.get(msg.route, msg.idempotencyKey)
     if (prev !== undefined) {
       if (msg.createdAt - prev.created_at < windowMs) {
         if (prev.fingerprint === msg.fingerprint) return { id: prev.id, duplicate: true }
-        return gatewayError('GH_IDEMPOTENCY_CONFLICT', 'This Idempotency-Key was already used with a different request', {
-          reason: `key reused on route ${msg.route} (first delivery ${prev.id})`,
-        })
+        return gatewayError(
+          'GH_IDEMPOTENCY_CONFLICT',
+          'This Idempotency-Key was already used with a different request',
+          {
+            reason: `key reused on route ${msg.route} (first delivery ${prev.id})`,
+          },
+        )
       }
       // Outside the window the old delivery keeps its record but no longer owns the key.
       s.clearKey.run(prev.id)
@@ -716,9 +862,23 @@ function insertOne (s: Statements, msg: NewDelivery, windowMs: number): EnqueueR
   // batch's throughput (measured: 1 KiB bodies, 50 callers).
   const payload = s.insertPayload.run(JSON.stringify(msg.headers), msg.body).lastInsertRowid
   try {
-    s.insert.run(msg.id, msg.route, msg.method, msg.target, msg.idempotencyKey, msg.fingerprint, msg.createdAt, due, due, msg.createdAt, payload)
+    s.insert.run(
+      msg.id,
+      msg.route,
+      msg.method,
+      msg.target,
+      msg.idempotencyKey,
+      msg.fingerprint,
+      msg.createdAt,
+      due,
+      due,
+      msg.createdAt,
+      payload,
+    )
   } catch (err) {
-    try { s.dropPayload.run(payload) } catch {}
+    try {
+      s.dropPayload.run(payload)
+    } catch {}
     throw err
   }
   return { id: msg.id, duplicate: false }
@@ -728,15 +888,47 @@ function insertOne (s: Statements, msg: NewDelivery, windowMs: number): EnqueueR
  * One settle inside the batch transaction. `wake`: for a retry, the route (its claims may wake
  * sooner); `final`: the message stopped being pending.
  */
-function settleOne (s: Statements, id: string, o: Settlement): { wake: string | null, final: boolean } {
+function settleOne (
+  s: Statements,
+  id: string,
+  o: Settlement,
+): { wake: string | null, final: boolean } {
   switch (o.kind) {
     case 'delivered':
       // Neither the body nor the headers are needed again (the payload goes): the status keeps the rest.
-      return s.settle.get({ state: 'delivered', next: o.at, at: o.at, error: null, status: o.status, id }) === undefined ? NOT_SETTLED : FINAL
+      return s.settle.get({
+          state: 'delivered',
+          next: o.at,
+          at: o.at,
+          error: null,
+          status: o.status,
+          id,
+        }) === undefined
+        ? NOT_SETTLED
+        : FINAL
     case 'retry':
-      return { wake: s.settle.get({ state: 'pending', next: o.nextAttemptAt, at: o.at, error: o.error, status: o.status, id })?.route ?? null, final: false }
+      return {
+        wake: s.settle.get({
+          state: 'pending',
+          next: o.nextAttemptAt,
+          at: o.at,
+          error: o.error,
+          status: o.status,
+          id,
+        })?.route ?? null,
+        final: false,
+      }
     case 'dead':
-      return s.settle.get({ state: 'dead', next: o.at, at: o.at, error: o.error, status: o.status, id }) === undefined ? NOT_SETTLED : FINAL
+      return s.settle.get({
+          state: 'dead',
+          next: o.at,
+          at: o.at,
+          error: o.error,
+          status: o.status,
+          id,
+        }) === undefined
+        ? NOT_SETTLED
+        : FINAL
   }
 }
 const NOT_SETTLED = { wake: null, final: false }

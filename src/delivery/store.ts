@@ -47,15 +47,26 @@ export interface DeliveryRecord extends NewDelivery {
 }
 
 export type EnqueueResult =
-  | { readonly id: string, readonly duplicate: false }
+  { readonly id: string, readonly duplicate: false } |
   /** The Idempotency-Key was seen within the window with the same fingerprint: the first id. */
-  | { readonly id: string, readonly duplicate: true }
+  { readonly id: string, readonly duplicate: true }
 
 /** The outcome of one attempt; each counts as one attempt (attempts + 1). */
 export type Settlement =
-  | { readonly kind: 'delivered', readonly status: number, readonly at: number }
-  | { readonly kind: 'retry', readonly at: number, readonly nextAttemptAt: number, readonly error: string, readonly status: number | null }
-  | { readonly kind: 'dead', readonly at: number, readonly error: string, readonly status: number | null }
+  { readonly kind: 'delivered', readonly status: number, readonly at: number } |
+  {
+    readonly kind: 'retry'
+    readonly at: number
+    readonly nextAttemptAt: number
+    readonly error: string
+    readonly status: number | null
+  } |
+  {
+    readonly kind: 'dead'
+    readonly at: number
+    readonly error: string
+    readonly status: number | null
+  }
 
 export interface DeliveryFilter {
   readonly state?: DeliveryState
@@ -74,45 +85,48 @@ export interface RouteStats {
 export interface DeliveryStore {
   readonly kind: 'sqlite' | 'nats'
   /** Open files or connections and create tables, streams and consumers. */
-  start (): Promise<void>
+  start(): Promise<void>
   /**
    * Persist a new message. Resolves only once it is durable (fsynced, or acknowledged by the
    * JetStream server). Rejects with a GatewayError: GH_IDEMPOTENCY_CONFLICT (422) for a key
    * reused with another fingerprint, GH_DELIVERY_STORE_UNAVAILABLE (503, Retry-After) when the
    * store is full, unwritable or unreachable. Never resolves for a message it did not keep.
    */
-  enqueue (msg: NewDelivery, idempotencyWindowMs: number): Promise<EnqueueResult>
+  enqueue(msg: NewDelivery, idempotencyWindowMs: number): Promise<EnqueueResult>
   /**
    * Declare a route's delivery settings before claiming (idempotent; called again after a
    * reload that changed them). `leaseMs`: how long a claim is held before it is claimable
    * again (the process died mid-attempt). `maxAttempts`: the worker dead-letters at this count
    * itself; a backend may use it as a safety net (JetStream max_deliver).
    */
-  openRoute (route: string, opts: { leaseMs: number, maxAttempts: number }): Promise<void>
+  openRoute(route: string, opts: { leaseMs: number, maxAttempts: number }): Promise<void>
   /**
    * Take up to `max` pending messages of `route` that are due (nextAttemptAt <= now) and not
    * leased, and lease them. Resolves at once when work is due; otherwise it may wait up to
    * `waitMs` for some (an enqueue or replay, or a retry falling due), and resolves with []
    * when `signal` aborts. Oldest due first.
    */
-  claim (route: string, max: number, waitMs: number, signal: AbortSignal): Promise<DeliveryRecord[]>
+  claim(route: string, max: number, waitMs: number, signal: AbortSignal): Promise<DeliveryRecord[]>
   /** Record an attempt's outcome for a claimed message. */
-  settle (id: string, outcome: Settlement): Promise<void>
-  get (id: string): Promise<DeliveryRecord | null>
-  list (filter: DeliveryFilter): Promise<DeliveryRecord[]>
+  settle(id: string, outcome: Settlement): Promise<void>
+  get(id: string): Promise<DeliveryRecord | null>
+  list(filter: DeliveryFilter): Promise<DeliveryRecord[]>
   /**
    * Dead messages back to pending with attempts reset, due now: the ids given (only those
    * that are dead), or every dead message (of `route`, when given) for 'dead'. Returns how
    * many were replayed.
    */
-  replay (which: { ids: readonly string[] } | { dead: true, route?: string }, now: number): Promise<number>
+  replay(
+    which: { ids: readonly string[] } | { dead: true, route?: string },
+    now: number,
+  ): Promise<number>
   /** Delete dead or delivered records (of `route`, when given); returns how many. */
-  purge (state: 'dead' | 'delivered', route: string | undefined): Promise<number>
+  purge(state: 'dead' | 'delivered', route: string | undefined): Promise<number>
   /** Delete delivered and dead records last updated before `before` (retention). */
-  expire (before: number): Promise<number>
-  stats (now: number): Promise<Record<string, RouteStats>>
-  status (): { status: 'ok' | 'unavailable', kind: string, [key: string]: unknown }
-  close (): Promise<void>
+  expire(before: number): Promise<number>
+  stats(now: number): Promise<Record<string, RouteStats>>
+  status(): { status: 'ok' | 'unavailable', kind: string, [key: string]: unknown }
+  close(): Promise<void>
 }
 
 export type DeliveryStoreError = GatewayError

@@ -48,7 +48,10 @@ export const ERRORS = {
   GH_PLUGIN_FAILED: { status: 502, title: 'Plugin failed' },
   GH_PLUGIN_TIMEOUT: { status: 502, title: 'Plugin did not finish in time' },
   GH_PLUGIN_INVALID_RESULT: { status: 502, title: 'Plugin returned an invalid result' },
-  GH_IDEMPOTENCY_CONFLICT: { status: 422, title: 'Idempotency-Key reused with a different request' },
+  GH_IDEMPOTENCY_CONFLICT: {
+    status: 422,
+    title: 'Idempotency-Key reused with a different request',
+  },
   GH_DELIVERY_STORE_UNAVAILABLE: { status: 503, title: 'Delivery store unavailable' },
   GH_DELIVERY_NOT_FOUND: { status: 404, title: 'No such delivery' },
   GH_UPGRADE_NOT_ALLOWED: { status: 400, title: 'Protocol upgrade not allowed' },
@@ -73,7 +76,9 @@ export class GatewayError extends Error {
   readonly reason: string | null
 
   constructor (code: ErrorCode, detail?: string, options?: {
-    reason?: string, headers?: Record<string, string>, cause?: unknown
+    reason?: string
+    headers?: Record<string, string>
+    cause?: unknown
   }) {
     const def = ERRORS[code]
     super(detail ?? def.title, options?.cause === undefined ? undefined : { cause: options.cause })
@@ -91,7 +96,11 @@ export class GatewayError extends Error {
  * Build an expected error without paying for a stack trace (undici does the same in its
  * response-error interceptor): these are answers to clients, not bugs.
  */
-export function gatewayError (code: ErrorCode, detail?: string, options?: ConstructorParameters<typeof GatewayError>[2]): GatewayError {
+export function gatewayError (
+  code: ErrorCode,
+  detail?: string,
+  options?: ConstructorParameters<typeof GatewayError>[2],
+): GatewayError {
   const limit = Error.stackTraceLimit
   Error.stackTraceLimit = 0
   try {
@@ -121,11 +130,20 @@ export function problemBody (err: GatewayError, requestId: string | null): strin
  * A complete HTTP/1.1 error response, for answers written straight on a socket (parser errors,
  * upgrade refusals) where there is no ServerResponse. The connection is closed after it.
  */
-export function rawProblemResponse (err: GatewayError, requestId: string | null, statusText: string | undefined, headRequest = false): string {
+export function rawProblemResponse (
+  err: GatewayError,
+  requestId: string | null,
+  statusText: string | undefined,
+  headRequest = false,
+): string {
   const body = problemBody(err, requestId)
-  let head = `HTTP/1.1 ${err.status} ${statusText ?? ''}\r\ncontent-type: application/problem+json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n`
+  let head = `HTTP/1.1 ${err.status} ${
+    statusText ?? ''
+  }\r\ncontent-type: application/problem+json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n`
   if (requestId !== null) head += `x-request-id: ${requestId}\r\n`
-  if (err.headers !== null) for (const [k, v] of Object.entries(err.headers)) head += `${k}: ${v}\r\n`
+  if (err.headers !== null) {
+    for (const [k, v] of Object.entries(err.headers)) head += `${k}: ${v}\r\n`
+  }
   // An answer to HEAD has no body (RFC 9110 §9.3.2): the client would read one as the next response.
   return `${head}connection: close\r\n\r\n${headRequest ? '' : body}`
 }

@@ -1,7 +1,13 @@
 import { timingSafeEqual } from 'node:crypto'
 import type { ApiKeyProviderConfig } from '../config/schema.js'
 import { invalidCredentials, type ProviderDeps } from './common.js'
-import type { AuthResult, CredentialSource, Identity, IdentityProvider, ProviderStatus } from './types.js'
+import type {
+  AuthResult,
+  CredentialSource,
+  Identity,
+  IdentityProvider,
+  ProviderStatus,
+} from './types.js'
 
 const MAX_KEY = 1024
 
@@ -30,10 +36,17 @@ export class ApiKeyProvider implements IdentityProvider {
     this.fingerprint = JSON.stringify(cfg)
     // `header: authorization` takes keys as bearer tokens (Authorization: Bearer sk-...), the
     // convention of OpenAI-style model APIs.
-    this.source = cfg.header === 'authorization' ? { kind: 'bearer' } : { kind: 'header', name: cfg.header }
+    this.source = cfg.header === 'authorization'
+      ? { kind: 'bearer' }
+      : { kind: 'header', name: cfg.header }
     for (const k of cfg.keys) {
       const digest = Buffer.from(k.sha256, 'hex')
-      const claims = Object.freeze({ ...k.metadata, sub: k.id, client_id: k.id, scope: k.scopes.join(' ') })
+      const claims = Object.freeze({
+        ...k.metadata,
+        sub: k.id,
+        client_id: k.id,
+        scope: k.scopes.join(' '),
+      })
       this.#byDigest.set(digest.toString('base64'), {
         digest,
         identity: {

@@ -9,12 +9,18 @@ export interface ProviderDeps {
 
 /** A bad credential. `reason` goes to the log line only; the client sees the generic detail. */
 export function invalidCredentials (reason: string): GatewayError {
-  return gatewayError('GH_INVALID_CREDENTIALS', 'The credentials are missing, expired or invalid', { reason })
+  return gatewayError('GH_INVALID_CREDENTIALS', 'The credentials are missing, expired or invalid', {
+    reason,
+  })
 }
 
 /** The provider cannot decide (IdP down, no keys, garbage answer): 503, never 401, never access. */
 export function unavailable (reason: string): GatewayError {
-  return gatewayError('GH_AUTH_UNAVAILABLE', 'The authentication service is unavailable; try again shortly', { reason, headers: { 'retry-after': '1' } })
+  return gatewayError(
+    'GH_AUTH_UNAVAILABLE',
+    'The authentication service is unavailable; try again shortly',
+    { reason, headers: { 'retry-after': '1' } },
+  )
 }
 
 /**

@@ -6,7 +6,11 @@ import { preciseConnector } from '../upstream/timeouts.js'
  * never through an upstream's pool: an IdP is not a model server and must not share its limits.
  * Its connect timeout is precise, as the upstreams' are.
  */
-const agent = new Agent({ keepAliveTimeout: 10_000, connections: 32, connect: preciseConnector(5_000) })
+const agent = new Agent({
+  keepAliveTimeout: 10_000,
+  connections: 32,
+  connect: preciseConnector(5_000),
+})
 
 export interface JsonRequest {
   method?: 'GET' | 'POST'
@@ -51,7 +55,11 @@ export async function fetchJson (url: string, opts: JsonRequest): Promise<unknow
   } catch (err) {
     throw signal.aborted
       ? new IdentityHttpError('timeout', `no answer from ${url} within ${opts.timeout} ms`, err)
-      : new IdentityHttpError('unreachable', `${url}: ${(err as { code?: string }).code ?? (err as Error).message}`, err)
+      : new IdentityHttpError(
+        'unreachable',
+        `${url}: ${(err as { code?: string }).code ?? (err as Error).message}`,
+        err,
+      )
   }
   const chunks: Buffer[] = []
   let size = 0
@@ -68,9 +76,15 @@ export async function fetchJson (url: string, opts: JsonRequest): Promise<unknow
     if (err instanceof IdentityHttpError) throw err
     throw signal.aborted
       ? new IdentityHttpError('timeout', `no answer from ${url} within ${opts.timeout} ms`, err)
-      : new IdentityHttpError('unreachable', `${url}: reading the answer failed: ${(err as Error).message}`, err)
+      : new IdentityHttpError(
+        'unreachable',
+        `${url}: reading the answer failed: ${(err as Error).message}`,
+        err,
+      )
   }
-  if (res.statusCode !== 200) throw new IdentityHttpError('status', `${url} answered ${res.statusCode}`)
+  if (res.statusCode !== 200) {
+    throw new IdentityHttpError('status', `${url} answered ${res.statusCode}`)
+  }
   try {
     return JSON.parse(Buffer.concat(chunks).toString('utf8'))
   } catch {

@@ -1,9 +1,21 @@
 import { LRUCache } from 'lru-cache'
 import type { IntrospectionProviderConfig } from '../config/schema.js'
 import type { GatewayError } from '../errors/index.js'
-import { clientIdOf, invalidCredentials, scopesOf, unavailable, type ProviderDeps } from './common.js'
+import {
+  clientIdOf,
+  invalidCredentials,
+  scopesOf,
+  unavailable,
+  type ProviderDeps,
+} from './common.js'
 import { fetchJson } from './http.js'
-import type { AuthResult, CredentialSource, Identity, IdentityProvider, ProviderStatus } from './types.js'
+import type {
+  AuthResult,
+  CredentialSource,
+  Identity,
+  IdentityProvider,
+  ProviderStatus,
+} from './types.js'
 
 const MAX_TOKEN = 8 * 1024
 
@@ -38,7 +50,9 @@ export class IntrospectionProvider implements IdentityProvider {
     this.#deps = deps
     this.fingerprint = JSON.stringify(cfg)
     this.#cache = cfg.cache.max_entries === 0 ? null : new LRUCache({ max: cfg.cache.max_entries })
-    this.#negative = cfg.cache.max_entries === 0 || cfg.cache.inactive_ttl === 0 ? null : new LRUCache({ max: Math.max(100, Math.ceil(cfg.cache.max_entries / 4)) })
+    this.#negative = cfg.cache.max_entries === 0 || cfg.cache.inactive_ttl === 0
+      ? null
+      : new LRUCache({ max: Math.max(100, Math.ceil(cfg.cache.max_entries / 4)) })
     this.#headers = { 'content-type': 'application/x-www-form-urlencoded' }
     if (cfg.auth_method === 'basic') {
       // RFC 6749 §2.3.1: id and secret are form-urlencoded before the Basic encoding.
@@ -47,7 +61,12 @@ export class IntrospectionProvider implements IdentityProvider {
       this.#headers.authorization = 'Basic ' + Buffer.from(`${id}:${secret}`).toString('base64')
     }
     const m = deps.metrics.auth
-    this.#counts = { cached: m.labels(name, 'cached'), verified: m.labels(name, 'verified'), invalid: m.labels(name, 'invalid'), unavailable: m.labels(name, 'unavailable') }
+    this.#counts = {
+      cached: m.labels(name, 'cached'),
+      verified: m.labels(name, 'verified'),
+      invalid: m.labels(name, 'invalid'),
+      unavailable: m.labels(name, 'unavailable'),
+    }
   }
 
   async start (): Promise<void> {}
@@ -73,7 +92,9 @@ export class IntrospectionProvider implements IdentityProvider {
   authenticate (token: string, digest: string, now: number): AuthResult | Promise<AuthResult> {
     if (token.length > MAX_TOKEN) {
       this.#counts.invalid.inc()
-      return invalidCredentials(`${this.name}: token is ${token.length} bytes, over the ${MAX_TOKEN}-byte limit`)
+      return invalidCredentials(
+        `${this.name}: token is ${token.length} bytes, over the ${MAX_TOKEN}-byte limit`,
+      )
     }
     const hit = this.#negative?.get(digest)
     if (hit !== undefined) {
@@ -96,15 +117,29 @@ export class IntrospectionProvider implements IdentityProvider {
     }
     let doc: unknown
     try {
-      doc = await fetchJson(this.#cfg.endpoint, { method: 'POST', headers: this.#headers, body: form.toString(), timeout: this.#cfg.timeout, maxBytes: 256 * 1024 })
+      doc = await fetchJson(this.#cfg.endpoint, {
+        method: 'POST',
+        headers: this.#headers,
+        body: form.toString(),
+        timeout: this.#cfg.timeout,
+        maxBytes: 256 * 1024,
+      })
     } catch (err) {
       return this.#unavailable(`introspection failed: ${(err as Error).message}`)
     }
-    if (doc === null || typeof doc !== 'object' || Array.isArray(doc) || typeof (doc as { active?: unknown }).active !== 'boolean') {
-      return this.#unavailable('introspection answer is not an RFC 7662 response (no boolean "active")')
+    if (
+      doc === null || typeof doc !== 'object' || Array.isArray(doc) ||
+      typeof (doc as { active?: unknown }).active !== 'boolean'
+    ) {
+      return this.#unavailable(
+        'introspection answer is not an RFC 7662 response (no boolean "active")',
+      )
     }
     const claims = doc as Record<string, unknown>
-    this.#deps.metrics.introspections.labels(this.name, claims.active === true ? 'active' : 'inactive').inc()
+    this.#deps.metrics.introspections.labels(
+      this.name,
+      claims.active === true ? 'active' : 'inactive',
+    ).inc()
     const refusal = claims.active !== true ? 'token is not active' : this.#check(claims, now)
     if (refusal !== null) {
       const err = invalidCredentials(`${this.name}: ${refusal}`)
@@ -117,7 +152,11 @@ export class IntrospectionProvider implements IdentityProvider {
       provider: this.name,
       kind: 'introspection',
       // Client-credentials tokens often carry no sub: the client is the subject (as RFC 9068 has it).
-      subject: typeof claims.sub === 'string' ? claims.sub : typeof claims.username === 'string' ? claims.username : clientIdOf(claims),
+      subject: typeof claims.sub === 'string'
+        ? claims.sub
+        : typeof claims.username === 'string'
+        ? claims.username
+        : clientIdOf(claims),
       clientId: clientIdOf(claims),
       scopes: scopesOf(claims),
       claims,
@@ -132,15 +171,23 @@ export class IntrospectionProvider implements IdentityProvider {
 
   /** What an active answer must also satisfy; null when it does. */
   #check (claims: Record<string, unknown>, now: number): string | null {
-    if (typeof claims.exp === 'number' && claims.exp * 1000 <= now) return 'token expired (exp in the past)'
-    if (typeof claims.nbf === 'number' && claims.nbf * 1000 > now + 30_000) return 'token not yet valid (nbf in the future)'
+    if (typeof claims.exp === 'number' && claims.exp * 1000 <= now) {
+      return 'token expired (exp in the past)'
+    }
+    if (typeof claims.nbf === 'number' && claims.nbf * 1000 > now + 30_000) {
+      return 'token not yet valid (nbf in the future)'
+    }
     const auds = this.#cfg.audiences
     if (auds !== undefined) {
       const aud = claims.aud
       const got = typeof aud === 'string' ? [aud] : Array.isArray(aud) ? aud : []
-      if (!got.some((a) => auds.includes(a))) return `aud ${JSON.stringify(aud)} is not an accepted audience`
+      if (!got.some((a) => auds.includes(a))) {
+        return `aud ${JSON.stringify(aud)} is not an accepted audience`
+      }
     }
-    if (this.#cfg.issuer !== undefined && claims.iss !== undefined && claims.iss !== this.#cfg.issuer) return `iss ${JSON.stringify(claims.iss)} is not the expected issuer`
+    if (
+      this.#cfg.issuer !== undefined && claims.iss !== undefined && claims.iss !== this.#cfg.issuer
+    ) return `iss ${JSON.stringify(claims.iss)} is not the expected issuer`
     return null
   }
 

@@ -78,7 +78,9 @@ export class KeySet {
   #schedule (): void {
     if (this.#closed) return
     // After a failure, try again sooner than maxAge (but never faster than the cooldown).
-    const delay = this.lastError === null ? this.#opts.maxAge : Math.min(this.#opts.maxAge, Math.max(this.#opts.cooldown, 1000))
+    const delay = this.lastError === null
+      ? this.#opts.maxAge
+      : Math.min(this.#opts.maxAge, Math.max(this.#opts.cooldown, 1000))
     this.#timer = setTimeout(() => {
       this.refresh().finally(() => this.#schedule())
     }, delay)
@@ -89,7 +91,9 @@ export class KeySet {
   refresh (): Promise<boolean> {
     if (this.#inflight !== null) return this.#inflight
     this.attemptedAt = Date.now()
-    this.#inflight = this.#fetch().finally(() => { this.#inflight = null })
+    this.#inflight = this.#fetch().finally(() => {
+      this.#inflight = null
+    })
     return this.#inflight
   }
 
@@ -102,7 +106,9 @@ export class KeySet {
       const prints = new Map(keys.map((k) => [keyPrint(k), k.kid ?? '(no kid)']))
       const { createLocalJWKSet } = await loadJose()
       this.#local = createLocalJWKSet({ keys })
-      const removed = [...this.#prints.keys()].filter((p) => !prints.has(p)).map((p) => JSON.parse(p).kid ?? '(no kid)')
+      const removed = [...this.#prints.keys()].filter((p) => !prints.has(p)).map((p) =>
+        JSON.parse(p).kid ?? '(no kid)'
+      )
       this.#prints = new Set(prints.keys())
       if (removed.length > 0) this.generation++
       this.keyCount = keys.length
@@ -120,10 +126,22 @@ export class KeySet {
 
   /** OpenID Connect Discovery 1.0 §4: the document's `issuer` must be the one configured. */
   async #discover (): Promise<string> {
-    const base = this.#opts.issuer.endsWith('/') ? this.#opts.issuer.slice(0, -1) : this.#opts.issuer
-    const doc = await fetchJson(`${base}/.well-known/openid-configuration`, { timeout: this.#opts.timeout }) as Record<string, unknown>
-    if (doc === null || typeof doc !== 'object') throw new Error('discovery document is not a JSON object')
-    if (doc.issuer !== this.#opts.issuer) throw new Error(`discovery document names issuer ${JSON.stringify(doc.issuer)}, expected ${JSON.stringify(this.#opts.issuer)}`)
+    const base = this.#opts.issuer.endsWith('/')
+      ? this.#opts.issuer.slice(0, -1)
+      : this.#opts.issuer
+    const doc = await fetchJson(`${base}/.well-known/openid-configuration`, {
+      timeout: this.#opts.timeout,
+    }) as Record<string, unknown>
+    if (doc === null || typeof doc !== 'object') {
+      throw new Error('discovery document is not a JSON object')
+    }
+    if (doc.issuer !== this.#opts.issuer) {
+      throw new Error(
+        `discovery document names issuer ${JSON.stringify(doc.issuer)}, expected ${
+          JSON.stringify(this.#opts.issuer)
+        }`,
+      )
+    }
     if (typeof doc.jwks_uri !== 'string') throw new Error('discovery document has no jwks_uri')
     this.#jwksUri = doc.jwks_uri
     return doc.jwks_uri
@@ -134,13 +152,21 @@ export class KeySet {
    * that is "cannot decide" (503), not "invalid" (401). With fresh keys it is invalid.
    */
   #unknownKey (err: unknown, kid: string | undefined): unknown {
-    return this.lastError === null ? err : new KeysUnavailableError(`kid ${JSON.stringify(kid ?? null)} is unknown and the key set cannot be refreshed: ${this.lastError}`)
+    return this.lastError === null
+      ? err
+      : new KeysUnavailableError(
+        `kid ${
+          JSON.stringify(kid ?? null)
+        } is unknown and the key set cannot be refreshed: ${this.lastError}`,
+      )
   }
 
   /** jose's key resolver, with one refetch (under the cooldown) for a key it does not know. */
   readonly getKey: JWTVerifyGetKey = async (header, token) => {
     const local = this.#local
-    if (local === null) throw new KeysUnavailableError('no signing keys have been fetched from the issuer yet')
+    if (local === null) {
+      throw new KeysUnavailableError('no signing keys have been fetched from the issuer yet')
+    }
     try {
       return await local(header, token)
     } catch (err) {
@@ -172,5 +198,6 @@ function usableKeys (doc: unknown): JWK[] {
   }
   return (doc as JSONWebKeySet).keys.filter((k) =>
     k !== null && typeof k === 'object' && typeof k.kty === 'string' && k.kty !== 'oct' &&
-    (k.use === undefined || k.use === 'sig'))
+    (k.use === undefined || k.use === 'sig')
+  )
 }

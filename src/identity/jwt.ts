@@ -1,10 +1,23 @@
 import type { JWTVerifyOptions } from 'jose'
 import { LRUCache } from 'lru-cache'
 import type { JwtProviderConfig } from '../config/schema.js'
-import { clientIdOf, invalidCredentials, peekPayload, scopesOf, unavailable, type ProviderDeps } from './common.js'
+import {
+  clientIdOf,
+  invalidCredentials,
+  peekPayload,
+  scopesOf,
+  unavailable,
+  type ProviderDeps,
+} from './common.js'
 import { loadJose, type Jose } from './jose.js'
 import { KeySet, KeysUnavailableError } from './jwks.js'
-import type { AuthResult, CredentialSource, Identity, IdentityProvider, ProviderStatus } from './types.js'
+import type {
+  AuthResult,
+  CredentialSource,
+  Identity,
+  IdentityProvider,
+  ProviderStatus,
+} from './types.js'
 
 /**
  * OAuth2 access tokens as JWTs (RFC 9068), verified in-process with jose against the issuer's
@@ -41,7 +54,12 @@ export class JwtProvider implements IdentityProvider {
       requiredClaims: [...required],
     }
     const m = deps.metrics.auth
-    this.#counts = { cached: m.labels(name, 'cached'), verified: m.labels(name, 'verified'), invalid: m.labels(name, 'invalid'), unavailable: m.labels(name, 'unavailable') }
+    this.#counts = {
+      cached: m.labels(name, 'cached'),
+      verified: m.labels(name, 'verified'),
+      invalid: m.labels(name, 'invalid'),
+      unavailable: m.labels(name, 'unavailable'),
+    }
     this.keys = new KeySet({
       issuer: cfg.issuer,
       jwksUri: cfg.jwks_uri,
@@ -50,8 +68,15 @@ export class JwtProvider implements IdentityProvider {
       cooldown: cfg.refetch_cooldown,
       onFetch: (result, detail) => {
         deps.metrics.keyFetches.labels(name, result).inc()
-        if (result === 'success') deps.logger.info({ msg: 'signing keys fetched', provider: name, detail })
-        else deps.logger.warn({ msg: 'signing key fetch failed; keeping the last good keys', provider: name, err: detail })
+        if (result === 'success') {
+          deps.logger.info({ msg: 'signing keys fetched', provider: name, detail })
+        } else {
+          deps.logger.warn({
+            msg: 'signing key fetch failed; keeping the last good keys',
+            provider: name,
+            err: detail,
+          })
+        }
       },
       // A retired key must stop vouching at once, also for tokens verified with it before.
       onKeysRemoved: (kids) => {
@@ -93,12 +118,20 @@ export class JwtProvider implements IdentityProvider {
   }
 
   async authenticate (token: string, digest: string, now: number): Promise<AuthResult> {
-    if (token.length > this.#cfg.max_token_size) return this.#invalid(`token is ${token.length} bytes, over the ${this.#cfg.max_token_size}-byte limit`)
+    if (token.length > this.#cfg.max_token_size) {
+      return this.#invalid(
+        `token is ${token.length} bytes, over the ${this.#cfg.max_token_size}-byte limit`,
+      )
+    }
     let payload, protectedHeader
     const generation = this.keys.generation
     try {
       const jose = this.#jose ?? await loadJose()
-      ;({ payload, protectedHeader } = await jose.jwtVerify(token, this.keys.getKey, this.#verifyOptions))
+      ;({ payload, protectedHeader } = await jose.jwtVerify(
+        token,
+        this.keys.getKey,
+        this.#verifyOptions,
+      ))
     } catch (err) {
       if (err instanceof KeysUnavailableError) {
         this.#counts.unavailable.inc()
@@ -109,7 +142,9 @@ export class JwtProvider implements IdentityProvider {
     const typ = protectedHeader.typ === undefined ? 'jwt' : normalizeTyp(protectedHeader.typ)
     if (!this.#types.has(typ)) return this.#invalid(`typ "${protectedHeader.typ}" is not allowed`)
     // jose checks iat only with maxTokenAge; a token issued in the future is a clock or forgery problem.
-    if (typeof payload.iat === 'number' && payload.iat * 1000 > now + this.#cfg.clock_skew) return this.#invalid('iat is in the future')
+    if (typeof payload.iat === 'number' && payload.iat * 1000 > now + this.#cfg.clock_skew) {
+      return this.#invalid('iat is in the future')
+    }
     const claims = payload as Record<string, unknown>
     const identity: Identity = {
       provider: this.name,
@@ -125,7 +160,9 @@ export class JwtProvider implements IdentityProvider {
     const ttl = identity.expiresAt - now
     // A refresh that retired a key while this verification ran cleared the cache; the result
     // (verified against keys that may be gone) must not repopulate it.
-    if (this.#cache !== null && ttl > 0 && generation === this.keys.generation) this.#cache.set(digest, identity, { ttl })
+    if (this.#cache !== null && ttl > 0 && generation === this.keys.generation) {
+      this.#cache.set(digest, identity, { ttl })
+    }
     return identity
   }
 
@@ -144,7 +181,9 @@ function normalizeTyp (typ: string): string {
 /** jose's errors by their stable codes (the classes live in the lazily loaded module). */
 function describeJoseError (err: unknown): string {
   const e = err as { code?: string, claim?: string, reason?: string, message: string }
-  if (e.code === 'ERR_JWT_CLAIM_VALIDATION_FAILED') return `claim "${e.claim}" check failed (${e.reason}): ${e.message}`
+  if (e.code === 'ERR_JWT_CLAIM_VALIDATION_FAILED') {
+    return `claim "${e.claim}" check failed (${e.reason}): ${e.message}`
+  }
   if (e.code === 'ERR_JWT_EXPIRED') return `token expired: ${e.message}`
   if (typeof e.code === 'string' && e.code.startsWith('ERR_J')) return `${e.code}: ${e.message}`
   return `unexpected error: ${e.message}`

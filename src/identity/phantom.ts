@@ -9,7 +9,8 @@ import type { Identity } from './types.js'
  * here too: the identity's scopes (read from `scope`, else `scp`) go out as one `scope` claim, and
  * an `scp` passed through could grant an upstream that reads it scopes the gateway never checked.
  */
-const RESERVED = new Set(['iss', 'aud', 'exp', 'nbf', 'iat', 'jti', 'sub', 'client_id', 'scope', 'scp'])
+const RESERVED = new Set(['iss', 'aud', 'exp', 'nbf', 'iat', 'jti', 'sub', 'client_id', 'scope',
+  'scp'])
 /** The claims a reissued token gets anew (client_id and scope are carried over; scp, see RESERVED). */
 const REGISTERED = new Set(['iss', 'aud', 'exp', 'nbf', 'iat', 'jti', 'sub', 'scp'])
 
@@ -24,7 +25,11 @@ export class PhantomSigner {
   readonly header: string
   readonly #cfg: PhantomTokenConfig
   readonly #publicJwk: JWK
-  #key: Promise<{ key: CryptoKey, kid: string, SignJWT: Jose['SignJWT'], decodeJwt: Jose['decodeJwt'] }> | null = null
+  #key:
+    Promise<
+      { key: CryptoKey, kid: string, SignJWT: Jose['SignJWT'], decodeJwt: Jose['decodeJwt'] }
+    > |
+    null = null
 
   constructor (cfg: PhantomTokenConfig) {
     this.#cfg = cfg
@@ -36,7 +41,9 @@ export class PhantomSigner {
   }
 
   /** Import the key once (async in WebCrypto) and settle the kid. */
-  start (): Promise<{ key: CryptoKey, kid: string, SignJWT: Jose['SignJWT'], decodeJwt: Jose['decodeJwt'] }> {
+  start (): Promise<
+    { key: CryptoKey, kid: string, SignJWT: Jose['SignJWT'], decodeJwt: Jose['decodeJwt'] }
+  > {
     this.#key ??= (async () => {
       const jose = await loadJose()
       const key = await jose.importPKCS8(this.#cfg.key, this.#cfg.alg)
@@ -81,10 +88,26 @@ export class PhantomSigner {
     const payload: Record<string, unknown> = {}
     for (const [k, v] of Object.entries(claims)) if (!REGISTERED.has(k)) payload[k] = v
     const iat = Math.floor(now / 1000)
-    return await this.#signed(SignJWT, key, kid, payload, typeof claims.sub === 'string' ? claims.sub : null, iat, iat + ttl)
+    return await this.#signed(
+      SignJWT,
+      key,
+      kid,
+      payload,
+      typeof claims.sub === 'string' ? claims.sub : null,
+      iat,
+      iat + ttl,
+    )
   }
 
-  #signed (SignJWT: Jose['SignJWT'], key: CryptoKey, kid: string, payload: Record<string, unknown>, sub: string | null, iat: number, exp: number): Promise<string> {
+  #signed (
+    SignJWT: Jose['SignJWT'],
+    key: CryptoKey,
+    kid: string,
+    payload: Record<string, unknown>,
+    sub: string | null,
+    iat: number,
+    exp: number,
+  ): Promise<string> {
     const jwt = new SignJWT(payload)
       .setProtectedHeader({ alg: this.#cfg.alg, kid, typ: 'at+jwt' })
       .setIssuer(this.#cfg.issuer)
@@ -98,7 +121,10 @@ export class PhantomSigner {
   async sign (identity: Identity, now: number): Promise<string> {
     const { key, kid, SignJWT } = await this.start()
     const iat = Math.floor(now / 1000)
-    const exp = Math.min(iat + Math.max(1, Math.round(this.#cfg.ttl / 1000)), Math.floor(identity.expiresAt / 1000))
+    const exp = Math.min(
+      iat + Math.max(1, Math.round(this.#cfg.ttl / 1000)),
+      Math.floor(identity.expiresAt / 1000),
+    )
     const payload: Record<string, unknown> = {}
     for (const [k, v] of Object.entries(identity.claims)) if (!RESERVED.has(k)) payload[k] = v
     payload.gh_provider = identity.provider

@@ -46,7 +46,9 @@ export class IdentityRegistry {
     const oldPhantom = this.#current?.phantom ?? null
     const phantom = cfg.phantom_token === undefined
       ? null
-      : oldPhantom !== null && oldPhantom.fingerprint === JSON.stringify(cfg.phantom_token) ? oldPhantom : new PhantomSigner(cfg.phantom_token)
+      : oldPhantom !== null && oldPhantom.fingerprint === JSON.stringify(cfg.phantom_token)
+      ? oldPhantom
+      : new PhantomSigner(cfg.phantom_token)
     return { realm: cfg.realm, providers, phantom, created }
   }
 
@@ -61,7 +63,9 @@ export class IdentityRegistry {
     let timer: NodeJS.Timeout | undefined
     await Promise.race([
       Promise.all(starts),
-      new Promise<void>((resolve) => { timer = setTimeout(resolve, timeout) }),
+      new Promise<void>((resolve) => {
+        timer = setTimeout(resolve, timeout)
+      }),
     ])
     clearTimeout(timer)
   }
@@ -88,16 +92,24 @@ export class IdentityRegistry {
   }
 
   close (): void {
-    if (this.#current !== null) for (const p of this.#current.providers.values()) p.close()
+    if (this.#current !== null) { for (const p of this.#current.providers.values()) p.close() }
   }
 }
 
 /** A provider for one config entry; it does nothing (no key fetch, no request) until started. */
-export function createProvider (name: string, cfg: ProviderConfig, deps: ProviderDeps): IdentityProvider {
+export function createProvider (
+  name: string,
+  cfg: ProviderConfig,
+  deps: ProviderDeps,
+): IdentityProvider {
   switch (cfg.kind) {
-    case 'jwt': return new JwtProvider(name, cfg, deps)
-    case 'introspection': return new IntrospectionProvider(name, cfg, deps)
-    case 'api_key': return new ApiKeyProvider(name, cfg, deps)
-    case 'webhook': return new WebhookProvider(name, cfg, deps)
+    case 'jwt':
+      return new JwtProvider(name, cfg, deps)
+    case 'introspection':
+      return new IntrospectionProvider(name, cfg, deps)
+    case 'api_key':
+      return new ApiKeyProvider(name, cfg, deps)
+    case 'webhook':
+      return new WebhookProvider(name, cfg, deps)
   }
 }

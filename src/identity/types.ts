@@ -22,7 +22,10 @@ export type ProviderKind = 'jwt' | 'introspection' | 'api_key' | 'webhook'
 export type AuthResult = Identity | GatewayError
 
 /** Where a provider finds its credential. */
-export type CredentialSource = { kind: 'bearer' } | { kind: 'header', name: string } | { kind: 'signature', name: string }
+export type CredentialSource = { kind: 'bearer' } | { kind: 'header', name: string } | {
+  kind: 'signature'
+  name: string
+}
 
 export interface ProviderStatus {
   status: 'ok' | 'stale' | 'unavailable'
@@ -43,18 +46,18 @@ export interface IdentityProvider {
    * A cached answer for this credential (digest = SHA-256 of it, base64), without any work:
    * the fast path for a token seen before.
    */
-  cached (digest: string, now: number): Identity | null
+  cached(digest: string, now: number): Identity | null
   /**
    * Whether this provider is the one to ask about `credential` (e.g. a JWT provider takes only
    * tokens whose unverified `iss` is its issuer). Cheap; no I/O.
    */
-  takes (credential: string): boolean
+  takes(credential: string): boolean
   /** Verify a credential. Never throws: failures are returned as GatewayErrors. */
-  authenticate (credential: string, digest: string, now: number): AuthResult | Promise<AuthResult>
+  authenticate(credential: string, digest: string, now: number): AuthResult | Promise<AuthResult>
   /** Start background work (key fetching); resolves once the first attempt is over. */
-  start (): Promise<void>
-  status (): ProviderStatus
-  close (): void
+  start(): Promise<void>
+  status(): ProviderStatus
+  close(): void
 }
 
 export function isIdentity (r: AuthResult): r is Identity {

@@ -2,7 +2,13 @@ import { createHmac, createSecretKey, timingSafeEqual, type KeyObject } from 'no
 import type { WebhookProviderConfig } from '../config/schema.js'
 import { gatewayError, type GatewayError } from '../errors/index.js'
 import type { ProviderDeps } from './common.js'
-import type { AuthResult, CredentialSource, Identity, IdentityProvider, ProviderStatus } from './types.js'
+import type {
+  AuthResult,
+  CredentialSource,
+  Identity,
+  IdentityProvider,
+  ProviderStatus,
+} from './types.js'
 
 const INVALID = 'The webhook signature is missing or invalid'
 const OUTSIDE_TOLERANCE = 'The webhook signature timestamp is outside the allowed tolerance'
@@ -80,12 +86,19 @@ export class WebhookProvider implements IdentityProvider {
     this.#digestBytes = DIGEST_BYTES[this.#layout.algorithm]
     // Standard Webhooks secrets are base64 key bytes (config validation checked that); the
     // other senders use the secret's text itself as the key.
-    this.#keys = cfg.secrets.map((s) => createSecretKey(cfg.scheme === 'standard'
-      ? Buffer.from(s.startsWith('whsec_') ? s.slice(6) : s, 'base64')
-      : Buffer.from(s, 'utf8')))
+    this.#keys = cfg.secrets.map((s) =>
+      createSecretKey(
+        cfg.scheme === 'standard'
+          ? Buffer.from(s.startsWith('whsec_') ? s.slice(6) : s, 'base64')
+          : Buffer.from(s, 'utf8'),
+      )
+    )
     const l = this.#layout
     this.source = { kind: 'signature', name: l.signature }
-    this.headers = Object.freeze([...new Set([l.signature, ...(l.timestamp === null ? [] : [l.timestamp]), ...(l.id === null ? [] : [l.id])])])
+    this.headers = Object.freeze([
+      ...new Set([l.signature, ...(l.timestamp === null ? [] : [l.timestamp]),
+        ...(l.id === null ? [] : [l.id])]),
+    ])
     this.#challenge = `Signature realm="${realm}", headers="${l.signature}"`
     const m = deps.metrics.auth
     this.#counts = { verified: m.labels(name, 'verified'), invalid: m.labels(name, 'invalid') }
@@ -109,7 +122,9 @@ export class WebhookProvider implements IdentityProvider {
 
   /** Signatures cover the body, which a credential string does not carry: see `verify`. */
   authenticate (): AuthResult {
-    return this.#refuse('webhook signatures are checked over the request body (verify), not as a credential')
+    return this.#refuse(
+      'webhook signatures are checked over the request body (verify), not as a credential',
+    )
   }
 
   /**
@@ -134,13 +149,20 @@ export class WebhookProvider implements IdentityProvider {
         timestamp = offered.timestamp
         if (timestamp === null) return this.#refuse(`${l.signature} has no t= timestamp`)
       }
-      if (!SECONDS.test(timestamp)) return this.#refuse(`${where} is not a Unix time in whole seconds`)
+      if (!SECONDS.test(timestamp)) {
+        return this.#refuse(`${where} is not a Unix time in whole seconds`)
+      }
       // Checked before any HMAC: a stale delivery costs nothing, and the reason names the
       // replay rather than a signature mismatch.
       const skew = now / 1000 - Number(timestamp)
       if (Math.abs(skew) > this.#tolerance / 1000) {
         const by = Math.floor(Math.abs(skew))
-        return this.#refuse(`${where} ${timestamp} is too ${skew > 0 ? 'old' : 'new'} by ${by} s (tolerance ${this.#tolerance / 1000} s)`, OUTSIDE_TOLERANCE)
+        return this.#refuse(
+          `${where} ${timestamp} is too ${skew > 0 ? 'old' : 'new'} by ${by} s (tolerance ${
+            this.#tolerance / 1000
+          } s)`,
+          OUTSIDE_TOLERANCE,
+        )
       }
     }
 
@@ -158,10 +180,14 @@ export class WebhookProvider implements IdentityProvider {
     for (const s of offered.signatures) {
       const bytes = decode(s, l.encoding)
       if (bytes === null) problem ??= `${l.signature} signature is not valid ${l.encoding}`
-      else if (bytes.length !== this.#digestBytes) problem ??= `${l.signature} signature is ${bytes.length} bytes, a ${l.algorithm} HMAC is ${this.#digestBytes}`
-      else candidates.push(bytes)
+      else if (bytes.length !== this.#digestBytes) {
+        problem ??=
+          `${l.signature} signature is ${bytes.length} bytes, a ${l.algorithm} HMAC is ${this.#digestBytes}`
+      } else candidates.push(bytes)
     }
-    if (candidates.length === 0) return this.#refuse(problem ?? `${l.signature} offers no signature`)
+    if (candidates.length === 0) {
+      return this.#refuse(problem ?? `${l.signature} offers no signature`)
+    }
 
     // Header values are latin1 strings of the bytes received, so latin1 gives those bytes back.
     const tsBytes = timestamp === null ? null : Buffer.from(timestamp, 'latin1')
@@ -179,7 +205,9 @@ export class WebhookProvider implements IdentityProvider {
       for (const c of candidates) {
         if (timingSafeEqual(c, digest)) {
           this.#counts.verified.inc()
-          const claims: { scheme: string, timestamp?: number, id?: string } = { scheme: this.#scheme }
+          const claims: { scheme: string, timestamp?: number, id?: string } = {
+            scheme: this.#scheme,
+          }
           if (timestamp !== null) claims.timestamp = Number(timestamp)
           if (id !== null) claims.id = id
           return {
@@ -198,7 +226,9 @@ export class WebhookProvider implements IdentityProvider {
     const n = this.#keys.length
     const secrets = `${n} secret${n === 1 ? '' : 's'}`
     const k = offered.signatures.length
-    const what = k === 1 ? `${l.signature} signature matched none of ${secrets}` : `none of ${k} ${l.signature} signatures matched any of ${secrets}`
+    const what = k === 1
+      ? `${l.signature} signature matched none of ${secrets}`
+      : `none of ${k} ${l.signature} signatures matched any of ${secrets}`
     return this.#refuse(problem === null ? what : `${what}; another one: ${problem}`)
   }
 
@@ -207,7 +237,8 @@ export class WebhookProvider implements IdentityProvider {
     const h = this.#layout.signature
     switch (this.#scheme) {
       case 'slack':
-      case 'github': return prefixed(value, this.#layout.prefix, h)
+      case 'github':
+        return prefixed(value, this.#layout.prefix, h)
       case 'stripe': {
         // t=<unix>,v1=<hex>,v1=<hex>,v0=<hex>: every v1 may match (Stripe sends one per
         // active secret while one is rolled); v0 and unknown keys are ignored.
@@ -236,13 +267,17 @@ export class WebhookProvider implements IdentityProvider {
         if (signatures.length === 0) return new Refusal(`${h} has no v1 signature`)
         return { signatures, timestamp: null }
       }
-      case 'hmac': return prefixed(value, this.#layout.prefix, h)
+      case 'hmac':
+        return prefixed(value, this.#layout.prefix, h)
     }
   }
 
   #refuse (reason: string, detail = INVALID): GatewayError {
     this.#counts.invalid.inc()
-    return gatewayError('GH_INVALID_SIGNATURE', detail, { reason: `${this.name}: ${reason}`, headers: { 'www-authenticate': this.#challenge } })
+    return gatewayError('GH_INVALID_SIGNATURE', detail, {
+      reason: `${this.name}: ${reason}`,
+      headers: { 'www-authenticate': this.#challenge },
+    })
   }
 }
 
@@ -250,7 +285,11 @@ export class WebhookProvider implements IdentityProvider {
 function one (header: (lowerName: string) => readonly string[], name: string): string | Refusal {
   const values = header(name)
   if (values.length === 1) return values[0]!
-  return new Refusal(values.length === 0 ? `missing ${name} header` : `${name} header present ${values.length} times`)
+  return new Refusal(
+    values.length === 0
+      ? `missing ${name} header`
+      : `${name} header present ${values.length} times`,
+  )
 }
 
 /** A single signature after a fixed prefix ("v0=", "sha256=", or the configured one). */
@@ -279,20 +318,62 @@ function layoutOf (name: string, cfg: WebhookProviderConfig): Layout {
   switch (cfg.scheme) {
     case 'slack':
       // v0:<timestamp>:<body>
-      return { signature: 'x-slack-signature', prefix: 'v0=', timestamp: 'x-slack-request-timestamp', id: null, idSigned: false, timed: true, parts: [lit('v0:'), 'timestamp', lit(':'), 'body'], encoding: 'hex', algorithm: 'sha256' }
+      return {
+        signature: 'x-slack-signature',
+        prefix: 'v0=',
+        timestamp: 'x-slack-request-timestamp',
+        id: null,
+        idSigned: false,
+        timed: true,
+        parts: [lit('v0:'), 'timestamp', lit(':'), 'body'],
+        encoding: 'hex',
+        algorithm: 'sha256',
+      }
     case 'github':
       // GitHub signs the body only: no timestamp, so no replay protection beyond the
       // X-GitHub-Delivery id (unsigned; reported as claims.id for the upstream to deduplicate).
-      return { signature: 'x-hub-signature-256', prefix: 'sha256=', timestamp: null, id: 'x-github-delivery', idSigned: false, timed: false, parts: ['body'], encoding: 'hex', algorithm: 'sha256' }
+      return {
+        signature: 'x-hub-signature-256',
+        prefix: 'sha256=',
+        timestamp: null,
+        id: 'x-github-delivery',
+        idSigned: false,
+        timed: false,
+        parts: ['body'],
+        encoding: 'hex',
+        algorithm: 'sha256',
+      }
     case 'stripe':
       // <t>.<body>, t taken from the signature header itself.
-      return { signature: 'stripe-signature', prefix: '', timestamp: null, id: null, idSigned: false, timed: true, parts: ['timestamp', lit('.'), 'body'], encoding: 'hex', algorithm: 'sha256' }
+      return {
+        signature: 'stripe-signature',
+        prefix: '',
+        timestamp: null,
+        id: null,
+        idSigned: false,
+        timed: true,
+        parts: ['timestamp', lit('.'), 'body'],
+        encoding: 'hex',
+        algorithm: 'sha256',
+      }
     case 'standard':
       // <webhook-id>.<webhook-timestamp>.<body> (standardwebhooks.com).
-      return { signature: 'webhook-signature', prefix: '', timestamp: 'webhook-timestamp', id: 'webhook-id', idSigned: true, timed: true, parts: ['id', lit('.'), 'timestamp', lit('.'), 'body'], encoding: 'base64', algorithm: 'sha256' }
+      return {
+        signature: 'webhook-signature',
+        prefix: '',
+        timestamp: 'webhook-timestamp',
+        id: 'webhook-id',
+        idSigned: true,
+        timed: true,
+        parts: ['id', lit('.'), 'timestamp', lit('.'), 'body'],
+        encoding: 'base64',
+        algorithm: 'sha256',
+      }
     case 'hmac': {
       // Config validation refuses these; a config built in code gets a plain error (naming no secret).
-      if (cfg.header === undefined) throw new Error(`webhook provider ${name}: scheme hmac needs header`)
+      if (cfg.header === undefined) {
+        throw new Error(`webhook provider ${name}: scheme hmac needs header`)
+      }
       // split() with a capturing group alternates literal text and placeholder names.
       const pieces = (cfg.signed ?? '{body}').split(/\{(timestamp|id|body)\}/)
       const parts: Part[] = []
@@ -302,8 +383,12 @@ function layoutOf (name: string, cfg: WebhookProviderConfig): Layout {
       })
       const timed = parts.includes('timestamp')
       const idSigned = parts.includes('id')
-      if (timed && cfg.timestamp_header === undefined) throw new Error(`webhook provider ${name}: {timestamp} in signed needs timestamp_header`)
-      if (idSigned && cfg.id_header === undefined) throw new Error(`webhook provider ${name}: {id} in signed needs id_header`)
+      if (timed && cfg.timestamp_header === undefined) {
+        throw new Error(`webhook provider ${name}: {timestamp} in signed needs timestamp_header`)
+      }
+      if (idSigned && cfg.id_header === undefined) {
+        throw new Error(`webhook provider ${name}: {id} in signed needs id_header`)
+      }
       return {
         signature: cfg.header,
         prefix: cfg.prefix ?? '',

@@ -26,11 +26,16 @@ export function cidrProblem (text: string): string | null {
  * matched in IPv4 form, so the mapped spelling would otherwise match nothing (a deny failing open).
  */
 function strictCidr (text: string): Cidr | string {
-  const bad = (why?: string): string => `invalid CIDR or address ${JSON.stringify(text)}${why === undefined ? '' : `: ${why}`}`
+  const bad = (why?: string): string =>
+    `invalid CIDR or address ${JSON.stringify(text)}${why === undefined ? '' : `: ${why}`}`
   const slash = text.indexOf('/')
   const address = slash === -1 ? text : text.slice(0, slash)
   const zone = address.indexOf('%')
-  if (zone !== -1) return bad(`a zone id (${address.slice(zone)}) is not allowed: rules name addresses, not interfaces`)
+  if (zone !== -1) {
+    return bad(
+      `a zone id (${address.slice(zone)}) is not allowed: rules name addresses, not interfaces`,
+    )
+  }
   let ip: ipaddr.IPv4 | ipaddr.IPv6
   if (isIPv4(address)) ip = ipaddr.IPv4.parse(address)
   else if (isIPv6(address)) ip = ipaddr.IPv6.parse(address)
@@ -39,7 +44,9 @@ function strictCidr (text: string): Cidr | string {
   let prefix = max
   if (slash !== -1) {
     const p = text.slice(slash + 1)
-    if (!/^(?:0|[1-9]\d{0,2})$/.test(p) || Number(p) > max) return bad(`the prefix length must be a whole number from 0 to ${max}`)
+    if (!/^(?:0|[1-9]\d{0,2})$/.test(p) || Number(p) > max) {
+      return bad(`the prefix length must be a whole number from 0 to ${max}`)
+    }
     prefix = Number(p)
   }
   let mapped = false
@@ -48,9 +55,15 @@ function strictCidr (text: string): Cidr | string {
     prefix -= 96
     mapped = true
   }
-  const network = ip.kind() === 'ipv4' ? ipaddr.IPv4.networkAddressFromCIDR(`${ip}/${prefix}`) : ipaddr.IPv6.networkAddressFromCIDR(`${ip}/${prefix}`)
+  const network = ip.kind() === 'ipv4'
+    ? ipaddr.IPv4.networkAddressFromCIDR(`${ip}/${prefix}`)
+    : ipaddr.IPv6.networkAddressFromCIDR(`${ip}/${prefix}`)
   if (String(network.toByteArray()) !== String(ip.toByteArray())) {
-    return bad(`host bits are set (did you mean ${mapped ? '::ffff:' : ''}${network}/${text.slice(slash + 1)}?)`)
+    return bad(
+      `host bits are set (did you mean ${mapped ? '::ffff:' : ''}${network}/${
+        text.slice(slash + 1)
+      }?)`,
+    )
   }
   return [ip, prefix]
 }
@@ -63,9 +76,15 @@ function ipv4Problem (address: string): string | undefined {
   if (hex !== undefined) return `"${hex}" is hexadecimal: write each part in decimal (a.b.c.d)`
   if (!parts.every((p) => /^\d+$/.test(p))) return undefined
   const octal = parts.find((p) => /^0\d/.test(p))
-  if (octal !== undefined) return `"${octal}" has a leading zero, which some parsers read as octal (010 is 8): write each part in plain decimal`
-  if (parts.length < 4) return 'an IPv4 address needs all four parts (a.b.c.d): shortened forms like 10.1 are not allowed'
-  if (parts.length === 4 && parts.some((p) => Number(p) > 255)) return 'each part of an IPv4 address is 0 to 255'
+  if (octal !== undefined) {
+    return `"${octal}" has a leading zero, which some parsers read as octal (010 is 8): write each part in plain decimal`
+  }
+  if (parts.length < 4) {
+    return 'an IPv4 address needs all four parts (a.b.c.d): shortened forms like 10.1 are not allowed'
+  }
+  if (parts.length === 4 && parts.some((p) => Number(p) > 255)) {
+    return 'each part of an IPv4 address is 0 to 255'
+  }
   return undefined
 }
 
@@ -110,7 +129,9 @@ export class CidrSet {
       return false
     }
     // An IPv4 peer on a dual-stack socket shows up as ::ffff:a.b.c.d.
-    if (addr.kind() === 'ipv6' && (addr as ipaddr.IPv6).isIPv4MappedAddress()) addr = (addr as ipaddr.IPv6).toIPv4Address()
+    if (addr.kind() === 'ipv6' && (addr as ipaddr.IPv6).isIPv4MappedAddress()) {
+      addr = (addr as ipaddr.IPv6).toIPv4Address()
+    }
     const list = addr.kind() === 'ipv4' ? this.#v4 : this.#v6
     for (const range of list) {
       if (addr.match(range as any)) return true

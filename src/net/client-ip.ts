@@ -7,7 +7,11 @@ import type { CidrSet } from './cidr.js'
  * right-most X-Forwarded-For entry that is not itself a trusted proxy. Entries to the left of
  * that one were written by the client and prove nothing.
  */
-export function clientAddress (peer: string, xForwardedFor: string | null, trusted: CidrSet): string {
+export function clientAddress (
+  peer: string,
+  xForwardedFor: string | null,
+  trusted: CidrSet,
+): string {
   if (xForwardedFor === null || trusted.size === 0 || !trusted.has(peer)) return plainAddress(peer)
   const parts = xForwardedFor.split(',')
   let leftmost = peer

@@ -29,7 +29,9 @@ export function filterResponseHeaders (raw: Buffer[], requestId: string): string
     const value = raw[i + 1]!.toString('latin1')
     if (maybeSpecial(name.charCodeAt(0), 0)) {
       switch (name.toLowerCase()) {
-        case 'connection': connection = connection === null ? value : `${connection}, ${value}`; continue
+        case 'connection':
+          connection = connection === null ? value : `${connection}, ${value}`
+          continue
         case 'transfer-encoding':
           // undici decodes "chunked" and nothing else: "gzip, chunked" would reach the client
           // still gzipped and unlabelled, and a list with empty items (", chunked,") is not
@@ -37,10 +39,15 @@ export function filterResponseHeaders (raw: Buffer[], requestId: string): string
           // response cannot be relayed faithfully (502).
           if (value.length !== 7 && value.trim().toLowerCase() !== 'chunked') return null
           continue
-        case 'keep-alive': case 'te': case 'trailer': case 'upgrade':
+        case 'keep-alive':
+        case 'te':
+        case 'trailer':
+        case 'upgrade':
         case 'x-request-id':
           continue
-        case 'via': via = via === null ? value : `${via}, ${value}`; continue
+        case 'via':
+          via = via === null ? value : `${via}, ${value}`
+          continue
       }
       if ((name.charCodeAt(0) | 0x20) === 0x70 && name.toLowerCase().startsWith('proxy-')) continue
     }
@@ -118,7 +125,9 @@ function isStandardConnectionToken (t: string): boolean {
 /** The first value of a field in a flat list (lower-case `name`), or null. */
 export function headerOf (headers: readonly string[], name: string): string | null {
   for (let i = 0; i < headers.length; i += 2) {
-    if (headers[i]!.length === name.length && headers[i]!.toLowerCase() === name) return headers[i + 1]!
+    if (headers[i]!.length === name.length && headers[i]!.toLowerCase() === name) {
+      return headers[i + 1]!
+    }
   }
   return null
 }

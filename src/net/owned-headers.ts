@@ -14,11 +14,24 @@
  * variable (X_Forwarded_For is X-Forwarded-For to them).
  */
 const OWNED = new Set([
-  'host', 'content-length', 'transfer-encoding', 'connection', 'keep-alive', 'te', 'trailer', 'upgrade',
-  'expect', 'http2-settings', 'via', 'x-request-id', 'forwarded', 'x-real-ip',
+  'host',
+  'content-length',
+  'transfer-encoding',
+  'connection',
+  'keep-alive',
+  'te',
+  'trailer',
+  'upgrade',
+  'expect',
+  'http2-settings',
+  'via',
+  'x-request-id',
+  'forwarded',
+  'x-real-ip',
 ])
 
 export function isGatewayOwned (lowerName: string): boolean {
   const h = lowerName.indexOf('_') === -1 ? lowerName : lowerName.replaceAll('_', '-')
-  return OWNED.has(h) || h.startsWith('x-forwarded-') || h.startsWith('x-gatehouse-') || h.startsWith('proxy-')
+  return OWNED.has(h) || h.startsWith('x-forwarded-') || h.startsWith('x-gatehouse-') ||
+    h.startsWith('proxy-')
 }

@@ -95,7 +95,9 @@ export class BatchedDestination implements DestinationStream {
       this.#drain()
     }
     if (this.#backlogBytes > 0) this.#dropBacklog('EAGAIN')
-    if (this.#failure !== null) report(`gatehouse: ${this.#dropped} bytes of log lines were dropped (${this.#failure})\n`)
+    if (this.#failure !== null) {
+      report(`gatehouse: ${this.#dropped} bytes of log lines were dropped (${this.#failure})\n`)
+    }
   }
 
   #handOver (): void {
@@ -130,7 +132,9 @@ export class BatchedDestination implements DestinationStream {
       this.#backlogBytes -= buf.length
     }
     if (this.#failure !== null) {
-      report(`gatehouse: log output recovered; ${this.#dropped} bytes of log lines were dropped while it failed (${this.#failure})\n`)
+      report(
+        `gatehouse: log output recovered; ${this.#dropped} bytes of log lines were dropped while it failed (${this.#failure})\n`,
+      )
       this.#failure = null
       this.#dropped = 0
     }
@@ -146,7 +150,9 @@ export class BatchedDestination implements DestinationStream {
     this.#dropped += bytes
     if (this.#failure === null) {
       this.#failure = code
-      report(`gatehouse: log output to fd ${this.#fd} failed (${code}); log lines are dropped until it recovers\n`)
+      report(
+        `gatehouse: log output to fd ${this.#fd} failed (${code}); log lines are dropped until it recovers\n`,
+      )
     }
   }
 }

@@ -11,7 +11,11 @@ import { HANDLED, type Step, type Verdict } from './step.js'
  * record and answer `ack_status` (202) once the log says it is durable. A GatewayError (the
  * store cannot keep it, a bad or reused Idempotency-Key) is for the caller to answer.
  */
-async function acceptInto (ex: RouteExchange, delivery: DeliveryService, encrypted: boolean): Promise<GatewayError | null> {
+async function acceptInto (
+  ex: RouteExchange,
+  delivery: DeliveryService,
+  encrypted: boolean,
+): Promise<GatewayError | null> {
   const route = ex.route!
   finishRequestHeaders(ex, route, encrypted)
   // undici sets the length of the stored body itself on each attempt.
@@ -35,7 +39,9 @@ async function acceptInto (ex: RouteExchange, delivery: DeliveryService, encrypt
   const location = accepted.statusUrl
   const text = JSON.stringify({ delivery_id: accepted.id, status_url: location })
   const res = ex.res
-  const out = ['content-type', 'application/json', 'content-length', String(Buffer.byteLength(text)), 'location', location, 'x-request-id', ex.requestId, 'cache-control', 'no-store']
+  const out = ['content-type', 'application/json', 'content-length',
+    String(Buffer.byteLength(text)), 'location', location, 'x-request-id', ex.requestId,
+    'cache-control', 'no-store']
   if (accepted.duplicate) out.push('idempotent-replayed', 'true')
   ex.pushRateLimitFields(out)
   const status = route.delivery!.ack_status

@@ -30,7 +30,12 @@ export class BodyLimit extends Transform {
   override _transform (chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
     this.bytes += chunk.length
     if (this.#limit > 0 && this.bytes > this.#limit) {
-      cb(gatewayError('GH_BODY_TOO_LARGE', `The request body exceeds this route's limit of ${formatSize(this.#limit)}`))
+      cb(
+        gatewayError(
+          'GH_BODY_TOO_LARGE',
+          `The request body exceeds this route's limit of ${formatSize(this.#limit)}`,
+        ),
+      )
       return
     }
     cb(null, chunk)
@@ -66,7 +71,9 @@ export class ReadBody implements Step {
 
   async run (ex: Exchange): Promise<Verdict> {
     const cap = this.cap
-    if (ex.contentLength !== null && Number(ex.contentLength) > cap) return tooLarge(cap, Number(ex.contentLength))
+    if (ex.contentLength !== null && Number(ex.contentLength) > cap) {
+      return tooLarge(cap, Number(ex.contentLength))
+    }
     let body: Buffer = EMPTY
     const source = ex.body
     if (source !== null) {
@@ -118,5 +125,10 @@ function isContentType (lower: string): boolean {
 const EMPTY = Buffer.alloc(0)
 
 function tooLarge (cap: number, declared: number | null): GatewayError {
-  return gatewayError('GH_BODY_TOO_LARGE', `The request body${declared === null ? '' : ` (${declared} bytes)`} exceeds the ${cap} bytes this route reads`)
+  return gatewayError(
+    'GH_BODY_TOO_LARGE',
+    `The request body${
+      declared === null ? '' : ` (${declared} bytes)`
+    } exceeds the ${cap} bytes this route reads`,
+  )
 }

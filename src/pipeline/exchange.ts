@@ -10,10 +10,23 @@ import type { Logger } from '../observability/logger.js'
 import type { Metrics } from '../observability/metrics.js'
 import type { Upstream, SlotWaiter } from '../upstream/balancer.js'
 import type { Target } from '../upstream/target.js'
-import { answered, dispatch, failed, release, upstreamRequest, type UpstreamRequest } from '../upstream/dispatch.js'
+import {
+  answered,
+  dispatch,
+  failed,
+  release,
+  upstreamRequest,
+  type UpstreamRequest,
+} from '../upstream/dispatch.js'
 import type { RetryOwner } from '../upstream/retry-connect.js'
 import { upstreamBusy } from '../upstream/errors.js'
-import { addFields, dropHeaders, filterResponseHeaders, headerOf, isLengthField } from '../net/fields.js'
+import {
+  addFields,
+  dropHeaders,
+  filterResponseHeaders,
+  headerOf,
+  isLengthField,
+} from '../net/fields.js'
 import type { PluginContext } from '../plugins/api.js'
 import { clientAddress } from '../net/client-ip.js'
 
@@ -45,20 +58,20 @@ export const HANDLED = 1
 export interface Step {
   /** For logs, `gatehouse routes` and tests. */
   readonly name: string
-  run (ex: Exchange): Verdict | Promise<Verdict>
+  run(ex: Exchange): Verdict | Promise<Verdict>
 }
 
 /** Sees a response body go by (a quota's cost read from it). */
 export interface ResponseTap {
-  push (chunk: Buffer): void
+  push(chunk: Buffer): void
 }
 
 /** Keeps a copy of a response as it streams (the cache's leading miss). */
 export interface ResponseCapture {
-  head (status: number, headers: readonly string[]): void
-  push (chunk: Buffer): void
-  complete (): void
-  abort (): void
+  head(status: number, headers: readonly string[]): void
+  push(chunk: Buffer): void
+  complete(): void
+  abort(): void
 }
 
 /**
@@ -70,12 +83,12 @@ export interface ResponseCapture {
  */
 export interface ResponseHandler {
   /** `headers` (flat, filtered) may be changed in place; `bodiless`: no body follows (HEAD, 204, 304). */
-  onHead (status: number, headers: string[], bodiless: boolean): void
+  onHead(status: number, headers: string[], bodiless: boolean): void
   /** false: pause the upstream until the Exchange resumes it (the client's socket drained). */
-  onBody (chunk: Buffer): boolean
-  onEnd (trailers: Buffer[] | null): void
+  onBody(chunk: Buffer): boolean
+  onEnd(trailers: Buffer[] | null): void
   /** The answer failed or was cut short (upstream error, client gone, the gateway answered itself). */
-  onAbort (): void
+  onAbort(): void
 }
 
 /** One response behaviour: wraps `next` for one request, or returns it when the request needs none. */
@@ -92,13 +105,13 @@ export interface RouteView {
   readonly upstream: Upstream
   readonly stripPrefix: string | null
   readonly preserveHost: boolean
-  readonly requestTransform: { rewritePath (path: string): string } | null
+  readonly requestTransform: { rewritePath(path: string): string } | null
   /** The route's response behaviours, composed (null: none, the Exchange handles the answer). */
   readonly responseChain: ((ex: Exchange) => ResponseHandler) | null
   readonly rateLimit: {
     /** RateLimit-Policy field value, sent with every response of the route. */
     readonly policyHeader: string
-    charge (charges: readonly Charge[], tap: ResponseTap | null): void
+    charge(charges: readonly Charge[], tap: ResponseTap | null): void
   } | null
 }
 
@@ -118,13 +131,13 @@ export interface GatewayRuntime {
   /** Where async routes' requests go (the accept terminal). */
   readonly delivery: DeliveryService
   /** Called once per exchange when its response is over. */
-  finish (ex: Exchange): void
+  finish(ex: Exchange): void
   /** The upstream's answer was read whole (ex.captured): transform it and answer. */
-  finishCaptured (ex: Exchange): void
+  finishCaptured(ex: Exchange): void
   /** An early answer went out while the client still sends its body: close gracefully. */
-  linger (ex: Exchange): void
+  linger(ex: Exchange): void
   /** The request body is being read from now on (body_idle, body_min_rate). */
-  watchBody (ex: Exchange): void
+  watchBody(ex: Exchange): void
 }
 
 /** The client connection as the server tracks it (server/connections.ts Conn is one). */
@@ -155,7 +168,8 @@ export const CLIENT_CLOSED = 499
  * undici 7 calls those on every request itself, and the newer controller-style API is
  * adapted onto them with an extra header parse per response.
  */
-export class Exchange<R extends RouteView = RouteView> implements Dispatcher.DispatchHandler, ResponseHandler, SlotWaiter, RetryOwner {
+export class Exchange<R extends RouteView = RouteView>
+  implements Dispatcher.DispatchHandler, ResponseHandler, SlotWaiter, RetryOwner {
   readonly req: IncomingMessage
   readonly res: ServerResponse
   readonly rt: GatewayRuntime
@@ -278,7 +292,11 @@ export class Exchange<R extends RouteView = RouteView> implements Dispatcher.Dis
     if (statusCode < 200) return true
     // RFC 9110 §15: three digits, 1xx to 5xx. Anything else is no answer a client can act on.
     if (statusCode > 599) {
-      this.abortUpstream?.(gatewayError('GH_UPSTREAM_BAD_RESPONSE', 'The upstream sent an invalid response', { reason: `${this.route!.upstream.name}: status ${statusCode} is outside 100-599` }))
+      this.abortUpstream?.(
+        gatewayError('GH_UPSTREAM_BAD_RESPONSE', 'The upstream sent an invalid response', {
+          reason: `${this.route!.upstream.name}: status ${statusCode} is outside 100-599`,
+        }),
+      )
       return false
     }
     this.upstreamHeadersAt = performance.now()
@@ -288,10 +306,18 @@ export class Exchange<R extends RouteView = RouteView> implements Dispatcher.Dis
     if (this.rt.closing) this.res.shouldKeepAlive = false
     const headers = filterResponseHeaders(rawHeaders, this.requestId)
     if (headers === null) {
-      this.abortUpstream?.(gatewayError('GH_UPSTREAM_BAD_RESPONSE', 'The upstream sent an invalid response', { reason: `${this.route!.upstream.name}: a Transfer-Encoding other than chunked` }))
+      this.abortUpstream?.(
+        gatewayError('GH_UPSTREAM_BAD_RESPONSE', 'The upstream sent an invalid response', {
+          reason: `${this.route!.upstream.name}: a Transfer-Encoding other than chunked`,
+        }),
+      )
       return false
     }
-    this.response.onHead(statusCode, headers, statusCode === 204 || statusCode === 304 || this.req.method === 'HEAD')
+    this.response.onHead(
+      statusCode,
+      headers,
+      statusCode === 204 || statusCode === 304 || this.req.method === 'HEAD',
+    )
     return true
   }
 
@@ -378,7 +404,9 @@ export class Exchange<R extends RouteView = RouteView> implements Dispatcher.Dis
       // latin1 keeps the bytes as sent (obs-text included), as for the head.
       for (let i = 0; i < trailers.length; i += 2) {
         const name = trailers[i]!.toString('latin1')
-        if (!isForbiddenTrailer(name.toLowerCase())) pairs.push([name, trailers[i + 1]!.toString('latin1')])
+        if (!isForbiddenTrailer(name.toLowerCase())) {
+          pairs.push([name, trailers[i + 1]!.toString('latin1')])
+        }
       }
       if (pairs.length > 0) {
         try {
@@ -415,7 +443,14 @@ export class Exchange<R extends RouteView = RouteView> implements Dispatcher.Dis
       const route = this.route!
       const path = (this.upstreamPathOverride ?? upstreamPath(route, this.path)) + this.query
       const host = route.preserveHost ? requestHost(this) : null
-      req = this.upstreamRequest = upstreamRequest(this.upstreamMethod ?? this.req.method!, path, this.outHeaders, host, this.bodyBuffer ?? this.body, route.upstream.timeouts)
+      req = this.upstreamRequest = upstreamRequest(
+        this.upstreamMethod ?? this.req.method!,
+        path,
+        this.outHeaders,
+        host,
+        this.bodyBuffer ?? this.body,
+        route.upstream.timeouts,
+      )
     }
     dispatch(target, req, this, this.route!.upstream, this)
   }
@@ -427,7 +462,10 @@ export class Exchange<R extends RouteView = RouteView> implements Dispatcher.Dis
   }
 
   retry (target: Target): void {
-    this.rt.logger.debug({ id: this.requestId, target: this.target!.origin }, 'connect failed, retrying on another target')
+    this.rt.logger.debug(
+      { id: this.requestId, target: this.target!.origin },
+      'connect failed, retrying on another target',
+    )
     this.releaseTarget()
     this.dispatchTo(target)
   }
@@ -453,7 +491,12 @@ export class Exchange<R extends RouteView = RouteView> implements Dispatcher.Dis
     const upstream = this.route!.upstream
     this.rt.metrics.queued.labels(upstream.name, 'timeout').inc()
     this.rt.metrics.refused.labels('GH_UPSTREAM_BUSY').inc()
-    this.fail(upstreamBusy(upstream.name, `no slot within the queue timeout (${upstream.queueTimeout} ms, max_in_flight ${upstream.maxInFlight})`))
+    this.fail(
+      upstreamBusy(
+        upstream.name,
+        `no slot within the queue timeout (${upstream.queueTimeout} ms, max_in_flight ${upstream.maxInFlight})`,
+      ),
+    )
   }
 
   /** Answer with a problem+json error (or cut the connection when a response has begun). */
@@ -467,15 +510,23 @@ export class Exchange<R extends RouteView = RouteView> implements Dispatcher.Dis
     this.status = err.status
     const body = problemBody(err, this.requestId === '' ? null : this.requestId)
     const headers: string[] = [
-      'content-type', 'application/problem+json',
-      'content-length', String(Buffer.byteLength(body)),
-      'cache-control', 'no-store',
+      'content-type',
+      'application/problem+json',
+      'content-length',
+      String(Buffer.byteLength(body)),
+      'cache-control',
+      'no-store',
     ]
     if (this.requestId !== '') headers.push('x-request-id', this.requestId)
-    if (err.headers !== null) for (const [k, v] of Object.entries(err.headers)) headers.push(k, v)
+    if (err.headers !== null) {
+      for (const [k, v] of Object.entries(err.headers)) {
+        headers.push(k, v)
+      }
+    }
     if (this.responseFields !== null) addFields(headers, this.responseFields)
     // A body we did not read cannot be skipped cheaply (it may be gigabytes): close instead.
-    const hasBody = (this.contentLength !== null && this.contentLength !== '0') || this.transferEncoding !== null
+    const hasBody = (this.contentLength !== null && this.contentLength !== '0') ||
+      this.transferEncoding !== null
     const unread = hasBody && !this.req.complete
     if (unread || this.rt.closing) {
       headers.push('connection', 'close')
@@ -502,7 +553,9 @@ export class Exchange<R extends RouteView = RouteView> implements Dispatcher.Dis
   /** The client sends its body too slowly (body_idle, body_min_rate): 408, the upstream call cancelled. */
   bodyTimedOut (reason: string): void {
     this.rt.metrics.refused.labels('GH_REQUEST_TIMEOUT').inc()
-    this.bodyFailed(gatewayError('GH_REQUEST_TIMEOUT', 'The request body was not received in time', { reason }))
+    this.bodyFailed(
+      gatewayError('GH_REQUEST_TIMEOUT', 'The request body was not received in time', { reason }),
+    )
   }
 
   /**
@@ -523,7 +576,13 @@ export class Exchange<R extends RouteView = RouteView> implements Dispatcher.Dis
 
   /** The client's address as ip rules and limits see it (after trusted_proxies), once. */
   resolveClientIp (): string {
-    if (this.clientIp === '') this.clientIp = clientAddress(this.req.socket.remoteAddress ?? '', this.xForwardedFor, this.table.trustedProxies)
+    if (this.clientIp === '') {
+      this.clientIp = clientAddress(
+        this.req.socket.remoteAddress ?? '',
+        this.xForwardedFor,
+        this.table.trustedProxies,
+      )
+    }
     return this.clientIp
   }
 
@@ -579,7 +638,9 @@ export class Exchange<R extends RouteView = RouteView> implements Dispatcher.Dis
     if (this.finished) return
     this.finished = true
     // Quotas charged from the response: what was seen of it, even when it was cut short.
-    if (this.charges !== null && this.status !== 0 && this.error === null) this.route!.rateLimit!.charge(this.charges, this.costTap)
+    if (this.charges !== null && this.status !== 0 && this.error === null) {
+      this.route!.rateLimit!.charge(this.charges, this.costTap)
+    }
     const res = this.res
     if (this.queueTimer !== null) this.route!.upstream.cancel(this)
     // A response chain that completed ignores it; one cut short lets go of what it kept.
@@ -602,7 +663,7 @@ function onResponseDrain (this: ServerResponse): void {
 
 /** Registered on every response: runs when the response ends or its connection dies. */
 export function onResponseClose (this: ServerResponse): void {
-  (this as unknown as Record<symbol, Exchange>)[kExchange]?.complete()
+  ;(this as unknown as Record<symbol, Exchange>)[kExchange]?.complete()
 }
 
 function clientClosedError (): Error {
@@ -617,10 +678,32 @@ function clientClosedError (): Error {
  * re-label a response after its head went out; a strict client refuses the message.
  */
 const FORBIDDEN_TRAILERS = new Set([
-  'transfer-encoding', 'content-length', 'host', 'connection', 'keep-alive', 'te', 'trailer', 'upgrade',
-  'content-encoding', 'content-type', 'content-range', 'cache-control', 'expires', 'date', 'age',
-  'location', 'retry-after', 'vary', 'warning', 'set-cookie', 'www-authenticate', 'authorization',
-  'proxy-authenticate', 'proxy-authorization', 'x-request-id', 'via',
+  'transfer-encoding',
+  'content-length',
+  'host',
+  'connection',
+  'keep-alive',
+  'te',
+  'trailer',
+  'upgrade',
+  'content-encoding',
+  'content-type',
+  'content-range',
+  'cache-control',
+  'expires',
+  'date',
+  'age',
+  'location',
+  'retry-after',
+  'vary',
+  'warning',
+  'set-cookie',
+  'www-authenticate',
+  'authorization',
+  'proxy-authenticate',
+  'proxy-authorization',
+  'x-request-id',
+  'via',
 ])
 
 function isForbiddenTrailer (lowerName: string): boolean {

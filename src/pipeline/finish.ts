@@ -9,7 +9,9 @@ export function record (ex: Exchange, metrics: Metrics, access: AccessLog | null
   const route = ex.route
   // 499 only when the client left on its own; when the gateway cut the connection (upstream
   // fault mid-body) the log keeps the status that was sent, plus the error code.
-  const status = ex.clientGone && ex.error === null && !ex.res.writableFinished ? CLIENT_CLOSED : ex.status
+  const status = ex.clientGone && ex.error === null && !ex.res.writableFinished
+    ? CLIENT_CLOSED
+    : ex.status
   const routeName = route === null ? '(none)' : route.name
   const upstreamName = route === null ? '(none)' : route.upstream.name
   if (ex.body instanceof BodyLimit) ex.bytesIn = ex.body.bytes
@@ -18,7 +20,9 @@ export function record (ex: Exchange, metrics: Metrics, access: AccessLog | null
   const rm = metrics.forRoute(route, routeName, upstreamName)
   rm.countRequest(ex.req.method ?? '', status)
   rm.duration.observe((now - ex.startedAt) / 1000)
-  if (ex.upstreamHeadersAt !== 0) rm.upstreamDuration.observe((ex.upstreamHeadersAt - ex.upstreamStartedAt) / 1000)
+  if (ex.upstreamHeadersAt !== 0) {
+    rm.upstreamDuration.observe((ex.upstreamHeadersAt - ex.upstreamStartedAt) / 1000)
+  }
   if (ex.bytesIn > 0) rm.bytesIn.inc(ex.bytesIn)
   if (ex.bytesOut > 0) rm.bytesOut.inc(ex.bytesOut)
   if (access !== null) {
@@ -33,7 +37,9 @@ export function record (ex: Exchange, metrics: Metrics, access: AccessLog | null
       bytesIn: ex.bytesIn,
       bytesOut: ex.bytesOut,
       ms: round(now - ex.startedAt),
-      upstreamMs: ex.upstreamHeadersAt === 0 ? null : round(ex.upstreamHeadersAt - ex.upstreamStartedAt),
+      upstreamMs: ex.upstreamHeadersAt === 0
+        ? null
+        : round(ex.upstreamHeadersAt - ex.upstreamStartedAt),
       code: ex.error === null ? null : ex.error.code,
       reason: ex.error === null ? null : (ex.error.reason ?? ex.error.detail),
       provider: ex.identity === null ? null : ex.identity.provider,

@@ -15,8 +15,19 @@ import { requestHost } from './exchange.js'
  */
 
 const enum H {
-  Host = 1, ContentLength, TransferEncoding, Connection, Drop, XForwardedFor, XForwardedProto,
-  XForwardedHost, XForwardedPort, Forwarded, Via, RequestId, Authorization,
+  Host = 1,
+  ContentLength,
+  TransferEncoding,
+  Connection,
+  Drop,
+  XForwardedFor,
+  XForwardedProto,
+  XForwardedHost,
+  XForwardedPort,
+  Forwarded,
+  Via,
+  RequestId,
+  Authorization,
 }
 
 const REQUEST_SPECIAL: Record<string, H> = Object.assign(Object.create(null), {
@@ -59,7 +70,11 @@ function isGatehouseHeader (lower: string): boolean {
  * One pass over the client's header fields: note the ones the gateway rewrites, copy the rest
  * to `ex.outHeaders`. Returns an error for requests that must be refused.
  */
-export function scanRequestHeaders (ex: RouteExchange, raw: readonly string[], table: RouteTable): GatewayError | null {
+export function scanRequestHeaders (
+  ex: RouteExchange,
+  raw: readonly string[],
+  table: RouteTable,
+): GatewayError | null {
   const out = ex.outHeaders
   const roles = table.headerRoles
   const initials = table.headerRoleInitials
@@ -82,17 +97,42 @@ export function scanRequestHeaders (ex: RouteExchange, raw: readonly string[], t
       const kind = REQUEST_SPECIAL[lower]
       if (kind !== undefined) {
         switch (kind) {
-          case H.Host: ex.hostHeader = value; ex.hostCount++; break
-          case H.ContentLength: ex.contentLength = value; break
-          case H.TransferEncoding: ex.transferEncoding = ex.transferEncoding === null ? value : `${ex.transferEncoding}, ${value}`; break
-          case H.Connection: ex.connection = ex.connection === null ? value : `${ex.connection}, ${value}`; break
-          case H.XForwardedFor: ex.xForwardedFor = ex.xForwardedFor === null ? value : `${ex.xForwardedFor}, ${value}`; break
-          case H.XForwardedProto: ex.xForwardedProto ??= value; break
-          case H.XForwardedHost: ex.xForwardedHost ??= value; break
-          case H.XForwardedPort: ex.xForwardedPort ??= value; break
-          case H.Forwarded: ex.forwarded = ex.forwarded === null ? value : `${ex.forwarded}, ${value}`; break
-          case H.Via: ex.via = ex.via === null ? value : `${ex.via}, ${value}`; break
-          case H.RequestId: if (ex.requestId === '' && isValidRequestId(value)) ex.requestId = value; break
+          case H.Host:
+            ex.hostHeader = value
+            ex.hostCount++
+            break
+          case H.ContentLength:
+            ex.contentLength = value
+            break
+          case H.TransferEncoding:
+            ex.transferEncoding = ex.transferEncoding === null
+              ? value
+              : `${ex.transferEncoding}, ${value}`
+            break
+          case H.Connection:
+            ex.connection = ex.connection === null ? value : `${ex.connection}, ${value}`
+            break
+          case H.XForwardedFor:
+            ex.xForwardedFor = ex.xForwardedFor === null ? value : `${ex.xForwardedFor}, ${value}`
+            break
+          case H.XForwardedProto:
+            ex.xForwardedProto ??= value
+            break
+          case H.XForwardedHost:
+            ex.xForwardedHost ??= value
+            break
+          case H.XForwardedPort:
+            ex.xForwardedPort ??= value
+            break
+          case H.Forwarded:
+            ex.forwarded = ex.forwarded === null ? value : `${ex.forwarded}, ${value}`
+            break
+          case H.Via:
+            ex.via = ex.via === null ? value : `${ex.via}, ${value}`
+            break
+          case H.RequestId:
+            if (ex.requestId === '' && isValidRequestId(value)) ex.requestId = value
+            break
           case H.Authorization:
             // Noted for the auth policy, forwarded unless the route strips credentials.
             if (ex.authorizationCount++ === 0) ex.authorization = value
@@ -115,7 +155,11 @@ export function scanRequestHeaders (ex: RouteExchange, raw: readonly string[], t
         const role = roles.get(lower)
         if (role === 'credential') {
           ;(ex.credHeaders ??= []).push(lower, value)
-        } else if (role === 'strip' || (role === undefined && lower.includes('_') && roles.get(lower.replaceAll('_', '-')) === 'strip')) {
+        } else if (
+          role === 'strip' ||
+          (role === undefined && lower.includes('_') &&
+            roles.get(lower.replaceAll('_', '-')) === 'strip')
+        ) {
           continue
         }
       }
@@ -124,11 +168,16 @@ export function scanRequestHeaders (ex: RouteExchange, raw: readonly string[], t
   }
   if (ex.requestId === '') ex.requestId = randomUUID()
   if (ex.connection !== null) removeConnectionTokens(out, ex.connection)
-  if (ex.hostCount > 1) return gatewayError('GH_DUPLICATE_HOST', 'The request has more than one Host header')
+  if (ex.hostCount > 1) {
+    return gatewayError('GH_DUPLICATE_HOST', 'The request has more than one Host header')
+  }
   if (ex.transferEncoding !== null && ex.transferEncoding.trim().toLowerCase() !== 'chunked') {
     // Node's parser accepts codings such as "gzip, chunked"; forwarding them re-framed would
     // silently change the body's meaning. RFC 9112 §6.1: answer 501.
-    return gatewayError('GH_TRANSFER_CODING_UNSUPPORTED', `Transfer-Encoding "${ex.transferEncoding}" is not supported; use chunked`)
+    return gatewayError(
+      'GH_TRANSFER_CODING_UNSUPPORTED',
+      `Transfer-Encoding "${ex.transferEncoding}" is not supported; use chunked`,
+    )
   }
   return null
 }
@@ -137,7 +186,11 @@ export function scanRequestHeaders (ex: RouteExchange, raw: readonly string[], t
  * Add the headers that depend on the route, on who the peer is and on who the caller turned
  * out to be. Host is not one of them (see the end).
  */
-export function finishRequestHeaders (ex: RouteExchange, route: CompiledRoute, encrypted: boolean): void {
+export function finishRequestHeaders (
+  ex: RouteExchange,
+  route: CompiledRoute,
+  encrypted: boolean,
+): void {
   const out = ex.outHeaders
   const auth = route.auth
   if (auth !== null) {
@@ -177,16 +230,30 @@ export function finishRequestHeaders (ex: RouteExchange, route: CompiledRoute, e
   if (ex.contentLength !== null) out.push('content-length', ex.contentLength)
   // From an untrusted peer, X-Forwarded-*, Forwarded and X-Real-IP are replaced, never
   // extended: a client must not be able to choose the address or scheme the upstream believes.
-  out.push('x-forwarded-for', trusted && ex.xForwardedFor !== null ? `${ex.xForwardedFor}, ${peer}` : peer)
-  out.push('x-forwarded-proto', trusted && ex.xForwardedProto !== null ? ex.xForwardedProto : (encrypted ? 'https' : 'http'))
-  out.push('x-forwarded-host', trusted && ex.xForwardedHost !== null ? ex.xForwardedHost : requestHost(ex))
-  out.push('x-forwarded-port', trusted && ex.xForwardedPort !== null ? ex.xForwardedPort : String(socket.localPort ?? ''))
-  if (ex.clientIp === '') ex.clientIp = trusted ? clientAddress(peer, ex.xForwardedFor, trustedProxies) : peer
+  out.push(
+    'x-forwarded-for',
+    trusted && ex.xForwardedFor !== null ? `${ex.xForwardedFor}, ${peer}` : peer,
+  )
+  out.push(
+    'x-forwarded-proto',
+    trusted && ex.xForwardedProto !== null ? ex.xForwardedProto : (encrypted ? 'https' : 'http'),
+  )
+  out.push(
+    'x-forwarded-host',
+    trusted && ex.xForwardedHost !== null ? ex.xForwardedHost : requestHost(ex),
+  )
+  out.push(
+    'x-forwarded-port',
+    trusted && ex.xForwardedPort !== null ? ex.xForwardedPort : String(socket.localPort ?? ''),
+  )
+  if (ex.clientIp === '') {
+    ex.clientIp = trusted ? clientAddress(peer, ex.xForwardedFor, trustedProxies) : peer
+  }
   out.push('x-real-ip', ex.clientIp)
   if (trusted) {
     if (ex.forwarded !== null) out.push('forwarded', ex.forwarded)
     const other = ex.xForwardedOther
-    if (other !== null) for (let i = 0; i < other.length; i++) out.push(other[i]!)
+    if (other !== null) { for (let i = 0; i < other.length; i++) out.push(other[i]!) }
   }
   const via = `${ex.req.httpVersion} gatehouse`
   out.push('via', ex.via === null ? via : `${ex.via}, ${via}`)
@@ -221,7 +288,10 @@ function isValidRequestId (v: string): boolean {
  */
 export function hasDotSegment (path: string): boolean {
   if (!hasSlashDot(path) && path.indexOf('%') === -1 && path.indexOf('\\') === -1) return false
-  const decoded = path.replace(/%2e/gi, '.').replace(/%2f/gi, '/').replace(/%5c/gi, '/').replace(/\\/g, '/')
+  const decoded = path.replace(/%2e/gi, '.').replace(/%2f/gi, '/').replace(/%5c/gi, '/').replace(
+    /\\/g,
+    '/',
+  )
   for (const seg of decoded.split('/')) {
     if (seg === '.' || seg === '..') return true
     // Servlet containers drop ";params" from each segment before resolving dots.
@@ -286,7 +356,10 @@ export function isValidHost (host: string): boolean {
     for (; i < n; i++) {
       const c = host.charCodeAt(i)
       if (c === 58 /* : */) break
-      if (!((c >= 97 && c <= 122) || (c >= 65 && c <= 90) || (c >= 48 && c <= 57) || c === 45 || c === 46 || c === 95)) return false
+      if (
+        !((c >= 97 && c <= 122) || (c >= 65 && c <= 90) || (c >= 48 && c <= 57) || c === 45 ||
+          c === 46 || c === 95)
+      ) return false
     }
     if (i === 0) return false
   }
@@ -319,14 +392,27 @@ export function readHead (ex: RouteExchange, table: RouteTable): GatewayError | 
   const headerErr = scanRequestHeaders(ex, raw, table)
   // After the scan, so that the answer knows whether a body follows (and closes if so).
   const maxUri = table.config.listen.limits.max_uri
-  if (url.length > maxUri) return gatewayError('GH_URI_TOO_LONG', `The request target is longer than the ${maxUri} bytes this gateway accepts`)
+  if (url.length > maxUri) {
+    return gatewayError(
+      'GH_URI_TOO_LONG',
+      `The request target is longer than the ${maxUri} bytes this gateway accepts`,
+    )
+  }
   const maxHeaders = table.config.listen.max_headers
-  if (raw.length > maxHeaders * 2) return gatewayError('GH_HEADERS_TOO_LARGE', `The request has more than ${maxHeaders} header fields`)
+  if (raw.length > maxHeaders * 2) {
+    return gatewayError(
+      'GH_HEADERS_TOO_LARGE',
+      `The request has more than ${maxHeaders} header fields`,
+    )
+  }
   if (headerErr !== null) return headerErr
   // RFC 9112 §2.3: HTTP/1.0 and 1.1 only (Node's parser also takes 0.9 with header fields, and
   // 2.0, which another hop may frame differently).
   if (req.httpVersionMajor !== 1 || req.httpVersionMinor > 1) {
-    return gatewayError('GH_HTTP_VERSION_NOT_SUPPORTED', `HTTP/${req.httpVersion} is not supported; use HTTP/1.1`)
+    return gatewayError(
+      'GH_HTTP_VERSION_NOT_SUPPORTED',
+      `HTTP/${req.httpVersion} is not supported; use HTTP/1.1`,
+    )
   }
   // RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing (a 1.0 hop
   // reads the body to the close); refused, and the connection closed after the answer.
@@ -336,21 +422,35 @@ export function readHead (ex: RouteExchange, table: RouteTable): GatewayError | 
   if (url.charCodeAt(0) !== 47 /* / */) {
     // Absolute-form (a forward-proxy request) and asterisk-form are not for a gateway; taking
     // the authority from the target instead of Host would be a second source of truth.
-    return gatewayError('GH_BAD_REQUEST', 'The request target must be an absolute path (origin-form)')
+    return gatewayError(
+      'GH_BAD_REQUEST',
+      'The request target must be an absolute path (origin-form)',
+    )
   }
   // RFC 9112 §3.2: a fragment is never sent. A server that drops it would serve /v1/admin for
   // "/v1/admin#x", which the gateway would otherwise have matched as something else.
-  if (url.indexOf('#') !== -1) return gatewayError('GH_BAD_REQUEST', 'The request target must not contain a fragment ("#")')
+  if (url.indexOf('#') !== -1) {
+    return gatewayError('GH_BAD_REQUEST', 'The request target must not contain a fragment ("#")')
+  }
   const hostHeader = ex.hostHeader
   if (hostHeader !== null ? !isValidHost(hostHeader) : req.httpVersionMinor === 1) {
-    return gatewayError('GH_BAD_HOST', hostHeader === null ? 'An HTTP/1.1 request needs a Host header' : 'The Host header is not a valid host[:port]')
+    return gatewayError(
+      'GH_BAD_HOST',
+      hostHeader === null
+        ? 'An HTTP/1.1 request needs a Host header'
+        : 'The Host header is not a valid host[:port]',
+    )
   }
   if (ex.path.indexOf('%') !== -1 || ex.path.indexOf('//') !== -1) {
     const normal = normalizePath(ex.path)
-    if (normal === null) return gatewayError('GH_BAD_PATH', 'The request path has a malformed percent-encoding')
+    if (normal === null) {
+      return gatewayError('GH_BAD_PATH', 'The request path has a malformed percent-encoding')
+    }
     ex.path = normal
   }
-  if (hasDotSegment(ex.path)) return gatewayError('GH_BAD_PATH', 'The request path must not contain "." or ".." segments')
+  if (hasDotSegment(ex.path)) {
+    return gatewayError('GH_BAD_PATH', 'The request path must not contain "." or ".." segments')
+  }
   ex.host = hostHeader === null ? '' : hostname(hostHeader)
   const method = req.method!
   const matchPath = ex.path.indexOf(';') === -1 ? ex.path : withoutMatrixParams(ex.path)
@@ -358,7 +458,9 @@ export function readHead (ex: RouteExchange, table: RouteTable): GatewayError | 
   // TRACE echoes the request (credentials and cookies included) back: only where a route lists it.
   if (method === 'TRACE' && (route === null || route.methods === null)) {
     ex.route = null
-    return gatewayError('GH_METHOD_NOT_ALLOWED', 'TRACE is not allowed here', { headers: { allow: 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS' } })
+    return gatewayError('GH_METHOD_NOT_ALLOWED', 'TRACE is not allowed here', {
+      headers: { allow: 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS' },
+    })
   }
   if (route === null) return gatewayError('GH_ROUTE_NOT_FOUND', `No route for ${method} ${ex.path}`)
   return null

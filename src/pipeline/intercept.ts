@@ -38,10 +38,15 @@ export async function interceptResponse (ex: RouteExchange): Promise<FinalRespon
     const record: Record<string, string> = {}
     for (let i = 0; i < headers.length; i += 2) {
       const name = headers[i]!.toLowerCase()
-      record[name] = record[name] === undefined ? headers[i + 1]! : `${record[name]}, ${headers[i + 1]!}`
+      record[name] = record[name] === undefined
+        ? headers[i + 1]!
+        : `${record[name]}, ${headers[i + 1]!}`
     }
     let parsed: unknown
-    if ((encoding === null || encoding === 'identity') && isJsonType(mediaType(record['content-type'] ?? null)) && body.length > 0) {
+    if (
+      (encoding === null || encoding === 'identity') &&
+      isJsonType(mediaType(record['content-type'] ?? null)) && body.length > 0
+    ) {
       try {
         parsed = JSON.parse(body.toString('utf8'))
       } catch {}
@@ -49,12 +54,22 @@ export async function interceptResponse (ex: RouteExchange): Promise<FinalRespon
     const response = { status, headers: record, body: parsed, rawBody: body }
     ctx.response = response
     const plugin = ref.plugin
-    const r = await runHook(plugin.name, 'onResponse', () => plugin.onResponse!(ctx), ref.timeout, ex.pluginAbort!)
+    const r = await runHook(
+      plugin.name,
+      'onResponse',
+      () => plugin.onResponse!(ctx),
+      ref.timeout,
+      ex.pluginAbort!,
+    )
     if (isGatewayError(r)) return r
     if (r !== null) return fromPluginResponse(ex, r)
     const now = ctx.response ?? response
     if (!Number.isInteger(now.status) || now.status < 200 || now.status > 599) {
-      return gatewayError('GH_PLUGIN_INVALID_RESULT', `Plugin "${plugin.name}" returned an invalid result`, { reason: `${plugin.name}.onResponse set status ${String(now.status)}` })
+      return gatewayError(
+        'GH_PLUGIN_INVALID_RESULT',
+        `Plugin "${plugin.name}" returned an invalid result`,
+        { reason: `${plugin.name}.onResponse set status ${String(now.status)}` },
+      )
     }
     status = now.status
     headers = []
@@ -64,14 +79,26 @@ export async function interceptResponse (ex: RouteExchange): Promise<FinalRespon
     }
     if (now.rawBody !== body) body = now.rawBody
     else if (now.body !== undefined) body = Buffer.from(JSON.stringify(now.body))
-    if (!Buffer.isBuffer(body)) return gatewayError('GH_PLUGIN_INVALID_RESULT', `Plugin "${plugin.name}" returned an invalid result`, { reason: `${plugin.name}.onResponse set rawBody to a ${typeof body}` })
+    if (!Buffer.isBuffer(body)) {
+      return gatewayError(
+        'GH_PLUGIN_INVALID_RESULT',
+        `Plugin "${plugin.name}" returned an invalid result`,
+        { reason: `${plugin.name}.onResponse set rawBody to a ${typeof body}` },
+      )
+    }
   }
   const t = route.responseTransform
   if (t !== null) {
     if (t.headers !== null) t.headers.apply(headers)
-    if (t.body !== null && status >= 200 && status < 300 && status !== 204 && ex.method !== 'HEAD') {
+    if (
+      t.body !== null && status >= 200 && status < 300 && status !== 204 && ex.method !== 'HEAD'
+    ) {
       if (encoding !== null && encoding !== 'identity') {
-        return gatewayError('GH_TRANSFORM_FAILED', 'The upstream answered with a body this route cannot transform', { reason: `upstream content-encoding ${encoding}` })
+        return gatewayError(
+          'GH_TRANSFORM_FAILED',
+          'The upstream answered with a body this route cannot transform',
+          { reason: `upstream content-encoding ${encoding}` },
+        )
       }
       const r = await t.transformBody(body, headerOf(headers, 'content-type'), status, ex)
       if (isGatewayError(r)) return r
@@ -85,7 +112,8 @@ export async function interceptResponse (ex: RouteExchange): Promise<FinalRespon
 }
 
 function isEntityField (lower: string): boolean {
-  return lower === 'content-type' || lower === 'content-length' || lower === 'etag' || lower === 'content-md5' || lower === 'digest' || lower === 'content-digest'
+  return lower === 'content-type' || lower === 'content-length' || lower === 'etag' ||
+    lower === 'content-md5' || lower === 'digest' || lower === 'content-digest'
 }
 
 /** The upstream's answer was read whole (ex.captured): its plugin and transform, then the answer. */
@@ -93,7 +121,12 @@ export function finishCaptured (ex: RouteExchange): void {
   interceptResponse(ex).then((r) => {
     if (ex.finished) return
     if (isGatewayError(r)) {
-      ex.rt.logger.warn({ msg: 'response interception failed', id: ex.requestId, code: r.code, reason: r.reason })
+      ex.rt.logger.warn({
+        msg: 'response interception failed',
+        id: ex.requestId,
+        code: r.code,
+        reason: r.reason,
+      })
       return refuse(ex, r)
     }
     sendWhole(ex, r)
@@ -130,7 +163,13 @@ class Capture extends PassThrough {
     if (captured === null) return this.next.onBody(chunk)
     captured.bytes += chunk.length
     if (captured.bytes > captured.cap) {
-      ex.abortUpstream?.(gatewayError('GH_RESPONSE_TOO_LARGE', 'The upstream response is larger than this route reads whole', { reason: `response body over ${captured.cap} bytes` }))
+      ex.abortUpstream?.(
+        gatewayError(
+          'GH_RESPONSE_TOO_LARGE',
+          'The upstream response is larger than this route reads whole',
+          { reason: `response body over ${captured.cap} bytes` },
+        ),
+      )
       return false
     }
     captured.chunks.push(chunk)

@@ -12,7 +12,9 @@ export const proxy: Step = {
   name: 'proxy',
   run (ex: RouteExchange): Verdict {
     const route = ex.route!
-    if (route.responseTransform !== null || route.plugin !== null) ex.captureLimit = captureLimit(route, ex.method)
+    if (route.responseTransform !== null || route.plugin !== null) {
+      ex.captureLimit = captureLimit(route, ex.method)
+    }
     // The answer's way back, built before anything can fail: a leading cache miss refused
     // here still lets its followers go (through its cache tee's onAbort).
     if (route.responseChain !== null) ex.response = route.responseChain(ex)
@@ -25,7 +27,10 @@ export const proxy: Step = {
         // Every target is at max_in_flight: wait for a slot (Exchange.granted / timedOut).
         if (upstream.enqueue(ex)) return HANDLED
         ex.rt.metrics.queued.labels(upstream.name, 'full').inc()
-        return upstreamBusy(upstream.name, `queue full (${upstream.queueSize} waiting, max_in_flight ${upstream.maxInFlight})`)
+        return upstreamBusy(
+          upstream.name,
+          `queue full (${upstream.queueSize} waiting, max_in_flight ${upstream.maxInFlight})`,
+        )
       }
       return noHealthyTarget(upstream)
     }
@@ -44,6 +49,8 @@ function captureLimit (route: CompiledRoute, method: string): number {
   const t = route.responseTransform
   if (t !== null && t.body !== null) cap = t.maxBody
   const p = route.plugin
-  if (p !== null && p.plugin.onResponse !== undefined) cap = cap === 0 ? p.maxResponseBody : Math.min(cap, p.maxResponseBody)
+  if (p !== null && p.plugin.onResponse !== undefined) {
+    cap = cap === 0 ? p.maxResponseBody : Math.min(cap, p.maxResponseBody)
+  }
   return cap
 }

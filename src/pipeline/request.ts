@@ -17,7 +17,10 @@ export function prepare (ex: RouteExchange, table: RouteTable): GatewayError | n
   if (ex.contentLength !== null) {
     const declared = Number(ex.contentLength)
     if (route.maxBody > 0 && declared > route.maxBody) {
-      return gatewayError('GH_BODY_TOO_LARGE', `The request body (${declared} bytes) exceeds this route's limit of ${route.maxBody} bytes`)
+      return gatewayError(
+        'GH_BODY_TOO_LARGE',
+        `The request body (${declared} bytes) exceeds this route's limit of ${route.maxBody} bytes`,
+      )
     }
     if (declared > 0) ex.body = req
   } else if (te) {
@@ -35,10 +38,20 @@ export function deliveryStatus (ex: RouteExchange, delivery: DeliveryService, id
   }
   delivery.publicStatus(id).then((view) => {
     if (ex.finished) return
-    if (view === null) return refuse(ex, gatewayError('GH_DELIVERY_NOT_FOUND', 'No delivery with this id (it may have expired)'))
+    if (view === null) {
+      return refuse(
+        ex,
+        gatewayError('GH_DELIVERY_NOT_FOUND', 'No delivery with this id (it may have expired)'),
+      )
+    }
     const text = JSON.stringify(view)
     ex.status = 200
-    ex.res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), 'cache-control': 'no-store', 'x-request-id': ex.requestId })
+    ex.res.writeHead(200, {
+      'content-type': 'application/json',
+      'content-length': Buffer.byteLength(text),
+      'cache-control': 'no-store',
+      'x-request-id': ex.requestId,
+    })
     ex.res.end(method === 'HEAD' ? undefined : text)
   }).catch((err: unknown) => internalError(ex, err))
 }

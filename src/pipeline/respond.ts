@@ -19,7 +19,9 @@ export function fromPluginResponse (ex: Exchange, r: PluginResponse): FinalRespo
   let type: string | null = null
   for (const [name, value] of Object.entries(r.headers ?? {})) {
     const lower = name.toLowerCase()
-    if (lower === 'content-length' || lower === 'transfer-encoding' || lower === 'connection') continue
+    if (lower === 'content-length' || lower === 'transfer-encoding' || lower === 'connection') {
+      continue
+    }
     if (lower === 'content-type') type = value
     headers.push(lower, value)
   }

@@ -11,7 +11,9 @@ import type { Exchange, ResponseHandler, ResponseWrapper } from './exchange.js'
  */
 
 /** One function that builds a request's chain, or null when the route has no wrapper. */
-export function composeResponse (wrappers: ReadonlyArray<ResponseWrapper | null>): ((ex: Exchange) => ResponseHandler) | null {
+export function composeResponse (
+  wrappers: ReadonlyArray<ResponseWrapper | null>,
+): ((ex: Exchange) => ResponseHandler) | null {
   const list = wrappers.filter((w): w is ResponseWrapper => w !== null)
   if (list.length === 0) return null
   // One wrapper needs no loop (hono: do not compose a single handler).

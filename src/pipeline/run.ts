@@ -12,11 +12,17 @@ import { HANDLED, type Step, type Verdict } from './step.js'
  * step let the request through), or a Promise of it as soon as a step has to wait. A request
  * whose client left while a step waited stops there (HANDLED: it is logged already).
  */
-export function runSteps (ex: Exchange, steps: readonly Step[], from = 0): Verdict | Promise<Verdict> {
+export function runSteps (
+  ex: Exchange,
+  steps: readonly Step[],
+  from = 0,
+): Verdict | Promise<Verdict> {
   for (let i = from; i < steps.length; i++) {
     const v = steps[i]!.run(ex)
     if (v === null) continue
-    if (v instanceof Promise) return v.then((r) => r !== null ? r : ex.finished ? HANDLED : runSteps(ex, steps, i + 1))
+    if (v instanceof Promise) {
+      return v.then((r) => r !== null ? r : ex.finished ? HANDLED : runSteps(ex, steps, i + 1))
+    }
     return v
   }
   return null
@@ -53,6 +59,16 @@ export function refuse (ex: Exchange, err: GatewayError): void {
 
 /** A bug must cost one request, never the process. */
 export function internalError (ex: Exchange, err: unknown): void {
-  ex.rt.logger.error({ msg: 'internal error', id: ex.requestId, err: (err as Error).stack ?? String(err) })
-  if (!ex.finished) ex.fail(gatewayError('GH_INTERNAL', 'The gateway failed to handle this request', { reason: (err as Error).message }))
+  ex.rt.logger.error({
+    msg: 'internal error',
+    id: ex.requestId,
+    err: (err as Error).stack ?? String(err),
+  })
+  if (!ex.finished) {
+    ex.fail(
+      gatewayError('GH_INTERNAL', 'The gateway failed to handle this request', {
+        reason: (err as Error).message,
+      }),
+    )
+  }
 }

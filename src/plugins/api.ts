@@ -47,10 +47,10 @@ export interface PluginResponse {
 }
 
 export interface PluginLogger {
-  debug (obj: object | string, msg?: string): void
-  info (obj: object | string, msg?: string): void
-  warn (obj: object | string, msg?: string): void
-  error (obj: object | string, msg?: string): void
+  debug(obj: object | string, msg?: string): void
+  info(obj: object | string, msg?: string): void
+  warn(obj: object | string, msg?: string): void
+  error(obj: object | string, msg?: string): void
 }
 
 export interface PluginContext<Options = Record<string, unknown>> {
@@ -69,7 +69,7 @@ export interface PluginContext<Options = Record<string, unknown>> {
   readonly signal: AbortSignal
   readonly log: PluginLogger
   /** Build a response for a hook to return. */
-  respond (status: number, body?: unknown, headers?: Record<string, string>): PluginResponse
+  respond(status: number, body?: unknown, headers?: Record<string, string>): PluginResponse
 }
 
 export interface PluginDefinition<Options = Record<string, unknown>> {
@@ -77,12 +77,18 @@ export interface PluginDefinition<Options = Record<string, unknown>> {
   /** The Gatehouse versions this plugin works with, as a semver range (e.g. '^0.1'). */
   readonly gatehouse: string
   /** Before the request goes upstream: change ctx.request, or return a response to answer at once. */
-  onRequest?: (ctx: PluginContext<Options>) => void | PluginResponse | Promise<void | PluginResponse>
+  onRequest?: (
+    ctx: PluginContext<Options>,
+  ) => void | PluginResponse | Promise<void | PluginResponse>
   /** After the upstream answered (read whole): change ctx.response, or return a response to send instead. */
-  onResponse?: (ctx: PluginContext<Options>) => void | PluginResponse | Promise<void | PluginResponse>
+  onResponse?: (
+    ctx: PluginContext<Options>,
+  ) => void | PluginResponse | Promise<void | PluginResponse>
 }
 
 /** Identity function that gives a plugin module its types. */
-export function definePlugin<Options = Record<string, unknown>> (plugin: PluginDefinition<Options>): PluginDefinition<Options> {
+export function definePlugin<Options = Record<string, unknown>> (
+  plugin: PluginDefinition<Options>,
+): PluginDefinition<Options> {
   return plugin
 }

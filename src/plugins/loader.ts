@@ -58,7 +58,10 @@ export async function loadPlugin (path: string): Promise<PluginDefinition> {
       // tsx compiles TypeScript (esbuild underneath) and resolves the plugin's own imports as
       // Node would; each call is its own namespace, so a reload sees an edited file.
       const { tsImport } = await importModule<typeof import('tsx/esm/api')>('tsx/esm/api')
-      mod = await tsImport(pathToFileURL(path).href, import.meta.url ?? pathToFileURL(__filenameFallback()).href)
+      mod = await tsImport(
+        pathToFileURL(path).href,
+        import.meta.url ?? pathToFileURL(__filenameFallback()).href,
+      )
     } else {
       mod = await importModule(`${pathToFileURL(path).href}?v=${version}`)
     }
@@ -66,14 +69,32 @@ export async function loadPlugin (path: string): Promise<PluginDefinition> {
     throw new Error(`plugin ${path} failed to load: ${(err as Error).message}`)
   }
   const plugin = mod.default as Partial<PluginDefinition> | undefined
-  if (plugin === null || typeof plugin !== 'object') throw new Error(`plugin ${path}: the default export must be definePlugin({ name, gatehouse, onRequest?, onResponse? })`)
-  if (typeof plugin.name !== 'string' || plugin.name === '') throw new Error(`plugin ${path}: "name" must be a non-empty string`)
-  if (typeof plugin.gatehouse !== 'string' || semver.validRange(plugin.gatehouse) === null) throw new Error(`plugin ${plugin.name} (${path}): "gatehouse" must be a semver range such as "^0.1"`)
-  if (!semver.satisfies(VERSION, plugin.gatehouse, { includePrerelease: true })) throw new Error(`plugin ${plugin.name} (${path}) wants gatehouse ${plugin.gatehouse}; this is ${VERSION}`)
-  for (const hook of ['onRequest', 'onResponse'] as const) {
-    if (plugin[hook] !== undefined && typeof plugin[hook] !== 'function') throw new Error(`plugin ${plugin.name} (${path}): ${hook} must be a function`)
+  if (plugin === null || typeof plugin !== 'object') {
+    throw new Error(
+      `plugin ${path}: the default export must be definePlugin({ name, gatehouse, onRequest?, onResponse? })`,
+    )
   }
-  if (plugin.onRequest === undefined && plugin.onResponse === undefined) throw new Error(`plugin ${plugin.name} (${path}) has neither onRequest nor onResponse`)
+  if (typeof plugin.name !== 'string' || plugin.name === '') {
+    throw new Error(`plugin ${path}: "name" must be a non-empty string`)
+  }
+  if (typeof plugin.gatehouse !== 'string' || semver.validRange(plugin.gatehouse) === null) {
+    throw new Error(
+      `plugin ${plugin.name} (${path}): "gatehouse" must be a semver range such as "^0.1"`,
+    )
+  }
+  if (!semver.satisfies(VERSION, plugin.gatehouse, { includePrerelease: true })) {
+    throw new Error(
+      `plugin ${plugin.name} (${path}) wants gatehouse ${plugin.gatehouse}; this is ${VERSION}`,
+    )
+  }
+  for (const hook of ['onRequest', 'onResponse'] as const) {
+    if (plugin[hook] !== undefined && typeof plugin[hook] !== 'function') {
+      throw new Error(`plugin ${plugin.name} (${path}): ${hook} must be a function`)
+    }
+  }
+  if (plugin.onRequest === undefined && plugin.onResponse === undefined) {
+    throw new Error(`plugin ${plugin.name} (${path}) has neither onRequest nor onResponse`)
+  }
   loaded.set(path, { name: plugin.name, url: pathToFileURL(path).href })
   return plugin as PluginDefinition
 }
@@ -120,26 +141,46 @@ const TIMEOUT = Symbol('timeout')
  * down. (A hook that blocks the event loop cannot be stopped from inside the process; the time
  * limit covers asynchronous work, which is what plugins that call models do.)
  */
-export async function runHook (name: string, hook: string, fn: () => unknown, timeout: number, abort: AbortController): Promise<PluginResponse | null | GatewayError> {
+export async function runHook (
+  name: string,
+  hook: string,
+  fn: () => unknown,
+  timeout: number,
+  abort: AbortController,
+): Promise<PluginResponse | null | GatewayError> {
   let timer: NodeJS.Timeout | undefined
-  const expired = new Promise<typeof TIMEOUT>((resolve) => { timer = setTimeout(resolve, timeout, TIMEOUT) })
+  const expired = new Promise<typeof TIMEOUT>((resolve) => {
+    timer = setTimeout(resolve, timeout, TIMEOUT)
+  })
   let result: unknown
   try {
     result = await Promise.race([Promise.resolve().then(fn), expired])
   } catch (err) {
-    return gatewayError('GH_PLUGIN_FAILED', `Plugin "${name}" failed`, { reason: `${name}.${hook} threw: ${(err as Error)?.stack ?? String(err)}` })
+    return gatewayError('GH_PLUGIN_FAILED', `Plugin "${name}" failed`, {
+      reason: `${name}.${hook} threw: ${(err as Error)?.stack ?? String(err)}`,
+    })
   } finally {
     clearTimeout(timer)
   }
   if (result === TIMEOUT) {
     abort.abort(new Error(`plugin ${name}.${hook} timed out`))
-    return gatewayError('GH_PLUGIN_TIMEOUT', `Plugin "${name}" did not finish in time`, { reason: `${name}.${hook} ran past ${timeout} ms` })
+    return gatewayError('GH_PLUGIN_TIMEOUT', `Plugin "${name}" did not finish in time`, {
+      reason: `${name}.${hook} ran past ${timeout} ms`,
+    })
   }
   if (result === undefined || result === null) return null
   const r = result as Partial<PluginResponse>
-  if (typeof r !== 'object' || !Number.isInteger(r.status) || r.status! < 200 || r.status! > 599 ||
-    (r.headers !== undefined && (r.headers === null || typeof r.headers !== 'object' || Object.values(r.headers).some((v) => typeof v !== 'string')))) {
-    return gatewayError('GH_PLUGIN_INVALID_RESULT', `Plugin "${name}" returned an invalid result`, { reason: `${name}.${hook} returned ${describe(result)}; expected nothing or ctx.respond(status, body, headers)` })
+  if (
+    typeof r !== 'object' || !Number.isInteger(r.status) || r.status! < 200 || r.status! > 599 ||
+    (r.headers !== undefined &&
+      (r.headers === null || typeof r.headers !== 'object' ||
+        Object.values(r.headers).some((v) => typeof v !== 'string')))
+  ) {
+    return gatewayError('GH_PLUGIN_INVALID_RESULT', `Plugin "${name}" returned an invalid result`, {
+      reason: `${name}.${hook} returned ${
+        describe(result)
+      }; expected nothing or ctx.respond(status, body, headers)`,
+    })
   }
   return r as PluginResponse
 }

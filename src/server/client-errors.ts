@@ -28,7 +28,11 @@ export class ClientErrors {
   /** CONNECT asks for a tunnel: 405, as nginx answers, and the connection is closed. */
   refuseConnect (socket: Socket): void {
     socket.on('error', destroyOnError)
-    const err = gatewayError('GH_METHOD_NOT_ALLOWED', 'CONNECT is not allowed: this is a gateway, not a tunnel', { headers: { allow: 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS' } })
+    const err = gatewayError(
+      'GH_METHOD_NOT_ALLOWED',
+      'CONNECT is not allowed: this is a gateway, not a tunnel',
+      { headers: { allow: 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS' } },
+    )
     this.#metrics.refused.labels(err.code).inc()
     this.lastAnswer(socket, rawProblemResponse(err, null, http.STATUS_CODES[err.status]))
   }
@@ -62,7 +66,10 @@ export class ClientErrors {
     }
     // A TLS connection that never finished its handshake cannot carry an HTTP answer: a
     // plaintext write on it would wait forever to be flushed.
-    if ((socket as unknown as { encrypted?: boolean }).encrypted === true && (socket as unknown as { _secureEstablished?: boolean })._secureEstablished !== true) {
+    if (
+      (socket as unknown as { encrypted?: boolean }).encrypted === true &&
+      (socket as unknown as { _secureEstablished?: boolean })._secureEstablished !== true
+    ) {
       socket.destroy()
       return
     }
@@ -73,19 +80,34 @@ export class ClientErrors {
     const maxUri = this.#table().config.listen.limits.max_uri
     const gerr = code === 'HPE_HEADER_OVERFLOW'
       ? requestLineTooLong(err, maxUri)
-        ? gatewayError('GH_URI_TOO_LONG', `The request target is longer than the ${maxUri} bytes this gateway accepts`)
-        : gatewayError('GH_HEADERS_TOO_LARGE', 'The request head is larger than this gateway accepts')
+        ? gatewayError(
+          'GH_URI_TOO_LONG',
+          `The request target is longer than the ${maxUri} bytes this gateway accepts`,
+        )
+        : gatewayError(
+          'GH_HEADERS_TOO_LARGE',
+          'The request head is larger than this gateway accepts',
+        )
       : code === 'ERR_HTTP_REQUEST_TIMEOUT'
-        ? gatewayError('GH_REQUEST_TIMEOUT', 'The request was not received in time')
-        : code === 'HPE_INVALID_TRANSFER_ENCODING' || code === 'HPE_UNEXPECTED_CONTENT_LENGTH' || code === 'HPE_INVALID_CONTENT_LENGTH'
-          ? gatewayError('GH_AMBIGUOUS_LENGTH', `The request's message length is ambiguous: ${reason ?? code}`)
-          : gatewayError('GH_BAD_REQUEST', `Malformed request: ${reason ?? code}`)
+      ? gatewayError('GH_REQUEST_TIMEOUT', 'The request was not received in time')
+      : code === 'HPE_INVALID_TRANSFER_ENCODING' || code === 'HPE_UNEXPECTED_CONTENT_LENGTH' ||
+          code === 'HPE_INVALID_CONTENT_LENGTH'
+      ? gatewayError(
+        'GH_AMBIGUOUS_LENGTH',
+        `The request's message length is ambiguous: ${reason ?? code}`,
+      )
+      : gatewayError('GH_BAD_REQUEST', `Malformed request: ${reason ?? code}`)
     // The connection ended in the middle of a request: the client went away (a 499 for a
     // request in progress), nobody is left to answer.
     const gone = code === 'HPE_INVALID_EOF_STATE'
     if (!gone) {
       this.#metrics.refused.labels(gerr.code).inc()
-      this.#logger.info({ msg: 'client error', code: gerr.code, reason: `${code} ${reason ?? err.message}`, peer: socket.remoteAddress })
+      this.#logger.info({
+        msg: 'client error',
+        code: gerr.code,
+        reason: `${code} ${reason ?? err.message}`,
+        peer: socket.remoteAddress,
+      })
     }
     const last = conn?.active[conn.active.length - 1]
     if (last !== undefined && !last.finished) {
@@ -99,7 +121,12 @@ export class ClientErrors {
     }
     // After requests still being answered, this answer waits for their responses (writing now
     // would put it before theirs).
-    this.lastAnswer(socket, gone ? null : rawProblemResponse(gerr, null, http.STATUS_CODES[gerr.status], failedOnHead(err)))
+    this.lastAnswer(
+      socket,
+      gone
+        ? null
+        : rawProblemResponse(gerr, null, http.STATUS_CODES[gerr.status], failedOnHead(err)),
+    )
   }
 }
 
@@ -136,7 +163,8 @@ function failedOnHead (err: Error): boolean {
   while (i >= start && (raw[i] === 32 || raw[i] === 9)) i--
   while (i >= start && raw[i] !== 32 && raw[i] !== 9 && raw[i] !== 10) i--
   while (i >= start && (raw[i] === 32 || raw[i] === 9)) i--
-  return i - 3 >= start && raw[i - 3] === 72 && raw[i - 2] === 69 && raw[i - 1] === 65 && raw[i] === 68
+  return i - 3 >= start && raw[i - 3] === 72 && raw[i - 2] === 69 && raw[i - 1] === 65 &&
+    raw[i] === 68
 }
 
 /** Whether a head Node found too large was too large because of its request line (→ 414, not 431). */

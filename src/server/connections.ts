@@ -97,7 +97,12 @@ export class Connections {
   #period = 0
   #lastSweep = 0
 
-  constructor (settings: ConnectionSettings, metrics: Metrics, logger: Logger, start: (req: IncomingMessage, res: ServerResponse, expectContinue: boolean) => void) {
+  constructor (
+    settings: ConnectionSettings,
+    metrics: Metrics,
+    logger: Logger,
+    start: (req: IncomingMessage, res: ServerResponse, expectContinue: boolean) => void,
+  ) {
     this.#settings = settings
     this.#metrics = metrics
     this.#logger = logger
@@ -125,7 +130,9 @@ export class Connections {
    */
   accept (socket: Socket): boolean {
     const s = this.#settings
-    if (s.maxConnections > 0 && this.#tcp >= s.maxConnections) return this.#drop(socket, 'max_connections')
+    if (s.maxConnections > 0 && this.#tcp >= s.maxConnections) {
+      return this.#drop(socket, 'max_connections')
+    }
     const ip = peerKey(socket.remoteAddress)
     // Counted even while the cap is off, so that a reload turning it on starts from the truth.
     const n = this.#perIp.get(ip) ?? 0
@@ -182,7 +189,11 @@ export class Connections {
     const deferred = (conn.deferred ??= [])
     if (deferred.length >= MAX_DEFERRED) {
       this.#metrics.connectionsRefused.labels('pipelining_flood').inc()
-      this.#logger.info({ msg: 'pipelining flood; connection closed', peer: conn.socket.remoteAddress, waiting: deferred.length })
+      this.#logger.info({
+        msg: 'pipelining flood; connection closed',
+        peer: conn.socket.remoteAddress,
+        waiting: deferred.length,
+      })
       conn.socket.destroy()
       return false
     }
@@ -323,7 +334,8 @@ export class Connections {
     // Chunks the kernel took completely, and what is left of the one it is taking (libuv's
     // queue shrinks as the kernel takes part of a large write).
     const sent = socket.bytesWritten - waiting
-    const queued = (socket as unknown as { _handle?: { writeQueueSize?: number } })._handle?.writeQueueSize ?? 0
+    const queued =
+      (socket as unknown as { _handle?: { writeQueueSize?: number } })._handle?.writeQueueSize ?? 0
     if (sent !== conn.sent || queued < conn.queued) {
       conn.sent = sent
       conn.queued = queued
@@ -333,7 +345,12 @@ export class Connections {
     conn.queued = queued
     if (now - conn.sentAt < sendIdle) return
     this.#metrics.clientTimeouts.labels('send_idle').inc()
-    this.#logger.info({ msg: 'client stopped reading its response; connection closed', peer: socket.remoteAddress, id: conn.active[0]?.requestId, waiting_bytes: waiting })
+    this.#logger.info({
+      msg: 'client stopped reading its response; connection closed',
+      peer: socket.remoteAddress,
+      id: conn.active[0]?.requestId,
+      waiting_bytes: waiting,
+    })
     socket.destroy()
   }
 
@@ -346,7 +363,10 @@ export class Connections {
     }
     const read = socket.bytesRead
     const body = ex.body
-    if (req.readableLength >= req.readableHighWaterMark || (body !== null && body !== req && body.readableLength >= body.readableHighWaterMark)) {
+    if (
+      req.readableLength >= req.readableHighWaterMark ||
+      (body !== null && body !== req && body.readableLength >= body.readableHighWaterMark)
+    ) {
       // The gateway's buffers are full: the upstream (or a check) reads slower than the client
       // sends, and the client is held back. Not the client's time.
       conn.excused += since
@@ -358,17 +378,34 @@ export class Connections {
       conn.read = read
       conn.readAt = now
     } else if (s.bodyIdle > 0 && now - conn.readAt >= s.bodyIdle) {
-      return this.#bodyTimeout(conn, ex, 'body_idle', `no byte of the request body for ${s.bodyIdle} ms`)
+      return this.#bodyTimeout(
+        conn,
+        ex,
+        'body_idle',
+        `no byte of the request body for ${s.bodyIdle} ms`,
+      )
     }
     if (s.bodyMinRate > 0) {
       const elapsed = now - conn.bodyAt - conn.excused - s.bodyIdle
       if (elapsed > 0 && (read - conn.bodyFrom) < s.bodyMinRate * elapsed / 1000) {
-        return this.#bodyTimeout(conn, ex, 'body_min_rate', `request body slower than ${s.bodyMinRate} bytes/s (${read - conn.bodyFrom} bytes in ${Math.round(now - conn.bodyAt)} ms)`)
+        return this.#bodyTimeout(
+          conn,
+          ex,
+          'body_min_rate',
+          `request body slower than ${s.bodyMinRate} bytes/s (${read - conn.bodyFrom} bytes in ${
+            Math.round(now - conn.bodyAt)
+          } ms)`,
+        )
       }
     }
   }
 
-  #bodyTimeout (conn: Conn, ex: Exchange, kind: 'body_idle' | 'body_min_rate', reason: string): void {
+  #bodyTimeout (
+    conn: Conn,
+    ex: Exchange,
+    kind: 'body_idle' | 'body_min_rate',
+    reason: string,
+  ): void {
     conn.body = null
     this.#metrics.clientTimeouts.labels(kind).inc()
     ex.bodyTimedOut(reason)
@@ -426,7 +463,7 @@ export function discardInput (socket: Socket): void {
   // Node's HTTP server pauses a connection (its own socket._paused, and the parser) while too
   // much of its output is queued, and resumes it only as that output drains; a connection
   // being closed queues nothing more, so its reading must not wait for that.
-  const s = socket as Socket & { _paused?: boolean, parser?: { resume (): void } | null }
+  const s = socket as Socket & { _paused?: boolean, parser?: { resume(): void } | null }
   if (s._paused === true) {
     s._paused = false
     s.parser?.resume()

@@ -48,9 +48,13 @@ export class Drain {
   /** Resolves true once nothing is in progress, or false when `grace` (ms) runs out first. */
   async wait (grace: number): Promise<boolean> {
     if (this.#idle()) return true
-    const drained = new Promise<void>((resolve) => { this.#drained = resolve })
+    const drained = new Promise<void>((resolve) => {
+      this.#drained = resolve
+    })
     let timer: NodeJS.Timeout | undefined
-    const timeout = new Promise<void>((resolve) => { timer = setTimeout(resolve, grace) })
+    const timeout = new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, grace)
+    })
     await Promise.race([drained, timeout])
     clearTimeout(timer)
     return this.#idle()

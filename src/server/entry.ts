@@ -87,8 +87,13 @@ export class RequestEntry implements GatewayRuntime {
       const err = prepare(ex, table)
       if (err !== null) return refuse(ex, err)
       if ((req as unknown as Record<symbol, boolean | undefined>)[kBadExpectation] === true) {
-        return refuse(ex, gatewayError('GH_EXPECTATION_FAILED',
-          'The only expectation this gateway meets is Expect: 100-continue'))
+        return refuse(
+          ex,
+          gatewayError(
+            'GH_EXPECTATION_FAILED',
+            'The only expectation this gateway meets is Expect: 100-continue',
+          ),
+        )
       }
     } catch (err) {
       return internalError(ex, err)

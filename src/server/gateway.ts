@@ -36,7 +36,7 @@ export interface ListenInfo {
 
 export interface Gateway {
   /** Bind the proxy and admin listeners. Resolves once both accept connections. */
-  listen (): Promise<ListenInfo>
+  listen(): Promise<ListenInfo>
   /**
    * Validate, compile and swap in a new configuration. Requests already routed finish on the
    * old table. Rejects (and keeps the old table) if the new config is invalid. `config` may be
@@ -44,9 +44,9 @@ export interface Gateway {
    * validation errors. Listener addresses and TLS take effect only on restart; client
    * timeouts, header limits and log settings apply at once.
    */
-  reload (config: ConfigInput | Config | (() => Config)): Promise<void>
+  reload(config: ConfigInput | Config | (() => Config)): Promise<void>
   /** Stop accepting, let in-flight requests finish up to `shutdown.grace`, then close everything. */
-  close (): Promise<void>
+  close(): Promise<void>
   readonly table: RouteTable
   readonly logger: Logger
   readonly metrics: Metrics
@@ -79,8 +79,11 @@ class GatewayImpl implements Gateway {
   constructor (config: Config, options: GatewayOptions) {
     const logger = this.logger = options.logger ??
       createLogger(config.log.level, options.logDestination)
-    const metrics = this.metrics = new Metrics(options.processMetrics ?? true,
-      () => this.#drain.inFlight, () => queueLengths(this.table))
+    const metrics = this.metrics = new Metrics(
+      options.processMetrics ?? true,
+      () => this.#drain.inFlight,
+      () => queueLengths(this.table),
+    )
     const drain = this.#drain = new Drain(metrics)
     const access = new AccessLog(logger)
     this.#reloader = new Reloader(logger, metrics, {
@@ -89,17 +92,30 @@ class GatewayImpl implements Gateway {
     })
     const switcher = this.#switcher = new TableSwitcher(this.#reloader.first(config))
     const server = this.#server = createListener(config)
-    const conns = this.#conns = new Connections(connectionSettings(config), metrics, logger,
-      (req, res, expectContinue) => this.#entry.handle(req, res, expectContinue))
+    const conns = this.#conns = new Connections(
+      connectionSettings(config),
+      metrics,
+      logger,
+      (req, res, expectContinue) => this.#entry.handle(req, res, expectContinue),
+    )
     const delivery = this.#reloader.delivery
     const encrypted = config.listen.tls !== undefined
     const entry = this.#entry = new RequestEntry({
-      logger, metrics, access, switcher, conns, drain, delivery, encrypted,
+      logger,
+      metrics,
+      access,
+      switcher,
+      conns,
+      drain,
+      delivery,
+      encrypted,
     })
     const clientErrors = new ClientErrors(conns, metrics, logger, () => this.table)
     this.#applySettings(config)
     // Before Node's own listener: a connection over a cap is closed before a parser is made.
-    server.prependListener('connection', (socket: Socket) => { conns.accept(socket) })
+    server.prependListener('connection', (socket: Socket) => {
+      conns.accept(socket)
+    })
     server.on('request', (req: IncomingMessage, res: ServerResponse) => {
       entry.handle(req, res, false)
     })
@@ -142,21 +158,25 @@ class GatewayImpl implements Gateway {
     const { listen, admin } = this.table.config
     // Both listeners bind at once; a bind error (port in use) rejects listen().
     const servers: Server[] = [this.#server]
-    const bound = [listening(this.#server.listen(listen.port, listen.host), 'listen',
-      listen.host, listen.port)]
+    const bound = [
+      listening(this.#server.listen(listen.port, listen.host), 'listen', listen.host, listen.port),
+    ]
     if (admin.enabled) {
       this.#admin = createAdminServer(this, this.#reloader)
       servers.push(this.#admin)
-      bound.push(listening(this.#admin.listen(admin.port, admin.host), 'admin', admin.host,
-        admin.port))
+      bound.push(
+        listening(this.#admin.listen(admin.port, admin.host), 'admin', admin.host, admin.port),
+      )
     }
     const failed = (await Promise.allSettled(bound))
       .flatMap((r) => r.status === 'rejected' ? [r.reason as Error] : [])
     if (failed.length > 0) {
       // Half up is worse than down: a proxy without /metrics, or a /healthz that answers 200
       // for a proxy that serves nothing. What did bind is closed before listen() rejects.
-      await Promise.all(servers.filter((s) => s.listening)
-        .map((s) => new Promise((resolve) => s.close(resolve))))
+      await Promise.all(
+        servers.filter((s) => s.listening)
+          .map((s) => new Promise((resolve) => s.close(resolve))),
+      )
       this.#admin = null
       throw failed[0]
     }

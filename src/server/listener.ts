@@ -76,8 +76,12 @@ const BIND_ERRORS: Readonly<Record<string, string>> = {
  * and its address, `listen 0.0.0.0:8080: address already in use`, with code GH_LISTEN_FAILED
  * and the system error as its cause.
  */
-export function listening (server: http.Server, what: 'listen' | 'admin', host: string,
-  port: number): Promise<void> {
+export function listening (
+  server: http.Server,
+  what: 'listen' | 'admin',
+  host: string,
+  port: number,
+): Promise<void> {
   return new Promise((resolve, reject) => {
     server.once('listening', resolve)
     server.once('error', (err: NodeJS.ErrnoException) => {

@@ -20,9 +20,9 @@ export type ConfigSource = ConfigInput | Config | (() => Config)
 /** What a reload asks of the server around it. */
 export interface ReloadHooks {
   /** Whether the listeners are up: a new table's delivery workers start only then. */
-  listening (): boolean
+  listening(): boolean
   /** Apply what takes effect at once (client timeouts, header limits, log settings). */
-  apply (config: Config): void
+  apply(config: Config): void
 }
 
 type PreparedDelivery = Awaited<ReturnType<DeliveryService['prepare']>>
@@ -81,7 +81,7 @@ export class Reloader {
     // Keys first, so the first request with a token does not find an empty key set. An IdP
     // that does not answer delays start-up by at most IDENTITY_START_TIMEOUT; the gateway then
     // starts, reports not ready, and keeps trying in the background.
-    const [,,, delivery] = await Promise.all([
+    const [, , , delivery] = await Promise.all([
       this.#identity.start(table.identity, IDENTITY_START_TIMEOUT),
       this.#storesStarting,
       loadPlugins(table),
@@ -109,8 +109,9 @@ export class Reloader {
     let stores: StoreSet | null = null
     let delivery: PreparedDelivery | null = null
     try {
-      const config = validateConfig(typeof input === 'function' ? input() : input,
-        { checks: compileChecks })
+      const config = validateConfig(typeof input === 'function' ? input() : input, {
+        checks: compileChecks,
+      })
       identity = this.#identity.prepare(config.identity)
       stores = this.#stores.prepare(config)
       const targets = this.#targets.prepare(config.upstreams)

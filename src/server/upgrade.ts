@@ -2,7 +2,12 @@ import http, { type IncomingMessage } from 'node:http'
 import type { Duplex } from 'node:stream'
 import type { Socket } from 'node:net'
 import type { Dispatcher } from 'undici'
-import { upstreamPath, type CompiledRoute, type RouteTable, type RouteExchange } from '../compile/table.js'
+import {
+  upstreamPath,
+  type CompiledRoute,
+  type RouteTable,
+  type RouteExchange,
+} from '../compile/table.js'
 import { gatewayError, rawProblemResponse, type GatewayError } from '../errors/index.js'
 import type { Logger } from '../observability/logger.js'
 import type { Metrics } from '../observability/metrics.js'
@@ -11,7 +16,15 @@ import { filterResponseHeaders } from '../net/fields.js'
 import { Exchange, requestHost } from '../pipeline/exchange.js'
 import { runSteps } from '../pipeline/run.js'
 import { HANDLED } from '../pipeline/step.js'
-import { answered, dispatch, failed, pickTarget, release, unavailable, upstreamRequest } from '../upstream/dispatch.js'
+import {
+  answered,
+  dispatch,
+  failed,
+  pickTarget,
+  release,
+  unavailable,
+  upstreamRequest,
+} from '../upstream/dispatch.js'
 import { noHealthyTarget, upstreamBusy } from '../upstream/errors.js'
 import type { Target } from '../upstream/target.js'
 import { discardInput, endAndLinger, type Conn } from './connections.js'
@@ -22,10 +35,10 @@ interface UpgradeHost {
   readonly metrics: Metrics
   readonly closing: boolean
   readonly encrypted: boolean
-  trackUpgrade (socket: Socket): void
-  finish (ex: RouteExchange): void
+  trackUpgrade(socket: Socket): void
+  finish(ex: RouteExchange): void
   /** Answer a request through the ordinary request path, on the response given. */
-  serve (req: IncomingMessage, res: http.ServerResponse): void
+  serve(req: IncomingMessage, res: http.ServerResponse): void
 }
 
 /**
@@ -33,8 +46,13 @@ interface UpgradeHost {
  * requests pipelined before it are still being answered on it: whatever the upgrade writes
  * (a 101, a refusal, a plain answer) must wait for their responses.
  */
-export function onUpgrade (host: UpgradeHost, conn: Conn | undefined, req: IncomingMessage,
-  socket: Socket, head: Buffer): void {
+export function onUpgrade (
+  host: UpgradeHost,
+  conn: Conn | undefined,
+  req: IncomingMessage,
+  socket: Socket,
+  head: Buffer,
+): void {
   if (conn !== undefined && conn.active.length > 0) {
     conn.afterPending = () => handleUpgrade(host, req, socket, head)
     socket.pause()
@@ -54,14 +72,25 @@ export function onUpgrade (host: UpgradeHost, conn: Conn | undefined, req: Incom
  * `curl --http2 http://…` still works. Such a request cannot carry a body: Node's parser has let
  * go of the connection, so the body could not be framed.
  */
-function handleUpgrade (host: UpgradeHost, req: IncomingMessage, socket: Socket, head: Buffer): void {
+function handleUpgrade (
+  host: UpgradeHost,
+  req: IncomingMessage,
+  socket: Socket,
+  head: Buffer,
+): void {
   socket.on('error', onSocketError)
   const table = host.table
   const url = req.url ?? ''
   let requestId: string | null = null
   const refuse = (err: GatewayError): void => {
     host.metrics.refused.labels(err.code).inc()
-    host.logger.info({ msg: 'upgrade refused', id: requestId, code: err.code, reason: err.reason ?? err.detail, path: url.split('?')[0] })
+    host.logger.info({
+      msg: 'upgrade refused',
+      id: requestId,
+      code: err.code,
+      reason: err.reason ?? err.detail,
+      path: url.split('?')[0],
+    })
     writeProblem(socket, err, requestId, table.config.listen.timeouts.linger, req.method === 'HEAD')
   }
   if (host.closing) {
@@ -69,16 +98,30 @@ function handleUpgrade (host: UpgradeHost, req: IncomingMessage, socket: Socket,
     return
   }
   // The Exchange carries the parsed head; its response object is never used here.
-  const ex = new Exchange<CompiledRoute>(req, null as unknown as http.ServerResponse, host as never, table)
+  const ex = new Exchange<CompiledRoute>(
+    req,
+    null as unknown as http.ServerResponse,
+    host as never,
+    table,
+  )
   // RFC 6455 §4.1: the opening handshake is a GET.
   const err = req.method === 'GET' ? readHead(ex, table) : null
   requestId = ex.requestId === '' ? null : ex.requestId
   const route = ex.route
-  const protocol = err === null && route !== null && req.method === 'GET' ? chosenProtocol(route, req.headers.upgrade) : null
+  const protocol = err === null && route !== null && req.method === 'GET'
+    ? chosenProtocol(route, req.headers.upgrade)
+    : null
   if (protocol === null || route === null) {
     const length = req.headers['content-length']
-    if ((length !== undefined && length !== '0') || req.headers['transfer-encoding'] !== undefined) {
-      return refuse(gatewayError('GH_UPGRADE_NOT_ALLOWED', 'A request asking for a protocol upgrade this gateway does not perform cannot carry a body'))
+    if (
+      (length !== undefined && length !== '0') || req.headers['transfer-encoding'] !== undefined
+    ) {
+      return refuse(
+        gatewayError(
+          'GH_UPGRADE_NOT_ALLOWED',
+          'A request asking for a protocol upgrade this gateway does not perform cannot carry a body',
+        ),
+      )
     }
     // Refusals (a bad path, no route, …) and plain answers alike come from the ordinary path.
     serveWithoutUpgrade(host, req, socket)
@@ -87,7 +130,12 @@ function handleUpgrade (host: UpgradeHost, req: IncomingMessage, socket: Socket,
   // An intercepted route (signatures over the body, transforms, a plugin, async delivery) must
   // not be reachable around its interception by asking for a tunnel.
   if (route.buffer !== null || route.responseTransform !== null || route.plugin !== null) {
-    return refuse(gatewayError('GH_UPGRADE_NOT_ALLOWED', `Route "${route.name}" intercepts requests and does not accept protocol upgrades`))
+    return refuse(
+      gatewayError(
+        'GH_UPGRADE_NOT_ALLOWED',
+        `Route "${route.name}" intercepts requests and does not accept protocol upgrades`,
+      ),
+    )
   }
   // A WebSocket is a request like any other: the route's address and credential checks apply.
   const proceed = (): void => {
@@ -96,17 +144,36 @@ function handleUpgrade (host: UpgradeHost, req: IncomingMessage, socket: Socket,
     const target = pickTarget(route.upstream, now)
     if (target === null) {
       // Upgrades do not wait for a slot: a long-lived socket would hold the queue for its life.
-      if (unavailable(route.upstream, now) === 'busy') return refuse(upstreamBusy(route.upstream.name, 'every target is at max_in_flight (upgrades do not wait for a slot)'))
+      if (unavailable(route.upstream, now) === 'busy') {
+        return refuse(
+          upstreamBusy(
+            route.upstream.name,
+            'every target is at max_in_flight (upgrades do not wait for a slot)',
+          ),
+        )
+      }
       return refuse(noHealthyTarget(route.upstream))
     }
-    new UpgradeHandler(host, route, socket, head, target, ex.requestId, ex.identity?.expiresAt ?? Infinity).dispatch(ex, protocol)
+    new UpgradeHandler(
+      host,
+      route,
+      socket,
+      head,
+      target,
+      ex.requestId,
+      ex.identity?.expiresAt ?? Infinity,
+    ).dispatch(ex, protocol)
   }
   // The same runner as every request, over the route's checks (no body, no cache, no terminal).
   let checked
   try {
     checked = runSteps(ex, route.tunnelSteps)
   } catch (e) {
-    host.logger.error({ msg: 'internal error', id: requestId, err: (e as Error).stack ?? String(e) })
+    host.logger.error({
+      msg: 'internal error',
+      id: requestId,
+      err: (e as Error).stack ?? String(e),
+    })
     return refuse(gatewayError('GH_INTERNAL'))
   }
   if (checked === null) return proceed()
@@ -116,7 +183,11 @@ function handleUpgrade (host: UpgradeHost, req: IncomingMessage, socket: Socket,
     if (e !== null) refuse(e)
     else proceed()
   }).catch((e: unknown) => {
-    host.logger.error({ msg: 'internal error', id: requestId, err: (e as Error).stack ?? String(e) })
+    host.logger.error({
+      msg: 'internal error',
+      id: requestId,
+      err: (e as Error).stack ?? String(e),
+    })
     refuse(gatewayError('GH_INTERNAL'))
   })
 }
@@ -185,7 +256,15 @@ class UpgradeHandler implements Dispatcher.DispatchHandler {
   /** The target's in-flight slot, held for the tunnel's life (max_in_flight counts tunnels). */
   #holding = false
 
-  constructor (host: UpgradeHost, route: CompiledRoute, client: Socket, head: Buffer, target: Target, requestId: string, expiresAt: number) {
+  constructor (
+    host: UpgradeHost,
+    route: CompiledRoute,
+    client: Socket,
+    head: Buffer,
+    target: Target,
+    requestId: string,
+    expiresAt: number,
+  ) {
     this.#expiresAt = expiresAt
     this.#host = host
     this.#route = route
@@ -198,7 +277,15 @@ class UpgradeHandler implements Dispatcher.DispatchHandler {
   dispatch (ex: RouteExchange, upgrade: string): void {
     const route = this.#route
     const host = route.preserveHost ? requestHost(ex) : null
-    const req = upstreamRequest('GET', upstreamPath(route, ex.path) + ex.query, ex.outHeaders, host, null, route.upstream.timeouts, upgrade)
+    const req = upstreamRequest(
+      'GET',
+      upstreamPath(route, ex.path) + ex.query,
+      ex.outHeaders,
+      host,
+      null,
+      route.upstream.timeouts,
+      upgrade,
+    )
     this.#holding = true
     this.#client.once('close', () => this.#release())
     dispatch(this.#target, req, this)
@@ -217,7 +304,9 @@ class UpgradeHandler implements Dispatcher.DispatchHandler {
       return
     }
     // Upgrade and Connection are hop-by-hop in general but are the point of a 101: keep them.
-    let head = `HTTP/1.1 ${statusCode} ${http.STATUS_CODES[statusCode] ?? 'Switching Protocols'}\r\n`
+    let head = `HTTP/1.1 ${statusCode} ${
+      http.STATUS_CODES[statusCode] ?? 'Switching Protocols'
+    }\r\n`
     const raw = (rawHeaders ?? []) as Buffer[]
     for (let i = 0; i < raw.length; i += 2) {
       head += `${raw[i]!.toString('latin1')}: ${raw[i + 1]!.toString('latin1')}\r\n`
@@ -233,7 +322,12 @@ class UpgradeHandler implements Dispatcher.DispatchHandler {
     client.setTimeout(idle)
     if (idle > 0) {
       client.once('timeout', () => {
-        this.#host.logger.info({ msg: 'upgrade closed: idle', id: this.#requestId, route: this.#route.name, idle_ms: idle })
+        this.#host.logger.info({
+          msg: 'upgrade closed: idle',
+          id: this.#requestId,
+          route: this.#route.name,
+          idle_ms: idle,
+        })
         client.destroy()
       })
     }
@@ -243,12 +337,22 @@ class UpgradeHandler implements Dispatcher.DispatchHandler {
     upstream.once('close', () => client.destroy())
     client.once('close', () => upstream.destroy())
     this.#host.trackUpgrade(client)
-    this.#host.logger.info({ msg: 'upgrade', id: this.#requestId, route: this.#route.name, status: statusCode, target: this.#target.origin })
+    this.#host.logger.info({
+      msg: 'upgrade',
+      id: this.#requestId,
+      route: this.#route.name,
+      status: statusCode,
+      target: this.#target.origin,
+    })
     // A socket admitted with a token lives no longer than the token (timers cap at ~24.8 days).
     const left = this.#expiresAt - Date.now()
     if (left <= MAX_TIMER) {
       const timer = setTimeout(() => {
-        this.#host.logger.info({ msg: 'upgrade closed: credentials expired', id: this.#requestId, route: this.#route.name })
+        this.#host.logger.info({
+          msg: 'upgrade closed: credentials expired',
+          id: this.#requestId,
+          route: this.#route.name,
+        })
         client.destroy()
       }, Math.max(0, left))
       timer.unref()
@@ -292,13 +396,34 @@ class UpgradeHandler implements Dispatcher.DispatchHandler {
     // Not replayable: an upgrade is not retried on another target.
     const gerr = failed(upstream, this.#target, err)
     this.#host.metrics.upstreamErrors.labels(upstream.name, gerr.code).inc()
-    this.#host.logger.info({ msg: 'upgrade failed', id: this.#requestId, route: this.#route.name, code: gerr.code, reason: gerr.reason })
-    writeProblem(this.#client, gerr, this.#requestId, this.#host.table.config.listen.timeouts.linger)
+    this.#host.logger.info({
+      msg: 'upgrade failed',
+      id: this.#requestId,
+      route: this.#route.name,
+      code: gerr.code,
+      reason: gerr.reason,
+    })
+    writeProblem(
+      this.#client,
+      gerr,
+      this.#requestId,
+      this.#host.table.config.listen.timeouts.linger,
+    )
   }
 }
 
-function writeProblem (socket: Socket, err: GatewayError, requestId: string | null, linger: number, head = false): void {
-  endAndLinger(socket, rawProblemResponse(err, requestId, http.STATUS_CODES[err.status], head), linger)
+function writeProblem (
+  socket: Socket,
+  err: GatewayError,
+  requestId: string | null,
+  linger: number,
+  head = false,
+): void {
+  endAndLinger(
+    socket,
+    rawProblemResponse(err, requestId, http.STATUS_CODES[err.status], head),
+    linger,
+  )
 }
 
 function onSocketError (this: Duplex): void {

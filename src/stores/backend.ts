@@ -17,7 +17,7 @@ export interface StoreBackend {
   readonly fingerprint: string
   readonly counterStore: CounterStore
   readonly cacheStore: CacheStore
-  start (): Promise<void>
-  close (): Promise<void>
-  status (): StoreStatus
+  start(): Promise<void>
+  close(): Promise<void>
+  status(): StoreStatus
 }

@@ -7,7 +7,7 @@
  */
 export interface CacheStore {
   /** The value stored under `key`, or null (never stored, expired, or dropped for room). */
-  get (key: string): Buffer | null | Promise<Buffer | null>
+  get(key: string): Buffer | null | Promise<Buffer | null>
   /** Keep `value` for `ttlMs`. A value too big for the store may be dropped at once. */
-  set (key: string, value: Buffer, ttlMs: number): void | Promise<void>
+  set(key: string, value: Buffer, ttlMs: number): void | Promise<void>
 }

@@ -19,14 +19,24 @@ export interface Counters {
    * GCRA: `intervalMs` is the emission interval (period / rate); up to `burst` requests fit at
    * once. Charges `cost` only when allowed.
    */
-  gcra (key: string, intervalMs: number, burst: number, cost: number): LimitDecision | Promise<LimitDecision>
+  gcra(
+    key: string,
+    intervalMs: number,
+    burst: number,
+    cost: number,
+  ): LimitDecision | Promise<LimitDecision>
   /**
    * Fixed window of `windowMs` (aligned to the epoch, so UTC minutes, hours and days): charges
    * `cost` when `used + cost <= limit`. With cost 0 it only looks: allowed while used < limit.
    */
-  quota (key: string, limit: number, windowMs: number, cost: number): LimitDecision | Promise<LimitDecision>
+  quota(
+    key: string,
+    limit: number,
+    windowMs: number,
+    cost: number,
+  ): LimitDecision | Promise<LimitDecision>
   /** Add `amount` to the current window unconditionally (costs known only after the response). */
-  charge (key: string, windowMs: number, amount: number): void | Promise<void>
+  charge(key: string, windowMs: number, amount: number): void | Promise<void>
 }
 
 /**
@@ -47,5 +57,5 @@ export interface CounterStore {
    * for each bucket dropped for room while it still counted (the latest `onEvict` given for a
    * name is the one called). A remote store has one keyspace, which it expires itself.
    */
-  counters (name: string, onEvict: () => void): Counters
+  counters(name: string, onEvict: () => void): Counters
 }

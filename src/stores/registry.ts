@@ -40,7 +40,10 @@ export class StoreRegistry {
     const counterStores = new Map<string, CounterStore>()
     const cacheStores = new Map<string, CacheStore>()
     const created: StoreBackend[] = []
-    const defs = { default: { kind: 'memory' as const, max_keys: 100_000, max_bytes: 64 * 1024 * 1024 }, ...config.stores }
+    const defs = {
+      default: { kind: 'memory' as const, max_keys: 100_000, max_bytes: 64 * 1024 * 1024 },
+      ...config.stores,
+    }
     for (const [name, cfg] of Object.entries(defs)) {
       let b = this.#current?.backends.get(name)
       if (b === undefined || b.fingerprint !== JSON.stringify(cfg)) {
@@ -74,11 +77,15 @@ export class StoreRegistry {
   /** Configured stores with their status; an in-memory `default` cannot be unavailable, and is left out. */
   status (): Record<string, StoreStatus> {
     const out: Record<string, StoreStatus> = {}
-    for (const [name, s] of this.#current?.backends ?? []) if (name !== 'default' || s.kind !== 'memory') out[name] = s.status()
+    for (const [name, s] of this.#current?.backends ?? []) {
+      if (name !== 'default' || s.kind !== 'memory') out[name] = s.status()
+    }
     return out
   }
 
   async close (): Promise<void> {
-    if (this.#current !== null) await Promise.all([...this.#current.backends.values()].map((s) => s.close().catch(() => {})))
+    if (this.#current !== null) {
+      await Promise.all([...this.#current.backends.values()].map((s) => s.close().catch(() => {})))
+    }
   }
 }

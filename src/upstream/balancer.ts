@@ -5,9 +5,9 @@ import { upstreamTimeouts, type UpstreamTimeouts } from './timeouts.js'
 /** A request waiting for a slot (the Exchange). */
 export interface SlotWaiter {
   /** A slot on `target` is this request's now (the caller dispatches to it). */
-  granted (target: Target): void
+  granted(target: Target): void
   /** No slot within the queue timeout. */
-  timedOut (): void
+  timedOut(): void
   queueTimer: NodeJS.Timeout | null
 }
 
@@ -51,7 +51,11 @@ export class Upstream {
     this.queueSize = config.queue.size
     this.queueTimeout = config.queue.timeout
     this.timeouts = upstreamTimeouts(this.firstByteTimeout, this.idleTimeout)
-    this.#entries = targets.map((target, i) => ({ target, weight: config.targets[i]!.weight, current: 0 }))
+    this.#entries = targets.map((target, i) => ({
+      target,
+      weight: config.targets[i]!.weight,
+      current: 0,
+    }))
   }
 
   get targets (): Target[] {
@@ -73,7 +77,9 @@ export class Upstream {
       const t = entries[0]!.target
       return t !== skip && t.isHealthy(now) && this.#hasSlot(t) ? t : null
     }
-    return this.balance === 'round_robin' ? this.#roundRobin(now, skip) : this.#leastRequest(now, skip)
+    return this.balance === 'round_robin'
+      ? this.#roundRobin(now, skip)
+      : this.#leastRequest(now, skip)
   }
 
   #hasSlot (t: Target): boolean {
@@ -98,7 +104,7 @@ export class Upstream {
   enqueue (w: SlotWaiter): boolean {
     if (this.#queue.length >= this.queueSize) return false
     this.#queue.push(w)
-    if (this.#queue.length === 1) for (const e of this.#entries) e.target.waiting.add(this)
+    if (this.#queue.length === 1) { for (const e of this.#entries) e.target.waiting.add(this) }
     w.queueTimer = setTimeout(() => {
       w.queueTimer = null
       this.#remove(w)
@@ -119,7 +125,7 @@ export class Upstream {
   #remove (w: SlotWaiter): void {
     const i = this.#queue.indexOf(w)
     if (i !== -1) this.#queue.splice(i, 1)
-    if (this.#queue.length === 0) for (const e of this.#entries) e.target.waiting.delete(this)
+    if (this.#queue.length === 0) { for (const e of this.#entries) e.target.waiting.delete(this) }
   }
 
   /** A slot was freed on `target`: hand slots to waiters, oldest first, while there are any. */
@@ -129,7 +135,7 @@ export class Upstream {
       const t = this.pick(now)
       if (t === null) return
       const w = this.#queue.shift()!
-      if (this.#queue.length === 0) for (const e of this.#entries) e.target.waiting.delete(this)
+      if (this.#queue.length === 0) { for (const e of this.#entries) e.target.waiting.delete(this) }
       clearTimeout(w.queueTimer!)
       w.queueTimer = null
       w.granted(t)

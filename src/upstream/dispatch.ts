@@ -53,7 +53,15 @@ export interface UpstreamRequest extends Dispatcher.DispatchOptions {
  *   is the target's URL (Target.authority is the same URL's host).
  * - a string: this value whatever the target (preserve_host: the Host the client sent).
  */
-export function upstreamRequest (method: string, routedPath: string, headers: string[], host: string | null, body: Readable | Buffer | null, timeouts: UpstreamTimeouts, upgrade: string | null = null): UpstreamRequest {
+export function upstreamRequest (
+  method: string,
+  routedPath: string,
+  headers: string[],
+  host: string | null,
+  body: Readable | Buffer | null,
+  timeouts: UpstreamTimeouts,
+  upgrade: string | null = null,
+): UpstreamRequest {
   if (host !== null) headers.push('host', host)
   return {
     origin: '',
@@ -88,12 +96,20 @@ export function unavailable (upstream: Upstream, now: number): 'busy' | 'down' {
  * connect goes to another target (retry-connect.ts) when the upstream has one; without, or on
  * a single-target upstream, the handler goes to the pool as it is.
  */
-export function dispatch (target: Target, req: UpstreamRequest, handler: Dispatcher.DispatchHandler, upstream: Upstream | null = null, retry: RetryOwner | null = null): void {
+export function dispatch (
+  target: Target,
+  req: UpstreamRequest,
+  handler: Dispatcher.DispatchHandler,
+  upstream: Upstream | null = null,
+  retry: RetryOwner | null = null,
+): void {
   target.inFlight++
   req.origin = target.origin
   req.path = target.basePath + req.routedPath
   let h = handler
-  if (retry !== null && upstream !== null && upstream.size > 1) h = new RetryConnect(h, upstream, target, retry)
+  if (retry !== null && upstream !== null && upstream.size > 1) {
+    h = new RetryConnect(h, upstream, target, retry)
+  }
   if (req.timeouts.precise) h = new PreciseTimeouts(h, req.timeouts, req.body)
   target.pool.dispatch(req, h)
 }

@@ -8,9 +8,9 @@ export interface RetryOwner {
   /** Attempts made so far, this one included. */
   readonly attempts: number
   /** Whether the request may go again: its client still waits, and no byte of its body was read. */
-  replayable (): boolean
+  replayable(): boolean
   /** Send the request to `target` instead: the failed attempt's slot goes back first. */
-  retry (target: Target): void
+  retry(target: Target): void
 }
 
 /**
@@ -27,7 +27,12 @@ export class RetryConnect implements Dispatcher.DispatchHandler {
   readonly #target: Target
   readonly #owner: RetryOwner
 
-  constructor (handler: Dispatcher.DispatchHandler, upstream: Upstream, target: Target, owner: RetryOwner) {
+  constructor (
+    handler: Dispatcher.DispatchHandler,
+    upstream: Upstream,
+    target: Target,
+    owner: RetryOwner,
+  ) {
     this.#handler = handler
     this.#upstream = upstream
     this.#target = target

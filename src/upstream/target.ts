@@ -30,7 +30,7 @@ export class Target {
    * Upstreams with requests queued for a slot (max_in_flight). Targets outlive reloads, so a
    * slot freed by a request on the old route table still wakes a waiter queued on the new one.
    */
-  readonly waiting = new Set<{ release (target: Target): void }>()
+  readonly waiting = new Set<{ release(target: Target): void }>()
 
   constructor (key: string, url: string, opts: PoolOptions) {
     const u = new URL(url)
@@ -67,7 +67,7 @@ export class Target {
 /** A request finished with `target`: give its slot back and let a queued request have it. */
 export function releaseSlot (target: Target): void {
   target.inFlight--
-  if (target.waiting.size > 0) for (const u of target.waiting) u.release(target)
+  if (target.waiting.size > 0) { for (const u of target.waiting) u.release(target) }
 }
 
 function noop (): void {}
@@ -119,5 +119,9 @@ export class TargetRegistry {
 }
 
 export function poolOptions (u: UpstreamConfig): PoolOptions {
-  return { connectTimeout: u.timeouts.connect, maxConnections: u.max_connections, keepAlive: u.keep_alive }
+  return {
+    connectTimeout: u.timeouts.connect,
+    maxConnections: u.max_connections,
+    keepAlive: u.keep_alive,
+  }
 }

@@ -43,22 +43,32 @@ export function preciseConnector (timeout: number): buildConnector.connector {
     // As undici's own timers: a connect in progress never keeps the process up.
     timer.unref()
     // buildConnector's connect returns the socket (its type says void).
-    const socket = (connect as unknown as (o: buildConnector.Options, cb: buildConnector.Callback) => Socket)(opts, (...args) => {
-      clearTimeout(timer)
-      if (immediate !== null) clearImmediate(immediate)
-      callback(...args)
-    })
+    const socket =
+      (connect as unknown as (o: buildConnector.Options, cb: buildConnector.Callback) => Socket)(
+        opts,
+        (...args) => {
+          clearTimeout(timer)
+          if (immediate !== null) clearImmediate(immediate)
+          callback(...args)
+        },
+      )
     return socket
   }
 }
 
-function connectTimedOut (socket: Socket & { autoSelectFamilyAttemptedAddresses?: string[] }, opts: buildConnector.Options, timeout: number): void {
+function connectTimedOut (
+  socket: Socket & { autoSelectFamilyAttemptedAddresses?: string[] },
+  opts: buildConnector.Options,
+  timeout: number,
+): void {
   if (socket.destroyed) return
   // The message undici's setupConnectTimeout writes.
   const tried = Array.isArray(socket.autoSelectFamilyAttemptedAddresses)
     ? `attempted addresses: ${socket.autoSelectFamilyAttemptedAddresses.join(', ')}`
     : `attempted address: ${opts.hostname}:${opts.port}`
-  socket.destroy(new errors.ConnectTimeoutError(`Connect Timeout Error (${tried}, timeout: ${timeout}ms)`))
+  socket.destroy(
+    new errors.ConnectTimeoutError(`Connect Timeout Error (${tried}, timeout: ${timeout}ms)`),
+  )
 }
 
 /** How one request is timed: partly by undici, partly here. Built once per upstream (or delivery route). */
@@ -133,7 +143,9 @@ export class PreciseTimeouts implements Dispatcher.DispatchHandler {
   constructor (handler: Dispatcher.DispatchHandler, timeouts: UpstreamTimeouts, body: unknown) {
     this.#handler = handler
     this.#timeouts = timeouts
-    this.#body = body !== null && typeof (body as Readable).isPaused === 'function' ? body as Readable : null
+    this.#body = body !== null && typeof (body as Readable).isPaused === 'function'
+      ? body as Readable
+      : null
     if (timeouts.deadline > 0) {
       this.#deadline = setTimeout(PreciseTimeouts.#deadlinePassed, timeouts.deadline, this)
       this.#deadline.unref()
@@ -151,13 +163,17 @@ export class PreciseTimeouts implements Dispatcher.DispatchHandler {
     } else if (phase === DONE) {
       return
     }
-    self.#abort?.(phase === RECEIVING ? new errors.BodyTimeoutError() : new errors.HeadersTimeoutError())
+    self.#abort?.(
+      phase === RECEIVING ? new errors.BodyTimeoutError() : new errors.HeadersTimeoutError(),
+    )
   }
 
   static #deadlinePassed (self: PreciseTimeouts): void {
     self.#deadline = null
     if (self.#phase === DONE) return
-    const err = self.#phase === RECEIVING ? new errors.BodyTimeoutError() : new errors.HeadersTimeoutError()
+    const err = self.#phase === RECEIVING
+      ? new errors.BodyTimeoutError()
+      : new errors.HeadersTimeoutError()
     if (self.#abort === null) self.#expired = err
     else self.#abort(err)
   }
@@ -204,7 +220,12 @@ export class PreciseTimeouts implements Dispatcher.DispatchHandler {
     this.#handler.onResponseStarted?.()
   }
 
-  onHeaders (statusCode: number, headers: Buffer[], resume: () => void, statusText: string): boolean {
+  onHeaders (
+    statusCode: number,
+    headers: Buffer[],
+    resume: () => void,
+    statusText: string,
+  ): boolean {
     if (statusCode >= 200) {
       this.#phase = RECEIVING
       this.#arm(this.#timeouts.idle)

@@ -18,10 +18,19 @@ function subject (b: StoreBackend): Subject {
 
 /** One contract, every backend. */
 const backends: Array<[string, () => Promise<Subject | string>]> = [
-  ['memory', async () => subject(new MemoryStore({ kind: 'memory', max_keys: 10_000, max_bytes: 1024 * 1024 }))],
+  ['memory',
+    async () =>
+      subject(new MemoryStore({ kind: 'memory', max_keys: 10_000, max_bytes: 1024 * 1024 }))],
   ['redis', async () => {
     if (!await serviceAvailable(6379)) return 'Redis is not answering on 127.0.0.1:6379'
-    return subject(new RedisStore({ kind: 'redis', url: 'redis://127.0.0.1:6379', prefix: `gh-test-${randomUUID()}:`, timeout: 1000 }, createLogger('silent')))
+    return subject(
+      new RedisStore({
+        kind: 'redis',
+        url: 'redis://127.0.0.1:6379',
+        prefix: `gh-test-${randomUUID()}:`,
+        timeout: 1000,
+      }, createLogger('silent')),
+    )
   }],
 ]
 

@@ -24,10 +24,19 @@ function subject (b: StoreBackend): Subject {
 
 /** One contract, every backend. */
 const backends: Array<[string, () => Promise<Subject | string>]> = [
-  ['memory', async () => subject(new MemoryStore({ kind: 'memory', max_keys: 10_000, max_bytes: 1024 * 1024 }))],
+  ['memory',
+    async () =>
+      subject(new MemoryStore({ kind: 'memory', max_keys: 10_000, max_bytes: 1024 * 1024 }))],
   ['redis', async () => {
     if (!await serviceAvailable(6379)) return 'Redis is not answering on 127.0.0.1:6379'
-    return subject(new RedisStore({ kind: 'redis', url: 'redis://127.0.0.1:6379', prefix: `gh-test-${randomUUID()}:`, timeout: 1000 }, createLogger('silent')))
+    return subject(
+      new RedisStore({
+        kind: 'redis',
+        url: 'redis://127.0.0.1:6379',
+        prefix: `gh-test-${randomUUID()}:`,
+        timeout: 1000,
+      }, createLogger('silent')),
+    )
   }],
 ]
 
@@ -90,7 +99,9 @@ for (const [name, make] of backends) {
     it('quota decisions are atomic under concurrency, and keys are independent', async (s) => {
       const a = `q:${randomUUID()}`
       const b = `q:${randomUUID()}`
-      const all = await Promise.all(Array.from({ length: 50 }, (_, i) => s.quota(i % 2 === 0 ? a : b, 7, 60_000, 1)))
+      const all = await Promise.all(
+        Array.from({ length: 50 }, (_, i) => s.quota(i % 2 === 0 ? a : b, 7, 60_000, 1)),
+      )
       assert.equal(all.filter((r) => r.allowed).length, 14)
     })
   })

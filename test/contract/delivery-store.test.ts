@@ -34,8 +34,15 @@ function deliveryStoreContract (name: string, make: () => Promise<DeliveryStore 
     it('enqueue keeps the request as given: get returns it pending, byte for byte', async (s) => {
       const route = await openRoute(s)
       const body = Buffer.from([0, 255, 10, 13, 0xc3, 0x28, 0, 1, 2, 0x80])
-      const headers = ['content-type', 'application/octet-stream', 'x-dup', 'a', 'x-dup', 'b', 'x-empty', '', 'x-utf8', 'é ✓']
-      const msg = message(route, { body, headers, target: '/hooks/a%20b?x=1&y=%2F', method: 'PUT', idempotencyKey: `k-${randomUUID()}` })
+      const headers = ['content-type', 'application/octet-stream', 'x-dup', 'a', 'x-dup', 'b',
+        'x-empty', '', 'x-utf8', 'é ✓']
+      const msg = message(route, {
+        body,
+        headers,
+        target: '/hooks/a%20b?x=1&y=%2F',
+        method: 'PUT',
+        idempotencyKey: `k-${randomUUID()}`,
+      })
       assert.deepEqual(await s.enqueue(msg, DAY), { id: msg.id, duplicate: false })
       const got = await s.get(msg.id)
       assert.ok(got !== null)
@@ -86,7 +93,10 @@ function deliveryStoreContract (name: string, make: () => Promise<DeliveryStore 
       assert.deepEqual(await s.claim(route, 1, 0, never()), [])
       const again = await s.claim(route, 1, WAIT, never())
       assert.deepEqual(again.map((r) => r.id), [msg.id])
-      assert.ok(Date.now() - t0 >= 290, `claimed again after ${Date.now() - t0} ms, before the 300 ms lease ran out`)
+      assert.ok(
+        Date.now() - t0 >= 290,
+        `claimed again after ${Date.now() - t0} ms, before the 300 ms lease ran out`,
+      )
       assert.equal(again[0]!.state, 'pending')
     })
 
@@ -98,7 +108,13 @@ function deliveryStoreContract (name: string, make: () => Promise<DeliveryStore 
       const at = Date.now()
       await s.settle(a.id, { kind: 'delivered', status: 204, at })
       const later = Date.now() + 60_000
-      await s.settle(b.id, { kind: 'retry', at, nextAttemptAt: later, error: 'status 503', status: 503 })
+      await s.settle(b.id, {
+        kind: 'retry',
+        at,
+        nextAttemptAt: later,
+        error: 'status 503',
+        status: 503,
+      })
       await s.settle(c.id, { kind: 'dead', at, error: 'connect ECONNREFUSED', status: null })
 
       const da = await s.get(a.id)
@@ -125,21 +141,35 @@ function deliveryStoreContract (name: string, make: () => Promise<DeliveryStore 
 
     it('a delivered record keeps its status and Idempotency-Key, not its headers or body; a dead one keeps both', async (s) => {
       const route = await openRoute(s)
-      const headers = ['content-type', 'application/json', ':enc:cookie', 'k.iv.sealed', 'x-request-id', 'r-1']
+      const headers = ['content-type', 'application/json', ':enc:cookie', 'k.iv.sealed',
+        'x-request-id', 'r-1']
       const key = `k-${randomUUID()}`
-      const done = message(route, { headers, idempotencyKey: key, body: Buffer.from('{"card":"4111 1111 1111 1111"}') })
+      const done = message(route, {
+        headers,
+        idempotencyKey: key,
+        body: Buffer.from('{"card":"4111 1111 1111 1111"}'),
+      })
       const failed = message(route, { headers, body: randomBytes(100) })
       for (const m of [done, failed]) await s.enqueue(m, DAY)
       assert.equal((await claimN(s, route, 2)).length, 2)
       const at = Date.now()
       await s.settle(done.id, { kind: 'delivered', status: 202, at })
-      await s.settle(failed.id, { kind: 'dead', at, error: 'status 400 (not retried)', status: 400 })
+      await s.settle(failed.id, {
+        kind: 'dead',
+        at,
+        error: 'status 400 (not retried)',
+        status: 400,
+      })
 
       const d = await s.get(done.id)
       assert.ok(d !== null)
       assert.equal(d.state, 'delivered')
       assert.equal(d.body.length, 0, 'the body is gone once delivered')
-      assert.deepEqual(d.headers, [], 'the headers (credentials among them) are gone once delivered')
+      assert.deepEqual(
+        d.headers,
+        [],
+        'the headers (credentials among them) are gone once delivered',
+      )
       assert.equal(d.method, done.method)
       assert.equal(d.target, done.target)
       assert.equal(d.fingerprint, done.fingerprint)
@@ -155,7 +185,10 @@ function deliveryStoreContract (name: string, make: () => Promise<DeliveryStore 
       // The key still answers with the first delivery, and still tells another request apart.
       const repeat = message(route, { idempotencyKey: key, body: done.body, target: done.target })
       assert.deepEqual(await s.enqueue(repeat, DAY), { id: done.id, duplicate: true })
-      await assert.rejects(s.enqueue(message(route, { idempotencyKey: key }), DAY), (err) => isGatewayError(err) && err.code === 'GH_IDEMPOTENCY_CONFLICT')
+      await assert.rejects(
+        s.enqueue(message(route, { idempotencyKey: key }), DAY),
+        (err) => isGatewayError(err) && err.code === 'GH_IDEMPOTENCY_CONFLICT',
+      )
 
       // A dead letter can be replayed: it keeps what it is sent with.
       const f = await s.get(failed.id)
@@ -169,14 +202,23 @@ function deliveryStoreContract (name: string, make: () => Promise<DeliveryStore 
       await s.enqueue(msg, DAY)
       await claimN(s, route, 1)
       const next = Date.now() + 400
-      await s.settle(msg.id, { kind: 'retry', at: Date.now(), nextAttemptAt: next, error: 'status 500', status: 500 })
+      await s.settle(msg.id, {
+        kind: 'retry',
+        at: Date.now(),
+        nextAttemptAt: next,
+        error: 'status 500',
+        status: 500,
+      })
       assert.deepEqual(await s.claim(route, 1, 0, never()), [])
       const again = await s.claim(route, 1, 5000, never())
       const at = Date.now()
       assert.deepEqual(again.map((r) => r.id), [msg.id])
       // 10 ms of slack for a backend whose timer runs elsewhere (a server) on a coarser clock.
       assert.ok(at >= next - 10, `came back ${next - at} ms early`)
-      assert.ok(at < next + 2000, `came back ${at - next} ms after it fell due: the claim waited for its timeout`)
+      assert.ok(
+        at < next + 2000,
+        `came back ${at - next} ms after it fell due: the claim waited for its timeout`,
+      )
       assert.equal(again[0]!.attempts, 1)
       assert.equal(again[0]!.lastError, 'status 500')
       assert.equal(again[0]!.lastStatus, 500)
@@ -246,7 +288,9 @@ function deliveryStoreContract (name: string, make: () => Promise<DeliveryStore 
       const route = await openRoute(s)
       const key = `burst-${randomUUID()}`
       const same = { idempotencyKey: key, body: randomBytes(32), target: '/same' }
-      const results = await Promise.all(Array.from({ length: 5 }, () => s.enqueue(message(route, same), DAY)))
+      const results = await Promise.all(
+        Array.from({ length: 5 }, () => s.enqueue(message(route, same), DAY)),
+      )
       const fresh = results.filter((r) => !r.duplicate)
       assert.equal(fresh.length, 1)
       assert.ok(results.every((r) => r.id === fresh[0]!.id))
@@ -263,7 +307,11 @@ function deliveryStoreContract (name: string, make: () => Promise<DeliveryStore 
       const renewed = message(route, { idempotencyKey: key })
       assert.deepEqual(await s.enqueue(renewed, window), { id: renewed.id, duplicate: false })
       // The window starts again from the new delivery.
-      const repeat = message(route, { idempotencyKey: key, body: renewed.body, target: renewed.target })
+      const repeat = message(route, {
+        idempotencyKey: key,
+        body: renewed.body,
+        target: renewed.target,
+      })
       assert.deepEqual(await s.enqueue(repeat, window), { id: renewed.id, duplicate: true })
       assert.equal((await s.get(old.id))?.state, 'pending')
       assert.deepEqual((await claimN(s, route, 2)).map((r) => r.id), [old.id, renewed.id])
@@ -276,13 +324,20 @@ function deliveryStoreContract (name: string, make: () => Promise<DeliveryStore 
       for (const m of msgs) await s.enqueue(m, DAY)
       const claimed = await claimN(s, route, 2)
       assert.deepEqual(claimed.map((r) => r.id), [msgs[0]!.id, msgs[1]!.id])
-      await s.settle(msgs[0]!.id, { kind: 'dead', at: Date.now(), error: 'status 400', status: 400 })
+      await s.settle(msgs[0]!.id, {
+        kind: 'dead',
+        at: Date.now(),
+        error: 'status 400',
+        status: 400,
+      })
       await s.settle(msgs[1]!.id, { kind: 'delivered', at: Date.now(), status: 200 })
 
       const ids = (rs: DeliveryRecord[]): string[] => rs.map((r) => r.id)
-      assert.deepEqual(ids(await s.list({ route, limit: 10 })), [msgs[3]!.id, msgs[2]!.id, msgs[1]!.id, msgs[0]!.id])
+      assert.deepEqual(ids(await s.list({ route, limit: 10 })), [msgs[3]!.id, msgs[2]!.id,
+        msgs[1]!.id, msgs[0]!.id])
       assert.deepEqual(ids(await s.list({ route, limit: 2 })), [msgs[3]!.id, msgs[2]!.id])
-      assert.deepEqual(ids(await s.list({ route, state: 'pending', limit: 10 })), [msgs[3]!.id, msgs[2]!.id])
+      assert.deepEqual(ids(await s.list({ route, state: 'pending', limit: 10 })), [msgs[3]!.id,
+        msgs[2]!.id])
       assert.deepEqual(ids(await s.list({ route, state: 'dead', limit: 10 })), [msgs[0]!.id])
       assert.deepEqual(ids(await s.list({ route, state: 'delivered', limit: 10 })), [msgs[1]!.id])
       const listed = await s.list({ route, state: 'dead', limit: 10 })
@@ -327,7 +382,9 @@ function deliveryStoreContract (name: string, make: () => Promise<DeliveryStore 
       const msgs = [message(route), message(route), message(other)]
       for (const m of msgs) await s.enqueue(m, DAY)
       for (const r of [route, other]) {
-        for (const rec of await claimN(s, r, r === route ? 2 : 1)) await s.settle(rec.id, { kind: 'dead', at: Date.now(), error: 'x', status: null })
+        for (const rec of await claimN(s, r, r === route ? 2 : 1)) {
+          await s.settle(rec.id, { kind: 'dead', at: Date.now(), error: 'x', status: null })
+        }
       }
       const t0 = Date.now()
       const waiting = s.claim(route, 10, 10_000, never())
@@ -348,7 +405,9 @@ function deliveryStoreContract (name: string, make: () => Promise<DeliveryStore 
     it('purge deletes dead or delivered records, of a route or of all', async (s) => {
       const route = await openRoute(s)
       const base = Date.now() - 1000
-      const [a, b, c, d] = [0, 1, 2, 3].map((i) => message(route, { createdAt: base + i * 10 })) as [NewDelivery, NewDelivery, NewDelivery, NewDelivery]
+      const [a, b, c, d] = [0, 1, 2, 3].map((i) =>
+        message(route, { createdAt: base + i * 10 })
+      ) as [NewDelivery, NewDelivery, NewDelivery, NewDelivery]
       for (const m of [a, b, c, d]) await s.enqueue(m, DAY)
       assert.deepEqual((await claimN(s, route, 3)).map((r) => r.id), [a.id, b.id, c.id])
       await s.settle(a.id, { kind: 'dead', at: Date.now(), error: 'x', status: null })
@@ -369,13 +428,22 @@ function deliveryStoreContract (name: string, make: () => Promise<DeliveryStore 
       const base = Date.now() - 1000
       const msgs = [0, 1, 2, 3, 4].map((i) => message(route, { createdAt: base + i * 10 }))
       for (const m of msgs) await s.enqueue(m, DAY)
-      assert.deepEqual((await claimN(s, route, 4)).map((r) => r.id), msgs.slice(0, 4).map((m) => m.id))
+      assert.deepEqual(
+        (await claimN(s, route, 4)).map((r) => r.id),
+        msgs.slice(0, 4).map((m) => m.id),
+      )
       const now = Date.now()
       const old = now - 10 * DAY
       await s.settle(msgs[0]!.id, { kind: 'delivered', at: old, status: 200 })
       await s.settle(msgs[1]!.id, { kind: 'dead', at: old, error: 'x', status: null })
       await s.settle(msgs[2]!.id, { kind: 'delivered', at: now, status: 200 })
-      await s.settle(msgs[3]!.id, { kind: 'retry', at: old, nextAttemptAt: now + DAY, error: 'x', status: null })
+      await s.settle(msgs[3]!.id, {
+        kind: 'retry',
+        at: old,
+        nextAttemptAt: now + DAY,
+        error: 'x',
+        status: null,
+      })
       assert.ok(await s.expire(now - DAY) >= 2)
       assert.equal(await s.get(msgs[0]!.id), null)
       assert.equal(await s.get(msgs[1]!.id), null)
@@ -402,7 +470,11 @@ function deliveryStoreContract (name: string, make: () => Promise<DeliveryStore 
       await claimN(s, done, 1)
       await s.settle(m.id, { kind: 'delivered', at: Date.now(), status: 200 })
       const after = (await s.stats(Date.now()))[done]
-      assert.ok(after === undefined || (after.pending === 0 && after.dead === 0 && after.oldestPendingAt === null), JSON.stringify(after))
+      assert.ok(
+        after === undefined ||
+          (after.pending === 0 && after.dead === 0 && after.oldestPendingAt === null),
+        JSON.stringify(after),
+      )
     })
 
     it('a burst of 200 concurrent enqueues: all kept, each claimed exactly once', async (s) => {
@@ -469,7 +541,12 @@ function never (): AbortSignal {
  * Claims until `n` messages came back (a claim may return fewer than are due), each claim at
  * most `max`; fails rather than hangs.
  */
-async function claimN (s: DeliveryStore, route: string, n: number, max = n): Promise<DeliveryRecord[]> {
+async function claimN (
+  s: DeliveryStore,
+  route: string,
+  n: number,
+  max = n,
+): Promise<DeliveryRecord[]> {
   const got: DeliveryRecord[] = []
   const deadline = Date.now() + 10_000
   while (got.length < n) {
@@ -488,17 +565,32 @@ const sqlite = { kind: 'sqlite' as const, max_size: 64 * 1024 * 1024 }
 // One stream for the NATS stores (the contract makes more than one: they share it, as a fleet would).
 const stream = `GHTEST_${randomBytes(6).toString('hex')}`
 let natsUsed = false
-after(async () => { if (natsUsed) await deleteNatsStreams([stream]) })
+after(async () => {
+  if (natsUsed) await deleteNatsStreams([stream])
+})
 
 // sqlite on the caller's thread, and as the gateway runs it: in a worker thread, driven by
 // messages (sqlite-thread.ts). All keep the same contract.
 const backends: Array<[string, () => Promise<DeliveryStore | string>]> = [
-  ['sqlite', async () => new SqliteDeliveryStore({ ...sqlite, path: join(dir, `${randomUUID()}.db`) }, logger)],
-  ['sqlite in a worker thread', async () => new ThreadedSqliteDeliveryStore({ ...sqlite, path: join(dir, `${randomUUID()}.db`) }, logger)],
+  ['sqlite',
+    async () =>
+      new SqliteDeliveryStore({ ...sqlite, path: join(dir, `${randomUUID()}.db`) }, logger)],
+  ['sqlite in a worker thread', async () =>
+    new ThreadedSqliteDeliveryStore(
+      { ...sqlite, path: join(dir, `${randomUUID()}.db`) },
+      logger,
+    )],
   ['nats', async () => {
     if (!await serviceAvailable(4222)) return 'NATS is not answering on 127.0.0.1:4222'
     natsUsed = true
-    return new NatsDeliveryStore({ kind: 'nats', url: 'nats://127.0.0.1:4222', stream, max_bytes: 64 * 1024 * 1024, timeout: 2000, replicas: 1 }, logger)
+    return new NatsDeliveryStore({
+      kind: 'nats',
+      url: 'nats://127.0.0.1:4222',
+      stream,
+      max_bytes: 64 * 1024 * 1024,
+      timeout: 2000,
+      replicas: 1,
+    }, logger)
   }],
 ]
 

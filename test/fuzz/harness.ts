@@ -27,10 +27,18 @@ export interface FuzzSettings {
  */
 export function fuzzSettings (defaultRuns: number): FuzzSettings {
   const env = process.env
-  const seed = env.GATEHOUSE_FUZZ_SEED !== undefined && env.GATEHOUSE_FUZZ_SEED !== '' ? Number(env.GATEHOUSE_FUZZ_SEED) : (Date.now() ^ (Math.random() * 0x7fffffff)) | 0
-  if (!Number.isInteger(seed)) throw new Error(`GATEHOUSE_FUZZ_SEED must be an integer, not ${env.GATEHOUSE_FUZZ_SEED}`)
-  const runs = env.GATEHOUSE_FUZZ_RUNS !== undefined && env.GATEHOUSE_FUZZ_RUNS !== '' ? Number(env.GATEHOUSE_FUZZ_RUNS) : 2000
-  if (!(runs > 0)) throw new Error(`GATEHOUSE_FUZZ_RUNS must be a positive number, not ${env.GATEHOUSE_FUZZ_RUNS}`)
+  const seed = env.GATEHOUSE_FUZZ_SEED !== undefined && env.GATEHOUSE_FUZZ_SEED !== ''
+    ? Number(env.GATEHOUSE_FUZZ_SEED)
+    : (Date.now() ^ (Math.random() * 0x7fffffff)) | 0
+  if (!Number.isInteger(seed)) {
+    throw new Error(`GATEHOUSE_FUZZ_SEED must be an integer, not ${env.GATEHOUSE_FUZZ_SEED}`)
+  }
+  const runs = env.GATEHOUSE_FUZZ_RUNS !== undefined && env.GATEHOUSE_FUZZ_RUNS !== ''
+    ? Number(env.GATEHOUSE_FUZZ_RUNS)
+    : 2000
+  if (!(runs > 0)) {
+    throw new Error(`GATEHOUSE_FUZZ_RUNS must be a positive number, not ${env.GATEHOUSE_FUZZ_RUNS}`)
+  }
   return {
     seed,
     numRuns: Math.max(1, Math.round(defaultRuns * runs / 2000)),
@@ -51,7 +59,7 @@ export interface KnownFailure {
   id: string
   /** What is wrong in the gateway. */
   bug: string
-  match (f: Failure): boolean
+  match(f: Failure): boolean
 }
 
 /** Known failures seen during a run, by id: how often and the first case's report. */
@@ -71,8 +79,9 @@ export class KnownLedger {
         continue
       }
       const hit = this.hits.get(k.id)
-      if (hit === undefined) this.hits.set(k.id, { count: 1, first: `${f.property}: ${f.detail}\n${report()}` })
-      else hit.count++
+      if (hit === undefined) {
+        this.hits.set(k.id, { count: 1, first: `${f.property}: ${f.detail}\n${report()}` })
+      } else hit.count++
     }
     return unknown
   }
@@ -85,7 +94,9 @@ export function describeFailures (failures: Failure[], report: string): string {
 /** Bytes for a report: latin1, JSON-escaped, cut in the middle when long. */
 export function show (bytes: Buffer | string, max = 1500): string {
   const s = typeof bytes === 'string' ? bytes : bytes.toString('latin1')
-  const cut = s.length > max ? `${s.slice(0, max / 2)}…(${s.length - max} more)…${s.slice(-max / 2)}` : s
+  const cut = s.length > max
+    ? `${s.slice(0, max / 2)}…(${s.length - max} more)…${s.slice(-max / 2)}`
+    : s
   return JSON.stringify(cut)
 }
 
@@ -100,7 +111,9 @@ export function show (bytes: Buffer | string, max = 1500): string {
 export class CrashTrap {
   readonly errors: string[] = []
   #saved: Array<[string, Array<(...args: any[]) => void>]> = []
-  readonly #onError = (err: unknown): void => { this.errors.push(err instanceof Error ? (err.stack ?? err.message) : String(err)) }
+  readonly #onError = (err: unknown): void => {
+    this.errors.push(err instanceof Error ? (err.stack ?? err.message) : String(err))
+  }
 
   install (): void {
     for (const event of ['uncaughtException', 'unhandledRejection'] as const) {
@@ -225,7 +238,13 @@ export class ExchangeWatch {
     for (const e of this.live) {
       if (e.peer !== clientPort) continue
       const { request: q, response: r } = e
-      out.push(`${q.method} ${q.url} (request ${q.complete ? 'complete' : q.destroyed ? 'destroyed' : 'incomplete'}, response ${r.headersSent ? 'started' : 'not started'}${r.writableEnded ? ', ended' : ''}${r.socket === null ? ', no socket' : ''})`)
+      out.push(
+        `${q.method} ${q.url} (request ${
+          q.complete ? 'complete' : q.destroyed ? 'destroyed' : 'incomplete'
+        }, response ${r.headersSent ? 'started' : 'not started'}${
+          r.writableEnded ? ', ended' : ''
+        }${r.socket === null ? ', no socket' : ''})`,
+      )
     }
     return out.join('; ')
   }
@@ -260,7 +279,7 @@ export interface Conversation {
   /** How many bytes of the request stream went out before the gateway closed. */
   written: number
   error: string | null
-  bytes (): Buffer
+  bytes(): Buffer
 }
 
 /** Connect and start recording what comes back; every event notifies `signal`. */
@@ -274,12 +293,26 @@ export async function connect (port: number, signal: Signal): Promise<Conversati
     ended: false,
     written: 0,
     error: null,
-    bytes () { return Buffer.concat(this.received) },
+    bytes () {
+      return Buffer.concat(this.received)
+    },
   }
-  socket.on('data', (d: Buffer) => { conv.received.push(d); signal.notify() })
-  socket.on('end', () => { conv.ended = true; signal.notify() })
-  socket.on('close', () => { conv.closed = true; signal.notify() })
-  socket.on('error', (err: Error & { code?: string }) => { conv.error = err.code ?? err.message; signal.notify() })
+  socket.on('data', (d: Buffer) => {
+    conv.received.push(d)
+    signal.notify()
+  })
+  socket.on('end', () => {
+    conv.ended = true
+    signal.notify()
+  })
+  socket.on('close', () => {
+    conv.closed = true
+    signal.notify()
+  })
+  socket.on('error', (err: Error & { code?: string }) => {
+    conv.error = err.code ?? err.message
+    signal.notify()
+  })
   try {
     await once(socket, 'connect')
   } catch (err) {
@@ -293,8 +326,15 @@ export async function connect (port: number, signal: Signal): Promise<Conversati
  * Write `bytes` in the pieces `cuts` makes, each flushed before the next, and stop early
  * (without an error) if the gateway closes the connection meanwhile.
  */
-export async function writePieces (conv: Conversation, bytes: Buffer, cuts: number[]): Promise<void> {
-  const bounds = [...new Set([0, ...cuts.map((c) => c % (bytes.length + 1)), bytes.length])].sort((a, b) => a - b)
+export async function writePieces (
+  conv: Conversation,
+  bytes: Buffer,
+  cuts: number[],
+): Promise<void> {
+  const bounds = [...new Set([0, ...cuts.map((c) => c % (bytes.length + 1)), bytes.length])].sort((
+    a,
+    b,
+  ) => a - b)
   for (let i = 0; i + 1 < bounds.length; i++) {
     if (conv.closed || conv.ended || conv.error !== null || conv.socket.destroyed) return
     const piece = bytes.subarray(bounds[i], bounds[i + 1])
@@ -304,7 +344,12 @@ export async function writePieces (conv: Conversation, bytes: Buffer, cuts: numb
 }
 
 /** A plain request on a new connection, read to the close; null when it fails or hangs. */
-export async function plainRequest (port: number, path: string, signal: Signal, ms: number): Promise<{ response: ParsedResponse | null, raw: Buffer, problem: string | null }> {
+export async function plainRequest (
+  port: number,
+  path: string,
+  signal: Signal,
+  ms: number,
+): Promise<{ response: ParsedResponse | null, raw: Buffer, problem: string | null }> {
   const conv = await connect(port, signal)
   conv.socket.write(`GET ${path} HTTP/1.1\r\nHost: fuzz\r\nConnection: close\r\n\r\n`)
   const done = await signal.until(() => conv.closed || conv.ended, ms)
@@ -313,7 +358,9 @@ export async function plainRequest (port: number, path: string, signal: Signal, 
   if (!done) return { response: null, raw, problem: `no close within ${ms} ms` }
   const parsed = parseResponses(raw, { methods: ['GET'], closed: true })
   const final = parsed.responses.find((r) => r.status >= 200) ?? null
-  if (parsed.rest.kind !== 'none' || final === null) return { response: final, raw, problem: `bad response: ${restText(parsed.rest)}` }
+  if (parsed.rest.kind !== 'none' || final === null) {
+    return { response: final, raw, problem: `bad response: ${restText(parsed.rest)}` }
+  }
   return { response: final, raw, problem: null }
 }
 
@@ -327,12 +374,18 @@ export function restText (rest: Rest): string {
  */
 export function problemError (r: ParsedResponse, head: boolean): string | null {
   const type = r.fields.find((f) => f.name.toLowerCase() === 'content-type')?.value
-  if (type !== 'application/problem+json') return `${r.status} ${r.reason} with content-type ${JSON.stringify(type ?? null)}, not application/problem+json (fields: ${r.fields.map((f) => f.name).join(', ')})`
+  if (type !== 'application/problem+json') {
+    return `${r.status} ${r.reason} with content-type ${
+      JSON.stringify(type ?? null)
+    }, not application/problem+json (fields: ${r.fields.map((f) => f.name).join(', ')})`
+  }
   if (head) return null
   try {
     const p = JSON.parse(r.body.toString('utf8')) as { status?: unknown, code?: unknown }
     if (p.status !== r.status) return `problem body status ${String(p.status)} on a ${r.status}`
-    if (typeof p.code !== 'string' || !p.code.startsWith('GH_')) return `problem body without a GH_ code: ${show(r.body, 200)}`
+    if (typeof p.code !== 'string' || !p.code.startsWith('GH_')) {
+      return `problem body without a GH_ code: ${show(r.body, 200)}`
+    }
   } catch {
     return `problem body is not JSON: ${show(r.body, 200)}`
   }
@@ -341,7 +394,9 @@ export function problemError (r: ParsedResponse, head: boolean): string | null {
 
 /** The gateway's own count of requests in progress (gatehouse_in_flight_requests). */
 export async function inFlight (gateway: Gateway): Promise<number> {
-  const text = await gateway.metrics.registry.getSingleMetricAsString('gatehouse_in_flight_requests')
+  const text = await gateway.metrics.registry.getSingleMetricAsString(
+    'gatehouse_in_flight_requests',
+  )
   return Number(/^gatehouse_in_flight_requests (\d+)$/m.exec(text)?.[1] ?? NaN)
 }
 

@@ -5,8 +5,30 @@ import fc from 'fast-check'
 import { createGateway, type Gateway } from '../../src/index.js'
 import type { ConfigInput } from '../../src/config/schema.js'
 import { renderResponse, responseCase, type ResponseCase } from './response-grammar.js'
-import { fieldValue, parseResponses, type ParsedRequest, type ParsedResponse } from './strict-http.js'
-import { caseId, connect, CrashTrap, describeFailures, ExchangeWatch, fuzzSettings, inFlight, KnownLedger, LogTail, plainRequest, problemError, restText, settledInFlight, show, Signal, type Failure } from './harness.js'
+import {
+  fieldValue,
+  parseResponses,
+  type ParsedRequest,
+  type ParsedResponse,
+} from './strict-http.js'
+import {
+  caseId,
+  connect,
+  CrashTrap,
+  describeFailures,
+  ExchangeWatch,
+  fuzzSettings,
+  inFlight,
+  KnownLedger,
+  LogTail,
+  plainRequest,
+  problemError,
+  restText,
+  settledInFlight,
+  show,
+  Signal,
+  type Failure,
+} from './harness.js'
 import { RawUpstream } from './upstreams.js'
 import { KNOWN_RESPONSE_FAILURES } from './known.js'
 
@@ -69,17 +91,29 @@ class ResponseFuzz {
   readonly outcomes = new Map<string, number>()
 
   async start (): Promise<void> {
-    this.upstream = new RawUpstream(this.signal, (req, marker, socket) => this.answer(req, marker, socket))
+    this.upstream = new RawUpstream(
+      this.signal,
+      (req, marker, socket) => this.answer(req, marker, socket),
+    )
     await this.upstream.listen()
     await this.startGateway()
   }
 
   async startGateway (): Promise<void> {
     const config: ConfigInput = {
-      listen: { host: '127.0.0.1', port: 0, timeouts: { headers: '1s', keep_alive: '2s', linger: '200ms' } },
+      listen: {
+        host: '127.0.0.1',
+        port: 0,
+        timeouts: { headers: '1s', keep_alive: '2s', linger: '200ms' },
+      },
       admin: { enabled: false },
       log: { level: 'warn', access: false },
-      upstreams: { up: { targets: [{ url: this.upstream.url }], timeouts: { connect: '1s', first_byte: '1s', idle: '1s' } } },
+      upstreams: {
+        up: {
+          targets: [{ url: this.upstream.url }],
+          timeouts: { connect: '1s', first_byte: '1s', idle: '1s' },
+        },
+      },
       routes: [{ name: 'scripted', match: { path_prefix: '/r/' }, upstream: 'up' }],
     } as ConfigInput
     this.gateway = createGateway(config, { logDestination: this.logs, processMetrics: false })
@@ -92,7 +126,9 @@ class ResponseFuzz {
     let timer: NodeJS.Timeout | undefined
     const closed = await Promise.race([
       this.gateway.close().then(() => true, () => true),
-      new Promise<boolean>((resolve) => { timer = setTimeout(resolve, RESTART_MS, false) }),
+      new Promise<boolean>((resolve) => {
+        timer = setTimeout(resolve, RESTART_MS, false)
+      }),
     ])
     clearTimeout(timer)
     if (!closed) this.abandoned++
@@ -102,7 +138,8 @@ class ResponseFuzz {
 
   async stop (): Promise<void> {
     // A gateway left with a connection it never closes never finishes close().
-    await Promise.race([this.gateway.close(), new Promise((resolve) => setTimeout(resolve, RESTART_MS).unref())])
+    await Promise.race([this.gateway.close(),
+      new Promise((resolve) => setTimeout(resolve, RESTART_MS).unref())])
     await this.upstream.close()
     this.watch.close()
   }
@@ -116,13 +153,22 @@ class ResponseFuzz {
     const script = marker === null ? undefined : this.scripts.get(marker)
     if (script === undefined) {
       const body = marker ?? 'unknown'
-      socket.write(`HTTP/1.1 200 OK\r\nx-fuzz-case: ${body}\r\ncontent-length: ${body.length}\r\n\r\n${req.method === 'HEAD' ? '' : body}`)
+      socket.write(
+        `HTTP/1.1 200 OK\r\nx-fuzz-case: ${body}\r\ncontent-length: ${body.length}\r\n\r\n${
+          req.method === 'HEAD' ? '' : body
+        }`,
+      )
       return
     }
-    const bounds = [...new Set([0, ...script.pieces.map((p) => p % (script.bytes.length + 1)), script.bytes.length])].sort((a, b) => a - b)
+    const bounds = [
+      ...new Set([0, ...script.pieces.map((p) => p % (script.bytes.length + 1)),
+        script.bytes.length]),
+    ].sort((a, b) => a - b)
     for (let i = 0; i + 1 < bounds.length; i++) {
       if (socket.destroyed) return
-      await new Promise<void>((resolve) => socket.write(script.bytes.subarray(bounds[i], bounds[i + 1]), () => resolve()))
+      await new Promise<void>((resolve) =>
+        socket.write(script.bytes.subarray(bounds[i], bounds[i + 1]), () => resolve())
+      )
     }
     if (script.after === 'end') socket.end()
     else if (script.after === 'destroy') socket.destroy()
@@ -132,7 +178,9 @@ class ResponseFuzz {
     try {
       await this.#run(spec)
     } catch (err) {
-      this.firstFailure ??= `${(err as Error).stack ?? String(err)}\n(gateway port ${this.port}, ${this.restarts} restart(s), ${this.abandoned} abandoned)`
+      this.firstFailure ??= `${
+        (err as Error).stack ?? String(err)
+      }\n(gateway port ${this.port}, ${this.restarts} restart(s), ${this.abandoned} abandoned)`
       throw err
     }
   }
@@ -151,7 +199,13 @@ class ResponseFuzz {
       const bytes = cut === null ? full : full.subarray(0, cut)
       let afterWrite = q.response.after
       // A connection kept open after an incomplete response would only wait for a timeout.
-      if (afterWrite === 'keep' && (cut !== null || parseResponses(bytes, { methods: [q.method], closed: false }).responses.every((r) => r.status < 200))) afterWrite = 'end'
+      if (
+        afterWrite === 'keep' &&
+        (cut !== null ||
+          parseResponses(bytes, { methods: [q.method], closed: false }).responses.every((r) =>
+            r.status < 200
+          ))
+      ) afterWrite = 'end'
       this.scripts.set(marker, { bytes, pieces: q.response.pieces, after: afterWrite })
       sentUp.push(bytes)
       expected.push(expectation(bytes, q.method, afterWrite !== 'keep'))
@@ -159,22 +213,48 @@ class ResponseFuzz {
 
     const conv = await connect(this.port, this.signal)
     const methods = spec.requests.map((q) => q.method)
-    conv.socket.write(spec.requests.map((q, n) => `${q.method} /r/${id}-${n} HTTP/1.1\r\nHost: fuzz\r\n${q.close ? 'Connection: close\r\n' : ''}\r\n`).join(''))
-    const due = Math.min(spec.requests.length, spec.requests.findIndex((q) => q.close) + 1 || spec.requests.length)
+    conv.socket.write(
+      spec.requests.map((q, n) =>
+        `${q.method} /r/${id}-${n} HTTP/1.1\r\nHost: fuzz\r\n${
+          q.close ? 'Connection: close\r\n' : ''
+        }\r\n`
+      ).join(''),
+    )
+    const due = Math.min(
+      spec.requests.length,
+      spec.requests.findIndex((q) => q.close) + 1 || spec.requests.length,
+    )
     const finals = (): number => {
       const p = parseResponses(conv.bytes(), { methods, closed: false })
       // Garbage ends the wait: nothing after it can be read anyway ("well-formed" reports it).
       return p.rest.kind === 'error' ? Infinity : p.responses.filter((r) => r.status >= 200).length
     }
-    const done = await this.signal.until(() => conv.closed || conv.ended || finals() >= due, HANG_MS)
+    const done = await this.signal.until(
+      () => conv.closed || conv.ended || finals() >= due,
+      HANG_MS,
+    )
     const byGateway = conv.closed || conv.ended
-    if (!done) failures.push({ property: 'no-hang', detail: `${finals()} of ${due} answers and no close within ${HANG_MS} ms` })
+    if (!done) {
+      failures.push({
+        property: 'no-hang',
+        detail: `${finals()} of ${due} answers and no close within ${HANG_MS} ms`,
+      })
+    }
     conv.socket.destroy()
-    if (VERBOSE) console.error(`${id} ${sentUp.map((b) => show(b, 200)).join(' | ')} -> ${show(conv.bytes(), 200)}`)
+    if (VERBOSE) {
+      console.error(
+        `${id} ${sentUp.map((b) => show(b, 200)).join(' | ')} -> ${show(conv.bytes(), 200)}`,
+      )
+    }
 
     const raw = conv.bytes()
     const parsed = parseResponses(raw, { methods, closed: byGateway })
-    if (parsed.rest.kind === 'error') failures.push({ property: 'well-formed', detail: `the gateway sent bytes that are no HTTP/1.1 response: ${restText(parsed.rest)}` })
+    if (parsed.rest.kind === 'error') {
+      failures.push({
+        property: 'well-formed',
+        detail: `the gateway sent bytes that are no HTTP/1.1 response: ${restText(parsed.rest)}`,
+      })
+    }
     const got = parsed.responses.filter((r) => r.status >= 200)
     for (let k = 0; k < spec.requests.length; k++) {
       const e = expected[k]!
@@ -185,64 +265,147 @@ class ResponseFuzz {
         // Not answered: acceptable only once the connection is gone for a reason.
         if (k > 0 && got.length < k) break
         if (k >= due) break
-        if (e.valid !== null && done) failures.push({ property: 'relayed', detail: `request ${k} (${q.method}): the upstream's response is ${e.why}; the client got ${parsed.rest.kind === 'incomplete' ? 'a response cut short' : 'nothing'} before the connection closed; the upstream's framing fields: ${framingFields(sentUp[k]!)}` })
-        this.count(e.valid === null ? 'aborted (invalid upstream answer)' : 'aborted (valid upstream answer)')
+        if (e.valid !== null && done) {
+          failures.push({
+            property: 'relayed',
+            detail:
+              `request ${k} (${q.method}): the upstream's response is ${e.why}; the client got ${
+                parsed.rest.kind === 'incomplete' ? 'a response cut short' : 'nothing'
+              } before the connection closed; the upstream's framing fields: ${
+                framingFields(sentUp[k]!)
+              }`,
+          })
+        }
+        this.count(
+          e.valid === null
+            ? 'aborted (invalid upstream answer)'
+            : 'aborted (valid upstream answer)',
+        )
         break
       }
       const problem = fieldValue(r.fields, 'content-type') === 'application/problem+json'
       if (problem) {
         const bad = problemError(r, q.method === 'HEAD')
-        if (bad !== null) failures.push({ property: 'well-formed', detail: `response ${k}: ${bad}` })
+        if (bad !== null) {
+          failures.push({ property: 'well-formed', detail: `response ${k}: ${bad}` })
+        }
         const code = /"code":"(GH_[A-Z_]+)"/.exec(r.body.toString('latin1'))?.[1] ?? '(HEAD)'
-        if (e.valid !== null) failures.push({ property: 'relayed', detail: `request ${k} (${q.method}): the upstream's response is ${e.why}; the client got ${r.status} ${code}` })
-        else if (r.status !== 502 && r.status !== 504) failures.push({ property: 'clean-failure', detail: `request ${k}: ${r.status} ${code} for an upstream response that is ${e.why}; expected 502 or 504` })
+        if (e.valid !== null) {
+          failures.push({
+            property: 'relayed',
+            detail:
+              `request ${k} (${q.method}): the upstream's response is ${e.why}; the client got ${r.status} ${code}`,
+          })
+        } else if (r.status !== 502 && r.status !== 504) {
+          failures.push({
+            property: 'clean-failure',
+            detail:
+              `request ${k}: ${r.status} ${code} for an upstream response that is ${e.why}; expected 502 or 504`,
+          })
+        }
         this.count(`gateway ${r.status}`)
         continue
       }
       const caseOf = fieldValue(r.fields, 'x-fuzz-case')
-      if (caseOf !== null && caseOf !== marker) failures.push({ property: 'clean-failure', detail: `request ${k} got the response to ${caseOf} (response desync)` })
+      if (caseOf !== null && caseOf !== marker) {
+        failures.push({
+          property: 'clean-failure',
+          detail: `request ${k} got the response to ${caseOf} (response desync)`,
+        })
+      }
       const readings = e.valid !== null ? [e.valid] : e.lenient
       const match = readings.find((m) => m.status === r.status && m.body.equals(r.body))
       if (match === undefined) {
-        const want = readings.map((m) => `${m.status} with ${show(m.body, 120)}`).join(' or ') || `a 502 or an aborted connection (the upstream's response is ${e.why})`
-        failures.push({ property: e.valid !== null ? 'relayed' : 'clean-failure', detail: `request ${k} (${q.method}): the client got ${r.status} with body ${show(r.body, 120)}; expected ${want}; the upstream's framing fields: ${framingFields(sentUp[k]!)}` })
+        const want = readings.map((m) => `${m.status} with ${show(m.body, 120)}`).join(' or ') ||
+          `a 502 or an aborted connection (the upstream's response is ${e.why})`
+        failures.push({
+          property: e.valid !== null ? 'relayed' : 'clean-failure',
+          detail: `request ${k} (${q.method}): the client got ${r.status} with body ${
+            show(r.body, 120)
+          }; expected ${want}; the upstream's framing fields: ${framingFields(sentUp[k]!)}`,
+        })
       }
       this.count(e.valid !== null ? 'relayed' : 'relayed a lenient reading')
     }
 
-    const settled = await this.signal.until(() => this.watch.openFor(conv.port) === 0 && this.watch.socketFor(conv.port) === null, SETTLE_MS)
+    const settled = await this.signal.until(
+      () => this.watch.openFor(conv.port) === 0 && this.watch.socketFor(conv.port) === null,
+      SETTLE_MS,
+    )
     if (!settled) {
       const s = this.watch.socketFor(conv.port)
-      failures.push({ property: 'settles', detail: `${SETTLE_MS} ms after the client closed: ${this.watch.openFor(conv.port)} exchange(s) open (${this.watch.describe(conv.port)}); the gateway's socket ${s === null ? 'closed' : `still open (destroyed ${s.destroyed}, readable ${s.readable}, writable ${s.writable})`}; in flight ${await inFlight(this.gateway)}` })
+      failures.push({
+        property: 'settles',
+        detail: `${SETTLE_MS} ms after the client closed: ${
+          this.watch.openFor(conv.port)
+        } exchange(s) open (${this.watch.describe(conv.port)}); the gateway's socket ${
+          s === null
+            ? 'closed'
+            : `still open (destroyed ${s.destroyed}, readable ${s.readable}, writable ${s.writable})`
+        }; in flight ${await inFlight(this.gateway)}`,
+      })
     }
 
     const live = `/r/live-${++this.lives}`
     const l = await plainRequest(this.port, live, this.signal, HANG_MS)
     const liveCase = l.response === null ? null : fieldValue(l.response.fields, 'x-fuzz-case')
     if (l.problem !== null || l.response?.status !== 200 || liveCase !== live.slice(1)) {
-      failures.push({ property: 'still-serving', detail: `GET ${live} afterwards: ${l.problem ?? `status ${l.response?.status}${liveCase !== live.slice(1) ? `, the response to ${liveCase}` : ''}`} ${show(l.raw, 300)}` })
+      failures.push({
+        property: 'still-serving',
+        detail: `GET ${live} afterwards: ${
+          l.problem ??
+            `status ${l.response?.status}${
+              liveCase !== live.slice(1) ? `, the response to ${liveCase}` : ''
+            }`
+        } ${show(l.raw, 300)}`,
+      })
     }
     const busy = await settledInFlight(this.gateway, SETTLE_MS)
-    if (busy !== 0) failures.push({ property: 'settles', detail: `the gateway still counts ${busy} request(s) in flight ${SETTLE_MS} ms after the case` })
+    if (busy !== 0) {
+      failures.push({
+        property: 'settles',
+        detail:
+          `the gateway still counts ${busy} request(s) in flight ${SETTLE_MS} ms after the case`,
+      })
+    }
     for (const err of this.trap.take()) failures.push({ property: 'no-crash', detail: err })
     for (const line of this.logs.lines) {
-      if (line.includes('"msg":"internal error"')) failures.push({ property: 'no-internal-error', detail: line.slice(0, 600) })
+      if (line.includes('"msg":"internal error"')) {
+        failures.push({ property: 'no-internal-error', detail: line.slice(0, 600) })
+      }
     }
-    for (const e of this.upstream.errors.splice(0)) failures.push({ property: 'unambiguous', detail: `the gateway sent the upstream something it cannot parse: ${e.reason} in ${show(e.bytes, 400)}` })
+    for (const e of this.upstream.errors.splice(0)) {
+      failures.push({
+        property: 'unambiguous',
+        detail: `the gateway sent the upstream something it cannot parse: ${e.reason} in ${
+          show(e.bytes, 400)
+        }`,
+      })
+    }
     if (failures.length === 0) return
 
-    const report = (): string => [
-      `case ${id}: ${spec.requests.map((q, n) => `${q.method}${q.close ? ' (close)' : ''} answered with ${show(sentUp[n]!, 700)} then ${this.scripts.get(`r/${id}-${n}`)?.after}; strict reading: ${expected[n]!.why}`).join('\n  ')}`,
-      `client got (${byGateway ? 'closed by the gateway' : 'closed by the client'}): ${show(raw, 1200)}`,
-      `gateway log: ${this.logs.lines.slice(-5).join('\n  ') || '(nothing at warn or above)'}`,
-    ].join('\n')
+    const report = (): string =>
+      [
+        `case ${id}: ${
+          spec.requests.map((q, n) =>
+            `${q.method}${q.close ? ' (close)' : ''} answered with ${show(sentUp[n]!, 700)} then ${
+              this.scripts.get(`r/${id}-${n}`)?.after
+            }; strict reading: ${expected[n]!.why}`
+          ).join('\n  ')
+        }`,
+        `client got (${byGateway ? 'closed by the gateway' : 'closed by the client'}): ${
+          show(raw, 1200)
+        }`,
+        `gateway log: ${this.logs.lines.slice(-5).join('\n  ') || '(nothing at warn or above)'}`,
+      ].join('\n')
     const unknown = this.ledger.triage(failures, report, settings.strict)
     const message = unknown.length > 0 ? describeFailures(unknown, report()) : null
     if (message !== null) this.firstFailure ??= message
     // A known bug that leaves an upstream request hanging costs only those connections; any
     // other failure gets the next case a new gateway.
-    if (message === null && !failures.some((f) => f.property === 'no-crash')) this.upstream.dropBusy()
-    else await this.restart()
+    if (message === null && !failures.some((f) => f.property === 'no-crash')) {
+      this.upstream.dropBusy()
+    } else await this.restart()
     if (message !== null) throw new Error(message)
   }
 }
@@ -250,7 +413,9 @@ class ResponseFuzz {
 /** Transfer-Encoding and Content-Length as the upstream wrote them, for reports. */
 function framingFields (bytes: Buffer): string {
   const text = bytes.toString('latin1')
-  const found = [...text.matchAll(/^(transfer-encoding|content-length)[ \t]*:(.*?)\r?$/gim)].map((m) => `${m[1]}: ${JSON.stringify(m[2])}`)
+  const found = [...text.matchAll(/^(transfer-encoding|content-length)[ \t]*:(.*?)\r?$/gim)].map((
+    m,
+  ) => `${m[1]}: ${JSON.stringify(m[2])}`)
   return found.join(', ') || 'none'
 }
 
@@ -261,20 +426,52 @@ function expectation (bytes: Buffer, method: string, closed: boolean): Expectati
   if (finalAt !== -1) {
     const r = parsed.responses[finalAt]!
     // undici refuses a head over its maxHeaderSize (16 KiB): a 502 is then a fair answer too.
-    if (parsed.responses.slice(0, finalAt + 1).some((x) => x.head > MAX_UPSTREAM_HEAD)) return { valid: null, lenient: [r], why: `a head over ${MAX_UPSTREAM_HEAD} bytes` }
+    if (parsed.responses.slice(0, finalAt + 1).some((x) => x.head > MAX_UPSTREAM_HEAD)) {
+      return { valid: null, lenient: [r], why: `a head over ${MAX_UPSTREAM_HEAD} bytes` }
+    }
     // undici applies the same 16 KiB limit to a trailer section: over it the response fails
     // after its head, and an aborted connection is a fair answer.
     const trailerBytes = r.trailers.reduce((n, f) => n + f.name.length + f.value.length + 4, 0)
-    if (trailerBytes > MAX_UPSTREAM_HEAD) return { valid: null, lenient: [], why: `a trailer section over ${MAX_UPSTREAM_HEAD} bytes` }
+    if (trailerBytes > MAX_UPSTREAM_HEAD) {
+      return { valid: null, lenient: [], why: `a trailer section over ${MAX_UPSTREAM_HEAD} bytes` }
+    }
     // A transfer coding other than chunked (gzip, read to the close) is valid HTTP, but the
     // gateway decodes none and will not relay coded bytes unlabelled: a 502 is its answer.
     const te = fieldValue(r.fields, 'transfer-encoding')
-    if (te !== null && te.trim().toLowerCase() !== 'chunked') return { valid: null, lenient: [r], why: `Transfer-Encoding "${te}" (the gateway decodes no coding but chunked)` }
+    if (te !== null && te.trim().toLowerCase() !== 'chunked') {
+      return {
+        valid: null,
+        lenient: [r],
+        why: `Transfer-Encoding "${te}" (the gateway decodes no coding but chunked)`,
+      }
+    }
     const interim = parsed.responses.slice(0, finalAt).map((i) => i.status)
-    return { valid: r, lenient: [], why: `valid: ${interim.length === 0 ? 'no interim' : `interim ${[...new Set(interim)].join('/')} (${interim.length})`}, ${r.status} ${r.framing} with ${r.body.length} body bytes${parsed.responses.length > finalAt + 1 || parsed.rest.kind !== 'none' ? ', followed by more bytes' : ''}` }
+    return {
+      valid: r,
+      lenient: [],
+      why: `valid: ${
+        interim.length === 0
+          ? 'no interim'
+          : `interim ${[...new Set(interim)].join('/')} (${interim.length})`
+      }, ${r.status} ${r.framing} with ${r.body.length} body bytes${
+        parsed.responses.length > finalAt + 1 || parsed.rest.kind !== 'none'
+          ? ', followed by more bytes'
+          : ''
+      }`,
+    }
   }
   const interim = parsed.responses.length
-  return { valid: null, lenient: parsed.lenient.map((l) => l.response), why: `${parsed.rest.kind === 'none' ? 'only interim responses' : restText(parsed.rest)} after ${interim} interim${parsed.lenient.length > 0 ? ` (allowed reading: ${parsed.lenient.map((l) => l.why).join(', ')})` : ''}` }
+  return {
+    valid: null,
+    lenient: parsed.lenient.map((l) => l.response),
+    why: `${
+      parsed.rest.kind === 'none' ? 'only interim responses' : restText(parsed.rest)
+    } after ${interim} interim${
+      parsed.lenient.length > 0
+        ? ` (allowed reading: ${parsed.lenient.map((l) => l.why).join(', ')})`
+        : ''
+    }`,
+  }
 }
 
 describe('fuzz: upstream responses through the gateway', () => {
@@ -289,8 +486,12 @@ describe('fuzz: upstream responses through the gateway', () => {
     await fuzz.stop()
   })
 
-  test('a clean 502 or an aborted connection, never garbage; still serving', { timeout: 30 * 60_000 }, async (t) => {
-    const line = `response fuzz: seed ${settings.seed}, ${settings.numRuns} runs${settings.path === undefined ? '' : `, path ${settings.path}`} (GATEHOUSE_FUZZ_SEED=${settings.seed} to repeat)`
+  test('a clean 502 or an aborted connection, never garbage; still serving', {
+    timeout: 30 * 60_000,
+  }, async (t) => {
+    const line = `response fuzz: seed ${settings.seed}, ${settings.numRuns} runs${
+      settings.path === undefined ? '' : `, path ${settings.path}`
+    } (GATEHOUSE_FUZZ_SEED=${settings.seed} to repeat)`
     console.log(line)
     t.diagnostic(line)
     const started = Date.now()
@@ -303,11 +504,19 @@ describe('fuzz: upstream responses through the gateway', () => {
         includeErrorInReport: true,
       })
     } catch (err) {
-      if (fuzz.firstFailure !== undefined) (err as Error).message += `\n\nThe first failure, before shrinking:\n${fuzz.firstFailure}`
+      if (fuzz.firstFailure !== undefined) {
+        ;(err as Error).message += `\n\nThe first failure, before shrinking:\n${fuzz.firstFailure}`
+      }
       throw err
     }
-    t.diagnostic(`${fuzz.cases} cases in ${Date.now() - started} ms; ${[...fuzz.outcomes].map(([k, v]) => `${k}: ${v}`).join(', ')}`)
-    for (const [id, hit] of fuzz.ledger.hits) t.diagnostic(`known failure ${id} seen ${hit.count} time(s); first:\n${hit.first}`)
+    t.diagnostic(
+      `${fuzz.cases} cases in ${Date.now() - started} ms; ${
+        [...fuzz.outcomes].map(([k, v]) => `${k}: ${v}`).join(', ')
+      }`,
+    )
+    for (const [id, hit] of fuzz.ledger.hits) {
+      t.diagnostic(`known failure ${id} seen ${hit.count} time(s); first:\n${hit.first}`)
+    }
   })
 
   for (const known of KNOWN_RESPONSE_FAILURES) {

@@ -19,15 +19,15 @@ export interface Field {
 }
 
 export type Rest =
-  | { kind: 'none' }
+  { kind: 'none' } |
   /** The bytes end inside a message (more bytes would be needed). */
-  | { kind: 'incomplete', at: number, reason: string, method?: string }
+  { kind: 'incomplete', at: number, reason: string, method?: string } |
   /**
    * A message that must be refused; nothing after it can be framed. `method`: the refused
    * request's, when its request-line was read (its answer is framed as an answer to it: none
    * to a HEAD carries a body).
    */
-  | { kind: 'error', at: number, reason: string, method?: string }
+  { kind: 'error', at: number, reason: string, method?: string }
 
 export interface ParsedRequest {
   method: string
@@ -122,7 +122,12 @@ function readFields (buf: Buffer, pos: number, what: string): [Field[], number] 
     pos = next
     if (line === '') return [fields, pos]
     const c = line.charCodeAt(0)
-    if (c === 0x20 || c === 0x09) error(at, fields.length === 0 ? `whitespace line before the first ${what}` : `obs-fold in ${what}`)
+    if (c === 0x20 || c === 0x09) {
+      error(
+        at,
+        fields.length === 0 ? `whitespace line before the first ${what}` : `obs-fold in ${what}`,
+      )
+    }
     const colon = line.indexOf(':')
     if (colon <= 0) error(at, `${what} without a name and colon`)
     const name = line.slice(0, colon)
@@ -158,7 +163,8 @@ export function fieldValue (fields: Field[], lowerName: string): string | null {
 
 // RFC 9112 §7.1.1 allows BWS around ';' and '='; llhttp (Node, undici) does not, and a
 // recipient may refuse it, so extensions with whitespace are read as refusable here.
-const CHUNK_EXT = /^(?:;[!#$%&'*+.^_`|~0-9A-Za-z-]+(?:=(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+|"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"))?)*$/
+const CHUNK_EXT =
+  /^(?:;[!#$%&'*+.^_`|~0-9A-Za-z-]+(?:=(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+|"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"))?)*$/
 
 /** A chunked body (RFC 9112 §7.1): the decoded data, the trailer fields and where it ends. */
 function readChunked (buf: Buffer, pos: number, strictExt = true): [Buffer, Field[], number] {
@@ -170,7 +176,10 @@ function readChunked (buf: Buffer, pos: number, strictExt = true): [Buffer, Fiel
     if (m === null) error(at, `bad chunk size ${JSON.stringify(line.slice(0, 40))}`)
     const hex = m[1]!.replace(/^0+(?=.)/, '')
     if (hex.length > MAX_HEX_DIGITS) error(at, 'chunk size overflows')
-    if (!CHUNK_EXT.test(m[2]!) && (strictExt || !/^[ \t]*;/.test(m[2]!) || FIELD_VALUE_BAD.test(m[2]!))) error(at, `bad chunk extension ${JSON.stringify(m[2]!.slice(0, 40))}`)
+    if (
+      !CHUNK_EXT.test(m[2]!) &&
+      (strictExt || !/^[ \t]*;/.test(m[2]!) || FIELD_VALUE_BAD.test(m[2]!))
+    ) error(at, `bad chunk extension ${JSON.stringify(m[2]!.slice(0, 40))}`)
     const size = parseInt(hex, 16)
     pos = next
     if (size === 0) {
@@ -218,9 +227,16 @@ export function parseRequests (buf: Buffer): RequestParse {
       const [line, next] = readLine(buf, pos, 'request-line')
       // RFC 9112 §3: recipients MAY split the request-line on runs of whitespace; a gateway
       // writes its own request-line upstream, so runs of SP or HTAB cannot be read two ways.
-      const m = /^([!#$%&'*+.^_`|~0-9A-Za-z-]+)[ \t]+([\x21-\x7e]+)[ \t]+HTTP\/([0-9])\.([0-9])$/.exec(line)
+      const m = /^([!#$%&'*+.^_`|~0-9A-Za-z-]+)[ \t]+([\x21-\x7e]+)[ \t]+HTTP\/([0-9])\.([0-9])$/
+        .exec(line)
       if (m === null) error(start, `bad request-line ${JSON.stringify(line.slice(0, 80))}`)
-      const [, method, target, major, version] = m as unknown as [string, string, string, string, string]
+      const [, method, target, major, version] = m as unknown as [
+        string,
+        string,
+        string,
+        string,
+        string,
+      ]
       current = method
       // RFC 9110 §6.2: a higher minor version is processed as the highest one implemented.
       const minor = major === '1' && version === '0' ? '0' : '1'
@@ -232,8 +248,10 @@ export function parseRequests (buf: Buffer): RequestParse {
       const invalid = closed
         ? 'sent after a request that closes the connection (RFC 9112 §9.6: not to be processed)'
         : major !== '1'
-          ? `unsupported version HTTP/${major}.${version}`
-          : (minor === '1' && hosts !== 1) || hosts > 1 ? 'a request needs exactly one Host (HTTP/1.0: at most one)' : null
+        ? `unsupported version HTTP/${major}.${version}`
+        : (minor === '1' && hosts !== 1) || hosts > 1
+        ? 'a request needs exactly one Host (HTTP/1.0: at most one)'
+        : null
       const te = fieldValues(fields, 'transfer-encoding')
       const cl = fieldValues(fields, 'content-length')
       let body: Buffer = Buffer.alloc(0)
@@ -241,8 +259,12 @@ export function parseRequests (buf: Buffer): RequestParse {
       if (te.length > 0) {
         if (cl.length > 0) error(start, 'Content-Length and Transfer-Encoding')
         const codings = listElements(te).map((c) => c.toLowerCase())
-        if (codings.length === 0 || codings.some((c) => !TCHAR.test(c))) error(start, 'bad Transfer-Encoding')
-        if (codings[codings.length - 1] !== 'chunked') error(start, 'chunked is not the final transfer coding')
+        if (codings.length === 0 || codings.some((c) => !TCHAR.test(c))) {
+          error(start, 'bad Transfer-Encoding')
+        }
+        if (codings[codings.length - 1] !== 'chunked') {
+          error(start, 'chunked is not the final transfer coding')
+        }
         if (codings.filter((c) => c === 'chunked').length > 1) error(start, 'chunked applied twice')
         // An extension out of grammar but free of control characters cannot move a chunk
         // boundary: the gateway may refuse it or pass the body on.
@@ -258,13 +280,29 @@ export function parseRequests (buf: Buffer): RequestParse {
       // RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 is faulty framing; the connection closes
       // after the message.
       const close = connectionClose(fields, Number(minor)) || (minor === '0' && te.length > 0)
-      requests.push({ method, target, version: `1.${minor}`, fields, body, trailers, start, end: pos, close, invalid })
+      requests.push({
+        method,
+        target,
+        version: `1.${minor}`,
+        fields,
+        body,
+        trailers,
+        start,
+        end: pos,
+        close,
+        invalid,
+      })
       current = undefined
       closed ||= close
     }
   } catch (err) {
     if (!(err instanceof Fail)) throw err
-    if (current !== undefined) return { requests, rest: { kind: err.kind, at: err.at, reason: err.message, method: current } }
+    if (current !== undefined) {
+      return {
+        requests,
+        rest: { kind: err.kind, at: err.at, reason: err.message, method: current },
+      }
+    }
     return { requests, rest: { kind: err.kind, at: err.at, reason: err.message } }
   }
 }
@@ -286,7 +324,10 @@ export interface ResponseOptions {
  * Every response in `buf`, stopping at the first that must be refused. Interim (1xx)
  * responses are listed too; each final response consumes one entry of `methods`.
  */
-export function parseResponses (buf: Buffer, opts: ResponseOptions): ResponseParse & { lenient: LenientReading[] } {
+export function parseResponses (
+  buf: Buffer,
+  opts: ResponseOptions,
+): ResponseParse & { lenient: LenientReading[] } {
   const responses: ParsedResponse[] = []
   const lenient: LenientReading[] = []
   let pos = 0
@@ -308,19 +349,41 @@ export function parseResponses (buf: Buffer, opts: ResponseOptions): ResponsePar
       // The SP before an empty reason-phrase is often left out; nothing can be misread then.
       const m = /^HTTP\/([0-9])\.([0-9]) ([0-9]{3})(?: (.*))?$/s.exec(line)
       if (m === null) error(start, `bad status-line ${JSON.stringify(line.slice(0, 80))}`)
-      const [, major, minor, code, reason = ''] = m as unknown as [string, string, string, string, string | undefined]
+      const [, major, minor, code, reason = ''] = m as unknown as [
+        string,
+        string,
+        string,
+        string,
+        string | undefined,
+      ]
       // A control character in the reason-phrase (which recipients ignore) is out of grammar
       // but moves no boundary: relaying the response or refusing it are both fair.
-      badReason = FIELD_VALUE_BAD.test(reason) ? `control character in the reason-phrase ${JSON.stringify(reason.slice(0, 40))}` : null
+      badReason = FIELD_VALUE_BAD.test(reason)
+        ? `control character in the reason-phrase ${JSON.stringify(reason.slice(0, 40))}`
+        : null
       if (major !== '1') error(start, `unsupported version HTTP/${major}.${minor}`)
       const status = Number(code)
       if (status < 100 || status > 599) error(start, `status ${code} out of range`)
       const [fields, afterHead] = readFields(buf, next, 'header field')
       const method = opts.methods[finals] ?? 'GET'
-      const base = { version: `1.${minor}`, status, reason, fields, start, head: afterHead - start, close: connectionClose(fields, Number(minor)) }
+      const base = {
+        version: `1.${minor}`,
+        status,
+        reason,
+        fields,
+        start,
+        head: afterHead - start,
+        close: connectionClose(fields, Number(minor)),
+      }
       if (status < 200) {
         if (status === 101) error(start, 'unsolicited 101 Switching Protocols')
-        responses.push({ ...base, body: Buffer.alloc(0), trailers: [], framing: 'none', end: afterHead })
+        responses.push({
+          ...base,
+          body: Buffer.alloc(0),
+          trailers: [],
+          framing: 'none',
+          end: afterHead,
+        })
         pos = afterHead
         continue
       }
@@ -331,11 +394,21 @@ export function parseResponses (buf: Buffer, opts: ResponseOptions): ResponsePar
       if (noBody) {
         // RFC 9112 §6.3 (1): these end at the empty line whatever their framing fields say;
         // framing fields that would be refused elsewhere may still be refused here.
-        const reading: ParsedResponse = { ...base, body: Buffer.alloc(0), trailers: [], framing: 'none', end: afterHead }
-        const suspect = (te.length > 0 && (cl.length > 0 || status !== 200)) || cl.length > 1 || (cl.length === 1 && !SAFE_DIGITS.test(cl[0]!))
+        const reading: ParsedResponse = {
+          ...base,
+          body: Buffer.alloc(0),
+          trailers: [],
+          framing: 'none',
+          end: afterHead,
+        }
+        const suspect = (te.length > 0 && (cl.length > 0 || status !== 200)) || cl.length > 1 ||
+          (cl.length === 1 && !SAFE_DIGITS.test(cl[0]!))
         if (suspect) {
           lenient.push({ why: 'framing fields on a response without a body', response: reading })
-          error(start, `framing fields on a ${status} to ${method}: ${JSON.stringify([...te, ...cl])}`)
+          error(
+            start,
+            `framing fields on a ${status} to ${method}: ${JSON.stringify([...te, ...cl])}`,
+          )
         }
         accept(reading)
         pos = afterHead
@@ -347,14 +420,40 @@ export function parseResponses (buf: Buffer, opts: ResponseOptions): ResponsePar
           // Whatever else is wrong with it (an empty list, a coding that is no token), a
           // Transfer-Encoding without chunked can only mean a body to the close (RFC 9112
           // §6.3 (4)); refusing it is as fair.
-          lenient.push({ why: 'Transfer-Encoding without chunked: body to the close', response: { ...base, body: buf.subarray(afterHead), trailers: [], framing: 'close', end: buf.length, close: true } })
+          lenient.push({
+            why: 'Transfer-Encoding without chunked: body to the close',
+            response: {
+              ...base,
+              body: buf.subarray(afterHead),
+              trailers: [],
+              framing: 'close',
+              end: buf.length,
+              close: true,
+            },
+          })
         }
-        if (codings.length > 0 && codings.some((c) => !TCHAR.test(c)) && codings[codings.length - 1] === 'chunked' && cl.length === 0) {
+        if (
+          codings.length > 0 && codings.some((c) => !TCHAR.test(c)) &&
+          codings[codings.length - 1] === 'chunked' && cl.length === 0
+        ) {
           // The coding that is no token is not understood, but chunked last still frames it.
           const reading = tryRead(() => readChunked(buf, afterHead, false))
-          if (reading !== null) lenient.push({ why: 'chunked last after a coding that is no token', response: { ...base, body: reading[0], trailers: reading[1], framing: 'chunked', end: reading[2] } })
+          if (reading !== null) {
+            lenient.push({
+              why: 'chunked last after a coding that is no token',
+              response: {
+                ...base,
+                body: reading[0],
+                trailers: reading[1],
+                framing: 'chunked',
+                end: reading[2],
+              },
+            })
+          }
         }
-        if (codings.length === 0 || codings.some((c) => !TCHAR.test(c))) error(start, 'bad Transfer-Encoding')
+        if (codings.length === 0 || codings.some((c) => !TCHAR.test(c))) {
+          error(start, 'bad Transfer-Encoding')
+        }
         if (codings.filter((c) => c === 'chunked').length > 1) error(start, 'chunked applied twice')
         if (codings[codings.length - 1] === 'chunked') {
           if (cl.length > 0) {
@@ -363,7 +462,10 @@ export function parseResponses (buf: Buffer, opts: ResponseOptions): ResponsePar
             const reading = tryRead(() => readChunked(buf, afterHead))
             if (reading !== null) {
               const [body, trailers, end] = reading
-              lenient.push({ why: 'Content-Length and Transfer-Encoding: chunked wins', response: { ...base, body, trailers, framing: 'chunked', end } })
+              lenient.push({
+                why: 'Content-Length and Transfer-Encoding: chunked wins',
+                response: { ...base, body, trailers, framing: 'chunked', end },
+              })
             }
             error(start, 'Content-Length and Transfer-Encoding')
           }
@@ -374,14 +476,30 @@ export function parseResponses (buf: Buffer, opts: ResponseOptions): ResponsePar
           } catch (err) {
             // An extension out of grammar but free of control characters cannot move the
             // chunk boundaries: a recipient may ignore it.
-            if (loose !== null && err instanceof Fail && err.message.startsWith('bad chunk extension')) lenient.push({ why: 'malformed chunk extension ignored', response: { ...base, body: loose[0], trailers: loose[1], framing: 'chunked', end: loose[2] } })
+            if (
+              loose !== null && err instanceof Fail && err.message.startsWith('bad chunk extension')
+            ) {
+              lenient.push({
+                why: 'malformed chunk extension ignored',
+                response: {
+                  ...base,
+                  body: loose[0],
+                  trailers: loose[1],
+                  framing: 'chunked',
+                  end: loose[2],
+                },
+              })
+            }
             throw err
           }
           const [body, trailers, end] = read
           if (trailers.some((t) => /^(content-length|transfer-encoding)$/i.test(t.name))) {
             // RFC 9110 §6.5.1: framing fields in a trailer are not to be used; refusing the
             // response is as fair as relaying it without them.
-            lenient.push({ why: 'framing field in the trailer section', response: { ...base, body, trailers, framing: 'chunked', end } })
+            lenient.push({
+              why: 'framing field in the trailer section',
+              response: { ...base, body, trailers, framing: 'chunked', end },
+            })
             error(end, 'a framing field in the trailer section')
           }
           accept({ ...base, body, trailers, framing: 'chunked', end })
@@ -391,7 +509,14 @@ export function parseResponses (buf: Buffer, opts: ResponseOptions): ResponsePar
         if (cl.length > 0) error(start, 'Content-Length and a non-chunked Transfer-Encoding')
         // A coding other than chunked last: the body runs to the close (RFC 9112 §6.3 (4)).
         if (!opts.closed) incomplete(buf.length, 'close-delimited body, connection still open')
-        accept({ ...base, body: buf.subarray(afterHead), trailers: [], framing: 'close', end: buf.length, close: true })
+        accept({
+          ...base,
+          body: buf.subarray(afterHead),
+          trailers: [],
+          framing: 'close',
+          end: buf.length,
+          close: true,
+        })
         return { responses, rest: { kind: 'none' }, lenient }
       }
       if (cl.length > 0) {
@@ -401,7 +526,16 @@ export function parseResponses (buf: Buffer, opts: ResponseOptions): ResponsePar
             // RFC 9112 §6.3 (5): identical values may be taken as one.
             const length = Number(distinct[0])
             if (buf.length >= afterHead + length) {
-              lenient.push({ why: 'repeated identical Content-Length', response: { ...base, body: buf.subarray(afterHead, afterHead + length), trailers: [], framing: 'length', end: afterHead + length } })
+              lenient.push({
+                why: 'repeated identical Content-Length',
+                response: {
+                  ...base,
+                  body: buf.subarray(afterHead, afterHead + length),
+                  trailers: [],
+                  framing: 'length',
+                  end: afterHead + length,
+                },
+              })
             }
           }
           error(start, `ambiguous Content-Length ${JSON.stringify(cl)}`)
@@ -409,12 +543,25 @@ export function parseResponses (buf: Buffer, opts: ResponseOptions): ResponsePar
         if (!SAFE_DIGITS.test(cl[0]!)) error(start, `bad Content-Length ${JSON.stringify(cl[0])}`)
         const length = Number(cl[0])
         if (buf.length < afterHead + length) incomplete(buf.length, 'body cut')
-        accept({ ...base, body: buf.subarray(afterHead, afterHead + length), trailers: [], framing: 'length', end: afterHead + length })
+        accept({
+          ...base,
+          body: buf.subarray(afterHead, afterHead + length),
+          trailers: [],
+          framing: 'length',
+          end: afterHead + length,
+        })
         pos = afterHead + length
         continue
       }
       if (!opts.closed) incomplete(buf.length, 'close-delimited body, connection still open')
-      accept({ ...base, body: buf.subarray(afterHead), trailers: [], framing: 'close', end: buf.length, close: true })
+      accept({
+        ...base,
+        body: buf.subarray(afterHead),
+        trailers: [],
+        framing: 'close',
+        end: buf.length,
+        close: true,
+      })
       return { responses, rest: { kind: 'none' }, lenient }
     }
   } catch (err) {

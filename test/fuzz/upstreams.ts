@@ -35,7 +35,11 @@ interface Conn {
 }
 
 /** What an upstream says to one parsed request. */
-export type Answer = (req: ParsedRequest, marker: string | null, socket: net.Socket) => Promise<void> | void
+export type Answer = (
+  req: ParsedRequest,
+  marker: string | null,
+  socket: net.Socket,
+) => Promise<void> | void
 
 export class RawUpstream {
   readonly requests: UpstreamRequest[] = []
@@ -61,7 +65,9 @@ export class RawUpstream {
 
   /** Every connection is closed or between requests, with no answer being written. */
   atRest (): boolean {
-    for (const c of this.conns.values()) if (!c.closed && (c.pending.length > 0 || c.writing)) return false
+    for (const c of this.conns.values()) {
+      if (!c.closed && (c.pending.length > 0 || c.writing)) return false
+    }
     return true
   }
 
@@ -72,8 +78,16 @@ export class RawUpstream {
       if (c.closed || (c.pending.length === 0 && !c.writing)) continue
       const text = c.pending.toString('latin1', 0, 64 * 1024)
       const line = text.slice(0, Math.max(0, text.indexOf('\r\n'))).slice(0, 120)
-      const framing = [...text.matchAll(/^(transfer-encoding|content-length): .*$/gim)].map((m) => m[0].trim()).join(', ')
-      out.push(`conn ${id}: ${c.writing ? 'writing an answer; ' : ''}${c.pending.length} bytes of a partial request ${JSON.stringify(line)} (${framing || 'no framing field yet'})`)
+      const framing = [...text.matchAll(/^(transfer-encoding|content-length): .*$/gim)].map((m) =>
+        m[0].trim()
+      ).join(', ')
+      out.push(
+        `conn ${id}: ${
+          c.writing ? 'writing an answer; ' : ''
+        }${c.pending.length} bytes of a partial request ${JSON.stringify(line)} (${
+          framing || 'no framing field yet'
+        })`,
+      )
     }
     return out
   }
@@ -111,15 +125,22 @@ export class RawUpstream {
     const first = parsed.requests[0]
     if (first !== undefined) {
       const marker = markerOf(normalTarget(first.target))
-      this.requests.push({ conn: id, method: first.method, target: first.target, marker, body: Buffer.from(first.body) })
+      this.requests.push({
+        conn: id,
+        method: first.method,
+        target: first.target,
+        marker,
+        body: Buffer.from(first.body),
+      })
       conn.pending = conn.pending.subarray(first.end)
       conn.writing = true
       this.signal.notify()
-      Promise.resolve(this.answer(first, marker, conn.socket)).catch(() => conn.socket.destroy()).finally(() => {
-        conn.writing = false
-        if (!conn.closed && conn.pending.length > 0) this.#drain(id, conn)
-        this.signal.notify()
-      })
+      Promise.resolve(this.answer(first, marker, conn.socket)).catch(() => conn.socket.destroy())
+        .finally(() => {
+          conn.writing = false
+          if (!conn.closed && conn.pending.length > 0) this.#drain(id, conn)
+          this.signal.notify()
+        })
       return
     }
     if (parsed.rest.kind === 'error') {
@@ -138,19 +159,27 @@ export class RawUpstream {
 export function echoAnswer (req: ParsedRequest, marker: string | null, socket: net.Socket): void {
   const id = marker ?? 'none'
   const body = `${id} ${req.body.length}`
-  socket.write(`HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: ${body.length}\r\nx-marker: ${id}\r\n\r\n${req.method === 'HEAD' ? '' : body}`)
+  socket.write(
+    `HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: ${body.length}\r\nx-marker: ${id}\r\n\r\n${
+      req.method === 'HEAD' ? '' : body
+    }`,
+  )
 }
 
 /** An RFC 7662 endpoint: GOOD_TOKEN is active, everything else inactive. */
-export async function startIntrospection (): Promise<{ url: string, close (): Promise<void> }> {
+export async function startIntrospection (): Promise<{ url: string, close(): Promise<void> }> {
   const server = http.createServer((req, res) => {
     let form = ''
     req.setEncoding('utf8')
-    req.on('data', (c: string) => { form += c })
+    req.on('data', (c: string) => {
+      form += c
+    })
     req.on('end', () => {
       const active = new URLSearchParams(form).get('token') === GOOD_TOKEN
       res.writeHead(200, { 'content-type': 'application/json' })
-      res.end(JSON.stringify(active ? { active: true, sub: 'fuzz', scope: 'fuzz' } : { active: false }))
+      res.end(
+        JSON.stringify(active ? { active: true, sub: 'fuzz', scope: 'fuzz' } : { active: false }),
+      )
     })
   })
   server.listen(0, '127.0.0.1')

@@ -4,7 +4,10 @@ import { ConfigError, parseConfig, type ConfigIssue } from '../../src/index.js'
 export const FILE = 'gatehouse.yaml'
 
 /** parseConfig must throw a ConfigError; return it. */
-export function configError (text: string, options: Parameters<typeof parseConfig>[1] = {}): ConfigError {
+export function configError (
+  text: string,
+  options: Parameters<typeof parseConfig>[1] = {},
+): ConfigError {
   try {
     parseConfig(text, { env: {}, ...options }, FILE)
   } catch (err) {

@@ -2,8 +2,8 @@ import { after, before, describe, test } from 'node:test'
 
 /** What a contract suite does with its subject: start it once before the tests, close it after. */
 export interface ContractSubject {
-  start (): Promise<void>
-  close (): Promise<void>
+  start(): Promise<void>
+  close(): Promise<void>
 }
 
 /** Registers one test of a contract suite; `fn` gets the suite's started subject. */
@@ -16,7 +16,11 @@ export type ContractTest<S> = (title: string, fn: (s: S) => Promise<void>) => vo
  * suite vanishing. `make` runs in the suite's `before` hook, so if it throws (serviceAvailable
  * under GATEHOUSE_REQUIRE_SERVICES=1) the hook fails and every test with it.
  */
-export function contractSuite<S extends ContractSubject> (name: string, make: () => Promise<S | string>, body: (it: ContractTest<S>) => void): void {
+export function contractSuite<S extends ContractSubject> (
+  name: string,
+  make: () => Promise<S | string>,
+  body: (it: ContractTest<S>) => void,
+): void {
   describe(name, () => {
     let subject: S | null = null
     let skip: string | null = null
@@ -30,7 +34,9 @@ export function contractSuite<S extends ContractSubject> (name: string, make: ()
       subject = s
       await subject.start()
     })
-    after(async () => { await subject?.close() })
+    after(async () => {
+      await subject?.close()
+    })
     body((title, fn) => {
       test(title, async (t) => {
         if (skip !== null) return t.skip(skip)

@@ -8,7 +8,9 @@ export function message (route: string, extra: Partial<NewDelivery> = {}): NewDe
   const method = extra.method ?? 'POST'
   const target = extra.target ?? `/hook?n=${n}`
   const body = extra.body ?? randomBytes(64)
-  const fingerprint = createHash('sha256').update(`${method} ${target}\n`).update(body).digest('base64')
+  const fingerprint = createHash('sha256').update(`${method} ${target}\n`).update(body).digest(
+    'base64',
+  )
   return {
     id: randomUUID(),
     route,

@@ -14,18 +14,18 @@ export interface IdpKey {
 export interface TestIdp {
   issuer: string
   /** Client-credentials token from the real token endpoint (a JWT for resource urn:ml-api). */
-  token (opts?: { client?: string, scope?: string, resource?: string }): Promise<string>
+  token(opts?: { client?: string, scope?: string, resource?: string }): Promise<string>
   /** The key that signs new tokens. */
   readonly signingKey: IdpKey
   /** Publish a new key (new kid) that signs from now on; the old one stays published. */
-  rotate (): Promise<IdpKey>
+  rotate(): Promise<IdpKey>
   /** Stop publishing every key but the signing one. */
-  retireOld (): void
+  retireOld(): void
   /** Requests per path, e.g. counts['/jwks']. */
   readonly counts: Record<string, number>
   /** While true the IdP answers 503 to everything (an outage). */
   down: boolean
-  close (): Promise<void>
+  close(): Promise<void>
 }
 
 export const CLIENTS = {
@@ -69,9 +69,21 @@ export async function startIdp (): Promise<TestIdp> {
           enabled: true,
           defaultResource: () => 'urn:ml-api',
           useGrantedResource: () => true,
-          getResourceServerInfo: (_ctx: unknown, resource: string) => resource === 'urn:opaque'
-            ? { scope: 'predict read', audience: 'ml-api', accessTokenFormat: 'opaque', accessTokenTTL: 300 }
-            : { scope: 'predict read', audience: 'ml-api', accessTokenFormat: 'jwt', accessTokenTTL: 300, jwt: { sign: { alg: 'RS256' } } },
+          getResourceServerInfo: (_ctx: unknown, resource: string) =>
+            resource === 'urn:opaque'
+              ? {
+                scope: 'predict read',
+                audience: 'ml-api',
+                accessTokenFormat: 'opaque',
+                accessTokenTTL: 300,
+              }
+              : {
+                scope: 'predict read',
+                audience: 'ml-api',
+                accessTokenFormat: 'jwt',
+                accessTokenTTL: 300,
+                jwt: { sign: { alg: 'RS256' } },
+              },
         },
       },
     } as any)
@@ -83,7 +95,9 @@ export async function startIdp (): Promise<TestIdp> {
     issuer,
     counts,
     down: false,
-    get signingKey () { return keys[0]! },
+    get signingKey () {
+      return keys[0]!
+    },
     async token (opts = {}) {
       const client = opts.client ?? 'batch'
       const secret = CLIENTS[client as keyof typeof CLIENTS].secret
@@ -92,11 +106,16 @@ export async function startIdp (): Promise<TestIdp> {
       if (opts.resource !== undefined) form.set('resource', opts.resource)
       const res = await fetch(`${issuer}/token`, {
         method: 'POST',
-        headers: { authorization: 'Basic ' + Buffer.from(`${client}:${secret}`).toString('base64'), 'content-type': 'application/x-www-form-urlencoded' },
+        headers: {
+          authorization: 'Basic ' + Buffer.from(`${client}:${secret}`).toString('base64'),
+          'content-type': 'application/x-www-form-urlencoded',
+        },
         body: form,
       })
       const body = await res.json() as { access_token?: string }
-      if (res.status !== 200 || body.access_token === undefined) throw new Error(`token endpoint: ${res.status} ${JSON.stringify(body)}`)
+      if (res.status !== 200 || body.access_token === undefined) {
+        throw new Error(`token endpoint: ${res.status} ${JSON.stringify(body)}`)
+      }
       return body.access_token
     },
     async rotate () {

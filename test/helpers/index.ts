@@ -10,10 +10,13 @@ export interface Upstream {
   server: http.Server
   port: number
   url: string
-  close (): Promise<void>
+  close(): Promise<void>
 }
 
-export async function startUpstream (handler: http.RequestListener, options: http.ServerOptions = {}): Promise<Upstream> {
+export async function startUpstream (
+  handler: http.RequestListener,
+  options: http.ServerOptions = {},
+): Promise<Upstream> {
   const server = http.createServer(options, handler)
   server.listen(0, '127.0.0.1')
   await once(server, 'listening')
@@ -32,7 +35,9 @@ export async function startUpstream (handler: http.RequestListener, options: htt
 /** Collects the gateway's JSON log lines in memory. */
 export class LogCapture extends Writable {
   readonly lines: Array<Record<string, any>> = []
-  #waiters: Array<{ pred: (l: Record<string, any>) => boolean, resolve: (l: Record<string, any>) => void }> = []
+  #waiters: Array<
+    { pred: (l: Record<string, any>) => boolean, resolve: (l: Record<string, any>) => void }
+  > = []
 
   override _write (chunk: Buffer, _enc: BufferEncoding, cb: () => void): void {
     for (const text of chunk.toString('utf8').split('\n')) {
@@ -66,7 +71,7 @@ export interface TestGateway {
   adminPort: number | null
   url: string
   logs: LogCapture
-  close (): Promise<void>
+  close(): Promise<void>
 }
 
 /** Start a gateway on port 0 (admin too) with logs captured. `config` is the YAML shape. */
@@ -91,7 +96,11 @@ export async function startGateway (config: ConfigInput): Promise<TestGateway> {
 }
 
 /** A one-route, one-upstream config: the common case in tests. */
-export function simpleConfig (upstreamUrl: string | string[], route: Record<string, unknown> = {}, upstream: Record<string, unknown> = {}): ConfigInput {
+export function simpleConfig (
+  upstreamUrl: string | string[],
+  route: Record<string, unknown> = {},
+  upstream: Record<string, unknown> = {},
+): ConfigInput {
   const urls = Array.isArray(upstreamUrl) ? upstreamUrl : [upstreamUrl]
   return {
     upstreams: { up: { targets: urls.map((url) => ({ url })), ...upstream } },
@@ -111,7 +120,11 @@ export interface RawResponse {
  * read until the server closes the connection or `idleMs` passes without data once data came
  * (the first byte may take up to 5 s: a loaded test machine is not a silent server).
  */
-export async function rawRequest (port: number, data: string | Buffer, idleMs = 1000): Promise<RawResponse> {
+export async function rawRequest (
+  port: number,
+  data: string | Buffer,
+  idleMs = 1000,
+): Promise<RawResponse> {
   const socket = net.connect(port, '127.0.0.1')
   await once(socket, 'connect')
   socket.write(data)
@@ -143,7 +156,12 @@ export function parseRaw (raw: string): RawResponse {
     const i = l.indexOf(':')
     if (i > 0) headers[l.slice(0, i).toLowerCase()] = l.slice(i + 1).trim()
   }
-  return { raw, status: Number(statusLine?.split(' ')[1] ?? 0), headers, body: end === -1 ? '' : raw.slice(end + 4) }
+  return {
+    raw,
+    status: Number(statusLine?.split(' ')[1] ?? 0),
+    headers,
+    body: end === -1 ? '' : raw.slice(end + 4),
+  }
 }
 
 /** Read an HTTP response body fully as text. */
@@ -154,10 +172,19 @@ export async function text (res: http.IncomingMessage): Promise<string> {
 }
 
 /** A plain node:http request through an agent-less socket (no keep-alive surprises). */
-export function request (url: string, options: http.RequestOptions & { body?: string | Buffer } = {}): Promise<{ status: number, headers: http.IncomingHttpHeaders, body: string, trailers: NodeJS.Dict<string> }> {
+export function request (
+  url: string,
+  options: http.RequestOptions & { body?: string | Buffer } = {},
+): Promise<
+  { status: number, headers: http.IncomingHttpHeaders, body: string, trailers: NodeJS.Dict<string> }
+> {
   return new Promise((resolve, reject) => {
     const req = http.request(url, { agent: false, ...options }, (res) => {
-      text(res).then((body) => resolve({ status: res.statusCode!, headers: res.headers, body, trailers: res.trailers }), reject)
+      text(res).then(
+        (body) =>
+          resolve({ status: res.statusCode!, headers: res.headers, body, trailers: res.trailers }),
+        reject,
+      )
     })
     req.on('error', reject)
     req.end(options.body)
@@ -179,7 +206,10 @@ export async function waitUntil (cond: () => boolean, deadlineMs = 5000): Promis
 }
 
 /** Like waitUntil, for conditions that need I/O to check (a request, a metric scrape). */
-export async function waitUntilAsync (cond: () => Promise<boolean>, deadlineMs = 5000): Promise<void> {
+export async function waitUntilAsync (
+  cond: () => Promise<boolean>,
+  deadlineMs = 5000,
+): Promise<void> {
   const end = Date.now() + deadlineMs
   while (!await cond()) {
     if (Date.now() > end) throw new Error(`condition not met within ${deadlineMs} ms`)
@@ -188,7 +218,9 @@ export async function waitUntilAsync (cond: () => Promise<boolean>, deadlineMs =
 }
 
 /** An upstream that answers 200 with the request's headers as JSON, and counts its calls. */
-export async function startEchoUpstream (): Promise<Upstream & { calls: number, last: http.IncomingHttpHeaders | null }> {
+export async function startEchoUpstream (): Promise<
+  Upstream & { calls: number, last: http.IncomingHttpHeaders | null }
+> {
   const state = { calls: 0, last: null as http.IncomingHttpHeaders | null }
   const up = await startUpstream((req, res) => {
     state.calls++
@@ -201,8 +233,12 @@ export async function startEchoUpstream (): Promise<Upstream & { calls: number, 
   })
   return {
     ...up,
-    get calls () { return state.calls },
-    get last () { return state.last },
+    get calls () {
+      return state.calls
+    },
+    get last () {
+      return state.last
+    },
   }
 }
 
@@ -213,18 +249,34 @@ export async function startEchoUpstream (): Promise<Upstream & { calls: number, 
 export async function serviceAvailable (port: number): Promise<boolean> {
   const ok = await new Promise<boolean>((resolve) => {
     const s = net.connect(port, '127.0.0.1')
-    s.once('connect', () => { s.destroy(); resolve(true) })
+    s.once('connect', () => {
+      s.destroy()
+      resolve(true)
+    })
     s.once('error', () => resolve(false))
-    s.setTimeout(1000, () => { s.destroy(); resolve(false) })
+    s.setTimeout(1000, () => {
+      s.destroy()
+      resolve(false)
+    })
   })
-  if (!ok && process.env.GATEHOUSE_REQUIRE_SERVICES === '1') throw new Error(`a service this test needs is not answering on 127.0.0.1:${port} (GATEHOUSE_REQUIRE_SERVICES=1)`)
+  if (!ok && process.env.GATEHOUSE_REQUIRE_SERVICES === '1') {
+    throw new Error(
+      `a service this test needs is not answering on 127.0.0.1:${port} (GATEHOUSE_REQUIRE_SERVICES=1)`,
+    )
+  }
   return ok
 }
 
 /** GET through a gateway (or any base URL); `problem` is the parsed problem+json body, if any. */
-export async function call (gw: TestGateway | string, path: string, headers: Record<string, string | string[]> = {}) {
+export async function call (
+  gw: TestGateway | string,
+  path: string,
+  headers: Record<string, string | string[]> = {},
+) {
   const res = await request(`${typeof gw === 'string' ? gw : gw.url}${path}`, { headers })
-  const problem = res.headers['content-type'] === 'application/problem+json' ? JSON.parse(res.body) : null
+  const problem = res.headers['content-type'] === 'application/problem+json'
+    ? JSON.parse(res.body)
+    : null
   return { ...res, problem }
 }
 
@@ -236,7 +288,11 @@ export async function deleteNatsStreams (names: string[]): Promise<void> {
   const nc = await connect({ servers: '127.0.0.1:4222' })
   try {
     const jsm = await jetstreamManager(nc)
-    for (const s of names) for (const name of [s, `${s}_DEAD`, `${s}_STATE`]) await jsm.streams.delete(name).catch(() => {})
+    for (const s of names) {
+      for (const name of [s, `${s}_DEAD`, `${s}_STATE`]) {
+        await jsm.streams.delete(name).catch(() => {})
+      }
+    }
   } finally {
     await nc.close()
   }

@@ -2,23 +2,42 @@ import { describe, test } from 'node:test'
 import assert from 'node:assert/strict'
 import { createHash, randomUUID } from 'node:crypto'
 import type http from 'node:http'
-import { metricsText, request, serviceAvailable, startGateway, startUpstream, waitUntilAsync, type TestGateway } from '../helpers/index.js'
+import {
+  metricsText,
+  request,
+  serviceAvailable,
+  startGateway,
+  startUpstream,
+  waitUntilAsync,
+  type TestGateway,
+} from '../helpers/index.js'
 import type { ConfigInput } from '../../src/config/schema.js'
 
 /** An upstream whose answers the test chooses by path; counts calls and keeps the bodies it got. */
-async function modelServer (answer: (req: http.IncomingMessage, body: string, res: http.ServerResponse) => void = defaultAnswer) {
+async function modelServer (
+  answer: (req: http.IncomingMessage, body: string, res: http.ServerResponse) => void =
+    defaultAnswer,
+) {
   const state = { calls: 0, bodies: [] as string[] }
   const up = await startUpstream((req, res) => {
     state.calls++
     let body = ''
     req.setEncoding('utf8')
-    req.on('data', (c: string) => { body += c })
+    req.on('data', (c: string) => {
+      body += c
+    })
     req.on('end', () => {
       state.bodies.push(body)
       answer(req, body, res)
     })
   })
-  return { ...up, get calls () { return state.calls }, bodies: state.bodies }
+  return {
+    ...up,
+    get calls () {
+      return state.calls
+    },
+    bodies: state.bodies,
+  }
 }
 
 function defaultAnswer (req: http.IncomingMessage, body: string, res: http.ServerResponse): void {
@@ -41,17 +60,37 @@ function defaultAnswer (req: http.IncomingMessage, body: string, res: http.Serve
   res.end(JSON.stringify({ path: req.url, body, at: randomUUID() }))
 }
 
-function cached (url: string, cache: Record<string, unknown>, extra: Record<string, unknown> = {}): ConfigInput {
+function cached (
+  url: string,
+  cache: Record<string, unknown>,
+  extra: Record<string, unknown> = {},
+): ConfigInput {
   const { route, ...top } = extra
   return {
     upstreams: { model: { targets: [{ url }] } },
-    routes: [{ name: 'infer', match: {}, upstream: 'model', cache: { ttl: '60s', ...cache }, ...route as object }],
+    routes: [{
+      name: 'infer',
+      match: {},
+      upstream: 'model',
+      cache: { ttl: '60s', ...cache },
+      ...route as object,
+    }],
     ...top,
   } as ConfigInput
 }
 
-async function get (gw: TestGateway, path: string, headers: Record<string, string> = {}, method = 'GET', body?: string) {
-  return request(`${gw.url}${path}`, { method, headers: body === undefined ? headers : { 'content-type': 'application/json', ...headers }, body })
+async function get (
+  gw: TestGateway,
+  path: string,
+  headers: Record<string, string> = {},
+  method = 'GET',
+  body?: string,
+) {
+  return request(`${gw.url}${path}`, {
+    method,
+    headers: body === undefined ? headers : { 'content-type': 'application/json', ...headers },
+    body,
+  })
 }
 
 describe('response cache (memory store)', () => {
@@ -105,10 +144,26 @@ describe('response cache (memory store)', () => {
   test('two consumers with identical requests never share an entry', async () => {
     const up = await modelServer()
     const sha = (s: string): string => createHash('sha256').update(s).digest('hex')
-    const gw = await startGateway(cached(up.url, {}, {
-      identity: { providers: { keys: { kind: 'api_key', keys: [{ id: 'acme', sha256: sha('key-acme') }, { id: 'globex', sha256: sha('key-globex') }] } } },
-      route: { auth: { any_of: ['keys'] } },
-    }))
+    const gw = await startGateway(
+      cached(
+        up.url,
+        {},
+        {
+          identity: {
+            providers: {
+              keys: {
+                kind: 'api_key',
+                keys: [{ id: 'acme', sha256: sha('key-acme') }, {
+                  id: 'globex',
+                  sha256: sha('key-globex'),
+                }],
+              },
+            },
+          },
+          route: { auth: { any_of: ['keys'] } },
+        },
+      ),
+    )
     try {
       const a1 = await get(gw, '/v1/predict', { 'x-api-key': 'key-acme' })
       const g1 = await get(gw, '/v1/predict', { 'x-api-key': 'key-globex' })
@@ -126,7 +181,12 @@ describe('response cache (memory store)', () => {
 
   test('POST keyed by the canonical JSON body (key order, ignored fields); other bodies by their bytes; big ones bypass', async () => {
     const up = await modelServer()
-    const gw = await startGateway(cached(up.url, { methods: ['POST'], key: { body: { ignore: ['user', 'stream'], max_size: '1KiB' } } }))
+    const gw = await startGateway(
+      cached(up.url, {
+        methods: ['POST'],
+        key: { body: { ignore: ['user', 'stream'], max_size: '1KiB' } },
+      }),
+    )
     try {
       const a = await get(gw, '/v1/embed', {}, 'POST', '{"input":"hi","model":"m","user":"u1"}')
       assert.equal(a.headers['x-cache'], 'MISS')
@@ -134,7 +194,11 @@ describe('response cache (memory store)', () => {
       assert.equal(b.headers['x-cache'], 'HIT')
       const c = await get(gw, '/v1/embed', {}, 'POST', '{"model":"m","input":"bye"}')
       assert.equal(c.headers['x-cache'], 'MISS')
-      assert.equal(up.bodies[0], '{"input":"hi","model":"m","user":"u1"}', 'the body is forwarded as sent')
+      assert.equal(
+        up.bodies[0],
+        '{"input":"hi","model":"m","user":"u1"}',
+        'the body is forwarded as sent',
+      )
       const n1 = await get(gw, '/v1/embed', {}, 'POST', 'not json {')
       const n2 = await get(gw, '/v1/embed', {}, 'POST', 'not json {')
       assert.deepEqual([n1.headers['x-cache'], n2.headers['x-cache']], ['MISS', 'HIT'])
@@ -157,7 +221,9 @@ describe('response cache (memory store)', () => {
     const gw = await startGateway(cached(up.url, {}))
     try {
       const all = Array.from({ length: 8 }, () => get(gw, '/v1/slow'))
-      await waitUntilAsync(async () => /gatehouse_in_flight_requests 8/.test(await metricsText(gw.adminPort!)))
+      await waitUntilAsync(async () =>
+        /gatehouse_in_flight_requests 8/.test(await metricsText(gw.adminPort!))
+      )
       assert.equal(up.calls, 1)
       release!()
       const res = await Promise.all(all)
@@ -165,7 +231,10 @@ describe('response cache (memory store)', () => {
       assert.equal(res.filter((r) => r.headers['x-cache'] === 'HIT').length, 7)
       assert.equal(new Set(res.map((r) => r.body)).size, 1)
       assert.equal(up.calls, 1)
-      assert.match(await metricsText(gw.adminPort!), /gatehouse_cache_requests_total\{route="infer",result="coalesced"\} 7/)
+      assert.match(
+        await metricsText(gw.adminPort!),
+        /gatehouse_cache_requests_total\{route="infer",result="coalesced"\} 7/,
+      )
     } finally {
       await gw.close()
       await up.close()
@@ -177,7 +246,9 @@ describe('response cache (Redis store)', () => {
   test('two gateways share entries through Redis', async (t) => {
     if (!await serviceAvailable(6379)) return t.skip('Redis is not answering on 127.0.0.1:6379')
     const up = await modelServer()
-    const stores = { shared: { kind: 'redis', url: 'redis://127.0.0.1:6379', prefix: `gh-test-${randomUUID()}:` } }
+    const stores = {
+      shared: { kind: 'redis', url: 'redis://127.0.0.1:6379', prefix: `gh-test-${randomUUID()}:` },
+    }
     const a = await startGateway(cached(up.url, { store: 'shared' }, { stores }))
     const b = await startGateway(cached(up.url, { store: 'shared' }, { stores }))
     // The Host is in the key: both gateways are reached by one name, as behind a load balancer.
@@ -185,7 +256,9 @@ describe('response cache (Redis store)', () => {
     try {
       const first = await get(a, '/v1/models', host)
       assert.equal(first.headers['x-cache'], 'MISS')
-      await waitUntilAsync(async () => (await get(b, '/v1/models', host)).headers['x-cache'] === 'HIT')
+      await waitUntilAsync(async () =>
+        (await get(b, '/v1/models', host)).headers['x-cache'] === 'HIT'
+      )
       assert.equal((await get(b, '/v1/models', host)).body, first.body)
       assert.equal(up.calls, 1)
     } finally {

@@ -34,7 +34,11 @@ class GatehouseProcess {
   readonly #listeners = new Set<() => void>()
 
   constructor (configFile: string, env: NodeJS.ProcessEnv = process.env) {
-    this.child = spawn(process.execPath, [BIN, 'start', '--config', configFile], { cwd: dirname(configFile), env, stdio: ['ignore', 'pipe', 'pipe'] })
+    this.child = spawn(process.execPath, [BIN, 'start', '--config', configFile], {
+      cwd: dirname(configFile),
+      env,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
     this.child.stdout.setEncoding('utf8').on('data', (chunk: string) => {
       const parts = (this.#partial + chunk).split('\n')
       this.#partial = parts.pop()!
@@ -48,7 +52,9 @@ class GatehouseProcess {
       }
       this.#notify()
     })
-    this.child.stderr.setEncoding('utf8').on('data', (c: string) => { this.stderr += c })
+    this.child.stderr.setEncoding('utf8').on('data', (c: string) => {
+      this.stderr += c
+    })
     this.exited = new Promise((resolve) => {
       this.child.once('close', (code, signal) => {
         this.#done = true
@@ -69,9 +75,15 @@ class GatehouseProcess {
       const check = (): void => {
         const found = this.logs.slice(since).find(pred)
         if (found !== undefined) finish(null, found)
-        else if (this.#done) finish(new Error(`gatehouse exited before the expected log line\n${this.#transcript()}`))
+        else if (this.#done) {
+          finish(new Error(`gatehouse exited before the expected log line\n${this.#transcript()}`))
+        }
       }
-      const timer = setTimeout(() => finish(new Error(`no matching log line within ${timeoutMs} ms\n${this.#transcript()}`)), timeoutMs)
+      const timer = setTimeout(
+        () =>
+          finish(new Error(`no matching log line within ${timeoutMs} ms\n${this.#transcript()}`)),
+        timeoutMs,
+      )
       const finish = (err: Error | null, line?: LogLine): void => {
         clearTimeout(timer)
         this.#listeners.delete(check)
@@ -84,10 +96,16 @@ class GatehouseProcess {
   }
 
   /** Exit status, failing if the process has not exited within `timeoutMs`. */
-  async waitForExit (timeoutMs = WAIT_MS): Promise<{ code: number | null, signal: NodeJS.Signals | null }> {
+  async waitForExit (
+    timeoutMs = WAIT_MS,
+  ): Promise<{ code: number | null, signal: NodeJS.Signals | null }> {
     let timer: NodeJS.Timeout | undefined
     const timeout = new Promise<never>((_resolve, reject) => {
-      timer = setTimeout(() => reject(new Error(`gatehouse did not exit within ${timeoutMs} ms\n${this.#transcript()}`)), timeoutMs)
+      timer = setTimeout(
+        () =>
+          reject(new Error(`gatehouse did not exit within ${timeoutMs} ms\n${this.#transcript()}`)),
+        timeoutMs,
+      )
     })
     try {
       return await Promise.race([this.exited, timeout])
@@ -157,7 +175,9 @@ function gatewayYaml (ports: Ports, upstreamUrl: string, ...routes: string[]): s
 
 /** An upstream that answers with the path it saw. */
 async function echoUpstream (t: TestContext): Promise<Upstream> {
-  const upstream = await startUpstream((req, res) => { res.end(`upstream saw ${req.url}`) })
+  const upstream = await startUpstream((req, res) => {
+    res.end(`upstream saw ${req.url}`)
+  })
   t.after(() => upstream.close())
   return upstream
 }
@@ -169,7 +189,12 @@ interface Started {
 }
 
 /** Spawn `gatehouse start --config <file>` and wait until it logs "listening". */
-async function startGatehouse (t: TestContext, configFile: string, ports: Ports, env?: NodeJS.ProcessEnv): Promise<Started> {
+async function startGatehouse (
+  t: TestContext,
+  configFile: string,
+  ports: Ports,
+  env?: NodeJS.ProcessEnv,
+): Promise<Started> {
   const gh = new GatehouseProcess(configFile, env)
   t.after(() => gh.kill())
   const listening = await gh.waitForLog((l) => l.msg === 'listening')
@@ -212,7 +237,10 @@ describe('gatehouse check', () => {
     writeFileSync(join(dir, 'gatehouse.yaml'), VALID_CONFIG)
     const result = await runCli(['check', '--config', 'gatehouse.yaml'], dir)
     assert.equal(result.code, 0, result.stderr)
-    assert.equal(result.stdout, 'gatehouse.yaml: ok: 2 routes, 1 upstream; listen http://127.0.0.1:18080, admin 127.0.0.1:19901\n')
+    assert.equal(
+      result.stdout,
+      'gatehouse.yaml: ok: 2 routes, 1 upstream; listen http://127.0.0.1:18080, admin 127.0.0.1:19901\n',
+    )
     assert.equal(result.stderr, '')
   })
 
@@ -226,7 +254,9 @@ describe('gatehouse check', () => {
 
   it('exits 1 and prints each problem with its path and file:line:col', async (t) => {
     const dir = tempDir(t)
-    writeFileSync(join(dir, 'bad.yaml'), `listen: { port: 70000 }
+    writeFileSync(
+      join(dir, 'bad.yaml'),
+      `listen: { port: 70000 }
 upstreams:
   ranker:
     targets: [{ url: "ftp://127.0.0.1" }]
@@ -234,7 +264,8 @@ routes:
   - name: search
     upstream: ranker
     limits: { max_body: lots }
-`)
+`,
+    )
     const result = await runCli(['check', '-c', 'bad.yaml'], dir)
     assert.equal(result.code, 1)
     assert.equal(result.stdout, '')
@@ -248,10 +279,16 @@ routes:
 
   it('reports a transform expression that does not compile at its path and line, beside other problems', async (t) => {
     const dir = tempDir(t)
-    writeFileSync(join(dir, 'gatehouse.yaml'), VALID_CONFIG.replace('    strip_prefix: /v1\n', `    strip_prefix: /v1
+    writeFileSync(
+      join(dir, 'gatehouse.yaml'),
+      VALID_CONFIG.replace(
+        '    strip_prefix: /v1\n',
+        `    strip_prefix: /v1
     limits: { max_body: lots }
     transform: { response: { body: '{ "a": b ' } }
-`))
+`,
+      ),
+    )
     const result = await runCli(['check'], dir)
     assert.equal(result.code, 1)
     assert.deepEqual(result.stderr.trimEnd().split('\n'), [
@@ -263,10 +300,19 @@ routes:
 
   it('reports an unknown upstream with its line and a "did you mean"', async (t) => {
     const dir = tempDir(t)
-    writeFileSync(join(dir, 'gatehouse.yaml'), VALID_CONFIG.replace('    upstream: ranker\n    strip_prefix', '    upstream: rankr\n    strip_prefix'))
+    writeFileSync(
+      join(dir, 'gatehouse.yaml'),
+      VALID_CONFIG.replace(
+        '    upstream: ranker\n    strip_prefix',
+        '    upstream: rankr\n    strip_prefix',
+      ),
+    )
     const result = await runCli(['check'], dir)
     assert.equal(result.code, 1)
-    assert.equal(result.stderr, 'gatehouse.yaml:10:15: routes[0].upstream: unknown upstream "rankr" (did you mean "ranker"?)\n1 problem in gatehouse.yaml\n')
+    assert.equal(
+      result.stderr,
+      'gatehouse.yaml:10:15: routes[0].upstream: unknown upstream "rankr" (did you mean "ranker"?)\n1 problem in gatehouse.yaml\n',
+    )
   })
 
   it('exits 1 when the config file does not exist', async (t) => {
@@ -274,7 +320,10 @@ routes:
     const result = await runCli(['check', '--config', 'missing.yaml'], dir)
     assert.equal(result.code, 1)
     assert.equal(result.stdout, '')
-    assert.equal(result.stderr, 'missing.yaml: (root): cannot read config file: ENOENT\n1 problem in missing.yaml\n')
+    assert.equal(
+      result.stderr,
+      'missing.yaml: (root): cannot read config file: ENOENT\n1 problem in missing.yaml\n',
+    )
   })
 })
 
@@ -282,7 +331,10 @@ describe('gatehouse command line', () => {
   it('exits 2 on an unknown command, printing the usage to stderr', async (t) => {
     const result = await runCli(['deploy'], tempDir(t))
     assert.equal(result.code, 2)
-    assert.match(result.stderr, /^gatehouse: unknown command "deploy"\n\nUsage: gatehouse <command>/)
+    assert.match(
+      result.stderr,
+      /^gatehouse: unknown command "deploy"\n\nUsage: gatehouse <command>/,
+    )
     assert.equal(result.stdout, '')
   })
 
@@ -295,7 +347,10 @@ describe('gatehouse command line', () => {
   it('exits 2 on an unknown option, suggesting the nearest one', async (t) => {
     const result = await runCli(['check', '--confg', 'x.yaml'], tempDir(t))
     assert.equal(result.code, 2)
-    assert.match(result.stderr, /^gatehouse: unknown option --confg \(did you mean --config\?\)\n\nUsage: gatehouse check /)
+    assert.match(
+      result.stderr,
+      /^gatehouse: unknown option --confg \(did you mean --config\?\)\n\nUsage: gatehouse check /,
+    )
     assert.equal(result.stdout, '')
   })
 
@@ -303,17 +358,26 @@ describe('gatehouse command line', () => {
     // No config and no admin API: the command must fail before it asks for anything.
     const list = await runCli(['deliveries', 'list', '--dead'], tempDir(t))
     assert.equal(list.code, 2)
-    assert.equal(list.stderr.split('\n')[0], 'gatehouse: unknown option --dead (did you mean --state dead?)')
+    assert.equal(
+      list.stderr.split('\n')[0],
+      'gatehouse: unknown option --dead (did you mean --state dead?)',
+    )
     assert.equal(list.stdout, '')
     const replay = await runCli(['deliveries', 'replay', '--limit', '5'], tempDir(t))
     assert.equal(replay.code, 2)
-    assert.equal(replay.stderr.split('\n')[0], 'gatehouse: option --limit does not apply to "deliveries replay"')
+    assert.equal(
+      replay.stderr.split('\n')[0],
+      'gatehouse: option --limit does not apply to "deliveries replay"',
+    )
   })
 
   it('exits 2 on an argument a command does not take', async (t) => {
     const result = await runCli(['check', 'gatehouse.yaml'], tempDir(t))
     assert.equal(result.code, 2)
-    assert.equal(result.stderr.split('\n')[0], 'gatehouse: unexpected argument "gatehouse.yaml" for "check"')
+    assert.equal(
+      result.stderr.split('\n')[0],
+      'gatehouse: unexpected argument "gatehouse.yaml" for "check"',
+    )
   })
 
   it('exits 0 and prints the usage for --help', async (t) => {
@@ -332,12 +396,17 @@ describe('gatehouse command line', () => {
     assert.equal(viaHelp.stdout, check.stdout)
     const deliveries = await runCli(['deliveries', 'list', '-h'], dir)
     assert.equal(deliveries.code, 0)
-    assert.match(deliveries.stdout, /^Usage: gatehouse deliveries <list\|show\|replay\|purge> \[options\]\n/)
+    assert.match(
+      deliveries.stdout,
+      /^Usage: gatehouse deliveries <list\|show\|replay\|purge> \[options\]\n/,
+    )
     assert.match(deliveries.stdout, /--dead {10}replay: every dead record/)
   })
 
   it('prints the package version for --version', async (t) => {
-    const { version } = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8'))
+    const { version } = JSON.parse(
+      readFileSync(new URL('../../package.json', import.meta.url), 'utf8'),
+    )
     const result = await runCli(['--version'], tempDir(t))
     assert.equal(result.code, 0)
     assert.equal(result.stdout, `${version}\n`)
@@ -354,24 +423,35 @@ describe('gatehouse routes', () => {
     const rows = result.stdout.trimEnd().split('\n').map((line) => line.split(/ {2,}/))
     assert.deepEqual(rows, [
       ['#', 'route', 'match', 'upstream', 'policies'],
-      ['0', 'search', 'GET * /v1/search*', 'ranker (round_robin: http://127.0.0.1:9000 http://127.0.0.1:9001/v2)', 'strip_prefix=/v1'],
-      ['1', 'health', '* * = /health', 'ranker (round_robin: http://127.0.0.1:9000 http://127.0.0.1:9001/v2)', '-'],
+      ['0', 'search', 'GET * /v1/search*',
+        'ranker (round_robin: http://127.0.0.1:9000 http://127.0.0.1:9001/v2)', 'strip_prefix=/v1'],
+      ['1', 'health', '* * = /health',
+        'ranker (round_robin: http://127.0.0.1:9000 http://127.0.0.1:9001/v2)', '-'],
     ])
   })
 
   it('shows transforms, plugins and async delivery among the policies', async (t) => {
     const dir = tempDir(t)
-    writeFileSync(join(dir, 'rerank.ts'), "export default { name: 'r', gatehouse: '^0.1', onRequest () {} }\n")
-    writeFileSync(join(dir, 'gatehouse.yaml'), `upstreams: { up: { targets: [{ url: http://127.0.0.1:9000 }] } }
+    writeFileSync(
+      join(dir, 'rerank.ts'),
+      'export default { name: \'r\', gatehouse: \'^0.1\', onRequest () {} }\n',
+    )
+    writeFileSync(
+      join(dir, 'gatehouse.yaml'),
+      `upstreams: { up: { targets: [{ url: http://127.0.0.1:9000 }] } }
 routes:
   - { name: t, match: { path: /t }, upstream: up, transform: { request: { form_to_json: true }, response: { events: '{ "x": x }' } } }
   - { name: p, match: { path: /p }, upstream: up, plugin: { path: ./rerank.ts } }
   - { name: a, match: { path: /a }, upstream: up, delivery: { mode: async, max_attempts: 5, concurrency: 4 } }
-`)
+`,
+    )
     const result = await runCli(['routes'], dir)
     assert.equal(result.code, 0, result.stderr)
-    const policies = result.stdout.trimEnd().split('\n').slice(1).map((line) => line.split(/ {2,}/).at(-1))
-    assert.deepEqual(policies, ['transform(request,response+events)', 'plugin(rerank.ts)', 'async(5 attempts, 4 workers)'])
+    const policies = result.stdout.trimEnd().split('\n').slice(1).map((line) =>
+      line.split(/ {2,}/).at(-1)
+    )
+    assert.deepEqual(policies, ['transform(request,response+events)', 'plugin(rerank.ts)',
+      'async(5 attempts, 4 workers)'])
   })
 
   it('connects to nothing: not the targets, nor an identity provider, nor a store', async (t) => {
@@ -386,7 +466,9 @@ routes:
     t.after(() => new Promise<void>((resolve) => server.close(() => resolve())))
     const at = `127.0.0.1:${(server.address() as AddressInfo).port}`
     const dir = tempDir(t)
-    writeFileSync(join(dir, 'gatehouse.yaml'), `identity:
+    writeFileSync(
+      join(dir, 'gatehouse.yaml'),
+      `identity:
   providers:
     sso: { kind: jwt, issuer: "http://${at}", audiences: [models] }
 stores:
@@ -394,10 +476,14 @@ stores:
 upstreams: { up: { targets: [{ url: "http://${at}" }] } }
 routes:
   - { name: r, upstream: up, auth: { any_of: [sso] }, rate_limit: [{ key: subject, rate: 10/s, store: shared }] }
-`)
+`,
+    )
     const result = await runCli(['routes'], dir)
     assert.equal(result.code, 0, result.stderr)
-    assert.match(result.stdout.split('\n')[1]!, /^0 +r +\* \* \* +up \(least_request: http:\/\/127\.0\.0\.1:\d+\) +auth=sso rate_limit\(r\.subject@shared\)$/)
+    assert.match(
+      result.stdout.split('\n')[1]!,
+      /^0 +r +\* \* \* +up \(least_request: http:\/\/127\.0\.0\.1:\d+\) +auth=sso rate_limit\(r\.subject@shared\)$/,
+    )
     assert.equal(connections, 0)
   })
 
@@ -407,7 +493,10 @@ routes:
     const result = await runCli(['routes'], dir)
     assert.equal(result.code, 1)
     assert.equal(result.stdout, '')
-    assert.match(result.stderr, /^gatehouse\.yaml:1:\d+: routes\[0\]\.upstream: unknown upstream "nowhere"\n/)
+    assert.match(
+      result.stderr,
+      /^gatehouse\.yaml:1:\d+: routes\[0\]\.upstream: unknown upstream "nowhere"\n/,
+    )
   })
 })
 
@@ -441,19 +530,25 @@ describe('a port in use', { timeout: 60_000 }, () => {
     it(`listen() with the ${which} port taken rejects with GH_LISTEN_FAILED and leaves the ${other} port unbound`, async (t) => {
       const ports = await freePorts()
       await occupy(t, ports[which])
-      const gateway = createGateway({
-        listen: { host: '127.0.0.1', port: ports.listen },
-        admin: { host: '127.0.0.1', port: ports.admin },
-        upstreams: { backend: { targets: [{ url: 'http://127.0.0.1:9' }] } },
-        routes: [{ name: 'all', match: {}, upstream: 'backend' }],
-      }, { logDestination: new LogCapture(), processMetrics: false })
+      const gateway = createGateway(
+        {
+          listen: { host: '127.0.0.1', port: ports.listen },
+          admin: { host: '127.0.0.1', port: ports.admin },
+          upstreams: { backend: { targets: [{ url: 'http://127.0.0.1:9' }] } },
+          routes: [{ name: 'all', match: {}, upstream: 'backend' }],
+        },
+        { logDestination: new LogCapture(), processMetrics: false },
+      )
       t.after(() => gateway.close())
-      await assert.rejects(gateway.listen(), (err: Error & { code?: string, cause?: { code?: string } }) => {
-        assert.equal(err.message, `${which} 127.0.0.1:${ports[which]}: address already in use`)
-        assert.equal(err.code, 'GH_LISTEN_FAILED')
-        assert.equal(err.cause?.code, 'EADDRINUSE')
-        return true
-      })
+      await assert.rejects(
+        gateway.listen(),
+        (err: Error & { code?: string, cause?: { code?: string } }) => {
+          assert.equal(err.message, `${which} 127.0.0.1:${ports[which]}: address already in use`)
+          assert.equal(err.code, 'GH_LISTEN_FAILED')
+          assert.equal(err.cause?.code, 'EADDRINUSE')
+          return true
+        },
+      )
       // Not half up: no proxy without /metrics, no /healthz answering for a proxy that is not there.
       assert.equal(await connectOutcome(ports[other]), 'ECONNREFUSED')
     })
@@ -522,7 +617,10 @@ describe('gatehouse start', { timeout: 60_000 }, () => {
     const { gh, url } = await startGatehouse(t, file, ports)
 
     const mark = gh.mark()
-    writeFileSync(file, gatewayYaml(ports, upstream.url, FIRST_ROUTE, '  - { name: broken, upstream: backnd }'))
+    writeFileSync(
+      file,
+      gatewayYaml(ports, upstream.url, FIRST_ROUTE, '  - { name: broken, upstream: backnd }'),
+    )
     const failed = await gh.waitForLog((l) => l.level === 'error', mark, 5_000)
     assert.match(String(failed.msg), /reload/)
     assert.match(JSON.stringify(failed), /unknown upstream \\"backnd\\"/)
@@ -536,9 +634,13 @@ describe('gatehouse start', { timeout: 60_000 }, () => {
     const upstream = await echoUpstream(t)
     const ports = await freePorts()
     const file = join(tempDir(t), 'gatehouse.yaml')
-    const route = '  - { name: literal, match: { path: /literal, headers: { x-tag: "$${env:GH_TEST_LITERAL}" } }, upstream: backend }'
+    const route =
+      '  - { name: literal, match: { path: /literal, headers: { x-tag: "$${env:GH_TEST_LITERAL}" } }, upstream: backend }'
     writeFileSync(file, gatewayYaml(ports, upstream.url, route))
-    const { url } = await startGatehouse(t, file, ports, { ...process.env, GH_TEST_LITERAL: 'expanded' })
+    const { url } = await startGatehouse(t, file, ports, {
+      ...process.env,
+      GH_TEST_LITERAL: 'expanded',
+    })
     const res = await request(`${url}/literal`, { headers: { 'x-tag': '${env:GH_TEST_LITERAL}' } })
     assert.equal(res.status, 200)
   })
@@ -550,9 +652,13 @@ describe('gatehouse start', { timeout: 60_000 }, () => {
      */
     async function shutDownWhileBusy (t: TestContext) {
       let release!: () => void
-      const released = new Promise<void>((resolve) => { release = resolve })
+      const released = new Promise<void>((resolve) => {
+        release = resolve
+      })
       let arrived!: () => void
-      const upstreamHasIt = new Promise<void>((resolve) => { arrived = resolve })
+      const upstreamHasIt = new Promise<void>((resolve) => {
+        arrived = resolve
+      })
       const upstream = await startUpstream((req, res) => {
         if (req.url !== '/first/slow') return res.end('fast')
         arrived()

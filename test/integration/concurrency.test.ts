@@ -12,7 +12,9 @@ async function heldUpstream () {
     state.active++
     state.max = Math.max(state.max, state.active)
     state.seen.push(req.url!)
-    res.on('finish', () => { state.active-- })
+    res.on('finish', () => {
+      state.active--
+    })
     req.resume()
     held.push(res)
   })
@@ -36,7 +38,9 @@ function config (url: string, upstream: Record<string, unknown>): ConfigInput {
 
 test('max_in_flight: at most N reach the target, the rest queue in order, a full queue is refused at once', async () => {
   const up = await heldUpstream()
-  const gw = await startGateway(config(up.url, { max_in_flight: 2, queue: { size: 2, timeout: '30s' } }))
+  const gw = await startGateway(
+    config(up.url, { max_in_flight: 2, queue: { size: 2, timeout: '30s' } }),
+  )
   try {
     const r1 = request(`${gw.url}/1`)
     const r2 = request(`${gw.url}/2`)
@@ -73,7 +77,9 @@ test('max_in_flight: at most N reach the target, the rest queue in order, a full
 
 test('a queued request times out with 503; one whose client leaves gives up its place', async () => {
   const up = await heldUpstream()
-  const gw = await startGateway(config(up.url, { max_in_flight: 1, queue: { size: 10, timeout: '300ms' } }))
+  const gw = await startGateway(
+    config(up.url, { max_in_flight: 1, queue: { size: 10, timeout: '300ms' } }),
+  )
   try {
     const first = request(`${gw.url}/first`)
     await waitUntil(() => up.state.seen.length === 1)
@@ -91,7 +97,10 @@ test('a queued request times out with 503; one whose client leaves gives up its 
     await waitUntil(() => gpu.queueLength === 1)
     const next = request(`${gw.url}/next`)
     await waitUntil(() => gpu.queueLength === 2)
-    assert.match(await metricsText(gw.adminPort!), /gatehouse_upstream_queue_depth\{upstream="gpu"\} 2/)
+    assert.match(
+      await metricsText(gw.adminPort!),
+      /gatehouse_upstream_queue_depth\{upstream="gpu"\} 2/,
+    )
     gone.destroy()
     await gw.logs.waitFor((l) => l.msg === 'request' && l.path === '/gone' && l.status === 499)
     up.releaseOne()

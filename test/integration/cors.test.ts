@@ -3,7 +3,14 @@ import assert from 'node:assert/strict'
 import { createHash } from 'node:crypto'
 import { ConfigError, validateConfig } from '../../src/index.js'
 import type { ConfigInput } from '../../src/index.js'
-import { call, request, startGateway, startUpstream, type TestGateway, type Upstream } from '../helpers/index.js'
+import {
+  call,
+  request,
+  startGateway,
+  startUpstream,
+  type TestGateway,
+  type Upstream,
+} from '../helpers/index.js'
 
 /*
  * `cors` on a route: browsers' preflights are answered by the gateway (never the upstream, and
@@ -26,19 +33,63 @@ describe('cors', () => {
       req.on('end', () => {
         // An upstream with its own (too generous) CORS answer: the route's policy replaces it.
         const vary = req.url!.startsWith('/api') ? { vary: 'Accept-Encoding' } : {}
-        res.writeHead(200, { 'content-type': 'application/json', 'access-control-allow-origin': '*', ...vary, 'cache-control': 'max-age=60' })
+        res.writeHead(200, {
+          'content-type': 'application/json',
+          'access-control-allow-origin': '*',
+          ...vary,
+          'cache-control': 'max-age=60',
+        })
         res.end(JSON.stringify({ path: req.url, method: req.method }))
       })
     })
-    up = Object.assign(u, { get calls () { return calls } })
+    up = Object.assign(u, {
+      get calls () {
+        return calls
+      },
+    })
     gw = await startGateway({
-      identity: { providers: { keys: { kind: 'api_key', header: 'x-api-key', keys: [{ id: 'app', sha256: createHash('sha256').update(KEY).digest('hex') }] } } },
+      identity: {
+        providers: {
+          keys: {
+            kind: 'api_key',
+            header: 'x-api-key',
+            keys: [{ id: 'app', sha256: createHash('sha256').update(KEY).digest('hex') }],
+          },
+        },
+      },
       upstreams: { up: { targets: [{ url: up.url }] } },
       routes: [
-        { name: 'api', match: { path_prefix: '/api' }, upstream: 'up', auth: { any_of: ['keys'] }, cors: { origins: [APP, ADMIN], headers: ['x-api-key', 'content-type'], credentials: true, max_age: '1h' } },
-        { name: 'post-only', match: { path: '/post', methods: ['POST'] }, upstream: 'up', cors: { origins: [APP] } },
-        { name: 'public', match: { path_prefix: '/public' }, upstream: 'up', cors: { origins: ['*'], headers: ['*'] } },
-        { name: 'cached', match: { path_prefix: '/cached' }, upstream: 'up', cache: { ttl: '1m' }, cors: { origins: [APP, ADMIN] } },
+        {
+          name: 'api',
+          match: { path_prefix: '/api' },
+          upstream: 'up',
+          auth: { any_of: ['keys'] },
+          cors: {
+            origins: [APP, ADMIN],
+            headers: ['x-api-key', 'content-type'],
+            credentials: true,
+            max_age: '1h',
+          },
+        },
+        {
+          name: 'post-only',
+          match: { path: '/post', methods: ['POST'] },
+          upstream: 'up',
+          cors: { origins: [APP] },
+        },
+        {
+          name: 'public',
+          match: { path_prefix: '/public' },
+          upstream: 'up',
+          cors: { origins: ['*'], headers: ['*'] },
+        },
+        {
+          name: 'cached',
+          match: { path_prefix: '/cached' },
+          upstream: 'up',
+          cache: { ttl: '1m' },
+          cors: { origins: [APP, ADMIN] },
+        },
       ],
     } as ConfigInput)
   })
@@ -47,11 +98,16 @@ describe('cors', () => {
     await up.close()
   })
 
-  const preflight = (path: string, headers: Record<string, string | string[]>) => request(`${gw.url}${path}`, { method: 'OPTIONS', headers })
+  const preflight = (path: string, headers: Record<string, string | string[]>) =>
+    request(`${gw.url}${path}`, { method: 'OPTIONS', headers })
 
   test('a preflight from an allowed origin → 204 with the exact origin, never reaching the upstream or auth', async () => {
     const calls = up.calls
-    const res = await preflight('/api/predict', { origin: APP, 'access-control-request-method': 'POST', 'access-control-request-headers': 'X-Api-Key, Content-Type' })
+    const res = await preflight('/api/predict', {
+      origin: APP,
+      'access-control-request-method': 'POST',
+      'access-control-request-headers': 'X-Api-Key, Content-Type',
+    })
     assert.equal(res.status, 204)
     assert.equal(res.headers['access-control-allow-origin'], APP)
     assert.equal(res.headers['access-control-allow-credentials'], 'true')
@@ -64,7 +120,10 @@ describe('cors', () => {
   })
 
   test('a preflight from an origin not listed → 403 GH_CORS_REJECTED, no CORS fields', async () => {
-    for (const origin of ['https://evil.example.com', 'https://app.example.com.evil.net', 'null', 'http://app.example.com']) {
+    for (
+      const origin of ['https://evil.example.com', 'https://app.example.com.evil.net', 'null',
+        'http://app.example.com']
+    ) {
       const res = await preflight('/api/x', { origin, 'access-control-request-method': 'GET' })
       assert.equal(res.status, 403, origin)
       assert.equal(res.headers['content-type'], 'application/problem+json')
@@ -76,14 +135,24 @@ describe('cors', () => {
   test('a preflight for a method or header not allowed → 403 naming it', async () => {
     const m = await preflight('/post', { origin: APP, 'access-control-request-method': 'DELETE' })
     assert.equal(m.status, 403)
-    assert.match(JSON.parse(m.body).detail, /Method DELETE is not allowed cross-origin on this route \(allowed: POST\)/)
-    const h = await preflight('/api/x', { origin: APP, 'access-control-request-method': 'GET', 'access-control-request-headers': 'x-api-key, x-debug' })
+    assert.match(
+      JSON.parse(m.body).detail,
+      /Method DELETE is not allowed cross-origin on this route \(allowed: POST\)/,
+    )
+    const h = await preflight('/api/x', {
+      origin: APP,
+      'access-control-request-method': 'GET',
+      'access-control-request-headers': 'x-api-key, x-debug',
+    })
     assert.equal(h.status, 403)
     assert.match(JSON.parse(h.body).detail, /Header x-debug is not allowed/)
   })
 
   test('two Origin headers → the preflight is refused', async () => {
-    const res = await preflight('/api/x', { origin: [APP, ADMIN], 'access-control-request-method': 'GET' })
+    const res = await preflight('/api/x', {
+      origin: [APP, ADMIN],
+      'access-control-request-method': 'GET',
+    })
     assert.equal(res.status, 403)
   })
 
@@ -92,13 +161,19 @@ describe('cors', () => {
     assert.equal(res.status, 200)
     assert.equal(res.headers['access-control-allow-origin'], ADMIN)
     assert.equal(res.headers['access-control-allow-credentials'], 'true')
-    assert.equal(res.headers['access-control-expose-headers'], 'x-request-id, retry-after, ratelimit, ratelimit-policy')
+    assert.equal(
+      res.headers['access-control-expose-headers'],
+      'x-request-id, retry-after, ratelimit, ratelimit-policy',
+    )
     assert.match(String(res.headers.vary), /Accept-Encoding/)
     assert.match(String(res.headers.vary), /Origin/)
   })
 
   test('a request from an origin not listed gets no CORS fields (the browser keeps the answer from the page)', async () => {
-    const res = await call(gw, '/api/predict', { origin: 'https://evil.example.com', 'x-api-key': KEY })
+    const res = await call(gw, '/api/predict', {
+      origin: 'https://evil.example.com',
+      'x-api-key': KEY,
+    })
     assert.equal(res.status, 200)
     assert.equal(res.headers['access-control-allow-origin'], undefined)
     assert.match(String(res.headers.vary), /Origin/)
@@ -123,7 +198,11 @@ describe('cors', () => {
   test('origins: ["*"] answers "*" (never the origin sent), and "null" is not matched by it', async () => {
     const res = await call(gw, '/public/x', { origin: 'https://anyone.example' })
     assert.equal(res.headers['access-control-allow-origin'], '*')
-    const pre = await preflight('/public/x', { origin: 'https://anyone.example', 'access-control-request-method': 'PUT', 'access-control-request-headers': 'x-anything' })
+    const pre = await preflight('/public/x', {
+      origin: 'https://anyone.example',
+      'access-control-request-method': 'PUT',
+      'access-control-request-headers': 'x-anything',
+    })
     assert.equal(pre.status, 204)
     assert.equal(pre.headers['access-control-allow-origin'], '*')
     assert.equal(pre.headers['access-control-allow-headers'], '*')
@@ -145,7 +224,12 @@ describe('cors', () => {
 })
 
 describe('cors config', () => {
-  const base = (cors: unknown): ConfigInput => ({ upstreams: { up: { targets: [{ url: 'http://127.0.0.1:9' }] } }, routes: [{ name: 'r', upstream: 'up', cors }] } as ConfigInput)
+  const base = (
+    cors: unknown,
+  ): ConfigInput => ({
+    upstreams: { up: { targets: [{ url: 'http://127.0.0.1:9' }] } },
+    routes: [{ name: 'r', upstream: 'up', cors }],
+  } as ConfigInput)
   const issues = (cors: unknown): string[] => {
     try {
       validateConfig(base(cors))
@@ -157,14 +241,19 @@ describe('cors config', () => {
   }
 
   test('credentials with "*" is refused, naming the path', () => {
-    assert.deepEqual(issues({ origins: ['*'], credentials: true }), ['routes[0].cors.origins: credentials: true needs explicit origins: browsers refuse "*" with credentials (Fetch §3.2.5)'])
+    assert.deepEqual(issues({ origins: ['*'], credentials: true }), [
+      'routes[0].cors.origins: credentials: true needs explicit origins: browsers refuse "*" with credentials (Fetch §3.2.5)',
+    ])
   })
 
   test('an origin with a path, a trailing slash or no scheme is refused', () => {
     for (const o of ['https://app.example.com/', 'https://app.example.com/x', 'app.example.com']) {
       const found = issues({ origins: [o] })
       assert.equal(found.length, 1, o)
-      assert.match(found[0]!, /^routes\[0\]\.cors\.origins\[0\]: use an origin such as https:\/\/app\.example\.com/)
+      assert.match(
+        found[0]!,
+        /^routes\[0\]\.cors\.origins\[0\]: use an origin such as https:\/\/app\.example\.com/,
+      )
     }
   })
 

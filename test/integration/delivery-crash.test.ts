@@ -7,13 +7,21 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { createInterface } from 'node:readline'
 import { randomBytes } from 'node:crypto'
-import { deleteNatsStreams, request, serviceAvailable, startUpstream, waitUntil } from '../helpers/index.js'
+import {
+  deleteNatsStreams,
+  request,
+  serviceAvailable,
+  startUpstream,
+  waitUntil,
+} from '../helpers/index.js'
 
 const BIN = fileURLToPath(new URL('../../bin/gatehouse.cjs', import.meta.url))
 
 /** Start `gatehouse start` as a child process; resolves with its port once it listens. */
 async function startChild (config: string): Promise<{ child: ChildProcess, port: number }> {
-  const child = spawn(process.execPath, [BIN, 'start', '--config', config], { stdio: ['ignore', 'pipe', 'inherit'] })
+  const child = spawn(process.execPath, [BIN, 'start', '--config', config], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  })
   const lines = createInterface({ input: child.stdout! })
   const port = await new Promise<number>((resolve, reject) => {
     child.once('exit', (code) => reject(new Error(`gateway exited with ${code}`)))
@@ -27,9 +35,13 @@ async function startChild (config: string): Promise<{ child: ChildProcess, port:
 
 for (const backend of ['sqlite', 'nats'] as const) {
   test(`${backend}: SIGKILL mid-stream: every request that got a 202 is delivered at least once after restart`, async (t) => {
-    if (backend === 'nats' && !await serviceAvailable(4222)) return t.skip('NATS is not answering on 127.0.0.1:4222')
+    if (backend === 'nats' && !await serviceAvailable(4222)) {
+      return t.skip('NATS is not answering on 127.0.0.1:4222')
+    }
     const stream = `GHCRASH_${randomBytes(4).toString('hex')}`
-    const store = backend === 'sqlite' ? '{ kind: sqlite, path: ./delivery.db }' : `{ kind: nats, url: "nats://127.0.0.1:4222", stream: ${stream} }`
+    const store = backend === 'sqlite'
+      ? '{ kind: sqlite, path: ./delivery.db }'
+      : `{ kind: nats, url: "nats://127.0.0.1:4222", stream: ${stream} }`
     const dir = mkdtempSync(join(tmpdir(), 'gh-crash-'))
     const seen = new Map<string, number>()
     // A slow upstream, so that a backlog of accepted but undelivered requests exists at the kill.
@@ -42,7 +54,9 @@ for (const backend of ['sqlite', 'nats'] as const) {
       })
     })
     const config = join(dir, 'gatehouse.yaml')
-    writeFileSync(config, `
+    writeFileSync(
+      config,
+      `
 listen: { host: 127.0.0.1, port: 0 }
 admin: { enabled: false }
 log: { level: info, access: false }
@@ -53,7 +67,8 @@ routes:
     match: { path: /jobs }
     upstream: work
     delivery: { mode: async, concurrency: 2, timeout: 2s, backoff: { initial: 50ms, max: 200ms } }
-`)
+`,
+    )
     let gw = await startChild(config)
     const acked: string[] = []
     let attempted = 0
@@ -62,10 +77,13 @@ routes:
       for (let i = 0; !run.stop; i++) {
         attempted++
         try {
-          const res = await request(`http://127.0.0.1:${gw.port}/jobs`, { method: 'POST', body: JSON.stringify({ sender: n, i }) })
+          const res = await request(`http://127.0.0.1:${gw.port}/jobs`, {
+            method: 'POST',
+            body: JSON.stringify({ sender: n, i }),
+          })
           if (res.status === 202) acked.push(JSON.parse(res.body).delivery_id)
         } catch {
-        // The gateway died mid-request: no 202, so no promise was made.
+          // The gateway died mid-request: no 202, so no promise was made.
         }
       }
     }
@@ -76,7 +94,9 @@ routes:
     run.stop = true
     await Promise.all(senders)
     const pendingAtKill = acked.filter((id) => !seen.has(id)).length
-    t.diagnostic(`acked ${acked.length} of ${attempted} attempted; ${pendingAtKill} not yet delivered at the kill`)
+    t.diagnostic(
+      `acked ${acked.length} of ${attempted} attempted; ${pendingAtKill} not yet delivered at the kill`,
+    )
     assert.ok(pendingAtKill > 0, 'the kill happened with a backlog')
 
     gw = await startChild(config)

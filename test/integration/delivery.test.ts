@@ -6,16 +6,42 @@ import { createRemoteJWKSet, jwtVerify, type JWTPayload } from 'jose'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { deleteNatsStreams, request, serviceAvailable, startGateway, startUpstream, waitUntil, waitUntilAsync, metricsText, type TestGateway, type Upstream } from '../helpers/index.js'
+import {
+  deleteNatsStreams,
+  request,
+  serviceAvailable,
+  startGateway,
+  startUpstream,
+  waitUntil,
+  waitUntilAsync,
+  metricsText,
+  type TestGateway,
+  type Upstream,
+} from '../helpers/index.js'
 
 /** What the upstream saw: one entry per attempt. */
-interface Hit { at: number, method: string, url: string, id: string, attempt: number, body: string, headers: http.IncomingHttpHeaders }
+interface Hit {
+  at: number
+  method: string
+  url: string
+  id: string
+  attempt: number
+  body: string
+  headers: http.IncomingHttpHeaders
+}
 
 const backends: Array<[string, () => Promise<Record<string, unknown> | string>]> = [
-  ['sqlite', async () => ({ kind: 'sqlite', path: join(mkdtempSync(join(tmpdir(), 'gh-dl-')), 'delivery.db') })],
+  ['sqlite', async () => ({
+    kind: 'sqlite',
+    path: join(mkdtempSync(join(tmpdir(), 'gh-dl-')), 'delivery.db'),
+  })],
   ['nats', async () => {
     if (!await serviceAvailable(4222)) return 'NATS is not answering on 127.0.0.1:4222'
-    return { kind: 'nats', url: 'nats://127.0.0.1:4222', stream: `GHIT_${randomBytes(4).toString('hex')}` }
+    return {
+      kind: 'nats',
+      url: 'nats://127.0.0.1:4222',
+      stream: `GHIT_${randomBytes(4).toString('hex')}`,
+    }
   }],
 ]
 
@@ -39,7 +65,15 @@ for (const [name, makeStore] of backends) {
         req.on('data', (c: Buffer) => chunks.push(c))
         req.on('end', () => {
           const body = Buffer.concat(chunks).toString('utf8')
-          hits.push({ at: Date.now(), method: req.method!, url: req.url!, id: String(req.headers['x-gatehouse-delivery-id']), attempt: Number(req.headers['x-gatehouse-delivery-attempt']), body, headers: req.headers })
+          hits.push({
+            at: Date.now(),
+            method: req.method!,
+            url: req.url!,
+            id: String(req.headers['x-gatehouse-delivery-id']),
+            attempt: Number(req.headers['x-gatehouse-delivery-attempt']),
+            body,
+            headers: req.headers,
+          })
           const [status, headers] = behaviour.get(body)?.() ?? [200, {}]
           res.writeHead(status, headers)
           res.end()
@@ -52,7 +86,13 @@ for (const [name, makeStore] of backends) {
           name: 'jobs',
           match: { path_prefix: '/jobs', methods: ['POST'] },
           upstream: 'work',
-          delivery: { mode: 'async', max_attempts: 3, backoff: { initial: '50ms', factor: 2, max: '200ms', jitter: '0%' }, concurrency: 4, max_body: '4KiB' },
+          delivery: {
+            mode: 'async',
+            max_attempts: 3,
+            backoff: { initial: '50ms', factor: 2, max: '200ms', jitter: '0%' },
+            concurrency: 4,
+            max_body: '4KiB',
+          },
         }],
       })
     })
@@ -72,8 +112,13 @@ for (const [name, makeStore] of backends) {
       })
     }
     const post = (body: string, headers: Record<string, string> = {}) =>
-      request(gw.url + '/jobs/run?x=1', { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body })
-    const admin = (path: string, method = 'GET') => request(`http://127.0.0.1:${gw.adminPort}${path}`, { method })
+      request(gw.url + '/jobs/run?x=1', {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', ...headers },
+        body,
+      })
+    const admin = (path: string, method = 'GET') =>
+      request(`http://127.0.0.1:${gw.adminPort}${path}`, { method })
 
     it('answers 202 with the delivery id and Location, then delivers with the id and attempt headers', async () => {
       const body = JSON.stringify({ job: 'one' })
@@ -91,7 +136,9 @@ for (const [name, makeStore] of backends) {
       assert.equal(hit.attempt, 1)
       assert.equal(hit.headers['x-custom'], 'kept')
       assert.equal(hit.headers['content-type'], 'application/json')
-      await waitUntilAsync(async () => JSON.parse((await request(gw.url + res.headers.location)).body).state === 'delivered')
+      await waitUntilAsync(async () =>
+        JSON.parse((await request(gw.url + res.headers.location)).body).state === 'delivered'
+      )
       const status = JSON.parse((await request(gw.url + res.headers.location)).body)
       assert.equal(status.attempts, 1)
       assert.equal(status.last_status, 200)
@@ -99,7 +146,9 @@ for (const [name, makeStore] of backends) {
     })
 
     it('an unknown delivery id is 404 problem+json', async () => {
-      const res = await request(gw.url + '/_gatehouse/deliveries/00000000-0000-0000-0000-000000000000')
+      const res = await request(
+        gw.url + '/_gatehouse/deliveries/00000000-0000-0000-0000-000000000000',
+      )
       assert.equal(res.status, 404)
       assert.equal(JSON.parse(res.body).code, 'GH_DELIVERY_NOT_FOUND')
     })
@@ -119,9 +168,17 @@ for (const [name, makeStore] of backends) {
       await waitUntil(() => hits.filter((h) => h.id === id).length === 3, 10_000)
       const mine = hits.filter((h) => h.id === id)
       assert.deepEqual(mine.map((h) => h.attempt), [1, 2, 3])
-      assert.ok(mine[1]!.at - mine[0]!.at >= 45, `second attempt after the 50 ms backoff (${mine[1]!.at - mine[0]!.at} ms)`)
-      assert.ok(mine[2]!.at - mine[1]!.at >= 950, `third attempt waited for Retry-After: 1 (${mine[2]!.at - mine[1]!.at} ms)`)
-      await waitUntilAsync(async () => JSON.parse((await admin(`/deliveries/${id}`)).body).state === 'delivered')
+      assert.ok(
+        mine[1]!.at - mine[0]!.at >= 45,
+        `second attempt after the 50 ms backoff (${mine[1]!.at - mine[0]!.at} ms)`,
+      )
+      assert.ok(
+        mine[2]!.at - mine[1]!.at >= 950,
+        `third attempt waited for Retry-After: 1 (${mine[2]!.at - mine[1]!.at} ms)`,
+      )
+      await waitUntilAsync(async () =>
+        JSON.parse((await admin(`/deliveries/${id}`)).body).state === 'delivered'
+      )
     })
 
     it('a poison message is dead-lettered after max_attempts while others flow, and replay delivers it once fixed', async () => {
@@ -129,17 +186,32 @@ for (const [name, makeStore] of backends) {
       let fixed = false
       behaviour.set(poison, () => [fixed ? 200 : 500, {}])
       const p = JSON.parse((await post(poison)).body).delivery_id
-      const others = await Promise.all([1, 2, 3, 4, 5].map(async (i) => JSON.parse((await post(JSON.stringify({ job: 'ok', i, n: Math.random() }))).body).delivery_id))
+      const others = await Promise.all(
+        [1, 2, 3, 4, 5].map(async (i) =>
+          JSON.parse((await post(JSON.stringify({ job: 'ok', i, n: Math.random() }))).body)
+            .delivery_id
+        ),
+      )
       await waitUntil(() => others.every((id) => hits.some((h) => h.id === id)), 10_000)
-      await waitUntilAsync(async () => JSON.parse((await admin(`/deliveries/${p}`)).body).state === 'dead', 10_000)
+      await waitUntilAsync(
+        async () => JSON.parse((await admin(`/deliveries/${p}`)).body).state === 'dead',
+        10_000,
+      )
       assert.equal(hits.filter((h) => h.id === p).length, 3)
       const dead = JSON.parse((await admin('/deliveries?state=dead&route=jobs')).body).deliveries
-      assert.ok(dead.some((d: { id: string, last_error: string }) => d.id === p && /status 500/.test(d.last_error)))
+      assert.ok(
+        dead.some((d: { id: string, last_error: string }) =>
+          d.id === p && /status 500/.test(d.last_error)
+        ),
+      )
       fixed = true
       const replay = await admin(`/deliveries/${p}/replay`, 'POST')
       assert.equal(replay.status, 200)
       assert.equal(JSON.parse(replay.body).replayed, 1)
-      await waitUntilAsync(async () => JSON.parse((await admin(`/deliveries/${p}`)).body).state === 'delivered', 10_000)
+      await waitUntilAsync(
+        async () => JSON.parse((await admin(`/deliveries/${p}`)).body).state === 'delivered',
+        10_000,
+      )
       assert.equal(hits.filter((h) => h.id === p).length, 4)
       const again = await admin(`/deliveries/${p}/replay`, 'POST')
       assert.equal(again.status, 409)
@@ -149,7 +221,9 @@ for (const [name, makeStore] of backends) {
       const body = JSON.stringify({ job: 'bad', n: Math.random() })
       behaviour.set(body, () => [400, {}])
       const id = JSON.parse((await post(body)).body).delivery_id
-      await waitUntilAsync(async () => JSON.parse((await admin(`/deliveries/${id}`)).body).state === 'dead')
+      await waitUntilAsync(async () =>
+        JSON.parse((await admin(`/deliveries/${id}`)).body).state === 'dead'
+      )
       assert.equal(hits.filter((h) => h.id === id).length, 1)
     })
 
@@ -190,11 +264,22 @@ for (const [name, makeStore] of backends) {
 describe('async delivery: backpressure', () => {
   test('a full store answers 503 with Retry-After, never a false 202', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'gh-dl-'))
-    const up = await startUpstream((req, res) => { req.resume(); req.on('end', () => { res.writeHead(503); res.end() }) })
+    const up = await startUpstream((req, res) => {
+      req.resume()
+      req.on('end', () => {
+        res.writeHead(503)
+        res.end()
+      })
+    })
     const gw = await startGateway({
       delivery: { store: { kind: 'sqlite', path: join(dir, 'd.db'), max_size: '256KiB' } },
       upstreams: { work: { targets: [{ url: up.url }] } },
-      routes: [{ name: 'jobs', match: {}, upstream: 'work', delivery: { mode: 'async', backoff: { initial: '1h', max: '1h' } } }],
+      routes: [{
+        name: 'jobs',
+        match: {},
+        upstream: 'work',
+        delivery: { mode: 'async', backoff: { initial: '1h', max: '1h' } },
+      }],
     })
     try {
       const accepted: string[] = []
@@ -239,12 +324,30 @@ describe('async delivery: phantom tokens', () => {
         res.end()
       })
     })
-    const key = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem' }) as string
+    const key = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({
+      type: 'pkcs8',
+      format: 'pem',
+    }) as string
     const apiKey = 'gh_test_' + randomBytes(12).toString('hex')
     const gw = await startGateway({
       identity: {
-        providers: { keys: { kind: 'api_key', keys: [{ id: 'acme-batch', sha256: createHash('sha256').update(apiKey).digest('hex'), scopes: ['jobs'], metadata: { org: 'acme' } }] } },
-        phantom_token: { key, issuer: 'https://gatehouse.internal', audience: 'workers', ttl: '2s' },
+        providers: {
+          keys: {
+            kind: 'api_key',
+            keys: [{
+              id: 'acme-batch',
+              sha256: createHash('sha256').update(apiKey).digest('hex'),
+              scopes: ['jobs'],
+              metadata: { org: 'acme' },
+            }],
+          },
+        },
+        phantom_token: {
+          key,
+          issuer: 'https://gatehouse.internal',
+          audience: 'workers',
+          ttl: '2s',
+        },
       },
       delivery: { store: { kind: 'sqlite', path: join(dir, 'd.db') } },
       upstreams: { work: { targets: [{ url: up.url }] } },
@@ -254,21 +357,48 @@ describe('async delivery: phantom tokens', () => {
         upstream: 'work',
         auth: { any_of: ['keys'], phantom_token: true },
         // The second attempt comes after the first token's 2 s lifetime.
-        delivery: { mode: 'async', backoff: { initial: '2500ms', factor: 1, max: '2500ms', jitter: '0%' } },
+        delivery: {
+          mode: 'async',
+          backoff: { initial: '2500ms', factor: 1, max: '2500ms', jitter: '0%' },
+        },
       }],
     } as never)
     try {
-      const jwks = createRemoteJWKSet(new URL(`http://127.0.0.1:${gw.adminPort}/.well-known/jwks.json`))
-      verify = async (token) => (await jwtVerify(token, jwks, { issuer: 'https://gatehouse.internal', audience: 'workers' })).payload
-      const res = await request(gw.url + '/run', { method: 'POST', headers: { 'x-api-key': apiKey }, body: '{}' })
+      const jwks = createRemoteJWKSet(
+        new URL(`http://127.0.0.1:${gw.adminPort}/.well-known/jwks.json`),
+      )
+      verify = async (token) =>
+        (await jwtVerify(token, jwks, {
+          issuer: 'https://gatehouse.internal',
+          audience: 'workers',
+        })).payload
+      const res = await request(gw.url + '/run', {
+        method: 'POST',
+        headers: { 'x-api-key': apiKey },
+        body: '{}',
+      })
       assert.equal(res.status, 202)
       const id = JSON.parse(res.body).delivery_id as string
-      await waitUntilAsync(async () => JSON.parse((await request(`${gw.url}/_gatehouse/deliveries/${id}`)).body).state === 'delivered', 15_000)
+      await waitUntilAsync(
+        async () =>
+          JSON.parse((await request(`${gw.url}/_gatehouse/deliveries/${id}`)).body).state ===
+          'delivered',
+        15_000,
+      )
       assert.deepEqual(seen.map((s) => s.attempt), [1, 2])
-      assert.notEqual(seen[1]!.authorization, seen[0]!.authorization, 'the second attempt has a new token')
+      assert.notEqual(
+        seen[1]!.authorization,
+        seen[0]!.authorization,
+        'the second attempt has a new token',
+      )
       const [first, second] = await Promise.all(checked)
-      assert.ok(seen[1]!.at / 1000 > first!.exp!, 'the stored token had expired by the second attempt')
-      for (const claim of ['sub', 'client_id', 'scope', 'org', 'gh_provider']) assert.deepEqual(second![claim], first![claim], claim)
+      assert.ok(
+        seen[1]!.at / 1000 > first!.exp!,
+        'the stored token had expired by the second attempt',
+      )
+      for (const claim of ['sub', 'client_id', 'scope', 'org', 'gh_provider']) {
+        assert.deepEqual(second![claim], first![claim], claim)
+      }
       assert.equal(second!.sub, 'acme-batch')
       assert.ok(second!.exp! - second!.iat! <= 2)
     } finally {

@@ -4,7 +4,13 @@ import net from 'node:net'
 import { once } from 'node:events'
 import { createHash } from 'node:crypto'
 import http from 'node:http'
-import { metricsText, request, startGateway, startUpstream, type TestGateway } from '../helpers/index.js'
+import {
+  metricsText,
+  request,
+  startGateway,
+  startUpstream,
+  type TestGateway,
+} from '../helpers/index.js'
 import type { ConfigInput } from '../../src/config/schema.js'
 
 /**
@@ -22,7 +28,9 @@ async function echoServer () {
       const headers: Record<string, string> = { 'content-type': 'application/json' }
       if (req.url!.startsWith('/public')) headers['cache-control'] = 'public, max-age=60'
       if (req.url!.startsWith('/smaxage')) headers['cache-control'] = 's-maxage=60'
-      if (req.url!.startsWith('/revalidate')) headers['cache-control'] = 'must-revalidate, max-age=60'
+      if (req.url!.startsWith('/revalidate')) {
+        headers['cache-control'] = 'must-revalidate, max-age=60'
+      }
       res.writeHead(200, headers)
       res.end(JSON.stringify({
         call: state.calls,
@@ -34,29 +42,58 @@ async function echoServer () {
       }))
     })
   })
-  return { ...up, get calls () { return state.calls } }
+  return {
+    ...up,
+    get calls () {
+      return state.calls
+    },
+  }
 }
 
-function cached (url: string, cache: Record<string, unknown> = {}, route: Record<string, unknown> = {}, top: Record<string, unknown> = {}): ConfigInput {
+function cached (
+  url: string,
+  cache: Record<string, unknown> = {},
+  route: Record<string, unknown> = {},
+  top: Record<string, unknown> = {},
+): ConfigInput {
   return {
     upstreams: { model: { targets: [{ url }] } },
-    routes: [{ name: 'infer', match: {}, upstream: 'model', cache: { ttl: '60s', ...cache }, ...route }],
+    routes: [{
+      name: 'infer',
+      match: {},
+      upstream: 'model',
+      cache: { ttl: '60s', ...cache },
+      ...route,
+    }],
     ...top,
   } as ConfigInput
 }
 
 async function get (gw: TestGateway, path: string, headers: Record<string, string> = {}) {
   const r = await request(`${gw.url}${path}`, { headers })
-  return { status: r.status, cache: r.headers['x-cache'], body: JSON.parse(r.body) as Record<string, unknown> }
+  return {
+    status: r.status,
+    cache: r.headers['x-cache'],
+    body: JSON.parse(r.body) as Record<string, unknown>,
+  }
 }
 
-async function post (gw: TestGateway, path: string, body: string | Buffer, headers: Record<string, string> = {}) {
-  const r = await request(`${gw.url}${path}`, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body })
+async function post (
+  gw: TestGateway,
+  path: string,
+  body: string | Buffer,
+  headers: Record<string, string> = {},
+) {
+  const r = await request(`${gw.url}${path}`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', ...headers },
+    body,
+  })
   return { status: r.status, cache: r.headers['x-cache'], body: r.body }
 }
 
 describe('cache: credentials on a route without auth (RFC 9111 §3.5)', () => {
-  test("a bearer token's answer is neither stored nor served to a caller without it", async () => {
+  test('a bearer token\'s answer is neither stored nor served to a caller without it', async () => {
     const up = await echoServer()
     const gw = await startGateway(cached(up.url))
     try {
@@ -113,7 +150,11 @@ describe('cache: credentials on a route without auth (RFC 9111 §3.5)', () => {
       const anon = await get(gw, '/v1/cart')
       assert.equal(anon.cache, 'MISS')
       assert.equal(anon.body.cookie, null)
-      assert.equal((await get(gw, '/v1/cart', { cookie: 'session=alice' })).cache, 'MISS', 'not stored')
+      assert.equal(
+        (await get(gw, '/v1/cart', { cookie: 'session=alice' })).cache,
+        'MISS',
+        'not stored',
+      )
       assert.equal((await get(gw, '/public/cart', { cookie: 'session=alice' })).cache, 'MISS')
       assert.equal((await get(gw, '/public/cart', { cookie: 'session=alice' })).cache, 'HIT')
       const other = await get(gw, '/public/cart', { cookie: 'session=mallory' })
@@ -140,14 +181,27 @@ describe('cache: credentials on a route without auth (RFC 9111 §3.5)', () => {
     }
   })
 
-  test("an api_key provider's header is a credential on routes that do not check it", async () => {
+  test('an api_key provider\'s header is a credential on routes that do not check it', async () => {
     const up = await echoServer()
     const sha = (s: string): string => createHash('sha256').update(s).digest('hex')
     const gw = await startGateway({
-      identity: { providers: { keys: { kind: 'api_key', header: 'x-api-key', keys: [{ id: 'acme', sha256: sha('key-acme') }] } } },
+      identity: {
+        providers: {
+          keys: {
+            kind: 'api_key',
+            header: 'x-api-key',
+            keys: [{ id: 'acme', sha256: sha('key-acme') }],
+          },
+        },
+      },
       upstreams: { model: { targets: [{ url: up.url }] } },
       routes: [
-        { name: 'checked', match: { path_prefix: '/checked' }, upstream: 'model', auth: { any_of: ['keys'] } },
+        {
+          name: 'checked',
+          match: { path_prefix: '/checked' },
+          upstream: 'model',
+          auth: { any_of: ['keys'] },
+        },
         { name: 'open', match: {}, upstream: 'model', cache: { ttl: '60s' } },
       ],
     } as ConfigInput)
@@ -165,7 +219,9 @@ describe('cache: credentials on a route without auth (RFC 9111 §3.5)', () => {
 describe('cache: keys are unambiguous', () => {
   test('JSON bodies that differ in meaning never share an entry; equal ones still do', async () => {
     const up = await echoServer()
-    const gw = await startGateway(cached(up.url, { methods: ['POST'], key: { body: { ignore: ['user'] } } }))
+    const gw = await startGateway(
+      cached(up.url, { methods: ['POST'], key: { body: { ignore: ['user'] } } }),
+    )
     try {
       const pairs: Array<[string | Buffer, string | Buffer]> = [
         ['{"seed":9007199254740993}', '{"seed":9007199254740992}'],
@@ -186,7 +242,10 @@ describe('cache: keys are unambiguous', () => {
         n++
       }
       assert.equal((await post(gw, '/v1/same', '{"input":"hi","t":1.0,"user":"u1"}')).cache, 'MISS')
-      assert.equal((await post(gw, '/v1/same', '{ "user": "u2", "t": 1.0, "input": "\\u0068i" }')).cache, 'HIT')
+      assert.equal(
+        (await post(gw, '/v1/same', '{ "user": "u2", "t": 1.0, "input": "\\u0068i" }')).cache,
+        'HIT',
+      )
     } finally {
       await gw.close()
       await up.close()
@@ -225,11 +284,15 @@ describe('cache: keys are unambiguous', () => {
       assert.equal((await get(gw, '/v1/links', { host: 'API.example.com' })).cache, 'HIT')
 
       // Node's req.headers keeps Accept values joined; raw repeats are keyed one by one.
-      const twice = await rawGet(gw.port, '/v1/fmt', ['Accept: text/csv', 'Accept: application/json'])
+      const twice = await rawGet(gw.port, '/v1/fmt', ['Accept: text/csv',
+        'Accept: application/json'])
       assert.equal(twice.cache, 'MISS')
       const once = await rawGet(gw.port, '/v1/fmt', ['Accept: text/csv'])
       assert.equal(once.cache, 'MISS')
-      assert.equal((await rawGet(gw.port, '/v1/fmt', ['Accept: text/csv', 'Accept: application/json'])).cache, 'HIT')
+      assert.equal(
+        (await rawGet(gw.port, '/v1/fmt', ['Accept: text/csv', 'Accept: application/json'])).cache,
+        'HIT',
+      )
     } finally {
       await gw.close()
       await up.close()
@@ -238,10 +301,18 @@ describe('cache: keys are unambiguous', () => {
 })
 
 /** A GET with the header lines as written (repeats kept), read to the end. */
-async function rawGet (port: number, path: string, lines: string[]): Promise<{ status: number, cache: string | null }> {
+async function rawGet (
+  port: number,
+  path: string,
+  lines: string[],
+): Promise<{ status: number, cache: string | null }> {
   const socket = net.connect(port, '127.0.0.1')
   await once(socket, 'connect')
-  socket.write(`GET ${path} HTTP/1.1\r\nHost: api.example.com\r\n${lines.map((l) => l + '\r\n').join('')}Connection: close\r\n\r\n`)
+  socket.write(
+    `GET ${path} HTTP/1.1\r\nHost: api.example.com\r\n${
+      lines.map((l) => l + '\r\n').join('')
+    }Connection: close\r\n\r\n`,
+  )
   let text = ''
   socket.setEncoding('latin1')
   for await (const chunk of socket) text += chunk as string
@@ -258,7 +329,10 @@ describe('cache: a leader that never reads', () => {
       state.calls++
       state.open.add(res)
       res.on('close', () => state.open.delete(res))
-      res.writeHead(200, { 'content-type': 'application/octet-stream', ...(length ? { 'content-length': String(size) } : {}) })
+      res.writeHead(200, {
+        'content-type': 'application/octet-stream',
+        ...(length ? { 'content-length': String(size) } : {}),
+      })
       const chunk = Buffer.alloc(64 * 1024, 'x')
       let left = size
       const pump = (): void => {
@@ -274,7 +348,12 @@ describe('cache: a leader that never reads', () => {
       }
       pump()
     })
-    return { ...up, get calls () { return state.calls } }
+    return {
+      ...up,
+      get calls () {
+        return state.calls
+      },
+    }
   }
 
   /** Sends a GET, reads the response head, then stops reading for good. */
@@ -299,7 +378,9 @@ describe('cache: a leader that never reads', () => {
     return socket
   }
 
-  test('a chunked answer: followers wait coalesce_timeout, then go upstream themselves', { timeout: 20_000 }, async () => {
+  test('a chunked answer: followers wait coalesce_timeout, then go upstream themselves', {
+    timeout: 20_000,
+  }, async () => {
     const size = 16 * 1024 * 1024
     const up = await bigServer(size, false)
     // max_entry above the size: only the bound on waiting can release the followers.
@@ -319,7 +400,10 @@ describe('cache: a leader that never reads', () => {
       const hit = await request(`${gw.url}/v1/weights`)
       assert.equal(hit.headers['x-cache'], 'HIT')
       assert.equal(hit.body.length, size)
-      assert.match(await metricsText(gw.adminPort!), /gatehouse_cache_requests_total\{route="infer",result="miss"\} 2/)
+      assert.match(
+        await metricsText(gw.adminPort!),
+        /gatehouse_cache_requests_total\{route="infer",result="miss"\} 2/,
+      )
     } finally {
       leader.destroy()
       await gw.close()
@@ -327,7 +411,9 @@ describe('cache: a leader that never reads', () => {
     }
   })
 
-  test('a declared length over max_entry releases followers with the head, without waiting', { timeout: 20_000 }, async () => {
+  test('a declared length over max_entry releases followers with the head, without waiting', {
+    timeout: 20_000,
+  }, async () => {
     const size = 64 * 1024 * 1024
     const up = await bigServer(size, true)
     // A long bound: the follower must not need it.

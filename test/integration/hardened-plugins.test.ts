@@ -33,14 +33,18 @@ class Gatehouse {
   #waiters: Array<() => void> = []
 
   constructor (configFile: string) {
-    this.child = spawn(process.execPath, [BIN, 'start', '--config', configFile], { stdio: ['ignore', 'pipe', 'pipe'] })
+    this.child = spawn(process.execPath, [BIN, 'start', '--config', configFile], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
     this.child.stdout.setEncoding('utf8').on('data', (chunk: string) => {
       const parts = (this.#partial + chunk).split('\n')
       this.#partial = parts.pop()!
       for (const text of parts) if (text !== '') this.logs.push(JSON.parse(text))
       this.#notify()
     })
-    this.child.stderr.setEncoding('utf8').on('data', (c: string) => { this.stderr += c })
+    this.child.stderr.setEncoding('utf8').on('data', (c: string) => {
+      this.stderr += c
+    })
     this.exited = once(this.child, 'close').then(([code]) => {
       this.#notify()
       return code as number | null
@@ -53,7 +57,13 @@ class Gatehouse {
     for (;;) {
       const found = this.logs.find(pred)
       if (found !== undefined) return found
-      if (this.child.exitCode !== null || Date.now() > end) assert.fail(`no such log line\nstdout: ${this.logs.map((l) => JSON.stringify(l)).join('\n')}\nstderr: ${this.stderr}`)
+      if (this.child.exitCode !== null || Date.now() > end) {
+        assert.fail(
+          `no such log line\nstdout: ${
+            this.logs.map((l) => JSON.stringify(l)).join('\n')
+          }\nstderr: ${this.stderr}`,
+        )
+      }
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, 200)
         this.#waiters.push(() => {
@@ -83,21 +93,28 @@ async function freePorts (): Promise<[number, number]> {
 }
 
 /** Start `gatehouse start` with these routes in front of `up`; cleaned up after the test. */
-async function start (t: TestContext, up: Upstream, routes: string[]): Promise<{ gh: Gatehouse, url: string, admin: string }> {
+async function start (
+  t: TestContext,
+  up: Upstream,
+  routes: string[],
+): Promise<{ gh: Gatehouse, url: string, admin: string }> {
   const dir = mkdtempSync(join(tmpdir(), 'gatehouse-plugins-test-'))
   t.after(() => rmSync(dir, { recursive: true, force: true }))
   const [port, adminPort] = await freePorts()
   const file = join(dir, 'gatehouse.yaml')
-  writeFileSync(file, [
-    `listen: { host: 127.0.0.1, port: ${port} }`,
-    `admin: { host: 127.0.0.1, port: ${adminPort} }`,
-    'log: { level: info }',
-    'shutdown: { grace: 20s }',
-    'upstreams:',
-    `  up: { targets: [{ url: "${up.url}" }] }`,
-    'routes:',
-    ...routes,
-  ].join('\n') + '\n')
+  writeFileSync(
+    file,
+    [
+      `listen: { host: 127.0.0.1, port: ${port} }`,
+      `admin: { host: 127.0.0.1, port: ${adminPort} }`,
+      'log: { level: info }',
+      'shutdown: { grace: 20s }',
+      'upstreams:',
+      `  up: { targets: [{ url: "${up.url}" }] }`,
+      'routes:',
+      ...routes,
+    ].join('\n') + '\n',
+  )
   const gh = new Gatehouse(file)
   t.after(async () => {
     if (gh.child.exitCode === null) gh.child.kill('SIGKILL')
@@ -120,14 +137,20 @@ describe('hardened plugins: errors nobody caught', { timeout: 60_000 }, () => {
     })
     t.after(() => up.close())
     const { gh, url, admin } = await start(t, up, [
-      `  - { name: leaky, match: { path: /leaky }, upstream: up, plugin: { path: "${join(PLUGINS, 'leaky.ts')}" } }`,
+      `  - { name: leaky, match: { path: /leaky }, upstream: up, plugin: { path: "${
+        join(PLUGINS, 'leaky.ts')
+      }" } }`,
       '  - { name: plain, match: {}, upstream: up }',
     ])
     const before = await request(`${admin}/metrics`)
     assert.equal(metric(before.body, 'gatehouse_uncaught_errors_total{kind="rejection"}'), 0)
     assert.equal(metric(before.body, 'gatehouse_uncaught_errors_total{kind="exception"}'), 0)
 
-    const res = await request(`${url}/leaky`, { method: 'POST', body: '{}', headers: { 'content-type': 'application/json' } })
+    const res = await request(`${url}/leaky`, {
+      method: 'POST',
+      body: '{}',
+      headers: { 'content-type': 'application/json' },
+    })
     assert.equal(res.status, 200)
     assert.equal(res.body, 'upstream saw /leaky')
 
@@ -149,16 +172,27 @@ describe('hardened plugins: errors nobody caught', { timeout: 60_000 }, () => {
 
     // Still up, on every route, the plugin's included.
     assert.equal((await request(`${url}/other`)).body, 'upstream saw /other')
-    assert.equal((await request(`${url}/leaky`, { method: 'POST', body: '{}', headers: { 'content-type': 'application/json' } })).status, 200)
+    assert.equal(
+      (await request(`${url}/leaky`, {
+        method: 'POST',
+        body: '{}',
+        headers: { 'content-type': 'application/json' },
+      })).status,
+      200,
+    )
     assert.equal(gh.child.exitCode, null)
     assert.equal(gh.stderr, '')
   })
 
   it('an uncaught exception outside any plugin file drains in-flight requests and exits 1', async (t) => {
     let release: () => void = () => {}
-    const released = new Promise<void>((resolve) => { release = resolve })
+    const released = new Promise<void>((resolve) => {
+      release = resolve
+    })
     let slowArrived: () => void = () => {}
-    const arrived = new Promise<void>((resolve) => { slowArrived = resolve })
+    const arrived = new Promise<void>((resolve) => {
+      slowArrived = resolve
+    })
     const up = await startUpstream((req, res) => {
       req.resume()
       if (req.url === '/slow') {
@@ -170,13 +204,19 @@ describe('hardened plugins: errors nobody caught', { timeout: 60_000 }, () => {
     })
     t.after(() => up.close())
     const { gh, url } = await start(t, up, [
-      `  - { name: crashes, match: { path: /crash }, upstream: up, plugin: { path: "${join(PLUGINS, 'crashes.ts')}" } }`,
+      `  - { name: crashes, match: { path: /crash }, upstream: up, plugin: { path: "${
+        join(PLUGINS, 'crashes.ts')
+      }" } }`,
       '  - { name: plain, match: {}, upstream: up }',
     ])
     // A request in flight when the exception comes.
     const slow = request(`${url}/slow`)
     await arrived
-    await request(`${url}/crash`, { method: 'POST', body: '{}', headers: { 'content-type': 'application/json' } })
+    await request(`${url}/crash`, {
+      method: 'POST',
+      body: '{}',
+      headers: { 'content-type': 'application/json' },
+    })
     const fatal = await gh.waitForLog((l) => l.kind === 'exception')
     assert.equal(fatal.msg, 'uncaught exception; draining and exiting')
     assert.equal(fatal.level, 'fatal')

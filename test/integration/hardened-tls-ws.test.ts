@@ -15,7 +15,9 @@ const ca = readFileSync(`${fixtures}tls/cert.pem`)
 
 /** Resolves when the peer closes the socket (or it errors). */
 function closed (s: net.Socket): Promise<void> {
-  return s.destroyed ? Promise.resolve() : new Promise((resolve) => s.once('close', () => resolve()))
+  return s.destroyed
+    ? Promise.resolve()
+    : new Promise((resolve) => s.once('close', () => resolve()))
 }
 
 describe('TLS listener under abuse', () => {
@@ -47,11 +49,16 @@ describe('TLS listener under abuse', () => {
       assert.ok(took < 2000, `closed after ${took} ms`)
       // A real client still gets through.
       const body = await new Promise<string>((resolve, reject) => {
-        const s = tls.connect({ port: gw.port, host: '127.0.0.1', servername: 'localhost', ca }, () => {
-          s.write('GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n')
-        })
+        const s = tls.connect(
+          { port: gw.port, host: '127.0.0.1', servername: 'localhost', ca },
+          () => {
+            s.write('GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n')
+          },
+        )
         let out = ''
-        s.on('data', (d) => { out += d })
+        s.on('data', (d) => {
+          out += d
+        })
         s.on('end', () => resolve(out))
         s.on('error', reject)
       })
@@ -64,12 +71,18 @@ describe('TLS listener under abuse', () => {
 
   async function handshake (port: number, options: tls.ConnectionOptions): Promise<string> {
     return await new Promise((resolve) => {
-      const s = tls.connect({ port, host: '127.0.0.1', servername: 'localhost', ca, ...options }, () => {
-        const result = `ok ${s.getProtocol() ?? ''} ${s.getCipher().name}`
-        s.destroy()
-        resolve(result)
-      })
-      s.on('error', (err: Error & { code?: string }) => resolve(`refused ${err.code ?? err.message}`))
+      const s = tls.connect(
+        { port, host: '127.0.0.1', servername: 'localhost', ca, ...options },
+        () => {
+          const result = `ok ${s.getProtocol() ?? ''} ${s.getCipher().name}`
+          s.destroy()
+          resolve(result)
+        },
+      )
+      s.on(
+        'error',
+        (err: Error & { code?: string }) => resolve(`refused ${err.code ?? err.message}`),
+      )
     })
   }
 
@@ -77,10 +90,23 @@ describe('TLS listener under abuse', () => {
     const { up, gw } = await tlsGateway()
     try {
       assert.match(await handshake(gw.port, {}), /^ok TLSv1\.3 /)
-      assert.match(await handshake(gw.port, { maxVersion: 'TLSv1.2' }), /^ok TLSv1\.2 ECDHE-ECDSA-AES(128|256)-GCM-SHA(256|384)$/)
-      assert.match(await handshake(gw.port, { maxVersion: 'TLSv1.1', minVersion: 'TLSv1' }), /^refused /)
-      for (const cipher of ['ECDHE-ECDSA-AES128-SHA', 'ECDHE-ECDSA-AES256-SHA', 'ECDHE-ECDSA-AES128-SHA256']) {
-        assert.match(await handshake(gw.port, { maxVersion: 'TLSv1.2', ciphers: cipher }), /^refused /, cipher)
+      assert.match(
+        await handshake(gw.port, { maxVersion: 'TLSv1.2' }),
+        /^ok TLSv1\.2 ECDHE-ECDSA-AES(128|256)-GCM-SHA(256|384)$/,
+      )
+      assert.match(
+        await handshake(gw.port, { maxVersion: 'TLSv1.1', minVersion: 'TLSv1' }),
+        /^refused /,
+      )
+      for (
+        const cipher of ['ECDHE-ECDSA-AES128-SHA', 'ECDHE-ECDSA-AES256-SHA',
+          'ECDHE-ECDSA-AES128-SHA256']
+      ) {
+        assert.match(
+          await handshake(gw.port, { maxVersion: 'TLSv1.2', ciphers: cipher }),
+          /^refused /,
+          cipher,
+        )
       }
     } finally {
       await gw.close()
@@ -92,7 +118,13 @@ describe('TLS listener under abuse', () => {
     const up = await startUpstream((_req, res) => res.end('secure'))
     const gw = await startGateway({
       ...simpleConfig(up.url),
-      listen: { tls: { cert: `${fixtures}tls/cert.pem`, key: `${fixtures}tls/key.pem`, min_version: 'TLSv1.3' } },
+      listen: {
+        tls: {
+          cert: `${fixtures}tls/cert.pem`,
+          key: `${fixtures}tls/key.pem`,
+          min_version: 'TLSv1.3',
+        },
+      },
     } as ConfigInput)
     try {
       assert.match(await handshake(gw.port, { maxVersion: 'TLSv1.2' }), /^refused /)
@@ -103,7 +135,13 @@ describe('TLS listener under abuse', () => {
     }
     assert.throws(() => validateConfig({
       ...simpleConfig(up.url),
-      listen: { tls: { cert: `${fixtures}tls/cert.pem`, key: `${fixtures}tls/key.pem`, ciphers: 'NOT-A-CIPHER' } },
+      listen: {
+        tls: {
+          cert: `${fixtures}tls/cert.pem`,
+          key: `${fixtures}tls/key.pem`,
+          ciphers: 'NOT-A-CIPHER',
+        },
+      },
     } as ConfigInput), /listen\.tls\.ciphers: OpenSSL accepts none of these ciphers/)
   })
 })
@@ -143,13 +181,18 @@ describe('WebSocket tunnels under abuse', () => {
 
   test('an open tunnel holds a max_in_flight slot: more upgrades get 503, plain requests wait', async () => {
     const { wss, url } = await wsUpstream()
-    const gw = await startGateway(simpleConfig(url, {}, { max_in_flight: 1, queue: { size: 10, timeout: '100ms' } }))
+    const gw = await startGateway(
+      simpleConfig(url, {}, { max_in_flight: 1, queue: { size: 10, timeout: '100ms' } }),
+    )
     try {
       const first = new WebSocket(`ws://127.0.0.1:${gw.port}/`)
       await once(first, 'open')
       const second = new WebSocket(`ws://127.0.0.1:${gw.port}/`)
       second.on('error', () => {})
-      const [, res] = await once(second, 'unexpected-response') as [unknown, import('node:http').IncomingMessage]
+      const [, res] = await once(second, 'unexpected-response') as [
+        unknown,
+        import('node:http').IncomingMessage,
+      ]
       assert.equal(res.statusCode, 503)
       const plain = await request(`${gw.url}/plain`)
       assert.equal(plain.status, 503)
@@ -169,7 +212,9 @@ describe('WebSocket tunnels under abuse', () => {
 
   test('shutdown gives open tunnels the grace period, then closes them in order', async () => {
     const { wss, url } = await wsUpstream()
-    const gw = await startGateway({ ...simpleConfig(url), shutdown: { grace: '300ms' } } as ConfigInput)
+    const gw = await startGateway(
+      { ...simpleConfig(url), shutdown: { grace: '300ms' } } as ConfigInput,
+    )
     const ws = new WebSocket(`ws://127.0.0.1:${gw.port}/`)
     await once(ws, 'open')
     const started = performance.now()
@@ -178,7 +223,11 @@ describe('WebSocket tunnels under abuse', () => {
     const took = performance.now() - started
     await closedWs
     assert.ok(took >= 290, `close() returned after ${took} ms: the tunnel got its grace`)
-    assert.ok(gw.logs.lines.some((l) => l.msg === 'grace period over; closing connections' && l.upgraded === 1))
+    assert.ok(
+      gw.logs.lines.some((l) =>
+        l.msg === 'grace period over; closing connections' && l.upgraded === 1
+      ),
+    )
     wss.close()
   })
 })

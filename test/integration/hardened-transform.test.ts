@@ -1,7 +1,13 @@
 import { after, before, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
 import jsonata from 'jsonata'
-import { startGateway, startUpstream, request, type TestGateway, type Upstream } from '../helpers/index.js'
+import {
+  startGateway,
+  startUpstream,
+  request,
+  type TestGateway,
+  type Upstream,
+} from '../helpers/index.js'
 import { validateConfig } from '../../src/index.js'
 import { ConfigError } from '../../src/errors/index.js'
 import { Expression } from '../../src/policies/transform/expression.js'
@@ -20,7 +26,12 @@ function bigTexts (): string[] {
   return Array.from({ length: n }, (_, i) => `word-${(i * 7919) % (n / 2)}`)
 }
 
-const post = (url: string, body: unknown) => request(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) })
+const post = (url: string, body: unknown) =>
+  request(url, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify(body),
+  })
 
 describe('hardened transforms: every evaluation is bounded', () => {
   let up: Upstream
@@ -35,7 +46,11 @@ describe('hardened transforms: every evaluation is bounded', () => {
         const body = Buffer.concat(chunks).toString('utf8')
         if (req.url === '/hits') {
           res.writeHead(200, { 'content-type': 'application/json' })
-          return res.end(JSON.stringify({ hits: Array.from({ length: 3000 }, (_, i) => ({ id: `h${i}`, score: i % 17 })) }))
+          return res.end(
+            JSON.stringify({
+              hits: Array.from({ length: 3000 }, (_, i) => ({ id: `h${i}`, score: i % 17 })),
+            }),
+          )
         }
         upstreamBodies.push(body)
         res.writeHead(200, { 'content-type': 'application/json' })
@@ -46,21 +61,72 @@ describe('hardened transforms: every evaluation is bounded', () => {
       upstreams: { up: { targets: [{ url: up.url }] } },
       routes: [
         // Generous deadlines: these show the cost is n log n, not that a loaded CI box is quick.
-        { name: 'sort', match: { path: '/sort' }, upstream: 'up', transform: { request: { body: '{ "texts": $sort(texts) }', timeout: '30s' } } },
-        { name: 'distinct', match: { path: '/distinct' }, upstream: 'up', transform: { request: { body: '{ "texts": $distinct(texts) }', timeout: '30s' } } },
-        { name: 'order', match: { path: '/order' }, upstream: 'up', transform: { request: { body: '{ "texts": texts^(>$) }', timeout: '30s' } } },
+        {
+          name: 'sort',
+          match: { path: '/sort' },
+          upstream: 'up',
+          transform: { request: { body: '{ "texts": $sort(texts) }', timeout: '30s' } },
+        },
+        {
+          name: 'distinct',
+          match: { path: '/distinct' },
+          upstream: 'up',
+          transform: { request: { body: '{ "texts": $distinct(texts) }', timeout: '30s' } },
+        },
+        {
+          name: 'order',
+          match: { path: '/order' },
+          upstream: 'up',
+          transform: { request: { body: '{ "texts": texts^(>$) }', timeout: '30s' } },
+        },
         // Quadratic by design (every item looks at every item): the deadline ends it.
-        { name: 'cross', match: { path: '/cross' }, upstream: 'up', transform: { request: { body: '{ "pairs": items.($$.items.id) }', timeout: '1s' } } },
-        { name: 'range', match: { path: '/range' }, upstream: 'up', transform: { request: { body: '{ "count": $count([1..n]) }' } } },
-        { name: 'product', match: { path: '/product' }, upstream: 'up', transform: { request: { body: '( $n := n; { "count": $count([1..$n].([1..$n])) } )', timeout: '30s' } } },
+        {
+          name: 'cross',
+          match: { path: '/cross' },
+          upstream: 'up',
+          transform: { request: { body: '{ "pairs": items.($$.items.id) }', timeout: '1s' } },
+        },
+        {
+          name: 'range',
+          match: { path: '/range' },
+          upstream: 'up',
+          transform: { request: { body: '{ "count": $count([1..n]) }' } },
+        },
+        {
+          name: 'product',
+          match: { path: '/product' },
+          upstream: 'up',
+          transform: {
+            request: {
+              body: '( $n := n; { "count": $count([1..$n].([1..$n])) } )',
+              timeout: '30s',
+            },
+          },
+        },
         {
           name: 'doubling',
           match: { path: '/doubling' },
           upstream: 'up',
-          transform: { request: { body: '( $double := function($a, $k) { $k = 0 ? $a : $double($append($a, $a), $k - 1) }; { "count": $count($double([1], k)) } )', timeout: '30s' } },
+          transform: {
+            request: {
+              body:
+                '( $double := function($a, $k) { $k = 0 ? $a : $double($append($a, $a), $k - 1) }; { "count": $count($double([1], k)) } )',
+              timeout: '30s',
+            },
+          },
         },
-        { name: 'pad', match: { path: '/pad' }, upstream: 'up', transform: { request: { body: '{ "padded": $pad("x", width) }' } } },
-        { name: 'hits', match: { path: '/hits' }, upstream: 'up', transform: { response: { body: '{ "ids": hits.($$.hits.id) }', timeout: '300ms' } } },
+        {
+          name: 'pad',
+          match: { path: '/pad' },
+          upstream: 'up',
+          transform: { request: { body: '{ "padded": $pad("x", width) }' } },
+        },
+        {
+          name: 'hits',
+          match: { path: '/hits' },
+          upstream: 'up',
+          transform: { response: { body: '{ "ids": hits.($$.hits.id) }', timeout: '300ms' } },
+        },
         { name: 'plain', match: {}, upstream: 'up' },
       ],
     })
@@ -88,7 +154,10 @@ describe('hardened transforms: every evaluation is bounded', () => {
 
     const o = await post(gw.url + '/order', { texts: texts.slice(0, 20_000) })
     assert.equal(o.status, 200, o.body)
-    assert.deepEqual(JSON.parse(o.body).texts, [...texts.slice(0, 20_000)].sort((a, b) => a < b ? 1 : a > b ? -1 : 0))
+    assert.deepEqual(
+      JSON.parse(o.body).texts,
+      [...texts.slice(0, 20_000)].sort((a, b) => a < b ? 1 : a > b ? -1 : 0),
+    )
     const used = process.cpuUsage(cpu)
     const ms = (used.user + used.system) / 1000
     assert.ok(ms < 10_000, `the three requests (and this test's own checks) used ${ms} ms of CPU`)
@@ -99,7 +168,9 @@ describe('hardened transforms: every evaluation is bounded', () => {
     const items = Array.from({ length: 3000 }, (_, i) => ({ id: i }))
     const started = performance.now()
     const state = { done: false }
-    const bad = post(gw.url + '/cross', { items }).finally(() => { state.done = true })
+    const bad = post(gw.url + '/cross', { items }).finally(() => {
+      state.done = true
+    })
     // Plain requests on another route, one after another, for as long as the bad one runs.
     const during: number[] = []
     while (!state.done) {
@@ -115,15 +186,26 @@ describe('hardened transforms: every evaluation is bounded', () => {
     const p = JSON.parse(res.body)
     assert.equal(p.code, 'GH_TRANSFORM_LIMIT')
     assert.equal(p.title, 'Transform exceeded its limits')
-    assert.equal(p.detail, 'The request body transform was stopped: the expression ran past its 1000 ms limit')
+    assert.equal(
+      p.detail,
+      'The request body transform was stopped: the expression ran past its 1000 ms limit',
+    )
     // Cut at its deadline (not after the ~10 s it needs), and nothing went upstream for it.
     assert.ok(elapsed >= 1000 && elapsed < 4000, `answered after ${elapsed} ms`)
     assert.equal(upstreamBodies.filter((b) => b.includes('pairs')).length, 0)
     // The evaluation gave the event loop a turn every few milliseconds: plain requests kept
     // completing while it ran (an evaluation holding the loop to its deadline lets none through
     // before it ends), each in less time than the deadline.
-    assert.ok(during.length >= 3, `only ${during.length} plain requests completed during the evaluation (${during.map(Math.round).join(', ')} ms)`)
-    assert.ok(Math.max(...during) < 1000, `plain requests took ${during.map(Math.round).join(', ')} ms while the transform ran`)
+    assert.ok(
+      during.length >= 3,
+      `only ${during.length} plain requests completed during the evaluation (${
+        during.map(Math.round).join(', ')
+      } ms)`,
+    )
+    assert.ok(
+      Math.max(...during) < 1000,
+      `plain requests took ${during.map(Math.round).join(', ')} ms while the transform ran`,
+    )
     const line = await gw.logs.waitFor((l) => l.msg === 'request' && l.route === 'cross')
     assert.equal(line.code, 'GH_TRANSFORM_LIMIT')
   })
@@ -137,17 +219,25 @@ describe('hardened transforms: every evaluation is bounded', () => {
       assert.equal(res.status, 502)
       const p = JSON.parse(res.body)
       assert.equal(p.code, 'GH_TRANSFORM_LIMIT')
-      assert.equal(p.detail, 'The request body transform was stopped: the expression built a sequence of more than 10000000 items')
+      assert.equal(
+        p.detail,
+        'The request body transform was stopped: the expression built a sequence of more than 10000000 items',
+      )
     }
   })
 
   test('a cross product or an $append doubling the body asks for stops at 10,000,000 items', async () => {
-    const detail = 'The request body transform was stopped: the expression built a sequence of more than 10000000 items'
-    assert.deepEqual(JSON.parse((await post(gw.url + '/product', { n: 100 })).body), { count: 10_000 })
+    const detail =
+      'The request body transform was stopped: the expression built a sequence of more than 10000000 items'
+    assert.deepEqual(JSON.parse((await post(gw.url + '/product', { n: 100 })).body), {
+      count: 10_000,
+    })
     const product = await post(gw.url + '/product', { n: 3300 })
     assert.equal(product.status, 502)
     assert.equal(JSON.parse(product.body).detail, detail)
-    assert.deepEqual(JSON.parse((await post(gw.url + '/doubling', { k: 10 })).body), { count: 1024 })
+    assert.deepEqual(JSON.parse((await post(gw.url + '/doubling', { k: 10 })).body), {
+      count: 1024,
+    })
     const doubling = await post(gw.url + '/doubling', { k: 64 })
     assert.equal(doubling.status, 502)
     assert.equal(JSON.parse(doubling.body).detail, detail)
@@ -160,7 +250,10 @@ describe('hardened transforms: every evaluation is bounded', () => {
     assert.equal(res.status, 502)
     const p = JSON.parse(res.body)
     assert.equal(p.code, 'GH_TRANSFORM_LIMIT')
-    assert.equal(p.detail, 'The request body transform was stopped: $pad was asked for 1000000000 characters (at most 10000000)')
+    assert.equal(
+      p.detail,
+      'The request body transform was stopped: $pad was asked for 1000000000 characters (at most 10000000)',
+    )
   })
 
   test('a response transform past its deadline is 502 GH_TRANSFORM_LIMIT', async () => {
@@ -168,7 +261,10 @@ describe('hardened transforms: every evaluation is bounded', () => {
     assert.equal(res.status, 502)
     const p = JSON.parse(res.body)
     assert.equal(p.code, 'GH_TRANSFORM_LIMIT')
-    assert.equal(p.detail, 'The response body transform was stopped: the expression ran past its 300 ms limit')
+    assert.equal(
+      p.detail,
+      'The response body transform was stopped: the expression ran past its 300 ms limit',
+    )
   })
 
   test('transform timeouts are durations with a unit; order-by over @, # or % bindings is refused', () => {
@@ -182,31 +278,78 @@ describe('hardened transforms: every evaluation is bounded', () => {
       }
       return []
     }
-    assert.deepEqual(issues({ transform: { request: { body: '$', timeout: '250ms' }, response: { body: '$', timeout: '2s' } } }), [])
+    assert.deepEqual(
+      issues({
+        transform: {
+          request: { body: '$', timeout: '250ms' },
+          response: { body: '$', timeout: '2s' },
+        },
+      }),
+      [],
+    )
     assert.deepEqual(issues({ transform: { request: { body: '$', timeout: 5 } } }), [
       'routes[0].transform.request.timeout: invalid duration 5: a duration needs a unit (use e.g. 60s or 500ms)',
     ])
     const refused = issues({ transform: { request: { body: 'items#$i^(>score).{ "rank": $i }' } } })
     assert.equal(refused.length, 1)
-    assert.match(refused[0]!, /^routes\[0\]\.transform\.request\.body: invalid JSONata expression: order-by \(\^\) in a path that also binds @, # or % cannot be bounded/)
+    assert.match(
+      refused[0]!,
+      /^routes\[0\]\.transform\.request\.body: invalid JSONata expression: order-by \(\^\) in a path that also binds @, # or % cannot be bounded/,
+    )
   })
 })
 
 describe('the bounded built-ins give JSONata\'s results', () => {
   // Small inputs, where JSONata's own quadratic versions are quick: the answers must match.
   const expressions = [
-    'a^(b)', 'a^(>b, c)', 'a.c^($)', 'a^(b).c', 'a^(b)[0]', 'a^(b)[c = "a"].b', 'a[]^(b)', 'a^(b)[]', 'nope[]^(b)',
-    'a^(b){"k": c}', '$^(b)', '[3, 1, 2]^($)', 'a.[b, c]^($[0])', 'a^(b).d^(>$)', '($x := 1; a^(b).$x)', 'a.(d^($))',
-    'a^(b)[-1]', 'a^(constructor)', '$sort(a.c)', '$sort(a, function($l, $r){ $l.b > $r.b })', '$distinct(a)', '$distinct(a.d)', 'a^(c)[-1].d',
+    'a^(b)',
+    'a^(>b, c)',
+    'a.c^($)',
+    'a^(b).c',
+    'a^(b)[0]',
+    'a^(b)[c = "a"].b',
+    'a[]^(b)',
+    'a^(b)[]',
+    'nope[]^(b)',
+    'a^(b){"k": c}',
+    '$^(b)',
+    '[3, 1, 2]^($)',
+    'a.[b, c]^($[0])',
+    'a^(b).d^(>$)',
+    '($x := 1; a^(b).$x)',
+    'a.(d^($))',
+    'a^(b)[-1]',
+    'a^(constructor)',
+    '$sort(a.c)',
+    '$sort(a, function($l, $r){ $l.b > $r.b })',
+    '$distinct(a)',
+    '$distinct(a.d)',
+    'a^(c)[-1].d',
     '$distinct([1, "1", 1, {"a": 1, "b": [2]}, {"b": [2], "a": 1}, [1], [1, 2], null, null, true, 0])',
   ]
   const inputs: unknown[] = [
-    {}, { a: [] }, { a: { b: 1, c: 'x', d: [3, 1] } },
-    { a: [{ b: 2, c: 'b' }, { b: 2, c: 'a' }, { b: 1, c: 'c' }, { c: 'z' }, { b: 0, c: 'q', d: [5, 4] }] },
-    { a: [{ b: 'x' }, { b: 1 }] }, { a: [{ b: [1, 2] }, { b: 1 }] }, [{ a: [{ b: 2 }, { b: 1 }] }, { a: [{ b: 0 }] }],
-    { a: [{ b: 1, d: [[1, 2], [0]] }, { b: 0, d: [[5]] }] }, { a: [[{ b: 2 }, { b: 1 }], { b: 0 }] },
-    { a: [null] }, { a: [{ b: 1 }, null, { b: 0 }] }, { a: [{ b: 1 }, { b: 2, _jsonata_lambda: true }, { b: 0 }] },
-    { a: [[{ b: [1] }], { b: 0 }] }, { a: [[{ b: 2 }], [{ b: [3, 4] }]] }, { a: [[[{ b: 7 }]], [{ b: 'z' }]] }, { a: [{ constructor: 1 }, {}] },
+    {},
+    { a: [] },
+    { a: { b: 1, c: 'x', d: [3, 1] } },
+    {
+      a: [{ b: 2, c: 'b' }, { b: 2, c: 'a' }, { b: 1, c: 'c' }, { c: 'z' }, {
+        b: 0,
+        c: 'q',
+        d: [5, 4],
+      }],
+    },
+    { a: [{ b: 'x' }, { b: 1 }] },
+    { a: [{ b: [1, 2] }, { b: 1 }] },
+    [{ a: [{ b: 2 }, { b: 1 }] }, { a: [{ b: 0 }] }],
+    { a: [{ b: 1, d: [[1, 2], [0]] }, { b: 0, d: [[5]] }] },
+    { a: [[{ b: 2 }, { b: 1 }], { b: 0 }] },
+    { a: [null] },
+    { a: [{ b: 1 }, null, { b: 0 }] },
+    { a: [{ b: 1 }, { b: 2, _jsonata_lambda: true }, { b: 0 }] },
+    { a: [[{ b: [1] }], { b: 0 }] },
+    { a: [[{ b: 2 }], [{ b: [3, 4] }]] },
+    { a: [[[{ b: 7 }]], [{ b: 'z' }]] },
+    { a: [{ constructor: 1 }, {}] },
   ]
   const outcome = async (f: () => Promise<unknown>): Promise<string> => {
     try {
@@ -220,7 +363,11 @@ describe('the bounded built-ins give JSONata\'s results', () => {
       const ours = new Expression(source)
       const theirs = jsonata(source)
       for (const input of inputs) {
-        assert.equal(await outcome(() => ours.evaluate(structuredClone(input), {})), await outcome(() => theirs.evaluate(structuredClone(input))), JSON.stringify(input))
+        assert.equal(
+          await outcome(() => ours.evaluate(structuredClone(input), {})),
+          await outcome(() => theirs.evaluate(structuredClone(input))),
+          JSON.stringify(input),
+        )
       }
     })
   }

@@ -1,14 +1,35 @@
 import { after, before, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
 import { createPublicKey, KeyObject, sign as cryptoSign } from 'node:crypto'
-import { exportJWK, generateKeyPair, SignJWT, type CryptoKey, type JWTPayload, type JWTHeaderParameters } from 'jose'
-import { call, metricsText, rawRequest, request, startEchoUpstream, startGateway, startUpstream, waitUntilAsync, type TestGateway } from '../helpers/index.js'
+import {
+  exportJWK,
+  generateKeyPair,
+  SignJWT,
+  type CryptoKey,
+  type JWTPayload,
+  type JWTHeaderParameters,
+} from 'jose'
+import {
+  call,
+  metricsText,
+  rawRequest,
+  request,
+  startEchoUpstream,
+  startGateway,
+  startUpstream,
+  waitUntilAsync,
+  type TestGateway,
+} from '../helpers/index.js'
 import { startIdp, type TestIdp } from '../helpers/idp.js'
 import type { ConfigInput } from '../../src/config/schema.js'
 
 type Echo = Awaited<ReturnType<typeof startEchoUpstream>>
 
-function jwtConfig (issuer: string, upstreamUrl: string, sso: Record<string, unknown> = {}): ConfigInput {
+function jwtConfig (
+  issuer: string,
+  upstreamUrl: string,
+  sso: Record<string, unknown> = {},
+): ConfigInput {
   return {
     identity: {
       providers: {
@@ -28,7 +49,11 @@ function jwtConfig (issuer: string, upstreamUrl: string, sso: Record<string, unk
         name: 'batch-only',
         match: { path_prefix: '/v1/batch' },
         upstream: 'model',
-        auth: { any_of: ['sso'], claims: { client_id: ['batch'], sub: { pattern: '^b' } }, strip_credentials: true },
+        auth: {
+          any_of: ['sso'],
+          claims: { client_id: ['batch'], sub: { pattern: '^b' } },
+          strip_credentials: true,
+        },
       },
       { name: 'open', match: { path_prefix: '/open' }, upstream: 'model' },
     ],
@@ -55,9 +80,22 @@ describe('identity: JWT bearer tokens from a real OpenID Provider', () => {
   })
 
   /** A token signed with the IdP's real key, with claims and header chosen by the test. */
-  async function forge (claims: JWTPayload = {}, header: Partial<JWTHeaderParameters> = {}, key: CryptoKey = idp.signingKey.privateKey): Promise<string> {
+  async function forge (
+    claims: JWTPayload = {},
+    header: Partial<JWTHeaderParameters> = {},
+    key: CryptoKey = idp.signingKey.privateKey,
+  ): Promise<string> {
     const now = Math.floor(Date.now() / 1000)
-    return new SignJWT({ iss: idp.issuer, aud: 'ml-api', sub: 'batch', client_id: 'batch', scope: 'predict', iat: now, exp: now + 300, ...claims })
+    return new SignJWT({
+      iss: idp.issuer,
+      aud: 'ml-api',
+      sub: 'batch',
+      client_id: 'batch',
+      scope: 'predict',
+      iat: now,
+      exp: now + 300,
+      ...claims,
+    })
       .setProtectedHeader({ alg: 'RS256', typ: 'at+jwt', kid: idp.signingKey.kid, ...header })
       .sign(key)
   }
@@ -75,7 +113,9 @@ describe('identity: JWT bearer tokens from a real OpenID Provider', () => {
     assert.equal(seen['x-client'], 'batch')
     // Not stripped unless the route says so.
     assert.equal(seen.authorization, `Bearer ${token}`)
-    const line = await gw.logs.waitFor((l) => l.msg === 'request' && l.id === res.headers['x-request-id'])
+    const line = await gw.logs.waitFor((l) =>
+      l.msg === 'request' && l.id === res.headers['x-request-id']
+    )
     assert.equal(line.auth, 'sso')
     assert.equal(line.sub, 'batch')
   })
@@ -85,7 +125,12 @@ describe('identity: JWT bearer tokens from a real OpenID Provider', () => {
     const before = await metricsText(gw.adminPort!)
     const verified0 = counter(before, 'verified')
     const cached0 = counter(before, 'cached')
-    for (let i = 0; i < 3; i++) assert.equal((await call(gw, '/v1/predict', { authorization: `Bearer ${token}` })).status, 200)
+    for (let i = 0; i < 3; i++) {
+      assert.equal(
+        (await call(gw, '/v1/predict', { authorization: `Bearer ${token}` })).status,
+        200,
+      )
+    }
     const after = await metricsText(gw.adminPort!)
     assert.equal(counter(after, 'verified') - verified0, 1)
     assert.equal(counter(after, 'cached') - cached0, 2)
@@ -100,7 +145,9 @@ describe('identity: JWT bearer tokens from a real OpenID Provider', () => {
       x_user_id: 'admin',
       'X-CLIENT': 'admin',
     }
-    const authed = JSON.parse((await call(gw, '/v1/predict', { authorization: `Bearer ${token}`, ...spoof })).body).headers
+    const authed = JSON.parse(
+      (await call(gw, '/v1/predict', { authorization: `Bearer ${token}`, ...spoof })).body,
+    ).headers
     assert.equal(authed['x-gatehouse-subject'], 'batch')
     assert.equal(authed['x-user-id'], 'batch')
     assert.equal(authed['x-client'], 'batch')
@@ -120,13 +167,21 @@ describe('identity: JWT bearer tokens from a real OpenID Provider', () => {
     const basic = await call(gw, '/v1/predict', { authorization: 'Basic YTpi' })
     assert.equal(basic.status, 401)
     assert.equal(basic.headers['www-authenticate'], CHALLENGE)
-    assert.equal((await call(gw, '/v1/predict', { authorization: 'Bearerish abc' })).headers['www-authenticate'], CHALLENGE)
+    assert.equal(
+      (await call(gw, '/v1/predict', { authorization: 'Bearerish abc' }))
+        .headers['www-authenticate'],
+      CHALLENGE,
+    )
     assert.equal(up.calls, calls)
   })
 
   test('Expect: 100-continue without credentials: 401 at once, no 100, the body is never asked for', async () => {
     const calls = up.calls
-    const res = await rawRequest(gw.port, 'POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\nExpect: 100-continue\r\n\r\n', 500)
+    const res = await rawRequest(
+      gw.port,
+      'POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\nExpect: 100-continue\r\n\r\n',
+      500,
+    )
     assert.equal(res.status, 401)
     assert.doesNotMatch(res.raw, /100 Continue/)
     assert.equal(res.headers.connection, 'close')
@@ -149,22 +204,37 @@ describe('identity: JWT bearer tokens from a real OpenID Provider', () => {
 
   test('malformed or repeated Authorization: 400 invalid_request', async () => {
     const token = await idp.token({ scope: 'predict' })
-    for (const value of ['Bearer', 'Bearer ', 'Bearer a b', 'Bearer tok"en', 'bearer  two-spaces\\']) {
+    for (
+      const value of ['Bearer', 'Bearer ', 'Bearer a b', 'Bearer tok"en', 'bearer  two-spaces\\']
+    ) {
       const res = await call(gw, '/v1/predict', { authorization: value })
       assert.equal(res.status, 400, value)
-      assert.equal(res.headers['www-authenticate'], 'Bearer realm="gatehouse", error="invalid_request"', value)
+      assert.equal(
+        res.headers['www-authenticate'],
+        'Bearer realm="gatehouse", error="invalid_request"',
+        value,
+      )
       assert.equal(res.problem.code, 'GH_INVALID_AUTH_REQUEST')
     }
-    const dup = await rawRequest(gw.port, `GET /v1/predict HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${token}\r\nAuthorization: Bearer ${token}\r\nConnection: close\r\n\r\n`)
+    const dup = await rawRequest(
+      gw.port,
+      `GET /v1/predict HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${token}\r\nAuthorization: Bearer ${token}\r\nConnection: close\r\n\r\n`,
+    )
     assert.equal(dup.status, 400)
-    assert.equal(dup.headers['www-authenticate'], 'Bearer realm="gatehouse", error="invalid_request"')
+    assert.equal(
+      dup.headers['www-authenticate'],
+      'Bearer realm="gatehouse", error="invalid_request"',
+    )
   })
 
   test('a token without the route\'s scope: 403 insufficient_scope naming the scope', async () => {
     const token = await idp.token({ client: 'reader', scope: 'read' })
     const res = await call(gw, '/v1/predict', { authorization: `Bearer ${token}` })
     assert.equal(res.status, 403)
-    assert.equal(res.headers['www-authenticate'], 'Bearer realm="gatehouse", error="insufficient_scope", scope="predict"')
+    assert.equal(
+      res.headers['www-authenticate'],
+      'Bearer realm="gatehouse", error="insufficient_scope", scope="predict"',
+    )
     assert.equal(res.problem.code, 'GH_INSUFFICIENT_SCOPE')
   })
 
@@ -177,10 +247,15 @@ describe('identity: JWT bearer tokens from a real OpenID Provider', () => {
     const no = await call(gw, '/v1/batch', { authorization: `Bearer ${reader}` })
     assert.equal(no.status, 403)
     assert.equal(no.problem.code, 'GH_FORBIDDEN')
-    assert.equal(no.headers['www-authenticate'], 'Bearer realm="gatehouse", error="insufficient_scope"')
+    assert.equal(
+      no.headers['www-authenticate'],
+      'Bearer realm="gatehouse", error="insufficient_scope"',
+    )
     // The body names no check; the log line does.
     assert.doesNotMatch(no.body, /client_id/)
-    const line = await gw.logs.waitFor((l) => l.msg === 'request' && l.id === no.headers['x-request-id'])
+    const line = await gw.logs.waitFor((l) =>
+      l.msg === 'request' && l.id === no.headers['x-request-id']
+    )
     assert.match(line.reason, /claim "client_id"/)
   })
 
@@ -189,12 +264,23 @@ describe('identity: JWT bearer tokens from a real OpenID Provider', () => {
       ['alg none', async () => {
         const now = Math.floor(Date.now() / 1000)
         const enc = (o: object): string => Buffer.from(JSON.stringify(o)).toString('base64url')
-        return `${enc({ alg: 'none', typ: 'at+jwt' })}.${enc({ iss: idp.issuer, aud: 'ml-api', sub: 'batch', scope: 'predict', exp: now + 60 })}.`
+        return `${enc({ alg: 'none', typ: 'at+jwt' })}.${
+          enc({ iss: idp.issuer, aud: 'ml-api', sub: 'batch', scope: 'predict', exp: now + 60 })
+        }.`
       }, /alg|Unsecured|JWS/i],
       ['HS256 signed with the RSA public key (key confusion)', async () => {
-        const pem = createPublicKey({ key: idp.signingKey.jwk as any, format: 'jwk' }).export({ type: 'spki', format: 'pem' })
+        const pem = createPublicKey({ key: idp.signingKey.jwk as any, format: 'jwk' }).export({
+          type: 'spki',
+          format: 'pem',
+        })
         const now = Math.floor(Date.now() / 1000)
-        return new SignJWT({ iss: idp.issuer, aud: 'ml-api', sub: 'batch', scope: 'predict', exp: now + 60 })
+        return new SignJWT({
+          iss: idp.issuer,
+          aud: 'ml-api',
+          sub: 'batch',
+          scope: 'predict',
+          exp: now + 60,
+        })
           .setProtectedHeader({ alg: 'HS256', kid: idp.signingKey.kid }).sign(Buffer.from(pem))
       }, /ERR_JOSE_ALG_NOT_ALLOWED/],
       ['unknown kid', async () => {
@@ -203,20 +289,36 @@ describe('identity: JWT bearer tokens from a real OpenID Provider', () => {
       }, /ERR_JWKS_NO_MATCHING_KEY/],
       ['expired', () => forge({ exp: Math.floor(Date.now() / 1000) - 3600 }), /expired|"exp"/],
       ['nbf in the future', () => forge({ nbf: Math.floor(Date.now() / 1000) + 3600 }), /"nbf"/],
-      ['iat in the future', () => forge({ iat: Math.floor(Date.now() / 1000) + 3600 }), /iat is in the future/],
+      ['iat in the future', () => forge({ iat: Math.floor(Date.now() / 1000) + 3600 }),
+        /iat is in the future/],
       ['no exp', async () => {
         return new SignJWT({ iss: idp.issuer, aud: 'ml-api', sub: 'batch', scope: 'predict' })
-          .setProtectedHeader({ alg: 'RS256', typ: 'at+jwt', kid: idp.signingKey.kid }).sign(idp.signingKey.privateKey)
+          .setProtectedHeader({ alg: 'RS256', typ: 'at+jwt', kid: idp.signingKey.kid }).sign(
+            idp.signingKey.privateKey,
+          )
       }, /"exp"/],
-      ['wrong iss', () => forge({ iss: 'https://evil.example.com/' }), /no provider on this route takes/],
+      ['wrong iss', () => forge({ iss: 'https://evil.example.com/' }),
+        /no provider on this route takes/],
       ['wrong aud', () => forge({ aud: 'other-api' }), /"aud"/],
       ['typ not allowed', () => forge({}, { typ: 'dpop+jwt' }), /typ "dpop\+jwt" is not allowed/],
       ['unknown crit', async () => {
         // jose refuses to sign with an unknown crit, so this one is signed by hand (RS256).
         const enc = (o: object): string => Buffer.from(JSON.stringify(o)).toString('base64url')
         const now = Math.floor(Date.now() / 1000)
-        const input = `${enc({ alg: 'RS256', typ: 'at+jwt', kid: idp.signingKey.kid, crit: ['x-must-understand'], 'x-must-understand': true })}.${enc({ iss: idp.issuer, aud: 'ml-api', sub: 'batch', scope: 'predict', exp: now + 60 })}`
-        const sig = cryptoSign('sha256', Buffer.from(input), KeyObject.from(idp.signingKey.privateKey as any))
+        const input = `${
+          enc({
+            alg: 'RS256',
+            typ: 'at+jwt',
+            kid: idp.signingKey.kid,
+            crit: ['x-must-understand'],
+            'x-must-understand': true,
+          })
+        }.${enc({ iss: idp.issuer, aud: 'ml-api', sub: 'batch', scope: 'predict', exp: now + 60 })}`
+        const sig = cryptoSign(
+          'sha256',
+          Buffer.from(input),
+          KeyObject.from(idp.signingKey.privateKey as any),
+        )
         return `${input}.${sig.toString('base64url')}`
       }, /Extension Header Parameter "x-must-understand" is not recognized/],
       ['jwk header carrying the attacker\'s key', async () => {
@@ -224,8 +326,10 @@ describe('identity: JWT bearer tokens from a real OpenID Provider', () => {
         return forge({}, { kid: 'attacker', jwk: await exportJWK(publicKey) }, privateKey)
       }, /ERR_JWKS_NO_MATCHING_KEY/],
       // '+' and '/' are legal in RFC 6750's b64token but not in base64url.
-      ['broken base64 in the signature', async () => (await forge()).replace(/\.[^.]+$/, '.++//'), /ERR_JWS_INVALID|ERR_JWS_SIGNATURE/],
-      ['broken base64 in the header', async () => '+/' + (await forge()).slice(2), /ERR_JWS_INVALID/],
+      ['broken base64 in the signature', async () => (await forge()).replace(/\.[^.]+$/, '.++//'),
+        /ERR_JWS_INVALID|ERR_JWS_SIGNATURE/],
+      ['broken base64 in the header', async () => '+/' + (await forge()).slice(2),
+        /ERR_JWS_INVALID/],
       ['a token over 8 KiB', () => forge({ pad: 'x'.repeat(9000) }), /over the 8192-byte limit/],
     ]
     for (const [name, make, reason] of cases) {
@@ -236,7 +340,9 @@ describe('identity: JWT bearer tokens from a real OpenID Provider', () => {
         assert.equal(res.status, 401)
         assert.equal(res.headers['www-authenticate'], INVALID)
         assert.equal(res.problem.code, 'GH_INVALID_CREDENTIALS')
-        const line = await gw.logs.waitFor((l) => l.msg === 'request' && l.id === res.headers['x-request-id'])
+        const line = await gw.logs.waitFor((l) =>
+          l.msg === 'request' && l.id === res.headers['x-request-id']
+        )
         assert.match(line.reason, reason)
         assert.equal(up.calls, calls)
       })
@@ -246,9 +352,15 @@ describe('identity: JWT bearer tokens from a real OpenID Provider', () => {
       const attacker = await startUpstream((_req, res) => res.end('{"keys":[]}'))
       try {
         const { privateKey } = await generateKeyPair('RS256')
-        const token = await forge({}, { kid: 'attacker-2', jku: `${attacker.url}/jwks`, x5u: `${attacker.url}/x5u` } as any, privateKey)
+        const token = await forge(
+          {},
+          { kid: 'attacker-2', jku: `${attacker.url}/jwks`, x5u: `${attacker.url}/x5u` } as any,
+          privateKey,
+        )
         let hits = 0
-        attacker.server.on('request', () => { hits++ })
+        attacker.server.on('request', () => {
+          hits++
+        })
         const res = await call(gw, '/v1/predict', { authorization: `Bearer ${token}` })
         assert.equal(res.status, 401)
         assert.equal(hits, 0)
@@ -262,16 +374,28 @@ describe('identity: JWT bearer tokens from a real OpenID Provider', () => {
 describe('identity: JWKS refetch, rotation and outages', () => {
   test('reloads apply in order: one waiting for a slow IdP does not override a later one', async () => {
     const up = await startEchoUpstream()
-    const silent = await startUpstream(() => { /* never answers: discovery times out */ })
-    const base = { upstreams: { model: { targets: [{ url: up.url }] } }, listen: { host: '127.0.0.1', port: 0 }, admin: { host: '127.0.0.1', port: 0 } }
-    const gw = await startGateway({ ...base, routes: [{ name: 'first', match: {}, upstream: 'model' }] } as ConfigInput)
+    const silent = await startUpstream(() => {/* never answers: discovery times out */})
+    const base = {
+      upstreams: { model: { targets: [{ url: up.url }] } },
+      listen: { host: '127.0.0.1', port: 0 },
+      admin: { host: '127.0.0.1', port: 0 },
+    }
+    const gw = await startGateway(
+      { ...base, routes: [{ name: 'first', match: {}, upstream: 'model' }] } as ConfigInput,
+    )
     try {
       const slow = gw.gateway.reload({
         ...base,
-        identity: { providers: { sso: { kind: 'jwt', issuer: silent.url, audiences: ['a'], timeout: '300ms' } } },
+        identity: {
+          providers: {
+            sso: { kind: 'jwt', issuer: silent.url, audiences: ['a'], timeout: '300ms' },
+          },
+        },
         routes: [{ name: 'older', match: {}, upstream: 'model', auth: { any_of: ['sso'] } }],
       } as ConfigInput)
-      const fast = gw.gateway.reload({ ...base, routes: [{ name: 'newer', match: {}, upstream: 'model' }] } as ConfigInput)
+      const fast = gw.gateway.reload(
+        { ...base, routes: [{ name: 'newer', match: {}, upstream: 'model' }] } as ConfigInput,
+      )
       await Promise.all([slow, fast])
       assert.equal(gw.gateway.table.routes[0]!.name, 'newer')
       assert.equal((await call(gw, '/x')).status, 200)
@@ -290,11 +414,30 @@ describe('identity: JWKS refetch, rotation and outages', () => {
       const fetches = idp.counts['/jwks'] ?? 0
       const { privateKey } = await generateKeyPair('RS256')
       const now = Math.floor(Date.now() / 1000)
-      const tokens = await Promise.all(Array.from({ length: 40 }, (_, i) => new SignJWT({ iss: idp.issuer, aud: 'ml-api', sub: 'x', scope: 'predict', exp: now + 60 })
-        .setProtectedHeader({ alg: 'RS256', kid: `forged-${i}` }).sign(privateKey)))
-      const statuses = await Promise.all(tokens.map(async (t) => (await call(gw, '/v1/predict', { authorization: `Bearer ${t}` })).status))
+      const tokens = await Promise.all(
+        Array.from(
+          { length: 40 },
+          (_, i) =>
+            new SignJWT({
+              iss: idp.issuer,
+              aud: 'ml-api',
+              sub: 'x',
+              scope: 'predict',
+              exp: now + 60,
+            })
+              .setProtectedHeader({ alg: 'RS256', kid: `forged-${i}` }).sign(privateKey),
+        ),
+      )
+      const statuses = await Promise.all(
+        tokens.map(async (t) =>
+          (await call(gw, '/v1/predict', { authorization: `Bearer ${t}` })).status
+        ),
+      )
       assert.deepEqual(new Set(statuses), new Set([401]))
-      assert.ok((idp.counts['/jwks'] ?? 0) - fetches <= 1, `JWKS fetched ${(idp.counts['/jwks'] ?? 0) - fetches} times`)
+      assert.ok(
+        (idp.counts['/jwks'] ?? 0) - fetches <= 1,
+        `JWKS fetched ${(idp.counts['/jwks'] ?? 0) - fetches} times`,
+      )
     } finally {
       await gw.close()
       await up.close()
@@ -306,19 +449,38 @@ describe('identity: JWKS refetch, rotation and outages', () => {
     const idp = await startIdp()
     const up = await startEchoUpstream()
     // Background refresh every second, so retirement is seen without a new kid.
-    const gw = await startGateway(jwtConfig(idp.issuer, up.url, { key_max_age: '1s', refetch_cooldown: '60s' }))
+    const gw = await startGateway(
+      jwtConfig(idp.issuer, up.url, { key_max_age: '1s', refetch_cooldown: '60s' }),
+    )
     try {
       const oldToken = await idp.token({ scope: 'predict' })
-      assert.equal((await call(gw, '/v1/predict', { authorization: `Bearer ${oldToken}` })).status, 200)
+      assert.equal(
+        (await call(gw, '/v1/predict', { authorization: `Bearer ${oldToken}` })).status,
+        200,
+      )
       const next = await idp.rotate()
       const newToken = await idp.token({ scope: 'predict' })
-      assert.match(Buffer.from(newToken.split('.')[0]!, 'base64url').toString(), new RegExp(next.kid))
-      assert.equal((await call(gw, '/v1/predict', { authorization: `Bearer ${newToken}` })).status, 200)
+      assert.match(
+        Buffer.from(newToken.split('.')[0]!, 'base64url').toString(),
+        new RegExp(next.kid),
+      )
+      assert.equal(
+        (await call(gw, '/v1/predict', { authorization: `Bearer ${newToken}` })).status,
+        200,
+      )
       // The old key is still published: its tokens still work.
-      assert.equal((await call(gw, '/v1/predict', { authorization: `Bearer ${oldToken}` })).status, 200)
+      assert.equal(
+        (await call(gw, '/v1/predict', { authorization: `Bearer ${oldToken}` })).status,
+        200,
+      )
       idp.retireOld()
-      await waitUntilAsync(async () => (await call(gw, '/v1/predict', { authorization: `Bearer ${oldToken}` })).status === 401)
-      assert.equal((await call(gw, '/v1/predict', { authorization: `Bearer ${newToken}` })).status, 200)
+      await waitUntilAsync(async () =>
+        (await call(gw, '/v1/predict', { authorization: `Bearer ${oldToken}` })).status === 401
+      )
+      assert.equal(
+        (await call(gw, '/v1/predict', { authorization: `Bearer ${newToken}` })).status,
+        200,
+      )
     } finally {
       await gw.close()
       await up.close()
@@ -333,24 +495,42 @@ describe('identity: JWKS refetch, rotation and outages', () => {
     try {
       const token = await idp.token({ scope: 'predict' })
       idp.down = true
-      await waitUntilAsync(async () => JSON.parse((await request(`http://127.0.0.1:${gw.adminPort}/readyz`)).body).status === 'degraded')
+      await waitUntilAsync(async () =>
+        JSON.parse((await request(`http://127.0.0.1:${gw.adminPort}/readyz`)).body).status ===
+        'degraded'
+      )
       const ready = await request(`http://127.0.0.1:${gw.adminPort}/readyz`)
       assert.equal(ready.status, 200)
       const body = JSON.parse(ready.body)
       assert.equal(body.identity.sso.status, 'stale')
       assert.match(body.identity.sso.last_error, /503/)
-      assert.equal((await call(gw, '/v1/predict', { authorization: `Bearer ${token}` })).status, 200)
-      assert.match(await metricsText(gw.adminPort!), /gatehouse_jwks_fetches_total\{provider="sso",result="failure"\} [1-9]/)
+      assert.equal(
+        (await call(gw, '/v1/predict', { authorization: `Bearer ${token}` })).status,
+        200,
+      )
+      assert.match(
+        await metricsText(gw.adminPort!),
+        /gatehouse_jwks_fetches_total\{provider="sso",result="failure"\} [1-9]/,
+      )
       // A kid the stale set does not know may have been rotated in during the outage: 503, not 401.
       const { privateKey } = await generateKeyPair('RS256')
       const now = Math.floor(Date.now() / 1000)
-      const rotated = await new SignJWT({ iss: idp.issuer, aud: 'ml-api', sub: 'batch', scope: 'predict', exp: now + 60 })
+      const rotated = await new SignJWT({
+        iss: idp.issuer,
+        aud: 'ml-api',
+        sub: 'batch',
+        scope: 'predict',
+        exp: now + 60,
+      })
         .setProtectedHeader({ alg: 'RS256', kid: 'rotated-during-outage' }).sign(privateKey)
       const unknown = await call(gw, '/v1/predict', { authorization: `Bearer ${rotated}` })
       assert.equal(unknown.status, 503)
       assert.equal(unknown.problem.code, 'GH_AUTH_UNAVAILABLE')
       idp.down = false
-      await waitUntilAsync(async () => JSON.parse((await request(`http://127.0.0.1:${gw.adminPort}/readyz`)).body).status === 'ready')
+      await waitUntilAsync(async () =>
+        JSON.parse((await request(`http://127.0.0.1:${gw.adminPort}/readyz`)).body).status ===
+        'ready'
+      )
     } finally {
       await gw.close()
       await up.close()
@@ -374,7 +554,11 @@ describe('identity: JWKS refetch, rotation and outages', () => {
       assert.equal(res.headers['www-authenticate'], undefined)
       assert.equal(up.calls, 0)
       idp.down = false
-      await waitUntilAsync(async () => (await call(gw, '/v1/predict', { authorization: `Bearer ${token}` })).status === 200, 8000)
+      await waitUntilAsync(
+        async () =>
+          (await call(gw, '/v1/predict', { authorization: `Bearer ${token}` })).status === 200,
+        8000,
+      )
       assert.equal((await request(`http://127.0.0.1:${gw.adminPort}/readyz`)).status, 200)
     } finally {
       await gw.close()
@@ -385,6 +569,8 @@ describe('identity: JWKS refetch, rotation and outages', () => {
 })
 
 function counter (metrics: string, result: string): number {
-  const m = new RegExp(`gatehouse_auth_total\\{provider="sso",result="${result}"\\} (\\d+)`).exec(metrics)
+  const m = new RegExp(`gatehouse_auth_total\\{provider="sso",result="${result}"\\} (\\d+)`).exec(
+    metrics,
+  )
   return m === null ? 0 : Number(m[1])
 }

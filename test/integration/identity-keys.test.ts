@@ -5,7 +5,16 @@ import type http from 'node:http'
 import { once } from 'node:events'
 import { createRemoteJWKSet, jwtVerify, SignJWT } from 'jose'
 import WebSocket, { WebSocketServer } from 'ws'
-import { call, metricsText, rawRequest, startEchoUpstream, startGateway, startUpstream, type TestGateway, type Upstream } from '../helpers/index.js'
+import {
+  call,
+  metricsText,
+  rawRequest,
+  startEchoUpstream,
+  startGateway,
+  startUpstream,
+  type TestGateway,
+  type Upstream,
+} from '../helpers/index.js'
 import { startIdp, type TestIdp } from '../helpers/idp.js'
 import type { ConfigInput } from '../../src/config/schema.js'
 
@@ -15,7 +24,11 @@ const sha256 = (s: string): string => createHash('sha256').update(s).digest('hex
 const ACME_KEY = 'gh_live_9fJ2kQ7vX1mN4pR8sT0uW3yZ6'
 const GLOBEX_KEY = 'gh_live_Aa11Bb22Cc33Dd44Ee55Ff66Gg77'
 
-function keysConfig (upstreamUrl: string, keys: Array<Record<string, unknown>>, extra: Partial<ConfigInput> = {}): ConfigInput {
+function keysConfig (
+  upstreamUrl: string,
+  keys: Array<Record<string, unknown>>,
+  extra: Partial<ConfigInput> = {},
+): ConfigInput {
   return {
     trusted_proxies: ['127.0.0.1'],
     identity: { providers: { keys: { kind: 'api_key', header: 'x-api-key', keys } } },
@@ -26,18 +39,41 @@ function keysConfig (upstreamUrl: string, keys: Array<Record<string, unknown>>, 
         match: { path_prefix: '/v1/predict' },
         upstream: 'model',
         auth: { any_of: ['keys'], scopes: { any: ['predict', 'admin'] }, claims: { tier: 'gold' } },
-        identity_headers: { subject: 'x-key-id', claims: { org: 'x-org', 'limits.rpm': 'x-rpm', 'https://example.com/team': 'x-team' } },
+        identity_headers: {
+          subject: 'x-key-id',
+          claims: { org: 'x-org', 'limits.rpm': 'x-rpm', 'https://example.com/team': 'x-team' },
+        },
       },
-      { name: 'strip', match: { path_prefix: '/v1/strip' }, upstream: 'model', auth: { any_of: ['keys'], strip_credentials: true } },
-      { name: 'internal', match: { path_prefix: '/internal' }, upstream: 'model', ip: { allow: ['10.0.0.0/8', '2001:db8::/32'], deny: ['10.6.6.0/24'] } },
+      {
+        name: 'strip',
+        match: { path_prefix: '/v1/strip' },
+        upstream: 'model',
+        auth: { any_of: ['keys'], strip_credentials: true },
+      },
+      {
+        name: 'internal',
+        match: { path_prefix: '/internal' },
+        upstream: 'model',
+        ip: { allow: ['10.0.0.0/8', '2001:db8::/32'], deny: ['10.6.6.0/24'] },
+      },
       { name: 'open', match: { path_prefix: '/' }, upstream: 'model' },
     ],
     ...extra,
   } as ConfigInput
 }
 
-const ACME = { id: 'acme-batch', sha256: sha256(ACME_KEY), scopes: ['predict'], metadata: { org: 'acme', tier: 'gold', limits: { rpm: 600 }, 'https://example.com/team': 'ml' } }
-const GLOBEX = { id: 'globex', sha256: sha256(GLOBEX_KEY), scopes: ['read'], metadata: { org: 'globex', tier: 'gold' } }
+const ACME = {
+  id: 'acme-batch',
+  sha256: sha256(ACME_KEY),
+  scopes: ['predict'],
+  metadata: { org: 'acme', tier: 'gold', limits: { rpm: 600 }, 'https://example.com/team': 'ml' },
+}
+const GLOBEX = {
+  id: 'globex',
+  sha256: sha256(GLOBEX_KEY),
+  scopes: ['read'],
+  metadata: { org: 'globex', tier: 'gold' },
+}
 
 describe('identity: API keys', () => {
   let up: Echo
@@ -69,10 +105,15 @@ describe('identity: API keys', () => {
   test('missing, wrong and near-miss keys: 401 with an ApiKey challenge', async () => {
     const missing = await call(gw, '/v1/predict')
     assert.equal(missing.status, 401)
-    assert.equal(missing.headers['www-authenticate'], 'ApiKey realm="gatehouse", header="x-api-key"')
+    assert.equal(
+      missing.headers['www-authenticate'],
+      'ApiKey realm="gatehouse", header="x-api-key"',
+    )
     assert.equal(missing.problem.code, 'GH_AUTH_REQUIRED')
     const nearMiss = ACME_KEY.slice(0, -1) + (ACME_KEY.endsWith('6') ? '7' : '6')
-    for (const key of ['wrong', nearMiss, ACME_KEY.slice(1), ACME_KEY.toUpperCase(), 'x'.repeat(2000)]) {
+    for (
+      const key of ['wrong', nearMiss, ACME_KEY.slice(1), ACME_KEY.toUpperCase(), 'x'.repeat(2000)]
+    ) {
       const res = await call(gw, '/v1/predict', { 'x-api-key': key })
       assert.equal(res.status, 401, key)
       assert.equal(res.headers['www-authenticate'], 'ApiKey realm="gatehouse", error="invalid_key"')
@@ -82,16 +123,25 @@ describe('identity: API keys', () => {
   })
 
   test('a repeated key header is refused as ambiguous (400)', async () => {
-    const res = await rawRequest(gw.port, `GET /v1/predict HTTP/1.1\r\nHost: x\r\nX-Api-Key: ${ACME_KEY}\r\nX-Api-Key: ${GLOBEX_KEY}\r\nConnection: close\r\n\r\n`)
+    const res = await rawRequest(
+      gw.port,
+      `GET /v1/predict HTTP/1.1\r\nHost: x\r\nX-Api-Key: ${ACME_KEY}\r\nX-Api-Key: ${GLOBEX_KEY}\r\nConnection: close\r\n\r\n`,
+    )
     assert.equal(res.status, 400)
-    assert.equal(res.headers['www-authenticate'], 'ApiKey realm="gatehouse", error="invalid_request"')
+    assert.equal(
+      res.headers['www-authenticate'],
+      'ApiKey realm="gatehouse", error="invalid_request"',
+    )
   })
 
   test('scopes any-of and claim checks apply to keys', async () => {
     // globex has only "read": no predict/admin scope.
     const res = await call(gw, '/v1/predict', { 'x-api-key': GLOBEX_KEY })
     assert.equal(res.status, 403)
-    assert.equal(res.headers['www-authenticate'], 'ApiKey realm="gatehouse", error="insufficient_scope", scope="predict admin"')
+    assert.equal(
+      res.headers['www-authenticate'],
+      'ApiKey realm="gatehouse", error="insufficient_scope", scope="predict admin"',
+    )
   })
 
   test('strip_credentials removes the key before forwarding', async () => {
@@ -102,9 +152,21 @@ describe('identity: API keys', () => {
 
   test('a reload that removes a key revokes it at once', async () => {
     assert.equal((await call(gw, '/v1/predict', { 'x-api-key': ACME_KEY })).status, 200)
-    await gw.gateway.reload({ ...keysConfig(up.url, [GLOBEX]), listen: { host: '127.0.0.1', port: 0 }, admin: { host: '127.0.0.1', port: 0 } } as ConfigInput)
+    await gw.gateway.reload(
+      {
+        ...keysConfig(up.url, [GLOBEX]),
+        listen: { host: '127.0.0.1', port: 0 },
+        admin: { host: '127.0.0.1', port: 0 },
+      } as ConfigInput,
+    )
     assert.equal((await call(gw, '/v1/predict', { 'x-api-key': ACME_KEY })).status, 401)
-    await gw.gateway.reload({ ...keysConfig(up.url, [ACME, GLOBEX]), listen: { host: '127.0.0.1', port: 0 }, admin: { host: '127.0.0.1', port: 0 } } as ConfigInput)
+    await gw.gateway.reload(
+      {
+        ...keysConfig(up.url, [ACME, GLOBEX]),
+        listen: { host: '127.0.0.1', port: 0 },
+        admin: { host: '127.0.0.1', port: 0 },
+      } as ConfigInput,
+    )
     assert.equal((await call(gw, '/v1/predict', { 'x-api-key': ACME_KEY })).status, 200)
   })
 
@@ -118,17 +180,27 @@ describe('identity: API keys', () => {
         },
       },
       upstreams: { model: { targets: [{ url: up.url }] } },
-      routes: [{ name: 'p', match: {}, upstream: 'model', auth: { any_of: ['sso', 'keys'], scopes: { all: ['predict'] } } }],
+      routes: [{
+        name: 'p',
+        match: {},
+        upstream: 'model',
+        auth: { any_of: ['sso', 'keys'], scopes: { all: ['predict'] } },
+      }],
     } as ConfigInput)
     try {
       const key = await call(g2, '/x', { authorization: `Bearer ${ACME_KEY}` })
       assert.equal(key.status, 200)
       assert.equal(JSON.parse(key.body).headers['x-gatehouse-subject'], 'acme-batch')
-      const jwt = await call(g2, '/x', { authorization: `Bearer ${await idp.token({ scope: 'predict' })}` })
+      const jwt = await call(g2, '/x', {
+        authorization: `Bearer ${await idp.token({ scope: 'predict' })}`,
+      })
       assert.equal(JSON.parse(jwt.body).headers['x-gatehouse-provider'], 'sso')
       const bad = await call(g2, '/x', { authorization: 'Bearer sk-wrong' })
       assert.equal(bad.status, 401)
-      assert.equal(bad.headers['www-authenticate'], 'Bearer realm="gatehouse", error="invalid_token"')
+      assert.equal(
+        bad.headers['www-authenticate'],
+        'Bearer realm="gatehouse", error="invalid_token"',
+      )
       const missing = await call(g2, '/x')
       assert.equal(missing.headers['www-authenticate'], 'Bearer realm="gatehouse"')
     } finally {
@@ -148,14 +220,21 @@ describe('identity: API keys', () => {
     assert.equal((await call(gw, '/internal', { 'x-forwarded-for': '2001:db8::7' })).status, 200)
     assert.equal((await call(gw, '/internal', { 'x-forwarded-for': '10.6.6.7' })).status, 403)
     // ...but only its right-most untrusted entry: what the client wrote to the left proves nothing.
-    assert.equal((await call(gw, '/internal', { 'x-forwarded-for': '10.1.1.1, 203.0.113.9' })).status, 403)
+    assert.equal(
+      (await call(gw, '/internal', { 'x-forwarded-for': '10.1.1.1, 203.0.113.9' })).status,
+      403,
+    )
     assert.equal((await call(gw, '/internal', { 'x-forwarded-for': 'garbage' })).status, 403)
-    const line = await gw.logs.waitFor((l) => l.msg === 'request' && l.code === 'GH_IP_FORBIDDEN' && /203\.0\.113\.9/.test(l.reason))
+    const line = await gw.logs.waitFor((l) =>
+      l.msg === 'request' && l.code === 'GH_IP_FORBIDDEN' && /203\.0\.113\.9/.test(l.reason)
+    )
     assert.ok(line)
   })
 
   test('an untrusted peer\'s X-Forwarded-For is ignored', async () => {
-    const g2 = await startGateway({ ...keysConfig(up.url, [ACME]), trusted_proxies: [] } as ConfigInput)
+    const g2 = await startGateway(
+      { ...keysConfig(up.url, [ACME]), trusted_proxies: [] } as ConfigInput,
+    )
     try {
       assert.equal((await call(g2, '/internal', { 'x-forwarded-for': '10.1.2.3' })).status, 403)
     } finally {
@@ -180,11 +259,23 @@ describe('identity: token introspection (RFC 7662)', () => {
     return {
       identity: {
         providers: {
-          partner: { kind: 'introspection', endpoint, client_id: 'gatehouse', client_secret: 'gatehouse-secret', timeout: '300ms', ...extra },
+          partner: {
+            kind: 'introspection',
+            endpoint,
+            client_id: 'gatehouse',
+            client_secret: 'gatehouse-secret',
+            timeout: '300ms',
+            ...extra,
+          },
         },
       },
       upstreams: { model: { targets: [{ url: up.url }] } },
-      routes: [{ name: 'predict', match: { path_prefix: '/v1' }, upstream: 'model', auth: { any_of: ['partner'], scopes: { all: ['predict'] } } }],
+      routes: [{
+        name: 'predict',
+        match: { path_prefix: '/v1' },
+        upstream: 'model',
+        auth: { any_of: ['partner'], scopes: { all: ['predict'] } },
+      }],
     } as ConfigInput
   }
 
@@ -197,11 +288,18 @@ describe('identity: token introspection (RFC 7662)', () => {
       const res = await call(gw, '/v1/x', { authorization: `Bearer ${token}` })
       assert.equal(res.status, 200)
       assert.equal(JSON.parse(res.body).headers['x-gatehouse-client-id'], 'batch')
-      for (let i = 0; i < 3; i++) assert.equal((await call(gw, '/v1/x', { authorization: `Bearer ${token}` })).status, 200)
+      for (let i = 0; i < 3; i++) {
+        assert.equal((await call(gw, '/v1/x', { authorization: `Bearer ${token}` })).status, 200)
+      }
       assert.equal((idp.counts['/token/introspection'] ?? 0) - before, 1)
-      const bogus = await call(gw, '/v1/x', { authorization: 'Bearer not-a-token-the-server-issued' })
+      const bogus = await call(gw, '/v1/x', {
+        authorization: 'Bearer not-a-token-the-server-issued',
+      })
       assert.equal(bogus.status, 401)
-      assert.equal(bogus.headers['www-authenticate'], 'Bearer realm="gatehouse", error="invalid_token"')
+      assert.equal(
+        bogus.headers['www-authenticate'],
+        'Bearer realm="gatehouse", error="invalid_token"',
+      )
     } finally {
       await gw.close()
     }
@@ -212,11 +310,21 @@ describe('identity: token introspection (RFC 7662)', () => {
       identity: {
         providers: {
           sso: { kind: 'jwt', issuer: idp.issuer, audiences: ['ml-api'] },
-          partner: { kind: 'introspection', endpoint: `${idp.issuer}/token/introspection`, client_id: 'gatehouse', client_secret: 'gatehouse-secret' },
+          partner: {
+            kind: 'introspection',
+            endpoint: `${idp.issuer}/token/introspection`,
+            client_id: 'gatehouse',
+            client_secret: 'gatehouse-secret',
+          },
         },
       },
       upstreams: { model: { targets: [{ url: up.url }] } },
-      routes: [{ name: 'predict', match: {}, upstream: 'model', auth: { any_of: ['sso', 'partner'] } }],
+      routes: [{
+        name: 'predict',
+        match: {},
+        upstream: 'model',
+        auth: { any_of: ['sso', 'partner'] },
+      }],
     } as ConfigInput)
     try {
       const before = idp.counts['/token/introspection'] ?? 0
@@ -234,16 +342,25 @@ describe('identity: token introspection (RFC 7662)', () => {
   })
 
   /** A hand-written introspection endpoint whose answers each test chooses. */
-  async function endpoint (answer: (form: URLSearchParams, req: http.IncomingMessage, res: http.ServerResponse) => void): Promise<Upstream & { calls: number }> {
+  async function endpoint (
+    answer: (form: URLSearchParams, req: http.IncomingMessage, res: http.ServerResponse) => void,
+  ): Promise<Upstream & { calls: number }> {
     const state = { calls: 0 }
     const server = await startUpstream((req, res) => {
       state.calls++
       let body = ''
       req.setEncoding('utf8')
-      req.on('data', (c: string) => { body += c })
+      req.on('data', (c: string) => {
+        body += c
+      })
       req.on('end', () => answer(new URLSearchParams(body), req, res))
     })
-    return { ...server, get calls () { return state.calls } }
+    return {
+      ...server,
+      get calls () {
+        return state.calls
+      },
+    }
   }
 
   const json = (res: http.ServerResponse, v: unknown): void => {
@@ -254,8 +371,17 @@ describe('identity: token introspection (RFC 7662)', () => {
   test('client authentication by Basic and by POST body; inactive tokens are 401 and cached briefly', async () => {
     const seen: string[] = []
     const ep = await endpoint((form, req, res) => {
-      seen.push(req.headers.authorization !== undefined ? `basic:${Buffer.from(req.headers.authorization.slice(6), 'base64').toString()}` : `post:${form.get('client_id')}:${form.get('client_secret')}`)
-      json(res, form.get('token') === 'good' ? { active: true, sub: 'u1', scope: 'predict', exp: Math.floor(Date.now() / 1000) + 600 } : { active: false })
+      seen.push(
+        req.headers.authorization !== undefined
+          ? `basic:${Buffer.from(req.headers.authorization.slice(6), 'base64').toString()}`
+          : `post:${form.get('client_id')}:${form.get('client_secret')}`,
+      )
+      json(
+        res,
+        form.get('token') === 'good'
+          ? { active: true, sub: 'u1', scope: 'predict', exp: Math.floor(Date.now() / 1000) + 600 }
+          : { active: false },
+      )
     })
     for (const method of ['basic', 'post']) {
       const gw = await startGateway(config(ep.url, { auth_method: method }))
@@ -264,14 +390,20 @@ describe('identity: token introspection (RFC 7662)', () => {
         const calls = ep.calls
         const inactive = await call(gw, '/v1/x', { authorization: 'Bearer revoked' })
         assert.equal(inactive.status, 401)
-        assert.equal(inactive.headers['www-authenticate'], 'Bearer realm="gatehouse", error="invalid_token"')
+        assert.equal(
+          inactive.headers['www-authenticate'],
+          'Bearer realm="gatehouse", error="invalid_token"',
+        )
         assert.equal((await call(gw, '/v1/x', { authorization: 'Bearer revoked' })).status, 401)
         assert.equal(ep.calls - calls, 1, 'the inactive answer is cached')
       } finally {
         await gw.close()
       }
     }
-    assert.deepEqual(seen.filter((s, i) => seen.indexOf(s) === i), ['basic:gatehouse:gatehouse-secret', 'post:gatehouse:gatehouse-secret'])
+    assert.deepEqual(seen.filter((s, i) => seen.indexOf(s) === i), [
+      'basic:gatehouse:gatehouse-secret',
+      'post:gatehouse:gatehouse-secret',
+    ])
     await ep.close()
   })
 
@@ -282,7 +414,10 @@ describe('identity: token introspection (RFC 7662)', () => {
     })
     const gw = await startGateway(config(ep.url, { timeout: '5s' }))
     try {
-      const all = Array.from({ length: 10 }, () => call(gw, '/v1/x', { authorization: 'Bearer shared' }))
+      const all = Array.from(
+        { length: 10 },
+        () => call(gw, '/v1/x', { authorization: 'Bearer shared' }),
+      )
       // Wait until the one call has arrived, then answer it.
       while (pending.length === 0) await new Promise((resolve) => setImmediate(resolve))
       pending.shift()!()
@@ -296,16 +431,28 @@ describe('identity: token introspection (RFC 7662)', () => {
   })
 
   test('slow, unreachable or garbage answers: 503, never 401 and never access', async () => {
-    const slow = await endpoint(() => { /* never answers */ })
-    const garbage = await endpoint((_f, _r, res) => { res.writeHead(200, { 'content-type': 'application/json' }); res.end('<html>oops</html>') })
+    const slow = await endpoint(() => {/* never answers */})
+    const garbage = await endpoint((_f, _r, res) => {
+      res.writeHead(200, { 'content-type': 'application/json' })
+      res.end('<html>oops</html>')
+    })
     const noActive = await endpoint((_f, _r, res) => json(res, { sub: 'u1', scope: 'predict' }))
-    const stringActive = await endpoint((_f, _r, res) => json(res, { active: 'true', sub: 'u1', scope: 'predict' }))
-    const error500 = await endpoint((_f, _r, res) => { res.writeHead(500); res.end() })
+    const stringActive = await endpoint((_f, _r, res) =>
+      json(res, { active: 'true', sub: 'u1', scope: 'predict' })
+    )
+    const error500 = await endpoint((_f, _r, res) => {
+      res.writeHead(500)
+      res.end()
+    })
     const closed = await startUpstream(() => {})
     const closedUrl = closed.url
     await closed.close()
     const calls = up.calls
-    for (const [name, url] of [['slow', slow.url], ['garbage', garbage.url], ['no active', noActive.url], ['string active', stringActive.url], ['500', error500.url], ['unreachable', closedUrl]] as const) {
+    for (
+      const [name, url] of [['slow', slow.url], ['garbage', garbage.url], ['no active',
+        noActive.url], ['string active', stringActive.url], ['500', error500.url], ['unreachable',
+        closedUrl]] as const
+    ) {
       const gw = await startGateway(config(url))
       try {
         const res = await call(gw, '/v1/x', { authorization: 'Bearer whatever' })
@@ -322,9 +469,14 @@ describe('identity: token introspection (RFC 7662)', () => {
   })
 
   test('an active answer with an expired exp or a foreign audience is refused', async () => {
-    const ep = await endpoint((form, _r, res) => json(res, form.get('token') === 'old'
-      ? { active: true, sub: 'u', scope: 'predict', exp: Math.floor(Date.now() / 1000) - 10 }
-      : { active: true, sub: 'u', scope: 'predict', aud: 'someone-else' }))
+    const ep = await endpoint((form, _r, res) =>
+      json(
+        res,
+        form.get('token') === 'old'
+          ? { active: true, sub: 'u', scope: 'predict', exp: Math.floor(Date.now() / 1000) - 10 }
+          : { active: true, sub: 'u', scope: 'predict', aud: 'someone-else' },
+      )
+    )
     const gw = await startGateway(config(ep.url, { audiences: ['ml-api'] }))
     try {
       assert.equal((await call(gw, '/v1/x', { authorization: 'Bearer old' })).status, 401)
@@ -338,8 +490,12 @@ describe('identity: token introspection (RFC 7662)', () => {
 
 describe('identity: phantom tokens and WebSockets', () => {
   let idp: TestIdp
-  before(async () => { idp = await startIdp() })
-  after(async () => { await idp.close() })
+  before(async () => {
+    idp = await startIdp()
+  })
+  after(async () => {
+    await idp.close()
+  })
 
   test('the upstream receives the gateway\'s own JWT, verifiable against the admin JWKS', async () => {
     const up = await startEchoUpstream()
@@ -350,39 +506,74 @@ describe('identity: phantom tokens and WebSockets', () => {
           sso: { kind: 'jwt', issuer: idp.issuer, audiences: ['ml-api'] },
           keys: { kind: 'api_key', keys: [ACME] },
         },
-        phantom_token: { key: privateKey.export({ type: 'pkcs8', format: 'pem' }) as string, issuer: 'https://gatehouse.internal', audience: 'models', ttl: '2m' },
+        phantom_token: {
+          key: privateKey.export({ type: 'pkcs8', format: 'pem' }) as string,
+          issuer: 'https://gatehouse.internal',
+          audience: 'models',
+          ttl: '2m',
+        },
       },
       upstreams: { model: { targets: [{ url: up.url }] } },
-      routes: [{ name: 'p', match: {}, upstream: 'model', auth: { any_of: ['sso', 'keys'], phantom_token: true } }],
+      routes: [{
+        name: 'p',
+        match: {},
+        upstream: 'model',
+        auth: { any_of: ['sso', 'keys'], phantom_token: true },
+      }],
     } as ConfigInput)
     try {
-      const jwks = createRemoteJWKSet(new URL(`http://127.0.0.1:${gw.adminPort}/.well-known/jwks.json`))
+      const jwks = createRemoteJWKSet(
+        new URL(`http://127.0.0.1:${gw.adminPort}/.well-known/jwks.json`),
+      )
       const token = await idp.token({ scope: 'predict' })
-      const a = JSON.parse((await call(gw, '/x', { authorization: `Bearer ${token}` })).body).headers
+      const a =
+        JSON.parse((await call(gw, '/x', { authorization: `Bearer ${token}` })).body).headers
       assert.notEqual(a.authorization, `Bearer ${token}`)
-      const { payload } = await jwtVerify(a.authorization.slice(7), jwks, { issuer: 'https://gatehouse.internal', audience: 'models' })
+      const { payload } = await jwtVerify(a.authorization.slice(7), jwks, {
+        issuer: 'https://gatehouse.internal',
+        audience: 'models',
+      })
       assert.equal(payload.sub, 'batch')
       assert.equal(payload.client_id, 'batch')
       assert.equal(payload.scope, 'predict')
       assert.equal(payload.gh_provider, 'sso')
       assert.ok(payload.exp! - payload.iat! <= 120)
       // The same identity reuses its phantom token.
-      const again = JSON.parse((await call(gw, '/x', { authorization: `Bearer ${token}` })).body).headers
+      const again =
+        JSON.parse((await call(gw, '/x', { authorization: `Bearer ${token}` })).body).headers
       assert.equal(again.authorization, a.authorization)
       // An API-key caller gets one too, carrying the key's metadata.
       const k = JSON.parse((await call(gw, '/x', { 'x-api-key': ACME_KEY })).body).headers
-      const { payload: kp } = await jwtVerify(k.authorization.slice(7), jwks, { issuer: 'https://gatehouse.internal', audience: 'models' })
+      const { payload: kp } = await jwtVerify(k.authorization.slice(7), jwks, {
+        issuer: 'https://gatehouse.internal',
+        audience: 'models',
+      })
       assert.equal(kp.sub, 'acme-batch')
       assert.equal(kp.org, 'acme')
       // A new key on reload: cached tokens from the old key are not reused.
-      const next = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem' }) as string
+      const next = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({
+        type: 'pkcs8',
+        format: 'pem',
+      }) as string
       // A spread copy: its durations are milliseconds, which only the validated original's own parts may carry.
       const cfg = gw.gateway.table.config as any
-      await gw.gateway.reload({ ...cfg, identity: { ...cfg.identity, phantom_token: { ...cfg.identity.phantom_token, key: next, ttl: '2m', kid: undefined } } })
-      const fresh = createRemoteJWKSet(new URL(`http://127.0.0.1:${gw.adminPort}/.well-known/jwks.json`))
-      const after = JSON.parse((await call(gw, '/x', { authorization: `Bearer ${token}` })).body).headers
+      await gw.gateway.reload({
+        ...cfg,
+        identity: {
+          ...cfg.identity,
+          phantom_token: { ...cfg.identity.phantom_token, key: next, ttl: '2m', kid: undefined },
+        },
+      })
+      const fresh = createRemoteJWKSet(
+        new URL(`http://127.0.0.1:${gw.adminPort}/.well-known/jwks.json`),
+      )
+      const after =
+        JSON.parse((await call(gw, '/x', { authorization: `Bearer ${token}` })).body).headers
       assert.notEqual(after.authorization, a.authorization)
-      await jwtVerify(after.authorization.slice(7), fresh, { issuer: 'https://gatehouse.internal', audience: 'models' })
+      await jwtVerify(after.authorization.slice(7), fresh, {
+        issuer: 'https://gatehouse.internal',
+        audience: 'models',
+      })
     } finally {
       await gw.close()
       await up.close()
@@ -400,17 +591,25 @@ describe('identity: phantom tokens and WebSockets', () => {
       routes: [{ name: 'ws', match: {}, upstream: 'ws', auth: { any_of: ['sso'] } }],
     } as ConfigInput)
     try {
-      const refused = await rawRequest(gw.port, 'GET /socket HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n')
+      const refused = await rawRequest(
+        gw.port,
+        'GET /socket HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n',
+      )
       assert.equal(refused.status, 401)
       assert.equal(refused.headers['www-authenticate'], 'Bearer realm="gatehouse"')
       // Only GET can open a WebSocket: another method is answered as the plain request it is,
       // through the same checks (here: no token, 401), never tunnelled.
-      const options = await rawRequest(gw.port, 'OPTIONS /socket HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n')
+      const options = await rawRequest(
+        gw.port,
+        'OPTIONS /socket HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n',
+      )
       assert.equal(options.status, 401)
       assert.equal(JSON.parse(options.body).code, 'GH_AUTH_REQUIRED')
       assert.equal(options.headers.connection, 'close')
       const token = await idp.token({ scope: 'predict' })
-      const ws = new WebSocket(`ws://127.0.0.1:${gw.port}/socket`, { headers: { authorization: `Bearer ${token}` } })
+      const ws = new WebSocket(`ws://127.0.0.1:${gw.port}/socket`, {
+        headers: { authorization: `Bearer ${token}` },
+      })
       await once(ws, 'open')
       ws.send('hi')
       const [msg] = await once(ws, 'message')
@@ -419,9 +618,20 @@ describe('identity: phantom tokens and WebSockets', () => {
       await once(ws, 'close')
       // A socket lives no longer than the token that opened it.
       const now = Math.floor(Date.now() / 1000)
-      const short = await new SignJWT({ iss: idp.issuer, aud: 'ml-api', sub: 'batch', scope: 'predict', iat: now, exp: now + 1 })
-        .setProtectedHeader({ alg: 'RS256', typ: 'at+jwt', kid: idp.signingKey.kid }).sign(idp.signingKey.privateKey)
-      const ws2 = new WebSocket(`ws://127.0.0.1:${gw.port}/socket`, { headers: { authorization: `Bearer ${short}` } })
+      const short = await new SignJWT({
+        iss: idp.issuer,
+        aud: 'ml-api',
+        sub: 'batch',
+        scope: 'predict',
+        iat: now,
+        exp: now + 1,
+      })
+        .setProtectedHeader({ alg: 'RS256', typ: 'at+jwt', kid: idp.signingKey.kid }).sign(
+          idp.signingKey.privateKey,
+        )
+      const ws2 = new WebSocket(`ws://127.0.0.1:${gw.port}/socket`, {
+        headers: { authorization: `Bearer ${short}` },
+      })
       await once(ws2, 'open')
       const opened = Date.now()
       await once(ws2, 'close')

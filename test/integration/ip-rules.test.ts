@@ -14,7 +14,12 @@ describe('ip rules and IPv4-mapped addresses', () => {
 
   before(async () => {
     up = await startEchoUpstream()
-    const route = (name: string, extra: Record<string, unknown>) => ({ name, match: { path: `/${name}` }, upstream: 'up', ...extra })
+    const route = (name: string, extra: Record<string, unknown>) => ({
+      name,
+      match: { path: `/${name}` },
+      upstream: 'up',
+      ...extra,
+    })
     gw = await startGateway({
       trusted_proxies: ['127.0.0.1'],
       upstreams: { up: { targets: [{ url: up.url }] } },
@@ -40,20 +45,38 @@ describe('ip rules and IPv4-mapped addresses', () => {
   })
 
   test('a plain IPv4 rule refuses a client in the mapped form', async () => {
-    assert.equal((await call(gw, '/plain-rule', { 'x-forwarded-for': '::ffff:10.1.2.3' })).problem?.code, 'GH_IP_FORBIDDEN')
-    assert.equal((await call(gw, '/plain-rule', { 'x-forwarded-for': '10.1.2.3' })).problem?.code, 'GH_IP_FORBIDDEN')
-    assert.equal((await call(gw, '/plain-rule', { 'x-forwarded-for': '::ffff:192.0.2.1' })).status, 200)
+    assert.equal(
+      (await call(gw, '/plain-rule', { 'x-forwarded-for': '::ffff:10.1.2.3' })).problem?.code,
+      'GH_IP_FORBIDDEN',
+    )
+    assert.equal(
+      (await call(gw, '/plain-rule', { 'x-forwarded-for': '10.1.2.3' })).problem?.code,
+      'GH_IP_FORBIDDEN',
+    )
+    assert.equal(
+      (await call(gw, '/plain-rule', { 'x-forwarded-for': '::ffff:192.0.2.1' })).status,
+      200,
+    )
   })
 
   test('a mapped rule refuses a client in either form', async () => {
-    assert.equal((await call(gw, '/mapped-rule', { 'x-forwarded-for': '10.1.2.3' })).problem?.code, 'GH_IP_FORBIDDEN')
-    assert.equal((await call(gw, '/mapped-rule', { 'x-forwarded-for': '::ffff:10.1.2.3' })).problem?.code, 'GH_IP_FORBIDDEN')
+    assert.equal(
+      (await call(gw, '/mapped-rule', { 'x-forwarded-for': '10.1.2.3' })).problem?.code,
+      'GH_IP_FORBIDDEN',
+    )
+    assert.equal(
+      (await call(gw, '/mapped-rule', { 'x-forwarded-for': '::ffff:10.1.2.3' })).problem?.code,
+      'GH_IP_FORBIDDEN',
+    )
     assert.equal((await call(gw, '/mapped-rule', { 'x-forwarded-for': '192.0.2.1' })).status, 200)
   })
 
   test('an ip limit counts a client once, in whichever form it arrives', async () => {
     assert.equal((await call(gw, '/limited', { 'x-forwarded-for': '203.0.113.9' })).status, 200)
-    assert.equal((await call(gw, '/limited', { 'x-forwarded-for': '::ffff:203.0.113.9' })).problem?.code, 'GH_RATE_LIMITED')
+    assert.equal(
+      (await call(gw, '/limited', { 'x-forwarded-for': '::ffff:203.0.113.9' })).problem?.code,
+      'GH_RATE_LIMITED',
+    )
     assert.equal((await call(gw, '/limited', { 'x-forwarded-for': '203.0.113.10' })).status, 200)
   })
 })

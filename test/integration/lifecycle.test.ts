@@ -8,14 +8,24 @@ import { readFileSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import { WebSocket, WebSocketServer } from 'ws'
 import { ConfigError } from '../../src/index.js'
-import { metricsText, request, simpleConfig, startGateway, startUpstream, text, waitUntil } from '../helpers/index.js'
+import {
+  metricsText,
+  request,
+  simpleConfig,
+  startGateway,
+  startUpstream,
+  text,
+  waitUntil,
+} from '../helpers/index.js'
 
 const fixtures = fileURLToPath(new URL('../fixtures/', import.meta.url))
 
 describe('hot reload', () => {
   test('a reload swaps the route table; requests in flight finish on the old one', async () => {
     const held: http.ServerResponse[] = []
-    const a = await startUpstream((_req, res) => { held.push(res) })
+    const a = await startUpstream((_req, res) => {
+      held.push(res)
+    })
     const b = await startUpstream((_req, res) => res.end('from b'))
     const gw = await startGateway(simpleConfig(a.url))
     try {
@@ -30,7 +40,10 @@ describe('hot reload', () => {
       const old = await inFlight
       assert.equal(old.status, 200)
       assert.equal(old.body, 'from a')
-      assert.match(await metricsText(gw.adminPort!), /gatehouse_config_reloads_total\{result="success"\} 1/)
+      assert.match(
+        await metricsText(gw.adminPort!),
+        /gatehouse_config_reloads_total\{result="success"\} 1/,
+      )
     } finally {
       await gw.close()
       await a.close()
@@ -42,10 +55,17 @@ describe('hot reload', () => {
     const upstream = await startUpstream((_req, res) => res.end('still here'))
     const gw = await startGateway(simpleConfig(upstream.url))
     try {
-      await assert.rejects(gw.gateway.reload({
-        upstreams: { ranker: { targets: [{ url: upstream.url }] } },
-        routes: [{ name: 'r', match: {}, upstream: 'rankr' }],
-      }), (err: unknown) => err instanceof ConfigError && /routes\[0\]\.upstream: unknown upstream "rankr" \(did you mean "ranker"\?\)/.test(err.message))
+      await assert.rejects(
+        gw.gateway.reload({
+          upstreams: { ranker: { targets: [{ url: upstream.url }] } },
+          routes: [{ name: 'r', match: {}, upstream: 'rankr' }],
+        }),
+        (err: unknown) =>
+          err instanceof ConfigError &&
+          /routes\[0\]\.upstream: unknown upstream "rankr" \(did you mean "ranker"\?\)/.test(
+            err.message,
+          ),
+      )
       assert.equal((await request(`${gw.url}/`)).body, 'still here')
       await gw.logs.waitFor((l) => l.msg === 'config reload failed; keeping the running config')
     } finally {
@@ -58,7 +78,9 @@ describe('hot reload', () => {
 describe('graceful shutdown', () => {
   test('close() stops accepting, lets in-flight requests finish, then resolves', async () => {
     const held: http.ServerResponse[] = []
-    const upstream = await startUpstream((_req, res) => { held.push(res) })
+    const upstream = await startUpstream((_req, res) => {
+      held.push(res)
+    })
     const gw = await startGateway({ ...simpleConfig(upstream.url), shutdown: { grace: '10s' } })
     const inFlight = request(`${gw.url}/`)
     await waitUntil(() => held.length > 0)
@@ -77,8 +99,12 @@ describe('graceful shutdown', () => {
 
   test('requests still running when the grace period ends are cut off', async () => {
     let arrived: () => void
-    const reached = new Promise<void>((resolve) => { arrived = resolve })
-    const upstream = await startUpstream(() => { arrived() /* and never answer */ })
+    const reached = new Promise<void>((resolve) => {
+      arrived = resolve
+    })
+    const upstream = await startUpstream(() => {
+      arrived() /* and never answer */
+    })
     const gw = await startGateway({ ...simpleConfig(upstream.url), shutdown: { grace: '100ms' } })
     const outcome = request(`${gw.url}/`).then(() => null, (err: Error) => err)
     await reached
@@ -105,7 +131,10 @@ describe('admin endpoints', () => {
       const metrics = await metricsText(gw.adminPort!)
       assert.match(metrics, /gatehouse_requests_total\{route="all",method="POST",status="200"\} 1/)
       assert.match(metrics, /gatehouse_request_duration_seconds_count\{route="all"\} 1/)
-      assert.match(metrics, /gatehouse_upstream_header_duration_seconds_count\{route="all",upstream="up"\} 1/)
+      assert.match(
+        metrics,
+        /gatehouse_upstream_header_duration_seconds_count\{route="all",upstream="up"\} 1/,
+      )
       assert.match(metrics, /gatehouse_request_body_bytes_total\{route="all"\} 5/)
       assert.match(metrics, /gatehouse_response_body_bytes_total\{route="all"\} 2/)
       assert.match(metrics, /gatehouse_in_flight_requests 0/)
@@ -118,7 +147,9 @@ describe('admin endpoints', () => {
 
   test('/readyz answers 503 once shutdown begins', async () => {
     const held: http.ServerResponse[] = []
-    const upstream = await startUpstream((_req, res) => { held.push(res) })
+    const upstream = await startUpstream((_req, res) => {
+      held.push(res)
+    })
     const gw = await startGateway({ ...simpleConfig(upstream.url), shutdown: { grace: '10s' } })
     const inFlight = request(`${gw.url}/`)
     await waitUntil(() => held.length > 0)
@@ -161,7 +192,9 @@ describe('WebSocket', () => {
   test('an upstream refusing the upgrade is relayed as an ordinary response', async () => {
     const upstream = await startUpstream((_req, res) => res.end('plain'))
     upstream.server.on('upgrade', (_req, socket: net.Socket) => {
-      socket.end('HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 6\r\nConnection: close\r\n\r\nno way')
+      socket.end(
+        'HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 6\r\nConnection: close\r\n\r\nno way',
+      )
     })
     const gw = await startGateway(simpleConfig(upstream.url))
     try {
@@ -210,7 +243,9 @@ describe('TLS listener', () => {
     try {
       const ca = readFileSync(`${fixtures}tls/cert.pem`)
       const body = await new Promise<string>((resolve, reject) => {
-        https.get(`https://localhost:${gw.port}/`, { ca, agent: false }, (res) => { text(res).then(resolve, reject) }).on('error', reject)
+        https.get(`https://localhost:${gw.port}/`, { ca, agent: false }, (res) => {
+          text(res).then(resolve, reject)
+        }).on('error', reject)
       })
       assert.equal(body, 'secure')
       assert.equal(proto, 'https')

@@ -7,7 +7,16 @@ import net from 'node:net'
 import { once } from 'node:events'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { call, metricsText, request, serviceAvailable, startEchoUpstream, startGateway, startUpstream, waitUntilAsync } from '../helpers/index.js'
+import {
+  call,
+  metricsText,
+  request,
+  serviceAvailable,
+  startEchoUpstream,
+  startGateway,
+  startUpstream,
+  waitUntilAsync,
+} from '../helpers/index.js'
 import type { ConfigInput } from '../../src/config/schema.js'
 
 const root = join(import.meta.dirname, '..', '..')
@@ -26,7 +35,11 @@ async function redisCommandCount (): Promise<number> {
   return Number(/cmdstat_evalsha:calls=(\d+)/.exec(text)?.[1] ?? 0)
 }
 
-function limited (upstreamUrl: string, route: Record<string, unknown>, extra: Record<string, unknown> = {}): ConfigInput {
+function limited (
+  upstreamUrl: string,
+  route: Record<string, unknown>,
+  extra: Record<string, unknown> = {},
+): ConfigInput {
   return {
     upstreams: { model: { targets: [{ url: upstreamUrl }] } },
     routes: [{ name: 'r', match: {}, upstream: 'model', ...route }],
@@ -37,7 +50,9 @@ function limited (upstreamUrl: string, route: Record<string, unknown>, extra: Re
 describe('rate limits (memory store)', () => {
   test('GCRA: burst requests pass with RateLimit headers, then 429 with Retry-After', async () => {
     const up = await startEchoUpstream()
-    const gw = await startGateway(limited(up.url, { rate_limit: [{ key: 'ip', rate: '1/min', burst: 3 }] }))
+    const gw = await startGateway(
+      limited(up.url, { rate_limit: [{ key: 'ip', rate: '1/min', burst: 3 }] }),
+    )
     try {
       const ok = []
       for (let i = 0; i < 3; i++) ok.push(await call(gw, '/x'))
@@ -48,10 +63,16 @@ describe('rate limits (memory store)', () => {
       const refused = await call(gw, '/x')
       assert.equal(refused.status, 429)
       assert.equal(refused.problem.code, 'GH_RATE_LIMITED')
-      assert.ok(Number(refused.headers['retry-after']) >= 59 && Number(refused.headers['retry-after']) <= 60)
+      assert.ok(
+        Number(refused.headers['retry-after']) >= 59 &&
+          Number(refused.headers['retry-after']) <= 60,
+      )
       assert.equal(refused.headers['ratelimit-policy'], '"r.ip";q=3;w=180')
       assert.equal(up.calls, 3)
-      assert.match(await metricsText(gw.adminPort!), /gatehouse_rate_limited_total\{route="r",limit="r.ip"\} 1/)
+      assert.match(
+        await metricsText(gw.adminPort!),
+        /gatehouse_rate_limited_total\{route="r",limit="r.ip"\} 1/,
+      )
     } finally {
       await gw.close()
       await up.close()
@@ -61,10 +82,30 @@ describe('rate limits (memory store)', () => {
   test('keys: each API key has its own bucket; a request without the header a limit counts by is refused (403)', async () => {
     const up = await startEchoUpstream()
     const sha = (s: string): string => createHash('sha256').update(s).digest('hex')
-    const gw = await startGateway(limited(up.url, {
-      auth: { any_of: ['keys'] },
-      rate_limit: [{ key: 'api_key', rate: '1/h', burst: 1 }, { name: 'tenant', key: 'header:x-tenant', rate: '1/h', burst: 5 }],
-    }, { identity: { providers: { keys: { kind: 'api_key', keys: [{ id: 'a', sha256: sha('key-a') }, { id: 'b', sha256: sha('key-b') }] } } } }))
+    const gw = await startGateway(
+      limited(
+        up.url,
+        {
+          auth: { any_of: ['keys'] },
+          rate_limit: [{ key: 'api_key', rate: '1/h', burst: 1 }, {
+            name: 'tenant',
+            key: 'header:x-tenant',
+            rate: '1/h',
+            burst: 5,
+          }],
+        },
+        {
+          identity: {
+            providers: {
+              keys: {
+                kind: 'api_key',
+                keys: [{ id: 'a', sha256: sha('key-a') }, { id: 'b', sha256: sha('key-b') }],
+              },
+            },
+          },
+        },
+      ),
+    )
     try {
       assert.equal((await call(gw, '/x', { 'x-api-key': 'key-a', 'x-tenant': 't1' })).status, 200)
       assert.equal((await call(gw, '/x', { 'x-api-key': 'key-a', 'x-tenant': 't1' })).status, 429)
@@ -74,12 +115,20 @@ describe('rate limits (memory store)', () => {
       const missing = await call(gw, '/x', { 'x-api-key': 'key-b' })
       assert.equal(missing.status, 429) // key-b's own bucket is empty first
       await gw.gateway.reload({
-        ...limited(up.url, {
-          auth: { any_of: ['keys'] },
-          rate_limit: [{ name: 'tenant2', key: 'header:x-tenant', rate: '1/h', burst: 5 }],
-        }, { identity: { providers: { keys: { kind: 'api_key', keys: [{ id: 'a', sha256: sha('key-a') }] } } } }),
+        ...limited(
+          up.url,
+          {
+            auth: { any_of: ['keys'] },
+            rate_limit: [{ name: 'tenant2', key: 'header:x-tenant', rate: '1/h', burst: 5 }],
+          },
+          {
+            identity: {
+              providers: { keys: { kind: 'api_key', keys: [{ id: 'a', sha256: sha('key-a') }] } },
+            },
+          },
+        ),
         listen: { host: '127.0.0.1', port: 0 },
-        admin: { host: '127.0.0.1', port: 0 }
+        admin: { host: '127.0.0.1', port: 0 },
       } as ConfigInput)
       const noTenant = await call(gw, '/x', { 'x-api-key': 'key-a' })
       assert.equal(noTenant.status, 403)
@@ -92,10 +141,18 @@ describe('rate limits (memory store)', () => {
 
   test('garbage X-Forwarded-For from a trusted proxy counts against the proxy, not a fresh bucket per spelling', async () => {
     const up = await startEchoUpstream()
-    const gw = await startGateway(limited(up.url, { rate_limit: [{ key: 'ip', rate: '1/h', burst: 2 }] }, { trusted_proxies: ['127.0.0.1'] }))
+    const gw = await startGateway(
+      limited(
+        up.url,
+        { rate_limit: [{ key: 'ip', rate: '1/h', burst: 2 }] },
+        { trusted_proxies: ['127.0.0.1'] },
+      ),
+    )
     try {
       const statuses = []
-      for (const xff of ['garbage', 'x y z', '', 'unknown']) statuses.push((await call(gw, '/x', xff === '' ? {} : { 'x-forwarded-for': xff })).status)
+      for (const xff of ['garbage', 'x y z', '', 'unknown']) {
+        statuses.push((await call(gw, '/x', xff === '' ? {} : { 'x-forwarded-for': xff })).status)
+      }
       assert.deepEqual(statuses, [200, 200, 429, 429])
       // A real address behind the proxy has its own bucket.
       assert.equal((await call(gw, '/x', { 'x-forwarded-for': '203.0.113.7' })).status, 200)
@@ -105,7 +162,9 @@ describe('rate limits (memory store)', () => {
     }
     // Without trusted proxies the header is ignored altogether.
     const up2 = await startEchoUpstream()
-    const gw2 = await startGateway(limited(up2.url, { rate_limit: [{ key: 'ip', rate: '1/h', burst: 1 }] }))
+    const gw2 = await startGateway(
+      limited(up2.url, { rate_limit: [{ key: 'ip', rate: '1/h', burst: 1 }] }),
+    )
     try {
       assert.equal((await call(gw2, '/x', { 'x-forwarded-for': '203.0.113.1' })).status, 200)
       assert.equal((await call(gw2, '/x', { 'x-forwarded-for': '203.0.113.2' })).status, 429)
@@ -126,10 +185,23 @@ describe('rate limits (memory store)', () => {
         return
       }
       // The upstream's own RateLimit fields are replaced by the gateway's.
-      res.writeHead(200, { 'content-type': 'application/json', ratelimit: '"upstream";r=9;t=1', 'RateLimit-Policy': '"upstream";q=10;w=1' })
+      res.writeHead(200, {
+        'content-type': 'application/json',
+        ratelimit: '"upstream";r=9;t=1',
+        'RateLimit-Policy': '"upstream";q=10;w=1',
+      })
       res.end(JSON.stringify({ output: 'x', usage: { total_tokens: 60 } }))
     })
-    const gw = await startGateway(limited(up.url, { rate_limit: [{ name: 'tokens', key: 'ip', quota: '100/day', cost: 'response.usage.total_tokens' }] }))
+    const gw = await startGateway(
+      limited(up.url, {
+        rate_limit: [{
+          name: 'tokens',
+          key: 'ip',
+          quota: '100/day',
+          cost: 'response.usage.total_tokens',
+        }],
+      }),
+    )
     const done = (id: unknown) => gw.logs.waitFor((l) => l.msg === 'request' && l.id === id)
     try {
       const first = await call(gw, '/json')
@@ -147,7 +219,16 @@ describe('rate limits (memory store)', () => {
     } finally {
       await gw.close()
     }
-    const gw2 = await startGateway(limited(up.url, { rate_limit: [{ name: 'tokens', key: 'ip', quota: '100/day', cost: 'response.usage.total_tokens' }] }))
+    const gw2 = await startGateway(
+      limited(up.url, {
+        rate_limit: [{
+          name: 'tokens',
+          key: 'ip',
+          quota: '100/day',
+          cost: 'response.usage.total_tokens',
+        }],
+      }),
+    )
     try {
       const s1 = await call(gw2, '/stream')
       assert.match(s1.body, /\[DONE\]/)
@@ -166,12 +247,29 @@ describe('rate limits (Redis store)', () => {
     const up = await startEchoUpstream()
     const prefix = `gh-test-${randomUUID()}:`
     const stores = { shared: { kind: 'redis', url: 'redis://127.0.0.1:6379', prefix } }
-    const route = { rate_limit: [{ name: 'global', key: 'header:x-tenant', quota: '200/h', store: 'shared' }, { name: 'burst', key: 'header:x-tenant', rate: '1/h', burst: 150, store: 'shared' }] }
+    const route = {
+      rate_limit: [{ name: 'global', key: 'header:x-tenant', quota: '200/h', store: 'shared' }, {
+        name: 'burst',
+        key: 'header:x-tenant',
+        rate: '1/h',
+        burst: 150,
+        store: 'shared',
+      }],
+    }
     const a = await startGateway(limited(up.url, route, { stores }))
     const dir = mkdtempSync(join(tmpdir(), 'gh-limits-'))
     const cfg = join(dir, 'gatehouse.yaml')
-    writeFileSync(cfg, JSON.stringify({ ...limited(up.url, route, { stores }), listen: { host: '127.0.0.1', port: 0 }, admin: { enabled: false }, log: { level: 'info', access: false } }))
-    const child = spawn(process.execPath, [join(root, 'bin', 'gatehouse.cjs'), 'start', '--config', cfg], { stdio: ['ignore', 'pipe', 'inherit'] })
+    writeFileSync(
+      cfg,
+      JSON.stringify({
+        ...limited(up.url, route, { stores }),
+        listen: { host: '127.0.0.1', port: 0 },
+        admin: { enabled: false },
+        log: { level: 'info', access: false },
+      }),
+    )
+    const child = spawn(process.execPath, [join(root, 'bin', 'gatehouse.cjs'), 'start', '--config',
+      cfg], { stdio: ['ignore', 'pipe', 'inherit'] })
     try {
       let out = ''
       child.stdout.setEncoding('utf8')
@@ -189,7 +287,12 @@ describe('rate limits (Redis store)', () => {
       let passed = 0
       let refused = 0
       for (let i = 0; i < 400; i += 20) {
-        const batch = await Promise.all(Array.from({ length: 20 }, (_, k) => call((i + k) % 2 === 0 ? a : b, '/x', { 'x-tenant': 'acme' })))
+        const batch = await Promise.all(
+          Array.from(
+            { length: 20 },
+            (_, k) => call((i + k) % 2 === 0 ? a : b, '/x', { 'x-tenant': 'acme' }),
+          ),
+        )
         for (const r of batch) {
           if (r.status === 200) passed++
           else if (r.status === 429) refused++
@@ -212,14 +315,27 @@ describe('rate limits (Redis store)', () => {
     const prefix = `gh-test-${randomUUID()}:`
     const stores = { shared: { kind: 'redis', url: 'redis://127.0.0.1:6379', prefix } }
     // burst 2000: each gateway leases 10 tokens at a time (0.5 %).
-    const route = { rate_limit: [{ name: 'big', key: 'header:x-tenant', rate: '1/h', burst: 2000, store: 'shared' }] }
+    const route = {
+      rate_limit: [{
+        name: 'big',
+        key: 'header:x-tenant',
+        rate: '1/h',
+        burst: 2000,
+        store: 'shared',
+      }],
+    }
     const a = await startGateway(limited(up.url, route, { stores }))
     const b = await startGateway(limited(up.url, route, { stores }))
     const commands = await redisCommandCount()
     try {
       let passed = 0
       for (let i = 0; i < 2100; i += 50) {
-        const batch = await Promise.all(Array.from({ length: 50 }, (_, k) => call((i + k) % 2 === 0 ? a : b, '/x', { 'x-tenant': 'acme' })))
+        const batch = await Promise.all(
+          Array.from(
+            { length: 50 },
+            (_, k) => call((i + k) % 2 === 0 ? a : b, '/x', { 'x-tenant': 'acme' }),
+          ),
+        )
         passed += batch.filter((r) => r.status === 200).length
       }
       assert.ok(passed <= 2000 && passed >= 1980, `passed ${passed}`)
@@ -244,7 +360,10 @@ describe('rate limits (Redis store)', () => {
       const r = net.connect(6379, '127.0.0.1')
       sockets.add(c).add(r)
       c.pipe(r).pipe(c)
-      const drop = (): void => { c.destroy(); r.destroy() }
+      const drop = (): void => {
+        c.destroy()
+        r.destroy()
+      }
       c.on('error', drop).on('close', drop)
       r.on('error', drop).on('close', drop)
     })
@@ -252,18 +371,42 @@ describe('rate limits (Redis store)', () => {
     await once(relay, 'listening')
     const port = (relay.address() as net.AddressInfo).port
     const up = await startEchoUpstream()
-    const stores = { shared: { kind: 'redis', url: `redis://127.0.0.1:${port}`, prefix: `gh-test-${randomUUID()}:`, timeout: '200ms' } }
-    const allow = await startGateway(limited(up.url, { rate_limit: [{ key: 'ip', rate: '100/s', store: 'shared' }], on_store_error: 'allow' }, { stores }))
-    const deny = await startGateway(limited(up.url, { rate_limit: [{ key: 'ip', rate: '100/s', store: 'shared' }], on_store_error: 'deny' }, { stores }))
+    const stores = {
+      shared: {
+        kind: 'redis',
+        url: `redis://127.0.0.1:${port}`,
+        prefix: `gh-test-${randomUUID()}:`,
+        timeout: '200ms',
+      },
+    }
+    const allow = await startGateway(
+      limited(
+        up.url,
+        { rate_limit: [{ key: 'ip', rate: '100/s', store: 'shared' }], on_store_error: 'allow' },
+        { stores },
+      ),
+    )
+    const deny = await startGateway(
+      limited(
+        up.url,
+        { rate_limit: [{ key: 'ip', rate: '100/s', store: 'shared' }], on_store_error: 'deny' },
+        { stores },
+      ),
+    )
     try {
       assert.equal((await call(allow, '/x')).status, 200)
       assert.equal((await call(deny, '/x')).status, 200)
       open = false
       for (const s of sockets) s.destroy()
-      await waitUntilAsync(async () => JSON.parse((await request(`http://127.0.0.1:${allow.adminPort}/readyz`)).body).status === 'degraded')
+      await waitUntilAsync(async () =>
+        JSON.parse((await request(`http://127.0.0.1:${allow.adminPort}/readyz`)).body).status ===
+        'degraded'
+      )
       const ready = await request(`http://127.0.0.1:${allow.adminPort}/readyz`)
       assert.equal(ready.status, 200)
-      assert.deepEqual(JSON.parse(ready.body).stores, { shared: { status: 'unavailable', kind: 'redis' } })
+      assert.deepEqual(JSON.parse(ready.body).stores, {
+        shared: { status: 'unavailable', kind: 'redis' },
+      })
       const a = await call(allow, '/x')
       assert.equal(a.status, 200)
       assert.equal(a.headers.ratelimit, undefined)
@@ -271,7 +414,10 @@ describe('rate limits (Redis store)', () => {
       assert.equal(d.status, 503)
       assert.equal(d.problem.code, 'GH_LIMIT_STORE_UNAVAILABLE')
       assert.equal(d.headers['retry-after'], '1')
-      assert.match(await metricsText(allow.adminPort!), /gatehouse_limit_store_errors_total\{store="shared",action="allow"\} [1-9]/)
+      assert.match(
+        await metricsText(allow.adminPort!),
+        /gatehouse_limit_store_errors_total\{store="shared",action="allow"\} [1-9]/,
+      )
       open = true
       await waitUntilAsync(async () => (await call(deny, '/x')).status === 200, 8000)
     } finally {

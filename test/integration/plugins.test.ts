@@ -9,29 +9,51 @@ import { fileURLToPath } from 'node:url'
 import { ConfigError, createGateway, validateConfig } from '../../src/index.js'
 import type { ConfigInput } from '../../src/config/schema.js'
 import { issueAt } from '../helpers/config.js'
-import { LogCapture, request, startGateway, startUpstream, waitUntil, type TestGateway, type Upstream } from '../helpers/index.js'
+import {
+  LogCapture,
+  request,
+  startGateway,
+  startUpstream,
+  waitUntil,
+  type TestGateway,
+  type Upstream,
+} from '../helpers/index.js'
 
 /** What the upstream received, per request (the body as raw bytes). */
-interface Seen { method: string, url: string, headers: http.IncomingHttpHeaders, body: Buffer }
+interface Seen {
+  method: string
+  url: string
+  headers: http.IncomingHttpHeaders
+  body: Buffer
+}
 
 /** Fixture plugins by file name, as absolute paths (startGateway resolves against the cwd). */
-const fixture = (name: string): string => fileURLToPath(new URL(`../fixtures/plugins/${name}`, import.meta.url))
+const fixture = (name: string): string =>
+  fileURLToPath(new URL(`../fixtures/plugins/${name}`, import.meta.url))
 
-const hangCount = (): number => (globalThis as { __gatehouseHangAborted?: number }).__gatehouseHangAborted ?? 0
+const hangCount = (): number =>
+  (globalThis as { __gatehouseHangAborted?: number }).__gatehouseHangAborted ?? 0
 
 /** Bytes that are not valid UTF-8 (a lone continuation byte, an overlong lead, 0xff), plus CR LF and NUL. */
-const BINARY_REQUEST = [Buffer.from([0xff, 0xfe, 0x00, 0xc3, 0x28]), Buffer.from('caf\u00e9 =%zz&\r\n', 'latin1'), Buffer.from([0x80, 0xbf, 0xf8, 0x0a])]
-const BINARY_RESPONSE = [Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0xff, 0x00]), Buffer.from([0xc0, 0xaf, 0xed, 0xa0, 0x80, 0x0a])]
+const BINARY_REQUEST = [Buffer.from([0xff, 0xfe, 0x00, 0xc3, 0x28]),
+  Buffer.from('caf\u00e9 =%zz&\r\n', 'latin1'), Buffer.from([0x80, 0xbf, 0xf8, 0x0a])]
+const BINARY_RESPONSE = [Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0xff, 0x00]),
+  Buffer.from([0xc0, 0xaf, 0xed, 0xa0, 0x80, 0x0a])]
 
 /** startGateway's defaults, for gateways whose listen() is expected to fail (startGateway would throw before returning them). */
-function unstarted (config: ConfigInput): { gateway: ReturnType<typeof createGateway>, logs: LogCapture } {
+function unstarted (
+  config: ConfigInput,
+): { gateway: ReturnType<typeof createGateway>, logs: LogCapture } {
   const logs = new LogCapture()
-  const gateway = createGateway({
-    ...config,
-    listen: { host: '127.0.0.1', port: 0 },
-    admin: { host: '127.0.0.1', port: 0 },
-    log: { level: 'debug' },
-  }, { logDestination: logs, processMetrics: false })
+  const gateway = createGateway(
+    {
+      ...config,
+      listen: { host: '127.0.0.1', port: 0 },
+      admin: { host: '127.0.0.1', port: 0 },
+      log: { level: 'debug' },
+    },
+    { logDestination: logs, processMetrics: false },
+  )
   return { gateway, logs }
 }
 
@@ -68,10 +90,30 @@ describe('plugins', () => {
     gw = await startGateway({
       upstreams: { up: { targets: [{ url: up.url }] } },
       routes: [
-        { name: 'tag', match: { path_prefix: '/tag' }, upstream: 'up', plugin: { path: fixture('tag.ts'), options: { tag: 'blue' } } },
-        { name: 'throws', match: { path_prefix: '/throws' }, upstream: 'up', plugin: { path: fixture('throws.ts') } },
-        { name: 'hangs', match: { path_prefix: '/hangs' }, upstream: 'up', plugin: { path: fixture('hangs.ts'), timeout: '200ms' } },
-        { name: 'garbage', match: { path_prefix: '/garbage' }, upstream: 'up', plugin: { path: fixture('garbage.ts') } },
+        {
+          name: 'tag',
+          match: { path_prefix: '/tag' },
+          upstream: 'up',
+          plugin: { path: fixture('tag.ts'), options: { tag: 'blue' } },
+        },
+        {
+          name: 'throws',
+          match: { path_prefix: '/throws' },
+          upstream: 'up',
+          plugin: { path: fixture('throws.ts') },
+        },
+        {
+          name: 'hangs',
+          match: { path_prefix: '/hangs' },
+          upstream: 'up',
+          plugin: { path: fixture('hangs.ts'), timeout: '200ms' },
+        },
+        {
+          name: 'garbage',
+          match: { path_prefix: '/garbage' },
+          upstream: 'up',
+          plugin: { path: fixture('garbage.ts') },
+        },
         { name: 'plain', match: {}, upstream: 'up' },
       ],
     })
@@ -108,12 +150,22 @@ describe('plugins', () => {
     assert.equal(res.headers['x-upstream'], 'yes')
     assert.equal(res.headers['x-plugin-response'], 'yes')
     assert.equal(res.headers['content-length'], String(Buffer.byteLength(res.body)))
-    assert.deepEqual(JSON.parse(res.body), { ok: true, url: s.url, got: s.body.length, seen: true, plugin: 'blue' })
+    assert.deepEqual(JSON.parse(res.body), {
+      ok: true,
+      url: s.url,
+      got: s.body.length,
+      seen: true,
+      plugin: 'blue',
+    })
   })
 
   test('onRequest can answer itself: the upstream is not called', async () => {
     seen.length = 0
-    const res = await request(gw.url + '/tag/items', { method: 'POST', headers: { 'content-type': 'application/json', 'x-short-circuit': 'yes' }, body: '{}' })
+    const res = await request(gw.url + '/tag/items', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'x-short-circuit': 'yes' },
+      body: '{}',
+    })
     assert.equal(res.status, 418)
     assert.equal(res.headers['content-type'], 'application/json')
     assert.equal(res.headers['content-length'], String(Buffer.byteLength(res.body)))
@@ -124,14 +176,20 @@ describe('plugins', () => {
 
   test('a hook that throws is 502 GH_PLUGIN_FAILED, and the gateway keeps serving', async () => {
     seen.length = 0
-    const res = await request(gw.url + '/throws/x', { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"a":1}' })
+    const res = await request(gw.url + '/throws/x', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: '{"a":1}',
+    })
     assert.equal(res.status, 502)
     assert.equal(res.headers['content-type'], 'application/problem+json')
     const p = JSON.parse(res.body)
     assert.equal(p.code, 'GH_PLUGIN_FAILED')
     // The plugin's error (and stack) is for the log, not for the client.
     assert.doesNotMatch(res.body, /plugin bug/)
-    const line = await gw.logs.waitFor((l) => l.msg === 'request' && l.id === res.headers['x-request-id'])
+    const line = await gw.logs.waitFor((l) =>
+      l.msg === 'request' && l.id === res.headers['x-request-id']
+    )
     assert.equal(line.code, 'GH_PLUGIN_FAILED')
     assert.match(line.reason, /throws\.onRequest threw: Error: plugin bug/)
     assert.equal(seen.length, 0)
@@ -153,7 +211,9 @@ describe('plugins', () => {
     assert.ok(Date.now() - started >= 190, 'answered before the 200 ms limit')
     await waitUntil(() => hangCount() === before + 1)
     assert.equal(seen.length, 0)
-    const line = await gw.logs.waitFor((l) => l.msg === 'request' && l.id === res.headers['x-request-id'])
+    const line = await gw.logs.waitFor((l) =>
+      l.msg === 'request' && l.id === res.headers['x-request-id']
+    )
     assert.match(line.reason, /hangs\.onRequest ran past 200 ms/)
   })
 
@@ -165,16 +225,26 @@ describe('plugins', () => {
     assert.equal(JSON.parse(res.body).code, 'GH_PLUGIN_INVALID_RESULT')
     // onResponse runs after the upstream answered.
     assert.equal(seen.length, 1)
-    const line = await gw.logs.waitFor((l) => l.msg === 'request' && l.id === res.headers['x-request-id'])
+    const line = await gw.logs.waitFor((l) =>
+      l.msg === 'request' && l.id === res.headers['x-request-id']
+    )
     assert.match(line.reason, /garbage\.onResponse returned 42/)
   })
 
   test('a route without a plugin streams both bodies byte for byte, next to one that has a plugin', async () => {
     seen.length = 0
     const sent = Buffer.concat(BINARY_REQUEST)
-    const upstreamHasFirst = new Promise<void>((resolve) => { firstRequestChunk = resolve })
-    gate = new Promise<void>((resolve) => { openGate = resolve })
-    const req = http.request(gw.url + '/stream', { method: 'POST', agent: false, headers: { 'content-type': 'application/octet-stream', 'transfer-encoding': 'chunked' } })
+    const upstreamHasFirst = new Promise<void>((resolve) => {
+      firstRequestChunk = resolve
+    })
+    gate = new Promise<void>((resolve) => {
+      openGate = resolve
+    })
+    const req = http.request(gw.url + '/stream', {
+      method: 'POST',
+      agent: false,
+      headers: { 'content-type': 'application/octet-stream', 'transfer-encoding': 'chunked' },
+    })
     req.write(BINARY_REQUEST[0])
     // The upstream has the first chunk before the client sent the rest: the body is not read whole.
     await upstreamHasFirst
@@ -205,7 +275,11 @@ describe('plugins', () => {
 
     // The same bytes on the plugin route: read whole (sent on with a length), not JSON, so unchanged.
     seen.length = 0
-    const tagged = await request(gw.url + '/tag/bin', { method: 'POST', headers: { 'content-type': 'application/octet-stream' }, body: sent })
+    const tagged = await request(gw.url + '/tag/bin', {
+      method: 'POST',
+      headers: { 'content-type': 'application/octet-stream' },
+      body: sent,
+    })
     assert.equal(tagged.status, 200)
     assert.deepEqual(seen[0]!.body, sent)
     assert.equal(seen[0]!.headers['content-length'], String(sent.length))
@@ -215,7 +289,12 @@ describe('plugins', () => {
   test('a plugin that wants another gatehouse version fails listen(), naming the versions', async () => {
     const { gateway } = unstarted({
       upstreams: { up: { targets: [{ url: up.url }] } },
-      routes: [{ name: 'future', match: {}, upstream: 'up', plugin: { path: fixture('future.ts') } }],
+      routes: [{
+        name: 'future',
+        match: {},
+        upstream: 'up',
+        plugin: { path: fixture('future.ts') },
+      }],
     })
     try {
       await assert.rejects(gateway.listen(), /wants gatehouse \^9\.0; this is 0\.1\.0/)
@@ -251,10 +330,13 @@ describe('plugins', () => {
     try {
       let err: unknown
       try {
-        validateConfig({
-          upstreams: { up: { targets: [{ url: 'http://127.0.0.1:1' }] } },
-          routes: [{ name: 'missing', match: {}, upstream: 'up', plugin: { path: './nope.ts' } }],
-        }, { baseDir: dir })
+        validateConfig(
+          {
+            upstreams: { up: { targets: [{ url: 'http://127.0.0.1:1' }] } },
+            routes: [{ name: 'missing', match: {}, upstream: 'up', plugin: { path: './nope.ts' } }],
+          },
+          { baseDir: dir },
+        )
       } catch (e) {
         err = e
       }

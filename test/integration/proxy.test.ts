@@ -1,10 +1,25 @@
 import { after, before, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
 import type { IncomingMessage } from 'node:http'
-import { rawRequest, request, simpleConfig, startGateway, startUpstream, text, type TestGateway, type Upstream } from '../helpers/index.js'
+import {
+  rawRequest,
+  request,
+  simpleConfig,
+  startGateway,
+  startUpstream,
+  text,
+  type TestGateway,
+  type Upstream,
+} from '../helpers/index.js'
 
 /** What the upstream saw of the last request. */
-interface Seen { method: string, url: string, headers: IncomingMessage['headers'], rawHeaders: string[], body: string }
+interface Seen {
+  method: string
+  url: string
+  headers: IncomingMessage['headers']
+  rawHeaders: string[]
+  body: string
+}
 
 describe('proxying requests and responses', () => {
   let upstream: Upstream
@@ -14,7 +29,13 @@ describe('proxying requests and responses', () => {
   before(async () => {
     upstream = await startUpstream(async (req, res) => {
       const body = await text(req)
-      seen.push({ method: req.method!, url: req.url!, headers: req.headers, rawHeaders: req.rawHeaders, body })
+      seen.push({
+        method: req.method!,
+        url: req.url!,
+        headers: req.headers,
+        rawHeaders: req.rawHeaders,
+        body,
+      })
       if (req.url === '/hop') {
         res.writeHead(200, {
           connection: 'keep-alive, x-secret-hop',
@@ -38,7 +59,12 @@ describe('proxying requests and responses', () => {
         based: { targets: [{ url: `${upstream.url}/base/` }] },
       },
       routes: [
-        { name: 'strip', match: { path_prefix: '/v1/search' }, upstream: 'up', strip_prefix: '/v1' },
+        {
+          name: 'strip',
+          match: { path_prefix: '/v1/search' },
+          upstream: 'up',
+          strip_prefix: '/v1',
+        },
         { name: 'based', match: { path_prefix: '/b' }, upstream: 'based', strip_prefix: '/b' },
         { name: 'rest', match: {}, upstream: 'up' },
       ],
@@ -58,7 +84,11 @@ describe('proxying requests and responses', () => {
 
   test('POST body arrives intact and Content-Length is kept', async () => {
     const payload = JSON.stringify({ text: 'héllo wörld', n: [1, 2, 3] })
-    const res = await request(`${gw.url}/predict`, { method: 'POST', headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) }, body: payload })
+    const res = await request(`${gw.url}/predict`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) },
+      body: payload,
+    })
     assert.equal(res.status, 200)
     assert.equal(JSON.parse(res.body).body, payload)
     const last = seen.at(-1)!
@@ -71,7 +101,7 @@ describe('proxying requests and responses', () => {
     assert.equal(JSON.parse(res.body).url, '/search/items?q=cats')
   })
 
-  test("a target URL's path is prepended to the upstream path", async () => {
+  test('a target URL\'s path is prepended to the upstream path', async () => {
     const res = await request(`${gw.url}/b/x?y=1`)
     assert.equal(JSON.parse(res.body).url, '/base/x?y=1')
   })
@@ -84,10 +114,17 @@ describe('proxying requests and responses', () => {
   })
 
   test('hop-by-hop request headers are removed, including those named by Connection', async () => {
-    const res = await rawRequest(gw.port, 'GET /hop-req HTTP/1.1\r\nHost: api.test\r\nConnection: keep-alive, X-Drop-Me\r\nX-Drop-Me: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nTrailer: x\r\nProxy-Authorization: Basic Zm9vOmJhcg==\r\nProxy-Connection: keep-alive\r\nUpgrade: h2c\r\nX-Keep: 1\r\n\r\n', 300)
+    const res = await rawRequest(
+      gw.port,
+      'GET /hop-req HTTP/1.1\r\nHost: api.test\r\nConnection: keep-alive, X-Drop-Me\r\nX-Drop-Me: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nTrailer: x\r\nProxy-Authorization: Basic Zm9vOmJhcg==\r\nProxy-Connection: keep-alive\r\nUpgrade: h2c\r\nX-Keep: 1\r\n\r\n',
+      300,
+    )
     assert.equal(res.status, 200)
     const h = seen.at(-1)!.headers
-    for (const name of ['x-drop-me', 'keep-alive', 'te', 'trailer', 'proxy-authorization', 'proxy-connection', 'upgrade']) {
+    for (
+      const name of ['x-drop-me', 'keep-alive', 'te', 'trailer', 'proxy-authorization',
+        'proxy-connection', 'upgrade']
+    ) {
       assert.equal(h[name], undefined, `${name} must not be forwarded`)
     }
     assert.equal(h['x-keep'], '1')
@@ -105,7 +142,15 @@ describe('proxying requests and responses', () => {
   })
 
   test('X-Forwarded-* and Forwarded from an untrusted peer are replaced, not extended', async () => {
-    await request(`${gw.url}/xff`, { headers: { 'x-forwarded-for': '6.6.6.6', 'x-forwarded-proto': 'https', 'x-forwarded-host': 'evil.test', forwarded: 'for=6.6.6.6', host: 'api.test:8443' } })
+    await request(`${gw.url}/xff`, {
+      headers: {
+        'x-forwarded-for': '6.6.6.6',
+        'x-forwarded-proto': 'https',
+        'x-forwarded-host': 'evil.test',
+        forwarded: 'for=6.6.6.6',
+        host: 'api.test:8443',
+      },
+    })
     const h = seen.at(-1)!.headers
     assert.equal(h['x-forwarded-for'], '127.0.0.1')
     assert.equal(h['x-forwarded-proto'], 'http')
@@ -116,7 +161,9 @@ describe('proxying requests and responses', () => {
 
   test('X-Request-Id is propagated when valid and generated otherwise; traceparent passes', async () => {
     const traceparent = '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01'
-    const a = await request(`${gw.url}/rid`, { headers: { 'x-request-id': 'abc-123', traceparent } })
+    const a = await request(`${gw.url}/rid`, {
+      headers: { 'x-request-id': 'abc-123', traceparent },
+    })
     assert.equal(a.headers['x-request-id'], 'abc-123')
     assert.equal(seen.at(-1)!.headers['x-request-id'], 'abc-123')
     assert.equal(seen.at(-1)!.headers.traceparent, traceparent)
@@ -126,7 +173,9 @@ describe('proxying requests and responses', () => {
   })
 
   test('an access-log line records the request', async () => {
-    const res = await request(`${gw.url}/logged?secret=1`, { headers: { 'x-request-id': 'log-me' } })
+    const res = await request(`${gw.url}/logged?secret=1`, {
+      headers: { 'x-request-id': 'log-me' },
+    })
     assert.equal(res.status, 200)
     const line = await gw.logs.waitFor((l) => l.msg === 'request' && l.id === 'log-me')
     assert.equal(line.route, 'rest')
@@ -147,9 +196,19 @@ describe('trusted proxies', () => {
       headers = req.headers
       res.end('ok')
     })
-    const gw = await startGateway({ ...simpleConfig(upstream.url), trusted_proxies: ['127.0.0.0/8', '::1'] })
+    const gw = await startGateway({
+      ...simpleConfig(upstream.url),
+      trusted_proxies: ['127.0.0.0/8', '::1'],
+    })
     try {
-      await request(`${gw.url}/`, { headers: { 'x-forwarded-for': '203.0.113.7', 'x-forwarded-proto': 'https', 'x-forwarded-host': 'public.example', forwarded: 'for=203.0.113.7;proto=https' } })
+      await request(`${gw.url}/`, {
+        headers: {
+          'x-forwarded-for': '203.0.113.7',
+          'x-forwarded-proto': 'https',
+          'x-forwarded-host': 'public.example',
+          forwarded: 'for=203.0.113.7;proto=https',
+        },
+      })
       assert.equal(headers['x-forwarded-for'], '203.0.113.7, 127.0.0.1')
       assert.equal(headers['x-forwarded-proto'], 'https')
       assert.equal(headers['x-forwarded-host'], 'public.example')
@@ -170,7 +229,11 @@ describe('route matching', () => {
       upstreams: { up: { targets: [{ url: upstream.url }] } },
       routes: [
         { name: 'exact', match: { path: '/exact' }, upstream: 'up' },
-        { name: 'v2-header', match: { path_prefix: '/models', headers: { 'x-model': 'v2' } }, upstream: 'up' },
+        {
+          name: 'v2-header',
+          match: { path_prefix: '/models', headers: { 'x-model': 'v2' } },
+          upstream: 'up',
+        },
         { name: 'post-only', match: { path_prefix: '/models', methods: ['POST'] }, upstream: 'up' },
         { name: 'get-models', match: { path_prefix: '/models', methods: ['GET'] }, upstream: 'up' },
         { name: 'host', match: { path_prefix: '/h', host: 'api.example.com' }, upstream: 'up' },
@@ -184,10 +247,15 @@ describe('route matching', () => {
     await upstream.close()
   })
 
-  async function routeOf (path: string, options: Parameters<typeof request>[1] = {}): Promise<string | number> {
+  async function routeOf (
+    path: string,
+    options: Parameters<typeof request>[1] = {},
+  ): Promise<string | number> {
     const res = await request(`${gw.url}${path}`, options)
     if (res.status !== 200) return res.status
-    const line = await gw.logs.waitFor((l) => l.msg === 'request' && l.id === res.headers['x-request-id'])
+    const line = await gw.logs.waitFor((l) =>
+      l.msg === 'request' && l.id === res.headers['x-request-id']
+    )
     return line.route
   }
 
@@ -197,7 +265,10 @@ describe('route matching', () => {
   })
 
   test('first matching route in config order wins', async () => {
-    assert.equal(await routeOf('/models/a', { method: 'POST', headers: { 'x-model': 'v2' } }), 'v2-header')
+    assert.equal(
+      await routeOf('/models/a', { method: 'POST', headers: { 'x-model': 'v2' } }),
+      'v2-header',
+    )
     assert.equal(await routeOf('/models/a', { method: 'POST' }), 'post-only')
   })
 

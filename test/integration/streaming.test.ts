@@ -3,10 +3,21 @@ import assert from 'node:assert/strict'
 import http from 'node:http'
 import net from 'node:net'
 import { once } from 'node:events'
-import { parseRaw, rawRequest, request, simpleConfig, startGateway, startUpstream, text } from '../helpers/index.js'
+import {
+  parseRaw,
+  rawRequest,
+  request,
+  simpleConfig,
+  startGateway,
+  startUpstream,
+  text,
+} from '../helpers/index.js'
 
 /** Poll `read` until it returns the same value `times` polls in a row (a stalled transfer). */
-async function settled (read: () => number, { every = 50, times = 4, deadline = 10_000 } = {}): Promise<number> {
+async function settled (
+  read: () => number,
+  { every = 50, times = 4, deadline = 10_000 } = {},
+): Promise<number> {
   const end = Date.now() + deadline
   let last = -1
   let same = 0
@@ -32,7 +43,11 @@ describe('streaming', () => {
     })
     const gw = await startGateway(simpleConfig(upstream.url))
     try {
-      const res = await rawRequest(gw.port, 'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n', 1000)
+      const res = await rawRequest(
+        gw.port,
+        'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n',
+        1000,
+      )
       assert.equal(res.status, 200)
       assert.ok(framing === 'chunked' || framing === 'length 11', `framing: ${framing}`)
       assert.equal(res.headers['transfer-encoding'], 'chunked')
@@ -48,7 +63,10 @@ describe('streaming', () => {
     // An HTTP/1.0-style response: no Content-Length, no chunking, the end is the close.
     const server = net.createServer((socket) => {
       socket.once('data', () => {
-        socket.end('HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n' + 'z'.repeat(100_000))
+        socket.end(
+          'HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n' +
+            'z'.repeat(100_000),
+        )
       })
     })
     server.listen(0, '127.0.0.1')
@@ -90,7 +108,9 @@ describe('streaming', () => {
       res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' })
       for (let i = 1; i <= 3; i++) {
         res.write(`data: {"token":${i}}\n\n`)
-        await new Promise<void>((resolve) => { signal.next = resolve })
+        await new Promise<void>((resolve) => {
+          signal.next = resolve
+        })
       }
       res.end('data: [DONE]\n\n')
     })
@@ -112,7 +132,8 @@ describe('streaming', () => {
           signal.next?.()
         }
       }
-      assert.deepEqual(events, ['data: {"token":1}', 'data: {"token":2}', 'data: {"token":3}', 'data: [DONE]'])
+      assert.deepEqual(events, ['data: {"token":1}', 'data: {"token":2}', 'data: {"token":3}',
+        'data: [DONE]'])
     } finally {
       await gw.close()
       await upstream.close()
@@ -120,28 +141,48 @@ describe('streaming', () => {
   })
 
   test('Expect: 100-continue is answered only after the route is chosen', async () => {
-    const upstream = await startUpstream(async (req, res) => res.end(`got ${(await text(req)).length}`))
+    const upstream = await startUpstream(async (req, res) =>
+      res.end(`got ${(await text(req)).length}`)
+    )
     const gw = await startGateway({
       upstreams: { up: { targets: [{ url: upstream.url }] } },
-      routes: [{ name: 'upload', match: { path: '/upload' }, upstream: 'up', limits: { max_body: '1KiB' } }],
+      routes: [{
+        name: 'upload',
+        match: { path: '/upload' },
+        upstream: 'up',
+        limits: { max_body: '1KiB' },
+      }],
     })
     try {
       // No route: a final 404, never a 100.
-      const miss = await rawRequest(gw.port, 'POST /nope HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n', 300)
+      const miss = await rawRequest(
+        gw.port,
+        'POST /nope HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n',
+        300,
+      )
       assert.equal(miss.status, 404)
       assert.doesNotMatch(miss.raw, /100 Continue/)
       // Over the limit: a final 413, never a 100.
-      const big = await rawRequest(gw.port, 'POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 4096\r\nExpect: 100-continue\r\n\r\n', 300)
+      const big = await rawRequest(
+        gw.port,
+        'POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 4096\r\nExpect: 100-continue\r\n\r\n',
+        300,
+      )
       assert.equal(big.status, 413)
       assert.doesNotMatch(big.raw, /100 Continue/)
       // Routed: 100 Continue first, then the body, then the upstream's answer.
       const socket = net.connect(gw.port, '127.0.0.1')
       await once(socket, 'connect')
-      socket.write('POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n')
+      socket.write(
+        'POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n',
+      )
       let raw = ''
       socket.on('data', (d) => {
         raw += d.toString('latin1')
-        if (raw.startsWith('HTTP/1.1 100 Continue\r\n\r\n') && raw.length === 'HTTP/1.1 100 Continue\r\n\r\n'.length) socket.write('hello')
+        if (
+          raw.startsWith('HTTP/1.1 100 Continue\r\n\r\n') &&
+          raw.length === 'HTTP/1.1 100 Continue\r\n\r\n'.length
+        ) socket.write('hello')
       })
       await once(socket, 'close')
       assert.match(raw, /^HTTP\/1\.1 100 Continue\r\n\r\nHTTP\/1\.1 200 OK/)
@@ -178,9 +219,14 @@ describe('streaming', () => {
       res.pause()
       // While the client reads nothing, the upstream must stall after socket buffers fill.
       const stalledAt = await settled(() => written)
-      assert.ok(stalledAt < 32 * 1024 * 1024, `upstream wrote ${stalledAt} bytes into a paused client`)
+      assert.ok(
+        stalledAt < 32 * 1024 * 1024,
+        `upstream wrote ${stalledAt} bytes into a paused client`,
+      )
       let received = 0
-      res.on('data', (c: Buffer) => { received += c.length })
+      res.on('data', (c: Buffer) => {
+        received += c.length
+      })
       res.resume()
       await once(res, 'end')
       assert.equal(received, total)
@@ -196,7 +242,9 @@ describe('streaming', () => {
     const upstream = await startUpstream((req, res) => {
       upstreamReq = req
       req.pause()
-      req.on('data', (c: Buffer) => { received += c.length })
+      req.on('data', (c: Buffer) => {
+        received += c.length
+      })
       req.on('end', () => res.end(`got ${received}`))
     })
     const gw = await startGateway(simpleConfig(upstream.url))
@@ -204,8 +252,15 @@ describe('streaming', () => {
       const total = 256 * 1024 * 1024
       const chunk = Buffer.alloc(64 * 1024, 0x62)
       let sent = 0
-      const req = http.request(`${gw.url}/upload`, { method: 'POST', agent: false, headers: { 'content-length': total } })
-      const response = new Promise<http.IncomingMessage>((resolve, reject) => { req.on('response', resolve); req.on('error', reject) })
+      const req = http.request(`${gw.url}/upload`, {
+        method: 'POST',
+        agent: false,
+        headers: { 'content-length': total },
+      })
+      const response = new Promise<http.IncomingMessage>((resolve, reject) => {
+        req.on('response', resolve)
+        req.on('error', reject)
+      })
       const pump = (): void => {
         while (sent < total) {
           sent += chunk.length
@@ -218,7 +273,10 @@ describe('streaming', () => {
       }
       pump()
       const stalledAt = await settled(() => sent)
-      assert.ok(stalledAt < 32 * 1024 * 1024, `client pushed ${stalledAt} bytes into a paused upstream`)
+      assert.ok(
+        stalledAt < 32 * 1024 * 1024,
+        `client pushed ${stalledAt} bytes into a paused upstream`,
+      )
       upstreamReq!.resume()
       const res = await response
       assert.equal(await text(res), `got ${total}`)

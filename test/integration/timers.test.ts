@@ -4,7 +4,13 @@ import http from 'node:http'
 import net from 'node:net'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
-import { simpleConfig, startGateway, startUpstream, type TestGateway, type Upstream } from '../helpers/index.js'
+import {
+  simpleConfig,
+  startGateway,
+  startUpstream,
+  type TestGateway,
+  type Upstream,
+} from '../helpers/index.js'
 
 /*
  * Every upstream timeout fires on time: not before its value, and no later than
@@ -29,22 +35,53 @@ const SAMPLES = 7
  */
 const CLOCK_SLACK = 1
 
-function assertOnTime (t: TestContext, what: string, value: number, samples: number[], roundTrips: number[]): void {
+function assertOnTime (
+  t: TestContext,
+  what: string,
+  value: number,
+  samples: number[],
+  roundTrips: number[],
+): void {
   const late = Math.max(value * 0.1, 20)
   const machine = Math.min(...roundTrips)
-  t.diagnostic(`${what}: ${samples.map((ms) => ms.toFixed(1)).join(', ')} ms (round trips from ${machine.toFixed(1)} ms)`)
-  for (const ms of samples) assert.ok(ms >= value - CLOCK_SLACK, `${what}: answered after ${ms.toFixed(1)} ms, before the ${value} ms timeout`)
+  t.diagnostic(
+    `${what}: ${samples.map((ms) => ms.toFixed(1)).join(', ')} ms (round trips from ${
+      machine.toFixed(1)
+    } ms)`,
+  )
+  for (const ms of samples) {
+    assert.ok(
+      ms >= value - CLOCK_SLACK,
+      `${what}: answered after ${ms.toFixed(1)} ms, before the ${value} ms timeout`,
+    )
+  }
   const best = Math.min(...samples)
-  assert.ok(best - machine <= value + late, `${what}: answered after ${best.toFixed(1)} ms at best (a round trip took ${machine.toFixed(1)} ms), more than ${late} ms after the ${value} ms timeout`)
+  assert.ok(
+    best - machine <= value + late,
+    `${what}: answered after ${best.toFixed(1)} ms at best (a round trip took ${
+      machine.toFixed(1)
+    } ms), more than ${late} ms after the ${value} ms timeout`,
+  )
 }
 
 /** GET over a keep-alive agent (no client connect inside the measurement after the first). */
-function get (agent: http.Agent, url: string): Promise<{ status: number, headers: http.IncomingHttpHeaders, body: string }> {
+function get (
+  agent: http.Agent,
+  url: string,
+): Promise<{ status: number, headers: http.IncomingHttpHeaders, body: string }> {
   return new Promise((resolve, reject) => {
     const req = http.get(url, { agent }, (res) => {
       const chunks: Buffer[] = []
       res.on('data', (c: Buffer) => chunks.push(c))
-      res.on('end', () => resolve({ status: res.statusCode!, headers: res.headers, body: Buffer.concat(chunks).toString() }))
+      res.on(
+        'end',
+        () =>
+          resolve({
+            status: res.statusCode!,
+            headers: res.headers,
+            body: Buffer.concat(chunks).toString(),
+          }),
+      )
       res.on('error', reject)
     })
     req.on('error', reject)
@@ -67,7 +104,10 @@ describe('upstream timeouts fire on time', () => {
     for (const c of cleanups.reverse()) await c()
   })
 
-  async function setup (upstreamUrl: string, upstream: Record<string, unknown>): Promise<{ gw: TestGateway, agent: http.Agent }> {
+  async function setup (
+    upstreamUrl: string,
+    upstream: Record<string, unknown>,
+  ): Promise<{ gw: TestGateway, agent: http.Agent }> {
     const gw = await startGateway(simpleConfig(upstreamUrl, {}, upstream))
     cleanups.push(() => gw.close())
     const agent = new http.Agent({ keepAlive: true, maxSockets: 4 })
@@ -76,7 +116,9 @@ describe('upstream timeouts fire on time', () => {
   }
 
   /** A GET the upstream answers at once: gateway and upstream, without a timeout. */
-  function viaUpstream ({ gw, agent }: { gw: TestGateway, agent: http.Agent }): () => Promise<number> {
+  function viaUpstream (
+    { gw, agent }: { gw: TestGateway, agent: http.Agent },
+  ): () => Promise<number> {
     return async () => {
       const res = await timed(agent, `${gw.url}/ok`)
       assert.equal(res.status, 200)
@@ -85,7 +127,9 @@ describe('upstream timeouts fire on time', () => {
   }
 
   /** A GET the gateway answers at once (400, malformed path): for cases with no upstream to ask. */
-  function viaGateway ({ gw, agent }: { gw: TestGateway, agent: http.Agent }): () => Promise<number> {
+  function viaGateway (
+    { gw, agent }: { gw: TestGateway, agent: http.Agent },
+  ): () => Promise<number> {
     return async () => {
       const res = await timed(agent, `${gw.url}/%zz`)
       assert.equal(res.status, 400)
@@ -101,7 +145,13 @@ describe('upstream timeouts fire on time', () => {
       notify?.()
     })
     cleanups.push(() => up.close())
-    return { ...up, next: () => new Promise<void>((resolve) => { notify = resolve }) }
+    return {
+      ...up,
+      next: () =>
+        new Promise<void>((resolve) => {
+          notify = resolve
+        }),
+    }
   }
 
   /**
@@ -109,7 +159,13 @@ describe('upstream timeouts fire on time', () => {
    * of the error path (30-70 ms here). Then SAMPLES runs, each after a round trip, checked
    * together.
    */
-  async function eachOnTime (t: TestContext, what: string, value: number, roundTrip: () => Promise<number>, run: () => Promise<number>): Promise<void> {
+  async function eachOnTime (
+    t: TestContext,
+    what: string,
+    value: number,
+    roundTrip: () => Promise<number>,
+    run: () => Promise<number>,
+  ): Promise<void> {
     t.diagnostic(`${what}, warm-up: ${(await run()).toFixed(1)} ms`)
     const samples: number[] = []
     const roundTrips: number[] = []
@@ -142,7 +198,9 @@ describe('upstream timeouts fire on time', () => {
       res.writeHead(200, { 'content-length': 10 })
       // Runs once the bytes are handed to the kernel: before the gateway can have read them
       // and armed its timer.
-      res.write('12345', () => { wroteAt = performance.now() })
+      res.write('12345', () => {
+        wroteAt = performance.now()
+      })
     })
     cleanups.push(() => up.close())
     const { gw, agent } = await setup(up.url, { timeouts: { idle: `${value}ms` } })
@@ -153,15 +211,22 @@ describe('upstream timeouts fire on time', () => {
       await once(socket, 'connect')
       let received = ''
       socket.setEncoding('latin1')
-      socket.on('data', (c: string) => { received += c })
+      socket.on('data', (c: string) => {
+        received += c
+      })
       socket.write('GET /stall HTTP/1.1\r\nHost: a\r\n\r\n')
       await once(socket, 'close')
       const elapsed = performance.now() - wroteAt
       assert.match(received, /^HTTP\/1\.1 200 /)
-      assert.ok(received.endsWith('\r\n\r\n12345'), `expected the head and 5 body bytes, got ${JSON.stringify(received.slice(-40))}`)
+      assert.ok(
+        received.endsWith('\r\n\r\n12345'),
+        `expected the head and 5 body bytes, got ${JSON.stringify(received.slice(-40))}`,
+      )
       return elapsed
     })
-    const line = await gw.logs.waitFor((l) => l.msg === 'request' && l.code === 'GH_UPSTREAM_TIMEOUT')
+    const line = await gw.logs.waitFor((l) =>
+      l.msg === 'request' && l.code === 'GH_UPSTREAM_TIMEOUT'
+    )
     assert.equal(line.status, 200)
   })
 
@@ -170,7 +235,10 @@ describe('upstream timeouts fire on time', () => {
     const blackhole = await unacceptingListener()
     cleanups.push(blackhole.close)
     // Failures high enough that the target is never ejected: each run must connect again.
-    const { gw, agent } = await setup(`http://127.0.0.1:${blackhole.port}`, { timeouts: { connect: `${value}ms` }, ejection: { failures: 1000 } })
+    const { gw, agent } = await setup(`http://127.0.0.1:${blackhole.port}`, {
+      timeouts: { connect: `${value}ms` },
+      ejection: { failures: 1000 },
+    })
     await eachOnTime(t, `connect ${value}ms`, value, viaGateway({ gw, agent }), async () => {
       const res = await timed(agent, `${gw.url}/hang`)
       assert.equal(res.status, 502)
@@ -182,7 +250,10 @@ describe('upstream timeouts fire on time', () => {
   test('queue.timeout 100ms (max_in_flight 1) → 503 GH_UPSTREAM_BUSY after 100 ms', async (t) => {
     const value = 100
     const up = await silentUpstream()
-    const { gw, agent } = await setup(up.url, { max_in_flight: 1, queue: { size: 10, timeout: `${value}ms` } })
+    const { gw, agent } = await setup(up.url, {
+      max_in_flight: 1,
+      queue: { size: 10, timeout: `${value}ms` },
+    })
     // One request takes the only slot and keeps it (the upstream never answers).
     const arrived = up.next()
     const holder = http.get(`${gw.url}/hold`, { agent: false })
@@ -204,7 +275,9 @@ describe('upstream timeouts fire on time', () => {
     let last: { finishedAt: number, closed: Promise<number> } | null = null
     const up = await startUpstream((_req, res) => {
       const closed = once(res.socket!, 'close').then(() => performance.now())
-      res.on('finish', () => { last = { finishedAt: performance.now(), closed } })
+      res.on('finish', () => {
+        last = { finishedAt: performance.now(), closed }
+      })
       res.end('ok')
     })
     cleanups.push(() => up.close())

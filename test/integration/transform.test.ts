@@ -2,10 +2,21 @@ import { after, before, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
 import http from 'node:http'
 import { once } from 'node:events'
-import { startGateway, startUpstream, request, type TestGateway, type Upstream } from '../helpers/index.js'
+import {
+  startGateway,
+  startUpstream,
+  request,
+  type TestGateway,
+  type Upstream,
+} from '../helpers/index.js'
 
 /** What the upstream received, per request. */
-interface Seen { method: string, url: string, headers: http.IncomingHttpHeaders, body: string }
+interface Seen {
+  method: string
+  url: string
+  headers: http.IncomingHttpHeaders
+  body: string
+}
 
 describe('transforms', () => {
   let up: Upstream
@@ -46,14 +57,29 @@ describe('transforms', () => {
             return
           }
         }
-        res.writeHead(200, { 'content-type': 'application/json', 'x-upstream': 'yes', 'x-internal': 'secret' })
-        res.end(JSON.stringify({ took: 3, hits: { hits: [{ _id: 'a', _score: 1.5 }, { _id: 'b', _score: 0.5 }] }, echo: body }))
+        res.writeHead(200, {
+          'content-type': 'application/json',
+          'x-upstream': 'yes',
+          'x-internal': 'secret',
+        })
+        res.end(
+          JSON.stringify({
+            took: 3,
+            hits: { hits: [{ _id: 'a', _score: 1.5 }, { _id: 'b', _score: 0.5 }] },
+            echo: body,
+          }),
+        )
       })
     })
     gw = await startGateway({
       upstreams: { up: { targets: [{ url: up.url }] } },
       routes: [
-        { name: 'form', match: { path: '/slack' }, upstream: 'up', transform: { request: { form_to_json: true } } },
+        {
+          name: 'form',
+          match: { path: '/slack' },
+          upstream: 'up',
+          transform: { request: { form_to_json: true } },
+        },
         {
           name: 'map',
           match: { path_prefix: '/map' },
@@ -63,7 +89,12 @@ describe('transforms', () => {
           transform: {
             request: {
               body: '{ "query": q, "team": $headers."x-team", "size": $number($query.n) }',
-              headers: { remove: ['x-drop'], rename: { 'x-old': 'x-new' }, set: { 'x-set': 'one' }, add: { 'x-add': 'two' } },
+              headers: {
+                remove: ['x-drop'],
+                rename: { 'x-old': 'x-new' },
+                set: { 'x-set': 'one' },
+                add: { 'x-add': 'two' },
+              },
               path: { pattern: '^/v1/(.*)$', replace: '/api/$1' },
               query: { set: { added: 'yes' }, remove: ['secret'] },
             },
@@ -83,7 +114,12 @@ describe('transforms', () => {
             },
           },
         },
-        { name: 'events', match: { path: '/events' }, upstream: 'up', transform: { response: { events: '{ "text": choices[0].delta.content }' } } },
+        {
+          name: 'events',
+          match: { path: '/events' },
+          upstream: 'up',
+          transform: { response: { events: '{ "text": choices[0].delta.content }' } },
+        },
         { name: 'plain', match: {}, upstream: 'up' },
       ],
     })
@@ -98,18 +134,27 @@ describe('transforms', () => {
 
   test('form_to_json turns a Slack-style form into JSON (repeated names become arrays)', async () => {
     seen.length = 0
-    const res = await post('/slack', 'command=%2Fask&text=hello+world&tag=a&tag=b&empty=', { 'content-type': 'application/x-www-form-urlencoded' })
+    const res = await post('/slack', 'command=%2Fask&text=hello+world&tag=a&tag=b&empty=', {
+      'content-type': 'application/x-www-form-urlencoded',
+    })
     assert.equal(res.status, 200)
     assert.equal(seen.length, 1)
     assert.equal(seen[0]!.headers['content-type'], 'application/json')
     assert.equal(seen[0]!.headers['content-length'], String(Buffer.byteLength(seen[0]!.body)))
-    assert.deepEqual(JSON.parse(seen[0]!.body), { command: '/ask', text: 'hello world', tag: ['a', 'b'], empty: '' })
+    assert.deepEqual(JSON.parse(seen[0]!.body), {
+      command: '/ask',
+      text: 'hello world',
+      tag: ['a', 'b'],
+      empty: '',
+    })
   })
 
   test('a malformed form body is 400 and nothing is forwarded', async () => {
     seen.length = 0
     for (const body of ['text=%zz', 'text=%E2%82', 'text=caf\u00e9']) {
-      const res = await post('/slack', Buffer.from(body, 'latin1'), { 'content-type': 'application/x-www-form-urlencoded' })
+      const res = await post('/slack', Buffer.from(body, 'latin1'), {
+        'content-type': 'application/x-www-form-urlencoded',
+      })
       assert.equal(res.status, 400, body)
       assert.equal(res.headers['content-type'], 'application/problem+json')
       assert.equal(JSON.parse(res.body).code, 'GH_INVALID_BODY')
@@ -127,7 +172,10 @@ describe('transforms', () => {
   test('a JSONata request mapping, header edits, path and query rewrite', async () => {
     seen.length = 0
     const res = await post('/map/v1/search?n=5&secret=s&keep=1', '{"q":"shoes","other":true}', {
-      'content-type': 'application/json', 'x-team': 'blue', 'x-drop': 'gone', 'x-old': 'moved',
+      'content-type': 'application/json',
+      'x-team': 'blue',
+      'x-drop': 'gone',
+      'x-old': 'moved',
     })
     assert.equal(res.status, 200)
     const s = seen[0]!
@@ -165,7 +213,11 @@ describe('transforms', () => {
     assert.equal(declared.status, 413)
     assert.equal(JSON.parse(declared.body).code, 'GH_BODY_TOO_LARGE')
     const chunked = await new Promise<number>((resolve, reject) => {
-      const req = http.request(gw.url + '/map/v1/search', { method: 'POST', agent: false, headers: { 'content-type': 'application/json', 'transfer-encoding': 'chunked' } }, (res) => {
+      const req = http.request(gw.url + '/map/v1/search', {
+        method: 'POST',
+        agent: false,
+        headers: { 'content-type': 'application/json', 'transfer-encoding': 'chunked' },
+      }, (res) => {
         res.resume()
         resolve(res.statusCode!)
       })
@@ -200,7 +252,11 @@ describe('transforms', () => {
     const bad = await request(gw.url + '/shape/badjson')
     assert.equal(bad.status, 502)
     assert.equal(JSON.parse(bad.body).code, 'GH_TRANSFORM_FAILED')
-    assert.ok(gw.logs.lines.some((l) => l.msg === 'response interception failed' && /content-type text\/html/.test(l.reason)))
+    assert.ok(
+      gw.logs.lines.some((l) =>
+        l.msg === 'response interception failed' && /content-type text\/html/.test(l.reason)
+      ),
+    )
   })
 
   test('error statuses pass untransformed, with the status mapping applied', async () => {
@@ -216,7 +272,9 @@ describe('transforms', () => {
   })
 
   test('SSE: each data event is transformed as it passes; others pass unchanged', async () => {
-    gateOpen = new Promise<void>((resolve) => { gate = resolve })
+    gateOpen = new Promise<void>((resolve) => {
+      gate = resolve
+    })
     const req = http.request(gw.url + '/events', { agent: false })
     req.end()
     const [res] = await once(req, 'response') as [http.IncomingMessage]
@@ -234,13 +292,18 @@ describe('transforms', () => {
     assert.equal(received, 'event: token\ndata: {"text":"Hel"}\n\n')
     gate!()
     await once(res, 'end')
-    assert.equal(received, 'event: token\ndata: {"text":"Hel"}\n\n: keep-alive\n\ndata: {"text":"lo"}\n\ndata: [DONE]\n\n')
+    assert.equal(
+      received,
+      'event: token\ndata: {"text":"Hel"}\n\n: keep-alive\n\ndata: {"text":"lo"}\n\ndata: [DONE]\n\n',
+    )
   })
 
   test('a route without transforms passes bodies byte for byte', async () => {
     seen.length = 0
     const body = 'text=%zz&raw=\u00e9'
-    const res = await post('/other', Buffer.from(body, 'latin1'), { 'content-type': 'application/x-www-form-urlencoded' })
+    const res = await post('/other', Buffer.from(body, 'latin1'), {
+      'content-type': 'application/x-www-form-urlencoded',
+    })
     assert.equal(res.status, 200)
     assert.equal(Buffer.from(seen[0]!.body, 'utf8').length > 0, true)
     assert.equal(seen[0]!.headers['content-type'], 'application/x-www-form-urlencoded')

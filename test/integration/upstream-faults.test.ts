@@ -3,7 +3,15 @@ import assert from 'node:assert/strict'
 import http from 'node:http'
 import net from 'node:net'
 import { once } from 'node:events'
-import { rawRequest, request, simpleConfig, startGateway, startUpstream, text, waitUntil } from '../helpers/index.js'
+import {
+  rawRequest,
+  request,
+  simpleConfig,
+  startGateway,
+  startUpstream,
+  text,
+  waitUntil,
+} from '../helpers/index.js'
 
 /** A port with nothing listening on it (bound, then closed). */
 async function deadPort (): Promise<number> {
@@ -16,7 +24,9 @@ async function deadPort (): Promise<number> {
 }
 
 /** A raw TCP upstream that answers each connection with `onData(socket)`. */
-async function tcpUpstream (onData: (socket: net.Socket) => void): Promise<{ url: string, close: () => void }> {
+async function tcpUpstream (
+  onData: (socket: net.Socket) => void,
+): Promise<{ url: string, close: () => void }> {
   const sockets = new Set<net.Socket>()
   const server = net.createServer((socket) => {
     sockets.add(socket)
@@ -41,7 +51,9 @@ function problem (body: string): { code: string, status: number } {
 describe('upstream faults map to statuses in one place', () => {
   test('connection refused → 502, then the ejected target gives 503 with Retry-After', async () => {
     const port = await deadPort()
-    const gw = await startGateway(simpleConfig(`http://127.0.0.1:${port}`, {}, { ejection: { failures: 1, duration: '30s' } }))
+    const gw = await startGateway(
+      simpleConfig(`http://127.0.0.1:${port}`, {}, { ejection: { failures: 1, duration: '30s' } }),
+    )
     try {
       const first = await request(`${gw.url}/`)
       assert.equal(first.status, 502)
@@ -65,7 +77,9 @@ describe('upstream faults map to statuses in one place', () => {
       hits++
       res.end('healthy')
     })
-    const gw = await startGateway(simpleConfig([`http://127.0.0.1:${port}`, upstream.url], {}, { balance: 'round_robin' }))
+    const gw = await startGateway(
+      simpleConfig([`http://127.0.0.1:${port}`, upstream.url], {}, { balance: 'round_robin' }),
+    )
     try {
       for (let i = 0; i < 6; i++) {
         const res = await request(`${gw.url}/`, { method: 'POST', body: 'payload' })
@@ -74,7 +88,11 @@ describe('upstream faults map to statuses in one place', () => {
       }
       assert.equal(hits, 6)
       const retried = gw.logs.requests().filter((l) => l.attempts === 2)
-      assert.equal(retried.length, 1, 'only the first request tried the dead target; it was ejected after')
+      assert.equal(
+        retried.length,
+        1,
+        'only the first request tried the dead target; it was ejected after',
+      )
     } finally {
       await gw.close()
       await upstream.close()
@@ -82,8 +100,10 @@ describe('upstream faults map to statuses in one place', () => {
   })
 
   test('no response head within first_byte → 504', async () => {
-    const upstream = await startUpstream(() => { /* never answers */ })
-    const gw = await startGateway(simpleConfig(upstream.url, {}, { timeouts: { first_byte: '200ms' } }))
+    const upstream = await startUpstream(() => {/* never answers */})
+    const gw = await startGateway(
+      simpleConfig(upstream.url, {}, { timeouts: { first_byte: '200ms' } }),
+    )
     try {
       const res = await request(`${gw.url}/`)
       assert.equal(res.status, 504)
@@ -173,7 +193,9 @@ describe('upstream faults map to statuses in one place', () => {
       const res = await rawRequest(gw.port, 'GET / HTTP/1.1\r\nHost: a\r\n\r\n', 3000)
       assert.equal(res.status, 200)
       assert.equal(res.body, '12345')
-      const line = await gw.logs.waitFor((l) => l.msg === 'request' && l.code === 'GH_UPSTREAM_TIMEOUT')
+      const line = await gw.logs.waitFor((l) =>
+        l.msg === 'request' && l.code === 'GH_UPSTREAM_TIMEOUT'
+      )
       assert.equal(line.status, 200)
     } finally {
       await gw.close()
@@ -183,7 +205,9 @@ describe('upstream faults map to statuses in one place', () => {
 
   test('a client that goes away cancels the upstream request at once', async () => {
     let upstreamClosed: () => void
-    const closed = new Promise<void>((resolve) => { upstreamClosed = resolve })
+    const closed = new Promise<void>((resolve) => {
+      upstreamClosed = resolve
+    })
     const upstream = await startUpstream((req, res) => {
       res.writeHead(200, { 'content-type': 'text/event-stream' })
       res.write('data: first\n\n')
@@ -207,10 +231,14 @@ describe('upstream faults map to statuses in one place', () => {
 
   test('a client aborting mid-upload cancels the upstream request', async () => {
     let upstreamAborted: () => void
-    const aborted = new Promise<void>((resolve) => { upstreamAborted = resolve })
+    const aborted = new Promise<void>((resolve) => {
+      upstreamAborted = resolve
+    })
     const upstream = await startUpstream((req) => {
       req.on('data', () => {})
-      req.on('close', () => { if (!req.complete) upstreamAborted() })
+      req.on('close', () => {
+        if (!req.complete) upstreamAborted()
+      })
     })
     const gw = await startGateway(simpleConfig(upstream.url))
     try {
@@ -218,7 +246,9 @@ describe('upstream faults map to statuses in one place', () => {
         const socket = net.connect(gw.port, '127.0.0.1')
         await once(socket, 'connect')
         socket.write(`POST / HTTP/1.1\r\nHost: a\r\n${framing}\r\n\r\n`)
-        socket.write(framing.startsWith('Content') ? 'x'.repeat(1000) : `3e8\r\n${'x'.repeat(1000)}\r\n`)
+        socket.write(
+          framing.startsWith('Content') ? 'x'.repeat(1000) : `3e8\r\n${'x'.repeat(1000)}\r\n`,
+        )
         // Wait until the upstream has started receiving, then vanish.
         await gw.logs.waitFor(() => true)
         socket.destroy()
@@ -234,10 +264,21 @@ describe('upstream faults map to statuses in one place', () => {
 describe('load balancing', () => {
   test('round robin follows the weights (smooth weighted order)', async () => {
     const hits: string[] = []
-    const a = await startUpstream((_req, res) => { hits.push('a'); res.end() })
-    const b = await startUpstream((_req, res) => { hits.push('b'); res.end() })
+    const a = await startUpstream((_req, res) => {
+      hits.push('a')
+      res.end()
+    })
+    const b = await startUpstream((_req, res) => {
+      hits.push('b')
+      res.end()
+    })
     const gw = await startGateway({
-      upstreams: { up: { balance: 'round_robin', targets: [{ url: a.url, weight: 1 }, { url: b.url, weight: 3 }] } },
+      upstreams: {
+        up: {
+          balance: 'round_robin',
+          targets: [{ url: a.url, weight: 1 }, { url: b.url, weight: 3 }],
+        },
+      },
       routes: [{ name: 'all', match: {}, upstream: 'up' }],
     })
     try {
@@ -254,11 +295,18 @@ describe('load balancing', () => {
 
   test('least_request sends new requests to the target with fewer in flight', async () => {
     const held: http.ServerResponse[] = []
-    const slow = await startUpstream((_req, res) => { held.push(res) })
+    const slow = await startUpstream((_req, res) => {
+      held.push(res)
+    })
     let fastHits = 0
-    const fast = await startUpstream((_req, res) => { fastHits++; res.end('fast') })
+    const fast = await startUpstream((_req, res) => {
+      fastHits++
+      res.end('fast')
+    })
     const gw = await startGateway({
-      upstreams: { up: { balance: 'least_request', targets: [{ url: slow.url }, { url: fast.url }] } },
+      upstreams: {
+        up: { balance: 'least_request', targets: [{ url: slow.url }, { url: fast.url }] },
+      },
       routes: [{ name: 'all', match: {}, upstream: 'up' }],
     })
     try {

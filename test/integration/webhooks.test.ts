@@ -2,10 +2,20 @@ import { after, before, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
 import type http from 'node:http'
 import { createHmac } from 'node:crypto'
-import { request, startGateway, startUpstream, type TestGateway, type Upstream } from '../helpers/index.js'
+import {
+  request,
+  startGateway,
+  startUpstream,
+  type TestGateway,
+  type Upstream,
+} from '../helpers/index.js'
 
 /** What the upstream received, per request (the body as raw bytes). */
-interface Seen { url: string, headers: http.IncomingHttpHeaders, body: Buffer }
+interface Seen {
+  url: string
+  headers: http.IncomingHttpHeaders
+  body: Buffer
+}
 
 const SLACK_SECRET = 'slack-signing-secret-2025'
 /** The secret before the rotation: still listed, so deliveries signed with it are accepted. */
@@ -60,7 +70,9 @@ function partnerHeaders (body: Buffer, ts = now(), secret = HMAC_SECRET): Record
   }
 }
 
-const SLACK_FORM = Buffer.from('command=%2Fask&text=caf%C3%A9+au+lait&user_id=U2CERLKJA&tag=a&tag=b')
+const SLACK_FORM = Buffer.from(
+  'command=%2Fask&text=caf%C3%A9+au+lait&user_id=U2CERLKJA&tag=a&tag=b',
+)
 const CHALLENGE = {
   slack: 'Signature realm="hooks", headers="x-slack-signature"',
   github: 'Signature realm="hooks", headers="x-hub-signature-256"',
@@ -111,7 +123,10 @@ describe('webhook signatures', () => {
           upstream: 'up',
           auth: { any_of: ['slack'] },
           transform: { request: { form_to_json: true } },
-          identity_headers: { provider: 'x-webhook-provider', claims: { timestamp: 'x-webhook-timestamp', scheme: 'x-webhook-scheme' } },
+          identity_headers: {
+            provider: 'x-webhook-provider',
+            claims: { timestamp: 'x-webhook-timestamp', scheme: 'x-webhook-scheme' },
+          },
           limits: { max_buffered_body: '4KiB' },
         },
         {
@@ -121,9 +136,27 @@ describe('webhook signatures', () => {
           auth: { any_of: ['github'] },
           identity_headers: { claims: { id: 'x-webhook-id' } },
         },
-        { name: 'stripe', match: { path: '/hooks/stripe', methods: ['POST'] }, upstream: 'up', auth: { any_of: ['stripe'] } },
-        { name: 'walled', match: { path: '/hooks/walled', methods: ['POST'] }, upstream: 'up', auth: { any_of: ['slack'] }, ip: { allow: ['10.0.0.0/8'] }, limits: { max_buffered_body: '4KiB' } },
-        { name: 'partner', match: { path: '/hooks/partner', methods: ['POST'] }, upstream: 'up', auth: { any_of: ['partner'] }, identity_headers: { claims: { id: 'x-webhook-id' } } },
+        {
+          name: 'stripe',
+          match: { path: '/hooks/stripe', methods: ['POST'] },
+          upstream: 'up',
+          auth: { any_of: ['stripe'] },
+        },
+        {
+          name: 'walled',
+          match: { path: '/hooks/walled', methods: ['POST'] },
+          upstream: 'up',
+          auth: { any_of: ['slack'] },
+          ip: { allow: ['10.0.0.0/8'] },
+          limits: { max_buffered_body: '4KiB' },
+        },
+        {
+          name: 'partner',
+          match: { path: '/hooks/partner', methods: ['POST'] },
+          upstream: 'up',
+          auth: { any_of: ['partner'] },
+          identity_headers: { claims: { id: 'x-webhook-id' } },
+        },
       ],
     })
   })
@@ -143,7 +176,14 @@ describe('webhook signatures', () => {
    * A refused delivery: 401 problem+json with the code and the route's challenge, nothing
    * forwarded, and the reason on the access-log line (but not in the client's answer).
    */
-  async function refused (path: string, body: Buffer, headers: http.OutgoingHttpHeaders, challenge: string, reason: RegExp, code = 'GH_INVALID_SIGNATURE'): Promise<void> {
+  async function refused (
+    path: string,
+    body: Buffer,
+    headers: http.OutgoingHttpHeaders,
+    challenge: string,
+    reason: RegExp,
+    code = 'GH_INVALID_SIGNATURE',
+  ): Promise<void> {
     const calls = seen.length
     const res = await post(path, body, headers)
     assert.equal(res.status, 401, res.body)
@@ -167,7 +207,12 @@ describe('webhook signatures', () => {
     const s = seen[0]!
     assert.equal(s.headers['content-type'], 'application/json')
     assert.equal(s.headers['content-length'], String(s.body.length))
-    assert.deepEqual(JSON.parse(s.body.toString('utf8')), { command: '/ask', text: 'café au lait', user_id: 'U2CERLKJA', tag: ['a', 'b'] })
+    assert.deepEqual(JSON.parse(s.body.toString('utf8')), {
+      command: '/ask',
+      text: 'café au lait',
+      user_id: 'U2CERLKJA',
+      tag: ['a', 'b'],
+    })
     assert.equal(s.headers['x-gatehouse-provider'], 'slack')
     assert.equal(s.headers['x-webhook-provider'], 'slack')
     assert.equal(s.headers['x-webhook-timestamp'], ts)
@@ -181,7 +226,11 @@ describe('webhook signatures', () => {
 
   test('slack: a delivery signed with the previous secret is accepted while both are listed', async () => {
     seen.length = 0
-    const res = await post('/hooks/slack', SLACK_FORM, slackHeaders(SLACK_FORM, now(), SLACK_OLD_SECRET))
+    const res = await post(
+      '/hooks/slack',
+      SLACK_FORM,
+      slackHeaders(SLACK_FORM, now(), SLACK_OLD_SECRET),
+    )
     assert.equal(res.status, 200, res.body)
     assert.equal(seen.length, 1)
     assert.equal(JSON.parse(seen[0]!.body.toString('utf8')).command, '/ask')
@@ -190,7 +239,9 @@ describe('webhook signatures', () => {
   test('github: the body arrives byte for byte, with the delivery id as identity claim', async () => {
     seen.length = 0
     // Whitespace, key order and escapes as sent: the signature covers these exact bytes.
-    const body = Buffer.from('{ "ref":"refs/heads/main",\n  "zen": "caf\\u00e9 \u2713", "n": 1.50 }\n')
+    const body = Buffer.from(
+      '{ "ref":"refs/heads/main",\n  "zen": "caf\\u00e9 \u2713", "n": 1.50 }\n',
+    )
     const res = await post('/hooks/github', body, githubHeaders(body))
     assert.equal(res.status, 200, res.body)
     assert.deepEqual(seen[0]!.body, body)
@@ -216,25 +267,75 @@ describe('webhook signatures', () => {
   test('a missing signature is 401 GH_AUTH_REQUIRED with a Signature challenge', async () => {
     const h = slackHeaders(SLACK_FORM)
     delete h['x-slack-signature']
-    await refused('/hooks/slack', SLACK_FORM, h, CHALLENGE.slack, /no credentials/, 'GH_AUTH_REQUIRED')
-    await refused('/hooks/github', Buffer.from('{}'), { 'content-type': 'application/json' }, CHALLENGE.github, /no credentials/, 'GH_AUTH_REQUIRED')
+    await refused(
+      '/hooks/slack',
+      SLACK_FORM,
+      h,
+      CHALLENGE.slack,
+      /no credentials/,
+      'GH_AUTH_REQUIRED',
+    )
+    await refused(
+      '/hooks/github',
+      Buffer.from('{}'),
+      { 'content-type': 'application/json' },
+      CHALLENGE.github,
+      /no credentials/,
+      'GH_AUTH_REQUIRED',
+    )
   })
 
   test('a signature with the wrong secret is refused', async () => {
-    await refused('/hooks/slack', SLACK_FORM, slackHeaders(SLACK_FORM, now(), 'not-the-secret'), CHALLENGE.slack, /^slack: x-slack-signature signature matched none of 2 secrets$/)
+    await refused(
+      '/hooks/slack',
+      SLACK_FORM,
+      slackHeaders(SLACK_FORM, now(), 'not-the-secret'),
+      CHALLENGE.slack,
+      /^slack: x-slack-signature signature matched none of 2 secrets$/,
+    )
     const event = Buffer.from('{"id":"evt_2"}')
-    await refused('/hooks/stripe', event, stripeHeaders(event, now(), 'whsec_other'), CHALLENGE.stripe, /^stripe: stripe-signature signature matched none of 1 secret$/)
-    await refused('/hooks/partner', event, partnerHeaders(event, now(), 'other'), CHALLENGE.partner, /^partner: x-partner-signature signature matched none of 1 secret$/)
+    await refused(
+      '/hooks/stripe',
+      event,
+      stripeHeaders(event, now(), 'whsec_other'),
+      CHALLENGE.stripe,
+      /^stripe: stripe-signature signature matched none of 1 secret$/,
+    )
+    await refused(
+      '/hooks/partner',
+      event,
+      partnerHeaders(event, now(), 'other'),
+      CHALLENGE.partner,
+      /^partner: x-partner-signature signature matched none of 1 secret$/,
+    )
   })
 
   test('a body changed after signing is refused', async () => {
     const altered = Buffer.from(SLACK_FORM.toString('latin1').replace('ask', 'rm'), 'latin1')
-    await refused('/hooks/slack', altered, slackHeaders(SLACK_FORM), CHALLENGE.slack, /matched none of 2 secrets/)
+    await refused(
+      '/hooks/slack',
+      altered,
+      slackHeaders(SLACK_FORM),
+      CHALLENGE.slack,
+      /matched none of 2 secrets/,
+    )
     const body = Buffer.from('{"ref":"refs/heads/main"}')
     const changed = Buffer.from('{"ref":"refs/heads/evil"}')
-    await refused('/hooks/github', changed, githubHeaders(body), CHALLENGE.github, /^github: x-hub-signature-256 signature matched none of 1 secret$/)
+    await refused(
+      '/hooks/github',
+      changed,
+      githubHeaders(body),
+      CHALLENGE.github,
+      /^github: x-hub-signature-256 signature matched none of 1 secret$/,
+    )
     // One byte more (a trailing newline) is another body.
-    await refused('/hooks/github', Buffer.concat([body, Buffer.from('\n')]), githubHeaders(body), CHALLENGE.github, /matched none/)
+    await refused(
+      '/hooks/github',
+      Buffer.concat([body, Buffer.from('\n')]),
+      githubHeaders(body),
+      CHALLENGE.github,
+      /matched none/,
+    )
   })
 
   test('a stale timestamp (10 minutes old, correctly signed) is refused as outside the tolerance', async () => {
@@ -245,11 +346,26 @@ describe('webhook signatures', () => {
     assert.equal(p.code, 'GH_INVALID_SIGNATURE')
     assert.match(p.detail, /outside the allowed tolerance/)
     assert.equal(res.headers['www-authenticate'], CHALLENGE.slack)
-    assert.match((await logLine(res)).reason, /^slack: x-slack-request-timestamp \d+ is too old by 6\d\d s \(tolerance 300 s\)$/)
+    assert.match(
+      (await logLine(res)).reason,
+      /^slack: x-slack-request-timestamp \d+ is too old by 6\d\d s \(tolerance 300 s\)$/,
+    )
     assert.equal(seen.length, calls)
     const event = Buffer.from('{"id":"evt_3"}')
-    await refused('/hooks/stripe', event, stripeHeaders(event, TEN_MINUTES_AGO()), CHALLENGE.stripe, /stripe-signature t= \d+ is too old/)
-    await refused('/hooks/partner', event, partnerHeaders(event, TEN_MINUTES_AGO()), CHALLENGE.partner, /x-partner-timestamp \d+ is too old/)
+    await refused(
+      '/hooks/stripe',
+      event,
+      stripeHeaders(event, TEN_MINUTES_AGO()),
+      CHALLENGE.stripe,
+      /stripe-signature t= \d+ is too old/,
+    )
+    await refused(
+      '/hooks/partner',
+      event,
+      partnerHeaders(event, TEN_MINUTES_AGO()),
+      CHALLENGE.partner,
+      /x-partner-timestamp \d+ is too old/,
+    )
   })
 
   test('a replayed delivery: as captured (stale), or with a fresh timestamp put in (no match)', async () => {
@@ -257,31 +373,98 @@ describe('webhook signatures', () => {
     const ts = TEN_MINUTES_AGO()
     const captured = slackHeaders(SLACK_FORM, ts)
     await refused('/hooks/slack', SLACK_FORM, captured, CHALLENGE.slack, /too old/)
-    await refused('/hooks/slack', SLACK_FORM, { ...captured, 'x-slack-request-timestamp': now() }, CHALLENGE.slack, /matched none of 2 secrets/)
+    await refused(
+      '/hooks/slack',
+      SLACK_FORM,
+      { ...captured, 'x-slack-request-timestamp': now() },
+      CHALLENGE.slack,
+      /matched none of 2 secrets/,
+    )
     const event = Buffer.from('{"id":"evt_4"}')
     const old = stripeHeaders(event, ts)['stripe-signature']!
-    await refused('/hooks/stripe', event, { 'content-type': 'application/json', 'stripe-signature': old.replace(`t=${ts}`, `t=${now()}`) }, CHALLENGE.stripe, /matched none/)
+    await refused(
+      '/hooks/stripe',
+      event,
+      {
+        'content-type': 'application/json',
+        'stripe-signature': old.replace(`t=${ts}`, `t=${now()}`),
+      },
+      CHALLENGE.stripe,
+      /matched none/,
+    )
   })
 
   test('a signature of the wrong length or encoding is refused', async () => {
     const h = slackHeaders(SLACK_FORM)
     const short = h['x-slack-signature']!.slice(0, 3 + 32)
-    await refused('/hooks/slack', SLACK_FORM, { ...h, 'x-slack-signature': short }, CHALLENGE.slack, /x-slack-signature signature is 16 bytes, a sha256 HMAC is 32/)
-    await refused('/hooks/slack', SLACK_FORM, { ...h, 'x-slack-signature': h['x-slack-signature']! + '00' }, CHALLENGE.slack, /is 33 bytes/)
-    await refused('/hooks/slack', SLACK_FORM, { ...h, 'x-slack-signature': 'v0=' + 'zz'.repeat(32) }, CHALLENGE.slack, /not valid hex/)
-    await refused('/hooks/slack', SLACK_FORM, { ...h, 'x-slack-signature': h['x-slack-signature']!.slice(3) }, CHALLENGE.slack, /does not start with "v0="/)
+    await refused(
+      '/hooks/slack',
+      SLACK_FORM,
+      { ...h, 'x-slack-signature': short },
+      CHALLENGE.slack,
+      /x-slack-signature signature is 16 bytes, a sha256 HMAC is 32/,
+    )
+    await refused(
+      '/hooks/slack',
+      SLACK_FORM,
+      { ...h, 'x-slack-signature': h['x-slack-signature']! + '00' },
+      CHALLENGE.slack,
+      /is 33 bytes/,
+    )
+    await refused(
+      '/hooks/slack',
+      SLACK_FORM,
+      { ...h, 'x-slack-signature': 'v0=' + 'zz'.repeat(32) },
+      CHALLENGE.slack,
+      /not valid hex/,
+    )
+    await refused(
+      '/hooks/slack',
+      SLACK_FORM,
+      { ...h, 'x-slack-signature': h['x-slack-signature']!.slice(3) },
+      CHALLENGE.slack,
+      /does not start with "v0="/,
+    )
   })
 
   test('a signature or timestamp header sent twice is refused, even when one copy is valid', async () => {
     const h = slackHeaders(SLACK_FORM)
     const valid = h['x-slack-signature']!
     const wrong = slackHeaders(SLACK_FORM, now(), 'nope')['x-slack-signature']!
-    await refused('/hooks/slack', SLACK_FORM, { ...h, 'x-slack-signature': [valid, valid] }, CHALLENGE.slack, /x-slack-signature header present 2 times/)
-    await refused('/hooks/slack', SLACK_FORM, { ...h, 'x-slack-signature': [wrong, valid] }, CHALLENGE.slack, /present 2 times/)
-    await refused('/hooks/slack', SLACK_FORM, { ...h, 'x-slack-request-timestamp': [h['x-slack-request-timestamp']!, h['x-slack-request-timestamp']!] }, CHALLENGE.slack, /x-slack-request-timestamp header present 2 times/)
+    await refused(
+      '/hooks/slack',
+      SLACK_FORM,
+      { ...h, 'x-slack-signature': [valid, valid] },
+      CHALLENGE.slack,
+      /x-slack-signature header present 2 times/,
+    )
+    await refused(
+      '/hooks/slack',
+      SLACK_FORM,
+      { ...h, 'x-slack-signature': [wrong, valid] },
+      CHALLENGE.slack,
+      /present 2 times/,
+    )
+    await refused(
+      '/hooks/slack',
+      SLACK_FORM,
+      {
+        ...h,
+        'x-slack-request-timestamp': [h['x-slack-request-timestamp']!,
+          h['x-slack-request-timestamp']!],
+      },
+      CHALLENGE.slack,
+      /x-slack-request-timestamp header present 2 times/,
+    )
     const body = Buffer.from('{}')
     const gh = githubHeaders(body)
-    await refused('/hooks/github', body, { ...gh, 'x-hub-signature-256': [gh['x-hub-signature-256']!, gh['x-hub-signature-256']!] }, CHALLENGE.github, /present 2 times/)
+    await refused(
+      '/hooks/github',
+      body,
+      { ...gh, 'x-hub-signature-256': [gh['x-hub-signature-256']!, gh['x-hub-signature-256']!] },
+      CHALLENGE.github,
+      /present 2 times/,
+    )
   })
 
   test('a refused client address is answered before the body is read', async () => {

@@ -9,13 +9,19 @@ import { createRequire } from 'node:module'
 // (scripts/bundle.js). These checks make an undici upgrade that uses more of node:http2 fail here
 // rather than in production.
 const require = createRequire(import.meta.url)
-const shim = require('../../scripts/shims/http2.cjs') as { constants: Record<string, unknown>, connect: (...args: unknown[]) => unknown }
+const shim = require('../../scripts/shims/http2.cjs') as {
+  constants: Record<string, unknown>
+  connect: (...args: unknown[]) => unknown
+}
 const clientH2 = readFileSync(require.resolve('undici/lib/dispatcher/client-h2.js'), 'utf8')
 
 describe('the http2 stand-in for undici (CLI bundle)', () => {
   it('has every constant client-h2 destructures, each equal to node:http2\'s', () => {
     const block = /const \{\s*constants: \{([^}]*)\}\s*\} = http2/.exec(clientH2)
-    assert.ok(block, 'client-h2.js no longer destructures http2.constants in one statement: review scripts/shims/http2.cjs')
+    assert.ok(
+      block,
+      'client-h2.js no longer destructures http2.constants in one statement: review scripts/shims/http2.cjs',
+    )
     const names = (block[1] ?? '').split(',').map((s) => s.trim()).filter((s) => s !== '')
     assert.ok(names.length >= 8, `expected the pseudo-header constants, found ${names.join(', ')}`)
     const real = http2.constants as unknown as Record<string, unknown>
@@ -41,7 +47,11 @@ describe('the http2 stand-in for undici (CLI bundle)', () => {
 
   it('is what the bundle resolves undici\'s node:http2 to, and nothing else', () => {
     const bundle = readFileSync(new URL('../../dist/gatehouse.cjs', import.meta.url), 'utf8')
-    assert.equal(bundle.match(/require\("(node:)?http2"\)/g)?.length, 1, 'one require of node:http2 left: the one inside the shim\'s connect()')
+    assert.equal(
+      bundle.match(/require\("(node:)?http2"\)/g)?.length,
+      1,
+      'one require of node:http2 left: the one inside the shim\'s connect()',
+    )
     assert.match(bundle, /HTTP2_HEADER_AUTHORITY:":authority"/)
   })
 })
@@ -60,13 +70,19 @@ describe('the undici stand-in (CLI bundle)', () => {
         if (e.isDirectory()) walk(new URL(`${e.name}/`, dir))
         else if (e.name.endsWith('.ts')) {
           const text = readFileSync(new URL(e.name, dir), 'utf8')
-          for (const m of text.matchAll(/^import (?!type )(?:\w+\s*,\s*)?\{([^}]*)\} from 'undici'$/gm)) {
+          for (
+            const m of text.matchAll(/^import (?!type )(?:\w+\s*,\s*)?\{([^}]*)\} from 'undici'$/gm)
+          ) {
             for (const part of m[1]!.split(',')) {
               const name = part.trim().split(/\s+as\s+/)[0]!
               if (name !== '' && !name.startsWith('type ')) names.add(name)
             }
           }
-          assert.doesNotMatch(text, /^import (?!type )\w+ from 'undici'|^import \* as \w+ from 'undici'/m, `${e.name}: a default or namespace import of undici; the stand-in has named exports only`)
+          assert.doesNotMatch(
+            text,
+            /^import (?!type )\w+ from 'undici'|^import \* as \w+ from 'undici'/m,
+            `${e.name}: a default or namespace import of undici; the stand-in has named exports only`,
+          )
         }
       }
     }
@@ -86,14 +102,26 @@ describe('the undici stand-in (CLI bundle)', () => {
   it('gives every dispatcher the request API, as the entry point does', () => {
     // In a process of its own: this one has loaded the entry point, which does the same.
     const shimPath = require.resolve('../../scripts/shims/undici.cjs')
-    const out = spawnSync(process.execPath, ['-e', `const u = require(${JSON.stringify(shimPath)}); const a = new u.Agent(); process.stdout.write(typeof a.request); a.close()`], { encoding: 'utf8' })
+    const out = spawnSync(process.execPath, ['-e',
+      `const u = require(${
+        JSON.stringify(shimPath)
+      }); const a = new u.Agent(); process.stdout.write(typeof a.request); a.close()`], {
+      encoding: 'utf8',
+    })
     assert.equal(out.stdout, 'function', out.stderr)
   })
 
   it('is what the bundle resolves undici to: its entry point is not in the bundle', () => {
-    const map = JSON.parse(readFileSync(new URL('../../dist/gatehouse.cjs.map', import.meta.url), 'utf8')) as { sources: string[] }
+    const map = JSON.parse(
+      readFileSync(new URL('../../dist/gatehouse.cjs.map', import.meta.url), 'utf8'),
+    ) as { sources: string[] }
     assert.ok(map.sources.some((s) => s.endsWith('scripts/shims/undici.cjs')))
     assert.equal(map.sources.filter((s) => /node_modules\/undici\/index\.js$/.test(s)).length, 0)
-    assert.equal(map.sources.filter((s) => /node_modules\/undici\/lib\/web\/(websocket|eventsource|fetch\/index)/.test(s)).length, 0)
+    assert.equal(
+      map.sources.filter((s) =>
+        /node_modules\/undici\/lib\/web\/(websocket|eventsource|fetch\/index)/.test(s)
+      ).length,
+      0,
+    )
   })
 })

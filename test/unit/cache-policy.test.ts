@@ -17,7 +17,12 @@ function cacheConfig (cache: Record<string, unknown>) {
 }
 
 const memory = (): MemoryCacheStore => new MemoryCacheStore(1024 * 1024)
-const entry: CacheEntry = { status: 200, headers: ['content-type', 'application/json'], body: Buffer.from('{"a":1}'), storedAt: 1_700_000_000_000 }
+const entry: CacheEntry = {
+  status: 200,
+  headers: ['content-type', 'application/json'],
+  body: Buffer.from('{"a":1}'),
+  storedAt: 1_700_000_000_000,
+}
 
 describe('cache policy', () => {
   test('a memory store is answered without a promise, decoded once per stored entry', async () => {
@@ -37,7 +42,12 @@ describe('cache policy', () => {
   test('a Redis store is answered with a promise of a fresh entry', async (t) => {
     // Without Redis this skips, with its reason; under GATEHOUSE_REQUIRE_SERVICES=1 (CI) it fails.
     if (!await serviceAvailable(6379)) return t.skip('Redis is not answering on 127.0.0.1:6379')
-    const store = new RedisStore({ kind: 'redis', url: 'redis://127.0.0.1:6379', prefix: `gh-test-${randomUUID()}:`, timeout: 1000 }, createLogger('silent'))
+    const store = new RedisStore({
+      kind: 'redis',
+      url: 'redis://127.0.0.1:6379',
+      prefix: `gh-test-${randomUUID()}:`,
+      timeout: 1000,
+    }, createLogger('silent'))
     await store.start()
     try {
       const policy = new CachePolicy('infer', cacheConfig({}), store.cacheStore, 'shared', true)

@@ -13,17 +13,36 @@ import { Metrics } from '../../src/observability/metrics.js'
 import { TargetRegistry, type Target } from '../../src/upstream/target.js'
 
 const RAW = {
-  upstreams: { up: { targets: [{ url: 'http://127.0.0.1:9/base/' }, { url: 'http://127.0.0.1:10', weight: 2 }] } },
+  upstreams: {
+    up: {
+      targets: [{ url: 'http://127.0.0.1:9/base/' }, { url: 'http://127.0.0.1:10', weight: 2 }],
+    },
+  },
   routes: [
-    { name: 'a', match: { path_prefix: '/a' }, upstream: 'up', rate_limit: [{ key: 'ip', rate: '10/s' }] },
-    { name: 'b', match: { path: '/b' }, upstream: 'up', transform: { response: { body: '{ "x": x }' } } },
+    {
+      name: 'a',
+      match: { path_prefix: '/a' },
+      upstream: 'up',
+      rate_limit: [{ key: 'ip', rate: '10/s' }],
+    },
+    {
+      name: 'b',
+      match: { path: '/b' },
+      upstream: 'up',
+      transform: { response: { body: '{ "x": x }' } },
+    },
   ],
 }
 
 function deps (config: Config, targets: Map<string, Target[]>): CompileDeps {
   const logger = createLogger('silent')
   const metrics = new Metrics(false)
-  return { targets, identity: new IdentityRegistry({ logger, metrics }).prepare(config.identity), stores: new StoreRegistry(logger).prepare(config), metrics }
+  return {
+    targets,
+    identity: new IdentityRegistry({ logger, metrics }).prepare(config.identity),
+    stores: new StoreRegistry(logger).prepare(config),
+    metrics,
+  }
 }
 
 describe('compile', () => {
@@ -48,30 +67,54 @@ describe('compile', () => {
     assert.equal(described.upstreams.get('up')!.targets.length, 0)
     assert.equal(described.targetKeys.size, 0)
     assert.equal(describeTable(described), describeTable(served))
-    assert.match(describeTable(described), /up \(least_request: http:\/\/127\.0\.0\.1:9\/base http:\/\/127\.0\.0\.1:10\)/)
+    assert.match(
+      describeTable(described),
+      /up \(least_request: http:\/\/127\.0\.0\.1:9\/base http:\/\/127\.0\.0\.1:10\)/,
+    )
   })
 
   test('refuses an upstream whose targets were not prepared', () => {
     const config = validateConfig(RAW)
-    assert.throws(() => compile(config, deps(config, new Map())), /no targets were prepared for upstream "up"/)
+    assert.throws(
+      () => compile(config, deps(config, new Map())),
+      /no targets were prepared for upstream "up"/,
+    )
   })
 
   test('a config validated without compileChecks is refused with a ConfigError at the expression\'s path', () => {
-    const config = validateConfig({ ...RAW, routes: [{ name: 'r', match: {}, upstream: 'up', transform: { request: { body: '{ "a": b ' } } }] })
+    const config = validateConfig({
+      ...RAW,
+      routes: [{
+        name: 'r',
+        match: {},
+        upstream: 'up',
+        transform: { request: { body: '{ "a": b ' } },
+      }],
+    })
     assert.throws(() => compile(config, deps(config, new Map([['up', []]]))), (err: unknown) => {
       assert.ok(err instanceof ConfigError)
-      assert.deepEqual(err.issues, [{ path: 'routes[0].transform.request.body', message: 'invalid JSONata expression: Expected "}" before end of expression (at character 9)' }])
+      assert.deepEqual(err.issues, [{
+        path: 'routes[0].transform.request.body',
+        message:
+          'invalid JSONata expression: Expected "}" before end of expression (at character 9)',
+      }])
       return true
     })
   })
 })
 
 describe('the checks config/ cannot make itself', () => {
-  const bad = { ...RAW, routes: [{ name: 'r', match: {}, upstream: 'up', transform: { response: { events: '(' } } }] }
+  const bad = {
+    ...RAW,
+    routes: [{ name: 'r', match: {}, upstream: 'up', transform: { response: { events: '(' } } }],
+  }
 
   test('config/ knows nothing of JSONata: validateConfig refuses an expression only with compileChecks', () => {
     assert.doesNotThrow(() => validateConfig(bad))
-    assert.throws(() => validateConfig(bad, { checks: compileChecks }), /routes\[0\]\.transform\.response\.events: invalid JSONata expression/)
+    assert.throws(
+      () => validateConfig(bad, { checks: compileChecks }),
+      /routes\[0\]\.transform\.response\.events: invalid JSONata expression/,
+    )
   })
 
   test('src/config imports nothing from a later layer', () => {

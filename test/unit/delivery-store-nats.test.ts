@@ -17,9 +17,20 @@ const available = await serviceAvailable(4222)
 /** Every stream made here, deleted after the run. */
 const streams = new Set<string>()
 
-function natsStore (stream: string, overrides: { url?: string, max_bytes?: number, timeout?: number } = {}): NatsDeliveryStore {
+function natsStore (
+  stream: string,
+  overrides: { url?: string, max_bytes?: number, timeout?: number } = {},
+): NatsDeliveryStore {
   streams.add(stream)
-  return new NatsDeliveryStore({ kind: 'nats', url: NATS_URL, stream, max_bytes: 64 * 1024 * 1024, timeout: 2000, replicas: 1, ...overrides }, createLogger('silent'))
+  return new NatsDeliveryStore({
+    kind: 'nats',
+    url: NATS_URL,
+    stream,
+    max_bytes: 64 * 1024 * 1024,
+    timeout: 2000,
+    replicas: 1,
+    ...overrides,
+  }, createLogger('silent'))
 }
 
 function streamName (): string {
@@ -33,7 +44,9 @@ after(async () => {
   const nc = await connect({ servers: NATS_URL })
   const jsm = await jetstreamManager(nc)
   for (const s of streams) {
-    for (const name of [s, `${s}_DEAD`, `${s}_STATE`]) await jsm.streams.delete(name).catch(() => {})
+    for (const name of [s, `${s}_DEAD`, `${s}_STATE`]) {
+      await jsm.streams.delete(name).catch(() => {})
+    }
   }
   await nc.close()
 })
@@ -53,7 +66,11 @@ async function rejectsUnavailable (p: Promise<unknown>): Promise<void> {
 }
 
 /** A TCP hop between the store and NATS that can be cut and restored (an outage). */
-async function startHop (port = 0): Promise<{ port: number, cut (): Promise<void>, restore (): Promise<void>, close (): Promise<void> }> {
+async function startHop (
+  port = 0,
+): Promise<
+  { port: number, cut(): Promise<void>, restore(): Promise<void>, close(): Promise<void> }
+> {
   const sockets = new Set<net.Socket>()
   let server: net.Server
   const listen = async (p: number): Promise<number> => {
@@ -62,7 +79,12 @@ async function startHop (port = 0): Promise<{ port: number, cut (): Promise<void
       sockets.add(client)
       sockets.add(upstream)
       client.pipe(upstream).pipe(client)
-      const end = (): void => { client.destroy(); upstream.destroy(); sockets.delete(client); sockets.delete(upstream) }
+      const end = (): void => {
+        client.destroy()
+        upstream.destroy()
+        sockets.delete(client)
+        sockets.delete(upstream)
+      }
       client.on('error', end).on('close', end)
       upstream.on('error', end).on('close', end)
     })
@@ -75,11 +97,24 @@ async function startHop (port = 0): Promise<{ port: number, cut (): Promise<void
     for (const s of sockets) s.destroy()
     await new Promise<void>((resolve) => server.close(() => resolve()))
   }
-  return { port: bound, cut, restore: async () => { await listen(bound) }, close: cut }
+  return {
+    port: bound,
+    cut,
+    restore: async () => {
+      await listen(bound)
+    },
+    close: cut,
+  }
 }
 
 /** A plain client, to do to the streams what a crash or another process would. */
-async function raw (): Promise<{ jsm: import('@nats-io/jetstream').JetStreamManager, js: import('@nats-io/jetstream').JetStreamClient, close (): Promise<void> }> {
+async function raw (): Promise<
+  {
+    jsm: import('@nats-io/jetstream').JetStreamManager
+    js: import('@nats-io/jetstream').JetStreamClient
+    close(): Promise<void>
+  }
+> {
   const { connect } = await import('@nats-io/transport-node')
   const { jetstream, jetstreamManager } = await import('@nats-io/jetstream')
   const nc = await connect({ servers: NATS_URL })
@@ -105,11 +140,17 @@ describe('NATS delivery store: recovery', { skip: available ? false : SKIP }, ()
     await store.openRoute(route, { leaseMs: 5000, maxAttempts: 3 })
     const msg = message(route)
     await store.enqueue(msg, 1000)
-    await nc.jsm.streams.purge(`${name}_STATE`, { filter: `${name}_STATE.s.${encodeToken(msg.id)}` })
+    await nc.jsm.streams.purge(`${name}_STATE`, {
+      filter: `${name}_STATE.s.${encodeToken(msg.id)}`,
+    })
     const got = await store.get(msg.id)
     assert.equal(got?.state, 'pending')
     assert.deepEqual(got?.body, msg.body)
-    assert.equal((await store.list({ route, limit: 10 })).length, 0, 'list reads status records only')
+    assert.equal(
+      (await store.list({ route, limit: 10 })).length,
+      0,
+      'list reads status records only',
+    )
     const claimed = await store.claim(route, 10, 0, never())
     assert.deepEqual(claimed.map((r) => [r.id, r.attempts]), [[msg.id, 0]])
     await store.settle(msg.id, { kind: 'delivered', status: 200, at: Date.now() })
@@ -145,18 +186,29 @@ describe('NATS delivery store: recovery', { skip: available ? false : SKIP }, ()
     await store.claim(route, 1, 0, never())
     await store.settle(msg.id, { kind: 'dead', at: Date.now(), error: 'status 500', status: 500 })
     // What #replayOne publishes, without the status write that follows it.
-    const st = await nc.jsm.streams.getMessage(`${name}_STATE`, { last_by_subj: `${name}_STATE.s.${encodeToken(msg.id)}` })
-    const letter = await nc.jsm.streams.getMessage(`${name}_DEAD`, { seq: st!.json<{ deadSeq: number }>().deadSeq })
+    const st = await nc.jsm.streams.getMessage(`${name}_STATE`, {
+      last_by_subj: `${name}_STATE.s.${encodeToken(msg.id)}`,
+    })
+    const letter = await nc.jsm.streams.getMessage(`${name}_DEAD`, {
+      seq: st!.json<{ deadSeq: number }>().deadSeq,
+    })
     const { headers } = await import('@nats-io/transport-node')
     const h = headers()
     h.set('Gh-Replay-Of', String(st!.seq))
-    await nc.js.publish(`${name}.deliver.${encodeToken(route)}.${encodeToken(msg.id)}`, letter!.data, { headers: h })
+    await nc.js.publish(
+      `${name}.deliver.${encodeToken(route)}.${encodeToken(msg.id)}`,
+      letter!.data,
+      { headers: h },
+    )
     const claimed = await store.claim(route, 10, 0, never())
     assert.deepEqual(claimed.map((r) => [r.id, r.state, r.attempts]), [[msg.id, 'pending', 0]])
     assert.equal((await store.stats(Date.now()))[route]?.dead ?? 0, 0)
     // A dead message published again without the mark is terminated instead.
     await store.settle(msg.id, { kind: 'dead', at: Date.now(), error: 'again', status: null })
-    await nc.js.publish(`${name}.deliver.${encodeToken(route)}.${encodeToken(msg.id)}`, letter!.data)
+    await nc.js.publish(
+      `${name}.deliver.${encodeToken(route)}.${encodeToken(msg.id)}`,
+      letter!.data,
+    )
     assert.deepEqual(await store.claim(route, 10, 0, never()), [])
     assert.equal((await store.get(msg.id))?.state, 'dead')
   })
@@ -164,7 +216,10 @@ describe('NATS delivery store: recovery', { skip: available ? false : SKIP }, ()
   test('a delivered status written with its headers (by an older Gatehouse) loses them at the next retention sweep, and nothing else', async () => {
     const route = `scrub-${randomUUID()}`
     await store.openRoute(route, { leaseMs: 5000, maxAttempts: 3 })
-    const msg = message(route, { headers: ['cookie', 'session=old-secret', 'x-seq', '1'], idempotencyKey: `k-${randomUUID()}` })
+    const msg = message(route, {
+      headers: ['cookie', 'session=old-secret', 'x-seq', '1'],
+      idempotencyKey: `k-${randomUUID()}`,
+    })
     await store.enqueue(msg, 86_400_000)
     await store.claim(route, 1, 0, never())
     await store.settle(msg.id, { kind: 'delivered', status: 200, at: Date.now() })
@@ -173,7 +228,9 @@ describe('NATS delivery store: recovery', { skip: available ? false : SKIP }, ()
     const st = await nc.jsm.streams.getMessage(`${name}_STATE`, { last_by_subj: subject })
     const rec = st!.json<Record<string, unknown>>()
     assert.deepEqual(rec.headers, [], 'delivered now drops them itself')
-    await nc.js.publish(subject, JSON.stringify({ ...rec, headers: msg.headers }), { expect: { lastSubjectSequence: st!.seq } })
+    await nc.js.publish(subject, JSON.stringify({ ...rec, headers: msg.headers }), {
+      expect: { lastSubjectSequence: st!.seq },
+    })
     assert.deepEqual((await store.get(msg.id))?.headers, msg.headers)
 
     assert.equal(await store.expire(Date.now() - 86_400_000), 0)
@@ -182,7 +239,11 @@ describe('NATS delivery store: recovery', { skip: available ? false : SKIP }, ()
     assert.equal(after?.state, 'delivered')
     assert.equal(after?.idempotencyKey, msg.idempotencyKey)
     assert.equal(after?.fingerprint, msg.fingerprint)
-    const repeat = message(route, { idempotencyKey: msg.idempotencyKey, body: msg.body, target: msg.target })
+    const repeat = message(route, {
+      idempotencyKey: msg.idempotencyKey,
+      body: msg.body,
+      target: msg.target,
+    })
     assert.deepEqual(await store.enqueue(repeat, 86_400_000), { id: msg.id, duplicate: true })
   })
 
@@ -195,7 +256,9 @@ describe('NATS delivery store: recovery', { skip: available ? false : SKIP }, ()
     }
     const stats = await store.stats(Date.now())
     for (const route of routes) assert.equal(stats[route]?.pending, 1, route)
-    for (const route of routes) assert.equal((await store.claim(route, 10, 0, never())).length, 1, route)
+    for (const route of routes) {
+      assert.equal((await store.claim(route, 10, 0, never())).length, 1, route)
+    }
   })
 
   test('expire takes the idempotency key of an expired delivery with it', async () => {
@@ -227,7 +290,13 @@ describe('NATS delivery store: recovery', { skip: available ? false : SKIP }, ()
       assert.deepEqual(await store.claim(route, 1, 2500, never()), [])
       assert.equal((await store.stats(Date.now()))[route], undefined)
       // A late settle of the first claim changes nothing.
-      await store.settle(msg.id, { kind: 'retry', at: Date.now(), nextAttemptAt: Date.now() + 1000, error: 'late', status: null })
+      await store.settle(msg.id, {
+        kind: 'retry',
+        at: Date.now(),
+        nextAttemptAt: Date.now() + 1000,
+        error: 'late',
+        status: null,
+      })
       const rec = await store.get(msg.id)
       assert.equal(rec?.state, 'delivered')
       assert.equal(rec?.attempts, 1)
@@ -270,7 +339,9 @@ describe('NATS delivery store: failures', { skip: available ? false : SKIP }, ()
       assert.equal(s.status().status, 'unavailable')
       await hop.restore()
       const deadline = Date.now() + 10_000
-      while (s.status().status !== 'ok' && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50))
+      while (s.status().status !== 'ok' && Date.now() < deadline) {
+        await new Promise((resolve) => setTimeout(resolve, 50))
+      }
       assert.equal(s.status().status, 'ok')
       await s.enqueue(message('outage'), 1000)
       assert.deepEqual((await s.get(kept.id))?.body, kept.body)
@@ -303,14 +374,18 @@ describe('NATS delivery store: failures', { skip: available ? false : SKIP }, ()
       const claimed = await s.claim('full', 100, 0, never())
       assert.deepEqual(claimed.map((r) => r.id), accepted.map((m) => m.id))
       // Delivering frees the space.
-      for (const r of claimed) await s.settle(r.id, { kind: 'delivered', status: 200, at: Date.now() })
+      for (const r of claimed) {
+        await s.settle(r.id, { kind: 'delivered', status: 200, at: Date.now() })
+      }
       await s.enqueue(message('full', { body: randomBytes(1024) }), 1000)
       // A burst into the full store: every acknowledged message is kept, the rest refused.
       const burst = Array.from({ length: 50 }, () => message('full', { body: randomBytes(1024) }))
       const outcomes = await Promise.allSettled(burst.map((m) => s.enqueue(m, 1000)))
       const kept = burst.filter((_, i) => outcomes[i]!.status === 'fulfilled')
       assert.ok(kept.length > 0 && kept.length < burst.length, `kept ${kept.length}`)
-      for (const o of outcomes) if (o.status === 'rejected') await rejectsUnavailable(Promise.reject(o.reason))
+      for (const o of outcomes) {
+        if (o.status === 'rejected') await rejectsUnavailable(Promise.reject(o.reason))
+      }
       for (const m of kept) assert.deepEqual((await s.get(m.id))?.body, m.body)
     } finally {
       await s.close()
@@ -359,9 +434,20 @@ describe('NATS delivery store: failures', { skip: available ? false : SKIP }, ()
 describe('nats delivery store: credentials in its URL', () => {
   test('a password holding "@" never reaches the status or the log, in any part', async () => {
     const lines: string[] = []
-    const logger = createLogger('warn', { write (line: string) { lines.push(line) } } as never)
+    const logger = createLogger('warn', {
+      write (line: string) {
+        lines.push(line)
+      },
+    } as never)
     // Nothing listens there: the store reports itself unavailable, naming its URL.
-    const store = new NatsDeliveryStore({ kind: 'nats', url: 'nats://gatehouse:s3cr3t@pa$$@127.0.0.1:1', stream: streamName(), max_bytes: 1024 * 1024, timeout: 200, replicas: 1 }, logger)
+    const store = new NatsDeliveryStore({
+      kind: 'nats',
+      url: 'nats://gatehouse:s3cr3t@pa$$@127.0.0.1:1',
+      stream: streamName(),
+      max_bytes: 1024 * 1024,
+      timeout: 200,
+      replicas: 1,
+    }, logger)
     await store.start().catch(() => {})
     const status = JSON.stringify(store.status())
     assert.match(status, /nats:\/\/\*\*\*@127\.0\.0\.1:1/)

@@ -21,8 +21,10 @@ const DAY = 86_400_000
 // The store on the caller's thread, and as the gateway runs it: in a worker thread, driven by
 // messages (sqlite-thread.ts). Both keep the same contract (test/contract/delivery-store.test.ts).
 const variants = {
-  sqlite: (path: string, maxSize: number): DeliveryStore => new SqliteDeliveryStore({ kind: 'sqlite', path, max_size: maxSize }, logger),
-  'sqlite in a worker thread': (path: string, maxSize: number): DeliveryStore => new ThreadedSqliteDeliveryStore({ kind: 'sqlite', path, max_size: maxSize }, logger),
+  sqlite: (path: string, maxSize: number): DeliveryStore =>
+    new SqliteDeliveryStore({ kind: 'sqlite', path, max_size: maxSize }, logger),
+  'sqlite in a worker thread': (path: string, maxSize: number): DeliveryStore =>
+    new ThreadedSqliteDeliveryStore({ kind: 'sqlite', path, max_size: maxSize }, logger),
 }
 
 function never (): AbortSignal {
@@ -30,7 +32,10 @@ function never (): AbortSignal {
 }
 
 for (const [variant, make] of Object.entries(variants)) {
-  const sqliteStore = (path = join(dir, `${randomUUID()}.db`), maxSize = 64 * 1024 * 1024): DeliveryStore => make(path, maxSize)
+  const sqliteStore = (
+    path = join(dir, `${randomUUID()}.db`),
+    maxSize = 64 * 1024 * 1024,
+  ): DeliveryStore => make(path, maxSize)
 
   describe(`${variant} delivery store`, () => {
     test('what was acknowledged survives close and reopen; a lease held by the old instance runs out', async () => {
@@ -40,13 +45,20 @@ for (const [variant, make] of Object.entries(variants)) {
       const route = `r-${randomUUID()}`
       await first.openRoute(route, { leaseMs: 6000, maxAttempts: 5 })
       const base = Date.now() - 1000
-      const msgs = [0, 1, 2].map((i) => message(route, { createdAt: base + i, idempotencyKey: `k${i}` }))
+      const msgs = [0, 1, 2].map((i) =>
+        message(route, { createdAt: base + i, idempotencyKey: `k${i}` })
+      )
       for (const m of msgs) await first.enqueue(m, DAY)
       // Claimed and never settled: the process "dies" with the lease held.
       const leased = await first.claim(route, 1, 0, never())
       const leasedAt = Date.now()
       assert.deepEqual(leased.map((r) => r.id), [msgs[0]!.id])
-      await first.settle(msgs[1]!.id, { kind: 'dead', at: Date.now(), error: 'status 500', status: 500 })
+      await first.settle(msgs[1]!.id, {
+        kind: 'dead',
+        at: Date.now(),
+        error: 'status 500',
+        status: 500,
+      })
       await first.close()
 
       const second = sqliteStore(path)
@@ -56,7 +68,10 @@ for (const [variant, make] of Object.entries(variants)) {
         for (const m of msgs) assert.deepEqual((await second.get(m.id))?.body, m.body)
         assert.equal((await second.get(msgs[1]!.id))?.state, 'dead')
         // The idempotency keys were kept too.
-        assert.deepEqual(await second.enqueue({ ...msgs[2]!, id: randomUUID() }, DAY), { id: msgs[2]!.id, duplicate: true })
+        assert.deepEqual(await second.enqueue({ ...msgs[2]!, id: randomUUID() }, DAY), {
+          id: msgs[2]!.id,
+          duplicate: true,
+        })
         // msgs[2] is free now; msgs[0] only once its lease runs out. (On a loaded machine the
         // two starts can take longer than the lease: then both are free at once.)
         const free = await second.claim(route, 10, 0, never())
@@ -103,7 +118,12 @@ for (const [variant, make] of Object.entries(variants)) {
         assert.match(refused.reason ?? '', /SQLITE_FULL/)
         assert.equal(s.status().full, true)
         // A burst while full: every one refused, none acknowledged.
-        const burst = await Promise.allSettled(Array.from({ length: 20 }, () => s.enqueue(message(route, { body: randomBytes(1024) }), DAY)))
+        const burst = await Promise.allSettled(
+          Array.from(
+            { length: 20 },
+            () => s.enqueue(message(route, { body: randomBytes(1024) }), DAY),
+          ),
+        )
         assert.ok(burst.every((r) => r.status === 'rejected'))
         for (const m of accepted) assert.deepEqual((await s.get(m.id))?.body, m.body)
         assert.equal((await s.stats(Date.now()))[route]?.pending, accepted.length)
@@ -111,7 +131,9 @@ for (const [variant, make] of Object.entries(variants)) {
         // The worker can still record outcomes, and deleting frees the space.
         const claimed = await s.claim(route, 1000, 0, never())
         assert.equal(claimed.length, accepted.length)
-        await Promise.all(claimed.map((r) => s.settle(r.id, { kind: 'delivered', status: 200, at: Date.now() })))
+        await Promise.all(
+          claimed.map((r) => s.settle(r.id, { kind: 'delivered', status: 200, at: Date.now() })),
+        )
         assert.equal((await s.get(claimed[0]!.id))?.state, 'delivered')
         assert.equal(await s.purge('delivered', route), accepted.length)
         await s.enqueue(message(route, { body: randomBytes(1024) }), DAY)
@@ -139,14 +161,27 @@ for (const [variant, make] of Object.entries(variants)) {
         assert.deepEqual(claimed.map((r) => r.id).sort(), accepted.map((m) => m.id).sort())
         for (const r of claimed) assert.deepEqual(r.body, accepted.find((m) => m.id === r.id)!.body)
         const now = Date.now()
-        for (const r of claimed) await s.settle(r.id, { kind: 'retry', at: now, nextAttemptAt: now, error: 'x'.repeat(200), status: 503 })
+        for (const r of claimed) {
+          await s.settle(r.id, {
+            kind: 'retry',
+            at: now,
+            nextAttemptAt: now,
+            error: 'x'.repeat(200),
+            status: 503,
+          })
+        }
         const again = await s.claim(route, 100, 0, never())
         assert.equal(again.length, accepted.length)
-        for (const r of again) await s.settle(r.id, { kind: 'delivered', status: 200, at: Date.now() })
+        for (const r of again) {
+          await s.settle(r.id, { kind: 'delivered', status: 200, at: Date.now() })
+        }
 
         // No purge: delivering freed the bodies, so the store takes as much again.
         const second = await fill(s, route, 90 * 1024)
-        assert.ok(second.length >= accepted.length - 1, `accepted ${second.length} after delivering ${accepted.length}`)
+        assert.ok(
+          second.length >= accepted.length - 1,
+          `accepted ${second.length} after delivering ${accepted.length}`,
+        )
         for (const m of accepted) {
           const rec = await s.get(m.id)
           assert.equal(rec?.state, 'delivered')
@@ -168,13 +203,28 @@ for (const [variant, make] of Object.entries(variants)) {
         const error = 'connect_error: ' + 'e'.repeat(185)
         let now = Date.now()
         const first = await claimAll(s, route, accepted.length)
-        await Promise.all(first.map((r) => s.settle(r.id, { kind: 'retry', at: now, nextAttemptAt: now, error, status: null })))
+        await Promise.all(
+          first.map((r) =>
+            s.settle(r.id, { kind: 'retry', at: now, nextAttemptAt: now, error, status: null })
+          ),
+        )
         const second = await claimAll(s, route, accepted.length)
         now = Date.now()
-        await Promise.all(second.map((r) => s.settle(r.id, { kind: 'dead', at: now, error: error + ' (after 2 attempts)', status: null })))
+        await Promise.all(
+          second.map((r) =>
+            s.settle(r.id, {
+              kind: 'dead',
+              at: now,
+              error: error + ' (after 2 attempts)',
+              status: null,
+            })
+          ),
+        )
         const dead = await s.list({ route, state: 'dead', limit: 10_000 })
         assert.equal(dead.length, accepted.length)
-        assert.ok(dead.every((r) => r.attempts === 2 && r.lastError === error + ' (after 2 attempts)'))
+        assert.ok(
+          dead.every((r) => r.attempts === 2 && r.lastError === error + ' (after 2 attempts)'),
+        )
         // And replayed, every one of them.
         assert.equal(await s.replay({ dead: true, route }, Date.now()), accepted.length)
       } finally {
@@ -192,7 +242,10 @@ for (const [variant, make] of Object.entries(variants)) {
         return true
       })
       assert.equal(s.status().status, 'unavailable')
-      await assert.rejects(s.enqueue(message('r'), DAY), (err) => isGatewayError(err) && err.code === 'GH_DELIVERY_STORE_UNAVAILABLE')
+      await assert.rejects(
+        s.enqueue(message('r'), DAY),
+        (err) => isGatewayError(err) && err.code === 'GH_DELIVERY_STORE_UNAVAILABLE',
+      )
       await s.close()
     })
 
@@ -203,8 +256,18 @@ for (const [variant, make] of Object.entries(variants)) {
       const rows = {
         pending: v1Row(route, 'pending', now - 5000),
         leased: { ...v1Row(route, 'pending', now - 4000), lease_until: now + 60_000 },
-        delivered: { ...v1Row(route, 'delivered', now - 3000), idempotency_key: 'k-delivered', attempts: 1, last_status: 200 },
-        dead: { ...v1Row(route, 'dead', now - 2000), attempts: 3, last_error: 'status 500 (after 3 attempts)', last_status: 500 },
+        delivered: {
+          ...v1Row(route, 'delivered', now - 3000),
+          idempotency_key: 'k-delivered',
+          attempts: 1,
+          last_status: 200,
+        },
+        dead: {
+          ...v1Row(route, 'dead', now - 2000),
+          attempts: 3,
+          last_error: 'status 500 (after 3 attempts)',
+          last_status: 500,
+        },
       }
       await writeV1(path, Object.values(rows))
 
@@ -224,7 +287,12 @@ for (const [variant, make] of Object.entries(variants)) {
         assert.equal(delivered?.body.length, 0)
         assert.deepEqual(delivered?.headers, [])
         // Its key still answers.
-        const repeat = message(route, { idempotencyKey: 'k-delivered', body: rows.delivered.body, target: rows.delivered.target, fingerprint: rows.delivered.fingerprint })
+        const repeat = message(route, {
+          idempotencyKey: 'k-delivered',
+          body: rows.delivered.body,
+          target: rows.delivered.target,
+          fingerprint: rows.delivered.fingerprint,
+        })
         assert.deepEqual(await s.enqueue(repeat, DAY), { id: rows.delivered.id, duplicate: true })
         // The free one is claimed (the leased one's lease is still running), delivered, and its payload goes.
         const claimed = await s.claim(route, 10, 0, never())
@@ -242,11 +310,25 @@ for (const [variant, make] of Object.entries(variants)) {
       const db = await openRaw(path)
       try {
         assert.equal(db.pragma('user_version', { simple: true }), 2)
-        assert.deepEqual(db.prepare("SELECT COUNT(*) AS n FROM deliveries WHERE headers != '[]' OR length(body) > 0").get(), { n: 0 })
-        assert.deepEqual(db.prepare('SELECT COUNT(*) AS n FROM deliveries WHERE lease_until = 0').get(), { n: 0 })
-        const holders = (db.prepare('SELECT d.id FROM deliveries d JOIN delivery_payloads p ON p.id = d.payload_id').all() as Array<{ id: string }>).map((r) => r.id).sort()
+        assert.deepEqual(
+          db.prepare(
+            'SELECT COUNT(*) AS n FROM deliveries WHERE headers != \'[]\' OR length(body) > 0',
+          ).get(),
+          { n: 0 },
+        )
+        assert.deepEqual(
+          db.prepare('SELECT COUNT(*) AS n FROM deliveries WHERE lease_until = 0').get(),
+          { n: 0 },
+        )
+        const holders = (db.prepare(
+          'SELECT d.id FROM deliveries d JOIN delivery_payloads p ON p.id = d.payload_id',
+        ).all() as Array<{ id: string }>).map((r) => r.id).sort()
         assert.deepEqual(holders, [rows.leased.id, rows.dead.id].sort())
-        assert.deepEqual(db.prepare('SELECT COUNT(*) AS n FROM delivery_payloads').get(), { n: 2 }, 'no payload is left without its record')
+        assert.deepEqual(
+          db.prepare('SELECT COUNT(*) AS n FROM delivery_payloads').get(),
+          { n: 2 },
+          'no payload is left without its record',
+        )
       } finally {
         db.close()
       }
@@ -255,21 +337,31 @@ for (const [variant, make] of Object.entries(variants)) {
     test('a version 1 migration cut short resumes where it stopped', async () => {
       const path = join(dir, `${randomUUID()}.db`)
       const route = `r-${randomUUID()}`
-      const [moved, left] = [v1Row(route, 'pending', Date.now() - 2000), v1Row(route, 'pending', Date.now() - 1000)]
+      const [moved, left] = [v1Row(route, 'pending', Date.now() - 2000),
+        v1Row(route, 'pending', Date.now() - 1000)]
       await writeV1(path, [moved, left])
       // As the migration leaves a file after its first chunk: one row moved, user_version still 1.
       const db = await openRaw(path)
       db.exec('ALTER TABLE deliveries ADD COLUMN payload_id INTEGER')
-      db.exec('CREATE TABLE delivery_payloads (id INTEGER PRIMARY KEY, headers TEXT NOT NULL, body BLOB NOT NULL)')
-      db.prepare('INSERT INTO delivery_payloads (headers, body) SELECT headers, body FROM deliveries WHERE id = ?').run(moved.id)
-      db.prepare("UPDATE deliveries SET headers = '[]', body = x'', payload_id = last_insert_rowid() WHERE id = ?").run(moved.id)
+      db.exec(
+        'CREATE TABLE delivery_payloads (id INTEGER PRIMARY KEY, headers TEXT NOT NULL, body BLOB NOT NULL)',
+      )
+      db.prepare(
+        'INSERT INTO delivery_payloads (headers, body) SELECT headers, body FROM deliveries WHERE id = ?',
+      ).run(moved.id)
+      db.prepare(
+        'UPDATE deliveries SET headers = \'[]\', body = x\'\', payload_id = last_insert_rowid() WHERE id = ?',
+      ).run(moved.id)
       db.close()
       const s = sqliteStore(path)
       await s.start()
       try {
         await s.openRoute(route, { leaseMs: 30_000, maxAttempts: 5 })
         const claimed = await s.claim(route, 10, 0, never())
-        assert.deepEqual(claimed.map((r) => [r.id, r.body, r.headers]), [moved, left].map((r) => [r.id, r.body, JSON.parse(r.headers)]))
+        assert.deepEqual(
+          claimed.map((r) => [r.id, r.body, r.headers]),
+          [moved, left].map((r) => [r.id, r.body, JSON.parse(r.headers)]),
+        )
       } finally {
         await s.close()
       }
@@ -277,7 +369,9 @@ for (const [variant, make] of Object.entries(variants)) {
 
     test('a database from a newer schema version is refused, not written', async () => {
       const path = join(dir, `${randomUUID()}.db`)
-      const { default: Database } = await import('better-sqlite3' as string) as { default: new (p: string) => { pragma (s: string): unknown, close (): void } }
+      const { default: Database } = await import('better-sqlite3' as string) as {
+        default: new(p: string) => { pragma(s: string): unknown, close(): void }
+      }
       const db = new Database(path)
       db.pragma('user_version = 99')
       db.close()
@@ -286,10 +380,23 @@ for (const [variant, make] of Object.entries(variants)) {
   })
 }
 
-interface RawDb { pragma (s: string, o?: { simple: boolean }): unknown, exec (sql: string): void, prepare (sql: string): { run (...a: unknown[]): unknown, get (...a: unknown[]): unknown, all (...a: unknown[]): unknown[] }, close (): void }
+interface RawDb {
+  pragma(s: string, o?: { simple: boolean }): unknown
+  exec(sql: string): void
+  prepare(
+    sql: string,
+  ): {
+    run(...a: unknown[]): unknown
+    get(...a: unknown[]): unknown
+    all(...a: unknown[]): unknown[]
+  }
+  close(): void
+}
 
 async function openRaw (path: string): Promise<RawDb> {
-  const { default: Database } = await import('better-sqlite3' as string) as { default: new (p: string) => RawDb }
+  const { default: Database } = await import('better-sqlite3' as string) as {
+    default: new(p: string) => RawDb
+  }
   return new Database(path)
 }
 
@@ -323,9 +430,25 @@ CREATE INDEX deliveries_state ON deliveries (state, updated_at);
 function v1Row (route: string, state: 'pending' | 'delivered' | 'dead', at: number) {
   const m = message(route, { createdAt: at, body: randomBytes(6000) })
   const headers = JSON.stringify(['cookie', `session=${randomUUID()}`, 'x-seq', '1'])
-  const row = { id: m.id, route, method: m.method, target: m.target, headers, body: m.body, fingerprint: m.fingerprint, state }
+  const row = {
+    id: m.id,
+    route,
+    method: m.method,
+    target: m.target,
+    headers,
+    body: m.body,
+    fingerprint: m.fingerprint,
+    state,
+  }
   const times = { created_at: at, next_attempt_at: at, updated_at: at, lease_until: 0 }
-  return { ...row, ...times, idempotency_key: null as string | null, attempts: 0, last_error: null as string | null, last_status: null as number | null }
+  return {
+    ...row,
+    ...times,
+    idempotency_key: null as string | null,
+    attempts: 0,
+    last_error: null as string | null,
+    last_status: null as number | null,
+  }
 }
 
 async function writeV1 (path: string, rows: Array<ReturnType<typeof v1Row>>): Promise<void> {
@@ -333,8 +456,10 @@ async function writeV1 (path: string, rows: Array<ReturnType<typeof v1Row>>): Pr
   db.pragma('journal_mode = WAL')
   db.exec(V1_SCHEMA)
   db.pragma('user_version = 1')
-  const insert = db.prepare(`INSERT INTO deliveries VALUES (@id, @route, @method, @target, @headers, @body, @idempotency_key, @fingerprint,
-    @created_at, @state, @attempts, @next_attempt_at, @lease_until, @last_error, @last_status, @updated_at)`)
+  const insert = db.prepare(
+    `INSERT INTO deliveries VALUES (@id, @route, @method, @target, @headers, @body, @idempotency_key, @fingerprint,
+    @created_at, @state, @attempts, @next_attempt_at, @lease_until, @last_error, @last_status, @updated_at)`,
+  )
   for (const r of rows) insert.run(r)
   db.close()
 }
@@ -379,11 +504,17 @@ describe('sqlite store thread', () => {
       },
     })
     const logged = (msg: string): Promise<void> => new Promise((resolve) => {
-      const check = (): void => { if (lines.some((l) => l.msg === msg)) resolve() }
+      const check = (): void => {
+        if (lines.some((l) => l.msg === msg)) resolve()
+      }
       onLine = check
       check()
     })
-    const s = new ThreadedSqliteDeliveryStore({ kind: 'sqlite', path: join(dir, `${randomUUID()}.db`), max_size: 64 * 1024 * 1024 }, log, { onWorker: (w) => workers.push(w) })
+    const s = new ThreadedSqliteDeliveryStore(
+      { kind: 'sqlite', path: join(dir, `${randomUUID()}.db`), max_size: 64 * 1024 * 1024 },
+      log,
+      { onWorker: (w) => workers.push(w) },
+    )
     await s.start()
     try {
       const route = `r-${randomUUID()}`
@@ -393,10 +524,19 @@ describe('sqlite store thread', () => {
       // A claim waiting in the thread when it dies.
       const waiting = s.claim(`idle-${randomUUID()}`, 1, 30_000, never())
       await workers[0]!.terminate()
-      await assert.rejects(waiting, (err) => isGatewayError(err) && err.code === 'GH_DELIVERY_STORE_UNAVAILABLE' && err.status === 503)
+      await assert.rejects(
+        waiting,
+        (err) =>
+          isGatewayError(err) && err.code === 'GH_DELIVERY_STORE_UNAVAILABLE' && err.status === 503,
+      )
       assert.equal(s.status().status, 'unavailable')
       assert.match(String(s.status().error), /thread exited/)
-      await assert.rejects(s.enqueue(message(route), DAY), (err) => isGatewayError(err) && err.code === 'GH_DELIVERY_STORE_UNAVAILABLE' && err.headers?.['retry-after'] === '5')
+      await assert.rejects(
+        s.enqueue(message(route), DAY),
+        (err) =>
+          isGatewayError(err) && err.code === 'GH_DELIVERY_STORE_UNAVAILABLE' &&
+          err.headers?.['retry-after'] === '5',
+      )
       assert.ok(lines.some((l) => l.msg === 'delivery store thread stopped' && l.level === 'error'))
 
       await logged('delivery store thread restarted')
@@ -405,7 +545,10 @@ describe('sqlite store thread', () => {
       assert.deepEqual((await s.get(kept.id))?.body, kept.body)
       const after = message(route)
       assert.deepEqual(await s.enqueue(after, DAY), { id: after.id, duplicate: false })
-      assert.deepEqual((await s.claim(route, 10, 0, never())).map((r) => r.id).sort(), [kept.id, after.id].sort())
+      assert.deepEqual(
+        (await s.claim(route, 10, 0, never())).map((r) => r.id).sort(),
+        [kept.id, after.id].sort(),
+      )
     } finally {
       await s.close()
     }

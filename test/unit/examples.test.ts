@@ -1,6 +1,14 @@
 import { describe, test } from 'node:test'
 import assert from 'node:assert/strict'
-import { cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import {
+  cpSync,
+  existsSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs'
 import { generateKeyPairSync } from 'node:crypto'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -14,7 +22,9 @@ const root = join(import.meta.dirname, '..', '..', 'examples')
  * the spot, since no private key is committed).
  */
 describe('examples', () => {
-  const dirs = readdirSync(root, { withFileTypes: true }).filter((d) => d.isDirectory() && existsSync(join(root, d.name, 'gatehouse.yaml')))
+  const dirs = readdirSync(root, { withFileTypes: true }).filter((d) =>
+    d.isDirectory() && existsSync(join(root, d.name, 'gatehouse.yaml'))
+  )
   test('there are examples to check', () => assert.ok(dirs.length >= 1))
   for (const d of dirs) {
     test(`${d.name}/gatehouse.yaml is valid`, () => {
@@ -23,7 +33,10 @@ describe('examples', () => {
         cpSync(join(root, d.name), dir, { recursive: true })
         const text = readFileSync(join(dir, 'gatehouse.yaml'), 'utf8')
         for (const m of text.matchAll(/\$\{file:\.\/([^}]+\.pem)\}/g)) {
-          const key = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem' }) as string
+          const key = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({
+            type: 'pkcs8',
+            format: 'pem',
+          }) as string
           writeFileSync(join(dir, m[1]!), key)
         }
         const env: NodeJS.ProcessEnv = {}

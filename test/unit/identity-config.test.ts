@@ -32,19 +32,29 @@ describe('config: identity', () => {
   })
 
   it('names an unknown provider in any_of, with a hint and its line', () => {
-    const err = configError(BASE + `routes:
+    const err = configError(
+      BASE + `routes:
   - name: predict
     upstream: model
     auth: { any_of: [keys, ssso] }
-`)
+`,
+    )
     const issue = issueAt(err, 'routes[0].auth.any_of[1]')
     assert.equal(issue.message, 'unknown identity provider "ssso" (did you mean "sso"?)')
     assert.equal(issue.line, 12)
   })
 
   it('refuses HMAC and "none" algorithms for JWKS-backed providers', () => {
-    const err = configError(BASE.replace('audiences: [ml-api] }', 'audiences: [ml-api], algorithms: [RS256, HS256, none] }') + 'routes: []\n')
-    assert.match(issueAt(err, 'identity.providers.sso.algorithms[1]').message, /must be one of "RS256"/)
+    const err = configError(
+      BASE.replace(
+        'audiences: [ml-api] }',
+        'audiences: [ml-api], algorithms: [RS256, HS256, none] }',
+      ) + 'routes: []\n',
+    )
+    assert.match(
+      issueAt(err, 'identity.providers.sso.algorithms[1]').message,
+      /must be one of "RS256"/,
+    )
     assert.match(issueAt(err, 'identity.providers.sso.algorithms[2]').message, /must be one of/)
   })
 
@@ -54,7 +64,10 @@ describe('config: identity', () => {
     sso: { kind: jwt, issuer: "sso.example.com" }
 `)
     assert.equal(issueAt(err, 'identity.providers.sso.audiences').message, 'is required')
-    assert.equal(issueAt(err, 'identity.providers.sso.issuer').message, 'issuer must be an http:// or https:// URL')
+    assert.equal(
+      issueAt(err, 'identity.providers.sso.issuer').message,
+      'issuer must be an http:// or https:// URL',
+    )
   })
 
   it('names an unknown kind and lists the known ones', () => {
@@ -62,7 +75,10 @@ describe('config: identity', () => {
   providers:
     x: { kind: saml }
 `)
-    assert.equal(issueAt(err, 'identity.providers.x.kind').message, 'unknown "saml": must be one of "jwt", "introspection", "api_key", "webhook"')
+    assert.equal(
+      issueAt(err, 'identity.providers.x.kind').message,
+      'unknown "saml": must be one of "jwt", "introspection", "api_key", "webhook"',
+    )
   })
 
   it('suggests keys of the provider kind that was chosen', () => {
@@ -70,7 +86,10 @@ describe('config: identity', () => {
   providers:
     partner: { kind: introspection, endpoint: "https://as/introspect", client_id: gh, client_secret: s, auth_methd: post }
 `)
-    assert.equal(issueAt(err, 'identity.providers.partner.auth_methd').message, 'unknown key "auth_methd" (did you mean "auth_method"?)')
+    assert.equal(
+      issueAt(err, 'identity.providers.partner.auth_methd').message,
+      'unknown key "auth_methd" (did you mean "auth_method"?)',
+    )
   })
 
   it('refuses API-key headers the gateway rewrites (Authorization is allowed: keys as bearer tokens)', () => {
@@ -80,8 +99,14 @@ describe('config: identity', () => {
     b: { kind: api_key, header: X_Gatehouse_Key }
     c: { kind: api_key, header: authorization }
 `)
-    assert.equal(issueAt(err, 'identity.providers.a.header').message, '"host" is a header the gateway sets or rewrites itself')
-    assert.equal(issueAt(err, 'identity.providers.b.header').message, '"x_gatehouse_key" is a header the gateway sets or rewrites itself')
+    assert.equal(
+      issueAt(err, 'identity.providers.a.header').message,
+      '"host" is a header the gateway sets or rewrites itself',
+    )
+    assert.equal(
+      issueAt(err, 'identity.providers.b.header').message,
+      '"x_gatehouse_key" is a header the gateway sets or rewrites itself',
+    )
     assert.equal(err.issues.length, 2)
   })
 
@@ -90,11 +115,15 @@ describe('config: identity', () => {
   providers:
     keys: { kind: api_key, keys: [{ id: a, sha256: "my-plain-key" }] }
 `)
-    assert.equal(issueAt(err, 'identity.providers.keys.keys[0].sha256').message, 'must be the 64-hex-digit SHA-256 of the key')
+    assert.equal(
+      issueAt(err, 'identity.providers.keys.keys[0].sha256').message,
+      'must be the 64-hex-digit SHA-256 of the key',
+    )
   })
 
   it('checks ip CIDRs, claim patterns and identity headers', () => {
-    const err = configError(BASE + `routes:
+    const err = configError(
+      BASE + `routes:
   - name: predict
     upstream: model
     auth: { any_of: [sso], claims: { org: { pattern: "(" } } }
@@ -103,18 +132,40 @@ describe('config: identity', () => {
   - name: other
     upstream: model
     identity_headers: { subject: x-user }
-`)
-    assert.match(issueAt(err, 'routes[0].auth.claims.org.pattern').message, /invalid regular expression/)
-    assert.equal(issueAt(err, 'routes[0].ip.allow[0]').message, 'invalid CIDR or address "10.0.0.0/33": the prefix length must be a whole number from 0 to 32')
+`,
+    )
+    assert.match(
+      issueAt(err, 'routes[0].auth.claims.org.pattern').message,
+      /invalid regular expression/,
+    )
+    assert.equal(
+      issueAt(err, 'routes[0].ip.allow[0]').message,
+      'invalid CIDR or address "10.0.0.0/33": the prefix length must be a whole number from 0 to 32',
+    )
     assert.equal(issueAt(err, 'routes[0].ip.deny[0]').message, 'invalid CIDR or address "nonsense"')
-    assert.equal(issueAt(err, 'routes[0].identity_headers.subject').message, '"authorization" is a header the gateway sets or rewrites itself')
-    assert.equal(issueAt(err, 'routes[0].identity_headers.claims.org').message, '"x-api-key" carries API keys (identity.providers)')
-    assert.equal(issueAt(err, 'routes[0].identity_headers.claims.tier').message, 'not a valid header name')
-    assert.equal(issueAt(err, 'routes[1].identity_headers').message, 'identity headers need an auth block on the route')
+    assert.equal(
+      issueAt(err, 'routes[0].identity_headers.subject').message,
+      '"authorization" is a header the gateway sets or rewrites itself',
+    )
+    assert.equal(
+      issueAt(err, 'routes[0].identity_headers.claims.org').message,
+      '"x-api-key" carries API keys (identity.providers)',
+    )
+    assert.equal(
+      issueAt(err, 'routes[0].identity_headers.claims.tier').message,
+      'not a valid header name',
+    )
+    assert.equal(
+      issueAt(err, 'routes[1].identity_headers').message,
+      'identity headers need an auth block on the route',
+    )
   })
 
   it('phantom tokens need a key that fits the algorithm', () => {
-    const rsa = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ type: 'pkcs8', format: 'pem' }) as string
+    const rsa = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({
+      type: 'pkcs8',
+      format: 'pem',
+    }) as string
     const err = configError(`identity:
   phantom_token: { key: ${JSON.stringify(rsa)}, alg: ES256, issuer: gh, audience: models }
 upstreams:
@@ -122,17 +173,28 @@ upstreams:
 routes:
   - { name: a, upstream: model, auth: { any_of: [] } }
 `)
-    assert.equal(issueAt(err, 'identity.phantom_token.key').message, 'a rsa key cannot sign ES256 (it needs ec)')
+    assert.equal(
+      issueAt(err, 'identity.phantom_token.key').message,
+      'a rsa key cannot sign ES256 (it needs ec)',
+    )
     assert.equal(issueAt(err, 'routes[0].auth.any_of').message, 'name at least one provider')
-    const err2 = configError(BASE + `routes:
+    const err2 = configError(
+      BASE + `routes:
   - { name: a, upstream: model, auth: { any_of: [sso], phantom_token: true } }
-`)
-    assert.equal(issueAt(err2, 'routes[0].auth.phantom_token').message, 'needs identity.phantom_token (the key the gateway signs with)')
+`,
+    )
+    assert.equal(
+      issueAt(err2, 'routes[0].auth.phantom_token').message,
+      'needs identity.phantom_token (the key the gateway signs with)',
+    )
     const err3 = configError(`identity:
   phantom_token: { key: "not a key", issuer: gh, audience: models, header: X-Forwarded-For }
 `)
     assert.match(issueAt(err3, 'identity.phantom_token.key').message, /^not a PEM private key/)
-    assert.equal(issueAt(err3, 'identity.phantom_token.header').message, '"x-forwarded-for" is a header the gateway sets or rewrites itself')
+    assert.equal(
+      issueAt(err3, 'identity.phantom_token.header').message,
+      '"x-forwarded-for" is a header the gateway sets or rewrites itself',
+    )
     const p256 = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey
     const sec1 = p256.export({ type: 'sec1', format: 'pem' }) as string
     const err4 = configError(`identity:
@@ -140,8 +202,13 @@ routes:
 `)
     assert.match(issueAt(err4, 'identity.phantom_token.key').message, /must be a PKCS#8 PEM/)
     const err5 = configError(`identity:
-  phantom_token: { key: ${JSON.stringify(p256.export({ type: 'pkcs8', format: 'pem' }))}, alg: ES384, issuer: gh, audience: models }
+  phantom_token: { key: ${
+    JSON.stringify(p256.export({ type: 'pkcs8', format: 'pem' }))
+  }, alg: ES384, issuer: gh, audience: models }
 `)
-    assert.equal(issueAt(err5, 'identity.phantom_token.key').message, 'ES384 needs a secp384r1 key, not prime256v1')
+    assert.equal(
+      issueAt(err5, 'identity.phantom_token.key').message,
+      'ES384 needs a secp384r1 key, not prime256v1',
+    )
   })
 })

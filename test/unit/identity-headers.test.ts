@@ -51,7 +51,9 @@ describe('headerValue: one header per distinct value', () => {
   })
 
   it('sends no header for absent and empty values', () => {
-    for (const v of [null, undefined, '', [], [''], new Set()]) assert.equal(headerValue(v), null, String(v))
+    for (const v of [null, undefined, '', [], [''], new Set()]) {
+      assert.equal(headerValue(v), null, String(v))
+    }
   })
 
   it('objects and non-string list items are JSON, escaped like any item', () => {
@@ -63,13 +65,17 @@ describe('headerValue: one header per distinct value', () => {
   })
 
   it('round-trips every string and list of strings, lone surrogates aside', () => {
-    const samples = ['josé', 'jos%C3%A9', 'dev,admin', ' x ', '%', '%%2C', ',', 'a b', '日本', '😀', '\u0000', '\u007f', 'quote"s', 'back\\slash', '+plus']
+    const samples = ['josé', 'jos%C3%A9', 'dev,admin', ' x ', '%', '%%2C', ',', 'a b', '日本', '😀',
+      '\u0000', '\u007f', 'quote"s', 'back\\slash', '+plus']
     const seen = new Map<string, unknown>()
     const note = (v: unknown): void => {
       const h = headerValue(v)!
       assert.match(h, /^[\x21-\x7e]+(?: [\x21-\x7e]+)*$/, `${JSON.stringify(v)} → ${h}`)
       const before = seen.get(h)
-      assert.ok(before === undefined, `${JSON.stringify(v)} and ${JSON.stringify(before)} share the header ${h}`)
+      assert.ok(
+        before === undefined,
+        `${JSON.stringify(v)} and ${JSON.stringify(before)} share the header ${h}`,
+      )
       seen.set(h, v)
     }
     for (const s of samples) {
@@ -87,7 +93,10 @@ describe('headerValue: one header per distinct value', () => {
   })
 })
 
-const PHANTOM_KEY = generateKeyPairSync('ec', { namedCurve: 'prime256v1' }).privateKey.export({ type: 'pkcs8', format: 'pem' }) as string
+const PHANTOM_KEY = generateKeyPairSync('ec', { namedCurve: 'prime256v1' }).privateKey.export({
+  type: 'pkcs8',
+  format: 'pem',
+}) as string
 
 describe('identity headers and phantom tokens reach the upstream unambiguously', () => {
   let jwks: http.Server
@@ -109,13 +118,30 @@ describe('identity headers and phantom tokens reach the upstream unambiguously',
     up = await startEchoUpstream()
     gw = await startGateway({
       identity: {
-        providers: { sso: { kind: 'jwt', issuer, jwks_uri: `${issuer}/jwks`, audiences: ['ml-api'] } },
-        phantom_token: { key: PHANTOM_KEY, issuer: 'https://gatehouse.internal', audience: 'models' },
+        providers: {
+          sso: { kind: 'jwt', issuer, jwks_uri: `${issuer}/jwks`, audiences: ['ml-api'] },
+        },
+        phantom_token: {
+          key: PHANTOM_KEY,
+          issuer: 'https://gatehouse.internal',
+          audience: 'models',
+        },
       },
       upstreams: { up: { targets: [{ url: up.url }] } },
       routes: [
-        { name: 'r', match: { path_prefix: '/r' }, upstream: 'up', auth: { any_of: ['sso'] }, identity_headers: { claims: { roles: 'x-roles' } } },
-        { name: 'phantom', match: { path_prefix: '/phantom' }, upstream: 'up', auth: { any_of: ['sso'], phantom_token: true } },
+        {
+          name: 'r',
+          match: { path_prefix: '/r' },
+          upstream: 'up',
+          auth: { any_of: ['sso'] },
+          identity_headers: { claims: { roles: 'x-roles' } },
+        },
+        {
+          name: 'phantom',
+          match: { path_prefix: '/phantom' },
+          upstream: 'up',
+          auth: { any_of: ['sso'], phantom_token: true },
+        },
       ],
     })
   })
@@ -125,10 +151,19 @@ describe('identity headers and phantom tokens reach the upstream unambiguously',
     jwks.close()
   })
 
-  const seen = async (claims: Record<string, unknown>, path = '/r'): Promise<Record<string, string>> => {
+  const seen = async (
+    claims: Record<string, unknown>,
+    path = '/r',
+  ): Promise<Record<string, string>> => {
     const now = Math.floor(Date.now() / 1000)
-    const token = await new SignJWT(claims).setProtectedHeader({ alg: 'ES256', kid: 'k1', typ: 'at+jwt' })
-      .setIssuer(issuer).setAudience('ml-api').setIssuedAt(now).setExpirationTime(now + 600).sign(privateKey)
+    const token = await new SignJWT(claims).setProtectedHeader({
+      alg: 'ES256',
+      kid: 'k1',
+      typ: 'at+jwt',
+    })
+      .setIssuer(issuer).setAudience('ml-api').setIssuedAt(now).setExpirationTime(now + 600).sign(
+        privateKey,
+      )
     const res = await request(gw.url + path, { headers: { authorization: `Bearer ${token}` } })
     assert.equal(res.status, 200)
     return JSON.parse(res.body).headers
@@ -172,8 +207,17 @@ describe('identity headers and phantom tokens reach the upstream unambiguously',
 describe('API key scopes', () => {
   it('refuses a scope with whitespace, which the space-separated scope lists would read as two', () => {
     assert.throws(() => validateConfig({
-      identity: { providers: { keys: { kind: 'api_key', keys: [{ id: 'k', sha256: 'a'.repeat(64), scopes: ['read admin'] }] } } },
-    }), (err: unknown) => err instanceof ConfigError &&
-      err.message === 'config: identity.providers.keys.keys[0].scopes[0]: a scope cannot contain whitespace (scopes are space-separated)')
+      identity: {
+        providers: {
+          keys: {
+            kind: 'api_key',
+            keys: [{ id: 'k', sha256: 'a'.repeat(64), scopes: ['read admin'] }],
+          },
+        },
+      },
+    }), (err: unknown) =>
+      err instanceof ConfigError &&
+      err.message ===
+        'config: identity.providers.keys.keys[0].scopes[0]: a scope cannot contain whitespace (scopes are space-separated)')
   })
 })

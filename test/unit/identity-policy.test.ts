@@ -13,7 +13,10 @@ describe('clientAddress', () => {
     assert.equal(clientAddress('203.0.113.1', '10.1.1.1', trusted), '203.0.113.1')
   })
   it('is the right-most untrusted X-Forwarded-For entry behind trusted proxies', () => {
-    assert.equal(clientAddress('10.0.0.2', '198.51.100.7, 203.0.113.9, 10.0.0.5', trusted), '203.0.113.9')
+    assert.equal(
+      clientAddress('10.0.0.2', '198.51.100.7, 203.0.113.9, 10.0.0.5', trusted),
+      '203.0.113.9',
+    )
     assert.equal(clientAddress('::1', '2001:db8::5', trusted), '2001:db8::5')
   })
   it('strips ports and brackets', () => {
@@ -27,7 +30,10 @@ describe('clientAddress', () => {
 })
 
 describe('IpPolicy', () => {
-  const p = new IpPolicy({ allow: ['10.0.0.0/8', '2001:db8::/32'], deny: ['10.6.6.0/24', '2001:db8:bad::/48'] })
+  const p = new IpPolicy({
+    allow: ['10.0.0.0/8', '2001:db8::/32'],
+    deny: ['10.6.6.0/24', '2001:db8:bad::/48'],
+  })
   it('allows listed ranges, IPv4 and IPv6 (also IPv4-mapped)', () => {
     assert.equal(p.check('10.1.2.3'), null)
     assert.equal(p.check('::ffff:10.1.2.3'), null)

@@ -10,13 +10,22 @@ const logger = fileURLToPath(new URL('../../src/observability/logger.ts', import
 
 /** Runs a script in a child process with the default (batched, asynchronous) destination on stdout. */
 function runChild (body: string): { lines: Array<Record<string, any>>, status: number | null } {
-  const script = `import { createLogger } from ${JSON.stringify(logger)}\nimport { AccessLog } from ${JSON.stringify(logger.replace('logger.ts', 'access-log.ts'))}\n${body}`
-  const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { encoding: 'utf8', timeout: 30_000, maxBuffer: 64 * 1024 * 1024 })
+  const script = `import { createLogger } from ${
+    JSON.stringify(logger)
+  }\nimport { AccessLog } from ${
+    JSON.stringify(logger.replace('logger.ts', 'access-log.ts'))
+  }\n${body}`
+  const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
+    encoding: 'utf8',
+    timeout: 30_000,
+    maxBuffer: 64 * 1024 * 1024,
+  })
   assert.equal(r.stderr, '')
   return { lines: r.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l)), status: r.status }
 }
 
-const entry = "{ id: 'i', route: 'r', method: 'GET', path: '/p', status: 200, target: null, attempts: 1, bytesIn: 0, bytesOut: 1, ms: 1, upstreamMs: null, code: null, reason: null, provider: null, subject: null }"
+const entry =
+  '{ id: \'i\', route: \'r\', method: \'GET\', path: \'/p\', status: 200, target: null, attempts: 1, bytesIn: 0, bytesOut: 1, ms: 1, upstreamMs: null, code: null, reason: null, provider: null, subject: null }'
 
 describe('batched log destination', () => {
   test('every line reaches stdout, in the order logged, when the process ends on its own', () => {
@@ -62,9 +71,19 @@ describe('batched log destination', () => {
  * plugin's console.log would), and reads nothing until the child says on stderr that it has
  * logged everything: a reader slower than the gateway.
  */
-async function runChildSlowReader (body: string): Promise<{ lines: Array<Record<string, any>>, raw: string, stderr: string, status: number | null }> {
-  const script = `process.stdout\nimport { createLogger } from ${JSON.stringify(logger)}\nimport { AccessLog } from ${JSON.stringify(logger.replace('logger.ts', 'access-log.ts'))}\n${body}\nprocess.stderr.write('logged\\n')`
-  const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'pipe'] })
+async function runChildSlowReader (
+  body: string,
+): Promise<
+  { lines: Array<Record<string, any>>, raw: string, stderr: string, status: number | null }
+> {
+  const script = `process.stdout\nimport { createLogger } from ${
+    JSON.stringify(logger)
+  }\nimport { AccessLog } from ${
+    JSON.stringify(logger.replace('logger.ts', 'access-log.ts'))
+  }\n${body}\nprocess.stderr.write('logged\\n')`
+  const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  })
   child.stdout.pause()
   const out: Buffer[] = []
   let stderr = ''
@@ -77,7 +96,9 @@ async function runChildSlowReader (body: string): Promise<{ lines: Array<Record<
   const status = await new Promise<number | null>((resolve) => child.once('close', resolve))
   const raw = Buffer.concat(out).toString('utf8')
   // Whole lines only: output given up on at exit may end part-way through one.
-  const lines = raw.slice(0, raw.lastIndexOf('\n') + 1).split('\n').filter(Boolean).map((l) => JSON.parse(l))
+  const lines = raw.slice(0, raw.lastIndexOf('\n') + 1).split('\n').filter(Boolean).map((l) =>
+    JSON.parse(l)
+  )
   return { lines, raw, stderr: stderr.replace('logged\n', ''), status }
 }
 
@@ -102,7 +123,9 @@ describe('log output that is full or broken', () => {
     assert.equal(status, 0)
     // Reported when it starts, and with the count when the pipe takes lines again (or, on a
     // machine so slow that the reader is not back within a second of exit, at exit).
-    const m = /^gatehouse: log output to fd 1 failed \(EAGAIN\); log lines are dropped until it recovers\ngatehouse: (?:log output recovered; )?(\d+) bytes of log lines were dropped (?:while it failed )?\(EAGAIN\)\n$/.exec(stderr)
+    const m =
+      /^gatehouse: log output to fd 1 failed \(EAGAIN\); log lines are dropped until it recovers\ngatehouse: (?:log output recovered; )?(\d+) bytes of log lines were dropped (?:while it failed )?\(EAGAIN\)\n$/
+        .exec(stderr)
     assert.ok(m, stderr)
     // What arrived is whole lines in the order logged: the beginning, then, past the batches
     // dropped while the pipe was full, what was logged once it had room again...
@@ -124,10 +147,14 @@ describe('log output that is full or broken', () => {
         const log = createLogger('info')
         for (let i = 0; i < 2000; i++) log.info({ msg: 'x'.repeat(100), i })
         setTimeout(() => { log.info({ msg: 'later' }); process.exit(7) }, 1100)`
-      const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { stdio: ['ignore', full, 'pipe'], encoding: 'utf8', timeout: 30_000 })
+      const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e',
+        script], { stdio: ['ignore', full, 'pipe'], encoding: 'utf8', timeout: 30_000 })
       assert.equal(r.signal, null)
       assert.equal(r.status, 7)
-      assert.match(r.stderr, /^gatehouse: log output to fd 1 failed \(ENOSPC\); log lines are dropped until it recovers\ngatehouse: \d+ bytes of log lines were dropped \(ENOSPC\)\n$/)
+      assert.match(
+        r.stderr,
+        /^gatehouse: log output to fd 1 failed \(ENOSPC\); log lines are dropped until it recovers\ngatehouse: \d+ bytes of log lines were dropped \(ENOSPC\)\n$/,
+      )
     } finally {
       closeSync(full)
     }
@@ -138,9 +165,21 @@ describe('per-request metrics', () => {
   test('expose the same text as prom-client metrics fed the same values', async () => {
     const ours = new Metrics(false)
     const theirs = new Registry()
-    const requests = new Counter({ name: 'gatehouse_requests_total', help: 'Requests answered, by route, method and status', labelNames: ['route', 'method', 'status'], registers: [theirs] })
-    const buckets = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120]
-    const duration = new Histogram({ name: 'gatehouse_request_duration_seconds', help: 'Time from request head to response end', labelNames: ['route'], buckets, registers: [theirs] })
+    const requests = new Counter({
+      name: 'gatehouse_requests_total',
+      help: 'Requests answered, by route, method and status',
+      labelNames: ['route', 'method', 'status'],
+      registers: [theirs],
+    })
+    const buckets = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
+      120]
+    const duration = new Histogram({
+      name: 'gatehouse_request_duration_seconds',
+      help: 'Time from request head to response end',
+      labelNames: ['route'],
+      buckets,
+      registers: [theirs],
+    })
     const rm = ours.forRoute(null, 'r"1', 'up')
     // Values on, below and above bucket bounds, and past the last one.
     for (const v of [0, 0.001, 0.0011, 0.3, 0.5, 7, 121, 1e6]) {
@@ -152,6 +191,8 @@ describe('per-request metrics', () => {
       requests.labels('r"1', method, String(status)).inc()
     }
     const text = await ours.registry.metrics()
-    for (const block of (await theirs.metrics()).trim().split('\n\n')) assert.ok(text.includes(block), `missing:\n${block}\n\nin:\n${text}`)
+    for (const block of (await theirs.metrics()).trim().split('\n\n')) {
+      assert.ok(text.includes(block), `missing:\n${block}\n\nin:\n${text}`)
+    }
   })
 })

@@ -9,8 +9,22 @@ import { PRECISE_BELOW, PreciseTimeouts, upstreamTimeouts } from '../../src/upst
 // timeouts are left to undici's coarse clock, and the rules the precise ones follow.
 
 test('timeouts below PRECISE_BELOW are timed by the gateway; from PRECISE_BELOW up undici times them', () => {
-  assert.deepEqual(upstreamTimeouts(200, PRECISE_BELOW - 1), { headersTimeout: 0, bodyTimeout: 0, firstByte: 200, idle: PRECISE_BELOW - 1, deadline: 0, precise: true })
-  assert.deepEqual(upstreamTimeouts(PRECISE_BELOW, 300_000), { headersTimeout: PRECISE_BELOW, bodyTimeout: 300_000, firstByte: 0, idle: 0, deadline: 0, precise: false })
+  assert.deepEqual(upstreamTimeouts(200, PRECISE_BELOW - 1), {
+    headersTimeout: 0,
+    bodyTimeout: 0,
+    firstByte: 200,
+    idle: PRECISE_BELOW - 1,
+    deadline: 0,
+    precise: true,
+  })
+  assert.deepEqual(upstreamTimeouts(PRECISE_BELOW, 300_000), {
+    headersTimeout: PRECISE_BELOW,
+    bodyTimeout: 300_000,
+    firstByte: 0,
+    idle: 0,
+    deadline: 0,
+    precise: false,
+  })
   // 0 means no timeout, to undici as in the config.
   assert.equal(upstreamTimeouts(0, 0).precise, false)
   assert.equal(upstreamTimeouts(60_000, 300_000, 30_000).precise, true)
@@ -24,7 +38,9 @@ function timed (timeouts: ReturnType<typeof upstreamTimeouts>, body: unknown = n
     onHeaders: () => true,
     onData: () => true,
     onComplete: () => {},
-    onError: (err) => { failure = { err, after: performance.now() - t0 } },
+    onError: (err) => {
+      failure = { err, after: performance.now() - t0 }
+    },
   }
   const h = new PreciseTimeouts(inner, timeouts, body)
   // The abort undici hands over: the request fails with the error given.
@@ -42,7 +58,10 @@ test('a short first_byte fires once its delay has passed, with undici\'s error',
   const f = failure()!
   assert.ok(f.err instanceof errors.HeadersTimeoutError)
   assert.ok(f.after >= 29, `fired after ${f.after.toFixed(1)} ms`)
-  assert.ok(f.after < 400, `fired after ${f.after.toFixed(1)} ms (undici's own clock has a ~500 ms grid)`)
+  assert.ok(
+    f.after < 400,
+    `fired after ${f.after.toFixed(1)} ms (undici's own clock has a ~500 ms grid)`,
+  )
 })
 
 test('first_byte does not fire while the request body keeps moving, and does when undici paused it', async () => {
@@ -72,9 +91,23 @@ test('idle restarts with each chunk, waits while the response is paused, and fir
   }
   assert.equal(failure(), null, 'each chunk restarts idle')
   // The client reads slowly: the handler holds the upstream paused.
-  const paused = new PreciseTimeouts({ onHeaders: (_s, _h, r) => { resume = r; return true }, onData: () => false, onComplete: () => {}, onError: () => {} }, upstreamTimeouts(0, 40), null)
+  const paused = new PreciseTimeouts(
+    {
+      onHeaders: (_s, _h, r) => {
+        resume = r
+        return true
+      },
+      onData: () => false,
+      onComplete: () => {},
+      onError: () => {},
+    },
+    upstreamTimeouts(0, 40),
+    null,
+  )
   let err: Error | null = null
-  paused.onConnect((e) => { err = e! })
+  paused.onConnect((e) => {
+    err = e!
+  })
   paused.onRequestSent()
   paused.onHeaders(200, [], () => {}, 'OK')
   paused.onData(Buffer.from('x'))
@@ -88,9 +121,15 @@ test('idle restarts with each chunk, waits while the response is paused, and fir
 
 test('the deadline bounds the whole attempt, also when it passes before the request went out', async () => {
   let err: Error | null = null
-  const h = new PreciseTimeouts({ onHeaders: () => true, onData: () => true, onComplete: () => {}, onError: () => {} }, upstreamTimeouts(0, 0, 30), null)
+  const h = new PreciseTimeouts(
+    { onHeaders: () => true, onData: () => true, onComplete: () => {}, onError: () => {} },
+    upstreamTimeouts(0, 0, 30),
+    null,
+  )
   await sleep(60)
   // Connected late: the request is aborted at once.
-  h.onConnect((e) => { err = e! })
+  h.onConnect((e) => {
+    err = e!
+  })
   assert.ok((err as Error | null) instanceof errors.HeadersTimeoutError)
 })

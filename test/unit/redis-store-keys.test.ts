@@ -13,7 +13,12 @@ test('Redis keys: prefix + key for GCRA and cache entries, prefix + key + ":<win
   // Without Redis this skips, with its reason; under GATEHOUSE_REQUIRE_SERVICES=1 (CI) it fails.
   if (!await serviceAvailable(6379)) return t.skip('Redis is not answering on 127.0.0.1:6379')
   const prefix = `gh-test-${randomUUID()}:`
-  const store = new RedisStore({ kind: 'redis', url: 'redis://127.0.0.1:6379', prefix, timeout: 1000 }, createLogger('silent'))
+  const store = new RedisStore({
+    kind: 'redis',
+    url: 'redis://127.0.0.1:6379',
+    prefix,
+    timeout: 1000,
+  }, createLogger('silent'))
   const raw = new Redis('redis://127.0.0.1:6379')
   await store.start()
   try {
@@ -27,7 +32,10 @@ test('Redis keys: prefix + key for GCRA and cache entries, prefix + key + ":<win
     const after = Math.floor(Date.now() / day)
     const keys = (await raw.keys(`${prefix}*`)).map((k) => k.slice(prefix.length)).sort()
     const window = keys.find((k) => k.startsWith('rl:q:'))
-    assert.ok(window === `rl:q:subject:p:alice:${before}` || window === `rl:q:subject:p:alice:${after}`, String(window))
+    assert.ok(
+      window === `rl:q:subject:p:alice:${before}` || window === `rl:q:subject:p:alice:${after}`,
+      String(window),
+    )
     assert.deepEqual(keys, ['c:abc', 'rl:g:ip:192.0.2.1', window])
     assert.equal(await raw.get(prefix + window), '5')
     assert.deepEqual(await raw.getBuffer(`${prefix}c:abc`), Buffer.from([0, 255, 10]))

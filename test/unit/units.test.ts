@@ -1,6 +1,12 @@
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { formatDuration, formatSize, isUnitlessDuration, parseDuration, parseSize } from '../../src/config/units.js'
+import {
+  formatDuration,
+  formatSize,
+  isUnitlessDuration,
+  parseDuration,
+  parseSize,
+} from '../../src/config/units.js'
 
 describe('parseDuration', () => {
   it('parses each unit into milliseconds', () => {
@@ -46,7 +52,10 @@ describe('parseDuration', () => {
   })
 
   it('rejects malformed strings', () => {
-    for (const bad of ['', ' ', 's', '2sec', '2S', '2MS', '-1s', '+1s', '1e3ms', '.5s', '1.s', '1h30m', '2 m s', 'ten seconds', '5w']) {
+    for (
+      const bad of ['', ' ', 's', '2sec', '2S', '2MS', '-1s', '+1s', '1e3ms', '.5s', '1.s', '1h30m',
+        '2 m s', 'ten seconds', '5w']
+    ) {
       assert.equal(parseDuration(bad), null, `parseDuration(${JSON.stringify(bad)})`)
     }
   })
@@ -106,7 +115,10 @@ describe('parseSize', () => {
   })
 
   it('rejects malformed strings', () => {
-    for (const bad of ['', 'KiB', '10kib', '10kb', '10 K', '10XB', '-1KiB', '1e3', '.5KiB', '10 MiB/s', 'ten', '1,024']) {
+    for (
+      const bad of ['', 'KiB', '10kib', '10kb', '10 K', '10XB', '-1KiB', '1e3', '.5KiB', '10 MiB/s',
+        'ten', '1,024']
+    ) {
       assert.equal(parseSize(bad), null, `parseSize(${JSON.stringify(bad)})`)
     }
   })

@@ -5,7 +5,12 @@ import type { PhantomSigner } from '../../identity/phantom.js'
 import type { IdentitySet } from '../../identity/registry.js'
 import type { Exchange } from '../../pipeline/exchange.js'
 import type { Step } from '../../pipeline/step.js'
-import { isIdentity, type AuthResult, type Identity, type IdentityProvider } from '../../identity/types.js'
+import {
+  isIdentity,
+  type AuthResult,
+  type Identity,
+  type IdentityProvider,
+} from '../../identity/types.js'
 
 /** What the policy reads from a request: filled in by the header scan. */
 export interface CredentialCarrier {
@@ -20,12 +25,12 @@ export interface CredentialCarrier {
   /** The whole request body, when the route read it (signatures are over the raw bytes). */
   bodyBuffer: Buffer | null
   /** Every value of a request header (lower-case name), for webhook signatures. */
-  headerValues (name: string): string[]
+  headerValues(name: string): string[]
 }
 
 /** What a webhook provider adds to IdentityProvider (see webhook.ts). */
 interface SignatureVerifier {
-  verify (header: (lowerName: string) => readonly string[], body: Buffer, now: number): AuthResult
+  verify(header: (lowerName: string) => readonly string[], body: Buffer, now: number): AuthResult
 }
 
 const EMPTY = Buffer.alloc(0)
@@ -71,21 +76,45 @@ export class AuthPolicy implements Step {
     this.providers = auth.any_of.map((n) => identity.providers.get(n)!)
     this.hasBearer = this.providers.some((p) => p.source.kind === 'bearer')
     this.needsBody = this.providers.some((p) => p.source.kind === 'signature')
-    const headers = [...new Set(this.providers.flatMap((p) => p.source.kind === 'header' ? [p.source.name] : []))]
-    const signatures = [...new Set(this.providers.flatMap((p) => p.source.kind === 'signature' ? [p.source.name] : []))]
+    const headers = [
+      ...new Set(this.providers.flatMap((p) => p.source.kind === 'header' ? [p.source.name] : [])),
+    ]
+    const signatures = [
+      ...new Set(
+        this.providers.flatMap((p) => p.source.kind === 'signature' ? [p.source.name] : []),
+      ),
+    ]
     this.credentialNames = [...(this.hasBearer ? ['authorization'] : []), ...headers, ...signatures]
     this.stripCredentials = auth.strip_credentials
     this.phantom = auth.phantom_token ? identity.phantom : null
     this.scopesAll = auth.scopes?.all ?? null
     this.scopesAny = auth.scopes?.any ?? null
-    this.claims = auth.claims === undefined ? null : Object.entries(auth.claims).map(([name, m]) => ({ name, path: name.split('.'), test: claimTest(m) }))
+    this.claims = auth.claims === undefined
+      ? null
+      : Object.entries(auth.claims).map(([name, m]) => ({
+        name,
+        path: name.split('.'),
+        test: claimTest(m),
+      }))
     this.#realm = identity.realm
-    for (const p of this.providers) this.#schemes.set(p.name, p.source.kind === 'bearer' ? 'Bearer' : p.source.kind === 'signature' ? 'Signature' : 'ApiKey')
+    for (const p of this.providers) {
+      this.#schemes.set(
+        p.name,
+        p.source.kind === 'bearer'
+          ? 'Bearer'
+          : p.source.kind === 'signature'
+          ? 'Signature'
+          : 'ApiKey',
+      )
+    }
     const challenges: string[] = []
     if (this.hasBearer) challenges.push(`Bearer realm="${this.#realm}"`)
     for (const h of headers) challenges.push(`ApiKey realm="${this.#realm}", header="${h}"`)
     for (const h of signatures) challenges.push(`Signature realm="${this.#realm}", headers="${h}"`)
-    this.#missing = gatewayError('GH_AUTH_REQUIRED', 'This route requires credentials', { reason: 'no credentials', headers: { 'www-authenticate': challenges.join(', ') } })
+    this.#missing = gatewayError('GH_AUTH_REQUIRED', 'This route requires credentials', {
+      reason: 'no credentials',
+      headers: { 'www-authenticate': challenges.join(', ') },
+    })
     this.#scopeHint = [...(this.scopesAll ?? []), ...(this.scopesAny ?? [])].join(' ')
   }
 
@@ -114,13 +143,20 @@ export class AuthPolicy implements Step {
         digests[i] = ''
         if (ex.headerValues(p.source.name).length === 0) continue
         any = true
-        const r = (p as unknown as SignatureVerifier).verify((n) => ex.headerValues(n), ex.bodyBuffer ?? EMPTY, now)
+        const r = (p as unknown as SignatureVerifier).verify(
+          (n) => ex.headerValues(n),
+          ex.bodyBuffer ?? EMPTY,
+          now,
+        )
         if (isIdentity(r)) return this.#admit(ex, r, now)
         // The provider is built without the identity realm (and is kept across reloads that may
         // change it), so the challenge is the policy's, like every other challenge it sends.
         signatureFailure ??= gatewayError(r.code, r.detail, {
           ...(r.reason === null ? {} : { reason: r.reason }),
-          headers: { ...r.headers, 'www-authenticate': `Signature realm="${this.#realm}", headers="${p.source.name}"` },
+          headers: {
+            ...r.headers,
+            'www-authenticate': `Signature realm="${this.#realm}", headers="${p.source.name}"`,
+          },
         })
         continue
       }
@@ -135,7 +171,9 @@ export class AuthPolicy implements Step {
         digest = bearerDigest
       } else {
         const found = headerCredential(ex, p.source.name)
-        if (found === -1) return this.#invalidRequest(`more than one ${p.source.name} header`, 'ApiKey')
+        if (found === -1) {
+          return this.#invalidRequest(`more than one ${p.source.name} header`, 'ApiKey')
+        }
         cred = found
         digest = cred === null ? '' : hash('sha256', cred, 'base64')
       }
@@ -149,7 +187,9 @@ export class AuthPolicy implements Step {
     }
     if (!any) return this.#missing
     if (!others) return signatureFailure!
-    if (bearer !== null && bearer !== undefined && !B64TOKEN.test(bearer)) return this.#invalidRequest('malformed Bearer credentials', 'Bearer')
+    if (bearer !== null && bearer !== undefined && !B64TOKEN.test(bearer)) {
+      return this.#invalidRequest('malformed Bearer credentials', 'Bearer')
+    }
     return this.#ask(ex, creds, digests, 0, null, null, false, now)
   }
 
@@ -161,9 +201,13 @@ export class AuthPolicy implements Step {
   #bearer (ex: CredentialCarrier): string | null | GatewayError {
     const v = ex.authorization
     if (v === null) return null
-    if (ex.authorizationCount > 1) return this.#invalidRequest('more than one Authorization header', 'Bearer')
+    if (ex.authorizationCount > 1) {
+      return this.#invalidRequest('more than one Authorization header', 'Bearer')
+    }
     // Another scheme (Basic, ...) is not a bearer credential: the request has none for us.
-    if (v.length < 6 || (v.charCodeAt(0) | 0x20) !== 0x62 || v.slice(0, 6).toLowerCase() !== 'bearer') return null
+    if (
+      v.length < 6 || (v.charCodeAt(0) | 0x20) !== 0x62 || v.slice(0, 6).toLowerCase() !== 'bearer'
+    ) return null
     if (v.length > 6 && v.charCodeAt(6) !== 32) return null // "Bearerish": another scheme
     if (v.length > 7 && v.charCodeAt(6) === 32 && v.charCodeAt(7) !== 32) return v.slice(7)
     const m = BEARER.exec(v)
@@ -175,8 +219,16 @@ export class AuthPolicy implements Step {
    * Ask each provider that takes its credential, in order, until one vouches. Runs
    * synchronously until a provider answers with a Promise, then continues from there.
    */
-  #ask (ex: CredentialCarrier, creds: Array<string | null>, digests: string[], from: number,
-    failure: { err: GatewayError, provider: IdentityProvider } | null, outage: GatewayError | null, taken: boolean, now: number): Outcome | Promise<Outcome> {
+  #ask (
+    ex: CredentialCarrier,
+    creds: Array<string | null>,
+    digests: string[],
+    from: number,
+    failure: { err: GatewayError, provider: IdentityProvider } | null,
+    outage: GatewayError | null,
+    taken: boolean,
+    now: number,
+  ): Outcome | Promise<Outcome> {
     const providers = this.providers
     for (let i = from; i < providers.length; i++) {
       const cred = creds[i]
@@ -187,8 +239,19 @@ export class AuthPolicy implements Step {
       const next = (res: AuthResult): Outcome | Promise<Outcome> => {
         if (isIdentity(res)) return this.#admit(ex, res, now)
         // Any provider that could not decide makes the answer 503: it might have said yes.
-        if (res.code === 'GH_AUTH_UNAVAILABLE') return this.#ask(ex, creds, digests, i + 1, failure, outage ?? res, true, now)
-        return this.#ask(ex, creds, digests, i + 1, failure ?? { err: res, provider: p }, outage, true, now)
+        if (res.code === 'GH_AUTH_UNAVAILABLE') {
+          return this.#ask(ex, creds, digests, i + 1, failure, outage ?? res, true, now)
+        }
+        return this.#ask(
+          ex,
+          creds,
+          digests,
+          i + 1,
+          failure ?? { err: res, provider: p },
+          outage,
+          true,
+          now,
+        )
       }
       if (r instanceof Promise) return r.then(next)
       return next(r)
@@ -196,9 +259,17 @@ export class AuthPolicy implements Step {
     if (outage !== null) return outage
     if (failure === null) {
       // A credential no provider takes (a JWT from an issuer this route does not trust).
-      return this.#invalid(taken ? 'credential refused' : 'no provider on this route takes this credential', this.hasBearer && creds.some((c, i) => c !== null && providers[i]!.source.kind === 'bearer') ? 'Bearer' : 'ApiKey')
+      return this.#invalid(
+        taken ? 'credential refused' : 'no provider on this route takes this credential',
+        this.hasBearer && creds.some((c, i) => c !== null && providers[i]!.source.kind === 'bearer')
+          ? 'Bearer'
+          : 'ApiKey',
+      )
     }
-    return this.#invalid(failure.err.reason ?? failure.err.detail, failure.provider.source.kind === 'bearer' ? 'Bearer' : 'ApiKey')
+    return this.#invalid(
+      failure.err.reason ?? failure.err.detail,
+      failure.provider.source.kind === 'bearer' ? 'Bearer' : 'ApiKey',
+    )
   }
 
   /** Authorization proper: scopes, then claims. Then the phantom token, if the route wants one. */
@@ -206,11 +277,17 @@ export class AuthPolicy implements Step {
     const scheme = this.#schemes.get(identity.provider) ?? 'Bearer'
     if (this.scopesAll !== null) {
       for (const s of this.scopesAll) {
-        if (!identity.scopes.has(s)) return this.#insufficientScope(identity, `missing scope "${s}"`, scheme)
+        if (!identity.scopes.has(s)) {
+          return this.#insufficientScope(identity, `missing scope "${s}"`, scheme)
+        }
       }
     }
     if (this.scopesAny !== null && !this.scopesAny.some((s) => identity.scopes.has(s))) {
-      return this.#insufficientScope(identity, `none of the scopes ${this.scopesAny.join(', ')}`, scheme)
+      return this.#insufficientScope(
+        identity,
+        `none of the scopes ${this.scopesAny.join(', ')}`,
+        scheme,
+      )
     }
     if (this.claims !== null) {
       for (const rule of this.claims) {
@@ -218,8 +295,12 @@ export class AuthPolicy implements Step {
         const ok = Array.isArray(value) ? value.some(rule.test) : rule.test(value)
         if (!ok) {
           return gatewayError('GH_FORBIDDEN', 'The credentials do not grant access to this route', {
-            reason: `${identity.provider}: claim "${rule.name}" (${JSON.stringify(value) ?? 'absent'}) does not match (subject ${identity.subject ?? '-'})`,
-            headers: { 'www-authenticate': `${scheme} realm="${this.#realm}", error="insufficient_scope"` },
+            reason: `${identity.provider}: claim "${rule.name}" (${
+              JSON.stringify(value) ?? 'absent'
+            }) does not match (subject ${identity.subject ?? '-'})`,
+            headers: {
+              'www-authenticate': `${scheme} realm="${this.#realm}", error="insufficient_scope"`,
+            },
           })
         }
       }
@@ -241,25 +322,42 @@ export class AuthPolicy implements Step {
   }
 
   #insufficientScope (identity: Identity, reason: string, scheme: string): GatewayError {
-    return gatewayError('GH_INSUFFICIENT_SCOPE', 'The credentials lack a scope this route requires', {
-      reason: `${identity.provider}: ${reason} (subject ${identity.subject ?? '-'})`,
-      headers: { 'www-authenticate': `${scheme} realm="${this.#realm}", error="insufficient_scope", scope="${this.#scopeHint}"` },
-    })
+    return gatewayError(
+      'GH_INSUFFICIENT_SCOPE',
+      'The credentials lack a scope this route requires',
+      {
+        reason: `${identity.provider}: ${reason} (subject ${identity.subject ?? '-'})`,
+        headers: {
+          'www-authenticate':
+            `${scheme} realm="${this.#realm}", error="insufficient_scope", scope="${this.#scopeHint}"`,
+        },
+      },
+    )
   }
 
   #invalid (reason: string, scheme: string): GatewayError {
     const error = scheme === 'Bearer' ? 'invalid_token' : 'invalid_key'
-    return gatewayError('GH_INVALID_CREDENTIALS', 'The credentials are missing, expired or invalid', {
-      reason,
-      headers: { 'www-authenticate': `${scheme} realm="${this.#realm}", error="${error}"` },
-    })
+    return gatewayError(
+      'GH_INVALID_CREDENTIALS',
+      'The credentials are missing, expired or invalid',
+      {
+        reason,
+        headers: { 'www-authenticate': `${scheme} realm="${this.#realm}", error="${error}"` },
+      },
+    )
   }
 
   #invalidRequest (reason: string, scheme: string): GatewayError {
-    return gatewayError('GH_INVALID_AUTH_REQUEST', 'The request carries malformed or repeated credentials', {
-      reason,
-      headers: { 'www-authenticate': `${scheme} realm="${this.#realm}", error="invalid_request"` },
-    })
+    return gatewayError(
+      'GH_INVALID_AUTH_REQUEST',
+      'The request carries malformed or repeated credentials',
+      {
+        reason,
+        headers: {
+          'www-authenticate': `${scheme} realm="${this.#realm}", error="invalid_request"`,
+        },
+      },
+    )
   }
 }
 
@@ -333,7 +431,10 @@ export function compileIdentityHeaders (cfg: RouteConfig['identity_headers']): I
 
 /** Printable ASCII but space, `%` and `,`: the bytes an item keeps as they are. */
 const PLAIN = /^[\x21-\x24\x26-\x2b\x2d-\x7e]*$/
-const HEX = Array.from({ length: 256 }, (_, b) => '%' + b.toString(16).toUpperCase().padStart(2, '0'))
+const HEX = Array.from(
+  { length: 256 },
+  (_, b) => '%' + b.toString(16).toUpperCase().padStart(2, '0'),
+)
 
 /**
  * A claim as a header value that upstreams can decode exactly: a string is one item, a list its

@@ -165,7 +165,9 @@ class Parser {
       const name = this.string(true)
       o.names.push(name)
       // Unescaped, the name's token is its canonical text; escaped, it is written afresh.
-      o.texts.push(this.i - start === name.length + 2 ? this.s.slice(start, this.i) : JSON.stringify(name))
+      o.texts.push(
+        this.i - start === name.length + 2 ? this.s.slice(start, this.i) : JSON.stringify(name),
+      )
       this.ws()
       if (this.s.charCodeAt(this.i++) !== 58 /* : */) throw NOT_CANONICAL
       this.ws()
@@ -206,7 +208,9 @@ function emitArray (a: Node[], out: string[]): void {
 function emitObject (o: JsonObject, out: string[], ignore: ReadonlySet<string> | null): void {
   const names = o.names
   const order = names.map((_, i) => i)
-  if (order.length > 1) order.sort((a, b) => (names[a]! < names[b]! ? -1 : names[a]! > names[b]! ? 1 : 0))
+  if (order.length > 1) {
+    order.sort((a, b) => (names[a]! < names[b]! ? -1 : names[a]! > names[b]! ? 1 : 0))
+  }
   for (let k = 1; k < order.length; k++) {
     if (names[order[k]!] === names[order[k - 1]!]) throw NOT_CANONICAL
   }

@@ -10,5 +10,13 @@ export { cacheTee } from './response.js'
 export function cachePolicy (route: RouteConfig, deps: PolicyDeps): CacheStep | null {
   const cfg = route.cache
   if (cfg === undefined) return null
-  return new CacheStep(new CachePolicy(route.name, cfg, deps.stores.cacheStores.get(cfg.store)!, cfg.store, route.auth === undefined))
+  return new CacheStep(
+    new CachePolicy(
+      route.name,
+      cfg,
+      deps.stores.cacheStores.get(cfg.store)!,
+      cfg.store,
+      route.auth === undefined,
+    ),
+  )
 }

@@ -35,7 +35,8 @@ export interface CacheRequest {
 }
 
 /** Header fields never stored: they belong to one exchange. */
-const PER_EXCHANGE = new Set(['x-request-id', 'age', 'x-cache', 'ratelimit', 'ratelimit-policy', 'date'])
+const PER_EXCHANGE = new Set(['x-request-id', 'age', 'x-cache', 'ratelimit', 'ratelimit-policy',
+  'date'])
 
 /**
  * Bumped whenever the preimage's layout changes: entries under an older layout simply miss (v1
@@ -74,7 +75,13 @@ export class CachePolicy {
   /** Entries decoded from a synchronous store's values, keyed by the stored Buffer itself. */
   readonly #decoded = new WeakMap<Buffer, CacheEntry | null>()
 
-  constructor (route: string, cfg: CacheConfig, store: CacheStore, storeName: string, anonymous: boolean) {
+  constructor (
+    route: string,
+    cfg: CacheConfig,
+    store: CacheStore,
+    storeName: string,
+    anonymous: boolean,
+  ) {
     this.#cfg = cfg
     this.methods = new Set(cfg.methods)
     this.store = store
@@ -119,7 +126,8 @@ export class CachePolicy {
       head += this.#credentials(r) ?? '-'
     } else {
       const id = r.identity
-      head += 'i' + JSON.stringify([id?.provider ?? null, id?.subject ?? null, id?.clientId ?? null])
+      head += 'i' +
+        JSON.stringify([id?.provider ?? null, id?.subject ?? null, id?.clientId ?? null])
     }
     // One-shot hash() costs a third of createHash() for a short input.
     if (body === null || body.length === 0) return `c:${hash('sha256', head, 'base64url')}`
@@ -127,7 +135,9 @@ export class CachePolicy {
     const coding = values(raw, 'content-encoding')
     head += type + coding
     const h = createHash('sha256')
-    const canonical = this.#cfg.key.body.json && coding === '0#' && isJsonType(type) ? canonicalJson(body, this.#ignore) : null
+    const canonical = this.#cfg.key.body.json && coding === '0#' && isJsonType(type)
+      ? canonicalJson(body, this.#ignore)
+      : null
     if (canonical !== null) {
       h.update(head + 'j')
       h.update(canonical)
@@ -145,7 +155,12 @@ export class CachePolicy {
    */
   #credentials (r: CacheRequest): string | null {
     let out = ''
-    if (r.authorizationCount > 0) out += 'a' + (r.authorizationCount === 1 ? '1#' + field(r.authorization!) : values(r.req.rawHeaders, 'authorization'))
+    if (r.authorizationCount > 0) {
+      out += 'a' +
+        (r.authorizationCount === 1
+          ? '1#' + field(r.authorization!)
+          : values(r.req.rawHeaders, 'authorization'))
+    }
     if (!this.#keysCookie) {
       const cookies = values(r.req.rawHeaders, 'cookie')
       if (cookies !== '0#') out += 'k' + cookies
@@ -206,7 +221,9 @@ export class CachePolicy {
     if (this.coalesceMs === 0) return noFollowers
     if (this.#inflight.has(key)) return null
     let settle!: (e: CacheEntry | null) => void
-    const promise = new Promise<CacheEntry | null>((resolve) => { settle = resolve })
+    const promise = new Promise<CacheEntry | null>((resolve) => {
+      settle = resolve
+    })
     const f: Inflight = { promise, settle, timer: null }
     this.#inflight.set(key, f)
     const inflight = this.#inflight
@@ -236,7 +253,9 @@ export class CachePolicy {
       if (name === 'set-cookie') return null
       // A stream of events (a model's tokens) is never a cacheable document, and a follower
       // must not wait for a stream that may last minutes.
-      if (name === 'content-type' && value.trimStart().toLowerCase().startsWith('text/event-stream')) return null
+      if (
+        name === 'content-type' && value.trimStart().toLowerCase().startsWith('text/event-stream')
+      ) return null
       // Known too big from its head: followers need not wait for the body to find out.
       if (name === 'content-length' && Number(value) > this.maxEntry) return null
       if (name === 'vary') {
@@ -317,7 +336,8 @@ function isJsonType (type: string): boolean {
   const value = type.slice(type.indexOf(':') + 1)
   const semi = value.indexOf(';')
   const media = (semi === -1 ? value : value.slice(0, semi)).trim().toLowerCase()
-  return media === 'application/json' || (media.startsWith('application/') && media.endsWith('+json'))
+  return media === 'application/json' ||
+    (media.startsWith('application/') && media.endsWith('+json'))
 }
 
 /** The header fields worth storing (per-exchange ones dropped). */
@@ -352,7 +372,11 @@ function decode (b: Buffer | null): CacheEntry | null {
   if (b === null || b.length < 4) return null
   const n = b.readUInt32BE(0)
   try {
-    const head = JSON.parse(b.subarray(4, 4 + n).toString('utf8')) as { s: number, h: string[], t: number }
+    const head = JSON.parse(b.subarray(4, 4 + n).toString('utf8')) as {
+      s: number
+      h: string[]
+      t: number
+    }
     return { status: head.s, headers: head.h, storedAt: head.t, body: b.subarray(4 + n) }
   } catch {
     return null
@@ -377,7 +401,12 @@ export class CacheCapture {
   #settled = false
 
   /** `shared`: CachePolicy.shared() of the request (false: stored only if the answer says so). */
-  constructor (policy: CachePolicy, key: string, done: (entry: CacheEntry | null) => void, shared: boolean) {
+  constructor (
+    policy: CachePolicy,
+    key: string,
+    done: (entry: CacheEntry | null) => void,
+    shared: boolean,
+  ) {
     this.#policy = policy
     this.#key = key
     this.#done = done
@@ -409,7 +438,12 @@ export class CacheCapture {
     if (this.#settled) return
     this.#settled = true
     if (this.#ttl === null) return this.#done(null)
-    const entry: CacheEntry = { status: this.#status, headers: this.#headers, body: Buffer.concat(this.#chunks, this.#size), storedAt: Date.now() }
+    const entry: CacheEntry = {
+      status: this.#status,
+      headers: this.#headers,
+      body: Buffer.concat(this.#chunks, this.#size),
+      storedAt: Date.now(),
+    }
     this.#policy.save(this.#key, entry, this.#ttl).catch(() => {})
     this.#done(entry)
   }

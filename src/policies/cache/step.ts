@@ -60,7 +60,11 @@ export class CacheStep implements Step {
         hit = r instanceof Promise ? await r : r
       } catch (err) {
         ex.rt.metrics.limitStoreErrors.labels(cache.storeName, 'cache').inc()
-        ex.rt.logger.debug({ msg: 'cache lookup failed', id: ex.requestId, err: (err as Error).message })
+        ex.rt.logger.debug({
+          msg: 'cache lookup failed',
+          id: ex.requestId,
+          err: (err as Error).message,
+        })
       }
       if (ex.finished) return HANDLED
       if (hit !== null) {
@@ -93,7 +97,9 @@ export class CacheStep implements Step {
 
 function serveCached (ex: Exchange, entry: CacheEntry, status: string): void {
   const res = ex.res
-  const headers = [...entry.headers, 'age', String(Math.max(0, Math.floor((Date.now() - entry.storedAt) / 1000))), 'x-cache', status, 'x-request-id', ex.requestId]
+  const headers = [...entry.headers, 'age',
+    String(Math.max(0, Math.floor((Date.now() - entry.storedAt) / 1000))), 'x-cache', status,
+    'x-request-id', ex.requestId]
   ex.pushRateLimitFields(headers)
   if (ex.responseFields !== null) addFields(headers, ex.responseFields)
   if (ex.rt.closing) res.shouldKeepAlive = false

@@ -14,7 +14,13 @@ const VARY_ORIGIN: readonly string[] = Object.freeze(['vary', 'Origin'])
  * removed (the route's policy decides, not an upstream's `*`), and Vary: Origin added.
  */
 const NOT_ALLOWED: readonly string[] = Object.freeze([
-  'access-control-allow-origin', '', 'access-control-allow-credentials', '', 'access-control-expose-headers', '', ...VARY_ORIGIN,
+  'access-control-allow-origin',
+  '',
+  'access-control-allow-credentials',
+  '',
+  'access-control-expose-headers',
+  '',
+  ...VARY_ORIGIN,
 ])
 
 /**
@@ -47,10 +53,14 @@ export class CorsPolicy implements Step {
     this.#credentials = cfg.credentials
     const common: string[] = []
     if (cfg.credentials) common.push('access-control-allow-credentials', 'true')
-    if (cfg.expose_headers.length > 0) common.push('access-control-expose-headers', cfg.expose_headers.join(', '))
+    if (cfg.expose_headers.length > 0) {
+      common.push('access-control-expose-headers', cfg.expose_headers.join(', '))
+    }
     common.push(...VARY_ORIGIN)
     for (const origin of cfg.origins) {
-      if (origin !== '*') this.#fields.set(origin, Object.freeze(['access-control-allow-origin', origin, ...common]))
+      if (origin !== '*') {
+        this.#fields.set(origin, Object.freeze(['access-control-allow-origin', origin, ...common]))
+      }
     }
     this.#anyFields = Object.freeze(['access-control-allow-origin', '*', ...common])
     const methods = cfg.methods ?? routeMethods ?? DEFAULT_METHODS
@@ -69,7 +79,11 @@ export class CorsPolicy implements Step {
     if (preflight) return this.#preflight(ex, origin)
     if (!this.#optionsRouted && ex.method === 'OPTIONS') {
       // The route answers OPTIONS only for preflights (compile adds it to the route's methods).
-      return gatewayError('GH_METHOD_NOT_ALLOWED', 'This route does not accept OPTIONS except as a CORS preflight', { headers: { allow: this.#methodList } })
+      return gatewayError(
+        'GH_METHOD_NOT_ALLOWED',
+        'This route does not accept OPTIONS except as a CORS preflight',
+        { headers: { allow: this.#methodList } },
+      )
     }
     ex.responseFields = origin === null ? NOT_ALLOWED : this.#fieldsFor(origin) ?? NOT_ALLOWED
     return null
@@ -85,32 +99,56 @@ export class CorsPolicy implements Step {
 
   #fieldsFor (origin: string): readonly string[] | undefined {
     // "null" is what sandboxed and file: documents send: never matched by "*".
-    return this.#fields.get(origin) ?? (this.#any && origin !== 'null' ? this.#anyFields : undefined)
+    return this.#fields.get(origin) ??
+      (this.#any && origin !== 'null' ? this.#anyFields : undefined)
   }
 
   #preflight (ex: Exchange, origin: string | null): Verdict {
     const fields = origin === null ? undefined : this.#fieldsFor(origin)
     if (fields === undefined) {
-      return rejected(origin === null ? 'A CORS preflight needs exactly one Origin header' : `Origin ${origin} is not allowed to call this route`)
+      return rejected(
+        origin === null
+          ? 'A CORS preflight needs exactly one Origin header'
+          : `Origin ${origin} is not allowed to call this route`,
+      )
     }
     const method = ex.header('access-control-request-method')!.trim()
-    if (!this.#methods.has(method)) return rejected(`Method ${method} is not allowed cross-origin on this route (allowed: ${this.#methodList})`)
-    const asked = ex.headerValues('access-control-request-headers').join(',').split(',').map((h) => h.trim().toLowerCase()).filter((h) => h !== '')
+    if (!this.#methods.has(method)) {
+      return rejected(
+        `Method ${method} is not allowed cross-origin on this route (allowed: ${this.#methodList})`,
+      )
+    }
+    const asked = ex.headerValues('access-control-request-headers').join(',').split(',').map((h) =>
+      h.trim().toLowerCase()
+    ).filter((h) => h !== '')
     if (!this.#anyHeader) {
       for (const h of asked) {
-        if (!this.#headers.has(h)) return rejected(`Header ${h} is not allowed cross-origin on this route (allowed: ${this.#headerList === '' ? 'none' : this.#headerList})`)
+        if (!this.#headers.has(h)) {
+          return rejected(
+            `Header ${h} is not allowed cross-origin on this route (allowed: ${
+              this.#headerList === '' ? 'none' : this.#headerList
+            })`,
+          )
+        }
       }
     }
     const headers: string[] = [
       ...fields,
-      'vary', 'Access-Control-Request-Method, Access-Control-Request-Headers',
-      'access-control-allow-methods', this.#methodList,
-      'access-control-max-age', this.#maxAge,
-      'cache-control', 'no-store',
-      'x-request-id', ex.requestId,
+      'vary',
+      'Access-Control-Request-Method, Access-Control-Request-Headers',
+      'access-control-allow-methods',
+      this.#methodList,
+      'access-control-max-age',
+      this.#maxAge,
+      'cache-control',
+      'no-store',
+      'x-request-id',
+      ex.requestId,
     ]
     // With credentials "*" is read literally by browsers (Fetch §3.2.5): name what was asked.
-    const allowHeaders = this.#anyHeader ? (this.#credentials ? [...new Set(asked)].join(', ') : '*') : this.#headerList
+    const allowHeaders = this.#anyHeader
+      ? (this.#credentials ? [...new Set(asked)].join(', ') : '*')
+      : this.#headerList
     if (allowHeaders !== '') headers.push('access-control-allow-headers', allowHeaders)
     ex.status = 204
     ex.res.writeHead(204, headers as unknown as string[])

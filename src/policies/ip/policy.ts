@@ -23,8 +23,15 @@ export class IpPolicy implements Step {
   check (address: string): GatewayError | null {
     // Not an address at all (an odd X-Forwarded-For entry from a trusted proxy): it cannot be
     // shown to be outside the deny list, so it is refused too.
-    if (isIP(address) === 0 || this.#deny.has(address) || (this.#allow !== null && !this.#allow.has(address))) {
-      return gatewayError('GH_IP_FORBIDDEN', 'Requests from this address are not allowed on this route', { reason: `client address ${address}` })
+    if (
+      isIP(address) === 0 || this.#deny.has(address) ||
+      (this.#allow !== null && !this.#allow.has(address))
+    ) {
+      return gatewayError(
+        'GH_IP_FORBIDDEN',
+        'Requests from this address are not allowed on this route',
+        { reason: `client address ${address}` },
+      )
     }
     return null
   }

@@ -26,7 +26,7 @@ export interface LimitSubject {
   /** The TCP peer: what `ip` limits count by when clientIp is not an address (a garbage X-Forwarded-For). */
   readonly peerIp: string
   /** Request header lookup by lower-case name (first value). */
-  header (name: string): string | null
+  header(name: string): string | null
   /** Set by the check: the RateLimit field value to send with the response. */
   rateLimit: string | null
   /** Set by the check: quotas to charge from the response, with their bucket keys. */
@@ -75,7 +75,9 @@ export class RateLimitPolicy implements Step {
     this.#route = route.name
     this.#metrics = metrics
     this.onStoreError = route.on_store_error
-    this.limits = route.rate_limit!.map((l) => compileLimit(route.name, l, stores.get(l.store)!, metrics))
+    this.limits = route.rate_limit!.map((l) =>
+      compileLimit(route.name, l, stores.get(l.store)!, metrics)
+    )
     this.policyHeader = this.limits.map((l) => l.policyItem).join(', ')
     this.needsResponse = this.limits.some((l) => typeof l.cost !== 'number')
   }
@@ -95,7 +97,15 @@ export class RateLimitPolicy implements Step {
     const limit = this.limits[i]!
     const value = keyValue(limit, s)
     if (value === null) {
-      return gatewayError('GH_LIMIT_KEY_MISSING', 'The request lacks what this route\'s limits count by', { reason: `limit "${limit.name}": no ${limit.keyKind}${limit.keyArg === '' ? '' : ` "${limit.keyArg}"`}` })
+      return gatewayError(
+        'GH_LIMIT_KEY_MISSING',
+        'The request lacks what this route\'s limits count by',
+        {
+          reason: `limit "${limit.name}": no ${limit.keyKind}${
+            limit.keyArg === '' ? '' : ` "${limit.keyArg}"`
+          }`,
+        },
+      )
     }
     const key = `rl:${limit.name}:${value.length > 64 ? hash('sha256', value, 'base64url') : value}`
     let d: LimitDecision | Promise<LimitDecision>
@@ -107,20 +117,32 @@ export class RateLimitPolicy implements Step {
     if (d instanceof Promise) {
       return d.then(
         (r) => this.#after(s, limit, key, r, i, items),
-        (err: Error) => this.#storeError(s, limit, err, i, items))
+        (err: Error) => this.#storeError(s, limit, err, i, items),
+      )
     }
     return this.#after(s, limit, key, d, i, items)
   }
 
   /** Record one decision; refuse, or go on with the next limit. */
-  #after (s: LimitSubject, limit: CompiledLimit, key: string, d: LimitDecision, i: number, items: string[]): Outcome | Promise<Outcome> {
+  #after (
+    s: LimitSubject,
+    limit: CompiledLimit,
+    key: string,
+    d: LimitDecision,
+    i: number,
+    items: string[],
+  ): Outcome | Promise<Outcome> {
     const item = `"${limit.name}";r=${d.remaining};t=${Math.max(0, Math.ceil(d.resetMs / 1000))}`
     if (!d.allowed) {
       this.#metrics.rateLimited.labels(this.#route, limit.name).inc()
       const retry = Math.max(1, Math.ceil(d.retryMs / 1000))
       return gatewayError('GH_RATE_LIMITED', `Too many requests; retry in ${retry} s`, {
         reason: `limit "${limit.name}" (${limit.store.kind}) exhausted for ${limit.keyKind}`,
-        headers: { 'retry-after': String(retry), 'ratelimit-policy': this.policyHeader, ratelimit: item },
+        headers: {
+          'retry-after': String(retry),
+          'ratelimit-policy': this.policyHeader,
+          ratelimit: item,
+        },
       })
     }
     items.push(item)
@@ -135,13 +157,23 @@ export class RateLimitPolicy implements Step {
     return this.#from(s, i + 1, items)
   }
 
-  #storeError (s: LimitSubject, limit: CompiledLimit, err: Error, i: number, items: string[]): Outcome | Promise<Outcome> {
+  #storeError (
+    s: LimitSubject,
+    limit: CompiledLimit,
+    err: Error,
+    i: number,
+    items: string[],
+  ): Outcome | Promise<Outcome> {
     this.#metrics.limitStoreErrors.labels(limit.storeName, this.onStoreError).inc()
     if (this.onStoreError === 'deny') {
-      return gatewayError('GH_LIMIT_STORE_UNAVAILABLE', 'The rate-limit store is unavailable; try again shortly', {
-        reason: `limit "${limit.name}": store "${limit.storeName}": ${err.message}`,
-        headers: { 'retry-after': '1' },
-      })
+      return gatewayError(
+        'GH_LIMIT_STORE_UNAVAILABLE',
+        'The rate-limit store is unavailable; try again shortly',
+        {
+          reason: `limit "${limit.name}": store "${limit.storeName}": ${err.message}`,
+          headers: { 'retry-after': '1' },
+        },
+      )
     }
     // allow: this limit is skipped for this request; the others still apply.
     if (i + 1 === this.limits.length) {
@@ -163,7 +195,9 @@ export class RateLimitPolicy implements Step {
       if (amount === 0) continue
       try {
         const r = limit.counters.charge(key, limit.quota!.windowMs, amount)
-        if (r instanceof Promise) r.catch(() => this.#metrics.limitStoreErrors.labels(limit.storeName, 'charge').inc())
+        if (r instanceof Promise) {
+          r.catch(() => this.#metrics.limitStoreErrors.labels(limit.storeName, 'charge').inc())
+        }
       } catch {
         this.#metrics.limitStoreErrors.labels(limit.storeName, 'charge').inc()
       }
@@ -173,27 +207,47 @@ export class RateLimitPolicy implements Step {
 
 function decide (limit: CompiledLimit, key: string): LimitDecision | Promise<LimitDecision> {
   if (limit.leases !== null) return limit.leases.take(limit, key)
-  if (limit.gcra !== null) return limit.counters.gcra(key, limit.gcra.intervalMs, limit.gcra.burst, 1)
+  if (limit.gcra !== null) {
+    return limit.counters.gcra(key, limit.gcra.intervalMs, limit.gcra.burst, 1)
+  }
   const q = limit.quota!
   // A cost known only from the response: look now (refused once the budget is spent), charge later.
-  return limit.counters.quota(key, q.limit, q.windowMs, typeof limit.cost === 'number' ? limit.cost : 0)
+  return limit.counters.quota(
+    key,
+    q.limit,
+    q.windowMs,
+    typeof limit.cost === 'number' ? limit.cost : 0,
+  )
 }
 
 function keyValue (limit: CompiledLimit, s: LimitSubject): string | null {
   let v: unknown
   switch (limit.keyKind) {
-    case 'ip': return `ip:${addressBucket(limitAddress(s), limit.ipv6Prefix)}`
-    case 'subject': v = s.identity?.subject; break
-    case 'client_id': v = s.identity?.clientId; break
-    case 'api_key': v = s.identity?.kind === 'api_key' ? s.identity.subject : null; break
-    case 'header': v = s.header(limit.keyArg); break
-    case 'claim': v = s.identity === null ? undefined : claimAt(s.identity.claims, limit.claimPath); break
+    case 'ip':
+      return `ip:${addressBucket(limitAddress(s), limit.ipv6Prefix)}`
+    case 'subject':
+      v = s.identity?.subject
+      break
+    case 'client_id':
+      v = s.identity?.clientId
+      break
+    case 'api_key':
+      v = s.identity?.kind === 'api_key' ? s.identity.subject : null
+      break
+    case 'header':
+      v = s.header(limit.keyArg)
+      break
+    case 'claim':
+      v = s.identity === null ? undefined : claimAt(s.identity.claims, limit.claimPath)
+      break
   }
   if (typeof v === 'number' || typeof v === 'boolean') v = String(v)
   if (typeof v === 'string' && v !== '') {
     // A subject (an API key's id) is unique only within its provider: `alice` of one IdP is not
     // `alice` of another. Provider names have no ':', so the pair cannot be forged by a subject.
-    if (limit.keyKind === 'subject' || limit.keyKind === 'api_key') return `${limit.keyKind}:${s.identity!.provider}:${v}`
+    if (limit.keyKind === 'subject' || limit.keyKind === 'api_key') {
+      return `${limit.keyKind}:${s.identity!.provider}:${v}`
+    }
     return `${limit.keyKind}:${v}`
   }
   return limit.missing === 'ip' ? `ip:${addressBucket(limitAddress(s), limit.ipv6Prefix)}` : null
@@ -208,10 +262,17 @@ function limitAddress (s: LimitSubject): string {
   return isIP(s.clientIp) !== 0 ? s.clientIp : plainAddress(s.peerIp)
 }
 
-function compileLimit (route: string, l: RateLimitConfig, store: CounterStore, metrics: Metrics): CompiledLimit {
+function compileLimit (
+  route: string,
+  l: RateLimitConfig,
+  store: CounterStore,
+  metrics: Metrics,
+): CompiledLimit {
   const colon = l.key.indexOf(':')
   const keyKind = (colon === -1 ? l.key : l.key.slice(0, colon)) as CompiledLimit['keyKind']
-  const keyArg = colon === -1 ? '' : (keyKind === 'header' ? l.key.slice(colon + 1).toLowerCase() : l.key.slice(colon + 1))
+  const keyArg = colon === -1
+    ? ''
+    : (keyKind === 'header' ? l.key.slice(colon + 1).toLowerCase() : l.key.slice(colon + 1))
   const name = l.name ?? `${route}.${l.key.replace(/[^A-Za-z0-9_.:-]/g, '_')}`
   let gcra: CompiledLimit['gcra'] = null
   let quota: CompiledLimit['quota'] = null
@@ -378,7 +439,10 @@ const LEASE_SHARE = 0.005
 class GcraLeases {
   readonly #size: number
   readonly #lifeMs: number
-  readonly #leases = new LRUCache<string, { tokens: number, expires: number, remaining: number, resetMs: number }>({ max: 10_000 })
+  readonly #leases = new LRUCache<
+    string,
+    { tokens: number, expires: number, remaining: number, resetMs: number }
+  >({ max: 10_000 })
   readonly #pending = new Map<string, Promise<LimitDecision>>()
 
   constructor (size: number, intervalMs: number) {
@@ -404,7 +468,12 @@ class GcraLeases {
     const g = limit.gcra!
     const d = await limit.counters.gcra(key, g.intervalMs, g.burst, this.#size)
     if (d.allowed) {
-      this.#leases.set(key, { tokens: this.#size - 1, expires: Date.now() + this.#lifeMs, remaining: d.remaining, resetMs: d.resetMs })
+      this.#leases.set(key, {
+        tokens: this.#size - 1,
+        expires: Date.now() + this.#lifeMs,
+        remaining: d.remaining,
+        resetMs: d.resetMs,
+      })
       return d
     }
     return await limit.counters.gcra(key, g.intervalMs, g.burst, 1)
@@ -434,7 +503,9 @@ export class CostTap {
     this.#chunks.push(chunk)
     this.#size += chunk.length
     if (this.#sse) {
-      while (this.#size - this.#chunks[0]!.length >= SSE_TAIL) this.#size -= this.#chunks.shift()!.length
+      while (this.#size - this.#chunks[0]!.length >= SSE_TAIL) {
+        this.#size -= this.#chunks.shift()!.length
+      }
     } else if (this.#size > JSON_CAP) {
       this.#overflow = true
       this.#chunks = []

@@ -1,4 +1,9 @@
-import { isEventStream, type Exchange, type ResponseHandler, type ResponseWrapper } from '../../pipeline/exchange.js'
+import {
+  isEventStream,
+  type Exchange,
+  type ResponseHandler,
+  type ResponseWrapper,
+} from '../../pipeline/exchange.js'
 import { PassThrough } from '../../pipeline/response.js'
 import { CostTap, type RateLimitPolicy } from './policy.js'
 

@@ -34,7 +34,13 @@ export class PluginStep implements Step {
     const original = ctx.request.body
     const typeBefore = contentType
     let changedType = false
-    const r = await runHook(plugin.name, 'onRequest', () => plugin.onRequest!(ctx), ref.timeout, abort)
+    const r = await runHook(
+      plugin.name,
+      'onRequest',
+      () => plugin.onRequest!(ctx),
+      ref.timeout,
+      abort,
+    )
     if (r !== null) {
       if (isGatewayError(r)) return r
       sendWhole(ex, fromPluginResponse(ex, r))
@@ -47,7 +53,9 @@ export class PluginStep implements Step {
     ex.query = q === '' ? '' : '?' + q
     if (req.rawBody !== body) {
       body = req.rawBody
-    } else if (req.body !== undefined && (req.body !== original || isJsonType(mediaType(contentType)))) {
+    } else if (
+      req.body !== undefined && (req.body !== original || isJsonType(mediaType(contentType)))
+    ) {
       // Objects may have been changed in place: what the plugin holds is what goes upstream.
       body = Buffer.from(JSON.stringify(req.body))
       if (!isJsonType(mediaType(contentType))) {
@@ -78,7 +86,13 @@ export class PluginStep implements Step {
   }
 }
 
-function pluginContext (ex: Exchange, ref: PluginRef, body: Buffer, contentType: string | null, signal: AbortSignal): PluginContext {
+function pluginContext (
+  ex: Exchange,
+  ref: PluginRef,
+  body: Buffer,
+  contentType: string | null,
+  signal: AbortSignal,
+): PluginContext {
   const route = ex.route!
   const headers: Record<string, string> = {}
   const out = ex.outHeaders
@@ -110,6 +124,10 @@ function pluginContext (ex: Exchange, ref: PluginRef, body: Buffer, contentType:
     state: {},
     signal,
     log: ex.rt.logger.child({ plugin: ref.plugin.name, id: ex.requestId }),
-    respond: (status: number, b?: unknown, h?: Record<string, string>): PluginResponse => ({ status, body: b, ...(h === undefined ? {} : { headers: h }) }),
+    respond: (status: number, b?: unknown, h?: Record<string, string>): PluginResponse => ({
+      status,
+      body: b,
+      ...(h === undefined ? {} : { headers: h }),
+    }),
   }
 }

@@ -75,7 +75,9 @@ export function expressionProblem (source: string): string | null {
     return null
   } catch (err) {
     const e = err as { message?: string, position?: number }
-    return `invalid JSONata expression: ${e.message ?? String(err)}${e.position === undefined ? '' : ` (at character ${e.position})`}`
+    return `invalid JSONata expression: ${e.message ?? String(err)}${
+      e.position === undefined ? '' : ` (at character ${e.position})`
+    }`
   }
 }
 
@@ -98,13 +100,13 @@ interface Run {
 /** JSONata's environment frames; `base` is the frame of one evaluation. */
 interface Frame {
   readonly base: Frame & { [RUN]?: Run, createSequence: (...items: unknown[]) => unknown[] }
-  lookup (name: string | symbol): unknown
+  lookup(name: string | symbol): unknown
 }
 
 interface Focus {
   readonly environment: Frame
   readonly input: unknown
-  createSequence (...items: unknown[]): unknown[] & { sequence?: boolean, keepSingleton?: boolean }
+  createSequence(...items: unknown[]): unknown[] & { sequence?: boolean, keepSingleton?: boolean }
 }
 
 /**
@@ -112,7 +114,11 @@ interface Focus {
  * `__evaluate_entry` hook, awaited). The first call of an evaluation starts its clock.
  */
 function entryHook (timeout: number) {
-  return function onEvaluate (_expr: unknown, _input: unknown, env: Frame): Promise<void> | undefined {
+  return function onEvaluate (
+    _expr: unknown,
+    _input: unknown,
+    env: Frame,
+  ): Promise<void> | undefined {
     const base = env.base
     const run = base[RUN]
     if (run === undefined) {
@@ -162,13 +168,18 @@ function createSequence (...items: unknown[]): unknown[] {
 }
 
 function tooLong (): TransformLimitError {
-  return new TransformLimitError('size', `the expression built a sequence of more than ${MAX_SEQUENCE} items`)
+  return new TransformLimitError(
+    'size',
+    `the expression built a sequence of more than ${MAX_SEQUENCE} items`,
+  )
 }
 
 function checkpoint (run: Run): Promise<void> | undefined {
   run.left = CHECK_EVERY
   const now = performance.now()
-  if (now > run.deadline) throw new TransformLimitError('time', `the expression ran past its ${run.timeout} ms limit`)
+  if (now > run.deadline) {
+    throw new TransformLimitError('time', `the expression ran past its ${run.timeout} ms limit`)
+  }
   if (now < run.yieldAt) return undefined
   return new Promise((resolve) => {
     setImmediate(() => {
@@ -180,12 +191,18 @@ function checkpoint (run: Run): Promise<void> | undefined {
 
 /** JSONata's own resource errors, and the engine's, as limit errors; null for any other error. */
 export function limitOf (err: unknown): TransformLimitError | null {
-  for (let e = err as { code?: string, message?: string, error?: unknown } | undefined, depth = 0; e !== undefined && e !== null && depth < 8; e = e.error as typeof e, depth++) {
+  for (
+    let e = err as { code?: string, message?: string, error?: unknown } | undefined, depth = 0;
+    e !== undefined && e !== null && depth < 8;
+    e = e.error as typeof e, depth++
+  ) {
     if (e instanceof TransformLimitError) return e
     // D2014: a range over 1e7 items.
     if (e.code === 'D2014') return tooLong()
     // "Invalid string length", "Invalid array length", "Maximum call stack size exceeded".
-    if (e instanceof RangeError) return new TransformLimitError('size', `the expression ran out of room: ${e.message}`)
+    if (e instanceof RangeError) {
+      return new TransformLimitError('size', `the expression ran out of room: ${e.message}`)
+    }
   }
   return null
 }
@@ -206,8 +223,17 @@ function bounded (source: string, timeout: number): jsonata.Expression {
 }
 
 /** Our functions see JSONata's focus (`this`), with the createSequence its typings leave out. */
-function register (expr: jsonata.Expression, name: string, fn: (this: Focus, ...args: any[]) => unknown, signature?: string): void {
-  expr.registerFunction(name, fn as unknown as (this: jsonata.Focus, ...args: any[]) => unknown, signature)
+function register (
+  expr: jsonata.Expression,
+  name: string,
+  fn: (this: Focus, ...args: any[]) => unknown,
+  signature?: string,
+): void {
+  expr.registerFunction(
+    name,
+    fn as unknown as (this: jsonata.Focus, ...args: any[]) => unknown,
+    signature,
+  )
 }
 
 /** JSONata's AST, as far as this module reads and builds it. */
@@ -248,9 +274,20 @@ interface Node {
  */
 function rewriteOrderBy (expr: jsonata.Expression): void {
   let sites = 0
-  const fn = (name: string, impl: (this: Focus, ...args: any[]) => unknown, args: Node[], position: number | undefined): Node => {
+  const fn = (
+    name: string,
+    impl: (this: Focus, ...args: any[]) => unknown,
+    args: Node[],
+    position: number | undefined,
+  ): Node => {
     register(expr, name, impl)
-    return { type: 'function', value: '(', position, procedure: { type: 'variable', value: name, position }, arguments: args }
+    return {
+      type: 'function',
+      value: '(',
+      position,
+      procedure: { type: 'variable', value: name, position },
+      arguments: args,
+    }
   }
   const seen = new Set<object>()
   const visit = (node: unknown): void => {
@@ -258,24 +295,55 @@ function rewriteOrderBy (expr: jsonata.Expression): void {
     seen.add(node)
     for (const child of Object.values(node)) visit(child)
     const n = node as Node
-    if (n.type !== 'path' || n.steps === undefined || !n.steps.some((s) => s.type === 'sort')) return
-    if (n.tuple === true || n.steps.some((s) => s.tuple === true || s.stages?.some((st) => st.type !== 'filter'))) {
-      throw Object.assign(new Error('order-by (^) in a path that also binds @, # or % cannot be bounded (JSONata sorts it in quadratic time and memory); sort with $sort() instead'), { position: n.steps.find((s) => s.type === 'sort')!.position })
+    if (n.type !== 'path' || n.steps === undefined || !n.steps.some((s) => s.type === 'sort')) {
+      return
+    }
+    if (
+      n.tuple === true ||
+      n.steps.some((s) => s.tuple === true || s.stages?.some((st) => st.type !== 'filter'))
+    ) {
+      throw Object.assign(
+        new Error(
+          'order-by (^) in a path that also binds @, # or % cannot be bounded (JSONata sorts it in quadratic time and memory); sort with $sort() instead',
+        ),
+        { position: n.steps.find((s) => s.type === 'sort')!.position },
+      )
     }
     const keepSingletonArray = n.keepSingletonArray === true
     let steps = n.steps
     let last: Node | null = null
-    for (let k = steps.findIndex((s) => s.type === 'sort'); k !== -1; k = steps.findIndex((s) => s.type === 'sort')) {
+    for (
+      let k = steps.findIndex((s) => s.type === 'sort');
+      k !== -1;
+      k = steps.findIndex((s) => s.type === 'sort')
+    ) {
       if (k === 0) throw new Error('order-by (^) without a sequence to sort')
       const site = sites++
       const step = steps[k]!
       const pos = step.position
       const terms = step.terms!
       const direct = terms.map((t) => directKey(t.expression))
-      const keyStep = fn(`gatehouse:keys:${site}`, keysOf(direct),
-        terms.filter((_t, i) => direct[i] === null).map((t): Node => ({ type: 'lambda', value: 'function', position: pos, arguments: [], body: t.expression })), pos)
-      const order = fn(`gatehouse:order:${site}`, orderBy(terms.map((t) => t.descending), pos), [{ type: 'path', steps: [...steps.slice(0, k), keyStep] }], pos)
-      const filters = step.stages?.map((st) => ({ type: 'filter', expr: st.expr, position: st.position }))
+      const keyStep = fn(
+        `gatehouse:keys:${site}`,
+        keysOf(direct),
+        terms.filter((_t, i) => direct[i] === null).map((t): Node => ({
+          type: 'lambda',
+          value: 'function',
+          position: pos,
+          arguments: [],
+          body: t.expression,
+        })),
+        pos,
+      )
+      const order = fn(`gatehouse:order:${site}`, orderBy(terms.map((t) => t.descending), pos), [{
+        type: 'path',
+        steps: [...steps.slice(0, k), keyStep],
+      }], pos)
+      const filters = step.stages?.map((st) => ({
+        type: 'filter',
+        expr: st.expr,
+        position: st.position,
+      }))
       if (filters !== undefined && filters.length > 0) order.predicate = filters
       const rest = steps.slice(k + 1)
       if (rest.length === 0) {
@@ -398,10 +466,16 @@ type DirectKey = (item: unknown) => unknown
  */
 function directKey (term: Node): DirectKey | null {
   const plain = (n: Node, keys: string[]): boolean => Object.keys(n).every((k) => keys.includes(k))
-  if (term.type === 'variable' && term.value === '' && plain(term, ['type', 'value', 'position'])) return collapse
+  if (term.type === 'variable' && term.value === '' && plain(term, ['type', 'value', 'position'])) {
+    return collapse
+  }
   const step = term.steps?.[0]
-  if (term.type === 'path' && term.steps!.length === 1 && plain(term, ['type', 'steps', 'position']) &&
-    step!.type === 'name' && typeof step!.value === 'string' && plain(step!, ['type', 'value', 'position'])) {
+  if (
+    term.type === 'path' && term.steps!.length === 1 &&
+    plain(term, ['type', 'steps', 'position']) &&
+    step!.type === 'name' && typeof step!.value === 'string' &&
+    plain(step!, ['type', 'value', 'position'])
+  ) {
     const name = step!.value
     return (item) => Array.isArray(item) ? namePathOnArray(item, name) : lookup(item, name)
   }
@@ -436,7 +510,9 @@ function lookup (input: unknown, key: string): unknown {
   }
   if (input === null || typeof input !== 'object') return undefined
   const o = input as Record<string, unknown>
-  if (o._jsonata_function === true || o._jsonata_lambda === true || !Object.hasOwn(o, key)) return undefined
+  if (o._jsonata_function === true || o._jsonata_lambda === true || !Object.hasOwn(o, key)) {
+    return undefined
+  }
   return o[key]
 }
 
@@ -448,7 +524,9 @@ function namePathOnArray (arr: unknown[], name: string): unknown {
     if (res !== undefined) results.push(res)
   }
   // A last step with one result that is an array (not a sequence) yields that array itself.
-  if (results.length === 1 && Array.isArray(results[0]) && !isSequence(results[0])) return results[0]
+  if (results.length === 1 && Array.isArray(results[0]) && !isSequence(results[0])) {
+    return results[0]
+  }
   const out: unknown[] = []
   SEQUENCES.add(out)
   for (const res of results) {
@@ -500,14 +578,23 @@ function jsonataError (fields: { code: string, [key: string]: unknown }): Error 
 }
 
 /** JSONata's order-by comparison of one term: -1, 0 or 1 (1: b goes first), with its type errors. */
-function compareTerm (aa: unknown, bb: unknown, descending: boolean, position: number | undefined): number {
+function compareTerm (
+  aa: unknown,
+  bb: unknown,
+  descending: boolean,
+  position: number | undefined,
+): number {
   const atype = typeof aa
   const btype = typeof bb
   // undefined sorts last, whatever the direction.
   if (atype === 'undefined') return btype === 'undefined' ? 0 : 1
   if (btype === 'undefined') return -1
   if (!(atype === 'string' || atype === 'number') || !(btype === 'string' || btype === 'number')) {
-    throw jsonataError({ code: 'T2008', position, value: !(atype === 'string' || atype === 'number') ? aa : bb })
+    throw jsonataError({
+      code: 'T2008',
+      position,
+      value: !(atype === 'string' || atype === 'number') ? aa : bb,
+    })
   }
   if (atype !== btype) throw jsonataError({ code: 'T2007', position, value: aa, value2: bb })
   if (aa === bb) return 0
@@ -524,7 +611,12 @@ function compareTerm (aa: unknown, bb: unknown, descending: boolean, position: n
  * `swap` sorts runs of up to SYNC_RUN items without awaiting; between runs the evaluation's
  * deadline is checked and other work may run.
  */
-async function mergeSort<T> (items: T[], swap: (a: T, b: T) => unknown, env: Frame, sync: boolean): Promise<T[]> {
+async function mergeSort<T> (
+  items: T[],
+  swap: (a: T, b: T) => unknown,
+  env: Frame,
+  sync: boolean,
+): Promise<T[]> {
   if (items.length <= 1) return items
   if (sync && items.length <= SYNC_RUN) {
     const sorted = mergeSortSync(items, swap as (a: T, b: T) => boolean)
@@ -562,18 +654,26 @@ function mergeSortSync<T> (items: T[], swap: (a: T, b: T) => boolean): T[] {
   let i = 0
   let j = 0
   let w = 0
-  while (i < left.length && j < right.length) out[w++] = swap(left[i]!, right[j]!) ? right[j++]! : left[i++]!
+  while (i < left.length && j < right.length) {
+    out[w++] = swap(left[i]!, right[j]!) ? right[j++]! : left[i++]!
+  }
   while (i < left.length) out[w++] = left[i++]!
   while (j < right.length) out[w++] = right[j++]!
   return out
 }
 
-async function sort (this: Focus, arr: unknown[] | undefined, comparator?: (a: unknown, b: unknown) => Promise<unknown>): Promise<unknown[] | undefined> {
+async function sort (
+  this: Focus,
+  arr: unknown[] | undefined,
+  comparator?: (a: unknown, b: unknown) => Promise<unknown>,
+): Promise<unknown[] | undefined> {
   if (arr === undefined) return undefined
   if (arr.length <= 1) return arr
   if (comparator !== undefined) return mergeSort(arr, comparator, this.environment, false)
   const numbers = arr.every((v) => typeof v === 'number')
-  if (!numbers && !arr.every((v) => typeof v === 'string')) throw jsonataError({ code: 'D3070', index: 1 })
+  if (!numbers && !arr.every((v) => typeof v === 'string')) {
+    throw jsonataError({ code: 'D3070', index: 1 })
+  }
   // For numbers or strings, `a > b` is a total order and JSONata's merge sort is stable: any
   // stable sort gives the same array, and V8's is.
   const pause = spend(this.environment, arr.length)
@@ -593,7 +693,9 @@ function ascending (a: number | string, b: number | string): number {
 function distinct (this: Focus, arr: unknown): unknown {
   if (arr === undefined) return undefined
   if (!Array.isArray(arr) || arr.length <= 1) return arr
-  const results: unknown[] = (arr as { sequence?: boolean }).sequence === true ? this.createSequence() : []
+  const results: unknown[] = (arr as { sequence?: boolean }).sequence === true
+    ? this.createSequence()
+    : []
   const seen = new Set<string>()
   let odd: unknown[] | null = null
   for (const value of arr) {
@@ -614,10 +716,13 @@ function distinct (this: Focus, arr: unknown): unknown {
 /** One text per deep-equal class of JSON values; null for a value that has no JSON form. */
 function canonical (v: unknown, depth: number): string | null {
   switch (typeof v) {
-    case 'string': return JSON.stringify(v)
+    case 'string':
+      return JSON.stringify(v)
     // -0 and 0 are equal (===) and both print "0"; NaN equals nothing, not even itself.
-    case 'number': return Number.isNaN(v) ? null : String(v)
-    case 'boolean': return v ? 'true' : 'false'
+    case 'number':
+      return Number.isNaN(v) ? null : String(v)
+    case 'boolean':
+      return v ? 'true' : 'false'
     case 'object': {
       if (v === null) return 'null'
       if (depth > 1000) return null
@@ -641,7 +746,8 @@ function canonical (v: unknown, depth: number): string | null {
       }
       return out + '}'
     }
-    default: return null
+    default:
+      return null
   }
 }
 
@@ -649,10 +755,15 @@ function canonical (v: unknown, depth: number): string | null {
 function deepEqual (a: unknown, b: unknown): boolean {
   if (a === b) return true
   if (typeof a !== 'object' || typeof b !== 'object' || a === null || b === null) return false
-  if (Array.isArray(a) && Array.isArray(b)) return a.length === b.length && a.every((x, i) => deepEqual(x, b[i]))
+  if (Array.isArray(a) && Array.isArray(b)) {
+    return a.length === b.length && a.every((x, i) => deepEqual(x, b[i]))
+  }
   const ak = Object.getOwnPropertyNames(a).sort()
   const bk = Object.getOwnPropertyNames(b).sort()
-  return ak.length === bk.length && ak.every((k, i) => k === bk[i] && deepEqual((a as Record<string, unknown>)[k], (b as Record<string, unknown>)[k]))
+  return ak.length === bk.length &&
+    ak.every((k, i) =>
+      k === bk[i] && deepEqual((a as Record<string, unknown>)[k], (b as Record<string, unknown>)[k])
+    )
 }
 
 /** JSONata's `$append`, refusing a result past MAX_SEQUENCE items (doubling in a loop grows fast). */
@@ -666,23 +777,43 @@ function append (this: Focus, a: unknown, b: unknown): unknown {
 }
 
 /** JSONata's `$pad`, refusing a width past MAX_PAD (a width read from the body would allocate it). */
-async function pad (this: Focus, str: string | undefined, width: number, char?: string): Promise<string | undefined> {
+async function pad (
+  this: Focus,
+  str: string | undefined,
+  width: number,
+  char?: string,
+): Promise<string | undefined> {
   if (str === undefined) return undefined
   const wide = Math.abs(Math.trunc(width)) * Math.max(1, char?.length ?? 1)
-  if (wide > MAX_PAD) throw new TransformLimitError('size', `$pad was asked for ${Math.abs(Math.trunc(width))} characters (at most ${MAX_PAD})`)
+  if (wide > MAX_PAD) {
+    throw new TransformLimitError(
+      'size',
+      `$pad was asked for ${Math.abs(Math.trunc(width))} characters (at most ${MAX_PAD})`,
+    )
+  }
   const original = (await builtins()).pad
   return original.implementation.call(this, str, width, char) as string
 }
 
 /** `$eval` parses at run time, past our rewrite: an order-by in what it evaluates is refused. */
-async function evalChecked (this: Focus, source: string | undefined, focus?: unknown): Promise<unknown> {
+async function evalChecked (
+  this: Focus,
+  source: string | undefined,
+  focus?: unknown,
+): Promise<unknown> {
   if (typeof source === 'string') {
     let ast: unknown = null
     try {
       ast = jsonata(source).ast()
     } catch {}
     // (One that does not parse is for $eval itself to report.)
-    if (ast !== null && hasOrderBy(ast)) throw jsonataError({ code: 'D3121', value: 'order-by (^) cannot be used in an expression given to $eval here; sort with $sort()' })
+    if (ast !== null && hasOrderBy(ast)) {
+      throw jsonataError({
+        code: 'D3121',
+        value:
+          'order-by (^) cannot be used in an expression given to $eval here; sort with $sort()',
+      })
+    }
   }
   const original = (await builtins()).eval
   return original.implementation.call(this, source, focus)
@@ -694,11 +825,15 @@ function hasOrderBy (node: unknown): boolean {
   return Object.values(node).some(hasOrderBy)
 }
 
-interface Builtin { implementation: (...args: unknown[]) => unknown }
+interface Builtin {
+  implementation: (...args: unknown[]) => unknown
+}
 let originals: Promise<{ pad: Builtin, eval: Builtin }> | null = null
 
 /** JSONata's own functions we delegate to (an expression that did not replace them hands them out). */
 function builtins (): Promise<{ pad: Builtin, eval: Builtin }> {
-  originals ??= jsonata('{ "pad": $pad, "eval": $eval }').evaluate(null) as Promise<{ pad: Builtin, eval: Builtin }>
+  originals ??= jsonata('{ "pad": $pad, "eval": $eval }').evaluate(null) as Promise<
+    { pad: Builtin, eval: Builtin }
+  >
   return originals
 }

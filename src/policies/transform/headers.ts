@@ -19,7 +19,9 @@ export class HeaderEdits {
 
   /** Every name this block touches (for config checks against headers the gateway owns). */
   static names (cfg: HeaderEditsConfig): string[] {
-    return [...(cfg.remove ?? []), ...Object.keys(cfg.rename ?? {}), ...Object.values(cfg.rename ?? {}), ...Object.keys(cfg.set ?? {}), ...Object.keys(cfg.add ?? {})]
+    return [...(cfg.remove ?? []), ...Object.keys(cfg.rename ?? {}),
+      ...Object.values(cfg.rename ?? {}), ...Object.keys(cfg.set ?? {}),
+      ...Object.keys(cfg.add ?? {})]
   }
 
   apply (out: string[]): void {

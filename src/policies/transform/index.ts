@@ -7,12 +7,16 @@ export { transformResponse } from './response.js'
 
 /** `transform.request` → header, path and query rewrites, and the body step when it has one. */
 export function requestTransform (route: RouteConfig): RequestTransform | null {
-  return route.transform?.request === undefined ? null : new RequestTransform(route.transform.request)
+  return route.transform?.request === undefined
+    ? null
+    : new RequestTransform(route.transform.request)
 }
 
 /** `transform.response` → applied to the upstream's answer (headers, status, body, events). */
 export function responseTransform (route: RouteConfig): ResponseTransform | null {
-  return route.transform?.response === undefined ? null : new ResponseTransform(route.transform.response)
+  return route.transform?.response === undefined
+    ? null
+    : new ResponseTransform(route.transform.response)
 }
 
 /** The request-body step of a request transform, when it changes the body. */

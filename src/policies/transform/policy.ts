@@ -12,8 +12,8 @@ export interface RequestView {
   readonly path: string
   readonly query: string
   readonly identity: Identity | null
-  header (name: string): string | null
-  headerEntries (): Record<string, string>
+  header(name: string): string | null
+  headerEntries(): Record<string, string>
 }
 
 /** A route's `transform.request`, compiled. Header, path and query edits never need the body. */
@@ -33,7 +33,9 @@ export class RequestTransform {
     this.formToJson = cfg.form_to_json
     this.body = cfg.body === undefined ? null : new Expression(cfg.body, cfg.timeout)
     this.headers = cfg.headers === undefined ? null : new HeaderEdits(cfg.headers)
-    this.path = cfg.path === undefined ? null : { pattern: new RegExp(cfg.path.pattern), replace: cfg.path.replace }
+    this.path = cfg.path === undefined
+      ? null
+      : { pattern: new RegExp(cfg.path.pattern), replace: cfg.path.replace }
     this.querySet = cfg.query?.set === undefined ? null : Object.entries(cfg.query.set)
     this.queryRemove = cfg.query?.remove ?? null
     this.needsBody = this.formToJson || this.body !== null
@@ -59,30 +61,59 @@ export class RequestTransform {
    * The body to send upstream, with its content type, or a 400 for a body this transform
    * cannot read (a malformed form, invalid JSON): nothing is forwarded then.
    */
-  async transformBody (body: Buffer, contentType: string | null, view: RequestView): Promise<{ body: Buffer, contentType: string } | GatewayError> {
+  async transformBody (
+    body: Buffer,
+    contentType: string | null,
+    view: RequestView,
+  ): Promise<{ body: Buffer, contentType: string } | GatewayError> {
     let value: unknown
     const type = mediaType(contentType)
     if (this.formToJson && type === 'application/x-www-form-urlencoded') {
       const form = formToJson(body)
-      if (form === null) return gatewayError('GH_INVALID_BODY', 'The form body is malformed (a bad %-escape or an unescaped character)', { reason: 'malformed application/x-www-form-urlencoded body' })
+      if (form === null) {
+        return gatewayError(
+          'GH_INVALID_BODY',
+          'The form body is malformed (a bad %-escape or an unescaped character)',
+          { reason: 'malformed application/x-www-form-urlencoded body' },
+        )
+      }
       value = form
     } else if (this.formToJson && this.body === null) {
       // Only forms are converted; JSON (or anything else) passes as it came.
       return { body, contentType: contentType ?? 'application/octet-stream' }
     } else {
-      if (!isJsonType(type)) return gatewayError('GH_INVALID_BODY', `This route transforms JSON request bodies; got ${type === '' ? 'no Content-Type' : `"${type}"`}`, { reason: `request content-type ${type || '(none)'}` })
+      if (!isJsonType(type)) {
+        return gatewayError(
+          'GH_INVALID_BODY',
+          `This route transforms JSON request bodies; got ${
+            type === '' ? 'no Content-Type' : `"${type}"`
+          }`,
+          { reason: `request content-type ${type || '(none)'}` },
+        )
+      }
       const parsed = parseJson(body)
-      if (parsed instanceof Error) return gatewayError('GH_INVALID_BODY', `The request body is not valid JSON: ${parsed.message}`, { reason: 'invalid JSON request body' })
+      if (parsed instanceof Error) {
+        return gatewayError(
+          'GH_INVALID_BODY',
+          `The request body is not valid JSON: ${parsed.message}`,
+          { reason: 'invalid JSON request body' },
+        )
+      }
       value = parsed
     }
     if (this.body !== null) {
       try {
         value = await this.body.evaluate(value, bindingsFor(this.#reads, view, 0))
-        return { body: Buffer.from(value === undefined ? '' : JSON.stringify(value)), contentType: 'application/json' }
+        return {
+          body: Buffer.from(value === undefined ? '' : JSON.stringify(value)),
+          contentType: 'application/json',
+        }
       } catch (err) {
         const limit = limitOf(err)
         if (limit !== null) return limitError('request', limit)
-        return gatewayError('GH_INVALID_BODY', 'The request body cannot be transformed', { reason: `request expression failed: ${(err as Error).message}` })
+        return gatewayError('GH_INVALID_BODY', 'The request body cannot be transformed', {
+          reason: `request expression failed: ${(err as Error).message}`,
+        })
       }
     }
     return { body: Buffer.from(JSON.stringify(value)), contentType: 'application/json' }
@@ -106,7 +137,9 @@ export class ResponseTransform {
     this.body = cfg.body === undefined ? null : new Expression(cfg.body, cfg.timeout)
     this.events = cfg.events === undefined ? null : new Expression(cfg.events, cfg.timeout)
     this.headers = cfg.headers === undefined ? null : new HeaderEdits(cfg.headers)
-    this.status = cfg.status === undefined ? null : new Map(Object.entries(cfg.status).map(([k, v]) => [Number(k), v]))
+    this.status = cfg.status === undefined
+      ? null
+      : new Map(Object.entries(cfg.status).map(([k, v]) => [Number(k), v]))
     this.maxBody = cfg.max_body
     this.#reads = this.body === null ? 0 : bindingsRead(this.body)
   }
@@ -117,7 +150,9 @@ export class ResponseTransform {
 
   /** The `events` expression over this request's server-sent events, or null without one. */
   eventStream (view: RequestView): SseEventTransform | null {
-    return this.events === null ? null : new SseEventTransform(this.events, requestBindings(view), MAX_EVENT)
+    return this.events === null
+      ? null
+      : new SseEventTransform(this.events, requestBindings(view), MAX_EVENT)
   }
 
   /**
@@ -125,24 +160,45 @@ export class ResponseTransform {
    * caller passes others through. Non-JSON from the upstream is a 502: the client was
    * promised the transformed shape.
    */
-  async transformBody (body: Buffer, contentType: string | null, status: number, view: RequestView): Promise<Buffer | GatewayError> {
+  async transformBody (
+    body: Buffer,
+    contentType: string | null,
+    status: number,
+    view: RequestView,
+  ): Promise<Buffer | GatewayError> {
     const type = mediaType(contentType)
-    if (!isJsonType(type)) return gatewayError('GH_TRANSFORM_FAILED', 'The upstream answered with a body this route cannot transform', { reason: `upstream content-type ${type || '(none)'}, expected JSON` })
+    if (!isJsonType(type)) {
+      return gatewayError(
+        'GH_TRANSFORM_FAILED',
+        'The upstream answered with a body this route cannot transform',
+        { reason: `upstream content-type ${type || '(none)'}, expected JSON` },
+      )
+    }
     const parsed = parseJson(body)
-    if (parsed instanceof Error) return gatewayError('GH_TRANSFORM_FAILED', 'The upstream answered with invalid JSON', { reason: `upstream JSON: ${parsed.message}` })
+    if (parsed instanceof Error) {
+      return gatewayError('GH_TRANSFORM_FAILED', 'The upstream answered with invalid JSON', {
+        reason: `upstream JSON: ${parsed.message}`,
+      })
+    }
     try {
       const value = await this.body!.evaluate(parsed, bindingsFor(this.#reads, view, status))
       return Buffer.from(value === undefined ? '' : JSON.stringify(value))
     } catch (err) {
       const limit = limitOf(err)
       if (limit !== null) return limitError('response', limit)
-      return gatewayError('GH_TRANSFORM_FAILED', 'The upstream response cannot be transformed', { reason: `response expression failed: ${(err as Error).message}` })
+      return gatewayError('GH_TRANSFORM_FAILED', 'The upstream response cannot be transformed', {
+        reason: `response expression failed: ${(err as Error).message}`,
+      })
     }
   }
 }
 
 function limitError (side: 'request' | 'response', err: TransformLimitError): GatewayError {
-  return gatewayError('GH_TRANSFORM_LIMIT', `The ${side} body transform was stopped: ${err.message}`, { reason: `${side} expression stopped (${err.limit}): ${err.message}` })
+  return gatewayError(
+    'GH_TRANSFORM_LIMIT',
+    `The ${side} body transform was stopped: ${err.message}`,
+    { reason: `${side} expression stopped (${err.limit}): ${err.message}` },
+  )
 }
 
 const NO_BINDINGS: Record<string, unknown> = Object.freeze({}) as Record<string, unknown>
@@ -159,8 +215,10 @@ const BIND_ALL = 63
 function bindingsRead (expr: Expression): number {
   const reads = expr.reads
   if (reads === null) return BIND_ALL
-  return (reads.has('method') ? BIND_METHOD : 0) | (reads.has('path') ? BIND_PATH : 0) | (reads.has('query') ? BIND_QUERY : 0) |
-    (reads.has('headers') ? BIND_HEADERS : 0) | (reads.has('identity') ? BIND_IDENTITY : 0) | (reads.has('status') ? BIND_STATUS : 0)
+  return (reads.has('method') ? BIND_METHOD : 0) | (reads.has('path') ? BIND_PATH : 0) |
+    (reads.has('query') ? BIND_QUERY : 0) |
+    (reads.has('headers') ? BIND_HEADERS : 0) | (reads.has('identity') ? BIND_IDENTITY : 0) |
+    (reads.has('status') ? BIND_STATUS : 0)
 }
 
 /**
@@ -190,7 +248,15 @@ export function requestBindings (view: RequestView): Record<string, unknown> {
 }
 
 function identityBinding (id: Identity | null): Record<string, unknown> | null {
-  return id === null ? null : { provider: id.provider, subject: id.subject, client_id: id.clientId, scopes: [...id.scopes], claims: id.claims }
+  return id === null
+    ? null
+    : {
+      provider: id.provider,
+      subject: id.subject,
+      client_id: id.clientId,
+      scopes: [...id.scopes],
+      claims: id.claims,
+    }
 }
 
 /** "application/json; charset=utf-8" → "application/json". */

@@ -1,6 +1,11 @@
 import { gatewayError } from '../../errors/index.js'
 import { dropHeaders } from '../../net/fields.js'
-import { isEventStream, type Exchange, type ResponseHandler, type ResponseWrapper } from '../../pipeline/exchange.js'
+import {
+  isEventStream,
+  type Exchange,
+  type ResponseHandler,
+  type ResponseWrapper,
+} from '../../pipeline/exchange.js'
 import { PassThrough } from '../../pipeline/response.js'
 import type { ResponseTransform } from './policy.js'
 import type { SseEventTransform } from './sse.js'
@@ -52,8 +57,16 @@ class TransformHandler extends PassThrough {
     this.#chain = chain
     chain.then(() => ex.resume(), (err: Error) => {
       if (this.#chain !== chain) return
-      ex.rt.logger.warn({ msg: 'event transform failed; closing the stream', id: ex.requestId, err: err.message })
-      ex.error = gatewayError('GH_TRANSFORM_FAILED', 'A server-sent event could not be transformed', { reason: err.message })
+      ex.rt.logger.warn({
+        msg: 'event transform failed; closing the stream',
+        id: ex.requestId,
+        err: err.message,
+      })
+      ex.error = gatewayError(
+        'GH_TRANSFORM_FAILED',
+        'A server-sent event could not be transformed',
+        { reason: err.message },
+      )
       ex.abortUpstream?.(ex.error)
       ex.res.destroy()
     })

@@ -33,7 +33,9 @@ export class SseEventTransform {
     const end = text.lastIndexOf('\n\n')
     if (end === -1) {
       this.#pending = text + held
-      if (this.#pending.length > this.#maxEvent) throw new Error(`a server-sent event exceeds ${this.#maxEvent} characters`)
+      if (this.#pending.length > this.#maxEvent) {
+        throw new Error(`a server-sent event exceeds ${this.#maxEvent} characters`)
+      }
       return ''
     }
     this.#pending = text.slice(end + 2) + held

@@ -16,6 +16,8 @@ export class MemoryCacheStore implements CacheStore {
   }
 
   set (key: string, value: Buffer, ttlMs: number): void {
-    if (value.length + 64 <= this.#responses.maxSize) this.#responses.set(key, value, { ttl: ttlMs })
+    if (value.length + 64 <= this.#responses.maxSize) {
+      this.#responses.set(key, value, { ttl: ttlMs })
+    }
   }
 }

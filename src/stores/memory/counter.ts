@@ -30,17 +30,36 @@ export class MemoryCounterStore implements CounterStore {
 }
 
 /** The GCRA step, as the Redis store runs it in Lua. `tat`: theoretical arrival time. */
-function gcraStep (tat: number, now: number, intervalMs: number, burst: number, cost: number): { decision: LimitDecision, tat: number } {
+function gcraStep (
+  tat: number,
+  now: number,
+  intervalMs: number,
+  burst: number,
+  cost: number,
+): { decision: LimitDecision, tat: number } {
   const from = tat > now ? tat : now
   const next = from + intervalMs * cost
   const capacity = burst * intervalMs
   if (next - now > capacity) {
     return {
       tat: from,
-      decision: { allowed: false, remaining: Math.max(0, Math.floor((capacity - (from - now)) / intervalMs)), resetMs: from - now, retryMs: next - now - capacity },
+      decision: {
+        allowed: false,
+        remaining: Math.max(0, Math.floor((capacity - (from - now)) / intervalMs)),
+        resetMs: from - now,
+        retryMs: next - now - capacity,
+      },
     }
   }
-  return { tat: next, decision: { allowed: true, remaining: Math.floor((capacity - (next - now)) / intervalMs), resetMs: next - now, retryMs: 0 } }
+  return {
+    tat: next,
+    decision: {
+      allowed: true,
+      remaining: Math.floor((capacity - (next - now)) / intervalMs),
+      resetMs: next - now,
+      retryMs: 0,
+    },
+  }
 }
 
 /** One partition's buckets in memory: GCRA arrival times and quota windows, each up to maxKeys. */
@@ -65,7 +84,9 @@ class MemoryCounters implements Counters {
     return (this.#tatCache ??= new LRUCache({
       max: this.#maxKeys,
       noDisposeOnSet: true,
-      dispose: (tat, _key, reason) => { if (reason === 'evict' && tat > Date.now()) this.onEvict() },
+      dispose: (tat, _key, reason) => {
+        if (reason === 'evict' && tat > Date.now()) this.onEvict()
+      },
     }))
   }
 
@@ -74,7 +95,10 @@ class MemoryCounters implements Counters {
       max: this.#maxKeys,
       noDisposeOnSet: true,
       dispose: (_used, key, reason) => {
-        if (reason === 'evict' && Number(key.slice(key.lastIndexOf(':') + 1)) >= Math.floor(Date.now() / this.#windowMs)) this.onEvict()
+        if (
+          reason === 'evict' &&
+          Number(key.slice(key.lastIndexOf(':') + 1)) >= Math.floor(Date.now() / this.#windowMs)
+        ) this.onEvict()
       },
     }))
   }
@@ -97,9 +121,13 @@ class MemoryCounters implements Counters {
     const used = this.#used.get(k) ?? 0
     const resetMs = (index + 1) * windowMs - now
     if (cost === 0) {
-      return used < limit ? { allowed: true, remaining: limit - used, resetMs, retryMs: 0 } : { allowed: false, remaining: 0, resetMs, retryMs: resetMs }
+      return used < limit
+        ? { allowed: true, remaining: limit - used, resetMs, retryMs: 0 }
+        : { allowed: false, remaining: 0, resetMs, retryMs: resetMs }
     }
-    if (used + cost > limit) return { allowed: false, remaining: Math.max(0, limit - used), resetMs, retryMs: resetMs }
+    if (used + cost > limit) {
+      return { allowed: false, remaining: Math.max(0, limit - used), resetMs, retryMs: resetMs }
+    }
     // Windows are keyed by index; past windows leave by LRU eviction (see gcra for why no TTL).
     this.#used.set(k, used + cost)
     return { allowed: true, remaining: limit - used - cost, resetMs, retryMs: 0 }

@@ -15,6 +15,11 @@ export class RedisCacheStore implements CacheStore {
 
   async set (key: string, value: Buffer, ttlMs: number): Promise<void> {
     // PX takes a positive integer: a ttl under 1 ms still keeps the entry for one.
-    await this.#conn.client().set(this.#conn.prefix + key, value, 'PX', Math.max(1, Math.ceil(ttlMs)))
+    await this.#conn.client().set(
+      this.#conn.prefix + key,
+      value,
+      'PX',
+      Math.max(1, Math.ceil(ttlMs)),
+    )
   }
 }

@@ -5,10 +5,10 @@ import type { StoreStatus } from '../backend.js'
 
 /** The commands the stores send, besides the scripts each defines. */
 export interface RedisClient {
-  getBuffer (key: string): Promise<Buffer | null>
-  set (key: string, value: Buffer, px: 'PX', ms: number): Promise<unknown>
-  quit (): Promise<unknown>
-  disconnect (): void
+  getBuffer(key: string): Promise<Buffer | null>
+  set(key: string, value: Buffer, px: 'PX', ms: number): Promise<unknown>
+  quit(): Promise<unknown>
+  disconnect(): void
   readonly status: string
 }
 
@@ -61,7 +61,11 @@ export class RedisConnection {
       const now = Date.now()
       if (now - this.#lastErrorLog < 10_000) return
       this.#lastErrorLog = now
-      this.#logger.warn({ msg: 'limit store unreachable', store: redactUrl(this.#cfg.url), err: err.message })
+      this.#logger.warn({
+        msg: 'limit store unreachable',
+        store: redactUrl(this.#cfg.url),
+        err: err.message,
+      })
     })
     for (const [name, lua] of this.#scripts) client.defineCommand(name, { numberOfKeys: 1, lua })
     this.#client = client as unknown as RedisClient
@@ -71,7 +75,9 @@ export class RedisConnection {
       let timer: NodeJS.Timeout | undefined
       await Promise.race([
         new Promise<void>((resolve) => client.once('ready', () => resolve())),
-        new Promise<void>((resolve) => { timer = setTimeout(resolve, Math.max(1000, this.#cfg.timeout * 4)) }),
+        new Promise<void>((resolve) => {
+          timer = setTimeout(resolve, Math.max(1000, this.#cfg.timeout * 4))
+        }),
       ])
       clearTimeout(timer)
     }

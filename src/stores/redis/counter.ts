@@ -55,9 +55,19 @@ return 1
 `
 
 interface CounterScripts {
-  ghGcra (key: string, interval: number, burst: number, cost: number): Promise<[number, number, number, number]>
-  ghQuota (key: string, limit: number, window: number, cost: number): Promise<[number, number, number, number]>
-  ghCharge (key: string, window: number, amount: number): Promise<number>
+  ghGcra(
+    key: string,
+    interval: number,
+    burst: number,
+    cost: number,
+  ): Promise<[number, number, number, number]>
+  ghQuota(
+    key: string,
+    limit: number,
+    window: number,
+    cost: number,
+  ): Promise<[number, number, number, number]>
+  ghCharge(key: string, window: number, amount: number): Promise<number>
 }
 
 /** Counters in Redis, shared by every gateway that points at it. */
@@ -77,12 +87,31 @@ export class RedisCounterStore implements CounterStore, Counters {
     return this
   }
 
-  async gcra (key: string, intervalMs: number, burst: number, cost: number): Promise<LimitDecision> {
-    return toDecision(await this.#conn.client<CounterScripts>().ghGcra(this.#conn.prefix + key, intervalMs, burst, cost))
+  async gcra (
+    key: string,
+    intervalMs: number,
+    burst: number,
+    cost: number,
+  ): Promise<LimitDecision> {
+    return toDecision(
+      await this.#conn.client<CounterScripts>().ghGcra(
+        this.#conn.prefix + key,
+        intervalMs,
+        burst,
+        cost,
+      ),
+    )
   }
 
   async quota (key: string, limit: number, windowMs: number, cost: number): Promise<LimitDecision> {
-    return toDecision(await this.#conn.client<CounterScripts>().ghQuota(this.#conn.prefix + key, limit, windowMs, cost))
+    return toDecision(
+      await this.#conn.client<CounterScripts>().ghQuota(
+        this.#conn.prefix + key,
+        limit,
+        windowMs,
+        cost,
+      ),
+    )
   }
 
   async charge (key: string, windowMs: number, amount: number): Promise<void> {
@@ -91,5 +120,10 @@ export class RedisCounterStore implements CounterStore, Counters {
 }
 
 function toDecision (r: [number, number, number, number]): LimitDecision {
-  return { allowed: r[0] === 1, remaining: Number(r[1]), resetMs: Number(r[2]), retryMs: Number(r[3]) }
+  return {
+    allowed: r[0] === 1,
+    remaining: Number(r[1]),
+    resetMs: Number(r[2]),
+    retryMs: Number(r[3]),
+  }
 }
