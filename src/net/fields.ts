@@ -131,3 +131,18 @@ export function headerOf (headers: readonly string[], name: string): string | nu
   }
   return null
 }
+
+/**
+ * The value of a field that must appear once (lower-case name): null when it is absent or
+ * repeated (a repeated Origin means nothing a server can act on). One pass over the list.
+ */
+export function singleHeaderOf (headers: readonly string[], name: string): string | null {
+  let found: string | null = null
+  for (let i = 0; i < headers.length; i += 2) {
+    if (headers[i]!.length === name.length && headers[i]!.toLowerCase() === name) {
+      if (found !== null) return null
+      found = headers[i + 1]!
+    }
+  }
+  return found
+}

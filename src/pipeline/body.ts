@@ -74,33 +74,44 @@ export class ReadBody implements Step {
     if (ex.contentLength !== null && Number(ex.contentLength) > cap) {
       return tooLarge(cap, Number(ex.contentLength))
     }
-    let body: Buffer = EMPTY
-    const source = ex.body
-    if (source !== null) {
-      // RFC 9110 §10.1.1: ask for the body only once the route wants it.
-      if (ex.expectContinue) ex.sendContinue()
-      ex.expectContinue = false
-      ex.rt.watchBody(ex)
-      const chunks: Buffer[] = []
-      let bytes = 0
-      try {
-        for await (const chunk of source) {
-          bytes += (chunk as Buffer).length
-          if (bytes > cap) return tooLarge(cap, null)
-          chunks.push(chunk as Buffer)
-        }
-      } catch (err) {
-        // The client went away (its exchange is logged already), or the body was malformed.
-        return isGatewayError(err) ? err : HANDLED
-      }
-      if (ex.finished || !ex.req.complete) return HANDLED
-      body = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, bytes)
-    }
-    ex.body = null
+    const body = await readWhole(ex, cap)
+    if (!Buffer.isBuffer(body)) return body
     ex.bodyType = ex.header('content-type')
     setBody(ex, body)
     return null
   }
+}
+
+/**
+ * The request body as one Buffer, at most `cap` bytes: asked for (100 Continue) and timed
+ * (body_idle, body_min_rate) as it is read. Otherwise a GatewayError to answer (413 once the cap
+ * is passed, or a malformed body), or HANDLED when the client went away (its exchange is
+ * logged already). The one reader of whole bodies: the body step and the cache's key.
+ */
+export async function readWhole (
+  ex: Exchange,
+  cap: number,
+): Promise<Buffer | GatewayError | typeof HANDLED> {
+  const source = ex.body
+  if (source === null) return EMPTY
+  // RFC 9110 §10.1.1: ask for the body only once the route wants it.
+  if (ex.expectContinue) ex.sendContinue()
+  ex.expectContinue = false
+  ex.rt.watchBody(ex)
+  const chunks: Buffer[] = []
+  let bytes = 0
+  try {
+    for await (const chunk of source) {
+      bytes += (chunk as Buffer).length
+      if (bytes > cap) return tooLarge(cap, null)
+      chunks.push(chunk as Buffer)
+    }
+  } catch (err) {
+    return isGatewayError(err) ? err : HANDLED
+  }
+  if (ex.finished || !ex.req.complete) return HANDLED
+  ex.body = null
+  return chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, bytes)
 }
 
 /** The body sent on (read whole, maybe transformed): framed by its length from here on. */

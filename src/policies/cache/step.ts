@@ -1,6 +1,6 @@
-import type { Readable } from 'node:stream'
 import type { Exchange } from '../../pipeline/exchange.js'
 import { addFields } from '../../net/fields.js'
+import { readWhole } from '../../pipeline/body.js'
 import { HANDLED, type Step, type Verdict } from '../../pipeline/step.js'
 import { CacheCapture, parseCacheControl, type CacheEntry, type CachePolicy } from './policy.js'
 
@@ -35,14 +35,9 @@ export class CacheStep implements Step {
       if (!(declared <= cache.bodyMax)) {
         bypass = true
       } else {
-        if (ex.expectContinue) {
-          ex.sendContinue()
-          ex.expectContinue = false
-        }
-        body = await readAll(ex.body)
-        if (ex.finished) return HANDLED
-        ex.bodyBuffer = body
-        ex.body = null
+        const whole = await readWhole(ex, cache.bodyMax)
+        if (!Buffer.isBuffer(whole)) return whole
+        ex.bodyBuffer = body = whole
       }
     }
     if (bypass) {
@@ -108,11 +103,4 @@ function serveCached (ex: Exchange, entry: CacheEntry, status: string): void {
   ex.bytesOut = head ? 0 : entry.body.length
   res.writeHead(entry.status, headers as unknown as string[])
   res.end(head ? undefined : entry.body)
-}
-
-/** A bounded body (its declared length was checked against the cap) as one Buffer. */
-async function readAll (body: Readable): Promise<Buffer> {
-  const chunks: Buffer[] = []
-  for await (const c of body) chunks.push(c as Buffer)
-  return Buffer.concat(chunks)
 }

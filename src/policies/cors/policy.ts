@@ -1,5 +1,6 @@
 import type { CorsConfig } from '../../config/schema.js'
 import { gatewayError, type GatewayError } from '../../errors/index.js'
+import { singleHeaderOf } from '../../net/fields.js'
 import type { Exchange } from '../../pipeline/exchange.js'
 import { HANDLED, type Step, type Verdict } from '../../pipeline/step.js'
 
@@ -91,10 +92,8 @@ export class CorsPolicy implements Step {
 
   /** The request's one Origin, lower-cased (browsers send it so); null when absent or repeated. */
   #origin (ex: Exchange): string | null {
-    const first = ex.header('origin')
-    if (first === null) return null
-    if (ex.headerValues('origin').length !== 1) return null
-    return first.toLowerCase()
+    const origin = singleHeaderOf(ex.req.rawHeaders, 'origin')
+    return origin === null ? null : origin.toLowerCase()
   }
 
   #fieldsFor (origin: string): readonly string[] | undefined {
