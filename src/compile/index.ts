@@ -24,7 +24,7 @@ import type { PolicyDeps } from '../policies/deps.js'
 import type { Step } from '../pipeline/step.js'
 import { ReadBody } from '../pipeline/body.js'
 import { proxy } from '../pipeline/proxy.js'
-import { accept } from '../pipeline/accept.js'
+import { accept, requireIdempotencyKey } from '../pipeline/accept.js'
 import { captureResponse } from '../pipeline/intercept.js'
 import { composeResponse } from '../pipeline/response.js'
 import type { Target } from '../upstream/target.js'
@@ -135,11 +135,14 @@ function compileRoute (
     steps = present([ip, cors, auth, rateLimit, cache, proxy])
   } else {
     const body = new ReadBody(bufferCap(r))
+    // An async route that requires an Idempotency-Key refuses a request without one before
+    // its body is read.
+    const keyed = delivery?.idempotency === 'required' ? requireIdempotencyKey : null
     // A signature over the body is the credential: the body is read first (the address is
     // checked before it, so a refused address never gets to upload).
     const admission = auth?.needsBody === true
-      ? [ip, cors, body, auth, rateLimit]
-      : [ip, cors, auth, rateLimit, body]
+      ? [ip, cors, keyed, body, auth, rateLimit]
+      : [ip, cors, auth, rateLimit, keyed, body]
     steps = present([...admission, bodyStep, plugin,
       ...(delivery !== null ? [accept] : [cache, proxy])])
   }

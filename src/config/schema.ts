@@ -632,6 +632,12 @@ const RouteDeliverySchema = strictObject({
    * slash commands and events expect 200 within 3 s).
    */
   ack_status: union([literal(200), literal(202)]).default(202),
+  /**
+   * required: a request without an Idempotency-Key is refused (400) before its body is read, so
+   * no sender can enqueue a request it could not safely retry. optional (default): a key, when
+   * sent, makes a retry within delivery.idempotency_window return the first delivery.
+   */
+  idempotency: zenum(['optional', 'required']).default('optional'),
 })
 
 const DeliveryStoreSchema = discriminatedUnion('kind', [

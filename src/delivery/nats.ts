@@ -32,7 +32,10 @@ import type {
  *              sequence number.
  *   S_STATE    a key-value table built on `max_msgs_per_subject: 1`: a status record per message
  *              (S_STATE.s.<id>: state, attempts, errors, and the request without its body) and
- *              an idempotency record per (route, key) (S_STATE.k.<route>.<sha256(key)>).
+ *              an idempotency record per (route, caller, key):
+ *              S_STATE.k.<route>.<sha256(caller NUL key)>. Keys stored before they were per
+ *              caller (no caller in their record) keep S_STATE.k.<route>.<sha256(key)>: they
+ *              match no new request, and purges still find them.
  *              Writes that must not race are compare-and-set on the subject's last sequence
  *              (Nats-Expected-Last-Subject-Sequence; 0 means "must not exist yet").
  *
@@ -97,6 +100,8 @@ interface Envelope {
   target: string
   headers: string[]
   idempotencyKey: string | null
+  /** Absent in messages stored before keys were per caller: read as ''. */
+  caller?: string
   fingerprint: string
   createdAt: number
   /** High-resolution enqueue time: orders `list` among messages of the same millisecond. */
@@ -466,7 +471,7 @@ export class NatsDeliveryStore implements DeliveryStore {
    * already taken. Like the sqlite store, the window is measured between the two createdAt.
    */
   async #takeKey (io: Io, msg: NewDelivery, windowMs: number): Promise<number | EnqueueResult> {
-    const subject = this.#names.key(msg.route, msg.idempotencyKey!)
+    const subject = this.#names.key(msg.route, msg.caller, msg.idempotencyKey!)
     const record: KeyRecord = { id: msg.id, fingerprint: msg.fingerprint, createdAt: msg.createdAt }
     let expect = 0
     // A few turns: each lost race means another request changed the record meanwhile.
@@ -1229,7 +1234,7 @@ export class NatsDeliveryStore implements DeliveryStore {
     if (st.rec.deadSeq !== undefined) await this.#deleteQuietly(n.dead, st.rec.deadSeq)
     if (withKey && st.rec.idempotencyKey !== null) {
       const k = await this.#getMsg(n.state, {
-        last_by_subj: n.key(st.rec.route, st.rec.idempotencyKey),
+        last_by_subj: n.key(st.rec.route, st.rec.caller ?? '', st.rec.idempotencyKey),
       }).catch(() => null)
       if (k !== null && k.json<KeyRecord>().id === st.rec.id) {
         await this.#deleteQuietly(n.state, k.seq)
@@ -1424,8 +1429,10 @@ function names (stream: string) {
     deadRoute: (route: string) => `${dead}.${encodeToken(route)}`,
     status: (id: string) => `${state}.s.${encodeToken(id)}`,
     // Hashed: a client's key may hold anything, and its length is the client's choice.
-    key: (route: string, key: string) =>
-      `${state}.k.${encodeToken(route)}.${createHash('sha256').update(key).digest('hex')}`,
+    key: (route: string, caller: string, key: string) =>
+      `${state}.k.${encodeToken(route)}.${
+        createHash('sha256').update(caller === '' ? key : `${caller}\0${key}`).digest('hex')
+      }`,
     durable: (route: string) => `gh-${encodeToken(route)}`,
   }
 }
@@ -1469,6 +1476,7 @@ function envelope (msg: NewDelivery): Omit<Envelope, 'v'> {
     target: msg.target,
     headers: [...msg.headers],
     idempotencyKey: msg.idempotencyKey,
+    caller: msg.caller,
     fingerprint: msg.fingerprint,
     createdAt: msg.createdAt,
     t: performance.timeOrigin + performance.now(),
@@ -1528,6 +1536,7 @@ function toRecord (rec: StatusRecord, body: Buffer): DeliveryRecord {
     headers: rec.headers,
     body,
     idempotencyKey: rec.idempotencyKey,
+    caller: rec.caller ?? '',
     fingerprint: rec.fingerprint,
     createdAt: rec.createdAt,
     state: rec.state,

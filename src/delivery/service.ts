@@ -43,6 +43,11 @@ export interface AsyncRequest {
   readonly body: Buffer
   /** The Idempotency-Key field as sent, or null. */
   readonly idempotencyKey: string | null
+  /**
+   * Who sent it, as its Idempotency-Key is scoped (pipeline/accept.ts callerOf): the
+   * authenticated caller per provider, or the client's address on a route without auth.
+   */
+  readonly caller: string
   /** The token minted for the caller, on a route that mints phantom tokens (see secrets.ts). */
   readonly phantomToken: string | null
 }
@@ -230,6 +235,8 @@ export class DeliveryService {
       headers,
       body,
       idempotencyKey: key,
+      // A digest: the store compares it and never needs to show who it was.
+      caller: key === null ? '' : hash('sha256', req.caller, 'base64url').slice(0, 22),
       fingerprint,
       createdAt: Date.now(),
     }

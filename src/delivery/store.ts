@@ -27,6 +27,12 @@ export interface NewDelivery {
   readonly body: Buffer
   /** The client's Idempotency-Key, or null. */
   readonly idempotencyKey: string | null
+  /**
+   * Whose key it is: a digest of the caller (its identity, or its address on a route without
+   * auth; see DeliveryService.enqueue). Keys are unique per (route, caller, key), so two callers
+   * never share a delivery. '' in records stored before keys were per caller: no request has it.
+   */
+  readonly caller: string
   /** SHA-256 (base64) of method, target and body: a repeated key with another fingerprint is a conflict. */
   readonly fingerprint: string
   /** Epoch ms. */

@@ -48,6 +48,7 @@ export const ERRORS = {
   GH_PLUGIN_FAILED: { status: 502, title: 'Plugin failed' },
   GH_PLUGIN_TIMEOUT: { status: 502, title: 'Plugin did not finish in time' },
   GH_PLUGIN_INVALID_RESULT: { status: 502, title: 'Plugin returned an invalid result' },
+  GH_IDEMPOTENCY_KEY_REQUIRED: { status: 400, title: 'Idempotency-Key required' },
   GH_IDEMPOTENCY_CONFLICT: {
     status: 422,
     title: 'Idempotency-Key reused with a different request',

@@ -1,6 +1,6 @@
 import type { RouteExchange, RouteTable } from '../compile/table.js'
 import type { DeliveryService } from '../delivery/service.js'
-import { isGatewayError, type GatewayError } from '../errors/index.js'
+import { gatewayError, isGatewayError, type GatewayError } from '../errors/index.js'
 import { requestHost, upstreamPath } from './exchange.js'
 import { finishRequestHeaders } from './headers.js'
 import { dropHeaders, isLengthField } from '../net/fields.js'
@@ -17,6 +17,10 @@ async function acceptInto (
   encrypted: boolean,
 ): Promise<GatewayError | null> {
   const route = ex.route!
+  // One key or none: two say nothing a retry could be matched by.
+  if (ex.headerValues('idempotency-key').length > 1) {
+    return gatewayError('GH_BAD_REQUEST', 'Idempotency-Key must be sent once')
+  }
   finishRequestHeaders(ex, route, encrypted)
   // undici sets the length of the stored body itself on each attempt.
   dropHeaders(ex.outHeaders, isLengthField)
@@ -30,6 +34,7 @@ async function acceptInto (
     host: requestHost(ex),
     body: ex.bodyBuffer ?? EMPTY,
     idempotencyKey: ex.header('idempotency-key'),
+    caller: callerOf(ex),
     phantomToken: ex.phantomToken,
   })
   if (isGatewayError(accepted)) return accepted
@@ -54,6 +59,35 @@ async function acceptInto (
 }
 
 const EMPTY = Buffer.alloc(0)
+
+/**
+ * Whose Idempotency-Key a request's is (Stripe scopes keys per account): the authenticated
+ * caller, per provider (an API key's id, a token's subject or client), or the client's
+ * address (after trusted_proxies) on a route without auth. A webhook's sender is its
+ * provider: the one holder of the secret, whatever address a retry comes from.
+ */
+export function callerOf (ex: RouteExchange): string {
+  const id = ex.identity
+  if (id === null) return `ip:${ex.resolveClientIp()}`
+  if (id.kind === 'webhook') return `webhook:${id.provider}`
+  return `${id.kind}:${id.provider}:${id.subject ?? id.clientId ?? ''}`
+}
+
+/**
+ * On routes with `delivery.idempotency: required`, before the body is read: a request without
+ * an Idempotency-Key is refused, 400. (Its form is checked where it is used, in delivery.)
+ */
+export const requireIdempotencyKey: Step = {
+  name: 'idempotency_key',
+  run (ex: RouteExchange): Verdict {
+    if (ex.header('idempotency-key') !== null) return null
+    return gatewayError(
+      'GH_IDEMPOTENCY_KEY_REQUIRED',
+      'This route requires an Idempotency-Key header (1 to 255 printable characters)',
+      { reason: `route ${ex.route!.name} has delivery.idempotency: required` },
+    )
+  },
+}
 
 /** The terminal step of an async route (compile puts it last). */
 export const accept: Step = {

@@ -284,6 +284,35 @@ function deliveryStoreContract (name: string, make: () => Promise<DeliveryStore 
       assert.deepEqual(await s.claim(route, 10, 50, never()), [])
     })
 
+    it('idempotency: keys belong to their caller; two callers with one key and one body get two deliveries', async (s) => {
+      const route = await openRoute(s)
+      const key = `shared ${randomUUID()}`
+      const alice = message(route, { idempotencyKey: key, caller: 'alice' })
+      const bob = message(route, {
+        idempotencyKey: key,
+        caller: 'bob',
+        body: alice.body,
+        target: alice.target,
+      })
+      assert.equal(bob.fingerprint, alice.fingerprint)
+      assert.deepEqual(await s.enqueue(alice, DAY), { id: alice.id, duplicate: false })
+      // Bob's request is his own: stored, with his id (not Alice's), and no 422 either.
+      assert.deepEqual(await s.enqueue(bob, DAY), { id: bob.id, duplicate: false })
+      const other = message(route, { idempotencyKey: key, caller: 'carol' })
+      assert.deepEqual(await s.enqueue(other, DAY), { id: other.id, duplicate: false })
+      // Each caller's repeat is its own first delivery.
+      const bobAgain = message(route, {
+        idempotencyKey: key,
+        caller: 'bob',
+        body: alice.body,
+        target: alice.target,
+      })
+      assert.deepEqual(await s.enqueue(bobAgain, DAY), { id: bob.id, duplicate: true })
+      assert.equal((await s.get(bob.id))?.caller, 'bob')
+      const claimed = (await claimN(s, route, 3)).map((r) => r.id).sort()
+      assert.deepEqual(claimed, [alice.id, bob.id, other.id].sort())
+    })
+
     it('idempotency: the same key in one burst makes one delivery', async (s) => {
       const route = await openRoute(s)
       const key = `burst-${randomUUID()}`

@@ -19,6 +19,7 @@ export function message (route: string, extra: Partial<NewDelivery> = {}): NewDe
     headers: ['content-type', 'application/octet-stream', 'x-seq', String(n)],
     body,
     idempotencyKey: null,
+    caller: 'caller-a',
     fingerprint,
     createdAt: Date.now(),
     ...extra,

@@ -1,6 +1,7 @@
 import { after, before, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
 import http from 'node:http'
+import net from 'node:net'
 import { createHash, generateKeyPairSync, randomBytes } from 'node:crypto'
 import { createRemoteJWKSet, jwtVerify, type JWTPayload } from 'jose'
 import { mkdtempSync, rmSync } from 'node:fs'
@@ -18,6 +19,43 @@ import {
   type TestGateway,
   type Upstream,
 } from '../helpers/index.js'
+
+const ALICE_KEY = 'gh_alice_0123456789abcdef'
+const BOB_KEY = 'gh_bob_fedcba9876543210'
+
+function sha256hex (v: string): string {
+  return createHash('sha256').update(v).digest('hex')
+}
+
+/** Write raw bytes, read until the server closes or answers a whole head with its body. */
+function rawExchange (port: number, text: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(port, '127.0.0.1', () => socket.write(text))
+    let out = ''
+    const timer = setTimeout(() => {
+      socket.destroy()
+      reject(new Error(`no answer within 5 s; got ${JSON.stringify(out)}`))
+    }, 5000)
+    socket.on('data', (d: Buffer) => {
+      out += d.toString('latin1')
+      const end = out.indexOf('\r\n\r\n')
+      const length = /content-length: (\d+)/i.exec(out)
+      if (end !== -1 && length !== null && out.length >= end + 4 + Number(length[1])) {
+        clearTimeout(timer)
+        socket.destroy()
+        resolve(out)
+      }
+    })
+    socket.on('error', (err) => {
+      clearTimeout(timer)
+      reject(err)
+    })
+    socket.on('close', () => {
+      clearTimeout(timer)
+      resolve(out)
+    })
+  })
+}
 
 /** What the upstream saw: one entry per attempt. */
 interface Hit {
@@ -81,8 +119,31 @@ for (const [name, makeStore] of backends) {
       })
       gw = await startGateway({
         delivery: { store: store as never },
+        identity: {
+          providers: {
+            keys: {
+              kind: 'api_key',
+              header: 'x-api-key',
+              keys: [
+                { id: 'alice', sha256: sha256hex(ALICE_KEY), scopes: ['jobs'] },
+                { id: 'bob', sha256: sha256hex(BOB_KEY), scopes: ['jobs'] },
+              ],
+            },
+          },
+        },
         upstreams: { work: { targets: [{ url: up.url }] } },
         routes: [{
+          // Keys are required here, and each caller's own.
+          name: 'keyed',
+          match: { path_prefix: '/keyed', methods: ['POST'] },
+          upstream: 'work',
+          auth: { any_of: ['keys'] },
+          delivery: {
+            mode: 'async',
+            idempotency: 'required',
+            backoff: { initial: '50ms', jitter: '0%' },
+          },
+        }, {
           name: 'jobs',
           match: { path_prefix: '/jobs', methods: ['POST'] },
           upstream: 'work',
@@ -242,6 +303,70 @@ for (const [name, makeStore] of backends) {
       const id = JSON.parse(a.body).delivery_id
       await waitUntil(() => hits.some((h) => h.id === id))
       assert.equal(hits.filter((h) => h.body === body).length, 1)
+    })
+
+    it('Idempotency-Key belongs to its caller: Alice and Bob with one key and one body each get their own delivery', async () => {
+      const key = `shared-${Math.random()}`
+      const body = JSON.stringify({ job: 'mine', n: Math.random() })
+      const send = (apiKey: string, extra: Record<string, string> = {}) =>
+        request(gw.url + '/keyed/run', {
+          method: 'POST',
+          headers: {
+            'content-type': 'application/json',
+            'x-api-key': apiKey,
+            'idempotency-key': key,
+            ...extra,
+          },
+          body,
+        })
+      const alice = await send(ALICE_KEY)
+      const bob = await send(BOB_KEY)
+      assert.equal(alice.status, 202, alice.body)
+      assert.equal(bob.status, 202, bob.body)
+      const aliceId = JSON.parse(alice.body).delivery_id
+      const bobId = JSON.parse(bob.body).delivery_id
+      assert.notEqual(bobId, aliceId, 'Bob got Alice\'s delivery')
+      assert.equal(bob.headers['idempotent-replayed'], undefined)
+      // Each one's retry is still their own first delivery.
+      const aliceAgain = await send(ALICE_KEY)
+      assert.equal(JSON.parse(aliceAgain.body).delivery_id, aliceId)
+      assert.equal(aliceAgain.headers['idempotent-replayed'], 'true')
+      const bobAgain = await send(BOB_KEY)
+      assert.equal(JSON.parse(bobAgain.body).delivery_id, bobId)
+      // Both requests reach the upstream, once each.
+      await waitUntil(() => hits.some((h) => h.id === aliceId) && hits.some((h) => h.id === bobId))
+      assert.equal(hits.filter((h) => h.body === body).length, 2)
+    })
+
+    it('delivery.idempotency: required refuses a request without Idempotency-Key before reading its body (400)', async () => {
+      // Headers only: a body that never comes. The answer does not wait for it.
+      const res = await rawExchange(
+        gw.port,
+        `POST /keyed/run HTTP/1.1\r\nHost: a\r\nx-api-key: ${ALICE_KEY}\r\n` +
+          'content-type: application/json\r\ncontent-length: 1000\r\n\r\n',
+      )
+      assert.match(res, /^HTTP\/1\.1 400 /)
+      assert.match(res, /content-type: application\/problem\+json/i)
+      assert.match(res, /"code":"GH_IDEMPOTENCY_KEY_REQUIRED"/)
+      assert.match(res, /requires an Idempotency-Key header/)
+      // Credentials come first: without them it is 401, whatever the key.
+      const anon = await request(gw.url + '/keyed/run', { method: 'POST', body: '{}' })
+      assert.equal(anon.status, 401)
+    })
+
+    it('an Idempotency-Key sent twice is 400, and nothing is stored', async () => {
+      const count = async (): Promise<number> =>
+        JSON.parse((await admin('/deliveries?route=keyed&limit=1000')).body).deliveries.length
+      const before = await count()
+      const res = await request(gw.url + '/keyed/run', {
+        method: 'POST',
+        headers: { 'x-api-key': ALICE_KEY, 'idempotency-key': ['a', 'b'] as unknown as string },
+        body: '{"twice":true}',
+      })
+      assert.equal(res.status, 400)
+      assert.equal(JSON.parse(res.body).code, 'GH_BAD_REQUEST')
+      assert.match(JSON.parse(res.body).detail, /sent once/)
+      assert.equal(await count(), before)
     })
 
     it('a body over delivery.max_body is 413 and nothing is stored', async () => {

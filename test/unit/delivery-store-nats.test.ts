@@ -1,7 +1,7 @@
 import { after, before, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
 import { once } from 'node:events'
-import { randomBytes, randomUUID } from 'node:crypto'
+import { createHash, randomBytes, randomUUID } from 'node:crypto'
 import net, { type AddressInfo } from 'node:net'
 import { encodeToken, NatsDeliveryStore } from '../../src/delivery/nats.js'
 import type { DeliveryStore, NewDelivery } from '../../src/delivery/store.js'
@@ -245,6 +245,77 @@ describe('NATS delivery store: recovery', { skip: available ? false : SKIP }, ()
       target: msg.target,
     })
     assert.deepEqual(await store.enqueue(repeat, 86_400_000), { id: msg.id, duplicate: true })
+  })
+
+  test('records written before keys were per caller are kept, claimed and purged; their keys match no new caller', async () => {
+    const route = `legacy-${randomUUID()}`
+    await store.openRoute(route, { leaseMs: 5000, maxAttempts: 3 })
+    const key = `alice-key-${randomUUID()}`
+    const old = message(route, { idempotencyKey: key })
+    // The three records as the previous version wrote them: no caller anywhere, the key's
+    // subject a digest of the key alone.
+    const env = {
+      id: old.id,
+      route,
+      method: old.method,
+      target: old.target,
+      headers: [...old.headers],
+      idempotencyKey: key,
+      fingerprint: old.fingerprint,
+      createdAt: old.createdAt,
+      t: Date.now(),
+    }
+    const keySubject = `${name}_STATE.k.${encodeToken(route)}.${
+      createHash('sha256').update(key).digest('hex')
+    }`
+    await nc.js.publish(
+      keySubject,
+      JSON.stringify({ id: old.id, fingerprint: old.fingerprint, createdAt: old.createdAt }),
+    )
+    const json = Buffer.from(JSON.stringify({ v: 1, ...env }))
+    const head = Buffer.alloc(4)
+    head.writeUInt32BE(json.length)
+    await nc.js.publish(
+      `${name}.deliver.${encodeToken(route)}.${encodeToken(old.id)}`,
+      Buffer.concat([head, json, old.body]),
+      { msgID: old.id },
+    )
+    await nc.js.publish(
+      `${name}_STATE.s.${encodeToken(old.id)}`,
+      JSON.stringify({
+        v: 1,
+        ...env,
+        state: 'pending',
+        attempts: 0,
+        nextAttemptAt: old.createdAt,
+        lastError: null,
+        lastStatus: null,
+        updatedAt: old.createdAt,
+      }),
+    )
+    const got = await store.get(old.id)
+    assert.equal(got?.caller, '')
+    assert.deepEqual(got?.body, old.body)
+    // Bob, with the key and body of that request: his own delivery, not its id, not a 422.
+    const bob = message(route, {
+      idempotencyKey: key,
+      caller: 'bob',
+      body: old.body,
+      target: old.target,
+    })
+    assert.deepEqual(await store.enqueue(bob, 86_400_000), { id: bob.id, duplicate: false })
+    const claimed = await store.claim(route, 10, 0, never())
+    assert.deepEqual(claimed.map((r) => r.id).sort(), [old.id, bob.id].sort())
+    assert.deepEqual(claimed.find((r) => r.id === old.id)?.body, old.body)
+    for (const r of claimed) {
+      await store.settle(r.id, { kind: 'delivered', status: 200, at: 1000 })
+    }
+    // Retention takes the old record and its (unscoped) key with it.
+    assert.ok(await store.expire(2000) >= 2)
+    assert.equal(await store.get(old.id), null)
+    const left = await nc.jsm.streams.getMessage(`${name}_STATE`, { last_by_subj: keySubject })
+      .catch((err: { code?: unknown }) => err.code === 10037 ? null : Promise.reject(err))
+    assert.equal(left, null, 'the unscoped key record is gone')
   })
 
   test('route names with ".", "_" and more are kept apart in subjects and come back intact in stats', async () => {

@@ -286,18 +286,21 @@ for (const [variant, make] of Object.entries(variants)) {
         assert.equal(delivered?.lastStatus, 200)
         assert.equal(delivered?.body.length, 0)
         assert.deepEqual(delivered?.headers, [])
-        // Its key still answers.
+        // Its key was stored before keys were per caller (version 3): it names no caller's
+        // request now, so the same key and body from a caller is that caller's own delivery.
         const repeat = message(route, {
           idempotencyKey: 'k-delivered',
           body: rows.delivered.body,
           target: rows.delivered.target,
           fingerprint: rows.delivered.fingerprint,
         })
-        assert.deepEqual(await s.enqueue(repeat, DAY), { id: rows.delivered.id, duplicate: true })
-        // The free one is claimed (the leased one's lease is still running), delivered, and its payload goes.
+        assert.deepEqual(await s.enqueue(repeat, DAY), { id: repeat.id, duplicate: false })
+        // The free one is claimed (the leased one's lease is still running) with the new
+        // request, delivered, and its payload goes.
         const claimed = await s.claim(route, 10, 0, never())
-        assert.deepEqual(claimed.map((r) => r.id), [rows.pending.id])
-        assert.deepEqual(claimed[0]!.body, rows.pending.body)
+        assert.deepEqual(claimed.map((r) => r.id).sort(), [rows.pending.id, repeat.id].sort())
+        assert.deepEqual(claimed.find((r) => r.id === rows.pending.id)!.body, rows.pending.body)
+        await s.settle(repeat.id, { kind: 'delivered', status: 200, at: Date.now() })
         await s.settle(rows.pending.id, { kind: 'delivered', status: 204, at: Date.now() })
         assert.equal((await s.get(rows.pending.id))?.body.length, 0)
         // The dead one is replayed with its request.
@@ -309,7 +312,7 @@ for (const [variant, make] of Object.entries(variants)) {
       }
       const db = await openRaw(path)
       try {
-        assert.equal(db.pragma('user_version', { simple: true }), 2)
+        assert.equal(db.pragma('user_version', { simple: true }), 3)
         assert.deepEqual(
           db.prepare(
             'SELECT COUNT(*) AS n FROM deliveries WHERE headers != \'[]\' OR length(body) > 0',
@@ -329,6 +332,76 @@ for (const [variant, make] of Object.entries(variants)) {
           { n: 2 },
           'no payload is left without its record',
         )
+      } finally {
+        db.close()
+      }
+    })
+
+    test('a version 2 file (keys per route) is migrated to keys per caller: every record kept, deliverable, replayable; old keys match no new caller', async () => {
+      const path = join(dir, `${randomUUID()}.db`)
+      const route = `r-${randomUUID()}`
+      const now = Date.now()
+      const rows = {
+        pending: { ...v1Row(route, 'pending', now - 5000), idempotency_key: 'alice-key' },
+        delivered: {
+          ...v1Row(route, 'delivered', now - 3000),
+          idempotency_key: 'k-delivered',
+          attempts: 1,
+          last_status: 200,
+        },
+        dead: {
+          ...v1Row(route, 'dead', now - 2000),
+          attempts: 3,
+          last_error: 'status 500 (after 3 attempts)',
+          last_status: 500,
+        },
+      }
+      await writeV2(path, Object.values(rows))
+
+      const s = sqliteStore(path)
+      await s.start()
+      try {
+        await s.openRoute(route, { leaseMs: 30_000, maxAttempts: 5 })
+        for (const key of ['pending', 'dead'] as const) {
+          const rec = await s.get(rows[key].id)
+          assert.deepEqual(rec?.body, rows[key].body, key)
+          assert.deepEqual(rec?.headers, JSON.parse(rows[key].headers), key)
+          assert.equal(rec?.state, rows[key].state, key)
+          assert.equal(rec?.caller, '', key)
+          assert.equal(rec?.idempotencyKey, rows[key].idempotency_key, key)
+        }
+        assert.equal((await s.get(rows.delivered.id))?.lastStatus, 200)
+        // Bob sends the key an earlier (unscoped) request used, with the same body: his own
+        // delivery, not that one's id, and not a 422.
+        const bob = message(route, {
+          idempotencyKey: 'alice-key',
+          caller: 'bob',
+          body: rows.pending.body,
+          target: rows.pending.target,
+          fingerprint: rows.pending.fingerprint,
+        })
+        assert.deepEqual(await s.enqueue(bob, DAY), { id: bob.id, duplicate: false })
+        assert.deepEqual(await s.enqueue({ ...bob, id: randomUUID() }, DAY), {
+          id: bob.id,
+          duplicate: true,
+        })
+        const claimed = await s.claim(route, 10, 0, never())
+        assert.deepEqual(claimed.map((r) => r.id).sort(), [rows.pending.id, bob.id].sort())
+        assert.deepEqual(claimed.find((r) => r.id === rows.pending.id)?.body, rows.pending.body)
+        assert.equal(await s.replay({ ids: [rows.dead.id] }, Date.now()), 1)
+        const replayed = await s.claim(route, 10, 0, never())
+        assert.deepEqual(replayed.map((r) => [r.id, r.body]), [[rows.dead.id, rows.dead.body]])
+      } finally {
+        await s.close()
+      }
+      const db = await openRaw(path)
+      try {
+        assert.equal(db.pragma('user_version', { simple: true }), 3)
+        assert.deepEqual(db.prepare('SELECT COUNT(*) AS n FROM deliveries').get(), { n: 4 })
+        const index = db.prepare(
+          'SELECT sql FROM sqlite_master WHERE type = \'index\' AND name = \'deliveries_idempotency\'',
+        ).get() as { sql: string }
+        assert.match(index.sql, /\(route, caller, idempotency_key\)/)
       } finally {
         db.close()
       }
@@ -461,6 +534,41 @@ async function writeV1 (path: string, rows: Array<ReturnType<typeof v1Row>>): Pr
     @created_at, @state, @attempts, @next_attempt_at, @lease_until, @last_error, @last_status, @updated_at)`,
   )
   for (const r of rows) insert.run(r)
+  db.close()
+}
+
+/** Version 2's additions, as they were: payloads in a table of their own. */
+const V2_PAYLOADS = `
+ALTER TABLE deliveries ADD COLUMN payload_id INTEGER;
+CREATE TABLE delivery_payloads (id INTEGER PRIMARY KEY, headers TEXT NOT NULL, body BLOB NOT NULL);
+CREATE TRIGGER delivery_payloads_gone AFTER DELETE ON deliveries WHEN OLD.payload_id IS NOT NULL
+BEGIN
+  DELETE FROM delivery_payloads WHERE id = OLD.payload_id;
+END;
+CREATE TRIGGER delivery_payloads_released AFTER UPDATE OF payload_id ON deliveries
+  WHEN OLD.payload_id IS NOT NULL AND OLD.payload_id IS NOT NEW.payload_id
+BEGIN
+  DELETE FROM delivery_payloads WHERE id = OLD.payload_id;
+END;
+`
+
+/** A file as version 2 wrote it: a delivered record without its payload, the others with theirs. */
+async function writeV2 (path: string, rows: Array<ReturnType<typeof v1Row>>): Promise<void> {
+  const db = await openRaw(path)
+  db.pragma('journal_mode = WAL')
+  db.exec(V1_SCHEMA + V2_PAYLOADS)
+  db.pragma('user_version = 2')
+  const payload = db.prepare('INSERT INTO delivery_payloads (headers, body) VALUES (?, ?)')
+  const insert = db.prepare(
+    `INSERT INTO deliveries VALUES (@id, @route, @method, @target, '[]', x'', @idempotency_key, @fingerprint,
+    @created_at, @state, @attempts, @next_attempt_at, @lease_until, @last_error, @last_status, @updated_at, @payload_id)`,
+  )
+  for (const r of rows) {
+    const id = r.state === 'delivered'
+      ? null
+      : (payload.run(r.headers, r.body) as { lastInsertRowid: number }).lastInsertRowid
+    insert.run({ ...r, lease_until: r.created_at, payload_id: id })
+  }
   db.close()
 }
 
