@@ -13,6 +13,7 @@ import * as configLoad from './config/load.js'
 import type { Config } from './config/schema.js'
 
 export { createGateway } from './server/gateway.js'
+export { settleMallocThresholds } from './util/malloc.js'
 export type { Gateway, GatewayOptions, ListenInfo } from './server/gateway.js'
 export type { Config, ConfigInput, RouteConfig, UpstreamConfig } from './config/schema.js'
 export { compile, describeTable, RouteTable } from './compile/index.js'

@@ -205,7 +205,7 @@ export class DeliveryService {
       })
     }
     const key = req.idempotencyKey
-    if (key !== null && (key.length === 0 || key.length > 255 || !PRINTABLE.test(key))) {
+    if (key !== null && !isIdempotencyKey(key)) {
       return gatewayError('GH_BAD_REQUEST', 'Idempotency-Key must be 1 to 255 printable characters')
     }
     const route = req.route
@@ -336,6 +336,11 @@ export class DeliveryService {
 }
 
 const PRINTABLE = /^[\x20-\x7e]+$/
+
+/** An Idempotency-Key delivery keeps: 1 to 255 printable ASCII characters (space to `~`). */
+export function isIdempotencyKey (key: string): boolean {
+  return key.length > 0 && key.length <= 255 && PRINTABLE.test(key)
+}
 const ID = /^[0-9a-f-]{36}$/
 
 function view (r: DeliveryRecord, admin: boolean): DeliveryStatusView {

@@ -30,7 +30,8 @@ export interface NewDelivery {
   /**
    * Whose key it is: a digest of the caller (its identity, or its address on a route without
    * auth; see DeliveryService.enqueue). Keys are unique per (route, caller, key), so two callers
-   * never share a delivery. '' in records stored before keys were per caller: no request has it.
+   * never share a delivery. '' in records without a key, and in records stored before keys
+   * were per caller: no request with a key has it.
    */
   readonly caller: string
   /** SHA-256 (base64) of method, target and body: a repeated key with another fingerprint is a conflict. */

@@ -1,5 +1,5 @@
 import type { RouteExchange, RouteTable } from '../compile/table.js'
-import type { DeliveryService } from '../delivery/service.js'
+import { isIdempotencyKey, type DeliveryService } from '../delivery/service.js'
 import { gatewayError, isGatewayError, type GatewayError } from '../errors/index.js'
 import { requestHost, upstreamPath } from './exchange.js'
 import { finishRequestHeaders } from './headers.js'
@@ -17,10 +17,9 @@ async function acceptInto (
   encrypted: boolean,
 ): Promise<GatewayError | null> {
   const route = ex.route!
-  // One key or none: two say nothing a retry could be matched by.
-  if (ex.headerValues('idempotency-key').length > 1) {
-    return gatewayError('GH_BAD_REQUEST', 'Idempotency-Key must be sent once')
-  }
+  // One key or none (two say nothing a retry could be matched by), of the form delivery keeps.
+  const keyError = keyProblem(ex.headerValues('idempotency-key'))
+  if (keyError !== null) return keyError
   finishRequestHeaders(ex, route, encrypted)
   // undici sets the length of the stored body itself on each attempt.
   dropHeaders(ex.outHeaders, isLengthField)
@@ -62,31 +61,56 @@ const EMPTY = Buffer.alloc(0)
 
 /**
  * Whose Idempotency-Key a request's is (Stripe scopes keys per account): the authenticated
- * caller, per provider (an API key's id, a token's subject or client), or the client's
- * address (after trusted_proxies) on a route without auth. A webhook's sender is its
- * provider: the one holder of the secret, whatever address a retry comes from.
+ * caller, per provider, or the client's address (after trusted_proxies) on a route without
+ * auth. A webhook's sender is its provider: the one holder of the secret, whatever address a
+ * retry comes from. Each part says which claim it came from, so that one caller's `sub` can
+ * never equal another's `client_id` or (introspection) `username`. A token that names no one
+ * (no sub, client or username: a provider may not require them) is scoped by its address,
+ * never shared with every other such token.
  */
 export function callerOf (ex: RouteExchange): string {
   const id = ex.identity
   if (id === null) return `ip:${ex.resolveClientIp()}`
-  if (id.kind === 'webhook') return `webhook:${id.provider}`
-  return `${id.kind}:${id.provider}:${id.subject ?? id.clientId ?? ''}`
+  const provider = `${id.kind}:${id.provider}`
+  if (id.kind === 'webhook') return provider
+  if (id.kind === 'api_key') return `${provider}:key:${id.subject ?? ''}`
+  const claims = id.claims
+  if (typeof claims.sub === 'string' && claims.sub !== '') return `${provider}:sub:${claims.sub}`
+  if (id.clientId !== null && id.clientId !== '') return `${provider}:client:${id.clientId}`
+  if (typeof claims.username === 'string' && claims.username !== '') {
+    return `${provider}:user:${claims.username}`
+  }
+  return `${provider}:ip:${ex.resolveClientIp()}`
 }
 
 /**
  * On routes with `delivery.idempotency: required`, before the body is read: a request without
- * an Idempotency-Key is refused, 400. (Its form is checked where it is used, in delivery.)
+ * an Idempotency-Key is refused (400 GH_IDEMPOTENCY_KEY_REQUIRED), and so is one whose key is
+ * malformed or sent twice (400 GH_BAD_REQUEST), so no body is uploaded only to be refused.
  */
 export const requireIdempotencyKey: Step = {
   name: 'idempotency_key',
   run (ex: RouteExchange): Verdict {
-    if (ex.header('idempotency-key') !== null) return null
-    return gatewayError(
-      'GH_IDEMPOTENCY_KEY_REQUIRED',
-      'This route requires an Idempotency-Key header (1 to 255 printable characters)',
-      { reason: `route ${ex.route!.name} has delivery.idempotency: required` },
-    )
+    const keys = ex.headerValues('idempotency-key')
+    if (keys.length === 0) {
+      return gatewayError(
+        'GH_IDEMPOTENCY_KEY_REQUIRED',
+        'This route requires an Idempotency-Key header (1 to 255 printable characters)',
+        { reason: `route ${ex.route!.name} has delivery.idempotency: required` },
+      )
+    }
+    return keyProblem(keys)
   },
+}
+
+/** A key sent twice, or not 1 to 255 printable characters: the 400 to answer; else null. */
+export function keyProblem (keys: readonly string[]): GatewayError | null {
+  if (keys.length > 1) return gatewayError('GH_BAD_REQUEST', 'Idempotency-Key must be sent once')
+  const key = keys[0]
+  if (key !== undefined && !isIdempotencyKey(key)) {
+    return gatewayError('GH_BAD_REQUEST', 'Idempotency-Key must be 1 to 255 printable characters')
+  }
+  return null
 }
 
 /** The terminal step of an async route (compile puts it last). */

@@ -162,7 +162,8 @@ export const CLIENT_CLOSED = 499
 /**
  * Everything about one request, in one object of one shape (all fields set in the
  * constructor, as fastify's Context does). It is also the undici dispatch handler for the
- * upstream call, so a proxied request allocates no per-request closures.
+ * upstream call, so a plain proxied request allocates no per-request closures or wrappers
+ * (a route with response behaviours allocates one small handler per behaviour it uses).
  *
  * It implements undici's callback-style handler (onConnect/onHeaders/onData/onComplete/onError):
  * undici 7 calls those on every request itself, and the newer controller-style API is

@@ -154,8 +154,10 @@ class GatewayImpl implements Gateway {
   }
 
   async listen (): Promise<ListenInfo> {
-    await this.#reloader.start(this.#switcher)
+    // The addresses of the config the gateway was created with: a reload while start-up waits
+    // (keys, stores, plugins) changes them only at the next start, as it says it does.
     const { listen, admin } = this.table.config
+    await this.#reloader.start(this.#switcher)
     // Both listeners bind at once; a bind error (port in use) rejects listen().
     const servers: Server[] = [this.#server]
     const bound = [

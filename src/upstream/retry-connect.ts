@@ -63,7 +63,8 @@ export class RetryConnect implements Dispatcher.DispatchHandler {
       const next = upstream.pick(now, this.#target)
       if (next !== null) {
         // The failure counts against the target's health here; when no retry follows, the
-        // handler's failed() counts it instead, so it is counted once either way.
+        // handler's failed() counts it instead (unless its client has gone: then, as before
+        // this wrapper, not at all), so it is never counted twice.
         upstream.recordConnectFailure(this.#target, now)
         owner.retry(next)
         return

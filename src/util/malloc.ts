@@ -15,8 +15,10 @@
  * larger than the current mmap threshold (the mmap threshold becomes that chunk's size, up to
  * 32 MiB, and the trim threshold twice that: "dynamic mmap threshold", mallopt(3)). So one
  * 8 MiB allocation, freed by the next garbage collection, settles them at 8 and 16 MiB: the
- * batches stay in the heap and are reused. The cost is up to 16 MiB of freed memory kept
- * for reuse rather than returned, and allocations of 128 KiB-8 MiB served from the heap.
+ * batches stay in the heap and are reused. The cost is up to 16 MiB of freed memory per
+ * malloc arena kept for reuse rather than returned, and allocations of 128 KiB-8 MiB served
+ * from the heap. It is done by `gatehouse start`; a program embedding createGateway() owns its
+ * process and may call this itself.
  * MALLOC_TRIM_THRESHOLD_ or MALLOC_MMAP_THRESHOLD_ in the environment turn the adjustment
  * off, as glibc documents, and then this does nothing. Other allocators ignore it too.
  */

@@ -349,6 +349,15 @@ for (const [name, makeStore] of backends) {
       assert.match(res, /content-type: application\/problem\+json/i)
       assert.match(res, /"code":"GH_IDEMPOTENCY_KEY_REQUIRED"/)
       assert.match(res, /requires an Idempotency-Key header/)
+      // A malformed key is refused as early, its body unread too.
+      const long = await rawExchange(
+        gw.port,
+        `POST /keyed/run HTTP/1.1\r\nHost: a\r\nx-api-key: ${ALICE_KEY}\r\n` +
+          `idempotency-key: ${'k'.repeat(300)}\r\ncontent-length: 1000\r\n\r\n`,
+      )
+      assert.match(long, /^HTTP\/1\.1 400 /)
+      assert.match(long, /"code":"GH_BAD_REQUEST"/)
+      assert.match(long, /1 to 255 printable characters/)
       // Credentials come first: without them it is 401, whatever the key.
       const anon = await request(gw.url + '/keyed/run', { method: 'POST', body: '{}' })
       assert.equal(anon.status, 401)

@@ -411,6 +411,57 @@ describe('cache: a leader that never reads', () => {
     }
   })
 
+  test(
+    'a leader refused before it reaches the upstream (no slot in time) releases its followers at once',
+    {
+      // The bound that matters: far below coalesce_timeout (60 s).
+      timeout: 10_000,
+    },
+    async () => {
+      let holding: (() => void) | null = null
+      let held: () => void = () => {}
+      const arrived = new Promise<void>((resolve) => {
+        held = resolve
+      })
+      const up = await startUpstream((req, res) => {
+        req.resume()
+        if (req.url === '/hold') {
+          holding = () => res.end('held')
+          held()
+          return
+        }
+        res.writeHead(200, { 'cache-control': 'max-age=60' })
+        res.end('fresh')
+      })
+      const config = cached(up.url, { coalesce_timeout: '60s' })
+      const upstream = (config.upstreams as Record<string, Record<string, unknown>>).model!
+      upstream.max_in_flight = 1
+      upstream.queue = { size: 1, timeout: '300ms' }
+      const gw = await startGateway(config)
+      try {
+        // The one slot is taken.
+        const hold = request(gw.url + '/hold')
+        await arrived
+        // The leader waits in the queue (its cache copy started); the follower waits for it.
+        const t0 = performance.now()
+        const [leader, follower] = await Promise.all([
+          request(gw.url + '/v1/x'),
+          request(gw.url + '/v1/x'),
+        ])
+        assert.equal(leader.status, 503)
+        assert.equal(JSON.parse(leader.body).code, 'GH_UPSTREAM_BUSY')
+        // Released when the leader was refused, the follower tried itself (and found no slot).
+        assert.equal(follower.status, 503)
+        assert.ok(performance.now() - t0 < 5_000, `answered after ${performance.now() - t0} ms`)
+        holding!()
+        assert.equal((await hold).status, 200)
+      } finally {
+        await gw.close()
+        await up.close()
+      }
+    },
+  )
+
   test('a declared length over max_entry releases followers with the head, without waiting', {
     timeout: 20_000,
   }, async () => {

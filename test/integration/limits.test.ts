@@ -236,6 +236,28 @@ describe('rate limits (memory store)', () => {
       assert.match(String((await call(gw2, '/stream')).headers.ratelimit), /^"tokens";r=30;/)
     } finally {
       await gw2.close()
+    }
+    // The client's events are transformed (usage left out of what it sees): the cost is still
+    // read from what the upstream sent, not from the transformed stream.
+    const gw3 = await startGateway(
+      limited(up.url, {
+        transform: { response: { events: '{ "text": choices[0].delta }' } },
+        rate_limit: [{
+          name: 'tokens',
+          key: 'ip',
+          quota: '100/day',
+          cost: 'response.usage.total_tokens',
+        }],
+      }),
+    )
+    try {
+      const s1 = await call(gw3, '/stream')
+      assert.match(s1.body, /"text":"hi"/)
+      assert.doesNotMatch(s1.body, /total_tokens/)
+      await gw3.logs.waitFor((l) => l.msg === 'request' && l.id === s1.headers['x-request-id'])
+      assert.match(String((await call(gw3, '/stream')).headers.ratelimit), /^"tokens";r=30;/)
+    } finally {
+      await gw3.close()
       await up.close()
     }
   })
