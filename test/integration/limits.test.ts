@@ -68,6 +68,8 @@ describe('rate limits (memory store)', () => {
           Number(refused.headers['retry-after']) <= 60,
       )
       assert.equal(refused.headers['ratelimit-policy'], '"r.ip";q=3;w=180')
+      // A rate refills within seconds: a client may retry by itself.
+      assert.equal(refused.headers['x-should-retry'], undefined)
       assert.equal(up.calls, 3)
       assert.match(
         await metricsText(gw.adminPort!),
@@ -215,6 +217,9 @@ describe('rate limits (memory store)', () => {
       // 120 of 100 used: over budget, refused before the next call.
       const third = await call(gw, '/json')
       assert.equal(third.status, 429)
+      // A spent quota: SDKs that retry on their own are told not to (Retry-After stays true).
+      assert.equal(third.headers['x-should-retry'], 'false')
+      assert.ok(Number(third.headers['retry-after']) >= 1)
       assert.equal(String(third.headers.ratelimit).startsWith('"tokens";r=0;'), true)
     } finally {
       await gw.close()

@@ -136,13 +136,18 @@ export class RateLimitPolicy implements Step {
     if (!d.allowed) {
       this.#metrics.rateLimited.labels(this.#route, limit.name).inc()
       const retry = Math.max(1, Math.ceil(d.retryMs / 1000))
+      const headers: Record<string, string> = {
+        'retry-after': String(retry),
+        'ratelimit-policy': this.policyHeader,
+        ratelimit: item,
+      }
+      // A spent quota comes back at the end of its window, hours away: tell clients that retry
+      // on their own (both OpenAI SDKs honour this field) not to sleep until then. Retry-After
+      // stays true for those that read it.
+      if (limit.quota !== null) headers['x-should-retry'] = 'false'
       return gatewayError('GH_RATE_LIMITED', `Too many requests; retry in ${retry} s`, {
         reason: `limit "${limit.name}" (${limit.store.kind}) exhausted for ${limit.keyKind}`,
-        headers: {
-          'retry-after': String(retry),
-          'ratelimit-policy': this.policyHeader,
-          ratelimit: item,
-        },
+        headers,
       })
     }
     items.push(item)
