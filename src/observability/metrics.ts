@@ -312,6 +312,13 @@ export class Metrics {
     labelNames: ['route', 'limit'] as const,
     registers: [this.registry],
   })
+  readonly quotaCost = new Counter({
+    name: 'gatehouse_quota_cost_total',
+    help:
+      'Cost units (tokens) charged to quotas from what responses said they cost, by route and limit',
+    labelNames: ['route', 'limit'] as const,
+    registers: [this.registry],
+  })
   readonly limitStoreErrors = new Counter({
     name: 'gatehouse_limit_store_errors_total',
     help: 'Limit-store failures by store and what was done (allow, deny, charge)',

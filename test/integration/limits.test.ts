@@ -220,6 +220,11 @@ describe('rate limits (memory store)', () => {
       // A spent quota: SDKs that retry on their own are told not to (Retry-After stays true).
       assert.equal(third.headers['x-should-retry'], 'false')
       assert.ok(Number(third.headers['retry-after']) >= 1)
+      // What was charged, as the responses said (60 + 60; the refused call costs nothing).
+      assert.match(
+        await metricsText(gw.adminPort!),
+        /gatehouse_quota_cost_total\{route="r",limit="tokens"\} 120\n/,
+      )
       assert.equal(String(third.headers.ratelimit).startsWith('"tokens";r=0;'), true)
     } finally {
       await gw.close()

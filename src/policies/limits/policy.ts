@@ -198,6 +198,7 @@ export class RateLimitPolicy implements Step {
       // No usable number in the response: the call still counts, as 1.
       const amount = typeof v === 'number' && Number.isFinite(v) && v >= 0 ? Math.ceil(v) : 1
       if (amount === 0) continue
+      this.#metrics.quotaCost.labels(this.#route, limit.name).inc(amount)
       try {
         const r = limit.counters.charge(key, limit.quota!.windowMs, amount)
         if (r instanceof Promise) {
