@@ -285,6 +285,13 @@ const JwtProviderSchema = strictObject({
   max_token_size: size().default(8 * 1024),
   /** Verified tokens kept (by SHA-256 of the token) so a repeated token is not verified again. */
   cache: strictObject({ max_entries: int().pipe(number().min(0)).default(10_000) }).prefault({}),
+  /** A token issued (`iat`) longer ago than this is refused, whatever its `exp` says. */
+  max_age: duration().default(86_400_000),
+  /**
+   * A token valid for longer than this (`exp - iat`; without `iat`, `exp` - now) is refused:
+   * an IdP misconfigured, or a token minted to outlive its keys.
+   */
+  max_lifetime: duration().default(86_400_000),
 })
 
 const IntrospectionProviderSchema = strictObject({

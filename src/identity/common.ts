@@ -8,11 +8,16 @@ export interface ProviderDeps {
 }
 
 /** A bad credential. `reason` goes to the log line only; the client sees the generic detail. */
-export function invalidCredentials (reason: string): GatewayError {
-  return gatewayError('GH_INVALID_CREDENTIALS', 'The credentials are missing, expired or invalid', {
-    reason,
-  })
+export function invalidCredentials (reason: string, description?: string): GatewayError {
+  return gatewayError('GH_INVALID_CREDENTIALS', description ?? INVALID_DETAIL, { reason })
 }
+
+/**
+ * What a refused credential is told by default: nothing about why (the reason is logged).
+ * A provider passes a description of its own only where the caller can act on it and it
+ * helps no guesser (a token too old: get a new one); it goes out as RFC 6750 error_description.
+ */
+export const INVALID_DETAIL = 'The credentials are missing, expired or invalid'
 
 /** The provider cannot decide (IdP down, no keys, garbage answer): 503, never 401, never access. */
 export function unavailable (reason: string): GatewayError {

@@ -1,6 +1,7 @@
 import type { JWTVerifyOptions } from 'jose'
 import { LRUCache } from 'lru-cache'
 import type { JwtProviderConfig } from '../config/schema.js'
+import { formatDuration } from '../config/units.js'
 import {
   clientIdOf,
   invalidCredentials,
@@ -142,8 +143,27 @@ export class JwtProvider implements IdentityProvider {
     const typ = protectedHeader.typ === undefined ? 'jwt' : normalizeTyp(protectedHeader.typ)
     if (!this.#types.has(typ)) return this.#invalid(`typ "${protectedHeader.typ}" is not allowed`)
     // jose checks iat only with maxTokenAge; a token issued in the future is a clock or forgery problem.
-    if (typeof payload.iat === 'number' && payload.iat * 1000 > now + this.#cfg.clock_skew) {
-      return this.#invalid('iat is in the future')
+    const cfg = this.#cfg
+    const iat = typeof payload.iat === 'number' ? payload.iat * 1000 : null
+    if (iat !== null && iat > now + cfg.clock_skew) return this.#invalid('iat is in the future')
+    // Bounds of our own on how old and how long-lived a token may be: a signature proves who
+    // issued it, not that its exp is sane (a year-33658 exp is a valid number).
+    if (iat !== null && now - iat > cfg.max_age + cfg.clock_skew) {
+      return this.#invalid(
+        `issued ${roughly(now - iat)} ago, over max_age ${formatDuration(cfg.max_age)}`,
+        `The token was issued more than ${formatDuration(cfg.max_age)} ago; get a new one`,
+      )
+    }
+    const lifetime = payload.exp! * 1000 - (iat ?? now)
+    if (lifetime > cfg.max_lifetime + cfg.clock_skew) {
+      return this.#invalid(
+        `valid for ${roughly(lifetime)} (exp - ${
+          iat === null ? 'now' : 'iat'
+        }), over max_lifetime ${formatDuration(cfg.max_lifetime)}`,
+        `The token is valid for longer than ${
+          formatDuration(cfg.max_lifetime)
+        }, which this API does not accept`,
+      )
     }
     const claims = payload as Record<string, unknown>
     const identity: Identity = {
@@ -166,10 +186,18 @@ export class JwtProvider implements IdentityProvider {
     return identity
   }
 
-  #invalid (reason: string): AuthResult {
+  #invalid (reason: string, description?: string): AuthResult {
     this.#counts.invalid.inc()
-    return invalidCredentials(`${this.name}: ${reason}`)
+    return invalidCredentials(`${this.name}: ${reason}`, description)
   }
+}
+
+/** A span for a log line, in whole units, the largest of which there are two or more (25 h). */
+function roughly (ms: number): string {
+  for (const [unit, size] of [['d', 86_400_000], ['h', 3_600_000], ['min', 60_000]] as const) {
+    if (ms >= 2 * size) return `${Math.floor(ms / size)} ${unit}`
+  }
+  return `${Math.floor(ms / 1000)} s`
 }
 
 /** RFC 8725 §3.11 / RFC 7515 §4.1.9: case-insensitive, "application/" optional. */

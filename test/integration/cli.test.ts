@@ -244,6 +244,43 @@ describe('gatehouse check', () => {
     assert.equal(result.stderr, '')
   })
 
+  it('warns (exit 0) when a route accepts introspected tokens without an audience check', async (t) => {
+    const dir = tempDir(t)
+    writeFileSync(
+      join(dir, 'gatehouse.yaml'),
+      VALID_CONFIG.replace(
+        'routes:\n',
+        `identity:
+  providers:
+    partner:
+      kind: introspection
+      endpoint: https://idp.example.com/introspect
+      client_id: gatehouse
+      client_secret: s3cret
+    scoped:
+      kind: introspection
+      endpoint: https://idp.example.com/introspect
+      client_id: gatehouse
+      client_secret: s3cret
+      audiences: [ml-api]
+routes:
+`,
+      ).replace(
+        '    strip_prefix: /v1\n',
+        '    strip_prefix: /v1\n    auth: { any_of: [scoped, partner] }\n',
+      ),
+    )
+    const result = await runCli(['check'], dir)
+    assert.equal(result.code, 0, result.stderr)
+    assert.match(result.stdout, /^gatehouse\.yaml: ok: 2 routes/)
+    assert.equal(
+      result.stderr,
+      'gatehouse.yaml: warning: route "search" accepts tokens from introspection provider ' +
+        '"partner", which checks no audience: an active token issued for another API is ' +
+        'accepted too (set identity.providers.partner.audiences)\n',
+    )
+  })
+
   it('reads ./gatehouse.yaml when no --config is given', async (t) => {
     const dir = tempDir(t)
     writeFileSync(join(dir, 'gatehouse.yaml'), VALID_CONFIG)

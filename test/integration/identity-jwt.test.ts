@@ -348,6 +348,44 @@ describe('identity: JWT bearer tokens from a real OpenID Provider', () => {
       })
     }
 
+    test('too old or too long-lived (max_age, max_lifetime, 1 d by default): 401 invalid_token saying which', async () => {
+      const now = Math.floor(Date.now() / 1000)
+      const cases: Array<[string, JWTPayload, RegExp, string]> = [
+        ['issued 25 h ago, valid one more hour', { iat: now - 25 * 3600, exp: now + 3600 },
+          /issued 25 h ago, over max_age 1d/,
+          'The token was issued more than 1d ago; get a new one'],
+        ['exp in the year 33658', { iat: now, exp: 1e12 }, /over max_lifetime 1d/,
+          'The token is valid for longer than 1d, which this API does not accept'],
+        ['no iat, exp in ten days', { iat: undefined, exp: now + 10 * 86_400 },
+          /\(exp - now\), over max_lifetime 1d/,
+          'The token is valid for longer than 1d, which this API does not accept'],
+      ]
+      for (const [name, claims, reason, description] of cases) {
+        const calls = up.calls
+        const res = await call(gw, '/v1/predict', {
+          authorization: `Bearer ${await forge(claims)}`,
+        })
+        assert.equal(res.status, 401, name)
+        assert.equal(
+          res.headers['www-authenticate'],
+          `${INVALID}, error_description="${description}"`,
+          name,
+        )
+        assert.equal(res.problem.code, 'GH_INVALID_CREDENTIALS', name)
+        assert.equal(res.problem.detail, description, name)
+        const line = await gw.logs.waitFor((l) =>
+          l.msg === 'request' && l.id === res.headers['x-request-id']
+        )
+        assert.match(line.reason, reason, name)
+        assert.equal(up.calls, calls, name)
+      }
+      // Just inside both bounds: admitted.
+      const fine = await call(gw, '/v1/predict', {
+        authorization: `Bearer ${await forge({ iat: now - 23 * 3600, exp: now + 3600 })}`,
+      })
+      assert.equal(fine.status, 200)
+    })
+
     test('a jku header is never fetched', async () => {
       const attacker = await startUpstream((_req, res) => res.end('{"keys":[]}'))
       try {

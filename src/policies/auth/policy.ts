@@ -1,6 +1,7 @@
 import { hash } from 'node:crypto'
 import type { RouteConfig } from '../../config/schema.js'
 import { gatewayError, type GatewayError } from '../../errors/index.js'
+import { INVALID_DETAIL } from '../../identity/common.js'
 import type { PhantomSigner } from '../../identity/phantom.js'
 import type { IdentitySet } from '../../identity/registry.js'
 import type { Exchange } from '../../pipeline/exchange.js'
@@ -269,6 +270,7 @@ export class AuthPolicy implements Step {
     return this.#invalid(
       failure.err.reason ?? failure.err.detail,
       failure.provider.source.kind === 'bearer' ? 'Bearer' : 'ApiKey',
+      failure.err.detail === INVALID_DETAIL ? null : failure.err.detail,
     )
   }
 
@@ -335,16 +337,17 @@ export class AuthPolicy implements Step {
     )
   }
 
-  #invalid (reason: string, scheme: string): GatewayError {
+  /** `description`: what the provider chose to tell the caller (see INVALID_DETAIL), or null. */
+  #invalid (reason: string, scheme: string, description: string | null = null): GatewayError {
     const error = scheme === 'Bearer' ? 'invalid_token' : 'invalid_key'
-    return gatewayError(
-      'GH_INVALID_CREDENTIALS',
-      'The credentials are missing, expired or invalid',
-      {
-        reason,
-        headers: { 'www-authenticate': `${scheme} realm="${this.#realm}", error="${error}"` },
+    // RFC 6750 §3: error_description is a quoted-string of printable ASCII without " or \.
+    const told = description === null ? '' : `, error_description="${description}"`
+    return gatewayError('GH_INVALID_CREDENTIALS', description ?? INVALID_DETAIL, {
+      reason,
+      headers: {
+        'www-authenticate': `${scheme} realm="${this.#realm}", error="${error}"${told}`,
       },
-    )
+    })
   }
 
   #invalidRequest (reason: string, scheme: string): GatewayError {
