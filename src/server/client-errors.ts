@@ -142,29 +142,46 @@ function failedOnHead (err: Error): boolean {
   const raw = (err as { rawPacket?: Buffer }).rawPacket
   if (raw === undefined) return false
   const at = Math.min(raw.length, (err as { bytesParsed?: number }).bytesParsed ?? raw.length)
+  if ((err as { code?: string }).code === 'HPE_INVALID_METHOD') {
+    // Node stops at the byte that ends the method it could read, from the request's first
+    // byte: "HEAD\t/p" fails just after HEAD, "0HEAD /p" or "XHEAD /p" (methods Node does not
+    // know, and no HEAD to the client that sent them) fail before. No other method ends in HEAD.
+    return at >= 4 && raw[at - 4] === 72 && raw[at - 3] === 69 && raw[at - 2] === 65 &&
+      raw[at - 1] === 68
+  }
   // The blank line must end before the error: Node reports a bad Content-Length at the failing
   // head's own blank line, which does not end a head before it.
   const end = raw.lastIndexOf('\r\n\r\n', at - 4)
   let start = end === -1 ? 0 : end + 4
   // Blank lines before a request line are allowed (RFC 9112 §2.2).
   while (raw[start] === 13 || raw[start] === 10) start++
-  // The request line is the last "<method> <target> HTTP/" before the end of the line that
-  // failed. Body bytes of the request before it may precede it on the same line or on lines of
-  // their own ("\0HEAD\t/p HTTP/1.1", " \r\nHEAD /p HTTP/1.1"), so it is found from its
-  // version backwards. SP or HTAB may separate the parts (RFC 9112 §3 lets a reader accept
-  // both).
+  // The request line is the first line from there that ends in a version ("<method> <target>
+  // HTTP/1.1"), up to the end of the line that failed. Body bytes of the request before it may
+  // precede it on the same line or on lines of their own ("\0HEAD\t/p HTTP/1.1",
+  // " \r\nHEAD /p HTTP/1.1"), so it is found from its version backwards. The first such line,
+  // not the failing one: a head may fail on a later line that also ends in a version (a request
+  // line where a header field should be). SP or HTAB may separate the parts (RFC 9112 §3 lets a
+  // reader accept both).
   // Node's bytesParsed is just past the byte that failed (a bare LF ending the head: the next
   // request's first byte), so the failed line is the one holding at - 1.
   const nl = raw.indexOf(10, Math.max(start, at - 1))
   const stop = nl === -1 ? raw.length : nl
-  const version = raw.lastIndexOf('HTTP/', stop - 5)
-  if (version < start) return false
+  let version = raw.indexOf('HTTP/', start)
+  while (version !== -1 && version < stop && !endsLine(raw, version + 8)) {
+    version = raw.indexOf('HTTP/', version + 5)
+  }
+  if (version === -1 || version >= stop) return false
   let i = version - 1
   while (i >= start && (raw[i] === 32 || raw[i] === 9)) i--
   while (i >= start && raw[i] !== 32 && raw[i] !== 9 && raw[i] !== 10) i--
   while (i >= start && (raw[i] === 32 || raw[i] === 9)) i--
   return i - 3 >= start && raw[i - 3] === 72 && raw[i - 2] === 69 && raw[i - 1] === 65 &&
     raw[i] === 68
+}
+
+/** Whether `raw` has a line end (CR or LF), or its end, at `i`: just after "HTTP/1.1". */
+function endsLine (raw: Buffer, i: number): boolean {
+  return i >= raw.length || raw[i] === 13 || raw[i] === 10
 }
 
 /** Whether a head Node found too large was too large because of its request line (→ 414, not 431). */

@@ -331,6 +331,31 @@ describe('requests that must not slip past the gateway', () => {
     }
   })
 
+  test('a method Node does not know that ends in HEAD ("0HEAD", "XHEAD") is no HEAD: its 400 has a body (fuzz seed 248762825)', async () => {
+    for (const method of ['0HEAD', 'XHEAD', 'PHEAD']) {
+      const res = await rawRequest(
+        gw.port,
+        `GET /p/1 HTTP/1.1\r\nHost: a\r\n\r\n${method} /p/2 HTTP/1.1\r\nHost: a\r\n\r\n`,
+      )
+      const at = res.raw.indexOf('HTTP/1.1 400 ')
+      assert.ok(at > 0, res.raw)
+      const answer = res.raw.slice(at)
+      const length = Number(/content-length: (\d+)/i.exec(answer)?.[1])
+      assert.ok(length > 0, answer)
+      assert.equal(answer.length - answer.indexOf('\r\n\r\n') - 4, length, `${method}: ${answer}`)
+      assert.match(answer, /"code":"GH_BAD_REQUEST"/)
+    }
+  })
+
+  test('a HEAD whose head fails on a later line that looks like a request line is answered without a body (fuzz seed 777001)', async () => {
+    const res = await rawRequest(
+      gw.port,
+      'HEAD /p/1 HTTP/1.1\r\nHost: a\r\nX-Sig: abc:\r\nGET /p/2 HTTP/1.1\r\nHost: a\r\n\r\n',
+    )
+    assert.equal(res.status, 400, res.raw)
+    assert.ok(res.raw.endsWith('\r\n\r\n'), `no body after the 400: ${JSON.stringify(res.raw)}`)
+  })
+
   test('a HEAD refused for its Content-Length is answered without a body (fuzz seed 11)', async () => {
     // Node reports a bad Content-Length at the head's own blank line.
     for (const cl of ['', '1\r\nContent-Length: 2']) {
