@@ -41,6 +41,7 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { exportJWK, generateKeyPair, SignJWT } from 'jose'
+import { upload } from './transfer.js'
 
 const here = path.dirname(fileURLToPath(import.meta.url))
 const root = path.join(here, '..')
@@ -101,7 +102,6 @@ const TARGET_LABEL = {
 /** Reference rows measured in the wrk phase only (the streaming lines compare Gatehouse with nginx). */
 const WRK_ONLY = new Set(['bare', 'baseline'])
 
-const CHUNK = Buffer.alloc(64 * 1024, 'b')
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'gatehouse-bench-'))
 
 // --- child processes ---------------------------------------------------------------------------
@@ -263,52 +263,6 @@ function download (base, bytes, timeoutMs) {
       clearTimeout(timer)
       reject(err)
     })
-  })
-}
-
-/** POST /upload with a Content-Length body of `bytes`, written from one 64 KiB buffer with backpressure. */
-function upload (base, bytes, timeoutMs) {
-  return new Promise((resolve, reject) => {
-    const t0 = performance.now()
-    const req = http.request(`${base}/upload`, {
-      method: 'POST',
-      agent: false,
-      headers: { 'content-type': 'application/octet-stream', 'content-length': bytes },
-    }, (res) => {
-      const parts = []
-      res.on('data', (c) => parts.push(c))
-      res.on('end', () => {
-        clearTimeout(timer)
-        const ms = performance.now() - t0
-        const echoed = Number(Buffer.concat(parts).toString())
-        if (res.statusCode !== 200) reject(new Error(`upload: status ${res.statusCode}`))
-        else if (echoed !== bytes) {
-          reject(new Error(`upload: upstream counted ${echoed} of ${bytes} bytes`))
-        } else resolve({ bytes, ms, mbps: bytes / 1e6 / (ms / 1000) })
-      })
-      res.on('error', reject)
-    })
-    const timer = setTimeout(
-      () => req.destroy(new Error(`upload: not done after ${timeoutMs} ms`)),
-      timeoutMs,
-    )
-    req.on('error', (err) => {
-      clearTimeout(timer)
-      reject(err)
-    })
-    let left = bytes
-    const pump = () => {
-      while (left > 0) {
-        const n = Math.min(left, CHUNK.length)
-        left -= n
-        if (!req.write(n === CHUNK.length ? CHUNK : CHUNK.subarray(0, n))) {
-          req.once('drain', pump)
-          return
-        }
-      }
-      req.end()
-    }
-    pump()
   })
 }
 

@@ -11,11 +11,11 @@ import { spawn } from 'node:child_process'
 import fs from 'node:fs'
 import http from 'node:http'
 import path from 'node:path'
+import { upload } from './transfer.js'
 const root = process.argv[2] ?? path.join(path.dirname(new URL(import.meta.url).pathname), '..')
 const BYTES = Number(process.env.BYTES ?? 512 * 1024 * 1024)
 const REPS = Number(process.env.REPS ?? 4)
 const extra = (process.env.GH_ARGS ?? '').split(' ').filter(Boolean)
-const CHUNK = Buffer.alloc(64 * 1024, 97)
 function ready (proc) {
   return new Promise((resolve, reject) => {
     let buf = ''
@@ -68,43 +68,16 @@ async function startProxy (name) {
   const port = await ready(p)
   return { name, pid: p.pid, base: `http://127.0.0.1:${port}` }
 }
-function upload (base, bytes) {
-  return new Promise((resolve, reject) => {
-    const t0 = performance.now()
-    const req = http.request(`${base}/upload`, {
-      method: 'POST',
-      agent: false,
-      headers: { 'content-type': 'application/octet-stream', 'content-length': bytes },
-    }, (res) => {
-      res.resume()
-      res.on('end', () => resolve(performance.now() - t0))
-    })
-    req.on('error', reject)
-    let left = bytes
-    const pump = () => {
-      while (left > 0) {
-        const n = Math.min(left, CHUNK.length)
-        left -= n
-        if (!req.write(n === CHUNK.length ? CHUNK : CHUNK.subarray(0, n))) {
-          req.once('drain', pump)
-          return
-        }
-      }
-      req.end()
-    }
-    pump()
-  })
-}
 const targets = []
 for (const n of (process.env.TARGETS ?? 'gatehouse,fastify,bare').split(',')) {
   targets.push(await startProxy(n))
 }
-for (const t of targets) await upload(t.base, 256 * 1024 * 1024)
+for (const t of targets) await upload(t.base, 256 * 1024 * 1024, 120_000)
 const res = new Map(targets.map((t) => [t.name, []]))
 for (let i = 0; i < REPS; i++) {
   for (const t of targets) {
     const c0 = cpuMs(t.pid)
-    const ms = await upload(t.base, BYTES)
+    const { ms } = await upload(t.base, BYTES, 600_000)
     const c = cpuMs(t.pid) - c0
     res.get(t.name).push({ mbps: BYTES / 1e6 / (ms / 1000), cpuPerGB: c / (BYTES / 1e9) })
   }

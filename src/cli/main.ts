@@ -7,6 +7,7 @@ import { compileChecks } from '../compile/checks.js'
 import { loadConfigFile, suggest } from '../config/load.js'
 import { readRefFile } from '../config/refs.js'
 import type { Config } from '../config/schema.js'
+import { configWarnings } from '../config/checks.js'
 import { ConfigError } from '../errors/index.js'
 import { createGateway, type Gateway } from '../server/gateway.js'
 import { pluginOf } from '../plugins/loader.js'
@@ -298,31 +299,8 @@ function check (file: string): number {
       `listen ${l.tls === undefined ? 'http' : 'https'}://${l.host}:${l.port}` +
       `${config.admin.enabled ? `, admin ${config.admin.host}:${config.admin.port}` : ''}\n`,
   )
-  for (const w of warnings(config)) process.stderr.write(`${file}: warning: ${w}\n`)
+  for (const w of configWarnings(config)) process.stderr.write(`${file}: warning: ${w}\n`)
   return 0
-}
-
-/**
- * Valid, but probably not what was meant: said by `gatehouse check`, never refused. An
- * introspection provider without `audiences` accepts any active token its server knows,
- * including one issued for another API of the same IdP.
- */
-export function warnings (config: Config): string[] {
-  const out: string[] = []
-  const providers = config.identity.providers
-  for (const r of config.routes) {
-    for (const name of r.auth?.any_of ?? []) {
-      const p = providers[name]
-      if (p?.kind === 'introspection' && p.audiences === undefined) {
-        out.push(
-          `route "${r.name}" accepts tokens from introspection provider "${name}", which checks ` +
-            'no audience: an active token issued for another API is accepted too ' +
-            `(set identity.providers.${name}.audiences)`,
-        )
-      }
-    }
-  }
-  return out
 }
 
 /**

@@ -597,3 +597,26 @@ function checkIdentity (
   })
   return issues
 }
+
+/**
+ * Valid, but probably not what was meant: said by `gatehouse check`, never refused. An
+ * introspection provider without `audiences` accepts any active token its server knows,
+ * including one issued for another API of the same IdP.
+ */
+export function configWarnings (config: Config): string[] {
+  const out: string[] = []
+  const providers = config.identity.providers
+  for (const r of config.routes) {
+    for (const name of r.auth?.any_of ?? []) {
+      const p = providers[name]
+      if (p?.kind === 'introspection' && p.audiences === undefined) {
+        out.push(
+          `route "${r.name}" accepts tokens from introspection provider "${name}", which checks ` +
+            'no audience: an active token issued for another API is accepted too ' +
+            `(set identity.providers.${name}.audiences)`,
+        )
+      }
+    }
+  }
+  return out
+}

@@ -1,5 +1,5 @@
 import type { RouteExchange, RouteTable } from '../compile/table.js'
-import { isIdempotencyKey, type DeliveryService } from '../delivery/service.js'
+import type { DeliveryService } from '../delivery/service.js'
 import { gatewayError, isGatewayError, type GatewayError } from '../errors/index.js'
 import { requestHost, upstreamPath } from './exchange.js'
 import { finishRequestHeaders } from './headers.js'
@@ -18,8 +18,10 @@ async function acceptInto (
 ): Promise<GatewayError | null> {
   const route = ex.route!
   // One key or none (two say nothing a retry could be matched by), of the form delivery keeps.
-  const keyError = keyProblem(ex.headerValues('idempotency-key'))
+  const keys = ex.headerValues('idempotency-key')
+  const keyError = keyProblem(keys)
   if (keyError !== null) return keyError
+  const key = keys[0] ?? null
   finishRequestHeaders(ex, route, encrypted)
   // undici sets the length of the stored body itself on each attempt.
   dropHeaders(ex.outHeaders, isLengthField)
@@ -32,8 +34,9 @@ async function acceptInto (
     headers: ex.outHeaders,
     host: requestHost(ex),
     body: ex.bodyBuffer ?? EMPTY,
-    idempotencyKey: ex.header('idempotency-key'),
-    caller: callerOf(ex),
+    idempotencyKey: key,
+    // Only a key needs an owner.
+    caller: key === null ? '' : callerOf(ex),
     phantomToken: ex.phantomToken,
   })
   if (isGatewayError(accepted)) return accepted
@@ -103,11 +106,16 @@ export const requireIdempotencyKey: Step = {
   },
 }
 
-/** A key sent twice, or not 1 to 255 printable characters: the 400 to answer; else null. */
+const PRINTABLE = /^[\x20-\x7e]+$/
+
+/**
+ * A key sent twice, or not 1 to 255 printable ASCII characters (space to `~`): the 400 to
+ * answer; else null. The one check of a key's form: delivery stores what passes it.
+ */
 export function keyProblem (keys: readonly string[]): GatewayError | null {
   if (keys.length > 1) return gatewayError('GH_BAD_REQUEST', 'Idempotency-Key must be sent once')
   const key = keys[0]
-  if (key !== undefined && !isIdempotencyKey(key)) {
+  if (key !== undefined && (key.length === 0 || key.length > 255 || !PRINTABLE.test(key))) {
     return gatewayError('GH_BAD_REQUEST', 'Idempotency-Key must be 1 to 255 printable characters')
   }
   return null

@@ -177,6 +177,12 @@ describe('rate limits (memory store)', () => {
   })
 
   test('token quota charged from the response: JSON usage and the final SSE event', async () => {
+    const TOKENS = {
+      name: 'tokens',
+      key: 'ip',
+      quota: '100/day',
+      cost: 'response.usage.total_tokens',
+    }
     const up = await startUpstream((req, res) => {
       req.resume()
       if (req.url === '/stream') {
@@ -196,12 +202,7 @@ describe('rate limits (memory store)', () => {
     })
     const gw = await startGateway(
       limited(up.url, {
-        rate_limit: [{
-          name: 'tokens',
-          key: 'ip',
-          quota: '100/day',
-          cost: 'response.usage.total_tokens',
-        }],
+        rate_limit: [TOKENS],
       }),
     )
     const done = (id: unknown) => gw.logs.waitFor((l) => l.msg === 'request' && l.id === id)
@@ -231,12 +232,7 @@ describe('rate limits (memory store)', () => {
     }
     const gw2 = await startGateway(
       limited(up.url, {
-        rate_limit: [{
-          name: 'tokens',
-          key: 'ip',
-          quota: '100/day',
-          cost: 'response.usage.total_tokens',
-        }],
+        rate_limit: [TOKENS],
       }),
     )
     try {
@@ -252,12 +248,7 @@ describe('rate limits (memory store)', () => {
     const gw3 = await startGateway(
       limited(up.url, {
         transform: { response: { events: '{ "text": choices[0].delta }' } },
-        rate_limit: [{
-          name: 'tokens',
-          key: 'ip',
-          quota: '100/day',
-          cost: 'response.usage.total_tokens',
-        }],
+        rate_limit: [TOKENS],
       }),
     )
     try {

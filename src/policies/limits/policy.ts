@@ -52,6 +52,8 @@ export interface CompiledLimit {
   readonly ipv6Prefix: number
   /** This limit's RateLimit-Policy item. */
   readonly policyItem: string
+  /** gatehouse_quota_cost_total for this route and limit (a limit whose cost a response gives). */
+  readonly costCounter: { inc(amount: number): void } | null
   /** Local token leases for a GCRA limit on a remote store (null: one decision per request). */
   readonly leases: GcraLeases | null
 }
@@ -198,7 +200,7 @@ export class RateLimitPolicy implements Step {
       // No usable number in the response: the call still counts, as 1.
       const amount = typeof v === 'number' && Number.isFinite(v) && v >= 0 ? Math.ceil(v) : 1
       if (amount === 0) continue
-      this.#metrics.quotaCost.labels(this.#route, limit.name).inc(amount)
+      limit.costCounter!.inc(amount)
       try {
         const r = limit.counters.charge(key, limit.quota!.windowMs, amount)
         if (r instanceof Promise) {
@@ -311,6 +313,7 @@ function compileLimit (
     missing: l.missing,
     ipv6Prefix: l.ipv6_prefix ?? DEFAULT_IPV6_PREFIX,
     policyItem,
+    costCounter: typeof l.cost === 'number' ? null : metrics.quotaCost.labels(route, name),
     // Leasing pays off only for big buckets; small ones keep one exact decision per request.
     leases: gcra !== null && store.kind !== 'memory' && Math.floor(gcra.burst * LEASE_SHARE) >= 2
       ? new GcraLeases(Math.floor(gcra.burst * LEASE_SHARE), gcra.intervalMs)
